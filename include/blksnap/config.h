@@ -1,0 +1,39 @@
+// Config: every engine tunable in one place, named after the Linux blksnap module parameters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "blksnap/status.h"
+
+namespace blksnap {
+
+struct Config {
+  // Change-block tracking: block size 2^shift, starting at the minimum shift and grown while the
+  // block count exceeds tracking_block_maximum_count, never beyond the maximum shift.
+  uint32_t tracking_block_minimum_shift = 16;
+  uint32_t tracking_block_maximum_shift = 26;
+  uint64_t tracking_block_maximum_count = 2097152;
+
+  // Copy-on-write chunks: size 2^shift, starting at the minimum shift and grown while the chunk
+  // count exceeds 2^chunk_maximum_count_shift, never beyond chunk_maximum_shift.
+  uint32_t chunk_minimum_shift = 18;
+  uint32_t chunk_maximum_shift = 26;
+  uint32_t chunk_maximum_count_shift = 40;
+  // Chunks copied into memory and waiting to be written to the difference storage; writers
+  // that would exceed it wait (throttling).
+  uint32_t chunk_maximum_in_queue = 64;
+  // Chunks kept in memory after being stored, for image reads (LRU).
+  uint32_t chunk_maximum_in_cache = 32;
+
+  // Difference storage grows in steps of this many bytes.
+  uint64_t diff_storage_minimum = 1ull << 30;
+
+  // Checks and normalises the values. Values that can be corrected (a maximum below its
+  // minimum) are corrected and described in *warnings; impossible values are refused with
+  // EINVAL and a message naming the tunable.
+  Status Validate(std::vector<std::string>* warnings = nullptr);
+};
+
+}  // namespace blksnap

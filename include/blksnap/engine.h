@@ -1,0 +1,151 @@
+// The blksnap engine: tracked devices, snapshots and their images.
+//
+//   auto engine = Engine::Create(config).value();
+//   auto tracker = engine->Attach("vol0", OpenFileDevice("/srv/vol0.img").value(), {}).value();
+//   // ... all writes to vol0 go through `tracker` (a BlockDevice) from now on ...
+//   Uuid id = engine->CreateSnapshot({.storage_path = "/var/tmp", .limit = 8ull << 30}).value();
+//   engine->AddDevice(id, "vol0");
+//   engine->Take(id, {});
+//   auto image = engine->FindSnapshot(id)->image("vol0");  // a BlockDevice: the take-time data
+//   ...
+//   engine->Destroy(id);
+//
+// Thread safety: every method of Engine, Tracker and Snapshot may be called from any thread.
+// Objects handed out as shared_ptr stay valid while held; after Destroy()/Detach() their I/O
+// fails (ENODEV) instead of touching freed state.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blksnap/block_device.h"
+#include "blksnap/cbt.h"
+#include "blksnap/config.h"
+#include "blksnap/status.h"
+#include "blksnap/uuid.h"
+
+namespace blksnap {
+
+class Snapshot;
+
+// A tracked device: a BlockDevice layer over the original that records every change (CBT) and,
+// while a snapshot is taken, preserves each chunk's old content before its first overwrite.
+// All writes to the original must go through it.
+class Tracker : public BlockDevice, public CbtSource {
+ public:
+  virtual const std::string& name() const = 0;
+  virtual const std::string& path() const = 0;  // as given to Attach (may be empty)
+
+  // Byte extents of blocks whose read-map value is > since_snap. If generation is given and
+  // differs from the current one, fails with ESTALE ("generation changed: full backup needed").
+  virtual Result<std::vector<ByteExtent>> ChangedExtents(
+      uint8_t since_snap, const std::optional<Uuid>& generation = std::nullopt) const = 0;
+  // Marks [offset, offset + length) changed: write map = active, read map = previous.
+  virtual Status MarkDirty(uint64_t offset, uint64_t length) = 0;
+
+  // The snapshot this device is in (created or taken), or null.
+  virtual std::shared_ptr<Snapshot> snapshot() const = 0;
+
+  // Devices that alias this one (e.g. a loop device on its front), as st_rdev values, so the
+  // engine can refuse difference storage placed on them.
+  virtual void AddAlias(uint64_t rdev) = 0;
+  virtual void RemoveAlias(uint64_t rdev) = 0;
+};
+
+enum class SnapshotState { kCreated, kTaken, kCorrupted, kDestroyed };
+const char* ToString(SnapshotState state);  // "created", "taken", "corrupted", "destroyed"
+
+struct SnapshotEvent {
+  enum class Type { kCorrupted, kNoSpace };
+  Type type = Type::kCorrupted;
+  std::string device;   // kCorrupted: which device's copy failed
+  int errnum = 0;       // kCorrupted: why
+  uint64_t requested = 0;  // kNoSpace: bytes the storage wanted to grow by
+};
+const char* ToString(SnapshotEvent::Type type);  // "corrupted", "no_space"
+
+struct StorageInfo {
+  std::string path;
+  uint64_t capacity = 0;  // bytes usable now (file size minus header)
+  uint64_t used = 0;      // bytes holding preserved chunks
+  uint64_t limit = 0;
+};
+
+struct SnapshotDeviceInfo {
+  std::string name;
+  int errnum = 0;  // non-zero once this device's copy-on-write failed
+};
+
+class Snapshot {
+ public:
+  virtual ~Snapshot() = default;
+  virtual const Uuid& id() const = 0;
+  virtual SnapshotState state() const = 0;
+  virtual StorageInfo storage_info() const = 0;
+  virtual std::vector<SnapshotDeviceInfo> devices() const = 0;
+  // The image of one of its devices: null unless the snapshot is taken. Reads give the data
+  // at the take; writes land in the difference storage, never on the original. Once the
+  // snapshot is corrupted, image I/O fails with EIO; once destroyed, with ENODEV.
+  virtual std::shared_ptr<BlockDevice> image(const std::string& device) const = 0;
+  // Waits for the next event; ETIMEDOUT if none arrives in time, ENODEV once destroyed.
+  virtual Result<SnapshotEvent> WaitEvent(std::chrono::milliseconds timeout) = 0;
+};
+
+struct AttachOptions {
+  std::string path;  // for reports and for the storage-placement check; may be empty
+};
+
+struct SnapshotOptions {
+  // A directory (an unnamed temporary file is made in it), a regular file (grown with
+  // fallocate) or a block device (used at its fixed size).
+  std::string storage_path;
+  uint64_t limit = 0;  // bytes; 0 = no limit beyond the file system's free space
+};
+
+// Hooks around the switch in Take(), e.g. to freeze file systems on the devices' fronts.
+// freeze runs before writers are held; if it fails, the take fails and thaw is not called.
+// thaw runs after writers are released, whether or not the switch succeeded.
+struct TakeHooks {
+  std::function<Status()> freeze;
+  std::function<void()> thaw;
+};
+
+struct TakeStats {
+  std::chrono::microseconds held{0};    // how long writers were held
+  std::chrono::microseconds frozen{0};  // from freeze to thaw (0 without hooks)
+};
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> Create(Config config);
+  virtual ~Engine() = default;
+
+  virtual const Config& config() const = 0;
+
+  // EEXIST if the name is taken; EINVAL for an empty name or a zero-sized device.
+  virtual Result<std::shared_ptr<Tracker>> Attach(const std::string& name,
+                                                  std::shared_ptr<BlockDevice> original,
+                                                  const AttachOptions& options = {}) = 0;
+  // ENOENT unknown; EBUSY while in a snapshot.
+  virtual Status Detach(const std::string& name) = 0;
+  virtual std::shared_ptr<Tracker> FindTracker(const std::string& name) const = 0;
+  virtual std::vector<std::shared_ptr<Tracker>> trackers() const = 0;
+
+  virtual Result<Uuid> CreateSnapshot(const SnapshotOptions& options) = 0;
+  // ENOENT unknown snapshot or device; EALREADY already in this snapshot; EBUSY in another, or
+  // the snapshot is already taken; EINVAL if the device holds this snapshot's storage.
+  virtual Status AddDevice(const Uuid& id, const std::string& device) = 0;
+  // Atomic across the snapshot's devices. EALREADY if taken; ENODEV without devices.
+  virtual Result<TakeStats> Take(const Uuid& id, const TakeHooks& hooks = {}) = 0;
+  // Safe while I/O to originals and images is in flight. ENOENT unknown.
+  virtual Status Destroy(const Uuid& id) = 0;
+  virtual std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const = 0;
+  virtual std::vector<std::shared_ptr<Snapshot>> snapshots() const = 0;
+};
+
+}  // namespace blksnap
