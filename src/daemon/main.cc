@@ -1,0 +1,342 @@
+// blksnapd: the blksnap daemon. Owns the engine, the fronts (NBD, FUSE, loop) and the control
+// socket; see docs/cli.md for its options and docs/control-protocol.md for the protocol.
+//
+// Start-up order: parse options (command line over config file), daemonize if asked (the
+// parent waits on a pipe until the child is ready or failed, so `blksnapd --daemonize && blksnap
+// ...` works), take the state-dir lock (flock; a second daemon on the same dir refuses),
+// create the engine, start the fronts, listen on the control socket, write the pidfile, tell
+// systemd READY=1. Signals SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by the
+// main thread with sigwait(); shutdown stops the control server, destroys every snapshot,
+// removes every front and loop device, detaches every device and unmounts FUSE. CBT lives in
+// memory only and is lost at shutdown.
+#include <fcntl.h>
+#include <signal.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "blksnap/config.h"
+#include "blksnap/engine.h"
+#include "control/protocol.h"
+#include "daemon/control_server.h"
+#include "daemon/fronts.h"
+#include "daemon/service.h"
+
+namespace blksnap::daemon {
+namespace {
+
+struct Options {
+  std::string state_dir = "/var/lib/blksnap";
+  std::string control = control::kDefaultControlPath;
+  std::string nbd_unix = "/run/blksnap/nbd.sock";
+  std::string nbd_tcp;
+  std::string tls_cert, tls_key, tls_ca, tls_psk;
+  bool tls_required = false;
+  std::string fuse_dir = "/run/blksnap/dev";
+  bool no_nbd = false, no_fuse = false;
+  std::string log_level = "info";
+  std::string log_file;
+  bool daemonize = false;
+  std::string pidfile;
+  // Tunables, as given (sizes allowed); empty = default.
+  std::map<std::string, std::string> tunables;
+};
+
+struct Tunable {
+  const char* option;
+  const char* help;
+  std::function<bool(Config&, uint64_t)> set;  // false: out of the field's range
+};
+
+template <typename Field>
+std::function<bool(Config&, uint64_t)> Setter(Field Config::*field) {
+  return [field](Config& c, uint64_t v) {
+    using T = std::remove_reference_t<decltype(c.*field)>;
+    if (v > std::numeric_limits<T>::max()) return false;
+    c.*field = static_cast<T>(v);
+    return true;
+  };
+}
+
+std::vector<Tunable> Tunables() {
+  return {
+      {"tracking-block-minimum-shift", "CBT block size minimum, log2 bytes (default 16)",
+       Setter(&Config::tracking_block_minimum_shift)},
+      {"tracking-block-maximum-shift", "CBT block size maximum, log2 bytes (default 26)",
+       Setter(&Config::tracking_block_maximum_shift)},
+      {"tracking-block-maximum-count", "CBT blocks per device at most (default 2097152)",
+       Setter(&Config::tracking_block_maximum_count)},
+      {"chunk-minimum-shift", "COW chunk size minimum, log2 bytes (default 18)",
+       Setter(&Config::chunk_minimum_shift)},
+      {"chunk-maximum-shift", "COW chunk size maximum, log2 bytes (default 26)",
+       Setter(&Config::chunk_maximum_shift)},
+      {"chunk-maximum-count-shift", "COW chunks per device at most, log2 (default 40)",
+       Setter(&Config::chunk_maximum_count_shift)},
+      {"chunk-maximum-in-queue", "chunks waiting to be stored before writers wait (default 64)",
+       Setter(&Config::chunk_maximum_in_queue)},
+      {"chunk-maximum-in-cache", "stored chunks cached for image reads (default 32)",
+       Setter(&Config::chunk_maximum_in_cache)},
+      {"diff-storage-minimum", "difference storage growth step, a size (default 1G)",
+       Setter(&Config::diff_storage_minimum)},
+  };
+}
+
+int UsageError(const std::string& message) {
+  std::cerr << "blksnapd: error: " << message << "\n";
+  return 2;
+}
+
+// Readiness pipe of --daemonize: the child writes "" (ready) or an error message, then closes.
+int g_ready_fd = -1;
+
+void ReportReady(const std::string& error) {
+  if (g_ready_fd >= 0) {
+    std::string msg = error.empty() ? std::string("OK") : error;
+    if (::write(g_ready_fd, msg.data(), msg.size()) < 0) {
+      // The parent died; nothing to tell.
+    }
+    ::close(g_ready_fd);
+    g_ready_fd = -1;
+  }
+}
+
+int Fail(const std::string& message) {
+  spdlog::error("{}", message);
+  ReportReady(message);
+  return 1;
+}
+
+// sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET.
+void NotifySystemd(const char* state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  size_t len = std::strlen(path);
+  if (len >= sizeof(addr.sun_path)) return;
+  std::memcpy(addr.sun_path, path, len);
+  if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  ::sendto(fd, state, std::strlen(state), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
+           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
+  ::close(fd);
+}
+
+// Forks; the parent waits for the child's readiness report and exits with its outcome.
+void Daemonize() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    std::perror("blksnapd: pipe");
+    std::exit(1);
+  }
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::perror("blksnapd: fork");
+    std::exit(1);
+  }
+  if (pid > 0) {
+    ::close(fds[1]);
+    std::string msg;
+    char buf[512];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof(buf))) > 0) msg.append(buf, static_cast<size_t>(n));
+    if (msg == "OK") std::_Exit(0);
+    std::cerr << "blksnapd: error: " << (msg.empty() ? "daemon exited during start-up" : msg)
+              << "\n";
+    std::_Exit(1);
+  }
+  ::close(fds[0]);
+  g_ready_fd = fds[1];
+  ::setsid();
+  int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    ::dup2(null, STDIN_FILENO);
+    ::dup2(null, STDOUT_FILENO);
+    ::dup2(null, STDERR_FILENO);
+    if (null > STDERR_FILENO) ::close(null);
+  }
+}
+
+int Run(int argc, char** argv) {
+  Options opt;
+  CLI::App app{"blksnapd: block-device snapshots and change tracking, as a service", "blksnapd"};
+  app.set_version_flag("--version", BLKSNAP_VERSION);
+  app.set_config("--config", "", "config file: 'option = value' lines (see docs/cli.md)");
+  app.add_option("--state-dir", opt.state_dir, "state directory (lock file)")
+      ->capture_default_str();
+  app.add_option("--control", opt.control, "control socket path")->capture_default_str();
+  app.add_option("--nbd-unix", opt.nbd_unix, "NBD Unix socket ('' = none)")->capture_default_str();
+  app.add_option("--nbd-tcp", opt.nbd_tcp, "NBD TCP address HOST:PORT (default off)");
+  app.add_option("--tls-cert", opt.tls_cert, "NBD TLS certificate (PEM)");
+  app.add_option("--tls-key", opt.tls_key, "NBD TLS private key (PEM)");
+  app.add_option("--tls-ca", opt.tls_ca, "NBD TLS CA certificate for client checks (PEM)");
+  app.add_option("--tls-psk", opt.tls_psk, "NBD TLS PSK file");
+  app.add_flag("--tls-required", opt.tls_required, "refuse NBD clients that do not use TLS");
+  app.add_option("--fuse-dir", opt.fuse_dir, "FUSE mount point ('' = none)")->capture_default_str();
+  app.add_flag("--no-nbd", opt.no_nbd, "do not start the NBD front");
+  app.add_flag("--no-fuse", opt.no_fuse, "do not start the FUSE front");
+  app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  app.add_option("--log-file", opt.log_file, "log to this file instead of stderr");
+  app.add_flag("--daemonize", opt.daemonize, "run in the background once ready");
+  app.add_option("--pidfile", opt.pidfile, "write the daemon's pid here");
+  for (const auto& t : Tunables()) {
+    app.add_option_function<std::string>(
+        std::string("--") + t.option,
+        [&opt, name = std::string(t.option)](const std::string& v) { opt.tunables[name] = v; },
+        t.help);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return UsageError(e.what());
+  }
+
+  Config config;
+  for (const auto& t : Tunables()) {
+    auto it = opt.tunables.find(t.option);
+    if (it == opt.tunables.end()) continue;
+    auto v = control::ParseSize(it->second);
+    if (!v.ok())
+      return UsageError("--" + std::string(t.option) + ": " + std::string(v.status().message()));
+    if (!t.set(config, *v))
+      return UsageError("--" + std::string(t.option) + ": value out of range");
+  }
+  std::vector<std::string> warnings;
+  Status valid = config.Validate(&warnings);
+  if (!valid.ok()) return UsageError(std::string(valid.message()));
+  if (opt.no_nbd) opt.nbd_unix.clear();
+  if (opt.no_nbd && !opt.nbd_tcp.empty()) return UsageError("--no-nbd contradicts --nbd-tcp");
+  if (opt.no_fuse) opt.fuse_dir.clear();
+  for (std::string* p :
+       {&opt.state_dir, &opt.control, &opt.nbd_unix, &opt.fuse_dir, &opt.pidfile, &opt.log_file}) {
+    if (!p->empty()) *p = std::filesystem::absolute(*p).lexically_normal().string();
+  }
+
+  if (opt.daemonize) Daemonize();
+
+  std::shared_ptr<spdlog::logger> logger;
+  try {
+    if (!opt.log_file.empty()) {
+      logger = spdlog::basic_logger_mt("blksnapd", opt.log_file);
+    } else {
+      logger = spdlog::stderr_logger_mt("blksnapd");
+    }
+  } catch (const spdlog::spdlog_ex& e) {
+    ReportReady(std::string("log file: ") + e.what());
+    std::cerr << "blksnapd: error: log file: " << e.what() << "\n";
+    return 1;
+  }
+  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v");
+  logger->set_level(spdlog::level::from_str(opt.log_level));
+  logger->flush_on(spdlog::level::trace);
+  spdlog::set_default_logger(logger);
+  for (const auto& w : warnings) spdlog::warn("config: {}", w);
+
+  // State dir and its lock.
+  std::error_code ec;
+  std::filesystem::create_directories(opt.state_dir, ec);
+  if (ec) return Fail("cannot create state dir " + opt.state_dir + ": " + ec.message());
+  std::string lock_path = opt.state_dir + "/blksnapd.lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) return Fail("cannot open " + lock_path + ": " + std::strerror(errno));
+  if (::flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    ssize_t n = ::pread(lock_fd, buf, sizeof(buf) - 1, 0);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "?";
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    return Fail("another blksnapd (pid " + pid + ") is already running on state dir " +
+                opt.state_dir);
+  }
+  std::string pid_text = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd, 0) != 0 || ::pwrite(lock_fd, pid_text.data(), pid_text.size(), 0) < 0) {
+    spdlog::warn("cannot write pid into {}: {}", lock_path, std::strerror(errno));
+  }
+
+  // Signals: blocked everywhere (threads inherit the mask), taken by sigwait below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto engine = Engine::Create(config);
+  if (!engine.ok()) return Fail("cannot start the engine: " + engine.status().ToString());
+
+  FrontOptions fo;
+  fo.nbd_unix = opt.nbd_unix;
+  fo.nbd_tcp = opt.nbd_tcp;
+  fo.tls_cert = opt.tls_cert;
+  fo.tls_key = opt.tls_key;
+  fo.tls_ca = opt.tls_ca;
+  fo.tls_psk_file = opt.tls_psk;
+  fo.tls_required = opt.tls_required;
+  fo.fuse_dir = opt.fuse_dir;
+  auto fronts = Fronts::Start(fo);
+  if (!fronts.ok()) return Fail("cannot start the fronts: " + fronts.status().ToString());
+
+  auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
+                                           ServiceInfo{opt.state_dir, opt.control});
+  std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
+  auto server = ControlServer::Listen(
+      opt.control, [service](const std::string& method, const nlohmann::json& params,
+                             const std::function<bool()>& cancelled) {
+        return service->Handle(method, params, cancelled);
+      });
+  if (!server.ok()) {
+    service->Shutdown();
+    return Fail(server.status().ToString());
+  }
+  if (!opt.pidfile.empty()) {
+    FILE* f = std::fopen(opt.pidfile.c_str(), "w");
+    if (f == nullptr) {
+      service->Shutdown();
+      return Fail("cannot write pidfile " + opt.pidfile + ": " + std::strerror(errno));
+    }
+    std::fprintf(f, "%d\n", static_cast<int>(::getpid()));
+    std::fclose(f);
+  }
+  std::thread server_thread([&server] { (*server)->Run(); });
+  spdlog::info("blksnapd {} ready: control socket {}, state dir {}", BLKSNAP_VERSION, opt.control,
+               opt.state_dir);
+  ReportReady("");
+  NotifySystemd("READY=1");
+
+  int sig = 0;
+  while (sigwait(&signals, &sig) != 0) {
+  }
+  spdlog::info("signal {} received: shutting down", strsignal(sig));
+  NotifySystemd("STOPPING=1");
+  (*server)->Stop();
+  server_thread.join();
+  server->reset();
+  service->Shutdown();
+  if (!opt.pidfile.empty()) ::unlink(opt.pidfile.c_str());
+  ::close(lock_fd);
+  spdlog::info("blksnapd stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace blksnap::daemon
+
+int main(int argc, char** argv) { return blksnap::daemon::Run(argc, argv); }
