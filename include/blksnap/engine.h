@@ -63,8 +63,8 @@ const char* ToString(SnapshotState state);  // "created", "taken", "corrupted", 
 struct SnapshotEvent {
   enum class Type { kCorrupted, kNoSpace };
   Type type = Type::kCorrupted;
-  std::string device;   // kCorrupted: which device's copy failed
-  int errnum = 0;       // kCorrupted: why
+  std::string device;      // kCorrupted: which device's copy failed
+  int errnum = 0;          // kCorrupted: why
   uint64_t requested = 0;  // kNoSpace: bytes the storage wanted to grow by
 };
 const char* ToString(SnapshotEvent::Type type);  // "corrupted", "no_space"
@@ -105,6 +105,9 @@ struct SnapshotOptions {
   // fallocate) or a block device (used at its fixed size).
   std::string storage_path;
   uint64_t limit = 0;  // bytes; 0 = no limit beyond the file system's free space
+  // Optional: use this already opened device as the storage (fixed size; tests and embedders
+  // use it to stack a FaultDevice). storage_path then only names it in reports.
+  std::shared_ptr<BlockDevice> storage_device;
 };
 
 // Hooks around the switch in Take(), e.g. to freeze file systems on the devices' fronts.

@@ -1,0 +1,71 @@
+// CbtMap: change-block tracking for one device (the counterpart of blksnap's cbt_map.c).
+//
+// The device is cut into tracking blocks of 2^shift bytes. Two maps hold one byte per block:
+//  - the write map, updated by every write, trim and write-zeroes: map[i] = max(map[i], active);
+//  - the read map, a copy of the write map frozen at each snapshot take.
+// Snap numbers: active starts at 1, previous at 0. A take sets previous = active, active + 1 and
+// copies write map to read map. When active would reach 256, or the device capacity changed, or
+// the map was marked corrupted, the take starts a new generation first: a new random generation
+// id, both maps cleared, numbering restarted — so a backup tool knows it needs a full backup.
+//
+// Locking: MarkWrite() is lock-free (relaxed byte stores of a value that only changes at a take)
+// and relies on the caller's IoGate: SwitchForTake() runs only while writers are held. Every
+// other method takes mu_, which guards the read map, the numbers and the generation.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "blksnap/cbt.h"
+#include "blksnap/config.h"
+#include "blksnap/status.h"
+
+namespace blksnap {
+
+class CbtMap {
+ public:
+  CbtMap(uint64_t capacity, const Config& config);
+
+  // Hot path: a write, trim or write-zeroes reached [offset, offset + length).
+  void MarkWrite(uint64_t offset, uint64_t length);
+  // Mark-dirty (and writes to a snapshot image): write map = active, read map = previous.
+  Status MarkBoth(uint64_t offset, uint64_t length);
+
+  // The take: call with writers held. Starts a new generation first if needed.
+  void SwitchForTake(uint64_t capacity);
+  // Forces a new generation at the next take.
+  void SetCorrupted();
+
+  CbtInfo info() const;
+  Status ReadMap(uint64_t first_block, std::span<uint8_t> out) const;
+  Result<std::vector<ByteExtent>> ChangedExtents(uint8_t since_snap,
+                                                 const std::optional<Uuid>& generation) const;
+
+  uint8_t active_snap_number() const { return active_.load(std::memory_order_relaxed); }
+
+ private:
+  void Reset(uint64_t capacity);  // new generation; requires mu_ (or construction)
+  std::pair<uint64_t, uint64_t> BlockRange(uint64_t offset, uint64_t length) const;
+
+  const Config config_;
+  mutable std::mutex mu_;
+  uint64_t capacity_ = 0;     // guarded by mu_; changes only while writers are held
+  uint32_t block_shift_ = 0;  // likewise
+  uint64_t block_count_ = 0;  // likewise
+  std::unique_ptr<std::atomic<uint8_t>[]> write_map_;  // identity changes only while held
+  std::vector<uint8_t> read_map_;                      // guarded by mu_
+  std::atomic<uint8_t> active_{1};
+  uint8_t previous_ = 0;    // guarded by mu_
+  Uuid generation_;         // guarded by mu_
+  bool corrupted_ = false;  // guarded by mu_
+};
+
+// The tracking block shift for a device of this capacity (see Config).
+uint32_t TrackingBlockShift(uint64_t capacity, const Config& config);
+
+}  // namespace blksnap

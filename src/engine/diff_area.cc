@@ -1,0 +1,343 @@
+// DiffArea: see diff_area.h for the chunk state machine, the sparse table and the locking.
+#include "engine/diff_area.h"
+
+#include <cstring>
+#include <vector>
+
+namespace blksnap {
+
+ChunkGeometry ComputeChunkGeometry(uint64_t capacity, uint32_t io_size, const Config& config) {
+  auto count_by_shift = [&](uint32_t shift) {
+    return (capacity >> shift) + ((capacity & ((1ull << shift) - 1)) ? 1 : 0);
+  };
+  uint32_t shift = config.chunk_minimum_shift;
+  while ((1ull << shift) < io_size && shift < 30) ++shift;
+  while (count_by_shift(shift) > (1ull << config.chunk_maximum_count_shift) &&
+         shift < config.chunk_maximum_shift) {
+    ++shift;
+  }
+  return ChunkGeometry{shift, count_by_shift(shift), capacity};
+}
+
+DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
+                   ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt)
+    : original_(std::move(original)),
+      storage_(std::move(storage)),
+      geometry_(geometry),
+      config_(config),
+      on_corrupt_(std::move(on_corrupt)) {
+  storer_ = std::thread([this] { StorerLoop(); });
+}
+
+DiffArea::~DiffArea() { Shutdown(); }
+
+void DiffArea::Shutdown() {
+  image_gate_.Shutdown();
+  {
+    std::lock_guard lock(queue_mu_);
+    if (stop_ && !storer_.joinable()) return;
+    stop_ = true;
+    queue_cv_.notify_all();
+  }
+  if (storer_.joinable()) storer_.join();
+  {
+    std::lock_guard lock(cache_mu_);
+    lru_.clear();
+  }
+  for (Shard& shard : shards_) {
+    std::lock_guard lock(shard.mu);
+    for (auto& [index, chunk] : shard.chunks) {
+      std::lock_guard data(chunk->data_mu);
+      chunk->buffer.reset();
+      chunk->cached = false;
+    }
+  }
+  storage_.reset();
+}
+
+void DiffArea::Corrupt(int errnum) {
+  int expected = 0;
+  if (!corrupt_errno_.compare_exchange_strong(expected, errnum ? errnum : EIO)) return;
+  {
+    std::lock_guard lock(queue_mu_);
+    queue_cv_.notify_all();  // release throttled writers
+  }
+  if (on_corrupt_) on_corrupt_(errnum ? errnum : EIO);
+}
+
+void DiffArea::SetState(uint64_t index, Chunk* chunk, State state) {
+  Shard& shard = ShardOf(index);
+  std::lock_guard lock(shard.mu);
+  chunk->state = state;
+  shard.cv.notify_all();
+}
+
+DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
+  Shard& shard = ShardOf(index);
+  std::unique_lock lock(shard.mu);
+  auto [it, inserted] = shard.chunks.try_emplace(index);
+  if (!inserted) {
+    Chunk* chunk = it->second.get();
+    shard.cv.wait(lock, [&] { return chunk->state != State::kCopying; });
+    return chunk->state == State::kFailed ? nullptr : chunk;
+  }
+  it->second = std::make_unique<Chunk>();
+  Chunk* chunk = it->second.get();
+  lock.unlock();
+  chunks_touched_.fetch_add(1, std::memory_order_relaxed);
+
+  auto fail = [&](int errnum) {
+    Corrupt(errnum);
+    {
+      std::lock_guard data(chunk->data_mu);
+      chunk->buffer.reset();
+    }
+    SetState(index, chunk, State::kFailed);
+    return nullptr;
+  };
+  {
+    std::unique_lock queue(queue_mu_);
+    queue_cv_.wait(
+        queue, [&] { return in_queue_ < config_.chunk_maximum_in_queue || stop_ || corrupted(); });
+    if (stop_ || corrupted()) {
+      queue.unlock();
+      return fail(corrupted() ? corrupt_errno() : ENODEV);
+    }
+    ++in_queue_;
+  }
+  const uint64_t length = geometry_.length(index);
+  auto buffer = std::make_unique_for_overwrite<uint8_t[]>(length);
+  Status s = original_->Read(index << geometry_.shift, std::span(buffer.get(), length));
+  if (!s.ok()) {
+    {
+      std::lock_guard queue(queue_mu_);
+      --in_queue_;
+      queue_cv_.notify_all();
+    }
+    return fail(s.errnum());
+  }
+  chunks_copied_.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard data(chunk->data_mu);
+    chunk->buffer = std::move(buffer);
+  }
+  SetState(index, chunk, State::kInMemory);
+  {
+    std::lock_guard queue(queue_mu_);
+    queue_.emplace_back(index, chunk);
+    queue_cv_.notify_all();
+  }
+  return chunk;
+}
+
+void DiffArea::PreserveForOriginalWrite(uint64_t offset, uint64_t length) {
+  if (length == 0 || corrupted() || offset >= geometry_.capacity) return;
+  const uint64_t end = std::min(geometry_.capacity, offset + length);
+  const uint64_t last = (end - 1) >> geometry_.shift;
+  for (uint64_t index = offset >> geometry_.shift; index <= last; ++index) {
+    if (!Preserve(index) && corrupted()) return;
+  }
+}
+
+void DiffArea::StorerLoop() {
+  for (;;) {
+    std::unique_lock queue(queue_mu_);
+    queue_cv_.wait(queue, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    auto [index, chunk] = queue_.front();
+    queue_.pop_front();
+    queue.unlock();
+    StoreChunk(chunk, index);
+    queue.lock();
+    --in_queue_;
+    queue_cv_.notify_all();
+  }
+}
+
+void DiffArea::StoreChunk(Chunk* chunk, uint64_t index) {
+  {
+    std::lock_guard data(chunk->data_mu);
+    Status s = corrupted() ? Status::Error(corrupt_errno(), "snapshot corrupted") : Status::Ok();
+    uint64_t offset = UINT64_MAX;
+    if (s.ok()) {
+      auto allocated = storage_->Allocate(geometry_.length(index));
+      if (allocated.ok()) {
+        offset = *allocated;
+        s = storage_->device().Write(
+            offset, std::span<const uint8_t>(chunk->buffer.get(), geometry_.length(index)));
+      } else {
+        s = allocated.status();
+      }
+    }
+    if (!s.ok()) {
+      Corrupt(s.errnum());
+      chunk->buffer.reset();
+      SetState(index, chunk, State::kFailed);
+      return;
+    }
+    chunk->storage_offset = offset;
+    SetState(index, chunk, State::kStored);
+    chunks_stored_.fetch_add(1, std::memory_order_relaxed);
+    if (config_.chunk_maximum_in_cache == 0) {
+      chunk->buffer.reset();
+      return;
+    }
+  }
+  CacheInsert(chunk);
+}
+
+void DiffArea::CacheInsert(Chunk* chunk) {
+  std::vector<Chunk*> evicted;
+  {
+    std::lock_guard lock(cache_mu_);
+    lru_.push_front(chunk);
+    chunk->lru = lru_.begin();
+    chunk->cached = true;
+    while (lru_.size() > config_.chunk_maximum_in_cache) {
+      Chunk* victim = lru_.back();
+      lru_.pop_back();
+      victim->cached = false;
+      evicted.push_back(victim);
+    }
+  }
+  for (Chunk* victim : evicted) {
+    std::lock_guard data(victim->data_mu);
+    bool cached;
+    {
+      std::lock_guard lock(cache_mu_);
+      cached = victim->cached;
+    }
+    if (!cached && victim->storage_offset != UINT64_MAX) victim->buffer.reset();
+  }
+}
+
+void DiffArea::CacheTouch(Chunk* chunk) {
+  std::lock_guard lock(cache_mu_);
+  if (chunk->cached) lru_.splice(lru_.begin(), lru_, chunk->lru);
+}
+
+Status DiffArea::CheckImageIo() const {
+  if (corrupted()) {
+    return Status::Error(EIO,
+                         "snapshot corrupted (" + std::string(strerror(corrupt_errno())) + ")");
+  }
+  return Status::Ok();
+}
+
+Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf) {
+  Shard& shard = ShardOf(index);
+  const uint64_t offset = (index << geometry_.shift) + in_chunk;
+  for (;;) {
+    std::unique_lock lock(shard.mu);
+    auto it = shard.chunks.find(index);
+    if (it == shard.chunks.end()) {
+      lock.unlock();
+      BLKSNAP_RETURN_IF_ERROR(original_->Read(offset, buf));
+      lock.lock();
+      it = shard.chunks.find(index);
+      // The original changes only after a chunk leaves COPYING: what we read is take-time data.
+      if (it == shard.chunks.end() || it->second->state == State::kCopying) return Status::Ok();
+      continue;
+    }
+    Chunk* chunk = it->second.get();
+    shard.cv.wait(lock, [&] { return chunk->state != State::kCopying; });
+    if (chunk->state == State::kFailed) {
+      Status s = CheckImageIo();
+      return s.ok() ? Status::Error(EIO, "chunk lost") : s;
+    }
+    lock.unlock();
+    std::lock_guard data(chunk->data_mu);
+    if (chunk->buffer) {
+      std::memcpy(buf.data(), chunk->buffer.get() + in_chunk, buf.size());
+      CacheTouch(chunk);
+      return Status::Ok();
+    }
+    if (chunk->storage_offset == UINT64_MAX) return Status::Error(EIO, "chunk lost");
+    return storage_->device().Read(chunk->storage_offset + in_chunk, buf);
+  }
+}
+
+Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data) {
+  Chunk* chunk = Preserve(index);
+  if (!chunk) return Status::Error(EIO, "snapshot corrupted");
+  std::lock_guard guard(chunk->data_mu);
+  if (chunk->buffer) std::memcpy(chunk->buffer.get() + in_chunk, data.data(), data.size());
+  if (chunk->storage_offset != UINT64_MAX) {
+    return storage_->device().Write(chunk->storage_offset + in_chunk, data);
+  }
+  if (!chunk->buffer) return Status::Error(EIO, "chunk lost");
+  return Status::Ok();  // still queued: the storer writes the updated buffer
+}
+
+Status DiffArea::ImageRead(uint64_t offset, std::span<uint8_t> buf) {
+  GateGuard guard(image_gate_);
+  if (!guard.entered()) return Status::Error(ENODEV, "snapshot destroyed");
+  BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
+  uint64_t done = 0;
+  while (done < buf.size()) {
+    const uint64_t pos = offset + done;
+    const uint64_t index = pos >> geometry_.shift;
+    const uint64_t in_chunk = pos - (index << geometry_.shift);
+    const uint64_t n = std::min<uint64_t>(buf.size() - done, geometry_.length(index) - in_chunk);
+    BLKSNAP_RETURN_IF_ERROR(ReadChunkRange(index, in_chunk, buf.subspan(done, n)));
+    done += n;
+  }
+  return CheckImageIo();  // a failure during the read may have made the data suspect
+}
+
+Status DiffArea::ImageWrite(uint64_t offset, std::span<const uint8_t> data) {
+  GateGuard guard(image_gate_);
+  if (!guard.entered()) return Status::Error(ENODEV, "snapshot destroyed");
+  BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
+  uint64_t done = 0;
+  while (done < data.size()) {
+    const uint64_t pos = offset + done;
+    const uint64_t index = pos >> geometry_.shift;
+    const uint64_t in_chunk = pos - (index << geometry_.shift);
+    const uint64_t n = std::min<uint64_t>(data.size() - done, geometry_.length(index) - in_chunk);
+    BLKSNAP_RETURN_IF_ERROR(WriteChunkRange(index, in_chunk, data.subspan(done, n)));
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status DiffArea::ImageWriteZeroes(uint64_t offset, uint64_t length) {
+  std::vector<uint8_t> zeroes(std::min<uint64_t>(length, geometry_.size()), 0);
+  uint64_t done = 0;
+  while (done < length) {
+    const uint64_t n = std::min<uint64_t>(length - done, zeroes.size());
+    BLKSNAP_RETURN_IF_ERROR(ImageWrite(offset + done, std::span(zeroes.data(), n)));
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status DiffArea::ImageFlush() {
+  GateGuard guard(image_gate_);
+  if (!guard.entered()) return Status::Error(ENODEV, "snapshot destroyed");
+  BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
+  WaitStored();
+  BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
+  return storage_->device().Flush();
+}
+
+void DiffArea::WaitStored() {
+  std::unique_lock queue(queue_mu_);
+  queue_cv_.wait(queue, [&] { return in_queue_ == 0 || stop_; });
+}
+
+DiffAreaStats DiffArea::stats() const {
+  DiffAreaStats s;
+  s.chunks_touched = chunks_touched_.load();
+  s.chunks_copied = chunks_copied_.load();
+  s.chunks_stored = chunks_stored_.load();
+  {
+    std::lock_guard lock(queue_mu_);
+    s.chunks_in_queue = in_queue_;
+  }
+  std::lock_guard lock(cache_mu_);
+  s.chunks_cached = lru_.size();
+  return s;
+}
+
+}  // namespace blksnap

@@ -1,0 +1,157 @@
+// DiffArea: copy-on-write state of one device in one taken snapshot (blksnap's diff_area.c and
+// chunk.c).
+//
+// The device is cut into chunks of 2^shift bytes (the last may be shorter). The chunk table is
+// sparse: a chunk has an entry only once something touched it, so a fresh snapshot of a 16 TiB
+// device costs a few kilobytes. Entries live in kShards hash maps, each with its own mutex and
+// condition variable, so writes to different chunks rarely meet.
+//
+// Chunk states (no entry = NEW: the original still holds the take-time data):
+//   COPYING   one thread reads the chunk from the original; others touching it wait
+//   IN_MEMORY the take-time data is in `buffer`, queued for the storer thread
+//   STORED    the data is in the difference storage at storage_offset (buffer may stay cached)
+//   FAILED    preserving failed; the snapshot is corrupted
+// A write to the original proceeds as soon as its chunks are IN_MEMORY, STORED or FAILED: it
+// waits for a read of the chunk, never for the write to the difference storage, which the
+// storer thread does in the background. At most chunk_maximum_in_queue chunks wait in memory;
+// beyond that, new copies wait (throttling). After storing, up to chunk_maximum_in_cache
+// buffers stay in an LRU cache for image reads.
+//
+// Image reads of NEW chunks read the original without taking an entry, then re-check the state:
+// the original can only change after a chunk becomes IN_MEMORY, so seeing NEW or COPYING after
+// the read proves the data read was the take-time data; otherwise the read is retried.
+//
+// Locking order: Chunk::data_mu before a shard mutex before queue_mu_/cache_mu_; never wait
+// for data_mu while holding a shard mutex. The original device is never read or written with a
+// lock held except data_mu (image writes and the storer, which do not touch the original).
+//
+// Failure: any error while preserving marks the area corrupted (errno recorded, callback fired
+// once); from then on writes to the original skip copy-on-write entirely and image I/O fails
+// with EIO. Shutdown() (destroy) waits for in-flight image I/O and fails later calls with ENODEV.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+#include "blksnap/block_device.h"
+#include "blksnap/config.h"
+#include "engine/diff_storage.h"
+#include "engine/io_gate.h"
+
+namespace blksnap {
+
+struct ChunkGeometry {
+  uint32_t shift = 0;
+  uint64_t count = 0;
+  uint64_t capacity = 0;
+  uint64_t size() const { return 1ull << shift; }
+  uint64_t length(uint64_t index) const {
+    const uint64_t offset = index << shift;
+    return std::min(size(), capacity - offset);
+  }
+};
+ChunkGeometry ComputeChunkGeometry(uint64_t capacity, uint32_t io_size, const Config& config);
+
+struct DiffAreaStats {
+  uint64_t chunks_touched = 0;  // entries in the table
+  uint64_t chunks_copied = 0;   // read from the original
+  uint64_t chunks_stored = 0;   // written to the difference storage
+  uint64_t chunks_in_queue = 0;
+  uint64_t chunks_cached = 0;
+};
+
+class DiffArea {
+ public:
+  using CorruptFn = std::function<void(int errnum)>;
+
+  DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
+           ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt);
+  ~DiffArea();
+  DiffArea(const DiffArea&) = delete;
+  DiffArea& operator=(const DiffArea&) = delete;
+
+  // Before a write, trim or write-zeroes reaches [offset, offset + length) of the original.
+  // Never fails: a failure to preserve corrupts the snapshot and the original write goes on.
+  void PreserveForOriginalWrite(uint64_t offset, uint64_t length);
+
+  Status ImageRead(uint64_t offset, std::span<uint8_t> buf);
+  // data.empty() with zero_length > 0 writes zeroes.
+  Status ImageWrite(uint64_t offset, std::span<const uint8_t> data);
+  Status ImageWriteZeroes(uint64_t offset, uint64_t length);
+  Status ImageFlush();
+
+  // Stops the storer, waits for in-flight image I/O, releases memory and the storage.
+  void Shutdown();
+
+  const ChunkGeometry& geometry() const { return geometry_; }
+  bool corrupted() const { return corrupt_errno_.load() != 0; }
+  int corrupt_errno() const { return corrupt_errno_.load(); }
+  DiffAreaStats stats() const;
+  // Blocks until every queued chunk is stored (tests, benchmarks, future persistence).
+  void WaitStored();
+
+ private:
+  enum class State : uint8_t { kCopying, kInMemory, kStored, kFailed };
+  struct Chunk {
+    std::mutex data_mu;                    // serialises image writes, the storer and cache eviction
+    State state = State::kCopying;         // guarded by the shard mutex
+    uint64_t storage_offset = UINT64_MAX;  // guarded by data_mu (set under the shard too)
+    std::unique_ptr<uint8_t[]> buffer;     // guarded by data_mu
+    bool cached = false;                   // guarded by cache_mu_
+    std::list<Chunk*>::iterator lru;       // guarded by cache_mu_
+  };
+  struct Shard {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::unordered_map<uint64_t, std::unique_ptr<Chunk>> chunks;
+  };
+  static constexpr size_t kShards = 64;
+
+  Shard& ShardOf(uint64_t index) { return shards_[index % kShards]; }
+  // Makes sure chunk `index` is preserved; returns it (null if the area is corrupted/failed).
+  Chunk* Preserve(uint64_t index);
+  void SetState(uint64_t index, Chunk* chunk, State state);
+  void Corrupt(int errnum);
+  void StorerLoop();
+  void StoreChunk(Chunk* chunk, uint64_t index);
+  void CacheInsert(Chunk* chunk);  // requires chunk->data_mu
+  void CacheTouch(Chunk* chunk);
+  Status ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf);
+  Status WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data);
+  Status CheckImageIo() const;
+
+  const std::shared_ptr<BlockDevice> original_;
+  std::shared_ptr<DiffStorage> storage_;  // reset by Shutdown (after the gate is shut)
+  const ChunkGeometry geometry_;
+  const Config config_;
+  const CorruptFn on_corrupt_;
+
+  std::array<Shard, kShards> shards_;
+  std::atomic<int> corrupt_errno_{0};
+  IoGate image_gate_;
+
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;               // storer: work arrived; writers: room freed
+  std::deque<std::pair<uint64_t, Chunk*>> queue_;  // guarded by queue_mu_
+  uint64_t in_queue_ = 0;                          // guarded by queue_mu_ (includes being stored)
+  bool stop_ = false;                              // guarded by queue_mu_
+
+  mutable std::mutex cache_mu_;
+  std::list<Chunk*> lru_;  // guarded by cache_mu_; front = most recent
+
+  std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0};
+  std::thread storer_;
+};
+
+}  // namespace blksnap

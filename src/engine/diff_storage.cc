@@ -1,0 +1,218 @@
+// DiffStorage: see diff_storage.h. The header layout is in docs/diff-storage-format.md.
+#include "engine/diff_storage.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "blksnap/io.h"
+#include "util/crc32c.h"
+
+namespace blksnap {
+namespace {
+
+constexpr char kMagic[16] = "BLKSNAP-DIFFSTO";  // 15 chars + NUL
+constexpr uint32_t kFormatVersion = 1;
+constexpr uint64_t kMiB = 1ull << 20;
+
+// Owns a file descriptor shared by the grow function.
+struct SharedFd {
+  int fd = -1;
+  ~SharedFd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+}  // namespace
+
+DiffStorage::DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit,
+                         uint64_t step, EventFn events, std::string path)
+    : device_(std::move(device)),
+      grow_(std::move(grow)),
+      limit_(limit),
+      step_(step),
+      events_(std::move(events)),
+      path_(std::move(path)) {}
+
+DiffStorage::~DiffStorage() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (grower_.joinable()) grower_.join();
+}
+
+Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDevice> device,
+                                                         GrowFn grow, uint64_t limit, uint64_t step,
+                                                         const Uuid& id, EventFn events,
+                                                         std::string path) {
+  if (device->size() <= kDiffStorageHeaderSize + kMiB) {
+    return Status::Error(ENOSPC, "difference storage smaller than its 2 MiB header plus 1 MiB");
+  }
+  const uint64_t usable = device->size() - kDiffStorageHeaderSize;
+  if (limit == 0 || limit > usable) limit = usable;
+  std::shared_ptr<DiffStorage> storage(new DiffStorage(std::move(device), std::move(grow), limit,
+                                                       step, std::move(events), std::move(path)));
+  BLKSNAP_RETURN_IF_ERROR(storage->WriteHeader(id));
+  // The first step is reserved now, so that a storage without room fails at creation.
+  const uint64_t first = std::min(step, limit);
+  if (storage->grow_) {
+    Status s = storage->grow_(kDiffStorageHeaderSize, first);
+    if (!s.ok()) {
+      return Status::Error(s.errnum(), "cannot reserve the first " + std::to_string(first >> 20) +
+                                           " MiB of difference storage: " + s.ToString());
+    }
+    storage->reserved_ = first;
+    storage->grower_ = std::thread([raw = storage.get()] { raw->GrowerLoop(); });
+  } else {
+    storage->reserved_ = limit;  // fixed-size devices are reserved whole
+  }
+  return storage;
+}
+
+Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, uint64_t limit,
+                                                       uint64_t step, const Uuid& id,
+                                                       EventFn events) {
+  struct stat st {};
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (!exists && errno != ENOENT) return Status::FromErrno("stat " + path);
+  StorageIdentity identity;
+  auto fd = std::make_shared<SharedFd>();
+  std::string device_path = path;
+  if (exists && S_ISBLK(st.st_mode)) {
+    identity.is_block_device = true;
+    identity.rdev = st.st_rdev;
+    BLKSNAP_ASSIGN_OR_RETURN(auto device, OpenFileDevice(path));
+    BLKSNAP_ASSIGN_OR_RETURN(
+        auto storage, Create(std::move(device), nullptr, limit, step, id, std::move(events), path));
+    storage->set_identity(identity);
+    return storage;
+  }
+  if (exists && S_ISDIR(st.st_mode)) {
+    fd->fd = ::open(path.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd->fd < 0) return Status::FromErrno("create a temporary file in " + path);
+    device_path = "/proc/self/fd/" + std::to_string(fd->fd);
+  } else if (!exists || S_ISREG(st.st_mode)) {
+    fd->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd->fd < 0) return Status::FromErrno("open difference storage " + path);
+  } else {
+    return Status::Error(EINVAL, path + " is not a directory, regular file or block device");
+  }
+  struct stat fst {};
+  if (::fstat(fd->fd, &fst) != 0) return Status::FromErrno("fstat " + path);
+  identity.dev = fst.st_dev;
+  identity.ino = fst.st_ino;
+  if (limit == 0) {
+    struct statvfs vfs {};
+    if (::fstatvfs(fd->fd, &vfs) != 0) return Status::FromErrno("statvfs " + path);
+    limit = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize / kMiB * kMiB;
+  }
+  if (limit < kMiB) return Status::Error(ENOSPC, "difference storage limit below 1 MiB");
+  if (::ftruncate(fd->fd, static_cast<off_t>(kDiffStorageHeaderSize + limit)) != 0)
+    return Status::FromErrno("size difference storage " + path);
+  BLKSNAP_ASSIGN_OR_RETURN(auto device, OpenFileDevice(device_path));
+  GrowFn grow = [fd](uint64_t offset, uint64_t length) -> Status {
+    if (::fallocate(fd->fd, 0, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0)
+      return Status::FromErrno("fallocate difference storage");
+    return Status::Ok();
+  };
+  BLKSNAP_ASSIGN_OR_RETURN(auto storage, Create(std::move(device), std::move(grow), limit, step, id,
+                                                std::move(events), path));
+  storage->set_identity(identity);
+  return storage;
+}
+
+Status DiffStorage::WriteHeader(const Uuid& id) {
+  std::vector<uint8_t> header(4096, 0);
+  std::memcpy(header.data(), kMagic, sizeof(kMagic));
+  std::memcpy(header.data() + 16, &kFormatVersion, 4);
+  const uint32_t header_size = static_cast<uint32_t>(kDiffStorageHeaderSize);
+  std::memcpy(header.data() + 20, &header_size, 4);
+  std::memcpy(header.data() + 24, id.bytes().data(), 16);
+  const uint64_t created =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  std::memcpy(header.data() + 40, &created, 8);
+  std::memcpy(header.data() + 48, &limit_, 8);
+  const uint32_t crc = Crc32c(header.data(), 4092);
+  std::memcpy(header.data() + 4092, &crc, 4);
+  return device_->Write(0, header);
+}
+
+Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    if (stop_) return Status::Error(ENODEV, "difference storage closed");
+    if (used_ + bytes <= reserved_) {
+      const uint64_t offset = kDiffStorageHeaderSize + used_;
+      used_ += bytes;
+      if (reserved_ - used_ < std::min(step_, limit_) / 2) {
+        if (reserved_ < limit_ && !grow_failed_ && grow_) {
+          if (!growing_) {
+            growing_ = true;
+            cv_.notify_all();
+          }
+        } else {
+          RaiseNoSpace(step_);
+        }
+      }
+      return offset;
+    }
+    if (reserved_ >= limit_ || grow_failed_ || !grow_) {
+      RaiseNoSpace(bytes);
+      return Status::Error(
+          ENOSPC, "difference storage is full (limit " + std::to_string(limit_ >> 20) + " MiB)");
+    }
+    if (!growing_) {
+      growing_ = true;
+      cv_.notify_all();
+    }
+    cv_.wait(lock, [&] { return !growing_ || stop_; });
+  }
+}
+
+void DiffStorage::RaiseNoSpace(uint64_t requested) {
+  if (no_space_raised_) return;
+  no_space_raised_ = true;
+  if (events_) {
+    SnapshotEvent event;
+    event.type = SnapshotEvent::Type::kNoSpace;
+    event.requested = requested;
+    events_(std::move(event));
+  }
+}
+
+void DiffStorage::GrowerLoop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return growing_ || stop_; });
+    if (stop_) return;
+    const uint64_t length = std::min(step_, limit_ - reserved_);
+    const uint64_t offset = kDiffStorageHeaderSize + reserved_;
+    lock.unlock();
+    Status s = length ? grow_(offset, length) : Status::Error(ENOSPC, "limit reached");
+    lock.lock();
+    if (s.ok()) {
+      reserved_ += length;
+    } else {
+      grow_failed_ = true;
+      RaiseNoSpace(length);
+    }
+    growing_ = false;
+    cv_.notify_all();
+  }
+}
+
+StorageInfo DiffStorage::info() const {
+  std::lock_guard lock(mu_);
+  return StorageInfo{path_, reserved_, used_, limit_};
+}
+
+}  // namespace blksnap

@@ -1,0 +1,89 @@
+// DiffStorage: where a snapshot's preserved chunks live (blksnap's diff_storage.c).
+//
+// The storage is one BlockDevice: an unnamed temporary file in a directory, a regular file, or
+// a block device. The first 2 MiB hold a header (docs/diff-storage-format.md); chunks are
+// allocated after it by a bump pointer. Files are sized to header + limit as a sparse file and
+// their space is reserved with fallocate in steps of diff_storage_minimum, by a background
+// thread, when free reserved space falls below half a step; allocations only wait for it when
+// the reserved space is used up. When the limit is reached (or the file system refuses to
+// grow) a no_space event is raised once; an allocation that cannot be served fails with ENOSPC.
+//
+// Locking: mu_ guards the allocation state; the grower thread calls grow_ without mu_ held.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "blksnap/block_device.h"
+#include "blksnap/engine.h"
+#include "blksnap/uuid.h"
+
+namespace blksnap {
+
+inline constexpr uint64_t kDiffStorageHeaderSize = 2ull << 20;
+
+struct StorageIdentity {
+  bool is_block_device = false;
+  uint64_t rdev = 0;  // block device: its device number
+  uint64_t dev = 0;   // file: the device of the file system holding it
+  uint64_t ino = 0;
+};
+
+class DiffStorage {
+ public:
+  // Reserves [offset, offset + length) of the device (fallocate for files; no-op otherwise).
+  using GrowFn = std::function<Status(uint64_t offset, uint64_t length)>;
+  using EventFn = std::function<void(SnapshotEvent)>;
+
+  // Opens or creates the storage at path for snapshot `id` (see SnapshotOptions).
+  static Result<std::shared_ptr<DiffStorage>> Open(const std::string& path, uint64_t limit,
+                                                   uint64_t step, const Uuid& id, EventFn events);
+  // Storage on any device (tests): usable space is device size minus header, capped by limit.
+  static Result<std::shared_ptr<DiffStorage>> Create(std::shared_ptr<BlockDevice> device,
+                                                     GrowFn grow, uint64_t limit, uint64_t step,
+                                                     const Uuid& id, EventFn events,
+                                                     std::string path = "");
+  ~DiffStorage();
+  DiffStorage(const DiffStorage&) = delete;
+  DiffStorage& operator=(const DiffStorage&) = delete;
+
+  // Allocates `bytes` and returns their device offset; ENOSPC when it cannot be served.
+  Result<uint64_t> Allocate(uint64_t bytes);
+
+  BlockDevice& device() { return *device_; }
+  StorageInfo info() const;
+  const StorageIdentity& identity() const { return identity_; }
+  void set_identity(const StorageIdentity& identity) { identity_ = identity; }
+
+ private:
+  DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit, uint64_t step,
+              EventFn events, std::string path);
+  Status WriteHeader(const Uuid& id);
+  void GrowerLoop();
+  void RaiseNoSpace(uint64_t requested);  // requires mu_
+
+  std::shared_ptr<BlockDevice> device_;
+  GrowFn grow_;
+  const uint64_t limit_;  // usable bytes after the header
+  const uint64_t step_;
+  EventFn events_;
+  const std::string path_;
+  StorageIdentity identity_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t reserved_ = 0;         // guarded by mu_: usable bytes reserved so far
+  uint64_t used_ = 0;             // guarded by mu_
+  bool growing_ = false;          // guarded by mu_: a grow is requested or running
+  bool grow_failed_ = false;      // guarded by mu_
+  bool no_space_raised_ = false;  // guarded by mu_
+  bool stop_ = false;             // guarded by mu_
+  std::thread grower_;
+};
+
+}  // namespace blksnap

@@ -1,0 +1,139 @@
+#include "engine/diff_storage.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <vector>
+
+#include "blksnap/io.h"
+#include "engine/engine_test_util.h"
+
+namespace blksnap {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+
+struct Recorder {
+  std::mutex mu;
+  std::vector<SnapshotEvent> events;
+  DiffStorage::EventFn fn() {
+    return [this](SnapshotEvent e) {
+      std::lock_guard lock(mu);
+      events.push_back(e);
+    };
+  }
+  size_t count() {
+    std::lock_guard lock(mu);
+    return events.size();
+  }
+};
+
+TEST(DiffStorageTest, AllocatesAfterHeaderAndGrowsInSteps) {
+  auto dev = MakeMemoryDevice(kDiffStorageHeaderSize + 64 * kMiB);
+  std::atomic<int> grows{0};
+  Recorder rec;
+  auto grow = [&](uint64_t offset, uint64_t length) {
+    EXPECT_EQ(offset % kMiB, 0u);
+    EXPECT_EQ(length, 4 * kMiB);
+    ++grows;
+    return Status::Ok();
+  };
+  auto storage = DiffStorage::Create(dev, grow, 16 * kMiB, 4 * kMiB, Uuid::Random(), rec.fn());
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  EXPECT_EQ(grows.load(), 1);  // the first step is reserved at creation
+  EXPECT_EQ((*storage)->info().capacity, 4 * kMiB);
+  auto first = (*storage)->Allocate(kMiB);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(*first, kDiffStorageHeaderSize);
+  for (int i = 1; i < 16; ++i) {
+    auto off = (*storage)->Allocate(kMiB);
+    ASSERT_TRUE(off.ok()) << i << ": " << off.status().ToString();
+    EXPECT_EQ(*off, kDiffStorageHeaderSize + i * kMiB);
+  }
+  EXPECT_EQ(grows.load(), 4);  // 16 MiB limit in 4 MiB steps
+  EXPECT_EQ((*storage)->info().used, 16 * kMiB);
+  auto over = (*storage)->Allocate(kMiB);
+  EXPECT_EQ(over.status().errnum(), ENOSPC);
+  ASSERT_GE(rec.count(), 1u);
+  EXPECT_EQ(rec.events[0].type, SnapshotEvent::Type::kNoSpace);
+  EXPECT_EQ(rec.count(), 1u);  // raised once
+}
+
+TEST(DiffStorageTest, GrowthFailureRaisesNoSpaceAndFailsAllocation) {
+  auto dev = MakeMemoryDevice(kDiffStorageHeaderSize + 64 * kMiB);
+  int calls = 0;
+  auto grow = [&](uint64_t, uint64_t) {
+    return ++calls == 1 ? Status::Ok() : Status::Error(ENOSPC, "file system full");
+  };
+  Recorder rec;
+  auto storage = DiffStorage::Create(dev, grow, 64 * kMiB, 2 * kMiB, Uuid::Random(), rec.fn());
+  ASSERT_TRUE(storage.ok());
+  ASSERT_TRUE((*storage)->Allocate(kMiB).ok());
+  ASSERT_TRUE((*storage)->Allocate(kMiB).ok());
+  EXPECT_EQ((*storage)->Allocate(kMiB).status().errnum(), ENOSPC);
+  ASSERT_EQ(rec.count(), 1u);
+  EXPECT_EQ(rec.events[0].type, SnapshotEvent::Type::kNoSpace);
+}
+
+TEST(DiffStorageTest, HeaderCarriesMagicAndId) {
+  auto dev = MakeMemoryDevice(kDiffStorageHeaderSize + 8 * kMiB);
+  Uuid id = Uuid::Random();
+  auto storage = DiffStorage::Create(dev, nullptr, 0, kMiB, id, nullptr);
+  ASSERT_TRUE(storage.ok());
+  std::vector<uint8_t> header(4096);
+  ASSERT_OK(dev->Read(0, header));
+  EXPECT_EQ(std::string(reinterpret_cast<char*>(header.data())), "BLKSNAP-DIFFSTO");
+  EXPECT_EQ(0, memcmp(header.data() + 24, id.bytes().data(), 16));
+  EXPECT_EQ((*storage)->info().capacity, 8 * kMiB);  // fixed-size: all reserved
+}
+
+class DiffStorageFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/var/tmp/blksnap-ds-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
+
+TEST_F(DiffStorageFileTest, DirectoryGetsAnUnnamedTemporaryFile) {
+  {
+    auto storage = DiffStorage::Open(dir_, 64 * kMiB, 4 * kMiB, Uuid::Random(), nullptr);
+    ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+    for (int i = 0; i < 8; ++i) ASSERT_TRUE((*storage)->Allocate(kMiB).ok());
+    EXPECT_GE((*storage)->info().capacity, 8 * kMiB);
+    EXPECT_TRUE(std::filesystem::is_empty(dir_));  // nothing named in the directory
+  }
+}
+
+TEST_F(DiffStorageFileTest, RegularFileIsReservedWithFallocate) {
+  const std::string path = dir_ + "/storage";
+  auto storage = DiffStorage::Open(path, 32 * kMiB, 4 * kMiB, Uuid::Random(), nullptr);
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), kDiffStorageHeaderSize + 32 * kMiB);
+  // Only the first step (plus the header block) is allocated on disk.
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, 4 * kMiB);
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 8 * kMiB);
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE((*storage)->Allocate(kMiB).ok()) << i;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, 20 * kMiB);
+}
+
+TEST_F(DiffStorageFileTest, BadPathsFailClearly) {
+  auto missing =
+      DiffStorage::Open("/nonexistent/dir/file", kMiB * 8, kMiB, Uuid::Random(), nullptr);
+  EXPECT_EQ(missing.status().errnum(), ENOENT);
+  auto chr = DiffStorage::Open("/dev/null", kMiB * 8, kMiB, Uuid::Random(), nullptr);
+  EXPECT_EQ(chr.status().errnum(), EINVAL);
+}
+
+}  // namespace
+}  // namespace blksnap

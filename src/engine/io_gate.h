@@ -1,0 +1,87 @@
+// IoGate: holds writers out of a device for the instant of a snapshot switch.
+//
+// Writers bracket each request with Enter()/Exit(); Close() stops new entries and waits until
+// in-flight ones have left; Open() lets them in again. Unlike pthread rwlocks (which prefer
+// readers and can starve the taker), a closed gate admits nobody, so Close() always finishes
+// once in-flight requests do. Shutdown() closes for good: Enter() then returns false.
+//
+// The fast path is one atomic increment and one load (Dekker-style handshake with Close(), both
+// sequentially consistent); the mutex is touched only while the gate is closed.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+namespace blksnap {
+
+class IoGate {
+ public:
+  // Returns false if the gate is shut down (the caller must not proceed and must not Exit()).
+  bool Enter() {
+    for (;;) {
+      inflight_.fetch_add(1);
+      if (!closed_.load()) return true;
+      Exit();
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return !closed_.load() || shutdown_; });
+      if (shutdown_) return false;
+    }
+  }
+
+  void Exit() {
+    if (inflight_.fetch_sub(1) == 1 && closed_.load()) {
+      std::lock_guard lock(mu_);
+      cv_.notify_all();
+    }
+  }
+
+  // Waits for in-flight requests to leave; new ones wait in Enter() until Open().
+  void Close() {
+    std::unique_lock lock(mu_);
+    closed_.store(true);
+    cv_.wait(lock, [&] { return inflight_.load() == 0; });
+  }
+
+  void Open() {
+    std::lock_guard lock(mu_);
+    if (shutdown_) return;
+    closed_.store(false);
+    cv_.notify_all();
+  }
+
+  // Closes for good: waits for in-flight requests; later Enter() calls return false.
+  void Shutdown() {
+    std::unique_lock lock(mu_);
+    shutdown_ = true;
+    closed_.store(true);
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return inflight_.load() == 0; });
+  }
+
+ private:
+  std::atomic<int64_t> inflight_{0};
+  std::atomic<bool> closed_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool shutdown_ = false;  // guarded by mu_
+};
+
+// Enter()s on construction, Exit()s on destruction if entered.
+class GateGuard {
+ public:
+  explicit GateGuard(IoGate& gate) : gate_(gate), entered_(gate.Enter()) {}
+  ~GateGuard() {
+    if (entered_) gate_.Exit();
+  }
+  GateGuard(const GateGuard&) = delete;
+  GateGuard& operator=(const GateGuard&) = delete;
+  bool entered() const { return entered_; }
+
+ private:
+  IoGate& gate_;
+  bool entered_;
+};
+
+}  // namespace blksnap

@@ -1,0 +1,169 @@
+// SnapshotImpl and SnapImage: see snapshot.h.
+#include "engine/snapshot.h"
+
+namespace blksnap {
+
+const char* ToString(SnapshotState state) {
+  switch (state) {
+    case SnapshotState::kCreated:
+      return "created";
+    case SnapshotState::kTaken:
+      return "taken";
+    case SnapshotState::kCorrupted:
+      return "corrupted";
+    case SnapshotState::kDestroyed:
+      return "destroyed";
+  }
+  return "unknown";
+}
+
+const char* ToString(SnapshotEvent::Type type) {
+  return type == SnapshotEvent::Type::kCorrupted ? "corrupted" : "no_space";
+}
+
+SnapImage::SnapImage(std::shared_ptr<DiffArea> area, std::shared_ptr<TrackerImpl> tracker)
+    : area_(std::move(area)),
+      tracker_(std::move(tracker)),
+      logical_block_size_(tracker_->logical_block_size()),
+      physical_block_size_(tracker_->physical_block_size()) {}
+
+DeviceCapabilities SnapImage::capabilities() const {
+  DeviceCapabilities caps;
+  caps.fast_zero = false;
+  caps.block_status = false;
+  caps.multi_conn_safe = true;
+  return caps;
+}
+
+Status SnapImage::Read(uint64_t offset, std::span<uint8_t> buf) {
+  BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, buf.size()));
+  return area_->ImageRead(offset, buf);
+}
+
+Status SnapImage::Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) {
+  BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, buf.size()));
+  if (buf.empty()) return Status::Ok();
+  tracker_->cbt().MarkBoth(offset, buf.size()).IgnoreError();  // range checked above
+  BLKSNAP_RETURN_IF_ERROR(area_->ImageWrite(offset, buf));
+  return (flags & kWriteFua) ? area_->ImageFlush() : Status::Ok();
+}
+
+Status SnapImage::Flush() { return area_->ImageFlush(); }
+
+Status SnapImage::Trim(uint64_t offset, uint64_t length) {
+  BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
+  if (area_->corrupted()) return Status::Error(EIO, "snapshot corrupted");
+  return Status::Ok();
+}
+
+Status SnapImage::WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags) {
+  BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
+  if (flags & kZeroFast) return Status::Error(ENOTSUP, "zeroing an image is not fast");
+  if (length == 0) return Status::Ok();
+  tracker_->cbt().MarkBoth(offset, length).IgnoreError();
+  return area_->ImageWriteZeroes(offset, length);
+}
+
+SnapshotImpl::SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage,
+                           std::shared_ptr<EventQueue> events)
+    : id_(id), storage_(std::move(storage)), events_(std::move(events)) {
+  last_storage_info_ = storage_->info();
+}
+
+SnapshotState SnapshotImpl::state() const {
+  std::lock_guard lock(mu_);
+  return state_;
+}
+
+StorageInfo SnapshotImpl::storage_info() const {
+  std::lock_guard lock(mu_);
+  return storage_ ? storage_->info() : last_storage_info_;
+}
+
+std::vector<SnapshotDeviceInfo> SnapshotImpl::devices() const {
+  std::lock_guard lock(mu_);
+  std::vector<SnapshotDeviceInfo> out;
+  for (const Member& m : members_) out.push_back({m.tracker->name(), m.errnum});
+  return out;
+}
+
+std::shared_ptr<BlockDevice> SnapshotImpl::image(const std::string& device) const {
+  std::lock_guard lock(mu_);
+  for (const Member& m : members_) {
+    if (m.tracker->name() == device) return m.image;
+  }
+  return nullptr;
+}
+
+Result<SnapshotEvent> SnapshotImpl::WaitEvent(std::chrono::milliseconds timeout) {
+  return events_->Wait(timeout);
+}
+
+std::vector<SnapshotImpl::Member> SnapshotImpl::members() const {
+  std::lock_guard lock(mu_);
+  return members_;
+}
+
+void SnapshotImpl::AddMember(std::shared_ptr<TrackerImpl> tracker) {
+  std::lock_guard lock(mu_);
+  members_.push_back(Member{std::move(tracker), nullptr, nullptr, 0});
+}
+
+bool SnapshotImpl::HasMember(const TrackerImpl* tracker) const {
+  std::lock_guard lock(mu_);
+  for (const Member& m : members_) {
+    if (m.tracker.get() == tracker) return true;
+  }
+  return false;
+}
+
+void SnapshotImpl::SetTaken(std::vector<Member> members) {
+  std::lock_guard lock(mu_);
+  for (Member& m : members) {  // keep errors recorded by an early corruption callback
+    for (const Member& old : members_) {
+      if (old.tracker == m.tracker && old.errnum) m.errnum = old.errnum;
+    }
+  }
+  members_ = std::move(members);
+  if (state_ == SnapshotState::kCreated) state_ = SnapshotState::kTaken;
+}
+
+void SnapshotImpl::OnCorrupt(const std::string& device, int errnum) {
+  {
+    std::lock_guard lock(mu_);
+    if (state_ == SnapshotState::kDestroyed) return;
+    for (Member& m : members_) {
+      if (m.tracker->name() == device && m.errnum == 0) m.errnum = errnum;
+    }
+    state_ = SnapshotState::kCorrupted;
+  }
+  SnapshotEvent event;
+  event.type = SnapshotEvent::Type::kCorrupted;
+  event.device = device;
+  event.errnum = errnum;
+  events_->Push(std::move(event));
+}
+
+std::vector<SnapshotImpl::Member> SnapshotImpl::MarkDestroyed() {
+  std::vector<Member> members;
+  {
+    std::lock_guard lock(mu_);
+    state_ = SnapshotState::kDestroyed;
+    members = members_;
+  }
+  events_->Close();
+  return members;
+}
+
+}  // namespace blksnap
+
+namespace blksnap {
+
+void SnapshotImpl::ReleaseStorage() {
+  std::lock_guard lock(mu_);
+  if (!storage_) return;
+  last_storage_info_ = storage_->info();
+  storage_.reset();
+}
+
+}  // namespace blksnap

@@ -1,0 +1,93 @@
+// SnapshotImpl and SnapImage: a snapshot of one or more tracked devices and the images that
+// present their take-time data (blksnap's snapshot.c and snapimage.c).
+//
+// States: created --Take--> taken --(a device's copy fails)--> corrupted; any --Destroy-->
+// destroyed. The engine drives the transitions; a snapshot only records them, keeps its
+// members (tracker, DiffArea, image) and its event queue.
+//
+// Locking: mu_ guards state_ and members_. Corruption callbacks come from DiffArea threads and
+// take mu_ briefly; they never call back into a DiffArea.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "blksnap/engine.h"
+#include "engine/diff_area.h"
+#include "engine/diff_storage.h"
+#include "engine/event_queue.h"
+#include "engine/tracker.h"
+
+namespace blksnap {
+
+// The image of one device: reads give take-time data; writes go to the difference storage.
+class SnapImage final : public BlockDevice {
+ public:
+  SnapImage(std::shared_ptr<DiffArea> area, std::shared_ptr<TrackerImpl> tracker);
+
+  uint64_t size() const override { return area_->geometry().capacity; }
+  uint32_t logical_block_size() const override { return logical_block_size_; }
+  uint32_t physical_block_size() const override { return physical_block_size_; }
+  DeviceCapabilities capabilities() const override;
+  Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override;
+  Status Flush() override;
+  // Trim is accepted and ignores the range (reads keep returning the old data, as allowed).
+  Status Trim(uint64_t offset, uint64_t length) override;
+  Status WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags) override;
+
+ private:
+  const std::shared_ptr<DiffArea> area_;
+  const std::shared_ptr<TrackerImpl> tracker_;
+  const uint32_t logical_block_size_;
+  const uint32_t physical_block_size_;
+};
+
+class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<SnapshotImpl> {
+ public:
+  struct Member {
+    std::shared_ptr<TrackerImpl> tracker;
+    std::shared_ptr<DiffArea> area;
+    std::shared_ptr<SnapImage> image;
+    int errnum = 0;
+  };
+
+  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventQueue> events);
+
+  const Uuid& id() const override { return id_; }
+  SnapshotState state() const override;
+  StorageInfo storage_info() const override;
+  std::vector<SnapshotDeviceInfo> devices() const override;
+  std::shared_ptr<BlockDevice> image(const std::string& device) const override;
+  Result<SnapshotEvent> WaitEvent(std::chrono::milliseconds timeout) override;
+
+  // Engine internals (called with the engine's take mutex held).
+  std::shared_ptr<DiffStorage> storage() const {
+    std::lock_guard lock(mu_);
+    return storage_;
+  }
+  std::vector<Member> members() const;
+  void AddMember(std::shared_ptr<TrackerImpl> tracker);
+  bool HasMember(const TrackerImpl* tracker) const;
+  void SetTaken(std::vector<Member> members);
+  // A device's copy-on-write failed: record it, mark corrupted, raise the event.
+  void OnCorrupt(const std::string& device, int errnum);
+  // Returns the members; the snapshot is destroyed (state, events closed, storage released).
+  std::vector<Member> MarkDestroyed();
+  // After the members' areas are shut down: closes the storage (a temporary file vanishes).
+  void ReleaseStorage();
+
+ private:
+  const Uuid id_;
+  std::shared_ptr<DiffStorage> storage_;  // released at MarkDestroyed (after areas shut down)
+  const std::shared_ptr<EventQueue> events_;
+
+  mutable std::mutex mu_;
+  SnapshotState state_ = SnapshotState::kCreated;  // guarded by mu_
+  std::vector<Member> members_;                    // guarded by mu_
+  StorageInfo last_storage_info_;                  // guarded by mu_: kept after destroy
+};
+
+}  // namespace blksnap

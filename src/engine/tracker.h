@@ -1,0 +1,86 @@
+// TrackerImpl: the layer over an original device that records changes and drives copy-on-write
+// (blksnap's tracker.c).
+//
+// Writes, trims and write-zeroes enter the IoGate, mark the CBT write map, ask the current
+// DiffArea (if a snapshot is taken) to preserve the chunks they touch, then reach the original.
+// Reads go straight to the original. The DiffArea pointer changes only while the gate is closed
+// (take, destroy), so a writer inside the gate reads it without a lock.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "blksnap/engine.h"
+#include "engine/cbt_map.h"
+#include "engine/diff_area.h"
+#include "engine/io_gate.h"
+
+namespace blksnap {
+
+class SnapshotImpl;
+
+class TrackerImpl final : public Tracker {
+ public:
+  TrackerImpl(std::string name, std::shared_ptr<BlockDevice> original, const AttachOptions& options,
+              const Config& config);
+
+  uint64_t size() const override { return original_->size(); }
+  uint32_t logical_block_size() const override { return original_->logical_block_size(); }
+  uint32_t physical_block_size() const override { return original_->physical_block_size(); }
+  DeviceCapabilities capabilities() const override;
+  Status Read(uint64_t offset, std::span<uint8_t> buf) override;
+  Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override;
+  Status Flush() override;
+  Status Trim(uint64_t offset, uint64_t length) override;
+  Status WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags) override;
+  Result<std::vector<Extent>> BlockStatus(uint64_t offset, uint64_t length) override;
+
+  const std::string& name() const override { return name_; }
+  const std::string& path() const override { return path_; }
+  CbtInfo cbt_info() const override { return cbt_.info(); }
+  Status ReadCbtMap(uint64_t first_block, std::span<uint8_t> out) const override {
+    return cbt_.ReadMap(first_block, out);
+  }
+  Result<std::vector<ByteExtent>> ChangedExtents(
+      uint8_t since_snap, const std::optional<Uuid>& generation) const override {
+    return cbt_.ChangedExtents(since_snap, generation);
+  }
+  Status MarkDirty(uint64_t offset, uint64_t length) override;
+  std::shared_ptr<Snapshot> snapshot() const override;
+  void AddAlias(uint64_t rdev) override;
+  void RemoveAlias(uint64_t rdev) override;
+
+  // Engine internals.
+  IoGate& gate() { return gate_; }
+  CbtMap& cbt() { return cbt_; }
+  const std::shared_ptr<BlockDevice>& original() const { return original_; }
+  void set_area(std::shared_ptr<DiffArea> area) { area_ = std::move(area); }  // gate closed
+  std::shared_ptr<SnapshotImpl> snapshot_impl() const;
+  void set_snapshot(std::weak_ptr<SnapshotImpl> snapshot);
+  // True if a storage with this identity lives on this device or one of its aliases.
+  bool Holds(const StorageIdentity& storage) const;
+  void MarkDetached() { detached_.store(true); }
+
+ private:
+  template <typename Op>
+  Status Modify(uint64_t offset, uint64_t length, Op op);
+
+  const std::string name_;
+  const std::string path_;
+  const std::shared_ptr<BlockDevice> original_;
+  CbtMap cbt_;
+  IoGate gate_;
+  std::shared_ptr<DiffArea> area_;  // changes only while gate_ is closed
+  std::atomic<bool> detached_{false};
+
+  mutable std::mutex mu_;
+  std::weak_ptr<SnapshotImpl> snapshot_;   // guarded by mu_
+  std::set<uint64_t> aliases_;             // guarded by mu_: st_rdev of aliasing devices
+  bool is_block_device_ = false;           // set at construction
+  uint64_t rdev_ = 0, dev_ = 0, ino_ = 0;  // identity of path, set at construction
+};
+
+}  // namespace blksnap
