@@ -269,14 +269,18 @@ TEST_P(FileDeviceTest, TrimZeroesAndBlockStatus) {
   };
   const uint64_t allocated_before = allocated();
   EXPECT_GE(allocated_before, 4 * kMiB);
+  // Allocation checks allow for filesystem metadata blocks (extent tree splits).
+  constexpr uint64_t kSlack = 64 * 1024;
   // Trim [2, 3) MiB: a hole; reads zero.
   ASSERT_TRUE(dev->Trim(2 * kMiB, kMiB).ok());
-  EXPECT_EQ(allocated(), allocated_before - kMiB);
+  const uint64_t allocated_after_trim = allocated();
+  EXPECT_LE(allocated_after_trim, allocated_before - kMiB + kSlack);
   // Write-zeroes keeping allocation [3, 3.5) MiB, and punching [4, 4.5) MiB.
   ASSERT_TRUE(dev->WriteZeroes(3 * kMiB, kMiB / 2, kZeroNoHole).ok());
-  EXPECT_EQ(allocated(), allocated_before - kMiB);  // still allocated
+  const uint64_t allocated_after_zero = allocated();
+  EXPECT_GE(allocated_after_zero + kSlack, allocated_after_trim);  // still allocated
   ASSERT_TRUE(dev->WriteZeroes(4 * kMiB, kMiB / 2, kZeroFast).ok());
-  EXPECT_EQ(allocated(), allocated_before - kMiB - kMiB / 2);  // punched
+  EXPECT_LE(allocated(), allocated_after_zero - kMiB / 2 + kSlack);  // punched
   // Unaligned write-zeroes in the middle of a sector.
   ASSERT_TRUE(dev->WriteZeroes(kMiB + 100, 300, 0).ok());
 
