@@ -1,0 +1,109 @@
+// Byte transports under the NBD protocol code: sockets, TLS sessions, memory (tests, fuzzing).
+//
+// The handshake and the transmission code only see Transport and InputBuffer, so they can be
+// fed bytes without a socket. Thread safety: one reader and one writer may use a Transport at
+// the same time (the session serialises readers with its receive lock and writers with its send
+// lock); Shutdown() may be called from any thread and makes blocked calls return.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "blksnap/status.h"
+
+namespace blksnap::nbd {
+
+// An owned file descriptor (move-only).
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.Release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { Reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Reads at least one and at most buf.size() bytes. ECONNRESET on end of stream.
+  virtual Result<size_t> ReadSome(std::span<uint8_t> buf) = 0;
+  // Writes every byte of every iovec (one syscall when the kernel takes it all).
+  virtual Status WriteAll(std::span<const iovec> iov) = 0;
+  // Makes blocked and future reads and writes fail; idempotent, any thread.
+  virtual void Shutdown() = 0;
+  // The socket under the transport, or -1.
+  virtual int fd() const { return -1; }
+};
+
+// A connected stream socket (Unix or TCP). Owns the fd.
+class SocketTransport : public Transport {
+ public:
+  explicit SocketTransport(UniqueFd fd) : fd_(std::move(fd)) {}
+  Result<size_t> ReadSome(std::span<uint8_t> buf) override;
+  Status WriteAll(std::span<const iovec> iov) override;
+  void Shutdown() override;
+  int fd() const override { return fd_.get(); }
+
+ private:
+  UniqueFd fd_;
+};
+
+// Reads from a fixed byte string and records everything written (tests, fuzzing).
+class MemoryTransport : public Transport {
+ public:
+  explicit MemoryTransport(std::span<const uint8_t> input) : input_(input) {}
+  Result<size_t> ReadSome(std::span<uint8_t> buf) override;
+  Status WriteAll(std::span<const iovec> iov) override;
+  void Shutdown() override;
+  // Everything written so far (copy, thread-safe).
+  std::vector<uint8_t> output() const;
+  void set_record_output(bool record) { record_ = record; }
+
+ private:
+  std::span<const uint8_t> input_;
+  size_t pos_ = 0;
+  bool record_ = true;
+  bool shut_ = false;
+  mutable std::mutex mu_;
+  std::vector<uint8_t> output_;
+};
+
+// A read buffer over a Transport: small reads (request headers) are served from one large
+// recv, payloads larger than what is buffered go straight into the caller's memory.
+// Not thread-safe: callers hold the session's receive lock.
+class InputBuffer {
+ public:
+  explicit InputBuffer(size_t capacity = 128 << 10) : buf_(capacity) {}
+  // Fills out completely or fails (ECONNRESET on EOF).
+  Status ReadExact(Transport& t, std::span<uint8_t> out);
+  // Reads and drops n bytes.
+  Status Skip(Transport& t, uint64_t n);
+  size_t buffered() const { return end_ - pos_; }
+
+ private:
+  std::vector<uint8_t> buf_;
+  size_t pos_ = 0;
+  size_t end_ = 0;
+};
+
+}  // namespace blksnap::nbd
