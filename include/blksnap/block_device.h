@@ -35,8 +35,8 @@ struct DeviceCapabilities {
   bool fua = true;
   bool trim = true;
   bool write_zeroes = true;
-  bool fast_zero = false;     // WriteZeroes with kZeroFast may succeed
-  bool block_status = false;  // BlockStatus() reports real holes/zeroes
+  bool fast_zero = false;       // WriteZeroes with kZeroFast may succeed
+  bool block_status = false;    // BlockStatus() reports real holes/zeroes
   bool multi_conn_safe = true;  // Flush() covers writes completed through any caller
 };
 
@@ -89,9 +89,7 @@ class ForwardingDevice : public BlockDevice {
   uint32_t logical_block_size() const override { return next_->logical_block_size(); }
   uint32_t physical_block_size() const override { return next_->physical_block_size(); }
   DeviceCapabilities capabilities() const override { return next_->capabilities(); }
-  Status Read(uint64_t offset, std::span<uint8_t> buf) override {
-    return next_->Read(offset, buf);
-  }
+  Status Read(uint64_t offset, std::span<uint8_t> buf) override { return next_->Read(offset, buf); }
   Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override {
     return next_->Write(offset, buf, flags);
   }

@@ -17,11 +17,11 @@
 namespace blksnap {
 
 struct CbtInfo {
-  uint32_t block_size = 0;       // bytes, a power of two
+  uint32_t block_size = 0;  // bytes, a power of two
   uint64_t block_count = 0;
   uint64_t device_capacity = 0;  // bytes
   Uuid generation_id;
-  uint8_t changes_number = 0;    // snap number of the last take (the read map's newest value)
+  uint8_t changes_number = 0;  // snap number of the last take (the read map's newest value)
 };
 
 struct ByteExtent {

@@ -18,7 +18,7 @@ namespace blksnap {
 enum class IoEngine { kAuto, kIoUring, kPsync };
 
 struct FileOpenOptions {
-  bool direct = false;     // O_DIRECT (unaligned requests are bounced through aligned buffers)
+  bool direct = false;  // O_DIRECT (unaligned requests are bounced through aligned buffers)
   bool read_only = false;
   IoEngine engine = IoEngine::kAuto;  // kAuto: io_uring when the kernel allows, else psync
 };

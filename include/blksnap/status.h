@@ -49,7 +49,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}        // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (std::get<Status>(v_).ok()) v_ = Status::Error(EINVAL, "Result built from OK status");
   }
@@ -79,15 +79,15 @@ class [[nodiscard]] Result {
 #define BLKSNAP_CONCAT_(a, b) BLKSNAP_CONCAT_INNER_(a, b)
 
 // Returns the Status of expr from the enclosing function if it is not OK.
-#define BLKSNAP_RETURN_IF_ERROR(expr)                                   \
-  do {                                                                  \
-    ::blksnap::Status blksnap_status_ = (expr);                         \
-    if (!blksnap_status_.ok()) return blksnap_status_;                  \
+#define BLKSNAP_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::blksnap::Status blksnap_status_ = (expr);        \
+    if (!blksnap_status_.ok()) return blksnap_status_; \
   } while (0)
 
 // Declares lhs from a Result<T> expression or returns its error.
-#define BLKSNAP_ASSIGN_OR_RETURN(lhs, expr)                                  \
-  auto BLKSNAP_CONCAT_(blksnap_result_, __LINE__) = (expr);                  \
-  if (!BLKSNAP_CONCAT_(blksnap_result_, __LINE__).ok())                      \
-    return std::move(BLKSNAP_CONCAT_(blksnap_result_, __LINE__)).status();   \
+#define BLKSNAP_ASSIGN_OR_RETURN(lhs, expr)                                \
+  auto BLKSNAP_CONCAT_(blksnap_result_, __LINE__) = (expr);                \
+  if (!BLKSNAP_CONCAT_(blksnap_result_, __LINE__).ok())                    \
+    return std::move(BLKSNAP_CONCAT_(blksnap_result_, __LINE__)).status(); \
   lhs = std::move(BLKSNAP_CONCAT_(blksnap_result_, __LINE__)).value()

@@ -29,10 +29,10 @@ uint32_t SectorCrc(const uint8_t* sector) {
 }  // namespace
 
 void StampSectors(std::span<uint8_t> buf, uint64_t first_sector, uint64_t sequence) {
-  const uint64_t now = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  const uint64_t now =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
   for (size_t off = 0; off + kSectorSize <= buf.size(); off += kSectorSize) {
     uint8_t* s = buf.data() + off;
     const uint64_t sector = first_sector + off / kSectorSize;

@@ -25,9 +25,9 @@ inline constexpr uint64_t kSectorMagic = 0x4b534e53424c4b53ull;  // "SKLBSNSK"
 void StampSectors(std::span<uint8_t> buf, uint64_t first_sector, uint64_t sequence);
 
 struct SectorInfo {
-  bool valid = false;      // magic and CRC correct
-  bool zero = false;       // all bytes zero (never written)
-  uint64_t sector = 0;     // the sector number stamped into it
+  bool valid = false;   // magic and CRC correct
+  bool zero = false;    // all bytes zero (never written)
+  uint64_t sector = 0;  // the sector number stamped into it
   uint64_t sequence = 0;
   uint64_t time_ns = 0;
 };
