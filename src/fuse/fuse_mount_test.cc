@@ -68,6 +68,9 @@ TEST_F(MountTest, ReadWriteDirect) {
     ASSERT_EQ(pread(fd, buf.data(), buf.size(), off), static_cast<ssize_t>(buf.size()));
     ASSERT_TRUE(VerifySectors(buf.span(), off / 512, 7).ok());
   }
+  // Requests reach the device as large as libfuse allows (1 MiB).
+  EXPECT_EQ(device_->max_write.load(), 1u << 20);
+  EXPECT_EQ(device_->max_read.load(), 1u << 20);
   // The device holds the same data.
   std::vector<uint8_t> direct(kSize);
   ASSERT_TRUE(device_->Read(0, direct).ok());

@@ -41,11 +41,15 @@ class CountingDevice : public ForwardingDevice {
   using ForwardingDevice::ForwardingDevice;
   Status Read(uint64_t offset, std::span<uint8_t> buf) override {
     reads++;
+    for (uint64_t seen = max_read; buf.size() > seen;)
+      if (max_read.compare_exchange_weak(seen, buf.size())) break;
     return ForwardingDevice::Read(offset, buf);
   }
   Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override {
     writes++;
     if (flags & kWriteFua) fua_writes++;
+    for (uint64_t seen = max_write; buf.size() > seen;)
+      if (max_write.compare_exchange_weak(seen, buf.size())) break;
     return ForwardingDevice::Write(offset, buf, flags);
   }
   Status Flush() override {
@@ -63,6 +67,7 @@ class CountingDevice : public ForwardingDevice {
   }
 
   std::atomic<uint64_t> reads{0}, writes{0}, fua_writes{0}, flushes{0}, trims{0}, zeroes{0};
+  std::atomic<uint64_t> max_read{0}, max_write{0};  // largest single request seen
   std::atomic<uint32_t> last_zero_flags{0};
 };
 
