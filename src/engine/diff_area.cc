@@ -44,13 +44,10 @@ void DiffArea::Shutdown() {
     std::lock_guard lock(cache_mu_);
     lru_.clear();
   }
+  // No image I/O, storer or copy-on-write can run any more: free without data_mu.
   for (Shard& shard : shards_) {
     std::lock_guard lock(shard.mu);
-    for (auto& [index, chunk] : shard.chunks) {
-      std::lock_guard data(chunk->data_mu);
-      chunk->buffer.reset();
-      chunk->cached = false;
-    }
+    for (auto& [index, chunk] : shard.chunks) chunk->buffer.reset();
   }
   storage_.reset();
 }

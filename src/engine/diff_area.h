@@ -91,7 +91,10 @@ class DiffArea {
   Status ImageWriteZeroes(uint64_t offset, uint64_t length);
   Status ImageFlush();
 
-  // Stops the storer, waits for in-flight image I/O, releases memory and the storage.
+  // Waits for in-flight image I/O; later image I/O fails with ENODEV. Idempotent.
+  void StopImageIo() { image_gate_.Shutdown(); }
+  // StopImageIo(), then stops the storer and releases memory and the storage. Call only once no
+  // writer of the original can reach this area any more.
   void Shutdown();
 
   const ChunkGeometry& geometry() const { return geometry_; }

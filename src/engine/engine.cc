@@ -7,9 +7,10 @@
 //   4. switch each CBT map and install each DiffArea;
 //   5. open the gates, run the thaw hook, publish the images.
 // Writers are held only during 3-5 (TakeStats::held).
-// Destroy: close each gate, remove the DiffArea, open the gate (the original no longer pays for
-// copy-on-write), then shut each DiffArea down (waits for in-flight image I/O) and release the
-// storage. take_mu_ serialises take, destroy, add and detach; mu_ guards the two maps.
+// Destroy: stop image I/O (waits for in-flight image requests), close each gate, remove the
+// DiffArea, open the gate (the original no longer pays for copy-on-write), then shut each
+// DiffArea down (storer, memory) and release the storage. take_mu_ serialises take, destroy, add
+// and detach; mu_ guards the two maps.
 #include "blksnap/engine.h"
 
 #include <algorithm>
@@ -196,6 +197,11 @@ class EngineImpl final : public Engine {
       snapshots_.erase(it);
     }
     std::vector<SnapshotImpl::Member> members = snapshot->MarkDestroyed();
+    // Images first: an in-flight image write may still be copying a chunk from the original,
+    // which must not change under it until the copy is done.
+    for (auto& m : members) {
+      if (m.area) m.area->StopImageIo();
+    }
     for (auto& m : members) {
       if (m.area) {
         m.tracker->gate().Close();
