@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "blksnap/io.h"
+#include "fs_util.h"
 #include "fuse/freeze.h"
 #include "fuse/fuse_mount.h"
 #include "fuse/loop_device.h"
@@ -50,77 +51,15 @@ namespace {
 using blksnap::testing::StampSectors;
 using blksnap::testing::VerifySectors;
 using testing::AlignedBuffer;
+using testing::CheckSums;
 using testing::CountingDevice;
+using testing::FsckCommand;
+using testing::FsMount;
+using testing::HaveTool;
+using testing::MkfsCommand;
+using testing::Shell;
 using testing::TempDir;
-
-// Runs a shell command; returns its exit status and (optionally) its output.
-int Shell(const std::string& command, std::string* output = nullptr) {
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
-  int status = pclose(p);
-  if (output != nullptr) *output = out;
-  if (status != 0) std::fprintf(stderr, "$ %s\n%s", command.c_str(), out.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-bool HaveTool(const std::string& tool) { return Shell("command -v " + tool + " >/dev/null") == 0; }
-
-// A mount of a block device at a fresh directory; lazily unmounted on destruction.
-class FsMount {
- public:
-  FsMount() = default;
-  FsMount(const FsMount&) = delete;
-  ~FsMount() { Unmount(); }
-  int Mount(const std::string& device, const std::string& options) {
-    return Shell("mount -o " + options + " " + device + " " + dir_.path());
-  }
-  int Unmount() {
-    if (!Mounted()) return 0;
-    int rc = Shell("umount " + dir_.path());
-    if (rc != 0) ::umount2(dir_.path().c_str(), MNT_DETACH);
-    return rc;
-  }
-  bool Mounted() const {
-    struct stat self, parent;
-    return ::stat(dir_.path().c_str(), &self) == 0 &&
-           ::stat((dir_.path() + "/..").c_str(), &parent) == 0 && self.st_dev != parent.st_dev;
-  }
-  const std::string& path() const { return dir_.path(); }
-
- private:
-  TempDir dir_;
-};
-
-std::string MkfsCommand(const std::string& fs, const std::string& device) {
-  return fs == "xfs" ? "mkfs.xfs -q -f " + device : "mkfs.ext4 -q -F " + device;
-}
-std::string FsckCommand(const std::string& fs, const std::string& device) {
-  return fs == "xfs" ? "xfs_repair -n " + device : "e2fsck -fn " + device;
-}
-
-// Writes `count` files of 1-4 MiB of random data with O_DIRECT; returns `sha256sum` lines.
-std::string WriteFiles(const std::string& dir, const std::string& prefix, int count) {
-  for (int i = 0; i < count; ++i) {
-    std::string file = dir + "/" + prefix + std::to_string(i);
-    if (Shell("dd if=/dev/urandom of=" + file + " bs=1M count=" + std::to_string(1 + i % 4) +
-              " oflag=direct status=none") != 0)
-      return "";
-  }
-  std::string sums;
-  if (Shell("cd " + dir + " && sha256sum " + prefix + "*", &sums) != 0) return "";
-  return sums;
-}
-
-int CheckSums(const std::string& dir, const std::string& sums) {
-  std::string file = dir + ".sha256";
-  std::ofstream(file) << sums;
-  int rc = Shell("cd " + dir + " && sha256sum --quiet -c " + file);
-  ::unlink(file.c_str());
-  return rc;
-}
+using testing::WriteFiles;
 
 // One memory device on a FUSE file with a loop device on it.
 class StackTest : public ::testing::Test {
