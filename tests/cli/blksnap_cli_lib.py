@@ -1,0 +1,218 @@
+# Shared helpers of the CLI integration tests (not a test itself).
+#
+# Daemon starts the real blksnapd on a temporary state dir with its own control socket, NBD
+# socket and (as root with /dev/fuse) FUSE dir, and runs the real `blksnap` tool against it.
+# Data goes through the device's front: the FUSE file when there is one, else the NBD export
+# (python3-libnbd); blksnap-pattern stamps and verifies the self-checking sector pattern, via a
+# scratch file when the front is NBD.
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+SKIP = 77
+
+
+def parse_args(argv):
+    args = {}
+    it = iter(argv[1:])
+    for a in it:
+        if a.startswith("--"):
+            args[a[2:]] = next(it)
+    for key in ("blksnapd", "blksnap", "pattern"):
+        if key not in args:
+            sys.exit("usage: %s --blksnapd PATH --blksnap PATH --pattern PATH" % argv[0])
+    return args
+
+
+def fuse_possible():
+    if os.environ.get("BLKSNAP_TEST_NO_FUSE"):
+        return False
+    return os.geteuid() == 0 and os.path.exists("/dev/fuse") and os.path.exists("/dev/loop-control")
+
+
+class Failures:
+    """Collects check results; exit status 1 if any failed."""
+
+    def __init__(self):
+        self.failed = 0
+        self.passed = 0
+
+    def check(self, cond, what):
+        if cond:
+            self.passed += 1
+            print("ok   %s" % what, flush=True)
+        else:
+            self.failed += 1
+            print("FAIL %s" % what, flush=True)
+        return cond
+
+    def done(self):
+        print("%d checks passed, %d failed" % (self.passed, self.failed))
+        sys.exit(1 if self.failed else 0)
+
+
+class Daemon:
+    def __init__(self, args, fuse=None, extra=(), tmp=None):
+        self.args = args
+        self.tmp = tmp or tempfile.mkdtemp(prefix="blksnap-cli-")
+        self.fuse = fuse_possible() if fuse is None else fuse
+        self.control = os.path.join(self.tmp, "control.sock")
+        self.nbd = os.path.join(self.tmp, "nbd.sock")
+        self.fuse_dir = os.path.join(self.tmp, "dev")
+        self.state = os.path.join(self.tmp, "state")
+        self.log_path = os.path.join(self.tmp, "blksnapd.log")
+        self.extra = list(extra)
+        self.proc = None
+
+    def command(self):
+        cmd = [self.args["blksnapd"], "--state-dir", self.state, "--control", self.control,
+               "--nbd-unix", self.nbd, "--log-level", "debug"]
+        cmd += ["--fuse-dir", self.fuse_dir] if self.fuse else ["--no-fuse"]
+        return cmd + self.extra
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("blksnapd exited with %d:\n%s" % (self.proc.returncode, self.log_text()))
+            try:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(self.control)
+                s.close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("blksnapd did not start:\n" + self.log_text())
+
+    def log_text(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-4000:]
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def cleanup(self):
+        self.stop()
+        subprocess.run(["umount", "-l", self.fuse_dir], stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def cli(self, *argv, control=None):
+        """Runs blksnap; returns (rc, stdout, stderr)."""
+        cmd = [self.args["blksnap"], "--control", control or self.control] + [str(a) for a in argv]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        return p.returncode, p.stdout, p.stderr
+
+    def cli_json(self, *argv):
+        """Runs blksnap --json; returns the parsed object (raises on failure)."""
+        rc, out, err = self.cli("--json", *argv)
+        if rc != 0:
+            raise RuntimeError("blksnap %s failed (%d): %s" % (" ".join(map(str, argv)), rc, err))
+        return json.loads(out)
+
+    def state_snapshot(self):
+        """Devices and snapshots as the daemon reports them, for unchanged-state checks."""
+        devices = self.cli_json("devices")["devices"]
+        snaps = self.cli_json("snapshot", "list")["snapshots"]
+        for d in devices:
+            d.pop("cbt", None)  # CBT numbers are checked separately
+        return {"devices": sorted(devices, key=lambda d: d["name"]),
+                "snapshots": sorted(snaps, key=lambda s: s["id"])}
+
+    def make_image(self, name, size):
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.truncate(size)
+        return path
+
+
+def nbd_uri_parts(uri):
+    return uri
+
+
+def write_front(d, dev, offset, length, seq):
+    """Stamps [offset, offset+length) of a device's front (or image addresses) with seq."""
+    pattern = d.args["pattern"]
+    if dev.get("fuse"):
+        subprocess.run([pattern, "write", dev["fuse"], "--offset", str(offset), "--length",
+                        str(length), "--seq", str(seq)], check=True)
+        return
+    import nbd
+    scratch = os.path.join(d.tmp, "scratch-w")
+    with open(scratch, "wb") as f:
+        f.truncate(offset + length)
+    subprocess.run([pattern, "write", scratch, "--offset", str(offset), "--length", str(length),
+                    "--seq", str(seq)], check=True)
+    with open(scratch, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    h = nbd.NBD()
+    h.connect_uri(dev["nbd"])
+    for pos in range(0, length, 1 << 20):
+        h.pwrite(data[pos:pos + (1 << 20)], offset + pos)
+    h.flush()
+    h.shutdown()
+    os.unlink(scratch)
+
+
+def verify_front(d, dev, offset, length, seq):
+    """True if [offset, offset+length) of the front/image holds pattern seq."""
+    pattern = d.args["pattern"]
+    if dev.get("fuse"):
+        p = subprocess.run([pattern, "verify", dev["fuse"], "--offset", str(offset), "--length",
+                            str(length), "--seq", str(seq)], capture_output=True, text=True)
+        if p.returncode != 0:
+            print("    verify: " + p.stderr.strip())
+        return p.returncode == 0
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(dev["nbd"])
+    data = b"".join(h.pread(min(1 << 20, length - pos), offset + pos)
+                    for pos in range(0, length, 1 << 20))
+    h.shutdown()
+    scratch = os.path.join(d.tmp, "scratch-v")
+    with open(scratch, "wb") as f:
+        f.truncate(offset)
+        f.seek(offset)
+        f.write(data)
+    p = subprocess.run([pattern, "verify", scratch, "--offset", str(offset), "--length",
+                        str(length), "--seq", str(seq)], capture_output=True, text=True)
+    os.unlink(scratch)
+    if p.returncode != 0:
+        print("    verify: " + p.stderr.strip())
+    return p.returncode == 0
+
+
+def covers(extents, offset, length):
+    """True if the union of [o, o+l) extents covers [offset, offset+length)."""
+    pos = offset
+    for o, l in sorted(extents):
+        if o <= pos < o + l:
+            pos = o + l
+        if pos >= offset + length:
+            return True
+    return pos >= offset + length
