@@ -101,6 +101,15 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
   } else if (!exists || S_ISREG(st.st_mode)) {
     fd->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd->fd < 0) return Status::FromErrno("open difference storage " + path);
+    // Never overwrite data: an existing non-empty file must be a difference storage already.
+    char magic[sizeof(kMagic)] = {};
+    if (exists && st.st_size > 0 &&
+        (::pread(fd->fd, magic, sizeof(magic), 0) != static_cast<ssize_t>(sizeof(magic)) ||
+         std::memcmp(magic, kMagic, sizeof(kMagic)) != 0)) {
+      return Status::Error(EEXIST, path +
+                                       " is a non-empty file that is not a blksnap "
+                                       "difference storage; refusing to overwrite it");
+    }
   } else {
     return Status::Error(EINVAL, path + " is not a directory, regular file or block device");
   }

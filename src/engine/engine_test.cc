@@ -4,8 +4,11 @@
 #include "blksnap/engine.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <random>
 #include <thread>
 
@@ -413,6 +416,87 @@ TEST(EngineScaleTest, FreshSnapshotOfHugeDeviceTouchesNoChunks) {
   EXPECT_EQ(buf, zero);
   ASSERT_OK(engine->FindSnapshot(id)->image("huge")->Flush());  // waits for the storer
   EXPECT_EQ(engine->FindSnapshot(id)->storage_info().used, 256 * kKiB);
+}
+
+}  // namespace
+}  // namespace blksnap
+
+namespace blksnap {
+namespace {
+
+// The engine on real files: an image file as the original, difference storage in a directory
+// (unnamed temporary file) that must grow several times, and the placement check.
+class EngineFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/var/tmp/blksnap-engine-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    image_path_ = dir_ + "/vol.img";
+    FILE* f = fopen(image_path_.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(ftruncate(fileno(f), 32 * kMiB), 0);
+    fclose(f);
+    Config c = TestConfig();
+    c.diff_storage_minimum = 2 * kMiB;
+    engine_ = Engine::Create(c).value();
+    auto original = OpenFileDevice(image_path_);
+    ASSERT_TRUE(original.ok()) << original.status().ToString();
+    tracker_ = engine_->Attach("vol", *original, {.path = image_path_}).value();
+  }
+  void TearDown() override {
+    engine_.reset();
+    std::string cmd = "rm -rf " + dir_;
+    ASSERT_EQ(system(cmd.c_str()), 0);
+  }
+  std::string dir_, image_path_;
+  std::unique_ptr<Engine> engine_;
+  std::shared_ptr<Tracker> tracker_;
+};
+
+TEST_F(EngineFileTest, DirectoryStorageGrowsAndImageStaysExact) {
+  ASSERT_OK(WritePattern(*tracker_, 0, 32 * kMiB, 1));
+  const std::string storage_dir = dir_ + "/storage";
+  ASSERT_EQ(mkdir(storage_dir.c_str(), 0700), 0);
+  auto id = engine_->CreateSnapshot({.storage_path = storage_dir, .limit = 64 * kMiB});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_OK(engine_->AddDevice(*id, "vol"));
+  ASSERT_TRUE(engine_->Take(*id).ok());
+  auto snapshot = engine_->FindSnapshot(*id);
+  const uint64_t capacity_at_take = snapshot->storage_info().capacity;
+  ASSERT_OK(WritePattern(*tracker_, 0, 32 * kMiB, 2));  // preserves every chunk: 32 MiB
+  auto image = snapshot->image("vol");
+  ASSERT_OK(image->Flush());
+  EXPECT_OK(VerifyPattern(*image, 0, 32 * kMiB, 1));
+  EXPECT_OK(VerifyPattern(*tracker_, 0, 32 * kMiB, 2));
+  const StorageInfo info = snapshot->storage_info();
+  EXPECT_EQ(info.used, 32 * kMiB);
+  EXPECT_GT(info.capacity, capacity_at_take);
+  EXPECT_EQ(snapshot->state(), SnapshotState::kTaken);
+  ASSERT_OK(engine_->Destroy(*id));
+  EXPECT_EQ(system(("test -z \"$(ls -A " + storage_dir + ")\"").c_str()), 0);
+}
+
+TEST_F(EngineFileTest, RefusesStorageThatWouldHarmData) {
+  ASSERT_OK(WritePattern(*tracker_, 0, 32 * kMiB, 1));
+  // A non-empty file that is not a difference storage (here: the original itself) is refused
+  // before anything is written to it.
+  auto same = engine_->CreateSnapshot({.storage_path = image_path_, .limit = 8 * kMiB});
+  EXPECT_EQ(same.status().errnum(), EEXIST);
+  EXPECT_OK(VerifyPattern(*tracker_, 0, 32 * kMiB, 1));
+  struct stat st {};
+  ASSERT_EQ(stat(image_path_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(32 * kMiB));
+  // A storage on a device aliased to the tracker (as the loop device of its front would be)
+  // cannot take the device's snapshot.
+  auto id = engine_->CreateSnapshot({.storage_path = dir_ + "/diff", .limit = 8 * kMiB});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_EQ(stat(dir_.c_str(), &st), 0);
+  tracker_->AddAlias(st.st_dev);
+  EXPECT_EQ(engine_->AddDevice(*id, "vol").errnum(), EINVAL);
+  EXPECT_EQ(tracker_->snapshot(), nullptr);
+  tracker_->RemoveAlias(st.st_dev);
+  EXPECT_OK(engine_->AddDevice(*id, "vol"));
 }
 
 }  // namespace
