@@ -1,0 +1,251 @@
+#!/bin/bash
+# Purpose: the issue-5 flows through the real daemon and CLI (blksnapd + blksnap): volumes on
+# loop devices over the daemon's FUSE files, snapshots taken with their file systems frozen,
+# images on their own loop devices, and a clean daemon shutdown.
+#
+# Usage: daemon_flow.sh SCENARIO BLKSNAPD BLKSNAP. Exit 77 = skipped (not root, no FUSE/loop,
+# no mkfs for the file system). Scenarios and their algorithms:
+#  standard-ext4 / standard-xfs: attach a 512 MiB file with --loop, mkfs, mount, write files
+#    with dd oflag=direct and record sha256; snapshot create --loop + take (the daemon freezes
+#    the file system); write more files; mount the image read-only (xfs: nouuid) and find
+#    exactly the pre-take files; mount it read-write, write files, remount, check them;
+#    destroy; unmount the original, fsck clean, remount, every original file intact and no
+#    image file in it.
+#  two-devices: two volumes in one snapshot with the difference storage on a separate loop
+#    block device; both images hold their pre-take files.
+#  storage-limit: a 16 MiB limit and heavy overwrites of the original: the snapshot becomes
+#    corrupted (state and event), image reads fail, the original fscks clean with all files.
+#  destroy-under-load: dd writers on the original file system and readers on the image loop
+#    device; destroy while they run: no hang, the original fscks clean with its files.
+#  sigterm: with the original and an image on loop devices (nothing mounted), SIGTERM the
+#    daemon: it exits 0, no loop device is bound to its FUSE files, the FUSE dir is unmounted.
+set -euo pipefail
+scenario=$1
+blksnapd=$2
+blksnap=$3
+if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then exit 77; fi
+
+work=$(mktemp -d /tmp/blksnap-daemon-XXXXXX)
+fuse=$work/fuse
+export BLKSNAP_CONTROL=$work/control.sock
+daemon_pid=""
+storage_loop=""
+cleanup() {
+  set +e
+  # Mounts under $work, deepest first.
+  awk -v w="$work" '$5 ~ "^"w"/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    [ "$m" = "$fuse" ] || umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill -TERM "$daemon_pid"
+    wait "$daemon_pid"
+  fi
+  for f in /sys/block/loop*/loop/backing_file; do
+    [ -e "$f" ] || continue
+    case "$(cat "$f")" in "$work"/*) d=${f#/sys/block/}; losetup -d "/dev/${d%%/*}" ;; esac
+  done
+  grep -q " $fuse " /proc/self/mountinfo && umount -l "$fuse"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL ($scenario): $*" >&2
+  [ -f "$work/daemon.log" ] && tail -20 "$work/daemon.log" >&2
+  exit 1
+}
+# json KEY.PATH: reads stdin JSON and prints a field ("devices.0.image.loop").
+json() {
+  python3 -c 'import json,sys
+v=json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v=v[int(k)] if isinstance(v,list) else v[k]
+print("" if v is None else v)' "$1"
+}
+bs() { "$blksnap" --json "$@"; }
+
+start_daemon() {
+  "$blksnapd" --state-dir "$work/state" --control "$BLKSNAP_CONTROL" --no-nbd \
+    --fuse-dir "$fuse" --diff-storage-minimum 8M --log-file "$work/daemon.log" &
+  daemon_pid=$!
+  for _ in $(seq 1 100); do
+    [ -S "$BLKSNAP_CONTROL" ] && "$blksnap" version >/dev/null 2>&1 && return 0
+    kill -0 "$daemon_pid" 2>/dev/null 2>&1 || fail "daemon died at start"
+    sleep 0.1
+  done
+  fail "daemon not ready"
+}
+
+# attach NAME SIZE: a file-backed volume with a loop device; prints the loop device.
+attach() {
+  truncate -s "$2" "$work/$1.img"
+  bs attach "$work/$1.img" --name "$1" --loop | json loop
+}
+mkfs_cmd() { if [ "$1" = xfs ]; then echo "mkfs.xfs -q -f"; else echo "mkfs.ext4 -q -F"; fi; }
+fsck_cmd() { if [ "$1" = xfs ]; then echo "xfs_repair -n"; else echo "e2fsck -fn"; fi; }
+# write_files DIR PREFIX COUNT: files of 1-4 MiB with O_DIRECT; sha256 lines to stdout.
+write_files() {
+  for i in $(seq 0 $(($3 - 1))); do
+    dd if=/dev/urandom of="$1/$2$i" bs=1M count=$((1 + i % 4)) oflag=direct status=none
+  done
+  (cd "$1" && sha256sum "$2"*)
+}
+check_sums() { (cd "$1" && sha256sum --quiet -c "$2") || fail "checksums differ in $1 ($2)"; }
+# snapshot DEVICE... : creates (--loop) and takes a snapshot; prints its id.
+snapshot() {
+  local storage=$1
+  shift
+  local id
+  id=$(bs snapshot create --storage "$storage" --limit "${limit:-0}" --loop "$@" | json id)
+  bs snapshot take "$id" >"$work/take.json" || fail "take failed"
+  echo "$id"
+}
+image_loop() { bs snapshot info "$1" | python3 -c 'import json,sys
+for d in json.load(sys.stdin)["devices"]:
+    if d["name"]==sys.argv[1]: print(d["image"]["loop"] or "")' "$2"; }
+
+start_daemon
+mkdir -p "$work/orig" "$work/img" "$work/orig2" "$work/img2" "$work/storage"
+
+case "$scenario" in
+standard-ext4 | standard-xfs)
+  fs=${scenario#standard-}
+  command -v "mkfs.$fs" >/dev/null || exit 77
+  uuid_opt=""
+  [ "$fs" = xfs ] && uuid_opt=",nouuid"
+  loop=$(attach vol 512M)
+  [ -b "$loop" ] || fail "attach --loop gave no loop device"
+  $(mkfs_cmd "$fs") "$loop"
+  mount "$loop" "$work/orig"
+  write_files "$work/orig" before 6 >"$work/before.sha"
+  id=$(snapshot "$work/storage" vol)
+  python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); assert t["frozen_us"] > 0, t' \
+    "$work/take.json" || fail "take did not freeze the file system"
+  write_files "$work/orig" after 4 >"$work/after.sha"
+  iloop=$(image_loop "$id" vol)
+  [ -b "$iloop" ] || fail "no image loop device"
+  mount -o "ro$uuid_opt" "$iloop" "$work/img" || fail "image does not mount read-only"
+  check_sums "$work/img" "$work/before.sha"
+  [ ! -e "$work/img/after0" ] || fail "post-take file in the image"
+  umount "$work/img"
+  mount -o "rw$uuid_opt" "$iloop" "$work/img" || fail "image does not mount read-write"
+  write_files "$work/img" image 3 >"$work/image.sha"
+  umount "$work/img"
+  $(fsck_cmd "$fs") "$iloop" >/dev/null 2>&1 || fail "image not clean after read-write use"
+  mount -o "ro$uuid_opt" "$iloop" "$work/img"
+  check_sums "$work/img" "$work/image.sha"
+  check_sums "$work/img" "$work/before.sha"
+  umount "$work/img"
+  bs snapshot destroy "$id" >/dev/null
+  [ ! -e "/sys/block/${iloop#/dev/}/loop/backing_file" ] || fail "image loop left after destroy"
+  umount "$work/orig"
+  $(fsck_cmd "$fs") "$loop" >/dev/null 2>&1 || fail "original not clean"
+  mount -o ro "$loop" "$work/orig"
+  check_sums "$work/orig" "$work/before.sha"
+  check_sums "$work/orig" "$work/after.sha"
+  [ ! -e "$work/orig/image0" ] || fail "an image write leaked into the original"
+  umount "$work/orig"
+  ;;
+two-devices)
+  truncate -s 256M "$work/storage.img"
+  storage_loop=$(losetup -f --show "$work/storage.img")
+  a=$(attach a 128M)
+  b=$(attach b 128M)
+  mkfs.ext4 -q -F "$a"
+  mkfs.ext4 -q -F "$b"
+  mount "$a" "$work/orig"
+  mount "$b" "$work/orig2"
+  write_files "$work/orig" a 4 >"$work/a.sha"
+  write_files "$work/orig2" b 4 >"$work/b.sha"
+  id=$(snapshot "$storage_loop" a b)
+  rm -f "$work"/orig/a* "$work"/orig2/b*
+  write_files "$work/orig" a 4 >/dev/null
+  write_files "$work/orig2" b 4 >/dev/null
+  mount -o ro "$(image_loop "$id" a)" "$work/img"
+  mount -o ro "$(image_loop "$id" b)" "$work/img2"
+  check_sums "$work/img" "$work/a.sha"
+  check_sums "$work/img2" "$work/b.sha"
+  umount "$work/img" "$work/img2"
+  used=$(bs snapshot info "$id" | json storage.used)
+  [ "$used" -gt 0 ] || fail "nothing preserved in the storage"
+  bs snapshot destroy "$id" >/dev/null
+  umount "$work/orig" "$work/orig2"
+  e2fsck -fn "$a" >/dev/null 2>&1 && e2fsck -fn "$b" >/dev/null 2>&1 || fail "originals not clean"
+  ;;
+storage-limit)
+  loop=$(attach vol 256M)
+  mkfs.ext4 -q -F "$loop"
+  mount "$loop" "$work/orig"
+  write_files "$work/orig" before 8 >/dev/null
+  limit=16M
+  id=$(snapshot "$work/storage" vol)
+  iloop=$(image_loop "$id" vol)
+  for i in $(seq 0 7); do
+    dd if=/dev/urandom of="$work/orig/before$i" bs=1M count=$((1 + i % 4)) oflag=direct \
+      conv=notrunc status=none
+  done
+  write_files "$work/orig" after 12 >/dev/null
+  (cd "$work/orig" && sha256sum before* after*) >"$work/all.sha"
+  state=""
+  for _ in $(seq 1 20); do
+    state=$(bs snapshot info "$id" | json state)
+    [ "$state" = corrupted ] && break
+    bs snapshot wait-event "$id" --timeout 1000 >>"$work/events" || true
+  done
+  [ "$state" = corrupted ] || fail "snapshot not corrupted (state $state)"
+  if dd if="$iloop" of=/dev/null bs=64k count=16 iflag=direct status=none 2>/dev/null; then
+    fail "image reads still succeed"
+  fi
+  bs snapshot destroy "$id" >/dev/null
+  umount "$work/orig"
+  e2fsck -fn "$loop" >/dev/null 2>&1 || fail "original not clean"
+  mount -o ro "$loop" "$work/orig"
+  check_sums "$work/orig" "$work/all.sha"
+  umount "$work/orig"
+  ;;
+destroy-under-load)
+  loop=$(attach vol 256M)
+  mkfs.ext4 -q -F "$loop"
+  mount "$loop" "$work/orig"
+  write_files "$work/orig" before 4 >"$work/before.sha"
+  id=$(snapshot "$work/storage" vol)
+  iloop=$(image_loop "$id" vol)
+  pids=()
+  for w in 0 1; do
+    (for n in $(seq 1 30); do
+      dd if=/dev/urandom of="$work/orig/load$w" bs=1M count=4 oflag=direct status=none || exit 1
+    done) &
+    pids+=($!)
+  done
+  (while dd if="$iloop" of=/dev/null bs=1M count=64 iflag=direct status=none 2>/dev/null; do :; done) &
+  reader=$!
+  sleep 1
+  bs snapshot destroy "$id" >/dev/null 2>&1 || fail "destroy under load failed"
+  for p in "${pids[@]}"; do wait "$p" || fail "a writer on the original failed"; done
+  wait "$reader" || true  # ends once the image is gone
+  umount "$work/orig"
+  e2fsck -fn "$loop" >/dev/null 2>&1 || fail "original not clean"
+  mount -o ro "$loop" "$work/orig"
+  check_sums "$work/orig" "$work/before.sha"
+  umount "$work/orig"
+  ;;
+sigterm)
+  loop=$(attach vol 64M)
+  id=$(snapshot "$work/storage" vol)
+  iloop=$(image_loop "$id" vol)
+  [ -b "$loop" ] && [ -b "$iloop" ] || fail "no loop devices"
+  kill -TERM "$daemon_pid"
+  rc=0
+  wait "$daemon_pid" || rc=$?
+  daemon_pid=""
+  [ "$rc" = 0 ] || fail "daemon exited with $rc"
+  for l in "$loop" "$iloop"; do
+    [ ! -e "/sys/block/${l#/dev/}/loop/backing_file" ] || fail "$l still bound after SIGTERM"
+  done
+  if grep -q " $fuse " /proc/self/mountinfo; then fail "FUSE dir still mounted"; fi
+  ;;
+*)
+  echo "unknown scenario $scenario" >&2
+  exit 2
+  ;;
+esac
+echo "PASS ($scenario)"
