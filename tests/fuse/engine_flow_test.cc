@@ -87,6 +87,7 @@ class EngineFlowTest : public ::testing::Test {
     }
     mount_.reset();
     engine_.reset();
+    ::unlink((storage_dir_.path() + "/storage.img").c_str());
   }
 
   // A tracked volume over a sparse memory device, exposed as a FUSE file with a loop device.
