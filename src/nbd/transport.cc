@@ -108,8 +108,9 @@ std::vector<uint8_t> MemoryTransport::output() const {
 }
 
 Status InputBuffer::ReadExact(Transport& t, std::span<uint8_t> out) {
+  if (out.empty()) return Status::Ok();
   size_t done = std::min(out.size(), buffered());
-  std::memcpy(out.data(), buf_.data() + pos_, done);
+  if (done > 0) std::memcpy(out.data(), buf_.data() + pos_, done);
   pos_ += done;
   while (done < out.size()) {
     const size_t want = out.size() - done;
