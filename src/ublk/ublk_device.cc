@@ -68,6 +68,7 @@ namespace {
 
 constexpr char kControlPath[] = "/dev/ublk-control";
 constexpr uint64_t kEventUserData = ~0ull;  // the eventfd READ; tags are < 4096
+constexpr size_t kCommitBatch = 8;  // a worker wakes the queue thread after this many results
 constexpr auto kRecoverTimeout = std::chrono::seconds(30);
 constexpr auto kNodeTimeout = std::chrono::seconds(10);
 
@@ -424,17 +425,29 @@ class Queue {
       }
       io_uring_cq_advance(r, seen);
 
+      if (!ready.empty() && worker_count_ == 0) {
+        // Inline mode: serve on this thread and commit right away.
+        for (uint16_t tag : ready) {
+          states_[tag] = TagState::kInKernel;
+          if (!QueueIoCommand(r, UBLK_U_IO_COMMIT_AND_FETCH_REQ, tag, Serve(tag))) {
+            states_[tag] = TagState::kIdle;
+            ++aborted;
+          }
+        }
+        ready.clear();
+      }
       if (!ready.empty()) {
         in_worker += static_cast<uint32_t>(ready.size());
+        size_t wake;
         {
           std::lock_guard<std::mutex> lock(work_mu_);
           work_.insert(work_.end(), ready.begin(), ready.end());
+          queued_.store(work_.size(), std::memory_order_release);
+          // Wake only as many sleeping workers as there is new work: busy workers pick up
+          // the rest before they sleep again.
+          wake = std::min<size_t>(ready.size(), idle_workers_);
         }
-        if (ready.size() == 1) {
-          work_cv_.notify_one();
-        } else {
-          work_cv_.notify_all();
-        }
+        for (size_t i = 0; i < wake; ++i) work_cv_.notify_one();
         ready.clear();
       }
 
@@ -459,31 +472,44 @@ class Queue {
     }
   }
 
+  int Serve(uint16_t tag) {
+    const auto* descs = reinterpret_cast<const ublksrv_io_desc*>(descs_.data());
+    ublksrv_io_desc desc;
+    std::memcpy(&desc, &descs[tag], sizeof(desc));
+    const uint8_t op = ublksrv_get_op(&desc);
+    if ((op == UBLK_IO_OP_READ || op == UBLK_IO_OP_WRITE) &&
+        (static_cast<uint64_t>(desc.nr_sectors) << 9) > max_io_bytes_) {
+      return -EINVAL;  // the kernel never sends more than max_io_bytes; be safe anyway
+    }
+    return ServeRequest(backend_, desc, Buffer(tag));
+  }
+
   void WorkerLoop() {
     for (;;) {
       uint16_t tag;
       {
         std::unique_lock<std::mutex> lock(work_mu_);
-        work_cv_.wait(lock, [this] { return quit_ || !work_.empty(); });
+        if (!quit_ && work_.empty()) {
+          ++idle_workers_;
+          work_cv_.wait(lock, [this] { return quit_ || !work_.empty(); });
+          --idle_workers_;
+        }
         if (work_.empty()) return;  // quit_ and nothing left
         tag = work_.front();
         work_.pop_front();
+        queued_.store(work_.size(), std::memory_order_release);
       }
-      const auto* descs = reinterpret_cast<const ublksrv_io_desc*>(descs_.data());
-      ublksrv_io_desc desc;
-      std::memcpy(&desc, &descs[tag], sizeof(desc));
-      int result;
-      if ((ublksrv_get_op(&desc) == UBLK_IO_OP_READ || ublksrv_get_op(&desc) == UBLK_IO_OP_WRITE) &&
-          (static_cast<uint64_t>(desc.nr_sectors) << 9) > max_io_bytes_) {
-        result = -EINVAL;  // the kernel never sends more than max_io_bytes; be safe anyway
-      } else {
-        result = ServeRequest(backend_, desc, Buffer(tag));
-      }
+      const int result = Serve(tag);
+      size_t done_count;
       {
         std::lock_guard<std::mutex> lock(done_mu_);
         done_.emplace_back(tag, result);
+        done_count = done_.size();
       }
-      Wake();
+      // Wake the queue thread when this worker is about to go idle or a batch has built up;
+      // otherwise keep serving and let the completions commit together (fewer wake-ups of the
+      // queue thread and of the submitter on the other side of the ring).
+      if (done_count >= kCommitBatch || queued_.load(std::memory_order_acquire) == 0) Wake();
     }
   }
 
@@ -505,8 +531,10 @@ class Queue {
 
   std::mutex work_mu_;
   std::condition_variable work_cv_;
-  std::deque<uint16_t> work_;  // guarded by work_mu_
-  bool quit_ = false;          // guarded by work_mu_
+  std::deque<uint16_t> work_;      // guarded by work_mu_
+  bool quit_ = false;              // guarded by work_mu_
+  size_t idle_workers_ = 0;        // guarded by work_mu_: workers waiting on work_cv_
+  std::atomic<size_t> queued_{0};  // work_.size(), written under work_mu_, read without it
 
   std::mutex done_mu_;
   std::vector<std::pair<uint16_t, int>> done_;  // guarded by done_mu_
@@ -528,6 +556,7 @@ struct Device::Impl {
   Status StartQueues() {
     uint16_t workers = options.workers_per_queue;
     if (workers == 0) workers = std::min<uint16_t>(info.queue_depth, 4);
+    if (options.serve_inline) workers = 0;
     for (uint16_t q = 0; q < info.nr_hw_queues; ++q) {
       auto queue = std::make_unique<Queue>(*backend, char_fd.get(), q, info.queue_depth,
                                            info.max_io_buf_bytes, workers);

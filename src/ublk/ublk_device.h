@@ -32,6 +32,9 @@ struct DeviceOptions {
   bool user_recovery = true;  // UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE
   // Worker threads per queue that call the backend; 0 picks min(queue_depth, 4).
   uint16_t workers_per_queue = 0;
+  // Serve requests on the queue thread itself, one at a time, with no worker pool. Only for
+  // backends that never block (memory devices); used to measure the cost of the hand-off.
+  bool serve_inline = false;
 };
 
 class Device {

@@ -22,7 +22,9 @@ int ToResult(const Status& status, int ok_value) {
 
 int ServeRequest(BlockDevice& device, const ublksrv_io_desc& desc, uint8_t* buf) {
   const uint8_t op = ublksrv_get_op(&desc);
-  const uint32_t flags = ublksrv_get_flags(&desc);
+  // The UBLK_IO_F_* values are positions within op_flags (the kernel ORs them in unshifted);
+  // ublksrv_get_flags() shifts them down by 8 and must not be combined with them.
+  const uint32_t flags = desc.op_flags;
   const uint64_t offset = desc.start_sector << 9;
   const uint64_t length = static_cast<uint64_t>(desc.nr_sectors) << 9;
   switch (op) {

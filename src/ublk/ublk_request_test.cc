@@ -74,7 +74,8 @@ TEST(ServeRequestTest, FlushDiscardAndWriteZeroes) {
   EXPECT_EQ(ServeRequest(device, Desc(UBLK_IO_OP_FLUSH, 0, 0, 0), nullptr), 0);
   EXPECT_EQ(device.flushes, 1);
   EXPECT_EQ(ServeRequest(device, Desc(UBLK_IO_OP_DISCARD, 0, 8, 8), nullptr), 0);
-  EXPECT_EQ(device.last_trim, std::make_pair<uint64_t, uint64_t>(4096, 4096));
+  EXPECT_EQ(device.last_trim.first, 4096u);
+  EXPECT_EQ(device.last_trim.second, 4096u);
 
   ASSERT_EQ(ServeRequest(device, Desc(UBLK_IO_OP_WRITE, 0, 8, 8), buf.data()), 4096);
   EXPECT_EQ(ServeRequest(device, Desc(UBLK_IO_OP_WRITE_ZEROES, UBLK_IO_F_NOUNMAP, 8, 8), nullptr),

@@ -2,7 +2,8 @@
 //
 //   blksnap-ublk-testserver [--queues N] [--depth N] [--max-io BYTES] [--workers N]
 //                           [--no-recovery] [--dev-id N] [--recover DEV_ID]
-//                           [--abandon-on-term] FILE
+//                           [--abandon-on-term] [--direct] [--engine psync|io_uring]
+//                           [--inline] FILE
 //
 // Prints the /dev/ublkbN path on stdout once the device is ready, then serves until SIGTERM or
 // SIGINT, when it stops and deletes the device (or, with --abandon-on-term, leaves it for a
@@ -26,7 +27,7 @@ void Usage() {
   std::fprintf(stderr,
                "usage: blksnap-ublk-testserver [--queues N] [--depth N] [--max-io BYTES] "
                "[--workers N] [--no-recovery] [--dev-id N] [--recover DEV_ID] "
-               "[--abandon-on-term] [--direct] FILE\n");
+               "[--abandon-on-term] [--direct] [--engine psync|io_uring] [--inline] FILE\n");
 }
 
 }  // namespace
@@ -63,6 +64,18 @@ int main(int argc, char** argv) {
       options.user_recovery = false;
     } else if (arg == "--abandon-on-term") {
       abandon_on_term = true;
+    } else if (arg == "--inline") {
+      options.serve_inline = true;
+    } else if (arg == "--engine") {
+      std::string engine = i + 1 < argc ? argv[++i] : "";
+      if (engine == "psync") {
+        file_options.engine = blksnap::IoEngine::kPsync;
+      } else if (engine == "io_uring") {
+        file_options.engine = blksnap::IoEngine::kIoUring;
+      } else {
+        Usage();
+        return 2;
+      }
     } else if (arg == "--direct") {
       file_options.direct = true;
     } else if (!arg.empty() && arg[0] != '-' && file.empty()) {

@@ -31,13 +31,14 @@ modprobe ublk_drv || fail "modprobe ublk_drv"
 start_server() {
   "$SERVER" "$@" >"$WORK/server.out" 2>"$WORK/server.err" &
   SERVER_PID=$!
-  for _ in $(seq 600); do
+  for _ in $(seq 1200); do
     DEV=$(head -n1 "$WORK/server.out" 2>/dev/null || true)
     [ -n "$DEV" ] && break
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.err" >&2; fail "server exited: $*"; }
     sleep 0.1
   done
-  [ -n "$DEV" ] || fail "server did not report a device"
+  [ -n "$DEV" ] || { cat "$WORK/server.err" >&2; ls -l /dev/ublk* >&2; dmesg | tail >&2
+    fail "server did not report a device"; }
   [ -b "$DEV" ] || fail "$DEV is not a block device"
   DEV_ID=${DEV#/dev/ublkb}
   log "server $SERVER_PID serves $DEV"
