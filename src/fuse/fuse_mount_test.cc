@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "blksnap/io.h"
+#include "fuse/loop_device.h"
 #include "fuse/test_util.h"
 #include "testing/sector_pattern.h"
 
@@ -248,22 +249,39 @@ TEST_F(MountTest, LiveMountIsRefused) {
 }
 
 TEST(MountStaleTest, StaleMountIsReplaced) {
-  if (!testing::IsRoot()) GTEST_SKIP() << "needs root and /dev/fuse";
+  if (!testing::IsRoot() || access("/dev/loop-control", W_OK) != 0)
+    GTEST_SKIP() << "needs root, /dev/fuse and /dev/loop-control";
   TempDir dir;
-  // A child mounts and dies without unmounting: the kernel keeps a dead mount at dir.
+  // A child mounts, puts a loop device on a file and dies without cleaning up (a crashed
+  // daemon): the kernel keeps a dead mount at dir; the loop device unbinds itself (autoclear)
+  // when the child's fds close.
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
+    close(pipe_fds[0]);
     auto mount = Mount::Create(dir.path());
-    if (!mount.ok()) _exit(1);
-    _exit(0);  // no destructor: the mount stays, its /dev/fuse fd closes
+    if (!mount.ok() || !(*mount)->AddFile("v", MakeMemoryDevice(1 << 20), false).ok()) _exit(1);
+    auto loop = LoopDevice::Attach((*mount)->FilePath("v"), 512, false);
+    if (!loop.ok()) _exit(2);
+    int number = loop->number();
+    if (write(pipe_fds[1], &number, sizeof(number)) != sizeof(number)) _exit(3);
+    _exit(0);  // no destructors
   }
+  close(pipe_fds[1]);
+  int number = -1;
+  ASSERT_EQ(read(pipe_fds[0], &number, sizeof(number)), ssize_t(sizeof(number)));
+  close(pipe_fds[0]);
   int wstatus = 0;
   ASSERT_EQ(waitpid(pid, &wstatus, 0), pid);
   ASSERT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
   struct statfs st;
   ASSERT_NE(statfs(dir.path().c_str(), &st), 0);
   ASSERT_EQ(errno, ENOTCONN);
+  EXPECT_NE(
+      access(("/sys/block/loop" + std::to_string(number) + "/loop/backing_file").c_str(), F_OK), 0)
+      << "loop device of the dead process still bound";
 
   auto mount = Mount::Create(dir.path());
   ASSERT_TRUE(mount.ok()) << mount.status().ToString();

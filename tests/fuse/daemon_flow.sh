@@ -19,6 +19,10 @@
 #    device; destroy while they run: no hang, the original fscks clean with its files.
 #  sigterm: with the original and an image on loop devices (nothing mounted), SIGTERM the
 #    daemon: it exits 0, no loop device is bound to its FUSE files, the FUSE dir is unmounted.
+#  sigkill-restart: write random data through the front loop device (O_DIRECT + fsync) with a
+#    snapshot and an image loop device present, SIGKILL the daemon: its loop devices unbind
+#    themselves (autoclear), the dead FUSE mount is replaced by a restarted daemon, and the
+#    re-attached volume reads back the same sha256.
 set -euo pipefail
 scenario=$1
 blksnapd=$2
@@ -242,6 +246,25 @@ sigterm)
     [ ! -e "/sys/block/${l#/dev/}/loop/backing_file" ] || fail "$l still bound after SIGTERM"
   done
   if grep -q " $fuse " /proc/self/mountinfo; then fail "FUSE dir still mounted"; fi
+  ;;
+sigkill-restart)
+  loop=$(attach vol 64M)
+  id=$(snapshot "$work/storage" vol)
+  iloop=$(image_loop "$id" vol)
+  dd if=/dev/urandom of="$work/data" bs=1M count=8 status=none
+  dd if="$work/data" of="$loop" bs=1M seek=4 oflag=direct conv=fsync status=none
+  kill -KILL "$daemon_pid"
+  { wait "$daemon_pid"; } 2>/dev/null || true
+  daemon_pid=""
+  for l in "$loop" "$iloop"; do
+    [ ! -e "/sys/block/${l#/dev/}/loop/backing_file" ] || fail "$l still bound after SIGKILL"
+  done
+  start_daemon
+  grep -q " $fuse .* fuse.blksnap " /proc/self/mountinfo || fail "no FUSE mount after restart"
+  loop=$(bs attach "$work/vol.img" --name vol --loop | json loop)
+  want=$(sha256sum <"$work/data" | cut -d' ' -f1)
+  got=$(dd if="$loop" bs=1M skip=4 count=8 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+  [ "$want" = "$got" ] || fail "data written before SIGKILL differs"
   ;;
 *)
   echo "unknown scenario $scenario" >&2
