@@ -3,7 +3,7 @@
 # loop devices over the daemon's FUSE files, snapshots taken with their file systems frozen,
 # images on their own loop devices, and a clean daemon shutdown.
 #
-# Usage: daemon_flow.sh SCENARIO BLKSNAPD BLKSNAP. Exit 77 = skipped (not root, no FUSE/loop,
+# Usage: daemon_flow.sh SCENARIO BLKSNAPD BLKSNAP [BLKSNAP_PATTERN]. Exit 77 = skipped (not root, no FUSE/loop,
 # no mkfs for the file system). Scenarios and their algorithms:
 #  standard-ext4 / standard-xfs: attach a 512 MiB file with --loop, mkfs, mount, write files
 #    with dd oflag=direct and record sha256; snapshot create --loop + take (the daemon freezes
@@ -19,6 +19,10 @@
 #    device; destroy while they run: no hang, the original fscks clean with its files.
 #  sigterm: with the original and an image on loop devices (nothing mounted), SIGTERM the
 #    daemon: it exits 0, no loop device is bound to its FUSE files, the FUSE dir is unmounted.
+#  concurrent-writes: sector pattern seq 1 over the front loop device; take; then for a
+#    while blksnap-pattern writes seq 2 to the front's first 3/4 and seq 3 to the image's last
+#    3/4 at the same time (O_DIRECT, loop devices); afterwards the front holds 2 then 1, the
+#    image 1 then 3 (the image never sees seq 2, the front never seq 3).
 #  sigkill-restart: write random data through the front loop device (O_DIRECT + fsync) with a
 #    snapshot and an image loop device present, SIGKILL the daemon: its loop devices unbind
 #    themselves (autoclear), the dead FUSE mount is replaced by a restarted daemon, and the
@@ -27,6 +31,7 @@ set -euo pipefail
 scenario=$1
 blksnapd=$2
 blksnap=$3
+pattern=${4:-}
 if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then exit 77; fi
 
 work=$(mktemp -d /tmp/blksnap-daemon-XXXXXX)
@@ -246,6 +251,30 @@ sigterm)
     [ ! -e "/sys/block/${l#/dev/}/loop/backing_file" ] || fail "$l still bound after SIGTERM"
   done
   if grep -q " $fuse " /proc/self/mountinfo; then fail "FUSE dir still mounted"; fi
+  ;;
+concurrent-writes)
+  [ -n "$pattern" ] || exit 77
+  loop=$(attach vol 64M)
+  "$pattern" write "$loop" --length 32M --seq 1 --direct >/dev/null
+  id=$(snapshot "$work/storage" vol)
+  iloop=$(image_loop "$id" vol)
+  (for _ in 1 2 3; do "$pattern" write "$loop" --length 24M --seq 2 --direct --block 256K \
+    >/dev/null || exit 1; done) &
+  front_writer=$!
+  (for _ in 1 2 3; do "$pattern" write "$iloop" --offset 8M --length 24M --seq 3 --direct \
+    --block 256K >/dev/null || exit 1; done) &
+  image_writer=$!
+  wait "$front_writer" || fail "front writer failed"
+  wait "$image_writer" || fail "image writer failed"
+  "$pattern" verify "$loop" --length 24M --seq 2 --direct >/dev/null || fail "front seq 2"
+  "$pattern" verify "$loop" --offset 24M --length 8M --seq 1 --direct >/dev/null \
+    || fail "front seq 1"
+  "$pattern" verify "$iloop" --length 8M --seq 1 --direct >/dev/null || fail "image seq 1"
+  "$pattern" verify "$iloop" --offset 8M --length 24M --seq 3 --direct >/dev/null \
+    || fail "image seq 3"
+  bs snapshot destroy "$id" >/dev/null
+  "$pattern" verify "$loop" --offset 24M --length 8M --seq 1 --direct >/dev/null \
+    || fail "front after destroy"
   ;;
 sigkill-restart)
   loop=$(attach vol 64M)
