@@ -266,19 +266,28 @@ Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<co
   return Status::Ok();  // still queued: the storer writes the updated buffer
 }
 
+template <typename Fn>
+Status DiffArea::ForEachChunk(uint64_t offset, uint64_t length, Fn fn) {
+  uint64_t done = 0;
+  while (done < length) {
+    const uint64_t pos = offset + done;
+    const uint64_t index = pos >> geometry_.shift;
+    const uint64_t in_chunk = pos - (index << geometry_.shift);
+    const uint64_t n = std::min<uint64_t>(length - done, geometry_.length(index) - in_chunk);
+    BLKSNAP_RETURN_IF_ERROR(fn(index, in_chunk, done, n));
+    done += n;
+  }
+  return Status::Ok();
+}
+
 Status DiffArea::ImageRead(uint64_t offset, std::span<uint8_t> buf) {
   GateGuard guard(image_gate_);
   if (!guard.entered()) return Status::Error(ENODEV, "snapshot destroyed");
   BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
-  uint64_t done = 0;
-  while (done < buf.size()) {
-    const uint64_t pos = offset + done;
-    const uint64_t index = pos >> geometry_.shift;
-    const uint64_t in_chunk = pos - (index << geometry_.shift);
-    const uint64_t n = std::min<uint64_t>(buf.size() - done, geometry_.length(index) - in_chunk);
-    BLKSNAP_RETURN_IF_ERROR(ReadChunkRange(index, in_chunk, buf.subspan(done, n)));
-    done += n;
-  }
+  BLKSNAP_RETURN_IF_ERROR(ForEachChunk(
+      offset, buf.size(), [&](uint64_t index, uint64_t in_chunk, uint64_t done, uint64_t n) {
+        return ReadChunkRange(index, in_chunk, buf.subspan(done, n));
+      }));
   return CheckImageIo();  // a failure during the read may have made the data suspect
 }
 
@@ -286,16 +295,10 @@ Status DiffArea::ImageWrite(uint64_t offset, std::span<const uint8_t> data) {
   GateGuard guard(image_gate_);
   if (!guard.entered()) return Status::Error(ENODEV, "snapshot destroyed");
   BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
-  uint64_t done = 0;
-  while (done < data.size()) {
-    const uint64_t pos = offset + done;
-    const uint64_t index = pos >> geometry_.shift;
-    const uint64_t in_chunk = pos - (index << geometry_.shift);
-    const uint64_t n = std::min<uint64_t>(data.size() - done, geometry_.length(index) - in_chunk);
-    BLKSNAP_RETURN_IF_ERROR(WriteChunkRange(index, in_chunk, data.subspan(done, n)));
-    done += n;
-  }
-  return Status::Ok();
+  return ForEachChunk(offset, data.size(),
+                      [&](uint64_t index, uint64_t in_chunk, uint64_t done, uint64_t n) {
+                        return WriteChunkRange(index, in_chunk, data.subspan(done, n));
+                      });
 }
 
 Status DiffArea::ImageWriteZeroes(uint64_t offset, uint64_t length) {

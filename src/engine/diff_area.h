@@ -133,6 +133,9 @@ class DiffArea {
   Status ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf);
   Status WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data);
   Status CheckImageIo() const;
+  // Calls fn(index, offset_in_chunk, offset_in_request, length) for each chunk of the range.
+  template <typename Fn>
+  Status ForEachChunk(uint64_t offset, uint64_t length, Fn fn);
 
   const std::shared_ptr<BlockDevice> original_;
   std::shared_ptr<DiffStorage> storage_;  // reset by Shutdown (after the gate is shut)
