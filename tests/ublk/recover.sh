@@ -6,8 +6,9 @@
 # hardware queues; for ext4/xfs mkfs and mount; start fio (4k random writes, QD32, verify
 # crc32c) in the background; after 3 s check fio still runs and kill -9 the server; the
 # /dev/ublkbN node must stay; start the server with --recover DEV_ID (same device path); wait
-# for fio: exit status 0; for ext4/xfs unmount and fsck must be clean; a second kill -9 /
-# --recover cycle while idle; stop the server, the device must vanish.
+# for fio: exit status 0; for ext4/xfs unmount and fsck must be clean; that server then
+# abandons the device on SIGTERM (Device::Abandon), the node must stay, a third server
+# recovers it and reads it; stop the server, the device must vanish.
 . "$(dirname "$0")/lib.sh"
 MODE=${2:?usage: recover.sh BUILD_DIR raw|ext4|xfs}
 
@@ -34,7 +35,7 @@ kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=
 [ -b "$old_dev" ] || fail "$old_dev vanished after the server was killed"
 sleep 1
-start_server --recover "$DEV_ID" "$WORK/backing"
+start_server --recover "$DEV_ID" --abandon-on-term "$WORK/backing"
 [ "$DEV" = "$old_dev" ] || fail "recovered device $DEV is not $old_dev"
 rc=0; wait $fio_pid || rc=$?
 cat "$WORK/fio.out" | grep -E "err=|WRITE:|READ:" || true
@@ -50,9 +51,10 @@ if [ "$MODE" != raw ]; then
 fi
 dmesg | grep -iE "I/O error.*ublkb" && fail "kernel logged I/O errors on the ublk device"
 
-log "second kill -9 / --recover while idle"
-kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+log "third server: graceful Abandon (SIGTERM with --abandon-on-term) and --recover"
+kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || fail "abandoning server exit status $?"
 SERVER_PID=
+[ -b "$old_dev" ] || fail "$old_dev vanished after Abandon()"
 start_server --recover "$DEV_ID" "$WORK/backing"
 dd if="$DEV" of=/dev/null bs=1M count=16 iflag=direct status=none || fail "read after idle recovery"
 stop_server
