@@ -47,7 +47,15 @@ void PutChunkHeader(uint8_t* p, uint16_t flags, uint16_t type, uint64_t cookie, 
 
 }  // namespace
 
+// A piece of a structured read reply: data or a hole, in offset order.
+struct ReadPiece {
+  uint64_t offset;
+  uint32_t length;
+  bool hole;
+};
+
 struct Session::Scratch {
+  std::vector<ReadPiece> pieces;
   std::vector<uint8_t> data;
   std::vector<uint8_t> headers;
   std::vector<iovec> iov;
@@ -231,13 +239,8 @@ void Session::HandleRead(const Request& r, Scratch& s) {
     return;
   }
   s.data.resize(r.length);
-  // Pieces of the reply: [offset, length, is_hole], in order.
-  struct Piece {
-    uint64_t offset;
-    uint32_t length;
-    bool hole;
-  };
-  std::vector<Piece> pieces;
+  std::vector<ReadPiece>& pieces = s.pieces;
+  pieces.clear();
   if (structured && caps_.block_status && r.length >= kHoleProbeMin && !(r.flags & kCmdFlagDf)) {
     auto ext = device_.BlockStatus(r.offset, r.length);
     if (ext.ok()) {
@@ -250,7 +253,7 @@ void Session::HandleRead(const Request& r, Scratch& s) {
         if (!pieces.empty() && pieces.back().hole == hole) {
           pieces.back().length += static_cast<uint32_t>(end - pos);
         } else {
-          pieces.push_back(Piece{pos, static_cast<uint32_t>(end - pos), hole});
+          pieces.push_back(ReadPiece{pos, static_cast<uint32_t>(end - pos), hole});
         }
         pos = end;
       }
@@ -259,13 +262,13 @@ void Session::HandleRead(const Request& r, Scratch& s) {
         if (!pieces.empty() && !pieces.back().hole)
           pieces.back().length += rest;
         else
-          pieces.push_back(Piece{pos, rest, false});
+          pieces.push_back(ReadPiece{pos, rest, false});
       }
     }
   }
-  if (pieces.empty()) pieces.push_back(Piece{r.offset, r.length, false});
+  if (pieces.empty()) pieces.push_back(ReadPiece{r.offset, r.length, false});
 
-  for (const Piece& p : pieces) {
+  for (const ReadPiece& p : pieces) {
     if (p.hole) continue;
     Status st =
         device_.Read(p.offset, std::span<uint8_t>(s.data.data() + (p.offset - r.offset), p.length));
@@ -290,7 +293,7 @@ void Session::HandleRead(const Request& r, Scratch& s) {
   s.headers.resize(pieces.size() * kPerPiece);
   s.iov.clear();
   for (size_t i = 0; i < pieces.size(); ++i) {
-    const Piece& p = pieces[i];
+    const ReadPiece& p = pieces[i];
     uint8_t* h = s.headers.data() + i * kPerPiece;
     const uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
     if (p.hole) {
