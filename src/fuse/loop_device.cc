@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -120,6 +122,8 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& file, uint32_t logical_
     loop_guard.fd = -1;
     device.number_ = n;
     device.path_ = LoopPath(n);
+    char resolved[PATH_MAX];
+    device.backing_ = ::realpath(file.c_str(), resolved) ? resolved : file;
     device.rdev_ = rdev;
     device.direct_io_ = (info.lo_flags & LO_FLAGS_DIRECT_IO) != 0;
     return device;
@@ -131,6 +135,7 @@ LoopDevice::LoopDevice(LoopDevice&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       number_(std::exchange(other.number_, -1)),
       path_(std::move(other.path_)),
+      backing_(std::move(other.backing_)),
       rdev_(std::exchange(other.rdev_, 0)),
       direct_io_(std::exchange(other.direct_io_, false)) {}
 
@@ -140,6 +145,7 @@ LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
     fd_ = std::exchange(other.fd_, -1);
     number_ = std::exchange(other.number_, -1);
     path_ = std::move(other.path_);
+    backing_ = std::move(other.backing_);
     rdev_ = std::exchange(other.rdev_, 0);
     direct_io_ = std::exchange(other.direct_io_, false);
   }
@@ -156,8 +162,11 @@ Status LoopDevice::Detach() {
   ::close(fd_);  // the unbind happens here if we were the last opener
   fd_ = -1;
   if (!status.ok()) return status;
+  // Still bound to our file: someone else holds it open. (Bound to another file: the device
+  // was freed and somebody attached it again at once.)
   std::string backing;
-  if (ReadSysfs("/sys/block/loop" + std::to_string(number_) + "/loop/backing_file", &backing))
+  if (ReadSysfs("/sys/block/loop" + std::to_string(number_) + "/loop/backing_file", &backing) &&
+      backing == backing_)
     return Status::Error(EBUSY, path_ + " is still in use; it unbinds at its last close");
   return Status::Ok();
 }

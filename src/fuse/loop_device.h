@@ -36,6 +36,7 @@ class LoopDevice {
   const std::string& path() const { return path_; }  // "/dev/loopN"
   uint64_t rdev() const { return rdev_; }            // st_rdev of path()
   int number() const { return number_; }
+  const std::string& backing_file() const { return backing_; }
   bool direct_io() const { return direct_io_; }  // the kernel accepted LO_FLAGS_DIRECT_IO
   bool attached() const { return fd_ >= 0; }
 
@@ -48,6 +49,7 @@ class LoopDevice {
   int fd_ = -1;  // open /dev/loopN
   int number_ = -1;
   std::string path_;
+  std::string backing_;  // canonical path of the file, as sysfs loop/backing_file shows it
   uint64_t rdev_ = 0;
   bool direct_io_ = false;
 };

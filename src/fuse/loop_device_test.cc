@@ -27,9 +27,12 @@ using blksnap::testing::VerifySectors;
 using testing::AlignedBuffer;
 using testing::TempDir;
 
-bool Bound(int number) {
+// True while loop device `number` is bound to `file`. (Other processes on this machine attach
+// loop devices too: a freed number may be bound again at once, to their file.)
+bool Bound(int number, const std::string& file) {
   std::ifstream in("/sys/block/loop" + std::to_string(number) + "/loop/backing_file");
-  return static_cast<bool>(in);
+  std::string backing;
+  return in && std::getline(in, backing) && backing == file;
 }
 
 class LoopTest : public ::testing::Test {
@@ -73,9 +76,11 @@ TEST_F(LoopTest, DirectIoOnFuseFile) {
   EXPECT_TRUE(VerifySectors(back, 0, 11).ok());
 
   int number = loop->number();
-  EXPECT_TRUE(Bound(number));
+  std::string file = loop->backing_file();
+  EXPECT_EQ(file, mount_->FilePath("vol"));
+  EXPECT_TRUE(Bound(number, file));
   ASSERT_TRUE(loop->Detach().ok());
-  EXPECT_FALSE(Bound(number));
+  EXPECT_FALSE(Bound(number, file));
   EXPECT_FALSE(loop->attached());
   EXPECT_FALSE(mount_->IsOpen("vol"));
 }
@@ -109,26 +114,28 @@ TEST_F(LoopTest, DetachWhileOpenIsDeferred) {
   auto loop = LoopDevice::Attach(mount_->FilePath("vol"), 512, false);
   ASSERT_TRUE(loop.ok());
   int number = loop->number();
+  std::string file = loop->backing_file();
   int holder = open(loop->path().c_str(), O_RDONLY);
   ASSERT_GE(holder, 0);
   EXPECT_EQ(loop->Detach().errnum(), EBUSY);
-  EXPECT_TRUE(Bound(number));
+  EXPECT_TRUE(Bound(number, file));
   close(holder);  // the last close unbinds (autoclear)
-  EXPECT_FALSE(Bound(number));
+  EXPECT_FALSE(Bound(number, file));
 }
 
 TEST_F(LoopTest, MoveAndDestructorDetach) {
   auto device = MakeMemoryDevice(1 << 20);
   ASSERT_TRUE(mount_->AddFile("vol", device, false).ok());
   int number = -1;
+  std::string file = mount_->FilePath("vol");
   {
     auto loop = LoopDevice::Attach(mount_->FilePath("vol"), 512, false);
     ASSERT_TRUE(loop.ok());
     LoopDevice moved = std::move(loop).value();
     number = moved.number();
-    EXPECT_TRUE(Bound(number));
+    EXPECT_TRUE(Bound(number, file));
   }
-  EXPECT_FALSE(Bound(number));
+  EXPECT_FALSE(Bound(number, file));
 }
 
 TEST_F(LoopTest, DetachLoopDevicesUnder) {
@@ -144,8 +151,8 @@ TEST_F(LoopTest, DetachLoopDevicesUnder) {
   int na = a->number(), nb = b->number();
   ASSERT_TRUE(a->Detach().ok());  // already unbound by the sweep: closing is all that is left
   ASSERT_TRUE(b->Detach().ok());
-  EXPECT_FALSE(Bound(na));
-  EXPECT_FALSE(Bound(nb));
+  EXPECT_FALSE(Bound(na, mount_->FilePath("a")));
+  EXPECT_FALSE(Bound(nb, mount_->FilePath("b")));
 }
 
 }  // namespace

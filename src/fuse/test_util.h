@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -78,7 +79,11 @@ class TempDir {
     char tmpl[] = "/tmp/blksnap-fuse-XXXXXX";
     path_ = mkdtemp(tmpl);
   }
-  ~TempDir() { rmdir(path_.c_str()); }
+  // A mount left on it by a failed test is lazily unmounted first (EINVAL when there is none).
+  ~TempDir() {
+    umount2(path_.c_str(), MNT_DETACH);
+    rmdir(path_.c_str());
+  }
   const std::string& path() const { return path_; }
 
  private:

@@ -298,9 +298,11 @@ TEST_F(StackTest, UnmountWhileBusy) {
   stop = true;
   for (auto& t : threads) t.join();
   int number = loop->number();
+  std::string file = loop->backing_file();
   EXPECT_TRUE(loop->Detach().ok());
   std::ifstream bound("/sys/block/loop" + std::to_string(number) + "/loop/backing_file");
-  EXPECT_FALSE(static_cast<bool>(bound));
+  std::string backing;
+  EXPECT_FALSE(bound && std::getline(bound, backing) && backing == file);
 }
 
 }  // namespace

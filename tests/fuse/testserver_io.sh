@@ -20,11 +20,15 @@ pid=""
 loop=""
 cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
-  if [ -n "$loop" ] && [ -e "/sys/block/${loop#/dev/}/loop/backing_file" ]; then
-    losetup -d "$loop" || true
-  fi
+  if [ -n "$loop" ] && ours "$loop"; then losetup -d "$loop" || true; fi
   if grep -q " $mnt " /proc/self/mountinfo; then umount -l "$mnt" || true; fi
   rm -rf "$work"
+}
+# ours LOOP: true while LOOP is bound to our FUSE file (a freed loop device may be taken by
+# another process at once).
+ours() {
+  local f="/sys/block/${1#/dev/}/loop/backing_file"
+  [ -e "$f" ] && case "$(cat "$f" 2>/dev/null)" in "$work"/*) true ;; *) false ;; esac
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -72,6 +76,6 @@ wait "$pid" || rc=$?
 pid=""
 [ "$rc" = 0 ] || fail "server exited with $rc"
 if grep -q " $mnt " /proc/self/mountinfo; then fail "FUSE mount left behind"; fi
-if [ -e "/sys/block/${loop#/dev/}/loop/backing_file" ]; then fail "loop device left bound"; fi
+if ours "$loop"; then fail "loop device left bound"; fi
 loop=""
 echo "PASS"
