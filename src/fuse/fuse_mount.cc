@@ -16,7 +16,8 @@
 // - State: Impl::mutex_ guards the name and inode maps; each FileEntry's own mutex guards its
 //   device pointer (dropped by RemoveFile). A request copies the shared_ptr under that mutex
 //   and does the device I/O without any lock held.
-// - Handles: fi->fh owns a heap Handle (entry + whether writes are FUA), freed in release().
+// - Handles: fi->fh owns a heap Handle (entry + whether writes are FUA), freed in release();
+//   handles_ tracks them so Stop() frees those the kernel can no longer release.
 // - Data path: FOPEN_DIRECT_IO on every open (no page cache), so loop devices and O_DIRECT
 //   readers see exactly the device. max_write is the largest libfuse 3.14 accepts (its buffer,
 //   FUSE_MAX_MAX_PAGES pages). libfuse 3.14 cannot set FOPEN_PARALLEL_DIRECT_WRITES; the loop
@@ -43,6 +44,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -117,6 +119,7 @@ class Mount::Impl {
     auto it = by_ino_.find(ino);
     return it == by_ino_.end() ? nullptr : it->second;
   }
+  void ForgetHandle(Handle* handle);
   static struct stat RootAttr();
   static struct stat FileAttr(const FileEntry& entry);
 
@@ -151,7 +154,8 @@ class Mount::Impl {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<FileEntry>> by_name_;  // guarded by mutex_
   std::map<fuse_ino_t, std::shared_ptr<FileEntry>> by_ino_;    // guarded by mutex_
-  fuse_ino_t next_ino_ = FUSE_ROOT_ID + 1;                     // guarded by mutex_
+  std::set<Handle*> handles_;  // open handles, guarded by mutex_; freed by Stop if never released
+  fuse_ino_t next_ino_ = FUSE_ROOT_ID + 1;  // guarded by mutex_
 };
 
 // ---- Mounting and stopping ------------------------------------------------------------------
@@ -271,6 +275,9 @@ void Mount::Impl::Stop() {
   for (auto& [ino, entry] : by_ino_) entry->Drop();
   by_ino_.clear();
   by_name_.clear();
+  // Handles the kernel can no longer release (the connection is gone).
+  for (Handle* handle : handles_) delete handle;
+  handles_.clear();
 }
 
 ssize_t Mount::Impl::IoRead(int fd, void* buf, size_t len, void* userdata) {
@@ -472,23 +479,34 @@ void Mount::Impl::OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, EPERM);
     return;
   }
+  Impl* self = Self(req);
   auto* handle = new Handle{entry, (fi->flags & (O_SYNC | O_DSYNC)) != 0};
   fi->fh = reinterpret_cast<uint64_t>(handle);
   fi->direct_io = 1;
   fi->keep_cache = 0;
   entry->open_count.fetch_add(1);
+  {
+    std::lock_guard lock(self->mutex_);
+    self->handles_.insert(handle);
+  }
   if (fuse_reply_open(req, fi) != 0) {
     // The opener went away (interrupted): the kernel never sends release for this handle.
-    entry->open_count.fetch_sub(1);
-    delete handle;
+    self->ForgetHandle(handle);
   }
 }
 
 void Mount::Impl::OnRelease(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
-  Handle* handle = HandleOf(fi);
-  handle->entry->open_count.fetch_sub(1);
-  delete handle;
+  Self(req)->ForgetHandle(HandleOf(fi));
   fuse_reply_err(req, 0);
+}
+
+void Mount::Impl::ForgetHandle(Handle* handle) {
+  handle->entry->open_count.fetch_sub(1);
+  {
+    std::lock_guard lock(mutex_);
+    handles_.erase(handle);
+  }
+  delete handle;
 }
 
 void Mount::Impl::OnRead(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off,

@@ -19,6 +19,9 @@
 #    device; destroy while they run: no hang, the original fscks clean with its files.
 #  sigterm: with the original and an image on loop devices (nothing mounted), SIGTERM the
 #    daemon: it exits 0, no loop device is bound to its FUSE files, the FUSE dir is unmounted.
+#  sigterm-mounted: SIGTERM while a file system on the front loop device is mounted and being
+#    written: the daemon still exits promptly (0), the writer gets I/O errors instead of
+#    hanging, and the loop device unbinds itself once the file system is unmounted.
 #  concurrent-writes: sector pattern seq 1 over the front loop device; take; then for a
 #    while blksnap-pattern writes seq 2 to the front's first 3/4 and seq 3 to the image's last
 #    3/4 at the same time (O_DIRECT, loop devices); afterwards the front holds 2 then 1, the
@@ -256,6 +259,32 @@ sigterm)
   for l in "$loop" "$iloop"; do
     ! ours "$l" || fail "$l still bound after SIGTERM"
   done
+  if grep -q " $fuse " /proc/self/mountinfo; then fail "FUSE dir still mounted"; fi
+  ;;
+sigterm-mounted)
+  loop=$(attach vol 128M)
+  mkfs.ext4 -q -F "$loop"
+  mount "$loop" "$work/orig"
+  (for _ in $(seq 1 1000); do
+    dd if=/dev/zero of="$work/orig/f" bs=1M count=4 oflag=direct status=none 2>/dev/null || exit 0
+  done
+  exit 1) &
+  writer=$!
+  sleep 1
+  kill -TERM "$daemon_pid"
+  rc=0
+  wait "$daemon_pid" || rc=$?
+  daemon_pid=""
+  [ "$rc" = 0 ] || fail "daemon exited with $rc"
+  wait "$writer" || fail "the writer never saw an error"
+  # Mounted, so nobody else can have taken it: still bound (to the lazily unmounted file).
+  backing="/sys/block/${loop#/dev/}/loop/backing_file"
+  [ -e "$backing" ] || fail "loop unbound under a mounted fs"
+  before=$(cat "$backing")
+  umount "$work/orig" || umount -l "$work/orig"
+  if [ -e "$backing" ] && [ "$(cat "$backing" 2>/dev/null)" = "$before" ]; then
+    fail "$loop still bound after the file system was unmounted"
+  fi
   if grep -q " $fuse " /proc/self/mountinfo; then fail "FUSE dir still mounted"; fi
   ;;
 concurrent-writes)
