@@ -11,6 +11,7 @@ Setups (each on a fresh copy of the same prefilled image):
                   snapshot-access node: front = cbw node, image = snapshot-access node
     blksnap       blksnapd, front export, no snapshot
     blksnap-snap  blksnapd, snapshot taken: front export for writes, NAME@ID for image reads
+    blksnap-psync blksnapd with BLKSNAP_IO_ENGINE=psync (not a peer: evidence for a fix)
   FUSE + loop (/dev/loopN with direct I/O, fio io_uring direct=1, iodepth 32):
     raw-loop, qsd-fuse, qsd-cbw-fuse, blksnap-fuse (attach --loop),
     blksnap-snap-fuse (attach --loop + snapshot create --loop)
@@ -313,7 +314,7 @@ class Bench:
                 out["image"] = f"nbd+unix:///image?socket={sock}"
         return p, out
 
-    def daemon(self, extra=(), tag="d"):
+    def daemon(self, extra=(), tag="d", env=None):
         d = os.path.join(SCRATCH, tag)
         os.makedirs(d, exist_ok=True)
         self.ctl = os.path.join(d, "control.sock")
@@ -322,7 +323,7 @@ class Bench:
                "--log-file", os.path.join(d, "log")]
         cmd += ["--fuse-dir", os.path.join(d, "fuse")] if self.root else ["--no-fuse"]
         cmd += list(extra)
-        p = spawn(cmd)
+        p = spawn(cmd, env=dict(os.environ, **(env or {})))
         wait_for(lambda: sock_ready(self.ctl), "blksnapd")
         return p
 
@@ -330,8 +331,9 @@ class Bench:
         r = run([self.cli, "--control", self.ctl, "--json", *args], timeout=timeout)
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    def blksnap_setup(self, img, *, snap=False, loop=False, extra=("--chunk-minimum-shift", "16")):
-        p = self.daemon(extra)
+    def blksnap_setup(self, img, *, snap=False, loop=False, extra=("--chunk-minimum-shift", "16"),
+                      env=None):
+        p = self.daemon(extra, env=env)
         dev = self.cli_json("attach", img, "--name", "dev", *(["--loop"] if loop else []))
         out = {"front": dev["loop"] if loop else dev["nbd"]}
         if snap:
@@ -351,7 +353,7 @@ class Bench:
 
     def setups(self):
         s = [("raw", "nbd"), ("nbdkit", "nbd"), ("qsd", "nbd"), ("blksnap", "nbd"),
-             ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd")]
+             ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd"), ("blksnap-psync", "nbd")]
         if self.root:
             s += [("raw-loop", "loop"), ("qsd-fuse", "loop"), ("blksnap-fuse", "loop"),
                   ("qsd-cbw-fuse", "loop"), ("blksnap-snap-fuse", "loop")]
@@ -378,7 +380,10 @@ class Bench:
             loops = [v for v in out.values() if v.startswith("/dev/")]
             return [p], loops, out
         if name.startswith("blksnap"):
-            p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse)
+            # blksnap-psync: the same daemon with its I/O engine forced to psync (evidence for
+            # docs/performance.md: buffered io_uring writes are punted to io-wq workers).
+            env = {"BLKSNAP_IO_ENGINE": "psync"} if name.endswith("-psync") else None
+            p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse, env=env)
             return [p], [], out
         raise ValueError(name)
 
@@ -488,12 +493,41 @@ class Bench:
     # ------------------------------------------------------------ memory
 
     def memory(self):
-        """1 TiB sparse device with the default chunk size: attach, take, preserve chunks."""
+        """1 TiB sparse device, default chunk size (256 KiB: 4 Mi chunks): RSS idle, attached,
+        taken, then after `stages` rounds of n preserved chunks each. The slope (least squares
+        over the rounds) is what a preserved chunk costs; 10% of the chunks (102 GiB of
+        difference storage) does not fit on the scratch disk, so it is extrapolated. Run twice:
+        with glibc's defaults (what users get) and with MALLOC_MMAP_THRESHOLD_=128K, which
+        makes every 256 KiB copy buffer its own mapping, so freed buffers leave RSS and the
+        slope shows the chunk table's own cost."""
+        res = {"device_bytes": TIB}
+        for label, env in (("default_malloc", {}),
+                           ("mmap_buffers", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+            res[label] = self.memory_run(env)
+        cbt = res["default_malloc"]["cbt_maps_bytes"]
+        res["cbt_maps_bytes"] = cbt
+        res["taken_rss"] = res["default_malloc"]["taken"]["VmRSS"]
+        res["extrapolated_10pct_rss"] = res["default_malloc"]["extrapolated_10pct_rss"]
+        log(f"  memory: taken {res['taken_rss'] / MIB:.1f} MiB; per preserved chunk "
+            f"{res['default_malloc']['rss_per_preserved_chunk']:.0f} B (glibc default), "
+            f"{res['mmap_buffers']['rss_per_preserved_chunk']:.0f} B (buffers mmapped); 10% "
+            f"extrapolated {res['extrapolated_10pct_rss'] / MIB:.1f} / "
+            f"{res['mmap_buffers']['extrapolated_10pct_rss'] / MIB:.1f} MiB; CBT maps "
+            f"{cbt / MIB:.1f} MiB")
+        self.mem = res
+
+    def memory_run(self, env):
         big = os.path.join(SCRATCH, "big.img")
         with open(big, "w") as f:
             f.truncate(TIB)
-        p = self.daemon((), tag="mem")
-        res = {"device_bytes": TIB}
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            p = self.daemon((), tag="mem")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        res = {"env": env}
 
         def status():
             d = {}
@@ -509,61 +543,55 @@ class Bench:
             res["attached"] = status()
             cbt = self.cli_json("cbt", "info", "big")
             res["cbt"] = cbt
-            blocks = cbt.get("block_count") or (TIB >> cbt.get("block_shift", 16))
-            res["cbt_maps_bytes"] = 2 * blocks
-            os.makedirs(os.path.join(SCRATCH, "diff"), exist_ok=True)
-            sid = self.cli_json("snapshot", "create", "--storage", os.path.join(SCRATCH, "diff"),
-                                "--limit", "0", "big")["id"]
+            res["cbt_maps_bytes"] = 2 * cbt["block_count"]
+            diff = os.path.join(SCRATCH, "diff")
+            os.makedirs(diff, exist_ok=True)
+            sid = self.cli_json("snapshot", "create", "--storage", diff, "--limit", "0",
+                                "big")["id"]
             self.cli_json("snapshot", "take", sid)
             res["taken"] = status()
-            chunk = 256 * KIB  # default chunk_minimum_shift 18: 4 Mi chunks on 1 TiB
+            chunk = 256 * KIB  # default chunk_minimum_shift 18
             chunks = TIB // chunk
-            n = 1000 if self.quick else 8192  # chunks preserved per stage, two stages
-            res.update(chunk_bytes=chunk, chunks=chunks, preserved_per_stage=n)
-            stride = chunks // (2 * n) * chunk
-
-            def preserve(stage):
-                # One 4 KiB write at the start of each of n chunks, spread over the device;
-                # stage 1 takes the even strides, stage 2 the odd ones.
+            n, stages = (500, 3) if self.quick else (4096, 4)
+            res.update(chunk_bytes=chunk, chunks=chunks, per_stage=n, stages=stages)
+            stride = chunks // (stages * n) * chunk
+            points = []
+            for st in range(stages):
+                # One 4 KiB write at the start of each of n chunks spread over the device.
                 self.fio(dev["nbd"], "mem", time_based=False, runtime=3600,
-                         extra=("--rw=write:%dk" % ((2 * stride) // KIB - 4), "--bs=4k",
-                                "--io_size=%d" % (n * 4 * KIB),
-                                "--offset=%d" % (stage * stride)))
+                         extra=("--rw=write:%dk" % ((stages * stride) // KIB - 4), "--bs=4k",
+                                "--io_size=%d" % (n * 4 * KIB), "--offset=%d" % (st * stride)))
                 last = -1
                 for _ in range(100):  # until the storer has written everything
                     used = self.cli_json("snapshot", "info", sid)["storage"]["used"]
                     if used == last:
                         break
                     last = used
-                    time.sleep(0.2)
-                return used
-            res["storage_used_1"] = preserve(0)
-            res["stage1"] = status()
-            res["storage_used_2"] = preserve(1)
-            res["stage2"] = status()
-            # The queue and cache buffers are a constant (filled in stage 1); the slope
-            # between the stages is what each further preserved chunk costs.
-            per_chunk = max(0.0, (res["stage2"]["VmRSS"] - res["stage1"]["VmRSS"]) / n)
+                    time.sleep(0.3)
+                points.append(((st + 1) * n, status()["VmRSS"], used))
+            res["stages_rss"] = points
+            xs = [x for x, _, _ in points]
+            ys = [y for _, y, _ in points]
+            mx, my = statistics.mean(xs), statistics.mean(ys)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / \
+                sum((x - mx) ** 2 for x in xs)
+            per_chunk = max(0.0, slope)
             res["rss_per_preserved_chunk"] = round(per_chunk, 1)
             ten = chunks // 10
-            res["extrapolated_10pct_rss"] = int(res["stage2"]["VmRSS"] + per_chunk * (ten - 2 * n))
+            res["extrapolated_10pct_rss"] = int(ys[-1] + per_chunk * (ten - xs[-1]))
+            res["final"] = status()
             res["note"] = (f"10% of 1 TiB is {ten} chunks ({ten * chunk / GIB:.0f} GiB of "
-                           f"difference storage), more than the scratch disk holds; 2 x {n} "
-                           f"chunks were preserved and the RSS growth per chunk between the two "
-                           f"stages extrapolated linearly")
+                           f"difference storage), more than the scratch disk holds; {stages} x "
+                           f"{n} chunks were preserved and the least-squares RSS slope "
+                           f"extrapolated linearly")
             self.cli_json("snapshot", "destroy", sid)
+            res["destroyed"] = status()
         finally:
             stop(p)
             if os.path.exists(big):
                 os.unlink(big)
-        log(f"  memory: attached {res['attached']['VmRSS'] / MIB:.1f} MiB, taken "
-            f"{res['taken']['VmRSS'] / MIB:.1f} MiB, after {n} / {2 * n} chunks "
-            f"{res['stage1']['VmRSS'] / MIB:.1f} / {res['stage2']['VmRSS'] / MIB:.1f} MiB (HWM "
-            f"{res['stage2']['VmHWM'] / MIB:.1f}), {res['rss_per_preserved_chunk']:.0f} B per "
-            f"chunk; 10% extrapolated "
-            f"{res['extrapolated_10pct_rss'] / MIB:.1f} MiB; CBT maps "
-            f"{res['cbt_maps_bytes'] / MIB:.1f} MiB")
-        self.mem = res
+            shutil.rmtree(os.path.join(SCRATCH, "mem"), ignore_errors=True)
+        return res
 
 
 def extra_rw(spec, extra):
@@ -623,7 +651,10 @@ def targets(res, take, mem):
     if mem:
         v = round((mem["extrapolated_10pct_rss"] - mem["cbt_maps_bytes"]) / MIB, 1)
         add("RSS MiB minus CBT maps, 1 TiB, 10% preserved (extrapolated)", v, 64, "<")
-        v = round((mem["taken"]["VmRSS"] - mem["cbt_maps_bytes"]) / MIB, 1)
+        v = round((mem["mmap_buffers"]["extrapolated_10pct_rss"] - mem["cbt_maps_bytes"]) / MIB,
+                  1)
+        add("  same, copy buffers mmapped (chunk table alone)", v, 64, "<")
+        v = round((mem["taken_rss"] - mem["cbt_maps_bytes"]) / MIB, 1)
         add("RSS MiB minus CBT maps, 1 TiB, snapshot taken", v, 64, "<")
     return t
 
@@ -645,6 +676,7 @@ def table(res):
 def ratios(res):
     """Every blksnap setup against its peers, per workload."""
     pairs = [("blksnap", "qsd"), ("blksnap", "nbdkit"), ("blksnap", "raw"),
+             ("blksnap-psync", "qsd"), ("blksnap-psync", "nbdkit"), ("blksnap-psync", "blksnap"),
              ("blksnap-snap", "qsd-cbw"), ("blksnap-fuse", "qsd-fuse"),
              ("blksnap-fuse", "raw-loop"), ("blksnap-snap-fuse", "qsd-cbw-fuse")]
     out = {}
