@@ -25,6 +25,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -45,6 +46,23 @@ namespace {
 
 constexpr int kDefaultWorkers = 8;
 constexpr int kMaxWorkers = 64;
+
+// A client must finish the handshake within this time (BLKSNAP_NBD_HANDSHAKE_TIMEOUT seconds
+// overrides), so silent connections cannot pin threads forever.
+constexpr int kDefaultHandshakeTimeoutSec = 60;
+
+int HandshakeTimeoutSec() {
+  if (const char* env = std::getenv("BLKSNAP_NBD_HANDSHAKE_TIMEOUT")) {
+    int n = std::atoi(env);
+    if (n >= 1) return n;
+  }
+  return kDefaultHandshakeTimeoutSec;
+}
+
+void SetRecvTimeout(int fd, int seconds) {
+  timeval tv{seconds, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
 
 int WorkersPerConnection() {
   if (const char* env = std::getenv("BLKSNAP_NBD_WORKERS")) {
@@ -127,6 +145,7 @@ struct Server::State {
   UniqueFd wake;  // eventfd: stop or reap
   std::unique_ptr<TlsContext> tls;
   int workers = kDefaultWorkers;
+  int handshake_timeout_sec = kDefaultHandshakeTimeoutSec;
   std::thread accept_thread;
 
   mutable std::mutex mu;
@@ -220,8 +239,10 @@ void Server::State::RunConnection(Connection* c) {
   std::unique_ptr<Transport> transport = std::make_unique<SocketTransport>(UniqueFd(c->fd));
   auto in = std::make_unique<InputBuffer>();
   Host host(*this, c->forced_tls);
+  SetRecvTimeout(c->fd, handshake_timeout_sec);
   Result<Negotiated> negotiated = Handshake(host, transport, *in).Run();
   if (negotiated.ok()) {
+    SetRecvTimeout(c->fd, 0);  // transmission: clients may idle as long as they like
     std::shared_ptr<ExportEntry> entry = negotiated->entry;
     bool attached = false;
     {
@@ -271,6 +292,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   auto s = std::make_unique<State>();
   s->options = options;
   s->workers = WorkersPerConnection();
+  s->handshake_timeout_sec = HandshakeTimeoutSec();
   if (options.unix_path.empty() && options.tcp_address.empty()) {
     return Status::Error(EINVAL, "no listener configured (unix_path or tcp_address)");
   }

@@ -41,7 +41,8 @@ class TlsTransport : public Transport {
       ssize_t n = gnutls_record_recv(session_, buf.data(), buf.size());
       if (n > 0) return static_cast<size_t>(n);
       if (n == 0) return Status::Error(ECONNRESET, "peer closed the TLS session");
-      if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) continue;
+      if (n == GNUTLS_E_INTERRUPTED) continue;
+      // Blocking socket: E_AGAIN only comes from SO_RCVTIMEO (the handshake deadline).
       return TlsError(static_cast<int>(n), "gnutls_record_recv");
     }
   }
@@ -139,7 +140,7 @@ class GnutlsContext : public TlsContext {
     gnutls_handshake_set_timeout(session, 30000);
     do {
       rc = gnutls_handshake(session);
-    } while (rc < 0 && !gnutls_error_is_fatal(rc));
+    } while (rc < 0 && !gnutls_error_is_fatal(rc) && rc != GNUTLS_E_AGAIN);
     if (rc < 0) {
       tls->Shutdown();  // no close_notify after a failed handshake
       return TlsError(rc, "TLS handshake");

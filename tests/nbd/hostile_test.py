@@ -1,5 +1,6 @@
 #!/usr/bin/python3
 # Purpose: the server survives hostile and broken clients and leaks nothing.
+# (Also: silent clients are dropped at the handshake deadline, idle attached ones are kept.)
 # Algorithm: with a raw socket client speaking the NBD wire format by hand: wrong greeting
 # magic, every truncation point of a valid handshake, an oversized option (skipped with
 # ERR_TOO_BIG, negotiation continues) and a huge one (connection dropped), unknown options,
@@ -27,6 +28,7 @@ tmp = nbdtest.tempfile.mkdtemp(prefix="nbd-hostile-")
 disk = os.path.join(tmp, "disk.img")
 nbdtest.make_file(disk, 8 * MiB)
 assert nbdtest.pattern(PATTERN, "write", disk, 0, 8 * MiB, 1) == 0
+os.environ["BLKSNAP_NBD_HANDSHAKE_TIMEOUT"] = "2"  # silent clients are dropped after 2 s
 srv = nbdtest.TestServer(SERVER, ["d=file:%s" % disk], tmpdir=tmp)
 
 
@@ -187,6 +189,20 @@ for i in range(20):
     recv_exact(s, 1000)
     s.close()
 healthy("disconnects mid-reply")
+
+# A client that connects and says nothing is dropped at the handshake deadline; one that is
+# idle in the transmission phase is not.
+silent = sock()
+recv_exact(silent, 18)
+idle = sock()
+go(idle)
+time.sleep(3)
+check(closed(silent), "silent client dropped after the handshake timeout")
+request(idle, 0, 1, 0, 512)
+check(read_chunks(idle)[0][0] == 1, "idle client in transmission phase kept")
+silent.close()
+idle.close()
+healthy("handshake timeout")
 
 # 1,000 connect/disconnect cycles, cut at different points.
 for i in range(1000):
