@@ -544,7 +544,11 @@ void Mount::Impl::OnWrite(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, s
   }
   uint64_t offset = static_cast<uint64_t>(off);
   if (off < 0 || offset >= entry.size) {
-    fuse_reply_err(req, size == 0 ? 0 : ENOSPC);
+    if (size == 0) {
+      fuse_reply_write(req, 0);
+    } else {
+      fuse_reply_err(req, ENOSPC);
+    }
     return;
   }
   size = static_cast<size_t>(std::min<uint64_t>(size, entry.size - offset));

@@ -8,7 +8,8 @@
 // Algorithm (per test):
 //  - FileSystemOnLoop (ext4 with 512-byte blocks, xfs with 4096): memory device -> FUSE file
 //    -> loop device (direct I/O) -> mkfs -> mount -> write files with dd oflag=direct, record
-//    sha256 -> umount -> fsck must be clean -> mount again -> sha256sum -c.
+//    sha256 -> write and delete junk files, fstrim (discards reach the device as
+//    WriteZeroes) -> umount -> fsck must be clean -> mount again -> sha256sum -c.
 //  - FreezeGivesConsistentImage: ext4 on the loop; freeze from the test thread (not a FUSE
 //    worker); a writer thread blocks (seen in state D) while frozen; copy the whole device
 //    while frozen; thaw; the writer finishes and its sector-pattern data verifies; the copy,
@@ -104,7 +105,8 @@ TEST_P(FileSystemOnLoop, WriteFsckRemountVerify) {
   const std::string fs = GetParam().fs;
   if (!HaveTool(fs == "xfs" ? "mkfs.xfs" : "mkfs.ext4")) GTEST_SKIP() << "no mkfs." << fs;
   loops_.reserve(2);
-  auto device = MakeMemoryDevice(512ull << 20, GetParam().block_size);
+  auto device =
+      std::make_shared<CountingDevice>(MakeMemoryDevice(512ull << 20, GetParam().block_size));
   LoopDevice* loop = AddVolume("vol@" + fs, device, GetParam().block_size);
   ASSERT_NE(loop, nullptr);
   EXPECT_TRUE(loop->direct_io());
@@ -115,6 +117,13 @@ TEST_P(FileSystemOnLoop, WriteFsckRemountVerify) {
     ASSERT_EQ(fsmount.Mount(loop->path(), "rw"), 0);
     sums = WriteFiles(fsmount.path(), "f", 8);
     ASSERT_FALSE(sums.empty());
+    // Discards of freed blocks travel loop -> FUSE fallocate -> WriteZeroes and must not
+    // touch live files (checked below by fsck and the checksums).
+    ASSERT_FALSE(WriteFiles(fsmount.path(), "junk", 4).empty());
+    ASSERT_EQ(Shell("rm " + fsmount.path() + "/junk*"), 0);
+    uint64_t zeroes = device->zeroes;
+    ASSERT_EQ(Shell("fstrim " + fsmount.path()), 0);
+    EXPECT_GT(device->zeroes.load(), zeroes) << "fstrim sent no discard through the loop";
     ASSERT_EQ(fsmount.Unmount(), 0);
   }
   ASSERT_EQ(Shell(FsckCommand(fs, loop->path())), 0) << fs << " not clean after umount";
