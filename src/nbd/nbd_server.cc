@@ -356,6 +356,11 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     s->tcp_port = bound.ss_family == AF_INET6
                       ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
                       : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    if (host == "0.0.0.0" || host == "::") {
+      // A wildcard bind is not an address clients can use: advertise our host name.
+      char name[256] = {};
+      if (::gethostname(name, sizeof name - 1) == 0 && name[0]) host = name;
+    }
     s->tcp_host = host.find(':') != std::string::npos ? "[" + host + "]" : host;
   }
 
