@@ -20,8 +20,9 @@
 //   handles_ tracks them so Stop() frees those the kernel can no longer release.
 // - Data path: FOPEN_DIRECT_IO on every open (no page cache), so loop devices and O_DIRECT
 //   readers see exactly the device. max_write is the largest libfuse 3.14 accepts (its buffer,
-//   FUSE_MAX_MAX_PAGES pages). libfuse 3.14 cannot set FOPEN_PARALLEL_DIRECT_WRITES; the loop
-//   driver's asynchronous direct I/O still overlaps requests (FUSE_CAP_ASYNC_DIO).
+//   FUSE_MAX_MAX_PAGES pages). libfuse 3.14 cannot set FOPEN_PARALLEL_DIRECT_WRITES, so
+//   synchronous writers to one file serialize at the kernel's inode lock; the loop driver's
+//   asynchronous direct I/O still overlaps requests (FUSE_CAP_ASYNC_DIO).
 #define FUSE_USE_VERSION 314
 
 #include "fuse/fuse_mount.h"

@@ -47,6 +47,13 @@ class CountingDevice : public ForwardingDevice {
     return ForwardingDevice::Read(offset, buf);
   }
   Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override {
+    uint64_t now = ++in_flight;
+    for (uint64_t seen = max_in_flight; now > seen;)
+      if (max_in_flight.compare_exchange_weak(seen, now)) break;
+    struct Leave {
+      std::atomic<uint64_t>& n;
+      ~Leave() { --n; }
+    } leave{in_flight};
     writes++;
     if (flags & kWriteFua) fua_writes++;
     for (uint64_t seen = max_write; buf.size() > seen;)
@@ -68,7 +75,8 @@ class CountingDevice : public ForwardingDevice {
   }
 
   std::atomic<uint64_t> reads{0}, writes{0}, fua_writes{0}, flushes{0}, trims{0}, zeroes{0};
-  std::atomic<uint64_t> max_read{0}, max_write{0};  // largest single request seen
+  std::atomic<uint64_t> max_read{0}, max_write{0};       // largest single request seen
+  std::atomic<uint64_t> in_flight{0}, max_in_flight{0};  // concurrent writes
   std::atomic<uint32_t> last_zero_flags{0};
 };
 
