@@ -20,7 +20,7 @@ enum class IoEngine { kAuto, kIoUring, kPsync };
 struct FileOpenOptions {
   bool direct = false;  // O_DIRECT (unaligned requests are bounced through aligned buffers)
   bool read_only = false;
-  IoEngine engine = IoEngine::kAuto;  // kAuto: io_uring when the kernel allows, else psync
+  IoEngine engine = IoEngine::kAuto;  // kAuto: psync (see src/io/sync_io.cc)
 };
 
 // A regular file or a block device. Regular files: trim punches holes, write-zeroes uses
