@@ -140,6 +140,7 @@ class Mount::Impl {
   static void OnFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   static void OnFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                           fuse_file_info* fi);
+  static void OnLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi);
 
   // Custom I/O on the /dev/fuse fd (see the design notes).
   static ssize_t IoRead(int fd, void* buf, size_t len, void* userdata);
@@ -221,6 +222,7 @@ Status Mount::Impl::Start() {
     ops.flush = &Impl::OnFlush;
     ops.fsync = &Impl::OnFsync;
     ops.fallocate = &Impl::OnFallocate;
+    ops.lseek = &Impl::OnLseek;
     return ops;
   }();
   const char* argv[] = {"blksnap", nullptr};
@@ -620,6 +622,52 @@ void Mount::Impl::OnFallocate(fuse_req_t req, fuse_ino_t /*ino*/, int mode, off_
     status = device->WriteZeroes(offset, end - offset, kZeroNoHole);
   }  // plain allocation: the device is fully provisioned already
   fuse_reply_err(req, status.ok() ? 0 : status.errnum());
+}
+
+// SEEK_DATA / SEEK_HOLE from the device's BlockStatus (holes: kExtentHole; allocated zeroes
+// count as data), so sparse-aware readers (cp --sparse, qemu-img) can skip an image's holes.
+void Mount::Impl::OnLseek(fuse_req_t req, fuse_ino_t /*ino*/, off_t off, int whence,
+                          fuse_file_info* fi) {
+  FileEntry& entry = *HandleOf(fi)->entry;
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);  // the kernel handles SEEK_SET/CUR/END itself
+    return;
+  }
+  auto device = entry.Device();
+  if (device == nullptr) {
+    fuse_reply_err(req, ENODEV);
+    return;
+  }
+  uint64_t pos = static_cast<uint64_t>(off);
+  if (off < 0 || pos >= entry.size) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  if (!device->capabilities().block_status) {  // all data
+    fuse_reply_lseek(req, whence == SEEK_DATA ? off : static_cast<off_t>(entry.size));
+    return;
+  }
+  while (pos < entry.size) {
+    auto extents = device->BlockStatus(pos, entry.size - pos);
+    if (!extents.ok()) {
+      fuse_reply_err(req, extents.status().errnum());
+      return;
+    }
+    if (extents->empty()) break;
+    for (const Extent& e : *extents) {
+      bool hole = (e.flags & kExtentHole) != 0;
+      if (hole == (whence == SEEK_HOLE)) {
+        fuse_reply_lseek(req, static_cast<off_t>(std::max(pos, e.offset)));
+        return;
+      }
+      pos = std::max(pos, e.offset + e.length);
+    }
+  }
+  if (whence == SEEK_DATA) {
+    fuse_reply_err(req, ENXIO);  // only holes after off
+  } else {
+    fuse_reply_lseek(req, static_cast<off_t>(entry.size));  // the implicit hole at EOF
+  }
 }
 
 // ---- Mount ----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
 // and the device; read/write go to BlockDevice::Read/Write (O_DSYNC/O_SYNC writes carry
 // kWriteFua), fsync to Flush, fallocate ZERO_RANGE to WriteZeroes(kZeroNoHole) and PUNCH_HOLE to
 // WriteZeroes(0) (a hole must read back as zeroes, and the loop driver turns REQ_OP_WRITE_ZEROES
-// into a punch, so Trim's "zeroes or old data" would not do). The size is fixed: truncate fails.
+// into a punch, so Trim's "zeroes or old data" would not do), lseek SEEK_DATA/SEEK_HOLE to
+// BlockStatus. The size is fixed: truncate fails.
 //
 // Threads: a multi-threaded libfuse session loop serves the mount; all methods are thread-safe.
 // Never call into a Mount, or freeze a file system that lives on one of its files, from a

@@ -161,6 +161,29 @@ TEST_F(MountTest, FsyncFuaAndFallocate) {
   close(fd);
 }
 
+TEST_F(MountTest, SeekDataAndHole) {
+  // The memory device is sparse: only written pages are data.
+  ASSERT_TRUE(mount_->AddFile("v", device_, true).ok());
+  std::vector<uint8_t> data(1 << 20);
+  StampSectors(data, (2 << 20) / 512, 1);
+  ASSERT_TRUE(device_->Write(2 << 20, data, 0).ok());
+  StampSectors(data, (5 << 20) / 512, 1);
+  ASSERT_TRUE(device_->Write(5 << 20, data, 0).ok());
+  int fd = open(mount_->FilePath("v").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(lseek(fd, 0, SEEK_DATA), 2 << 20);
+  EXPECT_EQ(lseek(fd, 2 << 20, SEEK_HOLE), 3 << 20);
+  EXPECT_EQ(lseek(fd, 3 << 20, SEEK_DATA), 5 << 20);
+  EXPECT_EQ(lseek(fd, (5 << 20) + 4096, SEEK_DATA), (5 << 20) + 4096);
+  EXPECT_EQ(lseek(fd, 5 << 20, SEEK_HOLE), 6 << 20);
+  EXPECT_EQ(lseek(fd, 6 << 20, SEEK_DATA), -1);
+  EXPECT_EQ(errno, ENXIO);
+  EXPECT_EQ(lseek(fd, 6 << 20, SEEK_HOLE), 6 << 20);  // already in a hole
+  EXPECT_EQ(lseek(fd, kSize, SEEK_DATA), -1);
+  EXPECT_EQ(errno, ENXIO);
+  close(fd);
+}
+
 TEST_F(MountTest, NamesAndErrors) {
   ASSERT_TRUE(mount_->AddFile("x", device_, false).ok());
   EXPECT_EQ(mount_->AddFile("x", device_, false).errnum(), EEXIST);
