@@ -25,7 +25,8 @@ DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffSt
       storage_(std::move(storage)),
       geometry_(geometry),
       config_(config),
-      on_corrupt_(std::move(on_corrupt)) {
+      on_corrupt_(std::move(on_corrupt)),
+      pool_(geometry.size(), config.chunk_maximum_in_queue) {
   storer_ = std::thread([this] { StorerLoop(); });
 }
 
@@ -42,12 +43,15 @@ void DiffArea::Shutdown() {
   if (storer_.joinable()) storer_.join();
   {
     std::lock_guard lock(cache_mu_);
-    lru_.clear();
+    cache_.clear();
   }
-  // No image I/O, storer or copy-on-write can run any more: free without data_mu.
+  // No image I/O, storer or copy-on-write can run any more: free without the data stripes.
   for (Shard& shard : shards_) {
     std::lock_guard lock(shard.mu);
-    for (auto& [index, chunk] : shard.chunks) chunk->buffer.reset();
+    for (auto& [index, chunk] : shard.chunks) {
+      pool_.Put(chunk.buffer);
+      chunk.buffer = nullptr;
+    }
   }
   storage_.reset();
 }
@@ -73,22 +77,16 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
   Shard& shard = ShardOf(index);
   std::unique_lock lock(shard.mu);
   auto [it, inserted] = shard.chunks.try_emplace(index);
+  Chunk* chunk = &it->second;
   if (!inserted) {
-    Chunk* chunk = it->second.get();
     shard.cv.wait(lock, [&] { return chunk->state != State::kCopying; });
     return chunk->state == State::kFailed ? nullptr : chunk;
   }
-  it->second = std::make_unique<Chunk>();
-  Chunk* chunk = it->second.get();
   lock.unlock();
   chunks_touched_.fetch_add(1, std::memory_order_relaxed);
 
-  auto fail = [&](int errnum) {
+  auto fail = [&](int errnum) -> Chunk* {
     Corrupt(errnum);
-    {
-      std::lock_guard data(chunk->data_mu);
-      chunk->buffer.reset();
-    }
     SetState(index, chunk, State::kFailed);
     return nullptr;
   };
@@ -102,21 +100,27 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
     }
     ++in_queue_;
   }
+  auto release_slot = [&] {
+    std::lock_guard queue(queue_mu_);
+    --in_queue_;
+    queue_cv_.notify_all();
+  };
   const uint64_t length = geometry_.length(index);
-  auto buffer = std::make_unique_for_overwrite<uint8_t[]>(length);
-  Status s = original_->Read(index << geometry_.shift, std::span(buffer.get(), length));
+  uint8_t* buffer = pool_.Get();
+  if (!buffer) {
+    release_slot();
+    return fail(ENOMEM);
+  }
+  Status s = original_->Read(index << geometry_.shift, std::span(buffer, length));
   if (!s.ok()) {
-    {
-      std::lock_guard queue(queue_mu_);
-      --in_queue_;
-      queue_cv_.notify_all();
-    }
+    pool_.Put(buffer);
+    release_slot();
     return fail(s.errnum());
   }
   chunks_copied_.fetch_add(1, std::memory_order_relaxed);
   {
-    std::lock_guard data(chunk->data_mu);
-    chunk->buffer = std::move(buffer);
+    std::lock_guard data(DataMu(index));
+    chunk->buffer = buffer;
   }
   SetState(index, chunk, State::kInMemory);
   {
@@ -151,24 +155,29 @@ void DiffArea::StorerLoop() {
   }
 }
 
+void DiffArea::FreeBuffer(Chunk* chunk) {
+  pool_.Put(chunk->buffer);
+  chunk->buffer = nullptr;
+}
+
 void DiffArea::StoreChunk(Chunk* chunk, uint64_t index) {
   {
-    std::lock_guard data(chunk->data_mu);
+    std::lock_guard data(DataMu(index));
+    const uint64_t length = geometry_.length(index);
     Status s = corrupted() ? Status::Error(corrupt_errno(), "snapshot corrupted") : Status::Ok();
     uint64_t offset = UINT64_MAX;
     if (s.ok()) {
-      auto allocated = storage_->Allocate(geometry_.length(index));
+      auto allocated = storage_->Allocate(length);
       if (allocated.ok()) {
         offset = *allocated;
-        s = storage_->device().Write(
-            offset, std::span<const uint8_t>(chunk->buffer.get(), geometry_.length(index)));
+        s = storage_->device().Write(offset, std::span<const uint8_t>(chunk->buffer, length));
       } else {
         s = allocated.status();
       }
     }
     if (!s.ok()) {
       Corrupt(s.errnum());
-      chunk->buffer.reset();
+      FreeBuffer(chunk);
       SetState(index, chunk, State::kFailed);
       return;
     }
@@ -176,41 +185,41 @@ void DiffArea::StoreChunk(Chunk* chunk, uint64_t index) {
     SetState(index, chunk, State::kStored);
     chunks_stored_.fetch_add(1, std::memory_order_relaxed);
     if (config_.chunk_maximum_in_cache == 0) {
-      chunk->buffer.reset();
+      FreeBuffer(chunk);
       return;
     }
   }
-  CacheInsert(chunk);
+  CacheInsert(index, chunk);
 }
 
-void DiffArea::CacheInsert(Chunk* chunk) {
-  std::vector<Chunk*> evicted;
+void DiffArea::CacheInsert(uint64_t index, Chunk* chunk) {
+  std::pair<uint64_t, Chunk*> victim{0, nullptr};
   {
     std::lock_guard lock(cache_mu_);
-    lru_.push_front(chunk);
-    chunk->lru = lru_.begin();
     chunk->cached = true;
-    while (lru_.size() > config_.chunk_maximum_in_cache) {
-      Chunk* victim = lru_.back();
-      lru_.pop_back();
-      victim->cached = false;
-      evicted.push_back(victim);
+    chunk->referenced = false;
+    if (cache_.size() < config_.chunk_maximum_in_cache) {
+      cache_.emplace_back(index, chunk);
+      return;
     }
-  }
-  for (Chunk* victim : evicted) {
-    std::lock_guard data(victim->data_mu);
-    bool cached;
-    {
-      std::lock_guard lock(cache_mu_);
-      cached = victim->cached;
+    // CLOCK: skip (and clear) recently read entries, evict the first one not read since.
+    while (cache_[cache_hand_].second->referenced) {
+      cache_[cache_hand_].second->referenced = false;
+      cache_hand_ = (cache_hand_ + 1) % cache_.size();
     }
-    if (!cached && victim->storage_offset != UINT64_MAX) victim->buffer.reset();
+    victim = cache_[cache_hand_];
+    victim.second->cached = false;
+    cache_[cache_hand_] = {index, chunk};
+    cache_hand_ = (cache_hand_ + 1) % cache_.size();
   }
+  // Only the storer inserts, once per chunk: the victim cannot be cached again meanwhile.
+  std::lock_guard data(DataMu(victim.first));
+  if (victim.second->storage_offset != UINT64_MAX) FreeBuffer(victim.second);
 }
 
 void DiffArea::CacheTouch(Chunk* chunk) {
   std::lock_guard lock(cache_mu_);
-  if (chunk->cached) lru_.splice(lru_.begin(), lru_, chunk->lru);
+  if (chunk->cached) chunk->referenced = true;
 }
 
 Status DiffArea::CheckImageIo() const {
@@ -233,19 +242,19 @@ Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uin
       lock.lock();
       it = shard.chunks.find(index);
       // The original changes only after a chunk leaves COPYING: what we read is take-time data.
-      if (it == shard.chunks.end() || it->second->state == State::kCopying) return Status::Ok();
+      if (it == shard.chunks.end() || it->second.state == State::kCopying) return Status::Ok();
       continue;
     }
-    Chunk* chunk = it->second.get();
+    Chunk* chunk = &it->second;
     shard.cv.wait(lock, [&] { return chunk->state != State::kCopying; });
     if (chunk->state == State::kFailed) {
       Status s = CheckImageIo();
       return s.ok() ? Status::Error(EIO, "chunk lost") : s;
     }
     lock.unlock();
-    std::lock_guard data(chunk->data_mu);
+    std::lock_guard data(DataMu(index));
     if (chunk->buffer) {
-      std::memcpy(buf.data(), chunk->buffer.get() + in_chunk, buf.size());
+      std::memcpy(buf.data(), chunk->buffer + in_chunk, buf.size());
       CacheTouch(chunk);
       return Status::Ok();
     }
@@ -257,8 +266,8 @@ Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uin
 Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data) {
   Chunk* chunk = Preserve(index);
   if (!chunk) return Status::Error(EIO, "snapshot corrupted");
-  std::lock_guard guard(chunk->data_mu);
-  if (chunk->buffer) std::memcpy(chunk->buffer.get() + in_chunk, data.data(), data.size());
+  std::lock_guard guard(DataMu(index));
+  if (chunk->buffer) std::memcpy(chunk->buffer + in_chunk, data.data(), data.size());
   if (chunk->storage_offset != UINT64_MAX) {
     return storage_->device().Write(chunk->storage_offset + in_chunk, data);
   }
@@ -336,7 +345,7 @@ DiffAreaStats DiffArea::stats() const {
     s.chunks_in_queue = in_queue_;
   }
   std::lock_guard lock(cache_mu_);
-  s.chunks_cached = lru_.size();
+  s.chunks_cached = cache_.size();
   return s;
 }
 

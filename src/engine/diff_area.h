@@ -15,15 +15,18 @@
 // waits for a read of the chunk, never for the write to the difference storage, which the
 // storer thread does in the background. At most chunk_maximum_in_queue chunks wait in memory;
 // beyond that, new copies wait (throttling). After storing, up to chunk_maximum_in_cache
-// buffers stay in an LRU cache for image reads.
+// buffers stay in a CLOCK cache for image reads. Buffers come from a BufferPool (mmap, bounded
+// free list), so memory stays bounded however many chunks a snapshot preserves; an entry of
+// the table is 24 bytes plus the hash map's node.
 //
 // Image reads of NEW chunks read the original without taking an entry, then re-check the state:
 // the original can only change after a chunk becomes IN_MEMORY, so seeing NEW or COPYING after
 // the read proves the data read was the take-time data; otherwise the read is retried.
 //
-// Locking order: Chunk::data_mu before a shard mutex before queue_mu_/cache_mu_; never wait
-// for data_mu while holding a shard mutex. The original device is never read or written with a
-// lock held except data_mu (image writes and the storer, which do not touch the original).
+// Locking order: a data stripe (DataMu) before a shard mutex before queue_mu_/cache_mu_; never
+// wait for a data stripe while holding a shard mutex, and never hold two data stripes. The original
+// device is never read or written with a lock held except a data stripe (image writes and the
+// storer, which do not touch the original).
 //
 // Failure: any error while preserving marks the area corrupted (errno recorded, callback fired
 // once); from then on writes to the original skip copy-on-write entirely and image I/O fails
@@ -36,7 +39,6 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <list>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -46,6 +48,7 @@
 
 #include "blksnap/block_device.h"
 #include "blksnap/config.h"
+#include "engine/buffer_pool.h"
 #include "engine/diff_storage.h"
 #include "engine/io_gate.h"
 
@@ -106,21 +109,24 @@ class DiffArea {
 
  private:
   enum class State : uint8_t { kCopying, kInMemory, kStored, kFailed };
+  // 24 bytes, stored inline in its shard's map (references stay valid across rehashing).
   struct Chunk {
-    std::mutex data_mu;                    // serialises image writes, the storer and cache eviction
+    uint64_t storage_offset = UINT64_MAX;  // guarded by the chunk's data stripe
+    uint8_t* buffer = nullptr;             // guarded by the data stripe; from pool_
     State state = State::kCopying;         // guarded by the shard mutex
-    uint64_t storage_offset = UINT64_MAX;  // guarded by data_mu (set under the shard too)
-    std::unique_ptr<uint8_t[]> buffer;     // guarded by data_mu
     bool cached = false;                   // guarded by cache_mu_
-    std::list<Chunk*>::iterator lru;       // guarded by cache_mu_
+    bool referenced = false;               // guarded by cache_mu_ (CLOCK bit)
   };
   struct Shard {
     std::mutex mu;
     std::condition_variable cv;
-    std::unordered_map<uint64_t, std::unique_ptr<Chunk>> chunks;
+    std::unordered_map<uint64_t, Chunk> chunks;
   };
+  static_assert(sizeof(Chunk) == 24, "a chunk entry is 24 bytes: memory per preserved chunk");
   static constexpr size_t kShards = 64;
+  static constexpr size_t kDataStripes = 256;
 
+  std::mutex& DataMu(uint64_t index) { return data_mu_[index % kDataStripes]; }
   Shard& ShardOf(uint64_t index) { return shards_[index % kShards]; }
   // Makes sure chunk `index` is preserved; returns it (null if the area is corrupted/failed).
   Chunk* Preserve(uint64_t index);
@@ -128,8 +134,9 @@ class DiffArea {
   void Corrupt(int errnum);
   void StorerLoop();
   void StoreChunk(Chunk* chunk, uint64_t index);
-  void CacheInsert(Chunk* chunk);  // requires chunk->data_mu
+  void CacheInsert(uint64_t index, Chunk* chunk);  // without the chunk's data stripe held
   void CacheTouch(Chunk* chunk);
+  void FreeBuffer(Chunk* chunk);  // requires the chunk's data stripe
   Status ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf);
   Status WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data);
   Status CheckImageIo() const;
@@ -144,17 +151,23 @@ class DiffArea {
   const CorruptFn on_corrupt_;
 
   std::array<Shard, kShards> shards_;
+  // Serialises access to a chunk's buffer and stored copy between image writes, image reads of
+  // buffers, the storer and cache eviction. Striped: a chunk entry carries no mutex.
+  std::array<std::mutex, kDataStripes> data_mu_;
+  BufferPool pool_;
   std::atomic<int> corrupt_errno_{0};
   IoGate image_gate_;
 
   mutable std::mutex queue_mu_;
   std::condition_variable queue_cv_;               // storer: work arrived; writers: room freed
   std::deque<std::pair<uint64_t, Chunk*>> queue_;  // guarded by queue_mu_
-  uint64_t in_queue_ = 0;                          // guarded by queue_mu_ (includes being stored)
-  bool stop_ = false;                              // guarded by queue_mu_
+  uint64_t in_queue_ = 0;  // guarded by queue_mu_ (includes being copied and being stored)
+  bool stop_ = false;      // guarded by queue_mu_
 
+  // CLOCK cache of stored chunks whose buffers are kept for image reads.
   mutable std::mutex cache_mu_;
-  std::list<Chunk*> lru_;  // guarded by cache_mu_; front = most recent
+  std::vector<std::pair<uint64_t, Chunk*>> cache_;  // guarded by cache_mu_
+  size_t cache_hand_ = 0;                           // guarded by cache_mu_
 
   std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0};
   std::thread storer_;
