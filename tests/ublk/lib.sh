@@ -12,6 +12,7 @@ DEV=
 DEV_ID=
 
 log() { echo "== $*"; }
+echo  # the VM console eats the first line of output
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 cleanup() {
