@@ -50,7 +50,9 @@ class Mount {
   // handles that are still open fails with ENODEV. Detach a loop device on it before calling.
   Status RemoveFile(const std::string& name);
 
-  // True while at least one handle of the file is open (a loop device, a reader, ...).
+  // True while at least one handle of the file is open (a loop device, a reader, ...). The
+  // kernel sends FUSE release in the background: right after a close(2) or a loop detach
+  // returns, this may still be true for a moment.
   bool IsOpen(const std::string& name) const;
 
   // dir + "/" + name.

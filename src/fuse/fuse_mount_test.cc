@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -226,6 +227,9 @@ TEST_F(MountTest, RemoveRevokesOpenHandles) {
   ASSERT_EQ(pread(fd, data.data(), data.size(), 0), 4096);
   EXPECT_TRUE(VerifySectors(data, 0, 9).ok());
   close(fd);
+  // FUSE sends release in the background after close(): wait, bounded, for it.
+  for (int i = 0; i < 500 && mount_->IsOpen("v"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_FALSE(mount_->IsOpen("v"));
 }
 

@@ -42,7 +42,8 @@ class LoopDevice {
 
   // Unbinds the device (LOOP_CLR_FD). If something still has it open (a mounted file system),
   // the kernel defers the unbind to the last close (autoclear) and Detach returns EBUSY; the
-  // LoopDevice lets go of it either way. OK if not attached.
+  // LoopDevice lets go of it either way. OK if not attached. The kernel closes the backing file
+  // asynchronously: a fuse::Mount may report the file open (IsOpen) for a moment afterwards.
   Status Detach();
 
  private:

@@ -11,7 +11,9 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <fstream>
+#include <thread>
 #include <vector>
 
 #include "blksnap/io.h"
@@ -82,6 +84,10 @@ TEST_F(LoopTest, DirectIoOnFuseFile) {
   ASSERT_TRUE(loop->Detach().ok());
   EXPECT_FALSE(Bound(number, file));
   EXPECT_FALSE(loop->attached());
+  // The kernel releases the backing file asynchronously (FUSE sends release in the
+  // background): wait, bounded, for the handle to close.
+  for (int i = 0; i < 500 && mount_->IsOpen("vol"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_FALSE(mount_->IsOpen("vol"));
 }
 
