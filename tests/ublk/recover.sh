@@ -3,7 +3,8 @@
 # the ublk device or to a file on ext4/xfs on it; a new server started with --recover DEV_ID
 # re-attaches, in-flight I/O is re-issued and fio completes and verifies with no error.
 # Algorithm (inside the VM), MODE = $2 (raw|ext4|xfs): serve a 512 MiB sparse file with 2
-# hardware queues; for ext4/xfs mkfs and mount; start fio (4k random writes, QD32, verify
+# hardware queues; for ext4/xfs mkfs and mount; start fio (64 MiB of 4k random writes, QD32,
+# capped at 2000 write IOPS so the write phase lasts >= 8 s on fast machines too, verify
 # crc32c) in the background; after 3 s check fio still runs and kill -9 the server; the
 # /dev/ublkbN node must stay; start the server with --recover DEV_ID (same device path); wait
 # for fio: exit status 0; for ext4/xfs unmount and fsck must be clean; that server then
@@ -25,7 +26,7 @@ else
 fi
 
 fio --name=recover --filename="$target" --size=$fio_size --direct=1 --ioengine=libaio \
-  --iodepth=32 --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 --do_verify=1 --eta=never \
+  --iodepth=32 --rw=randwrite --bs=4k --rate_iops=,2000 --verify=crc32c --verify_fatal=1 --do_verify=1 --eta=never \
   >"$WORK/fio.out" 2>&1 &
 fio_pid=$!
 sleep 3
