@@ -11,7 +11,8 @@ Setups (each on a fresh copy of the same prefilled image):
                   snapshot-access node: front = cbw node, image = snapshot-access node
     blksnap       blksnapd, front export, no snapshot
     blksnap-snap  blksnapd, snapshot taken: front export for writes, NAME@ID for image reads
-    blksnap-psync blksnapd with BLKSNAP_IO_ENGINE=psync (not a peer: evidence for a fix)
+    blksnap-psync blksnapd with BLKSNAP_IO_ENGINE=psync (not a peer: evidence for a fix);
+                  blksnap-fuse-psync the same through FUSE+loop
   FUSE + loop (/dev/loopN with direct I/O, fio io_uring direct=1, iodepth 32):
     raw-loop, qsd-fuse, qsd-cbw-fuse, blksnap-fuse (attach --loop),
     blksnap-snap-fuse (attach --loop + snapshot create --loop)
@@ -356,7 +357,8 @@ class Bench:
              ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd"), ("blksnap-psync", "nbd")]
         if self.root:
             s += [("raw-loop", "loop"), ("qsd-fuse", "loop"), ("blksnap-fuse", "loop"),
-                  ("qsd-cbw-fuse", "loop"), ("blksnap-snap-fuse", "loop")]
+                  ("qsd-cbw-fuse", "loop"), ("blksnap-snap-fuse", "loop"),
+                  ("blksnap-fuse-psync", "loop")]
         else:
             self.notes.append("not root: FUSE+loop setups skipped")
         if self.args.only:
@@ -366,7 +368,7 @@ class Bench:
 
     def start(self, name, img):
         """Returns (processes, loops we attached ourselves, endpoints)."""
-        fuse = name.endswith("-fuse")
+        fuse = "-fuse" in name
         if name == "raw":
             return [], [], {"front": img}
         if name == "raw-loop":
@@ -678,7 +680,8 @@ def ratios(res):
     pairs = [("blksnap", "qsd"), ("blksnap", "nbdkit"), ("blksnap", "raw"),
              ("blksnap-psync", "qsd"), ("blksnap-psync", "nbdkit"), ("blksnap-psync", "blksnap"),
              ("blksnap-snap", "qsd-cbw"), ("blksnap-fuse", "qsd-fuse"),
-             ("blksnap-fuse", "raw-loop"), ("blksnap-snap-fuse", "qsd-cbw-fuse")]
+             ("blksnap-fuse", "raw-loop"), ("blksnap-snap-fuse", "qsd-cbw-fuse"),
+             ("blksnap-fuse-psync", "qsd-fuse"), ("blksnap-fuse-psync", "blksnap-fuse")]
     out = {}
     for a, b in pairs:
         for wl in UNITS:
@@ -705,6 +708,12 @@ def chart(path, rat, tg):
     ax.set_yticklabels(keys, fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    ticks = [0.25, 0.5, 0.75, 1, 1.2, 1.5, 2, 3, 4, 6, 8, 16]
+    lo, hi = min(vals + [0.9]) * 0.9, max(vals + [1.6]) * 1.15
+    ax.set_xlim(lo, hi)
+    ax.set_xticks([t for t in ticks if lo <= t <= hi])
+    ax.set_xticklabels([f"{t:g}" for t in ticks if lo <= t <= hi])
+    ax.minorticks_off()
     ax.axvline(1.0, color="black", lw=0.8)
     for g, style in ((1.2, ":"), (1.5, "--")):
         ax.axvline(g, color="gray", lw=0.8, ls=style)
@@ -737,6 +746,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--build", default=os.path.join(ROOT, "build-release"))
     ap.add_argument("--cleanup-only", action="store_true")
+    ap.add_argument("--chart-only", metavar="JSON", help="redraw the chart of a results file")
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--only", help="comma-separated setups and/or take,memory (default: all)")
     ap.add_argument("--no-extras", action="store_true", help="skip take latency and memory")
@@ -746,6 +756,11 @@ def main():
     args = ap.parse_args()
     if args.cleanup_only:
         cleanup()
+        return 0
+    if args.chart_only:
+        with open(args.chart_only) as f:
+            doc = json.load(f)
+        chart(os.path.splitext(args.chart_only)[0] + ".png", doc["ratios"], doc["targets"])
         return 0
 
     def on_signal(signum, _frame):
