@@ -109,6 +109,7 @@ void PrintFronts(const json& f, const std::string& indent) {
   }
   std::cout << indent << "fuse: " << Str(f.value("fuse", json())) << "\n";
   std::cout << indent << "loop: " << Str(f.value("loop", json())) << "\n";
+  std::cout << indent << "ublk: " << Str(f.value("ublk", json())) << "\n";
 }
 
 std::string EventText(const json& e) {
@@ -161,10 +162,28 @@ void PrintDevice(const json& d) {
   if (!d.value("snapshot", json()).is_null()) std::cout << ", in snapshot " << Str(d["snapshot"]);
   std::cout << "\n";
   PrintFronts(d, "  ");
+  if (d.value("restored", false)) {
+    std::cout << "  note: " << Str(d.value("restore_note", json())) << "\n";
+  }
 }
 
-void CmdAttach(Context& ctx, const std::string& path, const std::string& name, bool loop) {
-  json params = {{"path", Absolute(path)}, {"loop", loop}};
+// Block-device fronts asked for on the command line: --loop, --ublk, --blockdev (the daemon's
+// --frontend choice).
+struct BlockFronts {
+  bool loop = false;
+  bool ublk = false;
+  bool blockdev = false;
+  void AddTo(json& params) const {
+    params["loop"] = loop;
+    if (ublk) params["ublk"] = true;
+    if (blockdev) params["blockdev"] = true;
+  }
+};
+
+void CmdAttach(Context& ctx, const std::string& path, const std::string& name,
+               const BlockFronts& fronts) {
+  json params = {{"path", Absolute(path)}};
+  fronts.AddTo(params);
   if (!name.empty()) params["name"] = name;
   json r = ctx.Call("attach", params);
   if (ctx.json_output) {
@@ -173,7 +192,8 @@ void CmdAttach(Context& ctx, const std::string& path, const std::string& name, b
                 {"size", r["size"]},
                 {"nbd", r.value("nbd", json())},
                 {"fuse", r.value("fuse", json())},
-                {"loop", r.value("loop", json())}};
+                {"loop", r.value("loop", json())},
+                {"ublk", r.value("ublk", json())}};
     for (const char* k : {"nbd_tcp", "cbt"}) {
       if (r.contains(k)) out[k] = r[k];
     }
@@ -193,6 +213,21 @@ void CmdDetach(Context& ctx, const std::string& name, bool force) {
   }
 }
 
+// What a daemon restart after a crash left behind (the "restart" object of devices/status).
+void PrintRestart(const json& restart) {
+  if (!restart.is_object()) return;
+  std::cout << "\nnote: " << Str(restart.value("message", json())) << "\n";
+  for (const auto& n : restart.value("notes", json::array())) {
+    std::cout << "note: " << Str(n) << "\n";
+  }
+  for (const auto& f : restart.value("failed", json::array())) {
+    std::cout << "FAILED to re-attach " << Str(f.value("name", json())) << " ("
+              << Str(f.value("path", json())) << "): " << Str(f.value("error", json()))
+              << " (retried at the next start; `blksnap detach " << Str(f.value("name", json()))
+              << "` drops it)\n";
+  }
+}
+
 void CmdDevices(Context& ctx) {
   json r = ctx.Call("devices");
   if (ctx.json_output) {
@@ -204,7 +239,7 @@ void CmdDevices(Context& ctx) {
     return;
   }
   std::vector<std::vector<std::string>> rows = {
-      {"NAME", "SIZE", "SNAPSHOT", "CBT", "PATH", "NBD", "FUSE", "LOOP"}};
+      {"NAME", "SIZE", "SNAPSHOT", "CBT", "PATH", "NBD", "FUSE", "LOOP", "UBLK"}};
   for (const auto& d : r["devices"]) {
     std::string cbt = "-";
     if (d.contains("cbt")) {
@@ -213,9 +248,10 @@ void CmdDevices(Context& ctx) {
     }
     rows.push_back({Str(d["name"]), SizeText(d["size"]), Str(d.value("snapshot", json())), cbt,
                     Str(d["path"]), Str(d.value("nbd", json())), Str(d.value("fuse", json())),
-                    Str(d.value("loop", json()))});
+                    Str(d.value("loop", json())), Str(d.value("ublk", json()))});
   }
   PrintTable(rows);
+  PrintRestart(r.value("restart", json()));
 }
 
 void CmdCbtInfo(Context& ctx, const std::string& name) {
@@ -313,11 +349,11 @@ void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<st
 }
 
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
-                       bool loop, const std::vector<std::string>& devices) {
+                       const BlockFronts& fronts, const std::vector<std::string>& devices) {
   uint64_t bytes = ParseSizeArg("--limit", limit);
-  json r = ctx.Call(
-      "snapshot-create",
-      {{"storage", Absolute(storage)}, {"limit", bytes}, {"loop", loop}, {"devices", devices}});
+  json params = {{"storage", Absolute(storage)}, {"limit", bytes}, {"devices", devices}};
+  fronts.AddTo(params);
+  json r = ctx.Call("snapshot-create", params);
   if (ctx.json_output) {
     ctx.Emit({{"id", r["id"]}});
   } else {
@@ -469,20 +505,24 @@ void CmdStatus(Context& ctx) {
             << "  state:    " << Str(d["state_dir"]) << "\n"
             << "  nbd:      " << Str(d.value("nbd_unix", json()));
   if (!d.value("nbd_tcp", json()).is_null()) std::cout << ", tcp " << Str(d["nbd_tcp"]);
-  std::cout << "\n  fuse:     " << Str(d.value("fuse_dir", json())) << "\n\n";
+  std::cout << "\n  fuse:     " << Str(d.value("fuse_dir", json())) << "\n"
+            << "  ublk:     " << (d.value("ublk", false) ? "available" : "not available")
+            << "; block devices via " << Str(d.value("frontend", json())) << "\n";
+  PrintRestart(d.value("restart", json()));
+  std::cout << "\n";
 
   std::cout << "DEVICES\n";
   if (r["devices"].empty()) {
     std::cout << "  (none)\n";
   } else {
     std::vector<std::vector<std::string>> rows = {
-        {"  NAME", "SIZE", "SNAPSHOT", "CBT#", "CBT BLOCK", "PATH", "LOOP"}};
+        {"  NAME", "SIZE", "SNAPSHOT", "CBT#", "CBT BLOCK", "PATH", "LOOP", "UBLK"}};
     for (const auto& dev : r["devices"]) {
-      rows.push_back({"  " + Str(dev["name"]), SizeText(dev["size"]),
-                      Str(dev.value("snapshot", json())),
-                      dev.contains("cbt") ? Str(dev["cbt"]["changes_number"]) : "-",
-                      dev.contains("cbt") ? SizeText(dev["cbt"]["block_size"]) : "-",
-                      Str(dev["path"]), Str(dev.value("loop", json()))});
+      rows.push_back(
+          {"  " + Str(dev["name"]), SizeText(dev["size"]), Str(dev.value("snapshot", json())),
+           dev.contains("cbt") ? Str(dev["cbt"]["changes_number"]) : "-",
+           dev.contains("cbt") ? SizeText(dev["cbt"]["block_size"]) : "-", Str(dev["path"]),
+           Str(dev.value("loop", json())), Str(dev.value("ublk", json()))});
     }
     PrintTable(rows);
   }
@@ -545,12 +585,15 @@ int Main(int argc, char** argv) {
   });
 
   std::string attach_path, attach_name;
-  bool attach_loop = false;
+  BlockFronts attach_fronts;
   auto* attach = app.add_subcommand("attach", "start tracking a file or block device");
   attach->add_option("PATH", attach_path, "file or block device")->required();
   attach->add_option("--name", attach_name, "device name (default: the file's base name)");
-  attach->add_flag("--loop", attach_loop, "also put a loop device on its FUSE front");
-  attach->callback([&] { run([&] { CmdAttach(ctx, attach_path, attach_name, attach_loop); }); });
+  attach->add_flag("--loop", attach_fronts.loop, "also put a loop device on its FUSE front");
+  attach->add_flag("--ublk", attach_fronts.ublk, "also expose it as a ublk device /dev/ublkbN");
+  attach->add_flag("--blockdev", attach_fronts.blockdev,
+                   "also expose it as a block device through the daemon's --frontend");
+  attach->callback([&] { run([&] { CmdAttach(ctx, attach_path, attach_name, attach_fronts); }); });
 
   std::string detach_name;
   bool detach_force = false;
@@ -590,17 +633,20 @@ int Main(int argc, char** argv) {
   auto* snap = app.add_subcommand("snapshot", "snapshots");
   snap->require_subcommand(1);
   std::string snap_id, snap_storage, snap_limit, snap_device, snap_timeout;
-  bool snap_loop = false;
+  BlockFronts snap_fronts;
   std::vector<std::string> snap_devices;
   auto* create = snap->add_subcommand("create", "create a snapshot of devices");
   create
       ->add_option("--storage", snap_storage, "difference storage: directory, file or block device")
       ->required();
   create->add_option("--limit", snap_limit, "storage limit (size; 0 = none)")->required();
-  create->add_flag("--loop", snap_loop, "put loop devices on the images");
+  create->add_flag("--loop", snap_fronts.loop, "put loop devices on the images");
+  create->add_flag("--ublk", snap_fronts.ublk, "expose the images as ublk devices");
+  create->add_flag("--blockdev", snap_fronts.blockdev,
+                   "expose the images as block devices through the daemon's --frontend");
   create->add_option("DEVICE", snap_devices, "device names")->required();
   create->callback([&] {
-    run([&] { CmdSnapshotCreate(ctx, snap_storage, snap_limit, snap_loop, snap_devices); });
+    run([&] { CmdSnapshotCreate(ctx, snap_storage, snap_limit, snap_fronts, snap_devices); });
   });
   auto* add = snap->add_subcommand("add", "add a device before take");
   add->add_option("ID", snap_id)->required();

@@ -1,6 +1,10 @@
-// Fronts: the daemon's glue to the NBD server and the FUSE mount + loop devices.
+// Fronts: the daemon's glue to the NBD server, the FUSE mount + loop devices and ublk devices.
 //
 // State: at most one NBD server and one FUSE mount, created in Start() and torn down in Stop().
+// ublk needs no server object: each exposed set owns its ublk::Device (stopped and deleted on
+// Unexpose; a daemon killed without Unexpose leaves it to the kernel for Recover()). Whether
+// ublk is usable is decided once at Start() (ublk::Available()), together with the block-device
+// frontend that --blockdev requests get (--frontend ublk|fuse-loop|auto).
 // Each exposed device is described by a FrontSet that its owner (the service) keeps and hands
 // back to Unexpose(). Frontends compiled out (no library at build time) or failing to start
 // simply stay null; callers see null addresses.
@@ -14,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -25,6 +30,9 @@
 #include "fuse/fuse_mount.h"
 #include "fuse/loop_device.h"
 #endif
+#if BLKSNAP_HAVE_UBLK
+#include "ublk/ublk_device.h"
+#endif
 
 namespace blksnap::daemon {
 
@@ -32,10 +40,42 @@ using nlohmann::json;
 
 namespace {
 json OrNull(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
+
+// A backend for a ublk device whose data is gone (the image of a snapshot that did not survive a
+// daemon restart): same geometry, every I/O fails, so waiting requests end with EIO.
+class GoneDevice : public BlockDevice {
+ public:
+  GoneDevice(uint64_t size, uint32_t lbs) : size_(size), lbs_(lbs) {}
+  uint64_t size() const override { return size_; }
+  uint32_t logical_block_size() const override { return lbs_; }
+  uint32_t physical_block_size() const override { return std::max<uint32_t>(lbs_, 4096); }
+  DeviceCapabilities capabilities() const override { return {}; }
+  Status Read(uint64_t, std::span<uint8_t>) override { return Gone(); }
+  Status Write(uint64_t, std::span<const uint8_t>, uint32_t) override { return Gone(); }
+  Status Flush() override { return Gone(); }
+  Status Trim(uint64_t, uint64_t) override { return Gone(); }
+  Status WriteZeroes(uint64_t, uint64_t, uint32_t) override { return Gone(); }
+
+ private:
+  static Status Gone() { return Status::Error(EIO, "device gone with the daemon restart"); }
+  const uint64_t size_;
+  const uint32_t lbs_;
+};
+
 }  // namespace
 
+std::vector<uint64_t> FrontSet::rdevs() const {
+  std::vector<uint64_t> r;
+  if (loop_rdev != 0) r.push_back(loop_rdev);
+  if (ublk_rdev != 0) r.push_back(ublk_rdev);
+  return r;
+}
+
 json FrontSet::ToJson() const {
-  json j = {{"nbd", OrNull(nbd_uri)}, {"fuse", OrNull(fuse_path)}, {"loop", OrNull(loop_path)}};
+  json j = {{"nbd", OrNull(nbd_uri)},
+            {"fuse", OrNull(fuse_path)},
+            {"loop", OrNull(loop_path)},
+            {"ublk", OrNull(ublk_path)}};
   j["nbd_tcp"] = OrNull(nbd_tcp_uri);
   if (!nbd_ro_uri.empty()) j["nbd_ro"] = nbd_ro_uri;
   return j;
@@ -43,6 +83,9 @@ json FrontSet::ToJson() const {
 
 struct Fronts::Impl {
   FrontOptions options;
+  bool ublk = false;           // ublk usable (decided at Start)
+  std::string block_frontend;  // "ublk" or "fuse-loop"
+
 #if BLKSNAP_HAVE_NBD
   std::unique_ptr<nbd::Server> nbd;
 #endif
@@ -98,6 +141,27 @@ Result<std::unique_ptr<Fronts>> Fronts::Start(const FrontOptions& options) {
     }
   }
 #endif
+#if BLKSNAP_HAVE_UBLK
+  fronts->impl_->ublk = ublk::Available();
+#endif
+  const std::string& fe = options.frontend;
+  if (fe == "ublk") {
+    if (!fronts->impl_->ublk) {
+      return Status::Error(ENOTSUP,
+                           "--frontend ublk: ublk is not available (/dev/ublk-control missing or "
+                           "not usable: modprobe ublk_drv, run as root)");
+    }
+    fronts->impl_->block_frontend = "ublk";
+  } else if (fe == "fuse-loop") {
+    fronts->impl_->block_frontend = "fuse-loop";
+  } else if (fe == "auto" || fe.empty()) {
+    fronts->impl_->block_frontend = fronts->impl_->ublk ? "ublk" : "fuse-loop";
+  } else {
+    return Status::Error(EINVAL, "--frontend must be ublk, fuse-loop or auto, not '" + fe + "'");
+  }
+  spdlog::info("ublk front {}; block devices (--blockdev) via {}",
+               fronts->impl_->ublk ? "available" : "not available (no /dev/ublk-control)",
+               fronts->impl_->block_frontend);
   return fronts;
 }
 
@@ -119,23 +183,37 @@ bool Fronts::has_fuse() const {
 #endif
 }
 
+bool Fronts::has_ublk() const { return impl_->ublk; }
+
+const std::string& Fronts::block_frontend() const { return impl_->block_frontend; }
+
 json Fronts::Describe() const {
   return {{"nbd_unix", has_nbd() ? OrNull(impl_->options.nbd_unix) : json(nullptr)},
           {"nbd_tcp", has_nbd() ? OrNull(impl_->options.nbd_tcp) : json(nullptr)},
-          {"fuse_dir", has_fuse() ? OrNull(impl_->options.fuse_dir) : json(nullptr)}};
+          {"fuse_dir", has_fuse() ? OrNull(impl_->options.fuse_dir) : json(nullptr)},
+          {"ublk", has_ublk()},
+          {"frontend", impl_->block_frontend}};
 }
 
 Result<FrontSet> Fronts::Expose(const std::string& name, std::shared_ptr<BlockDevice> dev,
-                                std::shared_ptr<const CbtSource> cbt, bool read_only, bool loop,
-                                const std::string& description, const std::string& ro_name) {
+                                std::shared_ptr<const CbtSource> cbt,
+                                const ExposeOptions& options) {
   FrontSet set;
+  const bool read_only = options.read_only;
+  const bool loop = options.loop;
+  const std::string& description = options.description;
+  const std::string& ro_name = options.ro_name;
   if (loop && !has_fuse()) {
     return Status::Error(ENOTSUP,
                          "loop devices need the FUSE front, which is not running (needs root, "
                          "/dev/fuse and --fuse-dir)");
   }
+  if (options.ublk && !has_ublk()) {
+    return Status::Error(ENOTSUP,
+                         "ublk is not available: /dev/ublk-control is missing or not usable "
+                         "(needs Linux >= 6.0 with ublk_drv loaded, and root)");
+  }
   (void)name;
-  (void)dev;
   (void)cbt;
   (void)read_only;
   (void)description;
@@ -188,7 +266,53 @@ Result<FrontSet> Fronts::Expose(const std::string& name, std::shared_ptr<BlockDe
     }
   }
 #endif
+#if BLKSNAP_HAVE_UBLK
+  if (options.ublk) {
+    ublk::DeviceOptions uo;
+    uo.queues = 1;
+    uo.user_recovery = true;
+    Result<std::unique_ptr<ublk::Device>> ud = Status::Error(ENODEV, "");
+    if (options.ublk_recover_id >= 0) {
+      ud = ublk::Device::Recover(options.ublk_recover_id, dev, uo);
+      if (ud.ok()) {
+        set.ublk_recovered = true;
+        spdlog::info("ublk: re-attached /dev/ublkb{} to '{}'", options.ublk_recover_id, name);
+      } else {
+        spdlog::warn("ublk: cannot re-attach /dev/ublkb{} to '{}' ({}); creating a new device",
+                     options.ublk_recover_id, name, ud.status().ToString());
+        // A leftover device of another geometry would block nothing; leave it to the admin.
+      }
+    }
+    if (!ud.ok()) ud = ublk::Device::Create(dev, uo);
+    if (!ud.ok()) {
+      Status err = ud.status();
+      Unexpose(set).IgnoreError();
+      return Status::Error(err.errnum(),
+                           "ublk device for '" + name + "': " + std::string(err.message()));
+    }
+    std::shared_ptr<ublk::Device> holder = std::move(ud).value();
+    set.ublk_path = holder->path();
+    set.ublk_rdev = holder->rdev();
+    set.ublk_dev_id = holder->dev_id();
+    set.ublk = holder;
+  }
+#endif
   return set;
+}
+
+Status Fronts::RemoveOrphanUblk(int dev_id, uint64_t size, uint32_t logical_block_size) {
+#if BLKSNAP_HAVE_UBLK
+  if (!has_ublk()) return Status::Error(ENOTSUP, "ublk is not available");
+  auto gone = std::make_shared<GoneDevice>(size, logical_block_size);
+  auto ud = ublk::Device::Recover(dev_id, gone, {});
+  if (!ud.ok()) return ud.status();
+  return (*ud)->Stop();
+#else
+  (void)dev_id;
+  (void)size;
+  (void)logical_block_size;
+  return Status::Error(ENOTSUP, "built without ublk");
+#endif
 }
 
 Status Fronts::Unexpose(FrontSet& set) {
@@ -197,6 +321,14 @@ Status Fronts::Unexpose(FrontSet& set) {
     if (!s.ok() && first.ok()) first = std::move(s);
   };
   (void)keep;
+#if BLKSNAP_HAVE_UBLK
+  // ublk first: it is the outermost block device (a file system may sit on it).
+  if (set.ublk) {
+    auto ud = std::static_pointer_cast<ublk::Device>(set.ublk);
+    keep(ud->Stop());
+    set.ublk.reset();
+  }
+#endif
 #if BLKSNAP_HAVE_FUSE
   if (set.loop) {
     auto ld = std::static_pointer_cast<fuse::LoopDevice>(set.loop);
@@ -217,11 +349,14 @@ Status Fronts::Unexpose(FrontSet& set) {
 }
 
 Status Fronts::CheckIdle(const FrontSet& set) const {
-  if (!set.loop_path.empty()) {
+  for (const auto& [kind, path] :
+       {std::pair<const char*, const std::string*>{"loop", &set.loop_path},
+        {"ublk", &set.ublk_path}}) {
+    if (path->empty()) continue;
     // A mounted or exclusively opened block device refuses O_EXCL opens with EBUSY.
-    int fd = ::open(set.loop_path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
+    int fd = ::open(path->c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
     if (fd < 0 && errno == EBUSY) {
-      return Status::Error(EBUSY, "loop device " + set.loop_path + " is in use (mounted?)");
+      return Status::Error(EBUSY, std::string(kind) + " device " + *path + " is in use (mounted?)");
     }
     if (fd >= 0) ::close(fd);
   }

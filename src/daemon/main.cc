@@ -7,8 +7,10 @@
 // create the engine, start the fronts, listen on the control socket, write the pidfile, tell
 // systemd READY=1. Signals SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by the
 // main thread with sigwait(); shutdown stops the control server, destroys every snapshot,
-// removes every front and loop device, detaches every device and unmounts FUSE. CBT lives in
-// memory only and is lost at shutdown.
+// removes every front, loop and ublk device, detaches every device, unmounts FUSE and removes
+// the device records. CBT lives in memory only and is lost at shutdown. After a crash the
+// records (STATE_DIR/devices.json) remain: the next start re-attaches those devices before it
+// listens, and re-attaches their ublk devices with user recovery (Service::Restore).
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/sinks/basic_file_sink.h>
@@ -44,6 +46,7 @@ struct Options {
   std::string tls_cert, tls_key, tls_ca, tls_psk;
   bool tls_required = false;
   std::string fuse_dir = "/run/blksnap/dev";
+  std::string frontend = "auto";
   bool no_nbd = false, no_fuse = false;
   std::string log_level = "info";
   std::string log_file;
@@ -185,6 +188,11 @@ int Run(int argc, char** argv) {
   app.add_option("--tls-psk", opt.tls_psk, "NBD TLS PSK file");
   app.add_flag("--tls-required", opt.tls_required, "refuse NBD clients that do not use TLS");
   app.add_option("--fuse-dir", opt.fuse_dir, "FUSE mount point ('' = none)")->capture_default_str();
+  app.add_option("--frontend", opt.frontend,
+                 "block-device front for --blockdev requests: ublk, fuse-loop or auto (ublk when "
+                 "/dev/ublk-control exists)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ublk", "fuse-loop", "auto"}));
   app.add_flag("--no-nbd", opt.no_nbd, "do not start the NBD front");
   app.add_flag("--no-fuse", opt.no_fuse, "do not start the FUSE front");
   app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error")
@@ -291,11 +299,13 @@ int Run(int argc, char** argv) {
   fo.tls_psk_file = opt.tls_psk;
   fo.tls_required = opt.tls_required;
   fo.fuse_dir = opt.fuse_dir;
+  fo.frontend = opt.frontend;
   auto fronts = Fronts::Start(fo);
   if (!fronts.ok()) return Fail("cannot start the fronts: " + fronts.status().ToString());
 
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
                                            ServiceInfo{opt.state_dir, opt.control});
+  service->Restore();
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,

@@ -14,8 +14,17 @@
 // Every request either fully succeeds or leaves the state as it was: attach undoes the engine
 // attach if a front fails, snapshot create destroys the snapshot if a device cannot be added,
 // mark-dirty checks every range before marking any.
+//
+// Records (survive a crash): STATE_DIR/devices.json lists each attached device (name, path,
+// requested fronts, ublk dev_id) and each ublk image device, rewritten atomically (temp file,
+// fsync, rename, fsync of the dir) under mu_ after every change. A clean Shutdown() removes it;
+// a killed daemon leaves it, and Restore() at the next start re-attaches the devices (ublk
+// fronts through ublk Recover, so file systems on them never see an error) and removes the
+// image devices (their snapshots died with the daemon). CBT and snapshots are in memory only:
+// a restored device starts a new CBT generation, which status and devices report.
 #include "daemon/service.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,6 +32,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "blksnap/io.h"
 #include "control/protocol.h"
@@ -38,6 +49,11 @@ using nlohmann::json;
 namespace {
 
 constexpr size_t kMaxEvents = 64;
+constexpr const char* kRecordsFile = "devices.json";
+constexpr int kRecordsVersion = 1;
+constexpr const char* kRestartNote =
+    "blksnapd restarted: CBT restarted with a new generation (full backup needed) and snapshots "
+    "from before the restart are gone";
 constexpr auto kWatchSlice = std::chrono::milliseconds(500);
 
 Status ValidateName(const std::string& name) {
@@ -99,7 +115,10 @@ Result<json> Service::Version() {
   return json{{"version", BLKSNAP_VERSION},
               {"protocol", control::kProtocolVersion},
               {"pid", static_cast<int64_t>(::getpid())},
-              {"fronts", {{"nbd", fronts_->has_nbd()}, {"fuse", fronts_->has_fuse()}}}};
+              {"fronts",
+               {{"nbd", fronts_->has_nbd()},
+                {"fuse", fronts_->has_fuse()},
+                {"ublk", fronts_->has_ublk()}}}};
 }
 
 Result<std::shared_ptr<Tracker>> Service::FindTrackerLocked(const std::string& name) const {
@@ -131,6 +150,8 @@ json Service::DeviceJsonLocked(const DeviceEntry& d) const {
               {"block_count", cbt.block_count},
               {"generation_id", cbt.generation_id.ToString()},
               {"changes_number", cbt.changes_number}};
+  j["restored"] = d.restored;
+  if (d.restored) j["restore_note"] = kRestartNote;
   return j;
 }
 
@@ -143,7 +164,33 @@ Result<json> Service::Attach(const json& params) {
   if (name.empty()) name = std::filesystem::path(path).filename().string();
   BLKSNAP_RETURN_IF_ERROR(ValidateName(name));
   bool loop = GetBool(params, "loop");
+  bool ublk = GetBool(params, "ublk");
+  std::lock_guard lock(mu_);
+  if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is shutting down");
+  if (GetBool(params, "blockdev")) {
+    if (fronts_->block_frontend() == "ublk") {
+      ublk = true;
+    } else {
+      loop = true;
+    }
+  }
+  if (ublk && !fronts_->has_ublk()) {
+    return Status::Error(ENOTSUP,
+                         "--ublk: ublk is not available here (/dev/ublk-control missing: needs "
+                         "Linux >= 6.0 with ublk_drv loaded, and root)");
+  }
+  if (failed_.count(name)) {
+    return Status::Error(EEXIST, "a device named '" + name +
+                                     "' is recorded but failed to re-attach at start; detach it "
+                                     "first");
+  }
+  auto j = AttachLocked(name, path, loop, ublk, -1, false);
+  if (j.ok()) SaveRecordsLocked();
+  return j;
+}
 
+Result<json> Service::AttachLocked(const std::string& name, const std::string& path, bool loop,
+                                   bool ublk, int ublk_recover_id, bool restored) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     return Status::Error(errno, "cannot attach " + path + ": " + std::strerror(errno));
@@ -151,9 +198,6 @@ Result<json> Service::Attach(const json& params) {
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
     return Status::Error(EINVAL, "cannot attach " + path + ": not a regular file or block device");
   }
-
-  std::lock_guard lock(mu_);
-  if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is shutting down");
   if (devices_.count(name)) {
     return Status::Error(EEXIST, "a device named '" + name + "' is already attached");
   }
@@ -166,17 +210,32 @@ Result<json> Service::Attach(const json& params) {
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   auto tracker = engine_->Attach(name, *original, {.path = path});
   if (!tracker.ok()) return Annotate(tracker.status(), "cannot attach '" + name + "'");
-  auto fronts = fronts_->Expose(name, *tracker, *tracker, false, loop, "blksnap device " + name);
+  ExposeOptions eo;
+  eo.loop = loop;
+  eo.ublk = ublk;
+  eo.ublk_recover_id = ublk_recover_id;
+  eo.description = "blksnap device " + name;
+  auto fronts = fronts_->Expose(name, *tracker, *tracker, eo);
   if (!fronts.ok()) {
     engine_->Detach(name).IgnoreError();
     return Annotate(fronts.status(), "cannot expose '" + name + "'");
   }
-  if (fronts->loop_rdev != 0) (*tracker)->AddAlias(fronts->loop_rdev);
+  for (uint64_t rdev : fronts->rdevs()) (*tracker)->AddAlias(rdev);
+  if (fronts->ublk_recovered) ++ublk_recovered_;
   DeviceEntry entry{name, path, st.st_dev, st.st_ino, *tracker, std::move(fronts).value()};
+  entry.loop = loop;
+  entry.ublk = ublk;
+  entry.restored = restored;
   json j = DeviceJsonLocked(entry);
+  std::string extra;
+  if (!entry.fronts.loop_path.empty()) extra += " loop " + entry.fronts.loop_path;
+  if (!entry.fronts.ublk_path.empty()) {
+    extra +=
+        (entry.fronts.ublk_recovered ? " ublk (recovered) " : " ublk ") + entry.fronts.ublk_path;
+  }
   devices_.emplace(name, std::move(entry));
-  spdlog::info("attached {} as '{}' ({} bytes){}", path, name, j["size"].get<uint64_t>(),
-               loop ? " with a loop device" : "");
+  spdlog::info("{} {} as '{}' ({} bytes){}", restored ? "re-attached" : "attached", path, name,
+               j["size"].get<uint64_t>(), extra);
   return j;
 }
 
@@ -185,7 +244,23 @@ Result<json> Service::Detach(const json& params) {
   bool force = GetBool(params, "force");
   std::lock_guard lock(mu_);
   auto it = devices_.find(name);
-  if (it == devices_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
+  if (it == devices_.end()) {
+    auto f = failed_.find(name);
+    if (f == failed_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
+    // A record that could not be re-attached: drop it; its ublk device (if the kernel still
+    // has it) is removed, failing the I/O that waited on it.
+    const json& rec = f->second.record;
+    int dev_id = rec.value("ublk_dev_id", -1);
+    if (dev_id >= 0) {
+      Status s = fronts_->RemoveOrphanUblk(dev_id, rec.value("size", uint64_t(0)),
+                                           rec.value("logical_block_size", 512u));
+      if (!s.ok()) spdlog::warn("removing /dev/ublkb{} of '{}': {}", dev_id, name, s.ToString());
+    }
+    failed_.erase(f);
+    SaveRecordsLocked();
+    spdlog::info("dropped the record of '{}'", name);
+    return json::object();
+  }
   DeviceEntry& d = it->second;
   if (auto snap = d.tracker->snapshot()) {
     return Status::Error(EBUSY, "device '" + name + "' is in snapshot " + snap->id().ToString() +
@@ -198,19 +273,27 @@ Result<json> Service::Detach(const json& params) {
                                       std::string(idle.message()) + " (use --force)");
     }
   }
-  uint64_t rdev = d.fronts.loop_rdev;
+  std::vector<uint64_t> rdevs = d.fronts.rdevs();
   Status unexposed = fronts_->Unexpose(d.fronts);
   if (!unexposed.ok()) spdlog::warn("detach '{}': {}", name, unexposed.ToString());
-  if (rdev != 0) d.tracker->RemoveAlias(rdev);
+  for (uint64_t rdev : rdevs) d.tracker->RemoveAlias(rdev);
   Status s = engine_->Detach(name);
   if (!s.ok()) {
-    // Put the fronts back so the state is what it was.
-    auto again =
-        fronts_->Expose(name, d.tracker, d.tracker, false, rdev != 0, "blksnap device " + name);
-    if (again.ok()) d.fronts = std::move(again).value();
+    // Put the fronts back so the state is what it was (a new ublk device, if it had one).
+    ExposeOptions eo;
+    eo.loop = d.loop;
+    eo.ublk = d.ublk;
+    eo.description = "blksnap device " + name;
+    auto again = fronts_->Expose(name, d.tracker, d.tracker, eo);
+    if (again.ok()) {
+      d.fronts = std::move(again).value();
+      for (uint64_t rdev : d.fronts.rdevs()) d.tracker->AddAlias(rdev);
+    }
+    SaveRecordsLocked();
     return Annotate(s, "cannot detach '" + name + "'");
   }
   devices_.erase(it);
+  SaveRecordsLocked();
   spdlog::info("detached '{}'", name);
   return json::object();
 }
@@ -219,7 +302,7 @@ Result<json> Service::Devices() {
   std::lock_guard lock(mu_);
   json list = json::array();
   for (const auto& [name, d] : devices_) list.push_back(DeviceJsonLocked(d));
-  return json{{"devices", list}};
+  return json{{"devices", list}, {"restart", RestartJsonLocked()}};
 }
 
 Result<json> Service::CbtInfoOf(const json& params) {
@@ -365,10 +448,8 @@ void Service::StartWatcher(SnapshotEntry& entry, std::shared_ptr<Snapshot> snap)
 
 void Service::UnexposeImagesLocked(SnapshotEntry& entry) {
   for (auto& [device, set] : entry.images) {
-    if (set.loop_rdev != 0) {
-      if (auto d = devices_.find(device); d != devices_.end()) {
-        d->second.tracker->RemoveAlias(set.loop_rdev);
-      }
+    if (auto d = devices_.find(device); d != devices_.end()) {
+      for (uint64_t rdev : set.rdevs()) d->second.tracker->RemoveAlias(rdev);
     }
     Status s = fronts_->Unexpose(set);
     if (!s.ok()) {
@@ -399,6 +480,7 @@ Result<json> Service::SnapshotCreate(const json& params) {
     BLKSNAP_ASSIGN_OR_RETURN(limit, GetUint(params, "limit"));
   }
   bool loop = GetBool(params, "loop");
+  bool ublk = GetBool(params, "ublk");
   std::vector<std::string> devices;
   if (params.contains("devices")) {
     if (!params["devices"].is_array()) return Status::Error(EINVAL, "'devices' must be a list");
@@ -409,8 +491,20 @@ Result<json> Service::SnapshotCreate(const json& params) {
   }
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is shutting down");
+  if (GetBool(params, "blockdev")) {
+    if (fronts_->block_frontend() == "ublk") {
+      ublk = true;
+    } else {
+      loop = true;
+    }
+  }
   if (loop && !fronts_->has_fuse()) {
     return Status::Error(ENOTSUP, "--loop needs the FUSE front, which is not running");
+  }
+  if (ublk && !fronts_->has_ublk()) {
+    return Status::Error(ENOTSUP,
+                         "--ublk: ublk is not available here (/dev/ublk-control missing: needs "
+                         "Linux >= 6.0 with ublk_drv loaded, and root)");
   }
   for (size_t i = 0; i < devices.size(); ++i) {
     BLKSNAP_ASSIGN_OR_RETURN(auto tracker, FindTrackerLocked(devices[i]));
@@ -439,6 +533,7 @@ Result<json> Service::SnapshotCreate(const json& params) {
   entry.id = *id;
   entry.storage = storage;
   entry.loop = loop;
+  entry.ublk = ublk;
   entry.events = std::make_shared<EventLog>();
   entry.stop = std::make_shared<std::atomic<bool>>(false);
   auto [it, inserted] = snapshots_.emplace(*id, std::move(entry));
@@ -485,8 +580,8 @@ Result<json> Service::SnapshotTake(const json& params) {
   for (const auto& d : snap->devices()) {
     names.push_back(d.name);
     auto dev = devices_.find(d.name);
-    if (dev != devices_.end() && dev->second.fronts.loop_rdev != 0) {
-      rdevs.push_back(dev->second.fronts.loop_rdev);
+    if (dev != devices_.end()) {
+      for (uint64_t rdev : dev->second.fronts.rdevs()) rdevs.push_back(rdev);
     }
   }
   if (names.empty()) {
@@ -516,22 +611,24 @@ Result<json> Service::SnapshotTake(const json& params) {
     std::shared_ptr<const CbtSource> cbt;
     if (auto dev = devices_.find(name); dev != devices_.end()) cbt = dev->second.tracker;
     std::string front = name + "@" + id.ToString();
-    auto set = fronts_->Expose(front, image, cbt, false, entry.loop,
-                               "blksnap image of " + name + " at snapshot " + id.ToString(),
-                               front + ":ro");
+    ExposeOptions eo;
+    eo.loop = entry.loop;
+    eo.ublk = entry.ublk;
+    eo.description = "blksnap image of " + name + " at snapshot " + id.ToString();
+    eo.ro_name = front + ":ro";
+    auto set = fronts_->Expose(front, image, cbt, eo);
     if (!set.ok()) {
       warnings.push_back("image of '" + name + "': " + set.status().ToString());
       spdlog::warn("snapshot {}: exposing image of '{}': {}", id.ToString(), name,
                    set.status().ToString());
       continue;
     }
-    if (set->loop_rdev != 0) {
-      if (auto dev = devices_.find(name); dev != devices_.end()) {
-        dev->second.tracker->AddAlias(set->loop_rdev);
-      }
+    if (auto dev = devices_.find(name); dev != devices_.end()) {
+      for (uint64_t rdev : set->rdevs()) dev->second.tracker->AddAlias(rdev);
     }
     entry.images[name] = std::move(set).value();
   }
+  SaveRecordsLocked();
   double took_ms = std::chrono::duration<double, std::milli>(took).count();
   spdlog::info("took snapshot {} in {:.3f} ms (writers held {} us)", id.ToString(), took_ms,
                stats->held.count());
@@ -559,6 +656,7 @@ Result<json> Service::SnapshotDestroy(const json& params) {
       ReleaseSnapshotLocked(it->second, &joins);
       snapshots_.erase(it);
     }
+    SaveRecordsLocked();
   }
   for (auto& t : joins) t.join();
   spdlog::info("destroyed snapshot {}", id.ToString());
@@ -570,9 +668,12 @@ json Service::SnapshotJsonLocked(const SnapshotEntry& s, const Snapshot& snap) c
   json devices = json::array();
   for (const auto& d : snap.devices()) {
     auto img = s.images.find(d.name);
-    json image = img != s.images.end()
-                     ? img->second.ToJson()
-                     : json{{"nbd", nullptr}, {"fuse", nullptr}, {"loop", nullptr}};
+    json image = img != s.images.end() ? img->second.ToJson()
+                                       : json{{"nbd", nullptr},
+                                              {"fuse", nullptr},
+                                              {"loop", nullptr},
+                                              {"ublk", nullptr},
+                                              {"nbd_tcp", nullptr}};
     devices.push_back({{"name", d.name},
                        {"error", d.errnum},
                        {"error_message", d.errnum ? json(std::strerror(d.errnum)) : json(nullptr)},
@@ -694,6 +795,7 @@ Result<json> Service::StatusReport() {
                  {"state_dir", info_.state_dir},
                  {"control", info_.control_path}};
   daemon.update(fronts_->Describe());
+  daemon["restart"] = RestartJsonLocked();
   return json{{"daemon", daemon}, {"devices", devices}, {"snapshots", snaps}};
 }
 
@@ -719,10 +821,164 @@ void Service::Shutdown() {
       spdlog::info("detached '{}' (its CBT is lost: CBT lives in memory only)", name);
     }
     devices_.clear();
+    // Clean stop: nothing is left to recover, except records that failed to re-attach.
+    SaveRecordsLocked();
   }
   for (auto& t : joins) t.join();
   std::lock_guard lock(mu_);
   fronts_->Stop();
+}
+
+void Service::SaveRecordsLocked() {
+  if (info_.state_dir.empty()) return;
+  json devices = json::array();
+  for (const auto& [name, d] : devices_) {
+    devices.push_back({{"name", name},
+                       {"path", d.path},
+                       {"loop", d.loop},
+                       {"ublk", d.ublk},
+                       {"ublk_dev_id", d.fronts.ublk_dev_id},
+                       {"size", d.tracker->size()},
+                       {"logical_block_size", d.tracker->logical_block_size()}});
+  }
+  for (const auto& [name, f] : failed_) devices.push_back(f.record);
+  json images = json::array();
+  for (const auto& [id, entry] : snapshots_) {
+    for (const auto& [device, set] : entry.images) {
+      if (set.ublk_dev_id < 0) continue;
+      auto d = devices_.find(device);
+      if (d == devices_.end()) continue;
+      images.push_back({{"snapshot", id.ToString()},
+                        {"device", device},
+                        {"ublk_dev_id", set.ublk_dev_id},
+                        {"size", d->second.tracker->size()},
+                        {"logical_block_size", d->second.tracker->logical_block_size()}});
+    }
+  }
+  const std::string path = info_.state_dir + "/" + kRecordsFile;
+  if (devices.empty() && images.empty()) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      spdlog::warn("cannot remove {}: {}", path, std::strerror(errno));
+    }
+    return;
+  }
+  json doc = {{"version", kRecordsVersion},
+              {"pid", static_cast<int64_t>(::getpid())},
+              {"devices", devices},
+              {"images", images}};
+  std::string text = doc.dump(2) + "\n";
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    spdlog::error("cannot write {}: {}", tmp, std::strerror(errno));
+    return;
+  }
+  size_t done = 0;
+  bool ok = true;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ok = false;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (ok && ::fsync(fd) != 0) ok = false;
+  int err = errno;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    if (ok) err = errno;
+    spdlog::error("cannot write {}: {}", path, std::strerror(err));
+    ::unlink(tmp.c_str());
+    return;
+  }
+  int dfd = ::open(info_.state_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+json Service::RestartJsonLocked() const {
+  if (!restarted_) return nullptr;
+  json failed = json::array();
+  for (const auto& [name, f] : failed_) {
+    failed.push_back({{"name", name},
+                      {"path", f.record.value("path", std::string())},
+                      {"ublk_dev_id", f.record.value("ublk_dev_id", -1)},
+                      {"error", f.error}});
+  }
+  return json{{"time", std::chrono::duration_cast<std::chrono::milliseconds>(
+                           restart_time_.time_since_epoch())
+                           .count()},
+              {"message", kRestartNote},
+              {"ublk_recovered", ublk_recovered_},
+              {"notes", restart_notes_},
+              {"failed", failed}};
+}
+
+void Service::Restore() {
+  std::lock_guard lock(mu_);
+  if (info_.state_dir.empty()) return;
+  const std::string path = info_.state_dir + "/" + kRecordsFile;
+  std::ifstream in(path);
+  if (!in) return;  // first start, or the last stop was clean
+  std::stringstream buf;
+  buf << in.rdbuf();
+  json doc = json::parse(buf.str(), nullptr, /*allow_exceptions=*/false);
+  restarted_ = true;
+  restart_time_ = std::chrono::system_clock::now();
+  if (doc.is_discarded() || !doc.is_object() || doc.value("version", 0) != kRecordsVersion ||
+      !doc.contains("devices") || !doc["devices"].is_array()) {
+    std::string bad = path + ".bad";
+    ::rename(path.c_str(), bad.c_str());
+    std::string note = "unreadable device records " + path + " moved to " + bad;
+    spdlog::error("{}", note);
+    restart_notes_.push_back(note);
+    return;
+  }
+  spdlog::warn("{} (records of pid {} in {})", kRestartNote, doc.value("pid", int64_t(0)), path);
+  if (doc.contains("images") && doc["images"].is_array()) {
+    for (const auto& img : doc["images"]) {
+      int dev_id = img.value("ublk_dev_id", -1);
+      if (dev_id < 0) continue;
+      Status s = fronts_->RemoveOrphanUblk(dev_id, img.value("size", uint64_t(0)),
+                                           img.value("logical_block_size", 512u));
+      std::string note = "snapshot " + img.value("snapshot", std::string("?")) + " image of '" +
+                         img.value("device", std::string("?")) + "' on /dev/ublkb" +
+                         std::to_string(dev_id) + " is gone" +
+                         (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
+      spdlog::warn("{}", note);
+      restart_notes_.push_back(note);
+    }
+  }
+  for (const auto& rec : doc["devices"]) {
+    std::string name = rec.value("name", std::string());
+    std::string dpath = rec.value("path", std::string());
+    bool loop = rec.value("loop", false);
+    bool ublk = rec.value("ublk", false);
+    int dev_id = rec.value("ublk_dev_id", -1);
+    Status s = ValidateName(name);
+    if (s.ok() && (dpath.empty() || dpath[0] != '/')) {
+      s = Status::Error(EINVAL, "bad path '" + dpath + "'");
+    }
+    if (s.ok() && ublk && !fronts_->has_ublk()) {
+      s = Status::Error(ENOTSUP, "ublk is not available any more");
+    }
+    if (s.ok()) {
+      auto j = AttachLocked(name, dpath, loop, ublk, ublk ? dev_id : -1, true);
+      if (!j.ok()) s = j.status();
+    }
+    if (!s.ok()) {
+      spdlog::error("cannot re-attach recorded device '{}' ({}): {}", name, dpath, s.ToString());
+      if (name.empty()) name = "?" + std::to_string(failed_.size());
+      failed_[name] = FailedRecord{rec, std::string(s.message())};
+    }
+  }
+  spdlog::warn("restored {} device(s), {} ublk front(s) recovered, {} failed", devices_.size(),
+               ublk_recovered_, failed_.size());
+  SaveRecordsLocked();
 }
 
 }  // namespace blksnap::daemon

@@ -1,6 +1,7 @@
 // Service: the daemon's state and the handlers of every control-protocol method.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "blksnap/engine.h"
 #include "daemon/fronts.h"
@@ -30,8 +32,15 @@ class Service {
   Result<nlohmann::json> Handle(const std::string& method, const nlohmann::json& params,
                                 const std::function<bool()>& cancelled);
 
-  // Destroys every snapshot, removes every front, detaches every device, stops the fronts.
+  // Destroys every snapshot, removes every front (ublk devices stopped and deleted), detaches
+  // every device, stops the fronts and removes the device records of the state dir.
   void Shutdown();
+
+  // Daemon start after a crash: re-attaches every device recorded in STATE_DIR/devices.json
+  // (engine attach, NBD/FUSE/loop fronts again, ublk fronts re-attached with ublk Recover so
+  // their I/O resumes), removes ublk image devices whose snapshot is gone, and remembers what
+  // failed for `status`. Call once, before serving requests.
+  void Restore();
 
  private:
   struct EventRecord {
@@ -55,11 +64,21 @@ class Service {
     ino_t st_ino = 0;
     std::shared_ptr<Tracker> tracker;
     FrontSet fronts;
+    bool loop = false;      // asked for a loop front
+    bool ublk = false;      // asked for a ublk front
+    bool restored = false;  // re-attached at start from the state dir's records
+  };
+  // A recorded device that could not be re-attached at start (kept in the records so the next
+  // start retries; `detach NAME` drops it and removes its ublk device).
+  struct FailedRecord {
+    nlohmann::json record;
+    std::string error;
   };
   struct SnapshotEntry {
     Uuid id;
     std::string storage;
     bool loop = false;
+    bool ublk = false;
     std::map<std::string, FrontSet> images;  // device name -> image fronts (after take)
     std::shared_ptr<EventLog> events;
     std::thread watcher;
@@ -85,6 +104,13 @@ class Service {
   Result<nlohmann::json> StatusReport();
 
   // Callers hold mu_.
+  // Attaches path as name with the given block fronts; ublk_recover_id >= 0 re-attaches that
+  // ublk device. Returns the device object.
+  Result<nlohmann::json> AttachLocked(const std::string& name, const std::string& path, bool loop,
+                                      bool ublk, int ublk_recover_id, bool restored);
+  // Writes STATE_DIR/devices.json (temp file, fsync, rename, fsync dir); logs failures.
+  void SaveRecordsLocked();
+  nlohmann::json RestartJsonLocked() const;
   Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const;
   Result<Uuid> ParseId(const nlohmann::json& params) const;
   nlohmann::json DeviceJsonLocked(const DeviceEntry& d) const;
@@ -103,6 +129,12 @@ class Service {
   std::map<std::string, DeviceEntry> devices_;  // guarded by mu_
   std::map<Uuid, SnapshotEntry> snapshots_;     // guarded by mu_
   bool shut_down_ = false;                      // guarded by mu_
+  // Set by Restore() when the state dir held records of a previous run: guarded by mu_.
+  bool restarted_ = false;
+  std::chrono::system_clock::time_point restart_time_;
+  size_t ublk_recovered_ = 0;
+  std::vector<std::string> restart_notes_;
+  std::map<std::string, FailedRecord> failed_;  // name -> record that could not be re-attached
 };
 
 }  // namespace blksnap::daemon
