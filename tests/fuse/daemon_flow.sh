@@ -36,6 +36,7 @@ blksnapd=$2
 blksnap=$3
 pattern=${4:-}
 if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then exit 77; fi
+command -v python3 >/dev/null || exit 77  # reads the CLI's --json output
 
 work=$(mktemp -d /tmp/blksnap-daemon-XXXXXX)
 fuse=$work/fuse
