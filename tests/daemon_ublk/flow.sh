@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Purpose: the standard flow of blksnapd with ublk fronts: a tracked device exposed as
+# /dev/ublkbN carries a mounted ext4; a snapshot taken while it is mounted (the file system is
+# frozen for the take) yields an image, exposed as another ublk device and over NBD, that holds
+# exactly the take-time files; destroy, detach and SIGTERM remove every ublk device and record.
+# Algorithm (inside the VM): start blksnapd (--frontend auto must pick ublk); attach a 256 MiB
+# sparse file with --ublk (JSON: "ublk" = /dev/ublkbN, "loop" null); mkfs.ext4, mount, write
+# random files and a directory tree, record sha256 sums; snapshot create --ublk + take with the
+# fs mounted (frozen_us > 0); change the live files; snapshot info gives the image's ublk
+# device: e2fsck -fn is clean (only true if the fs was frozen at the take), mounted read-only
+# its sums match the take-time sums; nbdcopy of the image's NBD export equals the image device
+# byte for byte; destroy: the image device vanishes; live files are the changed ones; umount,
+# e2fsck clean, detach: /dev/ublkbN vanishes and the state dir has no device records; attach
+# again with --blockdev (the daemon's frontend: ublk) and SIGTERM: the device vanishes, exit 0.
+. "$(dirname "$0")/lib.sh"
+
+truncate -s 256M "$WORK/vol.img"
+mkdir -p "$WORK/mnt" "$WORK/mnt-image"
+start_daemon
+st=$(bs --json status)
+[ "$(jget "$st" 'j["daemon"]["ublk"]')" = true ] || fail "status: ublk not available: $st"
+[ "$(jget "$st" 'j["daemon"]["frontend"]')" = ublk ] || fail "--frontend auto did not pick ublk"
+
+a=$(bs --json attach "$WORK/vol.img" --name vol --ublk) || fail "attach --ublk"
+DEV=$(jget "$a" 'j["ublk"]')
+log "attached vol on $DEV"
+[ -b "$DEV" ] || fail "attach: ublk '$DEV' is not a block device"
+[ "$(jget "$a" 'j["loop"]')" = null ] || fail "attach --ublk made a loop device"
+[ "$(jget "$a" 'j["nbd"]')" != null ] || fail "attach: no NBD front"
+[ "$(jget "$(bs --json devices)" 'j["devices"][0]["ublk"]')" = "$DEV" ] || fail "devices: ublk"
+[ -s "$STATE/devices.json" ] || fail "no device records in the state dir"
+[ "$(blockdev --getsize64 "$DEV")" = $((256 << 20)) ] || fail "$DEV size"
+
+mkfs.ext4 -q "$DEV" || fail "mkfs.ext4"
+mount -t ext4 "$DEV" "$WORK/mnt" || fail "mount"
+for i in 1 2 3; do dd if=/dev/urandom of="$WORK/mnt/file$i" bs=1M count=$((i * 3)) status=none; done
+mkdir -p "$WORK/mnt/tree/a/b"
+for i in $(seq 20); do head -c $((i * 1000)) /dev/urandom >"$WORK/mnt/tree/a/b/f$i"; done
+(cd "$WORK/mnt" && find . -type f ! -name lost+found -print0 | sort -z | xargs -0 sha256sum) \
+  >"$WORK/sums.take"
+
+ID=$(bs snapshot create --storage "$WORK" --limit 0 --ublk vol) || fail "snapshot create --ublk"
+t=$(bs --json snapshot take "$ID") || fail "snapshot take with the fs mounted"
+log "take: $t"
+[ "$(jget "$t" 'j["frozen_us"] > 0')" = true ] || fail "take did not freeze the file system"
+
+# Change the live file system after the take.
+dd if=/dev/urandom of="$WORK/mnt/file1" bs=1M count=3 conv=notrunc status=none
+rm "$WORK/mnt/file2"
+echo new >"$WORK/mnt/after-take"
+sync
+
+info=$(bs --json snapshot info "$ID")
+IMG=$(jget "$info" 'j["devices"][0]["image"]["ublk"]')
+NBD=$(jget "$info" 'j["devices"][0]["image"]["nbd"]')
+log "image on $IMG, $NBD"
+[ -b "$IMG" ] && [ "$IMG" != "$DEV" ] || fail "image ublk device '$IMG'"
+[ "$(jget "$info" 'j["devices"][0]["image"]["loop"]')" = null ] || fail "image got a loop device"
+e2fsck -fn "$IMG" >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
+mount -t ext4 -o ro,noload "$IMG" "$WORK/mnt-image" || fail "mount image"
+(cd "$WORK/mnt-image" && sha256sum --quiet -c "$WORK/sums.take") || fail "image sums differ"
+[ ! -e "$WORK/mnt-image/after-take" ] || fail "image holds a file written after the take"
+umount "$WORK/mnt-image"
+nbdcopy "$NBD" "$WORK/image.copy" || fail "nbdcopy of the image"
+cmp "$WORK/image.copy" "$IMG" || fail "NBD and ublk views of the image differ"
+rm -f "$WORK/image.copy"
+
+bs snapshot destroy "$ID" >/dev/null || fail "destroy"
+wait_gone "$IMG"
+[ ! -e "$WORK/mnt/file2" ] && [ -e "$WORK/mnt/after-take" ] || fail "live fs lost its changes"
+umount "$WORK/mnt"
+e2fsck -fn "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "fsck"; }
+bs detach vol >/dev/null || fail "detach"
+wait_gone "$DEV"
+[ ! -e "$STATE/devices.json" ] || fail "device records left after detach"
+
+a=$(bs --json attach "$WORK/vol.img" --name vol --blockdev) || fail "attach --blockdev"
+DEV=$(jget "$a" 'j["ublk"]')
+[ -b "$DEV" ] || fail "attach --blockdev did not give a ublk device"
+stop_daemon
+wait_gone "$DEV"
+[ ! -e "$STATE/devices.json" ] || fail "device records left after SIGTERM"
+dmesg | grep -iE "I/O error.*ublkb" && fail "kernel logged I/O errors on a ublk device"
+echo "PASS daemon ublk flow"

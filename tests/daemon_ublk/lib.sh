@@ -1,0 +1,86 @@
+# Shared helpers of the daemon + ublk scripts; sourced inside the VM.
+#   $1 of the sourcing script: the build directory (holds src/daemon/blksnapd, src/cli/blksnap).
+# Provides: WORK (scratch dir, removed on exit), STATE (the daemon's state dir), start_daemon,
+# stop_daemon, kill9_daemon, bs (the CLI on this daemon), jget (a value out of JSON), fail, log.
+set -euo pipefail
+
+BUILD=${1:?usage: $0 BUILD_DIR}
+DAEMON=$BUILD/src/daemon/blksnapd
+CLI=$BUILD/src/cli/blksnap
+[ -x "$DAEMON" ] || { echo "FAIL: $DAEMON not built" >&2; exit 1; }
+[ -x "$CLI" ] || { echo "FAIL: $CLI not built" >&2; exit 1; }
+WORK=$(mktemp -d /tmp/daemon-ublk.XXXXXX)
+STATE=$WORK/state
+DAEMON_PID=
+
+echo  # the VM console eats the first line of output
+log() { echo "== $*"; }
+fail() {
+  echo "FAIL: $*" >&2
+  echo "--- blksnapd log (tail)" >&2; tail -n 40 "$WORK/blksnapd.log" >&2 2>/dev/null || true
+  exit 1
+}
+
+cleanup() {
+  set +e
+  for m in "$WORK"/mnt*; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
+  if [ -n "$DAEMON_PID" ] && alive "$DAEMON_PID"; then
+    kill -TERM "$DAEMON_PID"
+    for _ in $(seq 100); do alive "$DAEMON_PID" || break; sleep 0.1; done
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+modprobe ublk_drv || fail "modprobe ublk_drv"
+[ -c /dev/ublk-control ] || fail "/dev/ublk-control missing after modprobe"
+
+# The CLI against this test's daemon.
+bs() { "$CLI" --control "$WORK/control.sock" "$@"; }
+
+# jget JSON EXPR: prints the Python expression EXPR evaluated on the JSON text (as j).
+jget() {
+  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); v=eval(sys.argv[2]); print("null" if v is None else (str(v).lower() if isinstance(v,bool) else v))' "$1" "$2"
+}
+
+# start_daemon [ARGS...]: blksnapd in the background on $STATE (no FUSE: ublk and NBD only);
+# returns once it is ready (--daemonize waits for start-up, including the restore after a crash).
+start_daemon() {
+  "$DAEMON" --state-dir "$STATE" --control "$WORK/control.sock" --nbd-unix "$WORK/nbd.sock" \
+    --no-fuse --log-level debug --log-file "$WORK/blksnapd.log" --daemonize \
+    --pidfile "$WORK/blksnapd.pid" --diff-storage-minimum 64M "$@" || fail "blksnapd start"
+  DAEMON_PID=$(cat "$WORK/blksnapd.pid")
+  log "blksnapd pid $DAEMON_PID"
+}
+
+# alive PID: the process exists and is not a zombie (the daemonized blksnapd is not our child).
+alive() {
+  [ -e "/proc/$1/stat" ] || return 1
+  [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+# stop_daemon: SIGTERM; it must exit within 30 s and log its clean stop.
+stop_daemon() {
+  local before
+  before=$(grep -c "blksnapd stopped" "$WORK/blksnapd.log" || true)
+  kill -TERM "$DAEMON_PID"
+  for _ in $(seq 300); do alive "$DAEMON_PID" || break; sleep 0.1; done
+  alive "$DAEMON_PID" && fail "blksnapd did not stop on SIGTERM"
+  [ "$(grep -c "blksnapd stopped" "$WORK/blksnapd.log")" -gt "$before" ] ||
+    fail "blksnapd did not stop cleanly"
+  DAEMON_PID=
+}
+
+# kill9_daemon: SIGKILL, wait until the process is gone.
+kill9_daemon() {
+  kill -9 "$DAEMON_PID"
+  for _ in $(seq 100); do alive "$DAEMON_PID" || break; sleep 0.1; done
+  alive "$DAEMON_PID" && fail "blksnapd survived SIGKILL"
+  DAEMON_PID=
+}
+
+# wait_gone PATH: the device node must disappear within 5 s.
+wait_gone() {
+  for _ in $(seq 50); do [ -e "$1" ] || return 0; sleep 0.1; done
+  fail "$1 still present"
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Purpose: a blksnapd killed with SIGKILL during writes leaves its ublk front in place (I/O
+# waits); blksnapd restarted on the same state dir re-attaches the recorded device, recovers
+# the ublk device (same /dev/ublkbN), and the writes complete with no error seen by the file
+# system; the restart is reported (new CBT generation, snapshots gone, the dead snapshot's
+# ublk image removed), and a clean SIGTERM afterwards removes the device and the records.
+# Algorithm (inside the VM): start blksnapd; attach a 512 MiB sparse file with --ublk; mkfs.ext4
+# and mount it; note the CBT generation; snapshot create --ublk + take (its image is a second
+# ublk device, so the crash also leaves a dead image behind); fio 4k random writes QD32 with
+# crc32c verify on a 64 MiB file in the background; after 3 s (fio still running) kill -9
+# blksnapd: the device node stays; restart blksnapd on the same state dir: `devices` shows the
+# same /dev/ublkbN, restored, with a new generation; status reports the restart (one ublk front
+# recovered, nothing failed, the image device removed) and no snapshot; the image node is
+# gone; fio exits 0 with err=0 and verifies; no kernel I/O error on the ublk device; unmount,
+# e2fsck clean; SIGTERM: exit clean, device gone, no records left.
+. "$(dirname "$0")/lib.sh"
+
+truncate -s 512M "$WORK/vol.img"
+mkdir -p "$WORK/mnt" "$WORK/storage"
+start_daemon
+a=$(bs --json attach "$WORK/vol.img" --name vol --ublk) || fail "attach --ublk"
+DEV=$(jget "$a" 'j["ublk"]')
+GEN=$(jget "$a" 'j["cbt"]["generation_id"]')
+[ -b "$DEV" ] || fail "no ublk device"
+log "vol on $DEV, generation $GEN"
+mkfs.ext4 -q "$DEV" || fail "mkfs.ext4"
+mount -t ext4 "$DEV" "$WORK/mnt" || fail "mount"
+
+ID=$(bs snapshot create --storage "$WORK/storage" --limit 0 --ublk vol) || fail "snapshot create"
+bs snapshot take "$ID" >/dev/null || fail "take"
+IMG=$(jget "$(bs --json snapshot info "$ID")" 'j["devices"][0]["image"]["ublk"]')
+[ -b "$IMG" ] || fail "no image ublk device"
+log "snapshot $ID, image on $IMG"
+
+fio --name=recover --filename="$WORK/mnt/fio.dat" --size=64M --direct=1 --ioengine=libaio \
+  --iodepth=32 --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 --do_verify=1 \
+  --eta=never >"$WORK/fio.out" 2>&1 &
+fio_pid=$!
+sleep 3
+kill -0 $fio_pid 2>/dev/null || { cat "$WORK/fio.out"; fail "fio ended before the kill"; }
+log "kill -9 blksnapd $DAEMON_PID during fio"
+kill9_daemon
+[ -b "$DEV" ] || fail "$DEV vanished after blksnapd was killed"
+[ -s "$STATE/devices.json" ] || fail "the device records vanished with the kill"
+sleep 1
+start_daemon
+d=$(bs --json devices) || fail "devices after restart"
+log "devices: $d"
+[ "$(jget "$d" 'j["devices"][0]["ublk"]')" = "$DEV" ] || fail "not re-attached to $DEV"
+[ "$(jget "$d" 'j["devices"][0]["restored"]')" = true ] || fail "device not marked restored"
+[ "$(jget "$d" 'j["devices"][0]["cbt"]["generation_id"]')" != "$GEN" ] ||
+  fail "CBT generation unchanged across the restart"
+st=$(bs --json status)
+[ "$(jget "$st" 'j["daemon"]["restart"]["ublk_recovered"]')" = 1 ] || fail "status: $st"
+[ "$(jget "$st" 'len(j["daemon"]["restart"]["failed"])')" = 0 ] || fail "status: failures"
+[ "$(jget "$st" 'len(j["snapshots"])')" = 0 ] || fail "a snapshot survived the restart"
+jget "$st" 'j["daemon"]["restart"]["notes"]' | grep -q "ublkb${IMG#/dev/ublkb} is gone: device removed" ||
+  fail "status does not report the removed image device: $st"
+bs status | grep -q "snapshots from before the restart are gone" || fail "human status note"
+wait_gone "$IMG"
+
+rc=0; wait $fio_pid || rc=$?
+grep -E "err=|WRITE:|READ:" "$WORK/fio.out" || true
+[ "$rc" = 0 ] || { cat "$WORK/fio.out"; fail "fio failed across the restart (status $rc)"; }
+grep -q "err= 0" "$WORK/fio.out" || fail "fio reported errors"
+dmesg | grep -iE "I/O error.*ublkb${DEV#/dev/ublkb}" && fail "kernel I/O errors on $DEV"
+umount "$WORK/mnt"
+e2fsck -fn "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "e2fsck"; }
+stop_daemon
+wait_gone "$DEV"
+[ ! -e "$STATE/devices.json" ] || fail "device records left after SIGTERM"
+echo "PASS daemon ublk recover"
