@@ -1,0 +1,161 @@
+#!/usr/bin/python3
+# Purpose: block-device front selection and crash restart on a host without ublk: "ublk" keys
+# are null everywhere, --ublk fails with one clear error line and changes nothing, --frontend
+# auto falls back to fuse-loop (--blockdev gives a loop device), --frontend ublk refuses to
+# start; after a kill -9 a restarted daemon re-attaches the recorded devices (new CBT
+# generation, reported by devices and status), reports a recorded device it cannot re-attach
+# (and `detach` drops it), moves unreadable records aside, and a clean SIGTERM leaves no records.
+#
+# Algorithm: start a daemon (FUSE when root); status says ublk unavailable, frontend fuse-loop;
+# attach two sparse files, one with --blockdev (loop with FUSE, else ENOTSUP error and nothing
+# attached); JSON of attach, devices, snapshot info and status carry "ublk": null; attach
+# --ublk and snapshot create --ublk fail with exit 1, one "blksnap: error: ... ublk ..." line,
+# nothing on stdout, the state unchanged; stamp the sector pattern through a front; kill -9
+# the daemon; remove one attached file; start a daemon on the same state dir: the other device
+# is back (restored, new generation, pattern intact through its front, a loop device again if
+# it had one), status names the missing one under restart.failed and the human status says
+# snapshots are gone; detach of the failed one drops it; SIGTERM: devices.json is gone; a
+# garbage devices.json is moved to devices.json.bad and reported; --frontend ublk: exit 1.
+import json
+import os
+import signal
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blksnap_cli_lib import Daemon, Failures, parse_args, verify_front, write_front
+
+MiB = 1 << 20
+
+
+def main():
+    args = parse_args(sys.argv)
+    t = Failures()
+    if os.path.exists("/dev/ublk-control"):
+        print("SKIP: this host has ublk (/dev/ublk-control); these checks are for hosts without it "
+              "(tests/daemon_ublk covers ublk in the VM)")
+        sys.exit(77)
+    daemons = []
+    try:
+        run(args, t, daemons)
+    except Exception as e:
+        t.check(False, "unexpected exception: %r\n%s" % (e, "\n".join(d.log_text() for d in daemons)))
+    finally:
+        for d in daemons:
+            d.cleanup()
+    t.done()
+
+
+def pattern(d, name, verb):
+    """Stamps (verb "write") or verifies the sector pattern on the device's front."""
+    dev = [x for x in d.cli_json("devices")["devices"] if x["name"] == name][0]
+    if verb == "write":
+        write_front(d, dev, 0, 4 * MiB, 7)
+        return True
+    return verify_front(d, dev, 0, 4 * MiB, 7)
+
+
+def run(args, t, daemons):
+    d = Daemon(args).start()
+    daemons.append(d)
+    st = d.cli_json("status")["daemon"]
+    t.check(st.get("ublk") is False and st.get("frontend") == "fuse-loop",
+            "no ublk here: status says ublk unavailable, frontend fuse-loop (auto fell back)")
+    t.check(st.get("restart") is None, "fresh start: no restart report")
+
+    a_path = d.make_image("a.img", 32 * MiB)
+    b_path = d.make_image("b.img", 32 * MiB)
+    a = d.cli_json("attach", a_path, "--name", "a")
+    t.check("ublk" in a and a["ublk"] is None, "attach --json: \"ublk\": null")
+    rc, out, err = d.cli("attach", b_path, "--name", "b", "--blockdev")
+    if d.fuse:
+        b = json.loads(d.cli("--json", "devices")[1])["devices"][1]
+        t.check(rc == 0 and b["loop"] and b["loop"].startswith("/dev/loop") and b["ublk"] is None,
+                "--blockdev with --frontend auto and no ublk gives a loop device")
+    else:
+        t.check(rc == 1 and err.startswith("blksnap: error: ") and "FUSE" in err,
+                "--blockdev without FUSE and ublk: clear error (%r)" % err.strip())
+        d.cli_json("attach", b_path, "--name", "b")
+    devs = d.cli_json("devices")["devices"]
+    t.check(all("ublk" in x and x["ublk"] is None for x in devs), "devices --json: \"ublk\": null")
+    t.check(all(x.get("restored") is False for x in devs), "devices: not restored")
+
+    before = d.state_snapshot()
+    rc, out, err = d.cli("attach", d.make_image("c.img", 16 * MiB), "--name", "c", "--ublk")
+    t.check(rc == 1 and out == "" and err.count("\n") == 1 and
+            err.startswith("blksnap: error: ") and "ublk" in err,
+            "attach --ublk without ublk: one error line (%r)" % err.strip())
+    rc, out, err = d.cli("snapshot", "create", "--storage", d.tmp, "--limit", "0", "--ublk", "a")
+    t.check(rc == 1 and out == "" and err.count("\n") == 1 and "ublk" in err,
+            "snapshot create --ublk without ublk: one error line (%r)" % err.strip())
+    t.check(d.state_snapshot() == before, "state unchanged by the failed --ublk requests")
+
+    sid = d.cli_json("snapshot", "create", "--storage", d.tmp, "--limit", "0", "a")["id"]
+    d.cli_json("snapshot", "take", sid)
+    info = d.cli_json("snapshot", "info", sid)
+    t.check(info["devices"][0]["image"].get("ublk", "missing") is None,
+            "snapshot info --json: image \"ublk\": null")
+    t.check(all(x.get("ublk", "missing") is None for x in d.cli_json("status")["devices"]),
+            "status --json: \"ublk\": null")
+    t.check(pattern(d, "a", "write"), "pattern stamped on a's front")
+    gen = {x["name"]: x["cbt"]["generation_id"] for x in d.cli_json("devices")["devices"]}
+    records = os.path.join(d.state, "devices.json")
+    t.check(os.path.exists(records), "device records in the state dir")
+
+    # Crash, lose one backing file, restart on the same state dir.
+    d.proc.kill()
+    d.proc.wait()
+    d.proc = None
+    t.check(os.path.exists(records), "records survive kill -9")
+    os.unlink(b_path)
+    d2 = Daemon(args, tmp=d.tmp).start()
+    daemons.append(d2)
+    devs = d2.cli_json("devices")
+    names = [x["name"] for x in devs["devices"]]
+    t.check(names == ["a"], "a re-attached, b (file gone) not: %r" % names)
+    a2 = devs["devices"][0] if names else {}
+    t.check(a2.get("restored") is True and "new generation" in a2.get("restore_note", ""),
+            "a marked restored with a note")
+    t.check(a2.get("cbt", {}).get("generation_id") not in (None, gen["a"]),
+            "a's CBT has a new generation")
+    t.check(pattern(d2, "a", "verify"), "pattern intact through a's front after restart")
+    st = d2.cli_json("status")
+    r = st["daemon"].get("restart") or {}
+    failed = r.get("failed", [])
+    t.check(len(failed) == 1 and failed[0]["name"] == "b" and failed[0]["path"] == b_path
+            and failed[0]["error"], "status reports b as failed to re-attach: %r" % failed)
+    t.check(st["snapshots"] == [], "no snapshot survived the restart")
+    rc, out, err = d2.cli("status")
+    t.check(rc == 0 and "snapshots from before the restart are gone" in out
+            and "FAILED to re-attach b" in out, "human status reports the restart")
+    rc, out, err = d2.cli("devices")
+    t.check(rc == 0 and "new generation" in out, "human devices reports the restart")
+    with open(records) as f:
+        t.check("\"b\"" in f.read(), "b's record kept for the next start")
+    t.check(d2.cli_json("detach", "b") == {}, "detach drops b's record")
+    t.check(d2.cli_json("status")["daemon"]["restart"]["failed"] == [], "b no longer reported")
+    t.check(d2.stop() == 0, "SIGTERM: exit 0")
+    t.check(not os.path.exists(records), "clean stop leaves no device records")
+
+    with open(records, "w") as f:
+        f.write("{not json")
+    d3 = Daemon(args, tmp=d.tmp).start()
+    daemons.append(d3)
+    notes = d3.cli_json("status")["daemon"]["restart"]["notes"]
+    t.check(os.path.exists(records + ".bad") and any("devices.json.bad" in n for n in notes),
+            "garbage records moved aside and reported: %r" % notes)
+    d3.stop()
+
+    p = subprocess.run([args["blksnapd"], "--state-dir", os.path.join(d.tmp, "s4"), "--control",
+                        os.path.join(d.tmp, "s4.sock"), "--no-nbd", "--no-fuse", "--frontend",
+                        "ublk"], capture_output=True, text=True, timeout=60)
+    t.check(p.returncode == 1 and "ublk" in p.stderr, "--frontend ublk without ublk: exit 1 (%r)"
+            % p.stderr.strip()[-200:])
+    p = subprocess.run([args["blksnapd"], "--state-dir", os.path.join(d.tmp, "s5"), "--control",
+                        os.path.join(d.tmp, "s5.sock"), "--no-nbd", "--no-fuse", "--frontend",
+                        "nbd"], capture_output=True, text=True, timeout=60)
+    t.check(p.returncode == 2, "--frontend nbd: usage error")
+
+
+if __name__ == "__main__":
+    main()
