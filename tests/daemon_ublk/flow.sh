@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Purpose: the standard flow of blksnapd with ublk fronts: a tracked device exposed as
-# /dev/ublkbN carries a mounted ext4; a snapshot taken while it is mounted (the file system is
+# /dev/ublkbN carries a mounted file system (FS = $2: ext4 or xfs); a snapshot taken while it is mounted (the file system is
 # frozen for the take) yields an image, exposed as another ublk device and over NBD, that holds
 # exactly the take-time files; destroy, detach and SIGTERM remove every ublk device and record.
-# Algorithm (inside the VM): start blksnapd (--frontend auto must pick ublk); attach a 256 MiB
-# sparse file with --ublk (JSON: "ublk" = /dev/ublkbN, "loop" null); mkfs.ext4, mount, write
+# Algorithm (inside the VM): start blksnapd (--frontend auto must pick ublk); attach a 512 MiB
+# sparse file with --ublk (JSON: "ublk" = /dev/ublkbN, "loop" null); mkfs, mount, write
 # random files and a directory tree, record sha256 sums; snapshot create --ublk + take with the
 # fs mounted (frozen_us > 0); change the live files; snapshot info gives the image's ublk
-# device: e2fsck -fn is clean (only true if the fs was frozen at the take), mounted read-only
+# device: fsck -n is clean (only true if the fs was frozen at the take), mounted read-only
 # its sums match the take-time sums; nbdcopy of the image's NBD export equals the image device
 # byte for byte; destroy: the image device vanishes; live files are the changed ones; umount,
-# e2fsck clean, detach: /dev/ublkbN vanishes and the state dir has no device records; attach
+# fsck clean, detach: /dev/ublkbN vanishes and the state dir has no device records; attach
 # again with --blockdev (the daemon's frontend: ublk) and SIGTERM: the device vanishes, exit 0.
 . "$(dirname "$0")/lib.sh"
+FS=${2:-ext4}
+case $FS in
+  ext4) do_mkfs() { mkfs.ext4 -q "$1"; }; image_opts=ro,noload; do_fsck() { e2fsck -fn "$1"; } ;;
+  xfs) do_mkfs() { mkfs.xfs -q -f "$1"; }; image_opts=ro,norecovery,nouuid
+    do_fsck() { xfs_repair -n "$1"; } ;;
+  *) fail "usage: flow.sh BUILD_DIR ext4|xfs" ;;
+esac
 
-truncate -s 256M "$WORK/vol.img"
+truncate -s 512M "$WORK/vol.img"
 mkdir -p "$WORK/mnt" "$WORK/mnt-image"
 start_daemon
 st=$(bs --json status)
@@ -29,10 +36,10 @@ log "attached vol on $DEV"
 [ "$(jget "$a" 'j["nbd"]')" != null ] || fail "attach: no NBD front"
 [ "$(jget "$(bs --json devices)" 'j["devices"][0]["ublk"]')" = "$DEV" ] || fail "devices: ublk"
 [ -s "$STATE/devices.json" ] || fail "no device records in the state dir"
-[ "$(blockdev --getsize64 "$DEV")" = $((256 << 20)) ] || fail "$DEV size"
+[ "$(blockdev --getsize64 "$DEV")" = $((512 << 20)) ] || fail "$DEV size"
 
-mkfs.ext4 -q "$DEV" || fail "mkfs.ext4"
-mount -t ext4 "$DEV" "$WORK/mnt" || fail "mount"
+do_mkfs "$DEV" || fail "mkfs $FS"
+mount -t "$FS" "$DEV" "$WORK/mnt" || fail "mount"
 for i in 1 2 3; do dd if=/dev/urandom of="$WORK/mnt/file$i" bs=1M count=$((i * 3)) status=none; done
 mkdir -p "$WORK/mnt/tree/a/b"
 for i in $(seq 20); do head -c $((i * 1000)) /dev/urandom >"$WORK/mnt/tree/a/b/f$i"; done
@@ -56,8 +63,8 @@ NBD=$(jget "$info" 'j["devices"][0]["image"]["nbd"]')
 log "image on $IMG, $NBD"
 [ -b "$IMG" ] && [ "$IMG" != "$DEV" ] || fail "image ublk device '$IMG'"
 [ "$(jget "$info" 'j["devices"][0]["image"]["loop"]')" = null ] || fail "image got a loop device"
-e2fsck -fn "$IMG" >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
-mount -t ext4 -o ro,noload "$IMG" "$WORK/mnt-image" || fail "mount image"
+do_fsck "$IMG" >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
+mount -t "$FS" -o "$image_opts" "$IMG" "$WORK/mnt-image" || fail "mount image"
 (cd "$WORK/mnt-image" && sha256sum --quiet -c "$WORK/sums.take") || fail "image sums differ"
 [ ! -e "$WORK/mnt-image/after-take" ] || fail "image holds a file written after the take"
 umount "$WORK/mnt-image"
@@ -69,7 +76,7 @@ bs snapshot destroy "$ID" >/dev/null || fail "destroy"
 wait_gone "$IMG"
 [ ! -e "$WORK/mnt/file2" ] && [ -e "$WORK/mnt/after-take" ] || fail "live fs lost its changes"
 umount "$WORK/mnt"
-e2fsck -fn "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "fsck"; }
+do_fsck "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "fsck"; }
 bs detach vol >/dev/null || fail "detach"
 wait_gone "$DEV"
 [ ! -e "$STATE/devices.json" ] || fail "device records left after detach"
@@ -81,4 +88,4 @@ stop_daemon
 wait_gone "$DEV"
 [ ! -e "$STATE/devices.json" ] || fail "device records left after SIGTERM"
 dmesg | grep -iE "I/O error.*ublkb" && fail "kernel logged I/O errors on a ublk device"
-echo "PASS daemon ublk flow"
+echo "PASS daemon ublk flow $FS"
