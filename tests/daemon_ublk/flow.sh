@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
 # Purpose: the standard flow of blksnapd with ublk fronts: a tracked device exposed as
-# /dev/ublkbN carries a mounted file system (FS = $2: ext4 or xfs); a snapshot taken while it is mounted (the file system is
-# frozen for the take) yields an image, exposed as another ublk device and over NBD, that holds
-# exactly the take-time files; destroy, detach and SIGTERM remove every ublk device and record.
+# /dev/ublkbN carries a mounted file system (FS = $2: ext4 or xfs); a snapshot taken while it
+# is mounted (the file system is frozen for the take) yields an image, exposed as another ublk
+# device and over NBD, that holds exactly the take-time files; destroy, detach and SIGTERM
+# remove every ublk device and record.
 # Algorithm (inside the VM): start blksnapd (--frontend auto must pick ublk); attach a 512 MiB
-# sparse file with --ublk (JSON: "ublk" = /dev/ublkbN, "loop" null); mkfs, mount, write
-# random files and a directory tree, record sha256 sums; snapshot create --ublk + take with the
-# fs mounted (frozen_us > 0); change the live files; snapshot info gives the image's ublk
-# device: fsck -n is clean (only true if the fs was frozen at the take), mounted read-only
-# its sums match the take-time sums; nbdcopy of the image's NBD export equals the image device
-# byte for byte; destroy: the image device vanishes; live files are the changed ones; umount,
+# sparse file with --ublk (JSON: "ublk" = /dev/ublkbN, "loop" null); mkfs, mount, write random
+# files and a directory tree, record sha256 sums; snapshot create --ublk + take with the fs
+# mounted (frozen_us > 0); change the live files; snapshot info gives the image's ublk device,
+# which equals a nbdcopy of the image's NBD export byte for byte; ext4: e2fsck -fn of the image
+# is clean (only true if the fs was frozen at the take); mounted (ext4 read-only without
+# replay, xfs with log replay) its sums match the take-time sums; xfs: xfs_repair -n clean
+# after unmount; destroy: the image device vanishes; live files are the changed ones; umount,
 # fsck clean, detach: /dev/ublkbN vanishes and the state dir has no device records; attach
 # again with --blockdev (the daemon's frontend: ublk) and SIGTERM: the device vanishes, exit 0.
 . "$(dirname "$0")/lib.sh"
 FS=${2:-ext4}
 case $FS in
-  ext4) do_mkfs() { mkfs.ext4 -q "$1"; }; image_opts=ro,noload; do_fsck() { e2fsck -fn "$1"; } ;;
-  xfs) do_mkfs() { mkfs.xfs -q -f "$1"; }; image_opts=ro,norecovery,nouuid
-    do_fsck() { xfs_repair -n "$1"; } ;;
+  # ext4: freeze leaves a clean journal, so the image is fsck-clean as it is (proof of the
+  # freeze) and mounts without replay. xfs: freeze quiesces the log but leaves the lazy
+  # superblock counters to log recovery, so the image is mounted read-write (replay, nouuid:
+  # the live fs has the same uuid) and checked after unmount.
+  ext4) do_mkfs() { mkfs.ext4 -q "$1"; }; do_fsck() { e2fsck -fn "$1"; }
+    image_opts=ro,noload; fsck_image_before_mount=1 ;;
+  xfs) do_mkfs() { mkfs.xfs -q -f "$1"; }; do_fsck() { xfs_repair -n "$1"; }
+    image_opts=nouuid; fsck_image_before_mount=0 ;;
   *) fail "usage: flow.sh BUILD_DIR ext4|xfs" ;;
 esac
 
@@ -63,14 +70,19 @@ NBD=$(jget "$info" 'j["devices"][0]["image"]["nbd"]')
 log "image on $IMG, $NBD"
 [ -b "$IMG" ] && [ "$IMG" != "$DEV" ] || fail "image ublk device '$IMG'"
 [ "$(jget "$info" 'j["devices"][0]["image"]["loop"]')" = null ] || fail "image got a loop device"
-do_fsck "$IMG" >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
+nbdcopy "$NBD" "$WORK/image.copy" || fail "nbdcopy of the image"
+cmp "$WORK/image.copy" "$IMG" || fail "NBD and ublk views of the image differ"
+rm -f "$WORK/image.copy"
+if [ "$fsck_image_before_mount" = 1 ]; then
+  do_fsck "$IMG" >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
+fi
 mount -t "$FS" -o "$image_opts" "$IMG" "$WORK/mnt-image" || fail "mount image"
 (cd "$WORK/mnt-image" && sha256sum --quiet -c "$WORK/sums.take") || fail "image sums differ"
 [ ! -e "$WORK/mnt-image/after-take" ] || fail "image holds a file written after the take"
 umount "$WORK/mnt-image"
-nbdcopy "$NBD" "$WORK/image.copy" || fail "nbdcopy of the image"
-cmp "$WORK/image.copy" "$IMG" || fail "NBD and ublk views of the image differ"
-rm -f "$WORK/image.copy"
+if [ "$fsck_image_before_mount" = 0 ]; then
+  do_fsck "$IMG" >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
+fi
 
 bs snapshot destroy "$ID" >/dev/null || fail "destroy"
 wait_gone "$IMG"
