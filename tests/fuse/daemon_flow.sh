@@ -28,8 +28,9 @@
 #    image 1 then 3 (the image never sees seq 2, the front never seq 3).
 #  sigkill-restart: write random data through the front loop device (O_DIRECT + fsync) with a
 #    snapshot and an image loop device present, SIGKILL the daemon: its loop devices unbind
-#    themselves (autoclear), the dead FUSE mount is replaced by a restarted daemon, and the
-#    re-attached volume reads back the same sha256.
+#    themselves (autoclear), the dead FUSE mount is replaced by a restarted daemon, which
+#    re-attaches the volume from its records with a new loop device that reads back the same
+#    sha256.
 set -euo pipefail
 scenario=$1
 blksnapd=$2
@@ -332,7 +333,11 @@ sigkill-restart)
   done
   start_daemon
   grep -q " $fuse .* fuse.blksnap " /proc/self/mountinfo || fail "no FUSE mount after restart"
-  loop=$(bs attach "$work/vol.img" --name vol --loop | json loop)
+  # The restarted daemon re-attaches recorded devices with their fronts (devices.json).
+  loop=$(bs devices | json devices.0.loop)
+  [ "$(bs devices | json devices.0.name)" = vol ] || fail "vol not re-attached after restart"
+  [ -b "$loop" ] || fail "vol re-attached without its loop device"
+  bs status >/dev/null
   want=$(sha256sum <"$work/data" | cut -d' ' -f1)
   got=$(dd if="$loop" bs=1M skip=4 count=8 iflag=direct status=none | sha256sum | cut -d' ' -f1)
   [ "$want" = "$got" ] || fail "data written before SIGKILL differs"
