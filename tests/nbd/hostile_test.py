@@ -113,6 +113,7 @@ def healthy(what):
 
 
 healthy("start")
+time.sleep(1)  # let the server finish tearing down the health check's connection
 base_fds, base_threads = srv.fd_count(), srv.thread_count()
 
 # Wrong magic from the client where IHAVEOPT belongs.
@@ -218,9 +219,9 @@ for i in range(1000):
     s.close()
 healthy("1000 connect/disconnect cycles")
 
-check(nbdtest.wait_for(lambda: srv.fd_count() == base_fds),
+check(nbdtest.wait_for(lambda: srv.fd_count() <= base_fds),
       "no fd leak (%d fds now, %d at start)" % (srv.fd_count(), base_fds))
-check(nbdtest.wait_for(lambda: srv.thread_count() == base_threads),
+check(nbdtest.wait_for(lambda: srv.thread_count() <= base_threads),
       "no thread leak (%d now, %d at start)" % (srv.thread_count(), base_threads))
 srv.stop()
 print("PASS")
