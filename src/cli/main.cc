@@ -412,7 +412,8 @@ void CmdSnapshotList(Context& ctx) {
   for (const auto& s : r["snapshots"]) {
     std::string devices;
     for (const auto& d : s.value("devices", json::array())) {
-      devices += (devices.empty() ? "" : ",") + Str(d);
+      if (!devices.empty()) devices += ',';
+      devices += Str(d);
     }
     rows.push_back({Str(s["id"]), Str(s["state"]), devices.empty() ? "-" : devices});
   }
@@ -535,7 +536,8 @@ void CmdStatus(Context& ctx) {
     for (const auto& s : r["snapshots"]) {
       std::string devices;
       for (const auto& dev : s["devices"]) {
-        devices += (devices.empty() ? "" : ",") + Str(dev["name"]);
+        if (!devices.empty()) devices += ',';
+        devices += Str(dev["name"]);
         if (dev.value("error", 0) != 0) devices += "(failed)";
       }
       const json& st = s["storage"];
