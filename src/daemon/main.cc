@@ -1,16 +1,17 @@
-// blksnapd: the blksnap daemon. Owns the engine, the fronts (NBD, FUSE, loop) and the control
-// socket; see docs/cli.md for its options and docs/control-protocol.md for the protocol.
+// blksnapd: the blksnap daemon. Owns the engine, the fronts (NBD, FUSE, loop, ublk) and the
+// control socket; see docs/cli.md for its options and docs/control-protocol.md for the protocol.
 //
 // Start-up order: parse options (command line over config file), daemonize if asked (the
 // parent waits on a pipe until the child is ready or failed, so `blksnapd --daemonize && blksnap
 // ...` works), take the state-dir lock (flock; a second daemon on the same dir refuses),
-// create the engine, start the fronts, listen on the control socket, write the pidfile, tell
-// systemd READY=1. Signals SIGTERM/SIGINT/SIGHUP are blocked in every thread and taken by the
-// main thread with sigwait(); shutdown stops the control server, destroys every snapshot,
-// removes every front, loop and ublk device, detaches every device, unmounts FUSE and removes
-// the device records. CBT lives in memory only and is lost at shutdown. After a crash the
-// records (STATE_DIR/devices.json) remain: the next start re-attaches those devices before it
-// listens, and re-attaches their ublk devices with user recovery (Service::Restore).
+// create the engine, start the fronts, listen on the control socket, write the pidfile,
+// re-attach the devices a crashed predecessor recorded in STATE_DIR/devices.json, their ublk
+// devices through user recovery (Service::Restore: last, so no start-up failure follows it,
+// and before the first accept), tell systemd READY=1. Signals SIGTERM/SIGINT/SIGHUP are blocked
+// in every thread and taken by the main thread with sigwait(); shutdown stops the control
+// server, destroys every snapshot, removes every front, loop and ublk device, detaches every
+// device, unmounts FUSE and removes the device records. CBT lives in memory only and is lost at
+// shutdown; a kill -9 leaves the records (and the ublk devices) for the next start.
 #include <fcntl.h>
 #include <signal.h>
 #include <spdlog/sinks/basic_file_sink.h>
@@ -305,7 +306,6 @@ int Run(int argc, char** argv) {
 
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
                                            ServiceInfo{opt.state_dir, opt.control});
-  service->Restore();
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,
@@ -325,6 +325,10 @@ int Run(int argc, char** argv) {
     std::fprintf(f, "%d\n", static_cast<int>(::getpid()));
     std::fclose(f);
   }
+  // Last step before serving, so no start-up failure can follow it: a failed start must not
+  // stop the ublk devices a crashed daemon left (Shutdown would delete them). Clients that
+  // connect meanwhile wait in the listen backlog.
+  service->Restore();
   std::thread server_thread([&server] { (*server)->Run(); });
   spdlog::info("blksnapd {} ready: control socket {}, state dir {}", BLKSNAP_VERSION, opt.control,
                opt.state_dir);

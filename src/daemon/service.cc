@@ -830,7 +830,7 @@ void Service::Shutdown() {
 }
 
 void Service::SaveRecordsLocked() {
-  if (info_.state_dir.empty()) return;
+  if (info_.state_dir.empty() || !records_loaded_) return;
   json devices = json::array();
   for (const auto& [name, d] : devices_) {
     devices.push_back({{"name", name},
@@ -920,7 +920,8 @@ json Service::RestartJsonLocked() const {
 
 void Service::Restore() {
   std::lock_guard lock(mu_);
-  if (info_.state_dir.empty()) return;
+  if (info_.state_dir.empty() || records_loaded_) return;
+  records_loaded_ = true;
   const std::string path = info_.state_dir + "/" + kRecordsFile;
   std::ifstream in(path);
   if (!in) return;  // first start, or the last stop was clean

@@ -129,6 +129,9 @@ class Service {
   std::map<std::string, DeviceEntry> devices_;  // guarded by mu_
   std::map<Uuid, SnapshotEntry> snapshots_;     // guarded by mu_
   bool shut_down_ = false;                      // guarded by mu_
+  // Records are written only once Restore() has read the previous ones (a start that fails
+  // before must leave a crashed daemon's records alone): guarded by mu_.
+  bool records_loaded_ = false;
   // Set by Restore() when the state dir held records of a previous run: guarded by mu_.
   bool restarted_ = false;
   std::chrono::system_clock::time_point restart_time_;

@@ -11,7 +11,7 @@
 # attached); JSON of attach, devices, snapshot info and status carry "ublk": null; attach
 # --ublk and snapshot create --ublk fail with exit 1, one "blksnap: error: ... ublk ..." line,
 # nothing on stdout, the state unchanged; stamp the sector pattern through a front; kill -9
-# the daemon; remove one attached file; start a daemon on the same state dir: the other device
+# the daemon; a start that fails (bad pidfile) leaves the records; remove one attached file; start a daemon on the same state dir: the other device
 # is back (restored, new generation, pattern intact through its front, a loop device again if
 # it had one), status names the missing one under restart.failed and the human status says
 # snapshots are gone; detach of the failed one drops it; SIGTERM: devices.json is gone; a
@@ -124,6 +124,14 @@ def run(args, t, daemons):
     d.proc.wait()
     d.proc = None
     t.check(os.path.exists(records), "records survive kill -9")
+    with open(records) as f:
+        saved = f.read()
+    p = subprocess.run([args["blksnapd"], "--state-dir", d.state, "--control", d.control,
+                        "--no-nbd", "--no-fuse", "--pidfile", os.path.join(d.tmp, "no", "pid")],
+                       capture_output=True, text=True, timeout=60)
+    with open(records) as f:
+        t.check(p.returncode == 1 and f.read() == saved,
+                "a start that fails (bad pidfile) leaves the records alone")
     os.unlink(b_path)
     d2 = Daemon(args, tmp=d.tmp).start()
     daemons.append(d2)

@@ -7,7 +7,8 @@
 # Algorithm (inside the VM): start blksnapd; attach a 512 MiB sparse file with --ublk; mkfs.ext4
 # and mount it; note the CBT generation; snapshot create --ublk + take (its image is a second
 # ublk device, so the crash also leaves a dead image behind); fio 4k random writes QD32 with
-# crc32c verify on a 64 MiB file in the background; after 3 s (fio still running) kill -9
+# crc32c verify on a 64 MiB file in the background; once 1000 writes reached the device (of the
+# ~16000 fio issues; fio must still run) kill -9
 # blksnapd: the device node stays; restart blksnapd on the same state dir: `devices` shows the
 # same /dev/ublkbN, restored, with a new generation; status reports the restart (one ublk front
 # recovered, nothing failed, the image device removed) and no snapshot; the image node is
@@ -36,7 +37,13 @@ fio --name=recover --filename="$WORK/mnt/fio.dat" --size=64M --direct=1 --ioengi
   --iodepth=32 --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 --do_verify=1 \
   --eta=never >"$WORK/fio.out" 2>&1 &
 fio_pid=$!
-sleep 3
+stat=/sys/block/${DEV#/dev/}/stat
+base=$(awk '{print $5}' "$stat")
+for _ in $(seq 600); do
+  [ "$(awk '{print $5}' "$stat")" -gt $((base + 1000)) ] && break
+  kill -0 $fio_pid 2>/dev/null || break
+  sleep 0.1
+done
 kill -0 $fio_pid 2>/dev/null || { cat "$WORK/fio.out"; fail "fio ended before the kill"; }
 log "kill -9 blksnapd $DAEMON_PID during fio"
 kill9_daemon
