@@ -71,11 +71,20 @@ stop_daemon() {
   DAEMON_PID=
 }
 
-# kill9_daemon: SIGKILL, wait until the process is gone.
+# kill9_daemon: SIGKILL, wait until the process is gone (its exit waits for the kernel to
+# cancel its ublk commands, which can take a while under TCG; 120 s at most).
 kill9_daemon() {
+  local i
   kill -9 "$DAEMON_PID"
-  for _ in $(seq 100); do alive "$DAEMON_PID" || break; sleep 0.1; done
-  alive "$DAEMON_PID" && fail "blksnapd survived SIGKILL"
+  for i in $(seq 1200); do alive "$DAEMON_PID" || break; sleep 0.1; done
+  if alive "$DAEMON_PID"; then
+    grep -E "State|Threads" "/proc/$DAEMON_PID/status" >&2
+    for t in /proc/"$DAEMON_PID"/task/*; do
+      echo "thread ${t##*/}: $(cat "$t/wchan" 2>/dev/null) $(awk '{print $3}' "$t/stat")" >&2
+    done
+    fail "blksnapd still exists 120 s after SIGKILL"
+  fi
+  log "blksnapd gone $((i / 10)) s after SIGKILL"
   DAEMON_PID=
 }
 
