@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Host-side wrapper of the daemon + ublk integration tests: runs one script inside the VM.
+# Host-side wrapper for the integration tests that need the VM kernel (tests/ublk,
+# tests/daemon_ublk): runs one script inside the VM.
 #
 #   vm_test.sh BUILD_DIR SCRIPT [ARGS...]
 #
-# The host kernel has no ublk_drv, so each test boots Debian's 6.12 kernel with
+# The host kernel has no ublk_drv, so each such test boots Debian's 6.12 kernel with
 # /work/shared/vm/run-in-vm (TCG, 2 CPUs) and runs `bash SCRIPT BUILD_DIR ARGS...` there, in
-# BUILD_DIR (shared read-write with the VM at the same path, so the built blksnapd and blksnap
-# are used directly). Exit status: the script's; 77 (ctest SKIP) only when qemu cannot run.
+# BUILD_DIR (shared read-write with the VM at the same path, so the built binaries are used
+# directly). Exit status: the script's; 77 (ctest SKIP) only when qemu cannot run at all.
 set -uo pipefail
 BUILD=$(cd "$1" && pwd); SCRIPT=$2; shift 2
 RUN_IN_VM=${RUN_IN_VM:-/work/shared/vm/run-in-vm}
