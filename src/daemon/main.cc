@@ -13,6 +13,7 @@
 // device, unmounts FUSE and removes the device records. CBT lives in memory only and is lost at
 // shutdown; a kill -9 leaves the records (and the ublk devices) for the next start.
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -353,4 +354,11 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace blksnap::daemon
 
-int main(int argc, char** argv) { return blksnap::daemon::Run(argc, argv); }
+int main(int argc, char** argv) {
+  // Request buffers (up to 32 MiB per NBD request, 1 MiB per FUSE request) are allocated and
+  // freed by many threads. A fixed mmap threshold keeps glibc from raising it dynamically and
+  // parking freed large buffers in per-thread arenas, which made the daemon's resident memory
+  // grow with the work done rather than with what it holds (docs/performance.md, memory).
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  return blksnap::daemon::Run(argc, argv);
+}
