@@ -167,18 +167,7 @@ Result<json> Service::Attach(const json& params) {
   bool ublk = GetBool(params, "ublk");
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is shutting down");
-  if (GetBool(params, "blockdev")) {
-    if (fronts_->block_frontend() == "ublk") {
-      ublk = true;
-    } else {
-      loop = true;
-    }
-  }
-  if (ublk && !fronts_->has_ublk()) {
-    return Status::Error(ENOTSUP,
-                         "--ublk: ublk is not available here (/dev/ublk-control missing: needs "
-                         "Linux >= 6.0 with ublk_drv loaded, and root)");
-  }
+  BLKSNAP_RETURN_IF_ERROR(ResolveBlockFronts(params, &loop, &ublk));
   if (failed_.count(name)) {
     return Status::Error(EEXIST, "a device named '" + name +
                                      "' is recorded but failed to re-attach at start; detach it "
@@ -187,6 +176,24 @@ Result<json> Service::Attach(const json& params) {
   auto j = AttachLocked(name, path, loop, ublk, -1, false);
   if (j.ok()) SaveRecordsLocked();
   return j;
+}
+
+// Applies "blockdev" (the daemon's --frontend choice) to the requested fronts and refuses
+// ublk where the kernel has none. Shared by attach and snapshot-create.
+Status Service::ResolveBlockFronts(const json& params, bool* loop, bool* ublk) const {
+  if (GetBool(params, "blockdev")) {
+    if (fronts_->block_frontend() == "ublk") {
+      *ublk = true;
+    } else {
+      *loop = true;
+    }
+  }
+  if (*ublk && !fronts_->has_ublk()) {
+    return Status::Error(ENOTSUP,
+                         "--ublk: ublk is not available here (/dev/ublk-control missing: needs "
+                         "Linux >= 6.0 with ublk_drv loaded, and root)");
+  }
+  return Status::Ok();
 }
 
 Result<json> Service::AttachLocked(const std::string& name, const std::string& path, bool loop,
@@ -491,20 +498,9 @@ Result<json> Service::SnapshotCreate(const json& params) {
   }
   std::lock_guard lock(mu_);
   if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is shutting down");
-  if (GetBool(params, "blockdev")) {
-    if (fronts_->block_frontend() == "ublk") {
-      ublk = true;
-    } else {
-      loop = true;
-    }
-  }
+  BLKSNAP_RETURN_IF_ERROR(ResolveBlockFronts(params, &loop, &ublk));
   if (loop && !fronts_->has_fuse()) {
     return Status::Error(ENOTSUP, "--loop needs the FUSE front, which is not running");
-  }
-  if (ublk && !fronts_->has_ublk()) {
-    return Status::Error(ENOTSUP,
-                         "--ublk: ublk is not available here (/dev/ublk-control missing: needs "
-                         "Linux >= 6.0 with ublk_drv loaded, and root)");
   }
   for (size_t i = 0; i < devices.size(); ++i) {
     BLKSNAP_ASSIGN_OR_RETURN(auto tracker, FindTrackerLocked(devices[i]));

@@ -106,6 +106,7 @@ class Service {
   // Callers hold mu_.
   // Attaches path as name with the given block fronts; ublk_recover_id >= 0 re-attaches that
   // ublk device. Returns the device object.
+  Status ResolveBlockFronts(const nlohmann::json& params, bool* loop, bool* ublk) const;
   Result<nlohmann::json> AttachLocked(const std::string& name, const std::string& path, bool loop,
                                       bool ublk, int ublk_recover_id, bool restored);
   // Writes STATE_DIR/devices.json (temp file, fsync, rename, fsync dir); logs failures.
