@@ -199,7 +199,9 @@ class Bench:
         self.bin = os.path.join(args.build, "src")
         self.blksnapd = os.path.join(self.bin, "daemon", "blksnapd")
         self.cli = os.path.join(self.bin, "cli", "blksnap")
-        self.results = {}  # setup -> workload -> metrics
+        self.results = {}  # setup -> workload -> metrics (the current round while measuring)
+        self.rounds = []   # one results dict per --repeat round
+        self.takes = []    # take_latency() of each round
         self.notes = []
         self.root = os.geteuid() == 0
         self.master = os.path.join(SCRATCH, "master.img")
@@ -265,6 +267,8 @@ class Bench:
 
     def nbdkit(self, img):
         sock = os.path.join(SCRATCH, "nbdkit.sock")
+        if os.path.exists(sock):  # left by the previous round; nbdkit will not replace it
+            os.unlink(sock)
         p = spawn(["nbdkit", "--foreground", "--exit-with-parent", "-U", sock, "file",
                    f"file={img}"])
         wait_for(lambda: sock_ready(sock), "nbdkit")
@@ -272,6 +276,8 @@ class Bench:
 
     def qsd(self, img, *, cbw=False, fuse=False):
         sock = os.path.join(SCRATCH, "qsd.sock")
+        if os.path.exists(sock):
+            os.unlink(sock)
         cmd = ["qemu-storage-daemon",
                "--blockdev", f"file,node-name=src,filename={img},aio=io_uring"]
         front = "src"
@@ -354,17 +360,16 @@ class Bench:
 
     def setups(self):
         s = [("raw", "nbd"), ("nbdkit", "nbd"), ("qsd", "nbd"), ("blksnap", "nbd"),
-             ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd"), ("blksnap-psync", "nbd")]
+             ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd")]
         if self.root:
             s += [("raw-loop", "loop"), ("qsd-fuse", "loop"), ("blksnap-fuse", "loop"),
-                  ("qsd-cbw-fuse", "loop"), ("blksnap-snap-fuse", "loop"),
-                  ("blksnap-fuse-psync", "loop")]
+                  ("qsd-cbw-fuse", "loop"), ("blksnap-snap-fuse", "loop")]
         else:
             self.notes.append("not root: FUSE+loop setups skipped")
-        if self.args.only:
-            keep = self.args.only.split(",")
-            s = [x for x in s if x[0] in keep]
-        return s
+        # The psync controls equal the default since the io owner's 1da5506; only on request.
+        s += [("blksnap-psync", "nbd")] + ([("blksnap-fuse-psync", "loop")] if self.root else [])
+        keep = self.args.only.split(",") if self.args.only else [x[0] for x in s[:-2]]
+        return [x for x in s if x[0] in keep]
 
     def start(self, name, img):
         """Returns (processes, loops we attached ourselves, endpoints)."""
@@ -485,12 +490,12 @@ class Bench:
             return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 3)
         res = {"takes": n, "took_ms_p50": pct(took, .5), "took_ms_p99": pct(took, .99),
                "took_ms_max": round(max(took), 3), "cli_wall_ms_p50": pct(wall, .5),
-               "cli_wall_ms_p99": pct(wall, .99)}
+               "cli_wall_ms_p99": pct(wall, .99), "took_ms": took, "held_us": held}
         if held:
             res.update(held_us_p50=pct(held, .5), held_us_p99=pct(held, .99))
         log(f"  take: p50 {res['took_ms_p50']} ms, p99 {res['took_ms_p99']} ms "
             f"(CLI wall p99 {res['cli_wall_ms_p99']} ms)")
-        self.take = res
+        self.takes.append(res)
 
     # ------------------------------------------------------------ memory
 
@@ -626,8 +631,55 @@ def ratio(res, a, b, wl, wl_b=None):
     return round(x / y, 3)
 
 
-def targets(res, take, mem):
+def round_ratios(rounds, a, b, wl, wl_b=None):
+    """The ratio a/b within each round (the two setups ran minutes apart, not a whole run)."""
+    return [v for v in (ratio(r, a, b, wl, wl_b) for r in rounds) if v is not None]
+
+
+def median_ratio(rounds, a, b, wl, wl_b=None):
+    v = round_ratios(rounds, a, b, wl, wl_b)
+    return round(statistics.median(v), 3) if v else None
+
+
+def combine(rounds):
+    """Per setup and workload: the round whose main figure is the median (median_low for an even
+    count), with every round's figure under "samples"."""
+    out = {}
+    for setup in dict.fromkeys(s for r in rounds for s in r):
+        for wl in dict.fromkeys(w for r in rounds for w in r.get(setup, {})):
+            ms = [r[setup][wl] for r in rounds if wl in r.get(setup, {})]
+            key = "iops" if UNITS.get(wl) == "IOPS" else "mib_s"
+            vals = [m[key] for m in ms]
+            med = statistics.median_low(vals)
+            m = dict(ms[vals.index(med)])
+            m["samples"] = vals
+            out.setdefault(setup, {})[wl] = m
+    return out
+
+
+def combine_takes(takes):
+    if not takes:
+        return None
+    if len(takes) == 1:
+        return takes[0]
+    took = sorted(v for t in takes for v in t["took_ms"])
+    held = sorted(v for t in takes for v in t["held_us"])
+
+    def pct(v, q):
+        return round(v[min(len(v) - 1, int(round(q * (len(v) - 1))))], 3) if v else None
+    return {"takes": len(took), "rounds": len(takes), "took_ms_p50": pct(took, .5),
+            "took_ms_p99": pct(took, .99), "took_ms_max": round(took[-1], 3),
+            "held_us_p50": pct(held, .5), "held_us_p99": pct(held, .99),
+            "took_ms_p99_per_round": [t["took_ms_p99"] for t in takes],
+            "cli_wall_ms_p99_per_round": [t["cli_wall_ms_p99"] for t in takes]}
+
+
+def targets(rounds, take, mem):
     t = []
+
+    def ratio(_res, a, b, wl, wl_b=None):  # noqa: F811 - the median over rounds
+        return median_ratio(rounds, a, b, wl, wl_b)
+    res = None
 
     def add(name, value, goal, op=">="):
         met = None if value is None else (value >= goal if op == ">=" else value < goal)
@@ -675,20 +727,22 @@ def table(res):
                                for i, c in enumerate(r)) for r in rows)
 
 
-def ratios(res):
-    """Every blksnap setup against its peers, per workload."""
+def ratios(rounds):
+    """Every blksnap setup against its peers, per workload: the median of the per-round ratios
+    and, with more than one round, their range."""
     pairs = [("blksnap", "qsd"), ("blksnap", "nbdkit"), ("blksnap", "raw"),
              ("blksnap-psync", "qsd"), ("blksnap-psync", "nbdkit"), ("blksnap-psync", "blksnap"),
              ("blksnap-snap", "qsd-cbw"), ("blksnap-fuse", "qsd-fuse"),
              ("blksnap-fuse", "raw-loop"), ("blksnap-snap-fuse", "qsd-cbw-fuse"),
              ("blksnap-fuse-psync", "qsd-fuse"), ("blksnap-fuse-psync", "blksnap-fuse")]
-    out = {}
+    out, spread = {}, {}
     for a, b in pairs:
         for wl in UNITS:
-            v = ratio(res, a, b, wl)
-            if v is not None:
-                out[f"{a} / {b} {wl}"] = v
-    return out
+            v = round_ratios(rounds, a, b, wl)
+            if v:
+                out[f"{a} / {b} {wl}"] = round(statistics.median(v), 3)
+                spread[f"{a} / {b} {wl}"] = [min(v), max(v)]
+    return out, spread
 
 
 def chart(path, rat, tg):
@@ -753,6 +807,8 @@ def main():
     ap.add_argument("--size", type=int, help="image bytes")
     ap.add_argument("--runtime", type=int, help="seconds per timed job")
     ap.add_argument("--output", help="results directory (default bench/results)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every setup (and of take latency); figures are medians")
     args = ap.parse_args()
     if args.cleanup_only:
         cleanup()
@@ -780,14 +836,26 @@ def main():
     try:
         b.make_master()
         loads = {}
-        for name, _ in b.setups():
-            loads[name] = loadavg()
-            try:
-                b.measure_setup(name)
-            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
-                failures.append({"setup": name, "error": str(e)[-1500:]})
-                log(f"  {name} FAILED: {e}")
-        for what, fn in (("take", b.take_latency), ("memory", b.memory)):
+        for rnd in range(args.repeat):
+            if args.repeat > 1:
+                log(f"round {rnd + 1} of {args.repeat}")
+            b.results = {}
+            b.rounds.append(b.results)
+            for name, _ in b.setups():
+                loads.setdefault(name, []).append(loadavg())
+                try:
+                    b.measure_setup(name)
+                except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                    failures.append({"setup": name, "round": rnd, "error": str(e)[-1500:]})
+                    log(f"  {name} FAILED: {e}")
+            if not args.no_extras and (not args.only or "take" in args.only.split(",")):
+                try:
+                    b.take_latency()
+                except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError,
+                        KeyError) as e:
+                    failures.append({"setup": "take", "round": rnd, "error": str(e)[-1500:]})
+                    log(f"  take FAILED: {e!r}")
+        for what, fn in (("memory", b.memory),):
             if not args.no_extras and (not args.only or what in args.only.split(",")):
                 try:
                     fn()
@@ -799,10 +867,14 @@ def main():
     finally:
         cleanup()
     meta["load_end"] = loadavg()
-    rat = ratios(b.results)
-    tg = targets(b.results, b.take, b.mem)
-    doc = {"meta": meta, "results": b.results, "ratios": rat, "targets": tg,
-           "take": b.take, "memory": b.mem, "failures": failures, "notes": b.notes}
+    meta["rounds"] = len(b.rounds)
+    b.results = combine(b.rounds)
+    b.take = combine_takes(b.takes)
+    rat, spread = ratios(b.rounds)
+    tg = targets(b.rounds, b.take, b.mem)
+    doc = {"meta": meta, "results": b.results, "ratios": rat, "ratio_range": spread,
+           "targets": tg, "take": b.take, "take_rounds": b.takes if len(b.takes) > 1 else None,
+           "memory": b.mem, "failures": failures, "notes": b.notes, "rounds": b.rounds}
     outdir = args.output or os.path.join(ROOT, "bench", "results")
     os.makedirs(outdir, exist_ok=True)
     stem = "quick" if args.quick else "latest"
@@ -815,7 +887,9 @@ def main():
     print()
     print("ratios:")
     for k, v in rat.items():
-        print(f"  {k:55s} {v:6.2f}")
+        rng = spread.get(k)
+        extra = f"  [{rng[0]:.2f} .. {rng[1]:.2f}]" if rng and len(b.rounds) > 1 else ""
+        print(f"  {k:55s} {v:6.2f}{extra}")
     print()
     print("targets:")
     for t in tg:
