@@ -9,7 +9,10 @@
 // Chunk states (no entry = NEW: the original still holds the take-time data):
 //   COPYING   one thread reads the chunk from the original; others touching it wait
 //   IN_MEMORY the take-time data is in `buffer`, queued for the storer thread
-//   STORED    the data is in the difference storage at storage_offset (buffer may stay cached)
+//   STORED    the data is in the difference storage at storage_offset (buffer may stay cached),
+//             or the chunk was all zeroes at the take (storage_offset == kZeroChunk): nothing is
+//             stored, image reads return zeroes, and an image write first gives it a stored,
+//             zero-filled copy. Sparse and freshly provisioned devices thus cost no storage.
 //   FAILED    preserving failed; the snapshot is corrupted
 // A write to the original proceeds as soon as its chunks are IN_MEMORY, STORED or FAILED: it
 // waits for a read of the chunk, never for the write to the difference storage, which the
@@ -70,6 +73,7 @@ struct DiffAreaStats {
   uint64_t chunks_touched = 0;  // entries in the table
   uint64_t chunks_copied = 0;   // read from the original
   uint64_t chunks_stored = 0;   // written to the difference storage
+  uint64_t chunks_zero = 0;     // all zeroes at the take: preserved without storage
   uint64_t chunks_in_queue = 0;
   uint64_t chunks_cached = 0;
 };
@@ -122,6 +126,7 @@ class DiffArea {
     std::condition_variable cv;
     std::unordered_map<uint64_t, Chunk> chunks;
   };
+  static constexpr uint64_t kZeroChunk = UINT64_MAX - 1;  // storage_offset of a zero chunk
   static_assert(sizeof(Chunk) == 24, "a chunk entry is 24 bytes: memory per preserved chunk");
   static constexpr size_t kShards = 64;
   static constexpr size_t kDataStripes = 256;
@@ -137,6 +142,8 @@ class DiffArea {
   void CacheInsert(uint64_t index, Chunk* chunk);  // without the chunk's data stripe held
   void CacheTouch(Chunk* chunk);
   void FreeBuffer(Chunk* chunk);  // requires the chunk's data stripe
+  // Gives a zero chunk a zero-filled stored copy; requires the chunk's data stripe.
+  Status MaterializeZeroChunk(uint64_t index, Chunk* chunk);
   Status ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf);
   Status WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data);
   Status CheckImageIo() const;
@@ -169,7 +176,7 @@ class DiffArea {
   std::vector<std::pair<uint64_t, Chunk*>> cache_;  // guarded by cache_mu_
   size_t cache_hand_ = 0;                           // guarded by cache_mu_
 
-  std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0};
+  std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0}, chunks_zero_{0};
   std::thread storer_;
 };
 

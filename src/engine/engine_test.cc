@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <random>
@@ -134,6 +135,68 @@ TEST_F(EngineTest, ImageWritesStayInTheImage) {
   EXPECT_EQ(got, zero);
   EXPECT_OK(VerifyPattern(*image, kChunk - 1024, 2048, 5));
   EXPECT_OK(VerifyPattern(*original_, 4 * kChunk, 4096, 1));
+}
+
+TEST_F(EngineTest, ZeroChunksArePreservedWithoutStorage) {
+  ASSERT_OK(tracker_->WriteZeroes(20 * kChunk, 10 * kChunk, 0));  // chunks 20..29 all zeroes
+  Uuid id = TakeSnapshot();
+  auto image = Image(id);
+  auto snapshot = engine_->FindSnapshot(id);
+  for (uint64_t c = 18; c < 32; ++c) ASSERT_OK(WritePattern(*tracker_, c * kChunk, 4096, 2));
+  ASSERT_OK(image->Flush());
+  EXPECT_EQ(snapshot->storage_info().used, 4 * kChunk);  // chunks 18, 19, 30, 31 only
+  std::vector<uint8_t> zero(10 * kChunk), got(10 * kChunk);
+  ASSERT_OK(image->Read(20 * kChunk, got));
+  EXPECT_EQ(got, zero);
+  EXPECT_OK(VerifyPattern(*image, 0, 20 * kChunk, 1));
+  EXPECT_OK(VerifyPattern(*image, 30 * kChunk, kDevSize - 30 * kChunk, 1));
+
+  // An image write into a zero chunk gives it a stored, zero-filled copy first.
+  ASSERT_OK(WritePattern(*image, 25 * kChunk + 4096, 8192, 3));
+  EXPECT_EQ(snapshot->storage_info().used, 5 * kChunk);
+  std::vector<uint8_t> chunk(kChunk);
+  ASSERT_OK(image->Read(25 * kChunk, chunk));
+  EXPECT_TRUE(std::all_of(chunk.begin(), chunk.begin() + 4096, [](uint8_t b) { return !b; }));
+  EXPECT_TRUE(std::all_of(chunk.begin() + 12288, chunk.end(), [](uint8_t b) { return !b; }));
+  EXPECT_OK(VerifyPattern(*image, 25 * kChunk + 4096, 8192, 3));
+  ASSERT_OK(image->Read(26 * kChunk, chunk));  // its neighbours stay zero chunks
+  EXPECT_EQ(chunk, std::vector<uint8_t>(kChunk));
+  // The original was not touched by the image write.
+  EXPECT_OK(VerifyPattern(*original_, 25 * kChunk, 4096, 2));
+  ASSERT_OK(original_->Read(25 * kChunk + 4096, std::span(chunk.data(), kChunk - 4096)));
+  EXPECT_TRUE(std::all_of(chunk.begin(), chunk.end() - 4096, [](uint8_t b) { return !b; }));
+  EXPECT_EQ(snapshot->state(), SnapshotState::kTaken);
+}
+
+TEST_F(EngineTest, ImageWriteIntoZeroChunkWithFullStorageFailsAlone) {
+  ASSERT_OK(tracker_->WriteZeroes(0, 40 * kChunk, 0));
+  // Room for a few chunks only (as in StorageOverflowCorruptsSnapshot...).
+  Uuid id = TakeSnapshot(MakeMemoryDevice(2 * kMiB + 4 * kChunk + kMiB));
+  auto image = Image(id);
+  auto snapshot = engine_->FindSnapshot(id);
+  // 40 zero chunks preserved through original writes: no storage needed, nothing lost.
+  for (uint64_t c = 0; c < 40; ++c) ASSERT_OK(WritePattern(*tracker_, c * kChunk, 4096, 2));
+  ASSERT_OK(image->Flush());
+  EXPECT_EQ(snapshot->storage_info().used, 0u);
+  EXPECT_EQ(snapshot->state(), SnapshotState::kTaken);
+  // Image writes into zero chunks: the first ones fit, then ENOSPC for that write alone.
+  int failed = 0;
+  for (uint64_t c = 0; c < 32; ++c) {
+    Status s = WritePattern(*image, c * kChunk, 512, 4);
+    if (!s.ok()) {
+      EXPECT_EQ(s.errnum(), ENOSPC) << s.ToString();
+      ++failed;
+      std::vector<uint8_t> got(kChunk);
+      ASSERT_OK(image->Read(c * kChunk, got));  // still the zero chunk it was
+      EXPECT_EQ(got, std::vector<uint8_t>(kChunk));
+    } else {
+      EXPECT_OK(VerifyPattern(*image, c * kChunk, 512, 4));
+    }
+  }
+  EXPECT_GT(failed, 0);
+  EXPECT_LT(failed, 32);
+  EXPECT_EQ(snapshot->state(), SnapshotState::kTaken);  // the image write failed, not the snapshot
+  for (uint64_t c = 0; c < 40; ++c) EXPECT_OK(VerifyPattern(*original_, c * kChunk, 4096, 2));
 }
 
 TEST_F(EngineTest, StoredChunksAreReadBackFromStorageAfterCacheEviction) {
@@ -415,7 +478,8 @@ TEST(EngineScaleTest, FreshSnapshotOfHugeDeviceTouchesNoChunks) {
   ASSERT_OK(engine->FindSnapshot(id)->image("huge")->Read(8ull << 40, buf));
   EXPECT_EQ(buf, zero);
   ASSERT_OK(engine->FindSnapshot(id)->image("huge")->Flush());  // waits for the storer
-  EXPECT_EQ(engine->FindSnapshot(id)->storage_info().used, 256 * kKiB);
+  // The chunk was a hole (zeroes): preserved without taking any difference storage.
+  EXPECT_EQ(engine->FindSnapshot(id)->storage_info().used, 0u);
 }
 
 }  // namespace
