@@ -5,19 +5,21 @@
 # connected to /dev/nbd1, holds exactly the take-time files while the live file system changes;
 # CBT reports the blocks written after the take; the original is fsck-clean at the end.
 # Algorithm (inside the VM): modprobe nbd; start blksnapd (NBD on a Unix socket, no FUSE);
-# attach a 512 MiB sparse file; nbd-client -unix SOCK /dev/nbd0 -N vol; mkfs, mount, write
-# random files and a directory tree, record sha256 sums; snapshot create, then fsfreeze -f,
-# snapshot take, fsfreeze -u (the daemon cannot see that /dev/nbd0 is its front, so it cannot
-# freeze it itself); change the live files; `cbt changes --since N1` (N1: the take's snap
-# number) is still empty (the read map is frozen at the take); nbd-client -readonly connects
-# the image export vol@ID:ro to /dev/nbd1; ext4: e2fsck -fn of the image is clean (only true
-# if the freeze worked); mount it read-only without log replay; while a writer keeps changing
-# the live fs, the image's sums equal the take-time sums and the post-take file is absent; the
-# live fs really differs; disconnect /dev/nbd1 (the kernel device is gone: size 0), destroy;
-# a second create + freeze + take: `cbt changes --since N1` is non-empty, covers every physical
-# extent (FIEMAP) of the file overwritten after the first take, and is far from the whole
-# device; destroy; umount, fsck clean; detach is refused while /dev/nbd0 is connected;
-# nbd-client -d; detach succeeds (no NBD client left); no kernel error on nbd0/nbd1; SIGTERM.
+# attach a 512 MiB sparse file (xfs: a loop device over it, so the daemon's block-device path
+# is covered with a real file system; the daemon must hold it with O_DIRECT); nbd-client -unix
+# SOCK /dev/nbd0 -N vol; mkfs, mount, write random files and a directory tree, record sha256
+# sums; snapshot create, then fsfreeze -f, snapshot take, fsfreeze -u (the daemon cannot see
+# that /dev/nbd0 is its front, so it cannot freeze it itself); change the live files; `cbt
+# changes --since N1` (N1: the take's snap number) is still empty (the read map is frozen at
+# the take); nbd-client -readonly connects the image export vol@ID:ro to /dev/nbd1; ext4:
+# e2fsck -fn of the image is clean (only true if the freeze worked); mount it read-only without
+# log replay; while a writer keeps changing the live fs, the image's sums equal the take-time
+# sums and the post-take file is absent; the live fs really differs; disconnect /dev/nbd1 (the
+# kernel device is gone: size 0), destroy; a second create + freeze + take: `cbt changes
+# --since N1` is non-empty, covers every physical extent (FIEMAP) of the file overwritten after
+# the first take, and is far from the whole device; destroy; umount, fsck clean; detach is
+# refused while /dev/nbd0 is connected; nbd-client -d; detach succeeds (no NBD client left); no
+# kernel error on nbd0/nbd1; SIGTERM.
 . "$(dirname "$0")/../daemon_ublk/lib.sh"
 FS=${2:-ext4}
 case $FS in
@@ -30,6 +32,7 @@ command -v nbd-client >/dev/null || fail "nbd-client not installed (scripts/inst
 modprobe nbd || fail "modprobe nbd"
 [ -b /dev/nbd0 ] && [ -b /dev/nbd1 ] || fail "/dev/nbd0 or /dev/nbd1 missing after modprobe nbd"
 SOCK=$WORK/nbd.sock  # start_daemon's --nbd-unix
+ORIG=
 SIZE=$((512 << 20))
 
 # Extends lib.sh's cleanup: thaw, unmount and disconnect before the daemon is stopped.
@@ -39,6 +42,7 @@ nbd_cleanup() {
   for m in "$WORK"/mnt*; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
   for d in /dev/nbd0 /dev/nbd1; do nbd-client -c "$d" >/dev/null 2>&1 && nbd-client -d "$d"; done
   cleanup
+  [ "$ORIG" = "${ORIG#/dev/loop}" ] || losetup -d "$ORIG"
 }
 trap nbd_cleanup EXIT
 
@@ -98,9 +102,23 @@ PY
 }
 
 truncate -s "$SIZE" "$WORK/vol.img"
+ORIG=$WORK/vol.img
+if [ "$FS" = xfs ]; then  # the block-device original (opened with O_DIRECT) gets a run too
+  modprobe loop || fail "modprobe loop"
+  ORIG=$(losetup -f --show "$WORK/vol.img") || fail "losetup"
+fi
 mkdir -p "$WORK/mnt" "$WORK/mnt-image" "$WORK/storage"
 start_daemon
-bs attach "$WORK/vol.img" --name vol >/dev/null || fail "attach"
+bs attach "$ORIG" --name vol >/dev/null || fail "attach $ORIG"
+if [ "$ORIG" != "$WORK/vol.img" ]; then  # a block device: the daemon holds it with O_DIRECT
+  direct=
+  for fd in /proc/"$DAEMON_PID"/fd/*; do
+    [ "$(readlink "$fd")" = "$ORIG" ] || continue
+    flags=$(awk '/^flags:/ {print $2}' "/proc/$DAEMON_PID/fdinfo/${fd##*/}")
+    direct=$(( 8#$flags & 8#40000 ))
+  done
+  [ -n "$direct" ] && [ "$direct" != 0 ] || fail "blksnapd does not hold $ORIG with O_DIRECT"
+fi
 connect /dev/nbd0 vol
 [ "$(blockdev --getsize64 /dev/nbd0)" = "$SIZE" ] || fail "/dev/nbd0 size"
 log "vol on /dev/nbd0"
@@ -132,7 +150,8 @@ connect /dev/nbd1 "vol@$ID:ro" -readonly
 [ "$(blockdev --getro /dev/nbd1)" = 1 ] || fail "/dev/nbd1 is not read-only"
 log "image vol@$ID:ro on /dev/nbd1"
 if [ "$FS" = ext4 ]; then
-  do_fsck /dev/nbd1 >"$WORK/fsck-image.out" 2>&1 || { cat "$WORK/fsck-image.out"; fail "image fsck"; }
+  do_fsck /dev/nbd1 >"$WORK/fsck-image.out" 2>&1 ||
+    { cat "$WORK/fsck-image.out"; fail "image fsck"; }
 fi
 mount -t "$FS" -o "$image_opts" /dev/nbd1 "$WORK/mnt-image" || fail "mount image"
 # A writer keeps changing the live fs while the image is read.
