@@ -146,6 +146,18 @@ def main():
         print("ratios: " + "; ".join(f"{k} {fmt(v, 2)}" for k, v in rs.items() if v is not None))
         print()
     if len(runs) > 1:
+        med = {}  # side -> workload -> the median, in the shape value() reads
+        for side in SIDES:
+            for wl in WORKLOADS:
+                vs = [value(r["results"], side, wl) for r in runs]
+                vs = [v for v in vs if v is not None]
+                if vs and wl in runs[0]["results"].get(side, {}):
+                    med.setdefault(side, {})[wl] = {"iops": statistics.median(vs),
+                                                    "mib_s": statistics.median(vs)}
+        wls = [w for w in WORKLOADS if any(w in r for r in med.values())]
+        print(f"medians over {len(runs)} runs:")
+        print_table(med, wls, speed_cell, "(IOPS; fill1m, imgread, read1m in MiB/s)")
+        print()
         print(f"ratios over {len(runs)} runs (median, min-max):")
         for k in all_ratios[0]:
             vs = [r[k] for r in all_ratios if r.get(k) is not None]
