@@ -666,29 +666,25 @@ def combine_takes(takes):
 def targets(rounds, take, mem):
     t = []
 
-    def ratio(_res, a, b, wl, wl_b=None):  # noqa: F811 - the median over rounds
-        return median_ratio(rounds, a, b, wl, wl_b)
-    res = None
-
     def add(name, value, goal, op=">="):
         met = None if value is None else (value >= goal if op == ">=" else value < goal)
         t.append({"target": name, "value": value, "goal": f"{op} {goal}", "met": met})
     for wl in ("randread4k", "randwrite4k"):
-        add(f"NBD {wl}: blksnap / qsd", ratio(res, "blksnap", "qsd", wl), 1.2)
-        add(f"NBD {wl}: blksnap / nbdkit", ratio(res, "blksnap", "nbdkit", wl), 1.0)
-    add("NBD cow64k: blksnap-snap / qsd-cbw", ratio(res, "blksnap-snap", "qsd-cbw", "cow64k"), 1.5)
+        add(f"NBD {wl}: blksnap / qsd", median_ratio(rounds, "blksnap", "qsd", wl), 1.2)
+        add(f"NBD {wl}: blksnap / nbdkit", median_ratio(rounds, "blksnap", "nbdkit", wl), 1.0)
+    add("NBD cow64k: blksnap-snap / qsd-cbw", median_ratio(rounds, "blksnap-snap", "qsd-cbw", "cow64k"), 1.5)
     add("NBD steady64k: blksnap-snap / blksnap randwrite64k",
-        ratio(res, "blksnap-snap", "blksnap", "steady64k", "randwrite64k"), 0.9)
-    add("NBD imgread: blksnap-snap / qsd-cbw", ratio(res, "blksnap-snap", "qsd-cbw", "imgread"),
+        median_ratio(rounds, "blksnap-snap", "blksnap", "steady64k", "randwrite64k"), 0.9)
+    add("NBD imgread: blksnap-snap / qsd-cbw", median_ratio(rounds, "blksnap-snap", "qsd-cbw", "imgread"),
         1.0)
     for wl in ("randread4k", "randwrite4k"):
-        add(f"FUSE {wl}: blksnap-fuse / qsd-fuse", ratio(res, "blksnap-fuse", "qsd-fuse", wl), 1.2)
+        add(f"FUSE {wl}: blksnap-fuse / qsd-fuse", median_ratio(rounds, "blksnap-fuse", "qsd-fuse", wl), 1.2)
     add("FUSE cow64k: blksnap-snap-fuse / qsd-cbw-fuse",
-        ratio(res, "blksnap-snap-fuse", "qsd-cbw-fuse", "cow64k"), 1.5)
+        median_ratio(rounds, "blksnap-snap-fuse", "qsd-cbw-fuse", "cow64k"), 1.5)
     add("FUSE steady64k: blksnap-snap-fuse / blksnap-fuse randwrite64k",
-        ratio(res, "blksnap-snap-fuse", "blksnap-fuse", "steady64k", "randwrite64k"), 0.9)
+        median_ratio(rounds, "blksnap-snap-fuse", "blksnap-fuse", "steady64k", "randwrite64k"), 0.9)
     add("FUSE imgread: blksnap-snap-fuse / qsd-cbw-fuse",
-        ratio(res, "blksnap-snap-fuse", "qsd-cbw-fuse", "imgread"), 1.0)
+        median_ratio(rounds, "blksnap-snap-fuse", "qsd-cbw-fuse", "imgread"), 1.0)
     if take:
         add("take p99 ms (writers running)", take["took_ms_p99"], 10, "<")
     if mem:

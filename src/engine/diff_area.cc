@@ -317,12 +317,9 @@ Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<co
 Status DiffArea::MaterializeZeroChunk(uint64_t index, Chunk* chunk) {
   const uint64_t length = geometry_.length(index);
   BLKSNAP_ASSIGN_OR_RETURN(uint64_t offset, storage_->Allocate(length));
-  uint8_t* zeroes = pool_.Get();
-  if (!zeroes) return Status::Error(ENOMEM, "no memory for a chunk buffer");
-  std::memset(zeroes, 0, length);
-  Status s = storage_->device().Write(offset, std::span<const uint8_t>(zeroes, length));
-  pool_.Put(zeroes);
-  BLKSNAP_RETURN_IF_ERROR(s);  // the chunk stays a zero chunk; the image write fails
+  // Allocated space may hold old data (a block-device storage): zero it, keeping it allocated.
+  // On failure the chunk stays a zero chunk and only this image write fails.
+  BLKSNAP_RETURN_IF_ERROR(storage_->device().WriteZeroes(offset, length, kZeroNoHole));
   chunk->storage_offset = offset;
   chunks_stored_.fetch_add(1, std::memory_order_relaxed);
   return Status::Ok();
