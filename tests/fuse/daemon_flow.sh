@@ -242,7 +242,10 @@ destroy-under-load)
     done) &
     pids+=($!)
   done
-  (while dd if="$iloop" of=/dev/null bs=1M count=64 iflag=direct status=none 2>/dev/null; do :; done) &
+  # Ends once the image is gone: reads fail, or the detached loop device reads as empty (size 0,
+  # where dd "succeeds" at once and the loop would spin forever).
+  (while [ "$(blockdev --getsize64 "$iloop" 2>/dev/null || echo 0)" != 0 ] &&
+    dd if="$iloop" of=/dev/null bs=1M count=64 iflag=direct status=none 2>/dev/null; do :; done) &
   reader=$!
   sleep 1
   bs snapshot destroy "$id" >/dev/null 2>&1 || fail "destroy under load failed"
