@@ -26,6 +26,9 @@ struct Config {
   uint32_t chunk_maximum_in_queue = 64;
   // Chunks kept in memory after being stored, for image reads (LRU).
   uint32_t chunk_maximum_in_cache = 32;
+  // Threads writing queued chunks to the difference storage, each one synchronous direct write
+  // at a time: together they keep this many chunk writes in flight (docs/performance.md, 8).
+  uint32_t chunk_storer_threads = 16;
 
   // Difference storage grows in steps of this many bytes.
   uint64_t diff_storage_minimum = 1ull << 30;

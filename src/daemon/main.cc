@@ -92,6 +92,8 @@ std::vector<Tunable> Tunables() {
        Setter(&Config::chunk_maximum_in_queue)},
       {"chunk-maximum-in-cache", "stored chunks cached for image reads (default 32)",
        Setter(&Config::chunk_maximum_in_cache)},
+      {"chunk-storer-threads", "threads writing chunks to the difference storage (default 16)",
+       Setter(&Config::chunk_storer_threads)},
       {"diff-storage-minimum", "difference storage growth step, a size (default 1G)",
        Setter(&Config::diff_storage_minimum)},
   };

@@ -144,6 +144,11 @@ TEST(ConfigTest, ValidateCorrectsOrRefuses) {
   Config tiny;
   tiny.diff_storage_minimum = 1000;
   EXPECT_EQ(tiny.Validate().errnum(), EINVAL);
+  Config no_storer;
+  no_storer.chunk_storer_threads = 0;
+  s = no_storer.Validate();
+  EXPECT_EQ(s.errnum(), EINVAL);
+  EXPECT_NE(s.message().find("chunk_storer_threads"), std::string_view::npos);
 }
 
 }  // namespace

@@ -49,7 +49,8 @@ DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffSt
       config_(config),
       on_corrupt_(std::move(on_corrupt)),
       pool_(geometry.size(), config.chunk_maximum_in_queue) {
-  storer_ = std::thread([this] { StorerLoop(); });
+  for (uint32_t i = 0; i < std::max(1u, config.chunk_storer_threads); ++i)
+    storers_.emplace_back([this] { StorerLoop(); });
 }
 
 DiffArea::~DiffArea() { Shutdown(); }
@@ -58,11 +59,14 @@ void DiffArea::Shutdown() {
   image_gate_.Shutdown();
   {
     std::lock_guard lock(queue_mu_);
-    if (stop_ && !storer_.joinable()) return;
+    if (stop_ && storers_.empty()) return;
     stop_ = true;
-    queue_cv_.notify_all();
+    work_cv_.notify_all();
+    room_cv_.notify_all();
+    idle_cv_.notify_all();
   }
-  if (storer_.joinable()) storer_.join();
+  for (std::thread& storer : storers_) storer.join();
+  storers_.clear();
   {
     std::lock_guard lock(cache_mu_);
     cache_.clear();
@@ -83,7 +87,7 @@ void DiffArea::Corrupt(int errnum) {
   if (!corrupt_errno_.compare_exchange_strong(expected, errnum ? errnum : EIO)) return;
   {
     std::lock_guard lock(queue_mu_);
-    queue_cv_.notify_all();  // release throttled writers
+    room_cv_.notify_all();  // release throttled writers
   }
   if (on_corrupt_) on_corrupt_(errnum ? errnum : EIO);
 }
@@ -114,7 +118,7 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
   };
   {
     std::unique_lock queue(queue_mu_);
-    queue_cv_.wait(
+    room_cv_.wait(
         queue, [&] { return in_queue_ < config_.chunk_maximum_in_queue || stop_ || corrupted(); });
     if (stop_ || corrupted()) {
       queue.unlock();
@@ -122,11 +126,7 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
     }
     ++in_queue_;
   }
-  auto release_slot = [&] {
-    std::lock_guard queue(queue_mu_);
-    --in_queue_;
-    queue_cv_.notify_all();
-  };
+  auto release_slot = [&] { ReleaseQueueSlot(); };
   const uint64_t length = geometry_.length(index);
   uint8_t* buffer = pool_.Get();
   if (!buffer) {
@@ -159,7 +159,7 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
   {
     std::lock_guard queue(queue_mu_);
     queue_.emplace_back(index, chunk);
-    queue_cv_.notify_all();
+    work_cv_.notify_one();
   }
   return chunk;
 }
@@ -173,18 +173,23 @@ void DiffArea::PreserveForOriginalWrite(uint64_t offset, uint64_t length) {
   }
 }
 
+void DiffArea::ReleaseQueueSlot() {
+  std::lock_guard queue(queue_mu_);
+  --in_queue_;
+  room_cv_.notify_one();
+  if (in_queue_ == 0) idle_cv_.notify_all();
+}
+
 void DiffArea::StorerLoop() {
   for (;;) {
     std::unique_lock queue(queue_mu_);
-    queue_cv_.wait(queue, [&] { return stop_ || !queue_.empty(); });
+    work_cv_.wait(queue, [&] { return stop_ || !queue_.empty(); });
     if (stop_) return;
     auto [index, chunk] = queue_.front();
     queue_.pop_front();
     queue.unlock();
     StoreChunk(chunk, index);
-    queue.lock();
-    --in_queue_;
-    queue_cv_.notify_all();
+    ReleaseQueueSlot();
   }
 }
 
@@ -245,7 +250,8 @@ void DiffArea::CacheInsert(uint64_t index, Chunk* chunk) {
     cache_[cache_hand_] = {index, chunk};
     cache_hand_ = (cache_hand_ + 1) % cache_.size();
   }
-  // Only the storer inserts, once per chunk: the victim cannot be cached again meanwhile.
+  // Each chunk is inserted once, by the storer that stored it: the victim cannot be cached again
+  // meanwhile.
   std::lock_guard data(DataMu(victim.first));
   if (victim.second->storage_offset != UINT64_MAX) FreeBuffer(victim.second);
 }
@@ -382,7 +388,7 @@ Status DiffArea::ImageFlush() {
 
 void DiffArea::WaitStored() {
   std::unique_lock queue(queue_mu_);
-  queue_cv_.wait(queue, [&] { return in_queue_ == 0 || stop_; });
+  idle_cv_.wait(queue, [&] { return in_queue_ == 0 || stop_; });
 }
 
 DiffAreaStats DiffArea::stats() const {

@@ -15,12 +15,13 @@
 //             zero-filled copy. Sparse and freshly provisioned devices thus cost no storage.
 //   FAILED    preserving failed; the snapshot is corrupted
 // A write to the original proceeds as soon as its chunks are IN_MEMORY, STORED or FAILED: it
-// waits for a read of the chunk, never for the write to the difference storage, which the
-// storer thread does in the background. At most chunk_maximum_in_queue chunks wait in memory;
-// beyond that, new copies wait (throttling). After storing, up to chunk_maximum_in_cache
-// buffers stay in a CLOCK cache for image reads. Buffers come from a BufferPool (mmap, bounded
-// free list), so memory stays bounded however many chunks a snapshot preserves; an entry of
-// the table is 24 bytes plus the hash map's node.
+// waits for a read of the chunk, never for the write to the difference storage, which
+// chunk_storer_threads storer threads do in the background, each one direct write at a time (so
+// that many chunk writes are in flight, as the kernel module keeps many bios in flight). At most
+// chunk_maximum_in_queue chunks wait in memory; beyond that, new copies wait (throttling). After
+// storing, up to chunk_maximum_in_cache buffers stay in a CLOCK cache for image reads. Buffers come
+// from a BufferPool (mmap, bounded free list), so memory stays bounded however many chunks a
+// snapshot preserves; an entry of the table is 24 bytes plus the hash map's node.
 //
 // Image reads of NEW chunks read the original without taking an entry, then re-check the state:
 // the original can only change after a chunk becomes IN_MEMORY, so seeing NEW or COPYING after
@@ -48,6 +49,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "blksnap/block_device.h"
 #include "blksnap/config.h"
@@ -138,6 +140,7 @@ class DiffArea {
   void SetState(uint64_t index, Chunk* chunk, State state);
   void Corrupt(int errnum);
   void StorerLoop();
+  void ReleaseQueueSlot();  // without queue_mu_ held
   void StoreChunk(Chunk* chunk, uint64_t index);
   void CacheInsert(uint64_t index, Chunk* chunk);  // without the chunk's data stripe held
   void CacheTouch(Chunk* chunk);
@@ -165,8 +168,13 @@ class DiffArea {
   std::atomic<int> corrupt_errno_{0};
   IoGate image_gate_;
 
+  // Three condition variables so that no wake-up is a herd: storers wait for work (notified
+  // one per queued chunk), throttled copies for a free slot (one per slot freed), WaitStored()
+  // for an empty queue.
   mutable std::mutex queue_mu_;
-  std::condition_variable queue_cv_;               // storer: work arrived; writers: room freed
+  std::condition_variable work_cv_;
+  std::condition_variable room_cv_;
+  std::condition_variable idle_cv_;
   std::deque<std::pair<uint64_t, Chunk*>> queue_;  // guarded by queue_mu_
   uint64_t in_queue_ = 0;  // guarded by queue_mu_ (includes being copied and being stored)
   bool stop_ = false;      // guarded by queue_mu_
@@ -177,7 +185,7 @@ class DiffArea {
   size_t cache_hand_ = 0;                           // guarded by cache_mu_
 
   std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0}, chunks_zero_{0};
-  std::thread storer_;
+  std::vector<std::thread> storers_;
 };
 
 }  // namespace blksnap

@@ -85,15 +85,16 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
   StorageIdentity identity;
   auto fd = std::make_shared<SharedFd>();
   std::string device_path = path;
+  // O_DIRECT for every kind of storage, as the kernel module writes its difference storage with
+  // bios: a page cache would only add a copy per chunk and dirty throttling to copy-on-write
+  // (docs/performance-vm.md: cow64k 0.34-0.51x -> 0.83-0.93x of dm-snapshot in the VM;
+  // docs/performance.md finding 8 for files). Chunks are allocated 4 KiB-aligned; unaligned image
+  // I/O is bounced by the file device.
+  FileOpenOptions direct;
+  direct.direct = true;
   if (exists && S_ISBLK(st.st_mode)) {
     identity.is_block_device = true;
     identity.rdev = st.st_rdev;
-    // O_DIRECT, as the kernel module writes its difference storage with bios: a page cache on
-    // the storage device would only add a copy per chunk and dirty throttling to copy-on-write
-    // (docs/performance-vm.md: cow64k 0.34-0.51x -> 0.83-0.93x of dm-snapshot in the VM).
-    // Whole chunks are aligned; unaligned image I/O is bounced by the file device.
-    FileOpenOptions direct;
-    direct.direct = true;
     BLKSNAP_ASSIGN_OR_RETURN(auto device, OpenFileDevice(path, direct));
     BLKSNAP_ASSIGN_OR_RETURN(
         auto storage, Create(std::move(device), nullptr, limit, step, id, std::move(events), path));
@@ -131,7 +132,12 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
   if (limit < kMiB) return Status::Error(ENOSPC, "difference storage limit below 1 MiB");
   if (::ftruncate(fd->fd, static_cast<off_t>(kDiffStorageHeaderSize + limit)) != 0)
     return Status::FromErrno("size difference storage " + path);
-  BLKSNAP_ASSIGN_OR_RETURN(auto device, OpenFileDevice(device_path));
+  auto opened = OpenFileDevice(device_path, direct);
+  if (!opened.ok() && opened.status().errnum() == EINVAL) {
+    opened = OpenFileDevice(device_path);  // a file system without O_DIRECT (tmpfs before 6.6)
+  }
+  if (!opened.ok()) return opened.status();
+  std::shared_ptr<BlockDevice> device = std::move(*opened);
   GrowFn grow = [fd](uint64_t offset, uint64_t length) -> Status {
     if (::fallocate(fd->fd, 0, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0)
       return Status::FromErrno("fallocate difference storage");
@@ -162,6 +168,9 @@ Status DiffStorage::WriteHeader(const Uuid& id) {
 }
 
 Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {
+  // Every allocation starts on a 4 KiB boundary, so direct I/O never needs a bounce (a short
+  // last chunk would otherwise misalign every chunk after it).
+  bytes = (bytes + kAllocationAlign - 1) & ~(kAllocationAlign - 1);
   std::unique_lock lock(mu_);
   for (;;) {
     if (stop_) return Status::Error(ENODEV, "difference storage closed");
