@@ -15,6 +15,7 @@
 #                 create --storage DIFF_LV --ublk: front and image are /dev/ublkbN
 #   blksnap-loop  the same daemon and device, front and image as FUSE file + loop (--loop)
 # BENCH_BACKING=loop puts the volume group on a loop device over a file on tmpfs instead.
+# BENCH_DAEMON_ARGS="--chunk-storer-threads 2" passes tunables to blksnapd (kept in run.json).
 # BENCH_PERF=cow64k,... profiles those jobs with perf (their numbers then carry its overhead).
 #
 # Workloads (fio libaio, direct=1, iodepth 32; time-based ones run BENCH_RUNTIME s):
@@ -37,6 +38,7 @@ RT=${BENCH_RUNTIME:-6}
 COW_CAP=${BENCH_COW_CAP:-90}
 BACKING=${BENCH_BACKING:-brd}
 SIDES=${BENCH_SIDES:-raw,dm-snapshot,blksnap-ublk,blksnap-loop}
+DAEMON_ARGS=${BENCH_DAEMON_ARGS:-}  # extra blksnapd options (tunables), recorded in run.json
 PERF=${BENCH_PERF:-}  # workloads to profile (perf record -a, cpu-clock): SIDE.WL.perf*.txt
 DAEMON=$BUILD/src/daemon/blksnapd
 CLI=$BUILD/src/cli/blksnap
@@ -181,7 +183,7 @@ if has_side blksnap-ublk || has_side blksnap-loop; then
   lvm_ lvcreate -y -n diff -L "${COW_MB}M" "$VG" >/dev/null || fail "lvcreate diff"
   DIFF=/dev/$VG/diff
   "$DAEMON" --state-dir "$WORK/state" --control "$WORK/control.sock" --nbd-unix "$WORK/nbd.sock" \
-    --fuse-dir "$WORK/fuse" --chunk-minimum-shift 16 --diff-storage-minimum 64M \
+    --fuse-dir "$WORK/fuse" --chunk-minimum-shift 16 --diff-storage-minimum 64M $DAEMON_ARGS \
     --log-file "$WORK/blksnapd.log" --daemonize --pidfile "$WORK/blksnapd.pid" ||
     fail "blksnapd start"
   DAEMON_PID=$(cat "$WORK/blksnapd.pid")
@@ -217,7 +219,7 @@ fi
 /usr/bin/python3 - "$OUT/run.json" <<PY
 import json, os, platform, sys, time
 json.dump({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": platform.release(),
-           "tree": "${BENCH_TREE:-unknown}",
+           "tree": "${BENCH_TREE:-unknown}", "daemon_args": "$DAEMON_ARGS",
            "backing": "$BACKING", "size_mib": $SIZE_MB, "runtime_s": $RT, "cpus": os.cpu_count(),
            "mem_mib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20},
           open(sys.argv[1], "w"))

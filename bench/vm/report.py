@@ -123,7 +123,7 @@ def print_run(run):
     res = run["results"]
     print(f"run {run['time']}  tree {run.get('tree', '?')}  kernel {run['kernel']}  "
           f"backing {run['backing']}  {run['size_mib']} MiB  {run['runtime_s']} s jobs  "
-          f"{run['cpus']} vCPUs")
+          f"{run['cpus']} vCPUs" + (f"  blksnapd {run['daemon_args']}" if run.get("daemon_args") else ""))
     wls = [w for w in WORKLOADS if any(w in r for r in res.values())]
     print_table(res, wls, speed_cell, "(IOPS; fill1m, imgread, read1m in MiB/s)")
     print_table(res, wls, cost_cell, "(whole-VM CPU µs per I/O / context switches per I/O)")

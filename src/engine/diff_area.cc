@@ -2,6 +2,7 @@
 #include "engine/diff_area.h"
 
 #include <cstring>
+#include <system_error>
 #include <vector>
 
 namespace blksnap {
@@ -48,25 +49,26 @@ DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffSt
       geometry_(geometry),
       config_(config),
       on_corrupt_(std::move(on_corrupt)),
-      pool_(geometry.size(), config.chunk_maximum_in_queue) {
-  for (uint32_t i = 0; i < std::max(1u, config.chunk_storer_threads); ++i)
-    storers_.emplace_back([this] { StorerLoop(); });
+      pool_(geometry.size(), config.chunk_maximum_in_queue),
+      storer_limit_(std::max(1u, config.chunk_storer_threads)) {
+  storers_.emplace_back([this] { StorerLoop(); });  // the rest start on demand
 }
 
 DiffArea::~DiffArea() { Shutdown(); }
 
 void DiffArea::Shutdown() {
   image_gate_.Shutdown();
+  std::vector<std::thread> storers;
   {
     std::lock_guard lock(queue_mu_);
     if (stop_ && storers_.empty()) return;
-    stop_ = true;
+    stop_ = true;  // from now on no storer is started
+    storers.swap(storers_);
     work_cv_.notify_all();
     room_cv_.notify_all();
     idle_cv_.notify_all();
   }
-  for (std::thread& storer : storers_) storer.join();
-  storers_.clear();
+  for (std::thread& storer : storers) storer.join();
   {
     std::lock_guard lock(cache_mu_);
     cache_.clear();
@@ -159,7 +161,7 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
   {
     std::lock_guard queue(queue_mu_);
     queue_.emplace_back(index, chunk);
-    work_cv_.notify_one();
+    WakeStorerIfBehind();
   }
   return chunk;
 }
@@ -180,10 +182,34 @@ void DiffArea::ReleaseQueueSlot() {
   if (in_queue_ == 0) idle_cv_.notify_all();
 }
 
+void DiffArea::WakeStorerIfBehind() {
+  // Storers not waiting will look at the queue before they wait again; those notified will
+  // wake. Wake one more only while the queue is longer than they are many: a fast storage keeps
+  // one storer busy and the rest asleep, a slow one wakes them all. Storers are started here,
+  // on demand, up to storer_limit_ (one from the start): a take starts one thread, not 16.
+  const size_t awake = storers_.size() - storers_waiting_ + wakeups_pending_;
+  if (queue_.size() <= awake || stop_) return;
+  if (storers_waiting_ > wakeups_pending_) {
+    ++wakeups_pending_;
+    work_cv_.notify_one();
+  } else if (storers_.size() < storer_limit_) {
+    try {
+      storers_.emplace_back([this] { StorerLoop(); });
+    } catch (const std::system_error&) {
+      // No thread to spare: the storers already running drain the queue.
+    }
+  }
+}
+
 void DiffArea::StorerLoop() {
   for (;;) {
     std::unique_lock queue(queue_mu_);
-    work_cv_.wait(queue, [&] { return stop_ || !queue_.empty(); });
+    while (!stop_ && queue_.empty()) {
+      ++storers_waiting_;
+      work_cv_.wait(queue);
+      --storers_waiting_;
+      if (wakeups_pending_ > 0) --wakeups_pending_;  // a spurious wake-up only over-wakes later
+    }
     if (stop_) return;
     auto [index, chunk] = queue_.front();
     queue_.pop_front();

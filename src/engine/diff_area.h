@@ -140,7 +140,8 @@ class DiffArea {
   void SetState(uint64_t index, Chunk* chunk, State state);
   void Corrupt(int errnum);
   void StorerLoop();
-  void ReleaseQueueSlot();  // without queue_mu_ held
+  void ReleaseQueueSlot();    // without queue_mu_ held
+  void WakeStorerIfBehind();  // with queue_mu_ held, after queueing a chunk
   void StoreChunk(Chunk* chunk, uint64_t index);
   void CacheInsert(uint64_t index, Chunk* chunk);  // without the chunk's data stripe held
   void CacheTouch(Chunk* chunk);
@@ -168,16 +169,18 @@ class DiffArea {
   std::atomic<int> corrupt_errno_{0};
   IoGate image_gate_;
 
-  // Three condition variables so that no wake-up is a herd: storers wait for work (notified
-  // one per queued chunk), throttled copies for a free slot (one per slot freed), WaitStored()
-  // for an empty queue.
+  // Three condition variables so that no wake-up is a herd: storers wait for work (one more is
+  // woken only while the queue outgrows the storers awake, WakeStorerIfBehind), throttled copies
+  // for a free slot (one per slot freed), WaitStored() for an empty queue.
   mutable std::mutex queue_mu_;
   std::condition_variable work_cv_;
   std::condition_variable room_cv_;
   std::condition_variable idle_cv_;
   std::deque<std::pair<uint64_t, Chunk*>> queue_;  // guarded by queue_mu_
-  uint64_t in_queue_ = 0;  // guarded by queue_mu_ (includes being copied and being stored)
-  bool stop_ = false;      // guarded by queue_mu_
+  uint64_t in_queue_ = 0;       // guarded by queue_mu_ (includes being copied and being stored)
+  bool stop_ = false;           // guarded by queue_mu_
+  size_t storers_waiting_ = 0;  // guarded by queue_mu_: storers blocked on work_cv_
+  size_t wakeups_pending_ = 0;  // guarded by queue_mu_: notified, not yet awake
 
   // CLOCK cache of stored chunks whose buffers are kept for image reads.
   mutable std::mutex cache_mu_;
@@ -185,7 +188,8 @@ class DiffArea {
   size_t cache_hand_ = 0;                           // guarded by cache_mu_
 
   std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0}, chunks_zero_{0};
-  std::vector<std::thread> storers_;
+  const size_t storer_limit_;         // chunk_storer_threads
+  std::vector<std::thread> storers_;  // guarded by queue_mu_; started on demand
 };
 
 }  // namespace blksnap

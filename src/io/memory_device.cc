@@ -6,10 +6,13 @@
 // with compare-and-swap, so concurrent first writes to a page agree on one allocation. Leaves
 // live until the device dies; pages are freed by Trim and by WriteZeroes without kZeroNoHole.
 //
-// Locking: page_locks_ are striped reader/writer locks keyed by page index. Reads and writes
-// take their pages' stripes shared (I/O to different bytes never waits on each other, even
-// within one page); freeing a page takes its stripe exclusive, so no reader or writer can hold
-// a pointer to a freed page. Overlapping concurrent writes have no defined result, as on a disk.
+// Locking: page_locks_ are striped reader/writer locks keyed by page index. Reads take their
+// pages' stripes shared; writes, zeroing and freeing take them exclusive, so no reader or writer
+// can hold a pointer to a freed page, and a read concurrent with a write of the same bytes is
+// not a data race. (The engine reads the original optimistically while a writer may change it
+// and discards what it read if so, diff_area.h; on a file the kernel makes that safe, here the
+// lock does, and TSan stays quiet.) Overlapping concurrent writes have no defined result, as on
+// a disk.
 // BlockStatus reports unallocated pages as hole+zero and allocated pages as data.
 #include <algorithm>
 #include <array>
@@ -80,7 +83,7 @@ class MemoryDevice final : public BlockDevice {
     bool no_memory = false;
     ForEachPage(offset, buf.size(), [&](uint64_t page, size_t in_page, size_t n, size_t done) {
       if (no_memory) return;
-      std::shared_lock lock(LockOf(page));
+      std::unique_lock lock(LockOf(page));
       uint8_t* p = PageForWrite(page);
       if (!p) {
         no_memory = true;
@@ -104,7 +107,7 @@ class MemoryDevice final : public BlockDevice {
         FreePage(page);
         return;
       }
-      std::shared_lock lock(LockOf(page));
+      std::unique_lock lock(LockOf(page));
       if (uint8_t* p = PageIfPresent(page)) std::memset(p + in_page, 0, n);
     });
     return Status::Ok();
