@@ -27,7 +27,9 @@ struct Config {
   // Chunks kept in memory after being stored, for image reads (LRU).
   uint32_t chunk_maximum_in_cache = 32;
   // Threads writing queued chunks to the difference storage, each one synchronous direct write
-  // at a time: together they keep this many chunk writes in flight (docs/performance.md, 8).
+  // at a time: at most this many chunk writes in flight. One starts with the snapshot, more only
+  // while the queue outgrows them. 16 suits disks (latency to overlap); 1 suits a RAM-backed
+  // storage on few CPUs (docs/performance.md findings 8-9, docs/performance-vm.md).
   uint32_t chunk_storer_threads = 16;
 
   // Difference storage grows in steps of this many bytes.
