@@ -128,17 +128,16 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
     }
     ++in_queue_;
   }
-  auto release_slot = [&] { ReleaseQueueSlot(); };
   const uint64_t length = geometry_.length(index);
   uint8_t* buffer = pool_.Get();
   if (!buffer) {
-    release_slot();
+    ReleaseQueueSlot();
     return fail(ENOMEM);
   }
   Status s = original_->Read(index << geometry_.shift, std::span(buffer, length));
   if (!s.ok()) {
     pool_.Put(buffer);
-    release_slot();
+    ReleaseQueueSlot();
     return fail(s.errnum());
   }
   chunks_copied_.fetch_add(1, std::memory_order_relaxed);
@@ -150,7 +149,7 @@ DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
     }
     chunks_zero_.fetch_add(1, std::memory_order_relaxed);
     SetState(index, chunk, State::kStored);
-    release_slot();
+    ReleaseQueueSlot();
     return chunk;
   }
   {

@@ -15,9 +15,10 @@
 //             zero-filled copy. Sparse and freshly provisioned devices thus cost no storage.
 //   FAILED    preserving failed; the snapshot is corrupted
 // A write to the original proceeds as soon as its chunks are IN_MEMORY, STORED or FAILED: it
-// waits for a read of the chunk, never for the write to the difference storage, which
-// chunk_storer_threads storer threads do in the background, each one direct write at a time (so
-// that many chunk writes are in flight, as the kernel module keeps many bios in flight). At most
+// waits for a read of the chunk, never for the write to the difference storage, which storer
+// threads do in the background, each one direct write at a time: one from the start, up to
+// chunk_storer_threads while the queue outgrows them (so that many chunk writes are in flight
+// on a slow storage, as the kernel module keeps many bios in flight). At most
 // chunk_maximum_in_queue chunks wait in memory; beyond that, new copies wait (throttling). After
 // storing, up to chunk_maximum_in_cache buffers stay in a CLOCK cache for image reads. Buffers come
 // from a BufferPool (mmap, bounded free list), so memory stays bounded however many chunks a

@@ -154,7 +154,7 @@ class MemoryDevice final : public BlockDevice {
     return leaf ? leaf->pages[page & (kPagesPerLeaf - 1)].load(std::memory_order_acquire) : nullptr;
   }
 
-  // Caller holds the page's stripe (shared is enough).
+  // Caller holds the page's stripe exclusive (the CAS makes leaf creation safe across stripes).
   uint8_t* PageForWrite(uint64_t page) {
     std::atomic<Leaf*>& leaf_slot = leaves_[page >> kLeafShift];
     Leaf* leaf = leaf_slot.load(std::memory_order_acquire);
