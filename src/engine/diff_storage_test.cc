@@ -32,6 +32,21 @@ struct Recorder {
   }
 };
 
+TEST(DiffStorageTest, AllocationsStayFourKiBAligned) {
+  // A short last chunk (any length) must not misalign the chunks allocated after it: storage
+  // I/O is O_DIRECT.
+  auto dev = MakeMemoryDevice(kDiffStorageHeaderSize + 8 * kMiB);
+  auto storage = DiffStorage::Create(dev, nullptr, 0, 4 * kMiB, Uuid::Random(), nullptr);
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  auto short_chunk = (*storage)->Allocate(1000);
+  ASSERT_TRUE(short_chunk.ok());
+  auto next = (*storage)->Allocate(64 * 1024);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(*next, *short_chunk + kAllocationAlign);
+  EXPECT_EQ(*next % kAllocationAlign, 0u);
+  EXPECT_EQ((*storage)->info().used, kAllocationAlign + 64 * 1024);
+}
+
 TEST(DiffStorageTest, AllocatesAfterHeaderAndGrowsInSteps) {
   auto dev = MakeMemoryDevice(kDiffStorageHeaderSize + 64 * kMiB);
   std::atomic<int> grows{0};
