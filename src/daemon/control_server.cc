@@ -164,12 +164,9 @@ std::string ControlServer::AnswerLine(std::string_view line,
   if (control::JsonDepth(line) > control::kMaxJsonDepth) {
     return ErrorLine(id, Status::Error(EINVAL, "request nested too deeply"));
   }
-  json request;
-  try {
-    request = json::parse(line);
-  } catch (const json::exception& e) {
-    return ErrorLine(
-        id, Status::Error(EINVAL, std::string("malformed request: not JSON (") + e.what() + ")"));
+  json request = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (request.is_discarded()) {
+    return ErrorLine(id, Status::Error(EINVAL, "malformed request: not JSON"));
   }
   if (!request.is_object()) {
     return ErrorLine(id, Status::Error(EINVAL, "malformed request: expected a JSON object"));

@@ -35,6 +35,7 @@
 #include "control/protocol.h"
 #include "daemon/control_server.h"
 #include "daemon/fronts.h"
+#include "daemon/methods.h"
 #include "daemon/service.h"
 
 namespace blksnap::daemon {
@@ -304,7 +305,7 @@ int Run(int argc, char** argv) {
   fo.tls_required = opt.tls_required;
   fo.fuse_dir = opt.fuse_dir;
   fo.frontend = opt.frontend;
-  auto fronts = Fronts::Start(fo);
+  auto fronts = StartFronts(fo);
   if (!fronts.ok()) return Fail("cannot start the fronts: " + fronts.status().ToString());
 
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
@@ -313,7 +314,7 @@ int Run(int argc, char** argv) {
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,
                              const std::function<bool()>& cancelled) {
-        return service->Handle(method, params, cancelled);
+        return HandleRequest(*service, method, params, cancelled);
       });
   if (!server.ok()) {
     service->Shutdown();
