@@ -19,6 +19,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -140,6 +141,43 @@ void NotifySystemd(const char* state) {
   ::sendto(fd, state, std::strlen(state), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
            static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
   ::close(fd);
+}
+
+// Writes our pid to path without following a symlink planted there (O_NOFOLLOW) and only into
+// a regular file owned by us, so another user cannot make the daemon clobber a file of theirs.
+Status WritePidfile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ELOOP) {
+      return Status::Error(err, "pidfile " + path + " is a symbolic link; refusing to follow it");
+    }
+    return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
+      st.st_nlink != 1) {
+    ::close(fd);
+    return Status::Error(EPERM, "pidfile " + path +
+                                    " is not a regular file of ours with one link; refusing it");
+  }
+  std::string text = std::to_string(::getpid()) + "\n";
+  bool ok = ::ftruncate(fd, 0) == 0 &&
+            ::pwrite(fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size());
+  int err = errno;
+  ::close(fd);
+  if (!ok) return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
+  return Status::Ok();
+}
+
+// Every control client, NBD connection and FUSE/loop/ublk device holds descriptors: use the
+// hard limit (a service's soft limit is often 1024, below kMaxClients control clients alone).
+void RaiseFileLimit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
+  }
 }
 
 // Forks; the parent waits for the child's readiness report and exits with its outcome.
@@ -292,6 +330,7 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  RaiseFileLimit();
   auto engine = Engine::Create(config);
   if (!engine.ok()) return Fail("cannot start the engine: " + engine.status().ToString());
 
@@ -321,13 +360,11 @@ int Run(int argc, char** argv) {
     return Fail(server.status().ToString());
   }
   if (!opt.pidfile.empty()) {
-    FILE* f = std::fopen(opt.pidfile.c_str(), "w");
-    if (f == nullptr) {
+    Status s = WritePidfile(opt.pidfile);
+    if (!s.ok()) {
       service->Shutdown();
-      return Fail("cannot write pidfile " + opt.pidfile + ": " + std::strerror(errno));
+      return Fail(s.ToString());
     }
-    std::fprintf(f, "%d\n", static_cast<int>(::getpid()));
-    std::fclose(f);
   }
   // Last step before serving, so no start-up failure can follow it: a failed start must not
   // stop the ublk devices a crashed daemon left (Shutdown would delete them). Clients that
