@@ -15,8 +15,6 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
-#include <spdlog/sinks/basic_file_sink.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/resource.h>
@@ -36,6 +34,7 @@
 #include "control/protocol.h"
 #include "daemon/control_server.h"
 #include "daemon/fronts.h"
+#include "daemon/logging.h"
 #include "daemon/methods.h"
 #include "daemon/service.h"
 
@@ -283,22 +282,11 @@ int Run(int argc, char** argv) {
 
   if (opt.daemonize) Daemonize();
 
-  std::shared_ptr<spdlog::logger> logger;
-  try {
-    if (!opt.log_file.empty()) {
-      logger = spdlog::basic_logger_mt("blksnapd", opt.log_file);
-    } else {
-      logger = spdlog::stderr_logger_mt("blksnapd");
-    }
-  } catch (const spdlog::spdlog_ex& e) {
-    ReportReady(std::string("log file: ") + e.what());
-    std::cerr << "blksnapd: error: log file: " << e.what() << "\n";
+  if (Status s = StartLogging(opt.log_file, opt.log_level); !s.ok()) {
+    ReportReady(std::string(s.message()));
+    std::cerr << "blksnapd: error: " << s.message() << "\n";
     return 1;
   }
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v");
-  logger->set_level(spdlog::level::from_str(opt.log_level));
-  logger->flush_on(spdlog::level::trace);
-  spdlog::set_default_logger(logger);
   for (const auto& w : warnings) spdlog::warn("config: {}", w);
 
   // State dir and its lock.
@@ -376,8 +364,17 @@ int Run(int argc, char** argv) {
   ReportReady("");
   NotifySystemd("READY=1");
 
+  // SIGHUP reopens the log (logrotate) and never tears anything down; SIGTERM/SIGINT stop.
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig != SIGHUP) break;
+    Status s = ReopenLog();
+    if (s.ok()) {
+      spdlog::info("SIGHUP: log reopened; devices and snapshots unchanged");
+    } else {
+      spdlog::error("SIGHUP: {}", s.ToString());
+    }
   }
   spdlog::info("signal {} received: shutting down", strsignal(sig));
   NotifySystemd("STOPPING=1");

@@ -306,6 +306,13 @@ Result<CbtChangesView> Service::CbtChanges(const std::string& name, uint64_t sin
                                      "' is at generation " +
                                      view.info.generation_id.ToString() + ")");
   }
+  // A number from the future is a script's mistake (a stale or foreign N), not "no changes".
+  if (view.since > view.info.changes_number) {
+    return Status::Error(EINVAL, "'since' " + std::to_string(since) +
+                                     " is after the last take of device '" + name +
+                                     "' (its changes number is " +
+                                     std::to_string(view.info.changes_number) + ")");
+  }
   BLKSNAP_ASSIGN_OR_RETURN(view.extents, tracker->ChangedExtents(view.since, generation));
   for (const auto& e : view.extents) view.bytes += e.length;
   return view;

@@ -228,6 +228,17 @@ TEST_F(ServiceTest, MarkDirtyChecksEveryRangeBeforeMarkingAny) {
   EXPECT_EQ(service_->CbtChanges("vol", 0, std::nullopt)->extents.size(), 1u);
 }
 
+TEST_F(ServiceTest, ChangesSinceATakeThatDidNotHappenIsAnError) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol"}).ok());
+  auto info = service_->GetCbtInfo("vol");
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(service_->CbtChanges("vol", info->changes_number, std::nullopt).ok());
+  auto future = service_->CbtChanges("vol", info->changes_number + 1, std::nullopt);
+  EXPECT_EQ(future.status().errnum(), EINVAL);
+  EXPECT_NE(future.status().ToString().find("after the last take"), std::string::npos);
+}
+
 TEST_F(ServiceTest, SnapshotTakeFreezesTheLoopFrontsAndExposesImages) {
   Start();
   ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol", .loop = true}).ok());
