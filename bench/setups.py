@@ -280,7 +280,7 @@ class Lab:
             self.notes.append("not root: FUSE+loop setups skipped")
         # The psync controls equal the default since the io owner's 1da5506; only on request.
         s += [("blksnap-psync", "nbd")] + ([("blksnap-fuse-psync", "loop")] if self.root else [])
-        keep = self.only.split(",") if self.only else [x[0] for x in s[:-2]]
+        keep = self.only.split(",") if self.only else [x[0] for x in s if "-psync" not in x[0]]
         return [x for x in s if x[0] in keep]
 
     def start(self, name, img):
