@@ -69,6 +69,13 @@ struct SnapshotEvent {
 };
 const char* ToString(SnapshotEvent::Type type);  // "corrupted", "no_space"
 
+// One entry of a snapshot's event log.
+struct SnapshotEventRecord {
+  uint64_t seq = 0;  // 1, 2, 3, ... per snapshot
+  SnapshotEvent event;
+  std::chrono::system_clock::time_point time;
+};
+
 struct StorageInfo {
   std::string path;
   uint64_t capacity = 0;  // bytes usable now (file size minus header)
@@ -92,8 +99,20 @@ class Snapshot {
   // at the take; writes land in the difference storage, never on the original. Once the
   // snapshot is corrupted, image I/O fails with EIO; once destroyed, with ENODEV.
   virtual std::shared_ptr<BlockDevice> image(const std::string& device) const = 0;
-  // Waits for the next event; ETIMEDOUT if none arrives in time, ENODEV once destroyed.
-  virtual Result<SnapshotEvent> WaitEvent(std::chrono::milliseconds timeout) = 0;
+
+  // Events form one sequenced log per snapshot; readers do not consume them, so any number of
+  // readers see every event (each remembers the last seq it saw).
+  //
+  // The first event with seq > after; ETIMEDOUT if none arrives within timeout; ENODEV once the
+  // snapshot is destroyed and no event after `after` is left. Any number of threads may wait.
+  // If events after `after` were already dropped from the log (it keeps 64), the oldest kept one
+  // is returned: a gap in seq tells the reader it missed some.
+  virtual Result<SnapshotEventRecord> WaitEvent(uint64_t after,
+                                                std::chrono::milliseconds timeout) = 0;
+  // The most recent events (at most 64), oldest first.
+  virtual std::vector<SnapshotEventRecord> events() const = 0;
+  // seq of the newest event (0 if none yet).
+  virtual uint64_t last_event_seq() const = 0;
 };
 
 struct AttachOptions {

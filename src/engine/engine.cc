@@ -96,7 +96,7 @@ class EngineImpl final : public Engine {
     if (options.storage_path.empty() && !options.storage_device)
       return Status::Error(EINVAL, "difference storage path is empty");
     const Uuid id = Uuid::Random();
-    auto events = std::make_shared<EventQueue>();
+    auto events = std::make_shared<EventLog>();
     auto push = [events](SnapshotEvent e) { events->Push(std::move(e)); };
     auto storage =
         options.storage_device

@@ -17,10 +17,6 @@ const char* ToString(SnapshotState state) {
   return "unknown";
 }
 
-const char* ToString(SnapshotEvent::Type type) {
-  return type == SnapshotEvent::Type::kCorrupted ? "corrupted" : "no_space";
-}
-
 SnapImage::SnapImage(std::shared_ptr<DiffArea> area, std::shared_ptr<TrackerImpl> tracker)
     : area_(std::move(area)),
       tracker_(std::move(tracker)),
@@ -65,7 +61,7 @@ Status SnapImage::WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags) 
 }
 
 SnapshotImpl::SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage,
-                           std::shared_ptr<EventQueue> events)
+                           std::shared_ptr<EventLog> events)
     : id_(id), storage_(std::move(storage)), events_(std::move(events)) {
   last_storage_info_ = storage_->info();
 }
@@ -93,10 +89,6 @@ std::shared_ptr<BlockDevice> SnapshotImpl::image(const std::string& device) cons
     if (m.tracker->name() == device) return m.image;
   }
   return nullptr;
-}
-
-Result<SnapshotEvent> SnapshotImpl::WaitEvent(std::chrono::milliseconds timeout) {
-  return events_->Wait(timeout);
 }
 
 std::vector<SnapshotImpl::Member> SnapshotImpl::members() const {

@@ -3,7 +3,7 @@
 //
 // States: created --Take--> taken --(a device's copy fails)--> corrupted; any --Destroy-->
 // destroyed. The engine drives the transitions; a snapshot only records them, keeps its
-// members (tracker, DiffArea, image) and its event queue.
+// members (tracker, DiffArea, image) and its event log.
 //
 // Locking: mu_ guards state_ and members_. Corruption callbacks come from DiffArea threads and
 // take mu_ briefly; they never call back into a DiffArea.
@@ -17,7 +17,7 @@
 #include "blksnap/engine.h"
 #include "engine/diff_area.h"
 #include "engine/diff_storage.h"
-#include "engine/event_queue.h"
+#include "engine/event.h"
 #include "engine/tracker.h"
 
 namespace blksnap {
@@ -54,14 +54,19 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
     int errnum = 0;
   };
 
-  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventQueue> events);
+  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventLog> events);
 
   const Uuid& id() const override { return id_; }
   SnapshotState state() const override;
   StorageInfo storage_info() const override;
   std::vector<SnapshotDeviceInfo> devices() const override;
   std::shared_ptr<BlockDevice> image(const std::string& device) const override;
-  Result<SnapshotEvent> WaitEvent(std::chrono::milliseconds timeout) override;
+  Result<SnapshotEventRecord> WaitEvent(uint64_t after,
+                                        std::chrono::milliseconds timeout) override {
+    return events_->Wait(after, timeout);
+  }
+  std::vector<SnapshotEventRecord> events() const override { return events_->records(); }
+  uint64_t last_event_seq() const override { return events_->last_seq(); }
 
   // Engine internals (called with the engine's take mutex held).
   std::shared_ptr<DiffStorage> storage() const {
@@ -82,7 +87,7 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
  private:
   const Uuid id_;
   std::shared_ptr<DiffStorage> storage_;  // released at MarkDestroyed (after areas shut down)
-  const std::shared_ptr<EventQueue> events_;
+  const std::shared_ptr<EventLog> events_;
 
   mutable std::mutex mu_;
   SnapshotState state_ = SnapshotState::kCreated;  // guarded by mu_
