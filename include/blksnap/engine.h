@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blksnap/block_device.h"
@@ -32,6 +33,12 @@
 namespace blksnap {
 
 class Snapshot;
+
+// The one rule for device names (Engine::Attach; the daemon and CLI use it too): 1 to 128
+// characters, each an ASCII letter, digit, '-', '_' or '.', and not "." or "..". So a name is
+// safe as a path component (FUSE files, NBD export names, state files) and in messages.
+// EINVAL with a message naming the rule otherwise.
+Status ValidateDeviceName(std::string_view name);
 
 // A tracked device: a BlockDevice layer over the original that records every change (CBT) and,
 // while a snapshot is taken, preserves each chunk's old content before its first overwrite.
@@ -149,7 +156,8 @@ class Engine {
 
   virtual const Config& config() const = 0;
 
-  // EEXIST if the name is taken; EINVAL for an empty name or a zero-sized device.
+  // EEXIST if the name is taken; EINVAL for a name ValidateDeviceName refuses or a zero-sized
+  // device.
   virtual Result<std::shared_ptr<Tracker>> Attach(const std::string& name,
                                                   std::shared_ptr<BlockDevice> original,
                                                   const AttachOptions& options = {}) = 0;
