@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blksnap/block_device.h"
@@ -32,6 +33,12 @@
 namespace blksnap {
 
 class Snapshot;
+
+// The one rule for device names (Engine::Attach; the daemon and CLI use it too): 1 to 128
+// characters, each an ASCII letter, digit, '-', '_' or '.', and not "." or "..". So a name is
+// safe as a path component (FUSE files, NBD export names, state files) and in messages.
+// EINVAL with a message naming the rule otherwise.
+Status ValidateDeviceName(std::string_view name);
 
 // A tracked device: a BlockDevice layer over the original that records every change (CBT) and,
 // while a snapshot is taken, preserves each chunk's old content before its first overwrite.
@@ -69,6 +76,13 @@ struct SnapshotEvent {
 };
 const char* ToString(SnapshotEvent::Type type);  // "corrupted", "no_space"
 
+// One entry of a snapshot's event log.
+struct SnapshotEventRecord {
+  uint64_t seq = 0;  // 1, 2, 3, ... per snapshot
+  SnapshotEvent event;
+  std::chrono::system_clock::time_point time;
+};
+
 struct StorageInfo {
   std::string path;
   uint64_t capacity = 0;  // bytes usable now (file size minus header)
@@ -92,8 +106,20 @@ class Snapshot {
   // at the take; writes land in the difference storage, never on the original. Once the
   // snapshot is corrupted, image I/O fails with EIO; once destroyed, with ENODEV.
   virtual std::shared_ptr<BlockDevice> image(const std::string& device) const = 0;
-  // Waits for the next event; ETIMEDOUT if none arrives in time, ENODEV once destroyed.
-  virtual Result<SnapshotEvent> WaitEvent(std::chrono::milliseconds timeout) = 0;
+
+  // Events form one sequenced log per snapshot; readers do not consume them, so any number of
+  // readers see every event (each remembers the last seq it saw).
+  //
+  // The first event with seq > after; ETIMEDOUT if none arrives within timeout; ENODEV once the
+  // snapshot is destroyed and no event after `after` is left. Any number of threads may wait.
+  // If events after `after` were already dropped from the log (it keeps 64), the oldest kept one
+  // is returned: a gap in seq tells the reader it missed some.
+  virtual Result<SnapshotEventRecord> WaitEvent(uint64_t after,
+                                                std::chrono::milliseconds timeout) = 0;
+  // The most recent events (at most 64), oldest first.
+  virtual std::vector<SnapshotEventRecord> events() const = 0;
+  // seq of the newest event (0 if none yet).
+  virtual uint64_t last_event_seq() const = 0;
 };
 
 struct AttachOptions {
@@ -130,7 +156,8 @@ class Engine {
 
   virtual const Config& config() const = 0;
 
-  // EEXIST if the name is taken; EINVAL for an empty name or a zero-sized device.
+  // EEXIST if the name is taken; EINVAL for a name ValidateDeviceName refuses or a zero-sized
+  // device.
   virtual Result<std::shared_ptr<Tracker>> Attach(const std::string& name,
                                                   std::shared_ptr<BlockDevice> original,
                                                   const AttachOptions& options = {}) = 0;

@@ -1,8 +1,8 @@
-// DiffArea: see diff_area.h for the chunk state machine, the sparse table and the locking.
+// DiffArea: see diff_area.h for the chunk table, the copy-on-write decisions and the locking.
 #include "engine/diff_area.h"
 
 #include <cstring>
-#include <system_error>
+#include <string>
 #include <vector>
 
 namespace blksnap {
@@ -29,19 +29,6 @@ bool IsAllZero(const uint8_t* p, size_t n) {
 
 }  // namespace
 
-ChunkGeometry ComputeChunkGeometry(uint64_t capacity, uint32_t io_size, const Config& config) {
-  auto count_by_shift = [&](uint32_t shift) {
-    return (capacity >> shift) + ((capacity & ((1ull << shift) - 1)) ? 1 : 0);
-  };
-  uint32_t shift = config.chunk_minimum_shift;
-  while ((1ull << shift) < io_size && shift < 30) ++shift;
-  while (count_by_shift(shift) > (1ull << config.chunk_maximum_count_shift) &&
-         shift < config.chunk_maximum_shift) {
-    ++shift;
-  }
-  return ChunkGeometry{shift, count_by_shift(shift), capacity};
-}
-
 DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
                    ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt)
     : original_(std::move(original)),
@@ -50,32 +37,18 @@ DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffSt
       config_(config),
       on_corrupt_(std::move(on_corrupt)),
       pool_(geometry.size(), config.chunk_maximum_in_queue),
-      storer_limit_(std::max(1u, config.chunk_storer_threads)) {
-  storers_.emplace_back([this] { StorerLoop(); });  // the rest start on demand
-}
+      cache_(config.chunk_maximum_in_cache),
+      storer_(config, [this](uint64_t index, Chunk* chunk) { StoreChunk(index, chunk); }) {}
 
 DiffArea::~DiffArea() { Shutdown(); }
 
 void DiffArea::Shutdown() {
   image_gate_.Shutdown();
-  std::vector<std::thread> storers;
-  {
-    std::lock_guard lock(queue_mu_);
-    if (stop_ && storers_.empty()) return;
-    stop_ = true;  // from now on no storer is started
-    storers.swap(storers_);
-    work_cv_.notify_all();
-    room_cv_.notify_all();
-    idle_cv_.notify_all();
-  }
-  for (std::thread& storer : storers) storer.join();
-  {
-    std::lock_guard lock(cache_mu_);
-    cache_.clear();
-  }
+  if (!storer_.Stop()) return;
+  cache_.Clear();
   // No image I/O, storer or copy-on-write can run any more: free without the data stripes.
   for (Shard& shard : shards_) {
-    std::lock_guard lock(shard.mu);
+    MutexLock lock(shard.mu);
     for (auto& [index, chunk] : shard.chunks) {
       pool_.Put(chunk.buffer);
       chunk.buffer = nullptr;
@@ -87,134 +60,76 @@ void DiffArea::Shutdown() {
 void DiffArea::Corrupt(int errnum) {
   int expected = 0;
   if (!corrupt_errno_.compare_exchange_strong(expected, errnum ? errnum : EIO)) return;
-  {
-    std::lock_guard lock(queue_mu_);
-    room_cv_.notify_all();  // release throttled writers
-  }
+  storer_.Fail();  // release throttled writers
   if (on_corrupt_) on_corrupt_(errnum ? errnum : EIO);
 }
 
-void DiffArea::SetState(uint64_t index, Chunk* chunk, State state) {
+void DiffArea::SetState(uint64_t index, Chunk* chunk, ChunkState state) {
   Shard& shard = ShardOf(index);
-  std::lock_guard lock(shard.mu);
+  MutexLock lock(shard.mu);
   chunk->state = state;
-  shard.cv.notify_all();
+  shard.cv.SignalAll();
 }
 
-DiffArea::Chunk* DiffArea::Preserve(uint64_t index) {
+Chunk* DiffArea::Preserve(uint64_t index) {
   Shard& shard = ShardOf(index);
-  std::unique_lock lock(shard.mu);
-  auto [it, inserted] = shard.chunks.try_emplace(index);
-  Chunk* chunk = &it->second;
-  if (!inserted) {
-    shard.cv.wait(lock, [&] { return chunk->state != State::kCopying; });
-    return chunk->state == State::kFailed ? nullptr : chunk;
+  Chunk* chunk;
+  {
+    MutexLock lock(shard.mu);
+    auto [it, inserted] = shard.chunks.try_emplace(index);
+    chunk = &it->second;
+    if (!inserted) {
+      while (chunk->state == ChunkState::kCopying) shard.cv.Wait(shard.mu);
+      return chunk->state == ChunkState::kFailed ? nullptr : chunk;
+    }
   }
-  lock.unlock();
   chunks_touched_.fetch_add(1, std::memory_order_relaxed);
 
   auto fail = [&](int errnum) -> Chunk* {
     Corrupt(errnum);
-    SetState(index, chunk, State::kFailed);
+    SetState(index, chunk, ChunkState::kFailed);
     return nullptr;
   };
-  {
-    std::unique_lock queue(queue_mu_);
-    room_cv_.wait(
-        queue, [&] { return in_queue_ < config_.chunk_maximum_in_queue || stop_ || corrupted(); });
-    if (stop_ || corrupted()) {
-      queue.unlock();
-      return fail(corrupted() ? corrupt_errno() : ENODEV);
-    }
-    ++in_queue_;
-  }
+  if (!storer_.AcquireSlot()) return fail(corrupted() ? corrupt_errno() : ENODEV);
   const uint64_t length = geometry_.length(index);
   uint8_t* buffer = pool_.Get();
   if (!buffer) {
-    ReleaseQueueSlot();
+    storer_.ReleaseSlot();
     return fail(ENOMEM);
   }
-  Status s = original_->Read(index << geometry_.shift, std::span(buffer, length));
+  Status s = original_->Read(geometry_.offset(index), std::span(buffer, length));
   if (!s.ok()) {
     pool_.Put(buffer);
-    ReleaseQueueSlot();
+    storer_.ReleaseSlot();
     return fail(s.errnum());
   }
   chunks_copied_.fetch_add(1, std::memory_order_relaxed);
   if (IsAllZero(buffer, length)) {
     pool_.Put(buffer);
     {
-      std::lock_guard data(DataMu(index));
+      MutexLock data(DataMu(index));
       chunk->storage_offset = kZeroChunk;
     }
     chunks_zero_.fetch_add(1, std::memory_order_relaxed);
-    SetState(index, chunk, State::kStored);
-    ReleaseQueueSlot();
+    SetState(index, chunk, ChunkState::kStored);
+    storer_.ReleaseSlot();
     return chunk;
   }
   {
-    std::lock_guard data(DataMu(index));
+    MutexLock data(DataMu(index));
     chunk->buffer = buffer;
   }
-  SetState(index, chunk, State::kInMemory);
-  {
-    std::lock_guard queue(queue_mu_);
-    queue_.emplace_back(index, chunk);
-    WakeStorerIfBehind();
-  }
+  SetState(index, chunk, ChunkState::kInMemory);
+  storer_.Enqueue(index, chunk);
   return chunk;
 }
 
 void DiffArea::PreserveForOriginalWrite(uint64_t offset, uint64_t length) {
   if (length == 0 || corrupted() || offset >= geometry_.capacity) return;
   const uint64_t end = std::min(geometry_.capacity, offset + length);
-  const uint64_t last = (end - 1) >> geometry_.shift;
-  for (uint64_t index = offset >> geometry_.shift; index <= last; ++index) {
+  const uint64_t last = geometry_.index(end - 1);
+  for (uint64_t index = geometry_.index(offset); index <= last; ++index) {
     if (!Preserve(index) && corrupted()) return;
-  }
-}
-
-void DiffArea::ReleaseQueueSlot() {
-  std::lock_guard queue(queue_mu_);
-  --in_queue_;
-  room_cv_.notify_one();
-  if (in_queue_ == 0) idle_cv_.notify_all();
-}
-
-void DiffArea::WakeStorerIfBehind() {
-  // Storers not waiting will look at the queue before they wait again; those notified will
-  // wake. Wake one more only while the queue is longer than they are many: a fast storage keeps
-  // one storer busy and the rest asleep, a slow one wakes them all. Storers are started here,
-  // on demand, up to storer_limit_ (one from the start): a take starts one thread, not 16.
-  const size_t awake = storers_.size() - storers_waiting_ + wakeups_pending_;
-  if (queue_.size() <= awake || stop_) return;
-  if (storers_waiting_ > wakeups_pending_) {
-    ++wakeups_pending_;
-    work_cv_.notify_one();
-  } else if (storers_.size() < storer_limit_) {
-    try {
-      storers_.emplace_back([this] { StorerLoop(); });
-    } catch (const std::system_error&) {
-      // No thread to spare: the storers already running drain the queue.
-    }
-  }
-}
-
-void DiffArea::StorerLoop() {
-  for (;;) {
-    std::unique_lock queue(queue_mu_);
-    while (!stop_ && queue_.empty()) {
-      ++storers_waiting_;
-      work_cv_.wait(queue);
-      --storers_waiting_;
-      if (wakeups_pending_ > 0) --wakeups_pending_;  // a spurious wake-up only over-wakes later
-    }
-    if (stop_) return;
-    auto [index, chunk] = queue_.front();
-    queue_.pop_front();
-    queue.unlock();
-    StoreChunk(chunk, index);
-    ReleaseQueueSlot();
   }
 }
 
@@ -223,12 +138,12 @@ void DiffArea::FreeBuffer(Chunk* chunk) {
   chunk->buffer = nullptr;
 }
 
-void DiffArea::StoreChunk(Chunk* chunk, uint64_t index) {
+void DiffArea::StoreChunk(uint64_t index, Chunk* chunk) {
   {
-    std::lock_guard data(DataMu(index));
+    MutexLock data(DataMu(index));
     const uint64_t length = geometry_.length(index);
     Status s = corrupted() ? Status::Error(corrupt_errno(), "snapshot corrupted") : Status::Ok();
-    uint64_t offset = UINT64_MAX;
+    uint64_t offset = kChunkNotStored;
     if (s.ok()) {
       auto allocated = storage_->Allocate(length);
       if (allocated.ok()) {
@@ -241,49 +156,23 @@ void DiffArea::StoreChunk(Chunk* chunk, uint64_t index) {
     if (!s.ok()) {
       Corrupt(s.errnum());
       FreeBuffer(chunk);
-      SetState(index, chunk, State::kFailed);
+      SetState(index, chunk, ChunkState::kFailed);
       return;
     }
     chunk->storage_offset = offset;
-    SetState(index, chunk, State::kStored);
+    SetState(index, chunk, ChunkState::kStored);
     chunks_stored_.fetch_add(1, std::memory_order_relaxed);
-    if (config_.chunk_maximum_in_cache == 0) {
+    if (cache_.capacity() == 0) {
       FreeBuffer(chunk);
       return;
     }
   }
-  CacheInsert(index, chunk);
-}
-
-void DiffArea::CacheInsert(uint64_t index, Chunk* chunk) {
-  std::pair<uint64_t, Chunk*> victim{0, nullptr};
-  {
-    std::lock_guard lock(cache_mu_);
-    chunk->cached = true;
-    chunk->referenced = false;
-    if (cache_.size() < config_.chunk_maximum_in_cache) {
-      cache_.emplace_back(index, chunk);
-      return;
-    }
-    // CLOCK: skip (and clear) recently read entries, evict the first one not read since.
-    while (cache_[cache_hand_].second->referenced) {
-      cache_[cache_hand_].second->referenced = false;
-      cache_hand_ = (cache_hand_ + 1) % cache_.size();
-    }
-    victim = cache_[cache_hand_];
-    victim.second->cached = false;
-    cache_[cache_hand_] = {index, chunk};
-    cache_hand_ = (cache_hand_ + 1) % cache_.size();
-  }
-  // Each chunk is inserted once, by the storer that stored it: the victim cannot be cached again
-  // meanwhile.
-  std::lock_guard data(DataMu(victim.first));
-  if (victim.second->storage_offset != UINT64_MAX) FreeBuffer(victim.second);
-}
-
-void DiffArea::CacheTouch(Chunk* chunk) {
-  std::lock_guard lock(cache_mu_);
-  if (chunk->cached) chunk->referenced = true;
+  // Without the data stripe (the victim has its own). Each chunk is inserted once, by the
+  // storer that stored it: the victim cannot be cached again meanwhile.
+  const ChunkCache::Entry victim = cache_.Insert(index, chunk);
+  if (!victim.second) return;
+  MutexLock data(DataMu(victim.first));
+  if (victim.second->storage_offset != kChunkNotStored) FreeBuffer(victim.second);
 }
 
 Status DiffArea::CheckImageIo() const {
@@ -296,37 +185,42 @@ Status DiffArea::CheckImageIo() const {
 
 Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf) {
   Shard& shard = ShardOf(index);
-  const uint64_t offset = (index << geometry_.shift) + in_chunk;
+  const uint64_t offset = geometry_.offset(index) + in_chunk;
   for (;;) {
-    std::unique_lock lock(shard.mu);
-    auto it = shard.chunks.find(index);
-    if (it == shard.chunks.end()) {
-      lock.unlock();
+    Chunk* chunk = nullptr;
+    {
+      MutexLock lock(shard.mu);
+      auto it = shard.chunks.find(index);
+      if (it != shard.chunks.end()) {
+        chunk = &it->second;
+        while (chunk->state == ChunkState::kCopying) shard.cv.Wait(shard.mu);
+        if (chunk->state == ChunkState::kFailed) {
+          Status s = CheckImageIo();
+          return s.ok() ? Status::Error(EIO, "chunk lost") : s;
+        }
+      }
+    }
+    if (!chunk) {
       BLKSNAP_RETURN_IF_ERROR(original_->Read(offset, buf));
-      lock.lock();
-      it = shard.chunks.find(index);
+      MutexLock lock(shard.mu);
+      auto it = shard.chunks.find(index);
       // The original changes only after a chunk leaves COPYING: what we read is take-time data.
-      if (it == shard.chunks.end() || it->second.state == State::kCopying) return Status::Ok();
+      if (it == shard.chunks.end() || it->second.state == ChunkState::kCopying) {
+        return Status::Ok();
+      }
       continue;
     }
-    Chunk* chunk = &it->second;
-    shard.cv.wait(lock, [&] { return chunk->state != State::kCopying; });
-    if (chunk->state == State::kFailed) {
-      Status s = CheckImageIo();
-      return s.ok() ? Status::Error(EIO, "chunk lost") : s;
-    }
-    lock.unlock();
-    std::lock_guard data(DataMu(index));
+    MutexLock data(DataMu(index));
     if (chunk->buffer) {
       std::memcpy(buf.data(), chunk->buffer + in_chunk, buf.size());
-      CacheTouch(chunk);
+      cache_.Touch(chunk);
       return Status::Ok();
     }
     if (chunk->storage_offset == kZeroChunk) {
       std::memset(buf.data(), 0, buf.size());
       return Status::Ok();
     }
-    if (chunk->storage_offset == UINT64_MAX) return Status::Error(EIO, "chunk lost");
+    if (chunk->storage_offset == kChunkNotStored) return Status::Error(EIO, "chunk lost");
     return storage_->device().Read(chunk->storage_offset + in_chunk, buf);
   }
 }
@@ -334,11 +228,11 @@ Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uin
 Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data) {
   Chunk* chunk = Preserve(index);
   if (!chunk) return Status::Error(EIO, "snapshot corrupted");
-  std::lock_guard guard(DataMu(index));
+  MutexLock guard(DataMu(index));
   if (chunk->storage_offset == kZeroChunk)
     BLKSNAP_RETURN_IF_ERROR(MaterializeZeroChunk(index, chunk));
   if (chunk->buffer) std::memcpy(chunk->buffer + in_chunk, data.data(), data.size());
-  if (chunk->storage_offset != UINT64_MAX) {
+  if (chunk->storage_offset != kChunkNotStored) {
     return storage_->device().Write(chunk->storage_offset + in_chunk, data);
   }
   if (!chunk->buffer) return Status::Error(EIO, "chunk lost");
@@ -361,8 +255,8 @@ Status DiffArea::ForEachChunk(uint64_t offset, uint64_t length, Fn fn) {
   uint64_t done = 0;
   while (done < length) {
     const uint64_t pos = offset + done;
-    const uint64_t index = pos >> geometry_.shift;
-    const uint64_t in_chunk = pos - (index << geometry_.shift);
+    const uint64_t index = geometry_.index(pos);
+    const uint64_t in_chunk = pos - geometry_.offset(index);
     const uint64_t n = std::min<uint64_t>(length - done, geometry_.length(index) - in_chunk);
     BLKSNAP_RETURN_IF_ERROR(fn(index, in_chunk, done, n));
     done += n;
@@ -411,22 +305,13 @@ Status DiffArea::ImageFlush() {
   return storage_->device().Flush();
 }
 
-void DiffArea::WaitStored() {
-  std::unique_lock queue(queue_mu_);
-  idle_cv_.wait(queue, [&] { return in_queue_ == 0 || stop_; });
-}
-
 DiffAreaStats DiffArea::stats() const {
   DiffAreaStats s;
   s.chunks_touched = chunks_touched_.load();
   s.chunks_copied = chunks_copied_.load();
   s.chunks_stored = chunks_stored_.load();
   s.chunks_zero = chunks_zero_.load();
-  {
-    std::lock_guard lock(queue_mu_);
-    s.chunks_in_queue = in_queue_;
-  }
-  std::lock_guard lock(cache_mu_);
+  s.chunks_in_queue = storer_.in_queue();
   s.chunks_cached = cache_.size();
   return s;
 }

@@ -27,21 +27,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-Status ValidateName(const std::string& name) {
-  if (name.empty()) return Status::Error(EINVAL, "device name is empty");
-  if (name.size() > 128) return Status::Error(EINVAL, "device name longer than 128 characters");
-  for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '-' || c == '_' || c == '.';
-    if (!ok) {
-      return Status::Error(
-          EINVAL, "device name '" + name + "' may only hold letters, digits, '-', '_' and '.'");
-    }
-  }
-  if (name == "." || name == "..") return Status::Error(EINVAL, "device name is reserved");
-  return Status::Ok();
-}
-
 class EngineImpl final : public Engine {
  public:
   explicit EngineImpl(Config config) : config_(config) {}
@@ -54,7 +39,7 @@ class EngineImpl final : public Engine {
   Result<std::shared_ptr<Tracker>> Attach(const std::string& name,
                                           std::shared_ptr<BlockDevice> original,
                                           const AttachOptions& options) override {
-    BLKSNAP_RETURN_IF_ERROR(ValidateName(name));
+    BLKSNAP_RETURN_IF_ERROR(ValidateDeviceName(name));
     if (!original || original->size() == 0)
       return Status::Error(EINVAL, "device '" + name + "' has no capacity");
     std::lock_guard take(take_mu_);
@@ -96,7 +81,7 @@ class EngineImpl final : public Engine {
     if (options.storage_path.empty() && !options.storage_device)
       return Status::Error(EINVAL, "difference storage path is empty");
     const Uuid id = Uuid::Random();
-    auto events = std::make_shared<EventQueue>();
+    auto events = std::make_shared<EventLog>();
     auto push = [events](SnapshotEvent e) { events->Push(std::move(e)); };
     auto storage =
         options.storage_device
@@ -247,6 +232,21 @@ class EngineImpl final : public Engine {
 };
 
 }  // namespace
+
+Status ValidateDeviceName(std::string_view name) {
+  if (name.empty()) return Status::Error(EINVAL, "device name is empty");
+  if (name.size() > 128) return Status::Error(EINVAL, "device name longer than 128 characters");
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_' || c == '.';
+    if (!ok) {
+      return Status::Error(EINVAL, "device name '" + std::string(name) +
+                                       "' may only hold letters, digits, '-', '_' and '.'");
+    }
+  }
+  if (name == "." || name == "..") return Status::Error(EINVAL, "device name is reserved");
+  return Status::Ok();
+}
 
 Result<std::unique_ptr<Engine>> Engine::Create(Config config) {
   BLKSNAP_RETURN_IF_ERROR(config.Validate());

@@ -274,9 +274,13 @@ TEST_F(EngineTest, StorageOverflowCorruptsSnapshotButOriginalKeepsEveryWrite) {
   for (uint64_t c = 0; c < 200; ++c) ASSERT_OK(WritePattern(*tracker_, c * kChunk, kChunk, 2));
   for (uint64_t c = 0; c < 200; ++c) EXPECT_OK(VerifyPattern(*original_, c * kChunk, kChunk, 2));
   bool saw_corrupted = false, saw_no_space = false;
+  uint64_t after = 0;
   for (int i = 0; i < 4; ++i) {
-    auto event = snapshot->WaitEvent(std::chrono::milliseconds(2000));
-    if (!event.ok()) break;
+    auto record = snapshot->WaitEvent(after, std::chrono::milliseconds(2000));
+    if (!record.ok()) break;
+    EXPECT_EQ(record->seq, after + 1);
+    after = record->seq;
+    const SnapshotEvent* event = &record->event;
     if (event->type == SnapshotEvent::Type::kCorrupted) {
       saw_corrupted = true;
       EXPECT_EQ(event->device, "vol");
@@ -287,6 +291,8 @@ TEST_F(EngineTest, StorageOverflowCorruptsSnapshotButOriginalKeepsEveryWrite) {
   }
   EXPECT_TRUE(saw_corrupted);
   EXPECT_TRUE(saw_no_space);
+  EXPECT_EQ(snapshot->last_event_seq(), after);
+  EXPECT_EQ(snapshot->events().size(), after);
   EXPECT_EQ(snapshot->state(), SnapshotState::kCorrupted);
   EXPECT_EQ(snapshot->devices()[0].errnum, ENOSPC);
   std::vector<uint8_t> buf(4096);
@@ -304,8 +310,10 @@ TEST_F(EngineTest, OriginalReadErrorDuringCopyCorruptsSnapshotNotTheWrite) {
   fault->FailNthRead(1, EIO);
   ASSERT_OK(WritePattern(*tracker, 0, 4096, 2));  // the copy's read fails; the write succeeds
   EXPECT_OK(VerifyPattern(*fault, 0, 4096, 2));
-  auto event = engine_->FindSnapshot(id)->WaitEvent(std::chrono::milliseconds(1000));
-  ASSERT_TRUE(event.ok());
+  auto record = engine_->FindSnapshot(id)->WaitEvent(0, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(record->seq, 1u);
+  const SnapshotEvent* event = &record->event;
   EXPECT_EQ(event->type, SnapshotEvent::Type::kCorrupted);
   EXPECT_EQ(event->errnum, EIO);
   EXPECT_EQ(event->device, "faulty");
@@ -320,11 +328,38 @@ TEST_F(EngineTest, StorageWriteErrorCorruptsSnapshot) {
   Uuid id = TakeSnapshot(storage);
   storage->FailAllWrites(EIO);
   for (uint64_t c = 0; c < 4; ++c) ASSERT_OK(WritePattern(*tracker_, c * kChunk, 512, 2));
-  auto event = engine_->FindSnapshot(id)->WaitEvent(std::chrono::milliseconds(2000));
-  ASSERT_TRUE(event.ok()) << event.status().ToString();
-  EXPECT_EQ(event->type, SnapshotEvent::Type::kCorrupted);
-  EXPECT_EQ(event->errnum, EIO);
+  auto record = engine_->FindSnapshot(id)->WaitEvent(0, std::chrono::milliseconds(2000));
+  ASSERT_TRUE(record.ok()) << record.status().ToString();
+  EXPECT_EQ(record->event.type, SnapshotEvent::Type::kCorrupted);
+  EXPECT_EQ(record->event.errnum, EIO);
   for (uint64_t c = 0; c < 4; ++c) EXPECT_OK(VerifyPattern(*original_, c * kChunk, 512, 2));
+}
+
+TEST_F(EngineTest, EventWaitersAreWokenWithEnodevByDestroy) {
+  auto storage = std::make_shared<FaultDevice>(MakeMemoryDevice(2 * kMiB + 16 * kMiB));
+  Uuid id = TakeSnapshot(storage);
+  auto snapshot = engine_->FindSnapshot(id);
+  storage->FailAllWrites(EIO);
+  ASSERT_OK(WritePattern(*tracker_, 0, 512, 2));
+  auto first = snapshot->WaitEvent(0, std::chrono::milliseconds(2000));
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  const uint64_t last = snapshot->last_event_seq();
+  std::vector<std::thread> waiters;
+  std::atomic<int> enodev{0};
+  for (int i = 0; i < 3; ++i) {
+    waiters.emplace_back([&] {
+      if (snapshot->WaitEvent(last, std::chrono::seconds(10)).status().errnum() == ENODEV) ++enodev;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_OK(engine_->Destroy(id));
+  for (auto& t : waiters) t.join();
+  EXPECT_EQ(enodev.load(), 3);
+  // What was logged stays readable after the destroy.
+  auto again = snapshot->WaitEvent(0, std::chrono::milliseconds(0));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->seq, 1u);
+  EXPECT_EQ(again->event.type, SnapshotEvent::Type::kCorrupted);
 }
 
 TEST_F(EngineTest, DestroyDuringInFlightIo) {
@@ -562,6 +597,29 @@ TEST_F(EngineFileTest, RefusesStorageThatWouldHarmData) {
   EXPECT_EQ(tracker_->snapshot(), nullptr);
   tracker_->RemoveAlias(st.st_dev);
   EXPECT_OK(engine_->AddDevice(*id, "vol"));
+}
+
+}  // namespace
+}  // namespace blksnap
+
+namespace blksnap {
+namespace {
+
+TEST(ValidateDeviceNameTest, AcceptsLettersDigitsDashUnderscoreDot) {
+  EXPECT_OK(ValidateDeviceName("vol0"));
+  EXPECT_OK(ValidateDeviceName("My-Disk_1.img"));
+  EXPECT_OK(ValidateDeviceName("..."));
+  EXPECT_OK(ValidateDeviceName(std::string(128, 'a')));
+}
+
+TEST(ValidateDeviceNameTest, RefusesEverythingElseWithEinval) {
+  for (std::string_view bad : {"", ".", "..", "a/b", "a b", "a:b", "é", "a\nb", "-\\", "a@b"}) {
+    Status s = ValidateDeviceName(bad);
+    EXPECT_EQ(s.errnum(), EINVAL) << "'" << bad << "'";
+  }
+  EXPECT_EQ(ValidateDeviceName(std::string(129, 'a')).errnum(), EINVAL);
+  EXPECT_EQ(ValidateDeviceName(std::string_view("a\0b", 3)).errnum(), EINVAL);
+  EXPECT_NE(ValidateDeviceName("a/b").message().find("letters, digits"), std::string::npos);
 }
 
 }  // namespace

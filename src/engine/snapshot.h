@@ -1,9 +1,9 @@
-// SnapshotImpl and SnapImage: a snapshot of one or more tracked devices and the images that
-// present their take-time data (blksnap's snapshot.c and snapimage.c).
+// SnapshotImpl: a snapshot of one or more tracked devices (blksnap's snapshot.c); the image of
+// each device is a SnapImage (snap_image.h), its events an EventLog (event.h).
 //
 // States: created --Take--> taken --(a device's copy fails)--> corrupted; any --Destroy-->
 // destroyed. The engine drives the transitions; a snapshot only records them, keeps its
-// members (tracker, DiffArea, image) and its event queue.
+// members (tracker, DiffArea, image) and its event log.
 //
 // Locking: mu_ guards state_ and members_. Corruption callbacks come from DiffArea threads and
 // take mu_ briefly; they never call back into a DiffArea.
@@ -17,33 +17,11 @@
 #include "blksnap/engine.h"
 #include "engine/diff_area.h"
 #include "engine/diff_storage.h"
-#include "engine/event_queue.h"
+#include "engine/event.h"
+#include "engine/snap_image.h"
 #include "engine/tracker.h"
 
 namespace blksnap {
-
-// The image of one device: reads give take-time data; writes go to the difference storage.
-class SnapImage final : public BlockDevice {
- public:
-  SnapImage(std::shared_ptr<DiffArea> area, std::shared_ptr<TrackerImpl> tracker);
-
-  uint64_t size() const override { return area_->geometry().capacity; }
-  uint32_t logical_block_size() const override { return logical_block_size_; }
-  uint32_t physical_block_size() const override { return physical_block_size_; }
-  DeviceCapabilities capabilities() const override;
-  Status Read(uint64_t offset, std::span<uint8_t> buf) override;
-  Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override;
-  Status Flush() override;
-  // Trim is accepted and ignores the range (reads keep returning the old data, as allowed).
-  Status Trim(uint64_t offset, uint64_t length) override;
-  Status WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags) override;
-
- private:
-  const std::shared_ptr<DiffArea> area_;
-  const std::shared_ptr<TrackerImpl> tracker_;
-  const uint32_t logical_block_size_;
-  const uint32_t physical_block_size_;
-};
 
 class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<SnapshotImpl> {
  public:
@@ -54,14 +32,19 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
     int errnum = 0;
   };
 
-  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventQueue> events);
+  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventLog> events);
 
   const Uuid& id() const override { return id_; }
   SnapshotState state() const override;
   StorageInfo storage_info() const override;
   std::vector<SnapshotDeviceInfo> devices() const override;
   std::shared_ptr<BlockDevice> image(const std::string& device) const override;
-  Result<SnapshotEvent> WaitEvent(std::chrono::milliseconds timeout) override;
+  Result<SnapshotEventRecord> WaitEvent(uint64_t after,
+                                        std::chrono::milliseconds timeout) override {
+    return events_->Wait(after, timeout);
+  }
+  std::vector<SnapshotEventRecord> events() const override { return events_->records(); }
+  uint64_t last_event_seq() const override { return events_->last_seq(); }
 
   // Engine internals (called with the engine's take mutex held).
   std::shared_ptr<DiffStorage> storage() const {
@@ -82,7 +65,7 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
  private:
   const Uuid id_;
   std::shared_ptr<DiffStorage> storage_;  // released at MarkDestroyed (after areas shut down)
-  const std::shared_ptr<EventQueue> events_;
+  const std::shared_ptr<EventLog> events_;
 
   mutable std::mutex mu_;
   SnapshotState state_ = SnapshotState::kCreated;  // guarded by mu_

@@ -454,9 +454,9 @@ TEST_F(EngineFlowTest, StorageLimitCorruptsSnapshotNotOriginal) {
   std::string sums;
   ASSERT_EQ(Shell("cd " + original.path() + " && sha256sum before* after*", &sums), 0);
 
-  auto event = snapshot->WaitEvent(std::chrono::seconds(30));
-  while (event.ok() && event->type != SnapshotEvent::Type::kCorrupted)
-    event = snapshot->WaitEvent(std::chrono::seconds(30));
+  auto event = snapshot->WaitEvent(0, std::chrono::seconds(30));
+  while (event.ok() && event->event.type != SnapshotEvent::Type::kCorrupted)
+    event = snapshot->WaitEvent(event->seq, std::chrono::seconds(30));
   ASSERT_TRUE(event.ok()) << event.status().ToString();
   EXPECT_EQ(snapshot->state(), SnapshotState::kCorrupted);
   // Image reads fail with EIO, through the FUSE file and the loop device.
