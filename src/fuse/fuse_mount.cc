@@ -50,7 +50,7 @@
 #include <thread>
 #include <vector>
 
-#include "io/fd.h"
+#include "util/fd.h"
 
 namespace blksnap::fuse {
 namespace {
@@ -149,7 +149,7 @@ class Mount::Impl {
 
   const std::string dir_;
   fuse_session* session_ = nullptr;
-  io::Fd stop_fd_;  // eventfd: readable once Stop() began
+  Fd stop_fd_;  // eventfd: readable once Stop() began
   bool mounted_ = false;
   std::thread loop_thread_;
   std::atomic<bool> stopped_{false};
@@ -198,16 +198,10 @@ bool IsFuseMountRoot(const std::string& dir) {
 Status Mount::Impl::Start() {
   int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) return Status::FromErrno("eventfd");
-  stop_fd_ = io::Fd(efd);
+  stop_fd_ = Fd(efd);
 
-  int fuse_fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
-  if (fuse_fd < 0) return Status::FromErrno("open /dev/fuse");
-  struct FdGuard {
-    int fd;
-    ~FdGuard() {
-      if (fd >= 0) ::close(fd);
-    }
-  } fuse_fd_owner{fuse_fd};  // until the session owns it
+  Fd fuse_fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK));  // until the session owns it
+  if (!fuse_fd.valid()) return Status::FromErrno("open /dev/fuse");
 
   static const fuse_lowlevel_ops kOps = [] {
     fuse_lowlevel_ops ops{};
@@ -232,7 +226,7 @@ Status Mount::Impl::Start() {
   fuse_opt_free_args(&args);
   if (session_ == nullptr) return Status::Error(ENOMEM, "fuse_session_new failed");
 
-  std::string options = "fd=" + std::to_string(fuse_fd) +
+  std::string options = "fd=" + std::to_string(fuse_fd.get()) +
                         ",rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions";
   if (::mount("blksnap", dir_.c_str(), "fuse.blksnap", MS_NOSUID | MS_NODEV, options.c_str()) != 0)
     return Status::FromErrno("mount FUSE at " + dir_);
@@ -242,9 +236,9 @@ Status Mount::Impl::Start() {
                                      .read = &Impl::IoRead,
                                      .splice_receive = nullptr,
                                      .splice_send = nullptr};
-  if (int res = fuse_session_custom_io(session_, &kIo, fuse_fd); res != 0)
+  if (int res = fuse_session_custom_io(session_, &kIo, fuse_fd.get()); res != 0)
     return Status::Error(-res, "fuse_session_custom_io");
-  fuse_fd_owner.fd = -1;  // the session closes it now
+  (void)fuse_fd.Release();  // the session closes it now
 
   loop_thread_ = std::thread([this] {
     fuse_loop_config* config = fuse_loop_cfg_create();

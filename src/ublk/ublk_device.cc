@@ -62,6 +62,7 @@
 
 #include "ublk/ublk_request.h"
 #include "ublk/ublk_uapi.h"
+#include "util/fd.h"
 
 namespace blksnap::ublk {
 namespace {
@@ -74,31 +75,6 @@ constexpr auto kNodeTimeout = std::chrono::seconds(10);
 
 std::string CharPath(int dev_id) { return "/dev/ublkc" + std::to_string(dev_id); }
 std::string BlockPath(int dev_id) { return "/dev/ublkb" + std::to_string(dev_id); }
-
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) {
-      Close();
-      fd_ = std::exchange(other.fd_, -1);
-    }
-    return *this;
-  }
-  ~UniqueFd() { Close(); }
-  int get() const { return fd_; }
-  void Close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 // An mmap'd region, unmapped on destruction.
 class Mapping {
@@ -175,7 +151,7 @@ class Control {
  public:
   static Result<std::unique_ptr<Control>> Open() {
     auto control = std::unique_ptr<Control>(new Control());
-    control->fd_ = UniqueFd(::open(kControlPath, O_RDWR | O_CLOEXEC));
+    control->fd_ = Fd(::open(kControlPath, O_RDWR | O_CLOEXEC));
     if (control->fd_.get() < 0) return Status::FromErrno("open /dev/ublk-control");
     BLKSNAP_RETURN_IF_ERROR(control->ring_.Init(4, IORING_SETUP_SQE128));
     return control;
@@ -212,17 +188,17 @@ class Control {
 
  private:
   Control() = default;
-  UniqueFd fd_;
+  Fd fd_;
   Ring ring_;
 };
 
 // Opens path, retrying while it does not exist yet (devtmpfs/udev) or is still held by a
 // dying server (EBUSY).
-Result<UniqueFd> OpenRetrying(const std::string& path, std::chrono::milliseconds timeout) {
+Result<Fd> OpenRetrying(const std::string& path, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) return UniqueFd(fd);
+    if (fd >= 0) return Fd(fd);
     if ((errno != ENOENT && errno != EBUSY) || std::chrono::steady_clock::now() > deadline) {
       return Status::FromErrno("open " + path);
     }
@@ -282,7 +258,7 @@ class Queue {
         ::mmap(nullptr, buf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (bufs == MAP_FAILED) return Status::FromErrno("mmap ublk buffers");
     buffers_ = Mapping(bufs, buf_bytes);
-    event_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC));
+    event_fd_ = Fd(::eventfd(0, EFD_CLOEXEC));
     if (event_fd_.get() < 0) return Status::FromErrno("eventfd");
 
     std::promise<Status> started;
@@ -521,7 +497,7 @@ class Queue {
   const uint16_t worker_count_;
   Mapping descs_;
   Mapping buffers_;
-  UniqueFd event_fd_;
+  Fd event_fd_;
   uint64_t event_value_ = 0;  // target of the pending eventfd READ
   std::thread thread_;
   std::vector<std::thread> workers_;  // started and joined by the queue thread
@@ -548,7 +524,7 @@ struct Device::Impl {
   std::unique_ptr<Control> control;
   ublksrv_ctrl_dev_info info{};
   int dev_id = -1;
-  UniqueFd char_fd;
+  Fd char_fd;
   std::vector<std::unique_ptr<Queue>> queues;
   uint64_t rdev = 0;
   State state = State::kStopped;
