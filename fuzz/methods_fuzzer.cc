@@ -36,7 +36,7 @@ class NoFronts final : public Fronts {
 };
 
 Service& TheService() {
-  static Env* env = NewMemEnv().release();
+  static Env* env = new MemoryEnv();
   static Service* service = [] {
     ServiceInfo info;
     info.env = env;

@@ -337,7 +337,8 @@ TEST_F(ServiceTest, EventsReachEveryWaiterAndACursorlessWaitConsumes) {
   ASSERT_FALSE(last.empty());
   auto next = service_->WaitEvent(*id, std::nullopt, std::chrono::milliseconds(10), nullptr);
   ASSERT_TRUE(next.ok());
-  if (last.size() == 1) EXPECT_TRUE(next->timed_out);
+  EXPECT_EQ(next->timed_out, last.size() == 1);
+  if (!next->timed_out) EXPECT_EQ(next->record.seq, 2u);
   EXPECT_EQ(service_->GetSnapshot(*id)->state, SnapshotState::kCorrupted);
   // A cancelled wait ends early.
   auto cancelled = service_->WaitEvent(*id, 1000, std::chrono::seconds(30), [] { return true; });

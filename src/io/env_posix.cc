@@ -18,12 +18,11 @@
 
 #include "blksnap/env.h"
 #include "blksnap/io.h"
-#include "io/fd.h"
+#include "util/fd.h"
 
 namespace blksnap {
 namespace {
 
-using io::Fd;
 
 FileStat ToFileStat(const struct stat& st) {
   FileStat out;
