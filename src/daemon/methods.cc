@@ -257,7 +257,7 @@ Result<json> SnapshotTake(Service& service, const json& params, const Cancelled&
 
 Result<json> SnapshotDestroy(Service& service, const json& params, const Cancelled&) {
   BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
-  BLKSNAP_RETURN_IF_ERROR(service.DestroySnapshot(id));
+  BLKSNAP_RETURN_IF_ERROR(service.DestroySnapshot(id, GetBool(params, "force")));
   return json::object();
 }
 

@@ -152,7 +152,8 @@ class Service {
   Result<Uuid> CreateSnapshot(const SnapshotRequest& request) EXCLUDES(mu_);
   Status AddDevice(const Uuid& id, const std::string& device) EXCLUDES(mu_);
   Result<TakeView> Take(const Uuid& id) EXCLUDES(mu_);
-  Status DestroySnapshot(const Uuid& id) EXCLUDES(mu_);
+  // Refused (EBUSY) while a client uses one of its images, unless force.
+  Status DestroySnapshot(const Uuid& id, bool force) EXCLUDES(mu_);
   std::vector<SnapshotSummary> Snapshots() EXCLUDES(mu_);
   Result<SnapshotView> GetSnapshot(const Uuid& id) EXCLUDES(mu_);
   // The first event after `after` (without it: after the last one a cursor-less wait returned).

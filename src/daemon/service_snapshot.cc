@@ -178,7 +178,7 @@ void Service::ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>*
   }
 }
 
-Status Service::DestroySnapshot(const Uuid& id) {
+Status Service::DestroySnapshot(const Uuid& id, bool force) {
   MutexLock lock(mu_);
   auto it = snapshots_.find(id);
   if (it == snapshots_.end() && !engine_->FindSnapshot(id)) {
@@ -186,6 +186,16 @@ Status Service::DestroySnapshot(const Uuid& id) {
   }
   if (it != snapshots_.end() && it->second.busy) {
     return Status::Error(EBUSY, "snapshot " + id.ToString() + " is being taken");
+  }
+  if (it != snapshots_.end() && !force) {
+    for (const auto& [device, exposure] : it->second.images) {
+      Status idle = exposure->CheckIdle();
+      if (!idle.ok()) {
+        return Status::Error(EBUSY, "the image of '" + device + "' in snapshot " +
+                                        id.ToString() + " is in use: " +
+                                        std::string(idle.message()) + " (use --force)");
+      }
+    }
   }
   // Fronts first, so no client keeps using an image whose I/O is about to fail.
   if (it != snapshots_.end()) {

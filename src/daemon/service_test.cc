@@ -222,7 +222,7 @@ TEST_F(ServiceTest, MarkDirtyChecksEveryRangeBeforeMarkingAny) {
   auto id = service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"vol"}});
   ASSERT_TRUE(id.ok()) << id.status().ToString();
   ASSERT_TRUE(service_->Take(*id).ok());
-  ASSERT_OK(service_->DestroySnapshot(*id));
+  ASSERT_OK(service_->DestroySnapshot(*id, false));
   auto before = service_->CbtChanges("vol", 0, std::nullopt);
   ASSERT_TRUE(before.ok());
   EXPECT_TRUE(before->extents.empty());
@@ -269,7 +269,13 @@ TEST_F(ServiceTest, SnapshotTakeFreezesTheLoopFrontsAndExposesImages) {
   EXPECT_EQ(service_->Take(*id).status().errnum(), EALREADY);
   // The device is in the snapshot: detach is refused even with --force.
   EXPECT_EQ(service_->Detach("vol", true).errnum(), EBUSY);
-  EXPECT_OK(service_->DestroySnapshot(*id));
+  // An image in use is destroyed only with force.
+  log_->busy.insert(image);
+  Status busy = service_->DestroySnapshot(*id, false);
+  EXPECT_EQ(busy.errnum(), EBUSY);
+  EXPECT_NE(busy.ToString().find("--force"), std::string::npos);
+  EXPECT_TRUE(Exposed(image));
+  EXPECT_OK(service_->DestroySnapshot(*id, true));
   EXPECT_FALSE(Exposed(image));
   EXPECT_EQ(service_->GetSnapshot(*id).status().errnum(), ENOENT);
   EXPECT_OK(service_->Detach("vol", false));
@@ -291,12 +297,12 @@ TEST_F(ServiceTest, ATakeDoesNotHoldTheServiceWhileFreezing) {
   entered.get_future().wait();
   // While the freeze hangs, other requests are answered, and the snapshot is busy.
   EXPECT_EQ(service_->Devices().size(), 1u);
-  EXPECT_EQ(service_->DestroySnapshot(*id).errnum(), EBUSY);
+  EXPECT_EQ(service_->DestroySnapshot(*id, false).errnum(), EBUSY);
   EXPECT_EQ(service_->Take(*id).status().errnum(), EBUSY);
   release.set_value();
   auto result = take.get();
   ASSERT_TRUE(result.ok()) << result.status().ToString();
-  EXPECT_OK(service_->DestroySnapshot(*id));
+  EXPECT_OK(service_->DestroySnapshot(*id, false));
 }
 
 TEST_F(ServiceTest, CreateSnapshotIsAllOrNothing) {
@@ -350,7 +356,7 @@ TEST_F(ServiceTest, EventsReachEveryWaiterAndACursorlessWaitConsumes) {
   // A cancelled wait ends early.
   auto cancelled = service_->WaitEvent(*id, 1000, std::chrono::seconds(30), [] { return true; });
   EXPECT_EQ(cancelled.status().errnum(), ECANCELED);
-  EXPECT_OK(service_->DestroySnapshot(*id));
+  EXPECT_OK(service_->DestroySnapshot(*id, false));
 }
 
 TEST_F(ServiceTest, RecordsFollowTheDevicesAndACrashedRunIsRestored) {
