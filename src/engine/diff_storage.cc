@@ -1,4 +1,5 @@
-// DiffStorage: see diff_storage.h. The header layout is in docs/diff-storage-format.md.
+// DiffStorage: see diff_storage.h. The header layout is in docs/diff-storage-format.md and
+// diff_storage_format.h.
 #include "engine/diff_storage.h"
 
 #include <fcntl.h>
@@ -11,13 +12,11 @@
 #include <vector>
 
 #include "blksnap/io.h"
-#include "util/crc32c.h"
 
 namespace blksnap {
 namespace {
 
-constexpr char kMagic[16] = "BLKSNAP-DIFFSTO";  // 15 chars + NUL
-constexpr uint32_t kFormatVersion = 1;
+constexpr const auto& kMagic = kDiffStorageMagic;  // diff_storage_format.h
 constexpr uint64_t kMiB = 1ull << 20;
 
 // Owns a file descriptor shared by the grow function.
@@ -150,21 +149,14 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
 }
 
 Status DiffStorage::WriteHeader(const Uuid& id) {
-  std::vector<uint8_t> header(4096, 0);
-  std::memcpy(header.data(), kMagic, sizeof(kMagic));
-  std::memcpy(header.data() + 16, &kFormatVersion, 4);
-  const uint32_t header_size = static_cast<uint32_t>(kDiffStorageHeaderSize);
-  std::memcpy(header.data() + 20, &header_size, 4);
-  std::memcpy(header.data() + 24, id.bytes().data(), 16);
-  const uint64_t created =
-      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count());
-  std::memcpy(header.data() + 40, &created, 8);
-  std::memcpy(header.data() + 48, &limit_, 8);
-  const uint32_t crc = Crc32c(header.data(), 4092);
-  std::memcpy(header.data() + 4092, &crc, 4);
-  return device_->Write(0, header);
+  DiffStorageHeader header;
+  header.snapshot_id = id;
+  header.created = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count());
+  header.limit = limit_;
+  const auto block = SerializeDiffStorageHeader(header);
+  return device_->Write(0, block);
 }
 
 Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {

@@ -2,12 +2,12 @@
 //
 // The storage is one BlockDevice: an unnamed temporary file in a directory, a regular file, or
 // a block device, always opened with O_DIRECT. The first 2 MiB hold a header
-// (docs/diff-storage-format.md); chunks are allocated after it by a bump pointer, 4 KiB-aligned.
-// Files are sized to header + limit as a sparse file and their space is reserved with fallocate in
-// steps of diff_storage_minimum, by a background thread, when free reserved space falls below half
-// a step; allocations only wait for it when the reserved space is used up. When the limit is
-// reached (or the file system refuses to grow) a no_space event is raised once; an allocation that
-// cannot be served fails with ENOSPC.
+// (docs/diff-storage-format.md, constants in diff_storage_format.h); chunks are allocated after it
+// by a bump pointer, 4 KiB-aligned. Files are sized to header + limit as a sparse file and their
+// space is reserved with fallocate in steps of diff_storage_minimum, by a background thread, when
+// free reserved space falls below half a step; allocations only wait for it when the reserved space
+// is used up. When the limit is reached (or the file system refuses to grow) a no_space event is
+// raised once; an allocation that cannot be served fails with ENOSPC.
 //
 // Locking: mu_ guards the allocation state; the grower thread calls grow_ without mu_ held.
 #pragma once
@@ -23,11 +23,9 @@
 #include "blksnap/block_device.h"
 #include "blksnap/engine.h"
 #include "blksnap/uuid.h"
+#include "engine/diff_storage_format.h"
 
 namespace blksnap {
-
-inline constexpr uint64_t kDiffStorageHeaderSize = 2ull << 20;
-inline constexpr uint64_t kAllocationAlign = 4096;  // every Allocate() result is a multiple
 
 struct StorageIdentity {
   bool is_block_device = false;
