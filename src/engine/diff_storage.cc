@@ -40,9 +40,9 @@ DiffStorage::DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint6
 
 DiffStorage::~DiffStorage() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stop_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   if (grower_.joinable()) grower_.join();
 }
@@ -59,6 +59,8 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
   std::shared_ptr<DiffStorage> storage(new DiffStorage(std::move(device), std::move(grow), limit,
                                                        step, std::move(events), std::move(path)));
   BLKSNAP_RETURN_IF_ERROR(storage->WriteHeader(id));
+  // Not shared yet: the locks below cost nothing and let the analysis check the fields.
+  DiffStorage* raw = storage.get();
   // The first step is reserved now, so that a storage without room fails at creation.
   const uint64_t first = std::min(step, limit);
   if (storage->grow_) {
@@ -67,10 +69,14 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
       return Status::Error(s.errnum(), "cannot reserve the first " + std::to_string(first >> 20) +
                                            " MiB of difference storage: " + s.ToString());
     }
-    storage->reserved_ = first;
-    storage->grower_ = std::thread([raw = storage.get()] { raw->GrowerLoop(); });
+    {
+      MutexLock lock(raw->mu_);
+      raw->reserved_ = first;
+    }
+    storage->grower_ = std::thread([raw] { raw->GrowerLoop(); });
   } else {
-    storage->reserved_ = limit;  // fixed-size devices are reserved whole
+    MutexLock lock(raw->mu_);
+    raw->reserved_ = limit;  // fixed-size devices are reserved whole
   }
   return storage;
 }
@@ -163,7 +169,7 @@ Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {
   // Every allocation starts on a 4 KiB boundary, so direct I/O never needs a bounce (a short
   // last chunk would otherwise misalign every chunk after it).
   bytes = (bytes + kAllocationAlign - 1) & ~(kAllocationAlign - 1);
-  std::unique_lock lock(mu_);
+  MutexLock lock(mu_);
   for (;;) {
     if (stop_) return Status::Error(ENODEV, "difference storage closed");
     if (used_ + bytes <= reserved_) {
@@ -173,7 +179,7 @@ Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {
         if (reserved_ < limit_ && !grow_failed_ && grow_) {
           if (!growing_) {
             growing_ = true;
-            cv_.notify_all();
+            cv_.SignalAll();
           }
         } else {
           RaiseNoSpace(step_);
@@ -188,9 +194,9 @@ Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {
     }
     if (!growing_) {
       growing_ = true;
-      cv_.notify_all();
+      cv_.SignalAll();
     }
-    cv_.wait(lock, [&] { return !growing_ || stop_; });
+    while (growing_ && !stop_) cv_.Wait(mu_);
   }
 }
 
@@ -206,15 +212,17 @@ void DiffStorage::RaiseNoSpace(uint64_t requested) {
 }
 
 void DiffStorage::GrowerLoop() {
-  std::unique_lock lock(mu_);
+  // Manual Lock/Unlock: grow_ runs without mu_, and the analysis follows a plain Mutex through
+  // that better than a scoped lock released in the middle.
+  mu_.Lock();
   for (;;) {
-    cv_.wait(lock, [&] { return growing_ || stop_; });
-    if (stop_) return;
+    while (!growing_ && !stop_) cv_.Wait(mu_);
+    if (stop_) break;
     const uint64_t length = std::min(step_, limit_ - reserved_);
     const uint64_t offset = kDiffStorageHeaderSize + reserved_;
-    lock.unlock();
+    mu_.Unlock();
     Status s = length ? grow_(offset, length) : Status::Error(ENOSPC, "limit reached");
-    lock.lock();
+    mu_.Lock();
     if (s.ok()) {
       reserved_ += length;
     } else {
@@ -222,12 +230,13 @@ void DiffStorage::GrowerLoop() {
       RaiseNoSpace(length);
     }
     growing_ = false;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
+  mu_.Unlock();
 }
 
 StorageInfo DiffStorage::info() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return StorageInfo{path_, reserved_, used_, limit_};
 }
 

@@ -12,11 +12,9 @@
 // Locking: mu_ guards the allocation state; the grower thread calls grow_ without mu_ held.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -24,6 +22,7 @@
 #include "blksnap/engine.h"
 #include "blksnap/uuid.h"
 #include "engine/diff_storage_format.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 
@@ -53,10 +52,10 @@ class DiffStorage {
   DiffStorage& operator=(const DiffStorage&) = delete;
 
   // Allocates `bytes` and returns their device offset; ENOSPC when it cannot be served.
-  Result<uint64_t> Allocate(uint64_t bytes);
+  Result<uint64_t> Allocate(uint64_t bytes) EXCLUDES(mu_);
 
   BlockDevice& device() { return *device_; }
-  StorageInfo info() const;
+  StorageInfo info() const EXCLUDES(mu_);
   const StorageIdentity& identity() const { return identity_; }
   void set_identity(const StorageIdentity& identity) { identity_ = identity; }
 
@@ -64,8 +63,8 @@ class DiffStorage {
   DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit, uint64_t step,
               EventFn events, std::string path);
   Status WriteHeader(const Uuid& id);
-  void GrowerLoop();
-  void RaiseNoSpace(uint64_t requested);  // requires mu_
+  void GrowerLoop() EXCLUDES(mu_);
+  void RaiseNoSpace(uint64_t requested) REQUIRES(mu_);
 
   std::shared_ptr<BlockDevice> device_;
   GrowFn grow_;
@@ -75,14 +74,14 @@ class DiffStorage {
   const std::string path_;
   StorageIdentity identity_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  uint64_t reserved_ = 0;         // guarded by mu_: usable bytes reserved so far
-  uint64_t used_ = 0;             // guarded by mu_
-  bool growing_ = false;          // guarded by mu_: a grow is requested or running
-  bool grow_failed_ = false;      // guarded by mu_
-  bool no_space_raised_ = false;  // guarded by mu_
-  bool stop_ = false;             // guarded by mu_
+  mutable Mutex mu_;
+  CondVar cv_;
+  uint64_t reserved_ GUARDED_BY(mu_) = 0;  // usable bytes reserved so far
+  uint64_t used_ GUARDED_BY(mu_) = 0;
+  bool growing_ GUARDED_BY(mu_) = false;  // a grow is requested or running
+  bool grow_failed_ GUARDED_BY(mu_) = false;
+  bool no_space_raised_ GUARDED_BY(mu_) = false;
+  bool stop_ GUARDED_BY(mu_) = false;
   std::thread grower_;
 };
 
