@@ -3,7 +3,10 @@
 // Threads: Run() polls the listening socket and an eventfd; each accepted client gets its own
 // detached thread that reads request lines and writes answers in order. A slow or idle client
 // therefore only ever blocks its own thread, and a long wait-event never delays anyone else.
-// At most kMaxClients are served at once; more are told EBUSY and closed.
+// At most kMaxClients are served at once. A client idle between requests for idle_timeout is
+// disconnected (SO_RCVTIMEO), and at the cap the client idle for longest is evicted to make room,
+// so half-open connections can never lock everyone else out; only when every slot is answering
+// a request is a new client told EBUSY and closed.
 //
 // Framing and hostile input: lines are at most kMaxRequestBytes (newline excluded); a longer
 // line is answered with EMSGSIZE, then the connection is shut for writing, the rest of the
@@ -11,8 +14,8 @@
 // JSON nested deeper than kMaxJsonDepth is refused before parsing. Any parse or type error
 // becomes an error answer; nothing a client sends can throw out of a client thread.
 //
-// Locking: mu_ guards the set of client fds and the thread count; Stop() shuts every client
-// socket down (waking its thread's recv) and waits on cv_ until the count reaches zero.
+// Locking: mu_ guards the client table and the thread count; Stop() shuts every client socket
+// down (waking its thread's recv) and waits on cv_ until the count reaches zero.
 #include "daemon/control_server.h"
 
 #include <poll.h>
@@ -54,11 +57,13 @@ std::string ErrorLine(const json& id, const Status& status) {
 
 }  // namespace
 
-ControlServer::ControlServer(int listen_fd, int wake_fd, std::string path, Handler handler)
+ControlServer::ControlServer(int listen_fd, int wake_fd, std::string path, Handler handler,
+                             std::chrono::milliseconds idle_timeout)
     : listen_fd_(listen_fd),
       wake_fd_(wake_fd),
       path_(std::move(path)),
-      handler_(std::move(handler)) {}
+      handler_(std::move(handler)),
+      idle_timeout_(idle_timeout) {}
 
 ControlServer::~ControlServer() {
   Stop();
@@ -67,8 +72,8 @@ ControlServer::~ControlServer() {
   ::unlink(path_.c_str());
 }
 
-Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& path,
-                                                             Handler handler) {
+Result<std::unique_ptr<ControlServer>> ControlServer::Listen(
+    const std::string& path, Handler handler, std::chrono::milliseconds idle_timeout) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) {
@@ -77,9 +82,20 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& 
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Status::FromErrno("socket");
-  // The caller holds the state-dir lock, so a socket file left here is stale.
+  // A socket file left here is stale only if nobody answers on it: another daemon (with another
+  // state dir) may be listening, and replacing its socket would orphan its devices.
   struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      ::close(fd);
+      return Status::Error(EADDRINUSE, "another blksnapd is listening on " + path +
+                                           "; refusing to take over its control socket");
+    }
+    ::close(fd);
+    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Status::FromErrno("socket");
+    ::unlink(path.c_str());
+  }
   mode_t old_mask = ::umask(0077);
   int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   int bind_errno = errno;
@@ -100,7 +116,8 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& 
     ::close(fd);
     return s;
   }
-  return std::unique_ptr<ControlServer>(new ControlServer(fd, wake, path, std::move(handler)));
+  return std::unique_ptr<ControlServer>(
+      new ControlServer(fd, wake, path, std::move(handler), idle_timeout));
 }
 
 void ControlServer::Run() {
@@ -123,23 +140,32 @@ void ControlServer::Run() {
       continue;
     }
     {
-      std::lock_guard lock(mu_);
-      if (stopping_.load() || clients_.size() >= kMaxClients) {
-        SendAll(fd, ErrorLine(nullptr, Status::Error(EBUSY, "too many control clients")));
+      MutexLock lock(mu_);
+      size_t live = 0;
+      for (const auto& [cfd, c] : clients_) live += c.evicted ? 0 : 1;
+      if (stopping_.load() || (live >= kMaxClients && !EvictIdleLocked())) {
+        SendAll(fd, ErrorLine(nullptr, Status::Error(EBUSY, "too many control clients, all "
+                                                            "busy with requests")));
         ::close(fd);
         continue;
       }
-      clients_.insert(fd);
+      clients_[fd] = Client{std::chrono::steady_clock::now(), false, false};
       ++threads_;
     }
-    // A client that stops reading its answers must not hold its thread forever.
-    timeval tv{60, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    // A client that stops reading its answers must not hold its thread forever, and one that
+    // sends nothing between requests goes after idle_timeout_.
+    timeval snd{60, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &snd, sizeof(snd));
+    const auto idle_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(idle_timeout_).count();
+    timeval rcv{static_cast<time_t>(idle_us / 1000000),
+                static_cast<suseconds_t>(idle_us % 1000000)};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rcv, sizeof(rcv));
     try {
       std::thread([this, fd] { Serve(fd); }).detach();
     } catch (const std::system_error& e) {
       spdlog::warn("control client thread: {}", e.what());
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       clients_.erase(fd);
       --threads_;
       ::close(fd);
@@ -153,9 +179,33 @@ void ControlServer::Stop() {
   if (::write(wake_fd_, &one, sizeof(one)) < 0) {
     // The eventfd only fails if its counter overflows; Run() is awake then anyway.
   }
-  std::unique_lock lock(mu_);
-  for (int fd : clients_) ::shutdown(fd, SHUT_RDWR);
-  cv_.wait(lock, [this] { return threads_ == 0; });
+  MutexLock lock(mu_);
+  for (const auto& [fd, c] : clients_) ::shutdown(fd, SHUT_RDWR);
+  while (threads_ != 0) cv_.Wait(mu_);
+}
+
+bool ControlServer::EvictIdleLocked() {
+  int victim = -1;
+  std::chrono::steady_clock::time_point oldest = std::chrono::steady_clock::time_point::max();
+  for (const auto& [fd, c] : clients_) {
+    if (c.in_request || c.evicted || c.last_active >= oldest) continue;
+    victim = fd;
+    oldest = c.last_active;
+  }
+  if (victim < 0) return false;
+  // Its thread wakes from recv with EOF and closes the fd itself.
+  clients_[victim].evicted = true;
+  ::shutdown(victim, SHUT_RDWR);
+  spdlog::warn("control socket: {} clients, disconnected the longest idle one", kMaxClients);
+  return true;
+}
+
+void ControlServer::MarkClient(int fd, bool in_request) {
+  MutexLock lock(mu_);
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  it->second.in_request = in_request;
+  it->second.last_active = std::chrono::steady_clock::now();
 }
 
 std::string ControlServer::AnswerLine(std::string_view line,
@@ -164,12 +214,9 @@ std::string ControlServer::AnswerLine(std::string_view line,
   if (control::JsonDepth(line) > control::kMaxJsonDepth) {
     return ErrorLine(id, Status::Error(EINVAL, "request nested too deeply"));
   }
-  json request;
-  try {
-    request = json::parse(line);
-  } catch (const json::exception& e) {
-    return ErrorLine(
-        id, Status::Error(EINVAL, std::string("malformed request: not JSON (") + e.what() + ")"));
+  json request = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (request.is_discarded()) {
+    return ErrorLine(id, Status::Error(EINVAL, "malformed request: not JSON"));
   }
   if (!request.is_object()) {
     return ErrorLine(id, Status::Error(EINVAL, "malformed request: expected a JSON object"));
@@ -233,7 +280,10 @@ void ControlServer::Serve(int fd) {
         break;
       }
       if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
-      if (!SendAll(fd, AnswerLine(line, cancelled))) {
+      MarkClient(fd, true);
+      std::string answer = AnswerLine(line, cancelled);
+      MarkClient(fd, false);
+      if (!SendAll(fd, answer)) {
         closed = true;
         break;
       }
@@ -258,10 +308,10 @@ void ControlServer::Serve(int fd) {
     }
     break;
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   clients_.erase(fd);
   ::close(fd);
-  if (--threads_ == 0) cv_.notify_all();
+  if (--threads_ == 0) cv_.SignalAll();
 }
 
 }  // namespace blksnap::daemon

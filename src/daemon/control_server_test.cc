@@ -5,6 +5,7 @@
 #include "daemon/control_server.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -224,6 +225,87 @@ TEST_F(ControlServerTest, StopWithClientsConnected) {
   server_->Stop();  // must return: idle client disconnected, blocked one released
   (void)pending.get();
   close(idle);
+}
+
+TEST_F(ControlServerTest, ASecondServerNeverTakesALiveSocket) {
+  auto second = ControlServer::Listen(path_, [](const std::string&, const json&,
+                                                const std::function<bool()>&) -> Result<json> {
+    return json{{"second", true}};
+  });
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().errnum(), EADDRINUSE);
+  // The first still answers on its socket.
+  auto client = ControlClient::Connect(path_);
+  ASSERT_TRUE(client.ok());
+  auto r = (*client)->Call("echo", {{"first", true}});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)["first"], true);
+}
+
+TEST_F(ControlServerTest, AStaleSocketFileIsReplaced) {
+  std::string stale = dir_ + "/stale.sock";
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, stale.c_str());
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  close(fd);  // the file stays, nobody listens
+  auto server = ControlServer::Listen(
+      stale, [](const std::string&, const json&, const std::function<bool()>&) -> Result<json> {
+        return json::object();
+      });
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  server->reset();
+}
+
+TEST_F(ControlServerTest, IdleClientsAreDisconnected) {
+  std::string path = dir_ + "/idle.sock";
+  auto server = ControlServer::Listen(
+      path,
+      [](const std::string&, const json& params, const std::function<bool()>&) -> Result<json> {
+        return params;
+      },
+      std::chrono::milliseconds(200));
+  ASSERT_TRUE(server.ok());
+  std::thread run([&] { (*server)->Run(); });
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, path.c_str());
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  WriteAll(fd, R"({"method":"echo","params":{"a":1}})"
+               "\n");
+  EXPECT_TRUE(json::parse(ReadLine(fd)).contains("result"));
+  WriteAll(fd, R"({"method":"ec)");  // half a request, then silence
+  auto start = std::chrono::steady_clock::now();
+  char c;
+  EXPECT_EQ(read(fd, &c, 1), 0);  // closed by the server
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  close(fd);
+  (*server)->Stop();
+  run.join();
+}
+
+TEST_F(ControlServerTest, IdleConnectionsAtTheCapCannotLockOthersOut) {
+  // Both ends live in this process: room for 2 x kMaxClients descriptors.
+  rlimit lim{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur < 4 * ControlServer::kMaxClients) {
+    lim.rlim_cur = std::min<rlim_t>(lim.rlim_max, 4 * ControlServer::kMaxClients);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+  }
+  ASSERT_GE(lim.rlim_cur, 2 * ControlServer::kMaxClients + 64) << "RLIMIT_NOFILE too low";
+  std::vector<int> idle;
+  for (size_t i = 0; i < ControlServer::kMaxClients; ++i) idle.push_back(Connect());
+  // Every slot is taken by a silent client; a real one still gets its answer.
+  for (int round = 0; round < 3; ++round) {
+    auto client = ControlClient::Connect(path_);
+    ASSERT_TRUE(client.ok());
+    auto r = (*client)->Call("echo", {{"round", round}});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ((*r)["round"], round);
+  }
+  for (int fd : idle) close(fd);
 }
 
 }  // namespace

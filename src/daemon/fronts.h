@@ -1,19 +1,23 @@
-// Fronts: how the daemon exposes devices and snapshot images (NBD exports, FUSE files, loop
-// devices, ublk devices). Each frontend is compiled in only when its library exists
-// (BLKSNAP_HAVE_NBD, BLKSNAP_HAVE_FUSE, BLKSNAP_HAVE_UBLK) and started only when configured and
-// available; absent fronts report null addresses.
+// Fronts: the servers the daemon exposes devices and snapshot images through (the NBD server,
+// the FUSE mount with its loop devices, ublk), behind one interface so the service can be
+// tested with fakes (service_test.cc).
+//
+// ServerFronts (StartFronts) is the real one: it starts every configured server; a server that
+// fails to start is logged and left out (the daemon serves the others), except NBD TCP/TLS
+// configuration errors, which fail the start. Each Expose() returns an Exposure
+// (front/exposure.h) that owns the fronts it made.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "blksnap/block_device.h"
 #include "blksnap/cbt.h"
 #include "blksnap/status.h"
+#include "front/exposure.h"
 
 namespace blksnap::daemon {
 
@@ -38,73 +42,35 @@ struct ExposeOptions {
   std::string ro_name;       // images: also a read-only NBD export of this name
 };
 
-// The addresses of one exposed device (a front or an image). Owned by the daemon's device or
-// snapshot entry; removed with Fronts::Unexpose.
-struct FrontSet {
-  std::string nbd_export;  // empty: not exported
-  std::string nbd_uri, nbd_tcp_uri;
-  std::string nbd_ro_export;  // images only: a read-only variant
-  std::string nbd_ro_uri;
-  std::string fuse_file;  // empty: no FUSE file
-  std::string fuse_path;
-  std::string loop_path;  // empty: no loop device
-  uint64_t loop_rdev = 0;
-  std::shared_ptr<void> loop;  // the loop device object (opaque here)
-  std::string ublk_path;       // empty: no ublk device
-  uint64_t ublk_rdev = 0;
-  int ublk_dev_id = -1;
-  bool ublk_recovered = false;  // re-attached to a device a previous daemon left (Recover)
-  std::shared_ptr<void> ublk;   // the ublk::Device (opaque here)
-
-  // st_rdev of every block device on this set (loop, ublk): to freeze and to alias.
-  std::vector<uint64_t> rdevs() const;
-
-  // {"nbd": uri|null, "fuse": path|null, "loop": path|null, "ublk": path|null,
-  //  "nbd_tcp": uri|null}
-  nlohmann::json ToJson() const;
+// What the running servers offer, fixed at start.
+struct FrontsInfo {
+  bool nbd = false;
+  bool fuse = false;
+  bool ublk = false;           // /dev/ublk-control usable at start
+  std::string block_frontend;  // "ublk" or "fuse-loop": what --blockdev requests get
+  std::string nbd_unix, nbd_tcp, fuse_dir;  // empty when that server is off
 };
 
 class Fronts {
  public:
-  // Starts every configured front that is compiled in. A front that fails to start is logged
-  // and left out (the daemon still serves the others), except NBD TCP/TLS configuration errors,
-  // which fail the start.
-  static Result<std::unique_ptr<Fronts>> Start(const FrontOptions& options);
-  ~Fronts();
-
-  bool has_nbd() const;
-  bool has_fuse() const;
-  bool has_ublk() const;  // ublk compiled in and /dev/ublk-control usable at start
-  // The block-device frontend chosen at start for --blockdev requests: "ublk" or "fuse-loop".
-  const std::string& block_frontend() const;
-  // {"nbd_unix", "nbd_tcp", "fuse_dir", "ublk", "frontend"} (null when off)
-  nlohmann::json Describe() const;
+  virtual ~Fronts() = default;
+  virtual const FrontsInfo& info() const = 0;
 
   // Exposes dev as `name` on every running front; with options.loop, also a loop device on the
-  // FUSE file (ENOTSUP without FUSE); with options.ublk a ublk device (ENOTSUP without ublk),
-  // re-attached with Recover when ublk_recover_id >= 0 (a new device if that fails; the set
-  // says which). On failure nothing stays exposed.
-  Result<FrontSet> Expose(const std::string& name, std::shared_ptr<BlockDevice> dev,
-                          std::shared_ptr<const CbtSource> cbt, const ExposeOptions& options);
-  // Removes a ublk device a dead daemon left behind whose backend is gone (a snapshot image):
-  // re-attaches with a backend failing every I/O (EIO) of the recorded geometry, then stops and
-  // deletes it, so nothing waits on it forever.
-  Status RemoveOrphanUblk(int dev_id, uint64_t size, uint32_t logical_block_size);
-  // Removes everything in set (loop first); best effort, returns the first error.
-  Status Unexpose(FrontSet& set);
-  // EBUSY naming the front if a client uses it (NBD connections, an open FUSE file, a mounted
-  // or opened loop device).
-  Status CheckIdle(const FrontSet& set) const;
-  // Freezes the filesystems on these block devices; the returned function thaws them.
-  Result<std::function<void()>> Freeze(const std::vector<uint64_t>& rdevs);
-
-  // Stops NBD and unmounts FUSE. Call after every set is unexposed.
-  void Stop();
-
- private:
-  Fronts() = default;
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  // FUSE file (ENOTSUP without FUSE); with options.ublk a ublk device (ENOTSUP without ublk).
+  // On failure nothing stays exposed.
+  virtual Result<std::unique_ptr<Exposure>> Expose(const std::string& name,
+                                                   std::shared_ptr<BlockDevice> dev,
+                                                   std::shared_ptr<const CbtSource> cbt,
+                                                   const ExposeOptions& options) = 0;
+  // Removes a ublk device a dead daemon left behind (see ublk::RemoveOrphan).
+  virtual Status RemoveOrphanUblk(int dev_id, uint64_t size, uint32_t logical_block_size) = 0;
+  // Freezes the file systems mounted on these block devices; the returned function thaws them.
+  virtual Result<std::function<void()>> Freeze(const std::vector<uint64_t>& rdevs) = 0;
+  // Stops the servers. Call after every exposure is removed.
+  virtual void Stop() = 0;
 };
+
+Result<std::unique_ptr<Fronts>> StartFronts(const FrontOptions& options);
 
 }  // namespace blksnap::daemon

@@ -15,10 +15,9 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
-#include <spdlog/sinks/basic_file_sink.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -35,6 +34,8 @@
 #include "control/protocol.h"
 #include "daemon/control_server.h"
 #include "daemon/fronts.h"
+#include "daemon/logging.h"
+#include "daemon/methods.h"
 #include "daemon/service.h"
 
 namespace blksnap::daemon {
@@ -141,6 +142,43 @@ void NotifySystemd(const char* state) {
   ::close(fd);
 }
 
+// Writes our pid to path without following a symlink planted there (O_NOFOLLOW) and only into
+// a regular file owned by us, so another user cannot make the daemon clobber a file of theirs.
+Status WritePidfile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ELOOP) {
+      return Status::Error(err, "pidfile " + path + " is a symbolic link; refusing to follow it");
+    }
+    return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
+      st.st_nlink != 1) {
+    ::close(fd);
+    return Status::Error(EPERM, "pidfile " + path +
+                                    " is not a regular file of ours with one link; refusing it");
+  }
+  std::string text = std::to_string(::getpid()) + "\n";
+  bool ok = ::ftruncate(fd, 0) == 0 &&
+            ::pwrite(fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size());
+  int err = errno;
+  ::close(fd);
+  if (!ok) return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
+  return Status::Ok();
+}
+
+// Every control client, NBD connection and FUSE/loop/ublk device holds descriptors: use the
+// hard limit (a service's soft limit is often 1024, below kMaxClients control clients alone).
+void RaiseFileLimit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
+  }
+}
+
 // Forks; the parent waits for the child's readiness report and exits with its outcome.
 void Daemonize() {
   int fds[2];
@@ -244,22 +282,11 @@ int Run(int argc, char** argv) {
 
   if (opt.daemonize) Daemonize();
 
-  std::shared_ptr<spdlog::logger> logger;
-  try {
-    if (!opt.log_file.empty()) {
-      logger = spdlog::basic_logger_mt("blksnapd", opt.log_file);
-    } else {
-      logger = spdlog::stderr_logger_mt("blksnapd");
-    }
-  } catch (const spdlog::spdlog_ex& e) {
-    ReportReady(std::string("log file: ") + e.what());
-    std::cerr << "blksnapd: error: log file: " << e.what() << "\n";
+  if (Status s = StartLogging(opt.log_file, opt.log_level); !s.ok()) {
+    ReportReady(std::string(s.message()));
+    std::cerr << "blksnapd: error: " << s.message() << "\n";
     return 1;
   }
-  logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ [%t] %v");
-  logger->set_level(spdlog::level::from_str(opt.log_level));
-  logger->flush_on(spdlog::level::trace);
-  spdlog::set_default_logger(logger);
   for (const auto& w : warnings) spdlog::warn("config: {}", w);
 
   // State dir and its lock.
@@ -291,6 +318,7 @@ int Run(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  RaiseFileLimit();
   auto engine = Engine::Create(config);
   if (!engine.ok()) return Fail("cannot start the engine: " + engine.status().ToString());
 
@@ -304,7 +332,7 @@ int Run(int argc, char** argv) {
   fo.tls_required = opt.tls_required;
   fo.fuse_dir = opt.fuse_dir;
   fo.frontend = opt.frontend;
-  auto fronts = Fronts::Start(fo);
+  auto fronts = StartFronts(fo);
   if (!fronts.ok()) return Fail("cannot start the fronts: " + fronts.status().ToString());
 
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
@@ -313,20 +341,18 @@ int Run(int argc, char** argv) {
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,
                              const std::function<bool()>& cancelled) {
-        return service->Handle(method, params, cancelled);
+        return HandleRequest(*service, method, params, cancelled);
       });
   if (!server.ok()) {
     service->Shutdown();
     return Fail(server.status().ToString());
   }
   if (!opt.pidfile.empty()) {
-    FILE* f = std::fopen(opt.pidfile.c_str(), "w");
-    if (f == nullptr) {
+    Status s = WritePidfile(opt.pidfile);
+    if (!s.ok()) {
       service->Shutdown();
-      return Fail("cannot write pidfile " + opt.pidfile + ": " + std::strerror(errno));
+      return Fail(s.ToString());
     }
-    std::fprintf(f, "%d\n", static_cast<int>(::getpid()));
-    std::fclose(f);
   }
   // Last step before serving, so no start-up failure can follow it: a failed start must not
   // stop the ublk devices a crashed daemon left (Shutdown would delete them). Clients that
@@ -338,8 +364,17 @@ int Run(int argc, char** argv) {
   ReportReady("");
   NotifySystemd("READY=1");
 
+  // SIGHUP reopens the log (logrotate) and never tears anything down; SIGTERM/SIGINT stop.
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig != SIGHUP) break;
+    Status s = ReopenLog();
+    if (s.ok()) {
+      spdlog::info("SIGHUP: log reopened; devices and snapshots unchanged");
+    } else {
+      spdlog::error("SIGHUP: {}", s.ToString());
+    }
   }
   spdlog::info("signal {} received: shutting down", strsignal(sig));
   NotifySystemd("STOPPING=1");

@@ -1,144 +1,233 @@
-// Service: the daemon's state and the handlers of every control-protocol method.
+// Service: the daemon's typed operations over the engine, the fronts and the state records.
+//
+// It knows nothing of JSON or sockets: methods.cc maps each control-protocol method to one
+// operation here (parameters in, a result struct out), and the control server carries the
+// bytes. service_test.cc drives it with memory devices and fake fronts.
+//
+// State: devices_ (attached devices, each with its Exposure) and snapshots_ (each with the
+// Exposures of its images). The engine is the source of truth for snapshot states, events and
+// CBT; the service adds names, paths, fronts and the records of STATE_DIR/devices.json.
+//
+// Locking: mu_ guards the maps. It is held for bookkeeping, never across a freeze, a take, the
+// creation of a ublk device or an event wait: attach reserves its name (pending_) and builds
+// the device without mu_; a take marks its snapshot busy, freezes and switches without mu_ and
+// takes mu_ again to expose the images. Operations that find a busy snapshot or a pending
+// name answer EBUSY.
 #pragma once
 
 #include <chrono>
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
-#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "blksnap/engine.h"
+#include "blksnap/env.h"
 #include "daemon/fronts.h"
+#include "daemon/records.h"
+#include "util/mutex.h"
 
 namespace blksnap::daemon {
 
 struct ServiceInfo {
-  std::string state_dir;
+  std::string state_dir;  // empty: no records (tests)
   std::string control_path;
+  Env* env = nullptr;  // null: Env::Default()
 };
+
+struct DeviceView {
+  std::string name, path;
+  uint64_t size = 0;
+  std::optional<Uuid> snapshot;
+  CbtInfo cbt;
+  FrontAddresses fronts;
+  bool restored = false;  // re-attached at start from the records of a previous run
+};
+
+struct FailedRecordView {
+  std::string name, path, error;
+  int ublk_dev_id = -1;
+};
+
+// What the last start found of a previous run (null in status when the start was clean).
+struct RestartView {
+  std::chrono::system_clock::time_point time;
+  size_t ublk_recovered = 0;
+  std::vector<std::string> notes;
+  std::vector<FailedRecordView> failed;
+};
+
+struct AttachRequest {
+  std::string path;  // absolute
+  std::string name;  // empty: the file name of path
+  bool loop = false, ublk = false, blockdev = false;
+};
+
+struct CbtMapSlice {
+  uint64_t offset = 0, count = 0, block_count = 0;
+  std::string bytes;  // count map bytes
+};
+
+struct CbtChangesView {
+  CbtInfo info;
+  uint8_t since = 0;
+  uint64_t bytes = 0;
+  std::vector<ByteExtent> extents;
+};
+
+struct SnapshotRequest {
+  std::string storage;  // absolute
+  uint64_t limit = 0;
+  bool loop = false, ublk = false, blockdev = false;
+  std::vector<std::string> devices;
+};
+
+struct TakeView {
+  Uuid id;
+  double took_ms = 0;
+  int64_t held_us = 0, frozen_us = 0;
+  std::vector<std::string> warnings;  // images that could not be exposed
+};
+
+struct SnapshotSummary {
+  Uuid id;
+  SnapshotState state = SnapshotState::kCreated;
+  std::vector<std::string> devices;
+};
+
+struct SnapshotDeviceView {
+  std::string name;
+  int errnum = 0;
+  std::optional<FrontAddresses> image;  // after the take, when exposed
+};
+
+struct SnapshotView {
+  Uuid id;
+  SnapshotState state = SnapshotState::kCreated;
+  StorageInfo storage;
+  std::vector<SnapshotDeviceView> devices;
+  std::vector<SnapshotEventRecord> events;  // recent ones
+};
+
+struct EventWaitView {
+  bool timed_out = false;
+  SnapshotEventRecord record;  // when !timed_out
+  uint64_t last_seq = 0;       // when timed_out: the newest event's seq
+};
+
+struct StatusView {
+  std::string state_dir, control_path;
+  FrontsInfo fronts;
+  std::vector<DeviceView> devices;
+  std::vector<SnapshotView> snapshots;
+  std::optional<RestartView> restart;
+};
+
+// The note that restored devices and the restart report carry.
+extern const char* const kRestartNote;
 
 class Service {
  public:
   Service(std::unique_ptr<Engine> engine, std::unique_ptr<Fronts> fronts, ServiceInfo info);
-  ~Service();
+  ~Service();  // Shutdown()
 
-  // Runs one request. `cancelled` tells a long wait that its client went away.
-  Result<nlohmann::json> Handle(const std::string& method, const nlohmann::json& params,
-                                const std::function<bool()>& cancelled);
+  const FrontsInfo& fronts_info() const { return fronts_->info(); }
+
+  Result<DeviceView> Attach(const AttachRequest& request) EXCLUDES(mu_);
+  Status Detach(const std::string& name, bool force) EXCLUDES(mu_);
+  std::vector<DeviceView> Devices() EXCLUDES(mu_);
+  std::optional<RestartView> restart() EXCLUDES(mu_);
+
+  Result<CbtInfo> GetCbtInfo(const std::string& name) EXCLUDES(mu_);
+  Result<CbtMapSlice> ReadCbtMap(const std::string& name, uint64_t offset, uint64_t count)
+      EXCLUDES(mu_);
+  Result<CbtChangesView> CbtChanges(const std::string& name, uint64_t since,
+                                    const std::optional<Uuid>& generation) EXCLUDES(mu_);
+  // Checks every range before marking any.
+  Status MarkDirty(const std::string& name, const std::vector<ByteExtent>& ranges) EXCLUDES(mu_);
+
+  Result<Uuid> CreateSnapshot(const SnapshotRequest& request) EXCLUDES(mu_);
+  Status AddDevice(const Uuid& id, const std::string& device) EXCLUDES(mu_);
+  Result<TakeView> Take(const Uuid& id) EXCLUDES(mu_);
+  Status DestroySnapshot(const Uuid& id) EXCLUDES(mu_);
+  std::vector<SnapshotSummary> Snapshots() EXCLUDES(mu_);
+  Result<SnapshotView> GetSnapshot(const Uuid& id) EXCLUDES(mu_);
+  // The first event after `after` (without it: after the last one a cursor-less wait returned).
+  // `cancelled` is polled so a wait ends when its client goes away (ECANCELED).
+  Result<EventWaitView> WaitEvent(const Uuid& id, std::optional<uint64_t> after,
+                                  std::chrono::milliseconds timeout,
+                                  const std::function<bool()>& cancelled) EXCLUDES(mu_);
+  StatusView GetStatus() EXCLUDES(mu_);
 
   // Destroys every snapshot, removes every front (ublk devices stopped and deleted), detaches
   // every device, stops the fronts and removes the device records of the state dir.
-  void Shutdown();
+  void Shutdown() EXCLUDES(mu_);
 
   // Daemon start after a crash: re-attaches every device recorded in STATE_DIR/devices.json
-  // (engine attach, NBD/FUSE/loop fronts again, ublk fronts re-attached with ublk Recover so
-  // their I/O resumes), removes ublk image devices whose snapshot is gone, and remembers what
-  // failed for `status`. Call once, before serving requests.
-  void Restore();
+  // (ublk fronts through ublk Recover, so their I/O resumes), removes ublk image devices whose
+  // snapshot is gone, and remembers what failed for `status`. Call once, before serving.
+  void Restore() EXCLUDES(mu_);
 
  private:
-  struct EventRecord {
-    uint64_t seq = 0;
-    SnapshotEvent event;
-    std::chrono::system_clock::time_point when;
-  };
-  // Events of one snapshot, filled by its watcher thread; waiters read them by sequence number.
-  struct EventLog {
-    std::mutex mu;
-    std::condition_variable cv;
-    std::deque<EventRecord> events;  // guarded by mu (the last kMaxEvents)
-    uint64_t next_seq = 1;           // guarded by mu
-    uint64_t consumed = 0;           // guarded by mu: queue cursor of wait-event without "after"
-    bool closed = false;             // guarded by mu: snapshot destroyed / daemon stopping
-  };
   struct DeviceEntry {
-    std::string name;
-    std::string path;
+    std::string name, path;
     dev_t st_dev = 0;
     ino_t st_ino = 0;
     std::shared_ptr<Tracker> tracker;
-    FrontSet fronts;
-    bool loop = false;      // asked for a loop front
-    bool ublk = false;      // asked for a ublk front
-    bool restored = false;  // re-attached at start from the state dir's records
-  };
-  // A recorded device that could not be re-attached at start (kept in the records so the next
-  // start retries; `detach NAME` drops it and removes its ublk device).
-  struct FailedRecord {
-    nlohmann::json record;
-    std::string error;
+    std::unique_ptr<Exposure> fronts;
+    bool loop = false, ublk = false;  // fronts asked for
+    bool restored = false;
   };
   struct SnapshotEntry {
     Uuid id;
     std::string storage;
-    bool loop = false;
-    bool ublk = false;
-    std::map<std::string, FrontSet> images;  // device name -> image fronts (after take)
-    std::shared_ptr<EventLog> events;
-    std::thread watcher;
-    std::shared_ptr<std::atomic<bool>> stop;
+    bool loop = false, ublk = false;
+    bool busy = false;  // a take is running without mu_
+    std::map<std::string, std::unique_ptr<Exposure>> images;  // device name -> image fronts
+    std::shared_ptr<Snapshot> snapshot;
+    uint64_t consumed = 0;  // cursor of wait-event calls without "after"
+  };
+  struct FailedRecord {
+    DeviceRecord record;
+    std::string error;
   };
 
-  Result<nlohmann::json> Version();
-  Result<nlohmann::json> Attach(const nlohmann::json& params);
-  Result<nlohmann::json> Detach(const nlohmann::json& params);
-  Result<nlohmann::json> Devices();
-  Result<nlohmann::json> CbtInfoOf(const nlohmann::json& params);
-  Result<nlohmann::json> CbtRead(const nlohmann::json& params);
-  Result<nlohmann::json> CbtChanges(const nlohmann::json& params);
-  Result<nlohmann::json> CbtMarkDirty(const nlohmann::json& params);
-  Result<nlohmann::json> SnapshotCreate(const nlohmann::json& params);
-  Result<nlohmann::json> SnapshotAdd(const nlohmann::json& params);
-  Result<nlohmann::json> SnapshotTake(const nlohmann::json& params);
-  Result<nlohmann::json> SnapshotDestroy(const nlohmann::json& params);
-  Result<nlohmann::json> SnapshotList();
-  Result<nlohmann::json> SnapshotInfo(const nlohmann::json& params);
-  Result<nlohmann::json> WaitEvent(const nlohmann::json& params,
-                                   const std::function<bool()>& cancelled);
-  Result<nlohmann::json> StatusReport();
-
-  // Callers hold mu_.
-  // Attaches path as name with the given block fronts; ublk_recover_id >= 0 re-attaches that
-  // ublk device. Returns the device object.
-  Status ResolveBlockFronts(const nlohmann::json& params, bool* loop, bool* ublk) const;
-  Result<nlohmann::json> AttachLocked(const std::string& name, const std::string& path, bool loop,
-                                      bool ublk, int ublk_recover_id, bool restored);
-  // Writes STATE_DIR/devices.json (temp file, fsync, rename, fsync dir); logs failures.
-  void SaveRecordsLocked();
-  nlohmann::json RestartJsonLocked() const;
-  Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const;
-  Result<Uuid> ParseId(const nlohmann::json& params) const;
-  nlohmann::json DeviceJsonLocked(const DeviceEntry& d) const;
-  nlohmann::json SnapshotJsonLocked(const SnapshotEntry& s, const Snapshot& snap) const;
-  // Removes a snapshot entry (fronts of its images, watcher) after the engine destroyed it.
-  void UnexposeImagesLocked(SnapshotEntry& entry);
-  void ReleaseSnapshotLocked(SnapshotEntry& entry, std::vector<std::thread>* joins);
-  void StartWatcher(SnapshotEntry& entry, std::shared_ptr<Snapshot> snap);
-
-  static nlohmann::json EventJson(const EventRecord& r);
+  Status ResolveBlockFronts(bool blockdev, bool* loop, bool* ublk) const;
+  // Opens, attaches and exposes a device without mu_ (the name is reserved in pending_).
+  Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path, bool loop,
+                                  bool ublk, int ublk_recover_id) EXCLUDES(mu_);
+  Result<DeviceView> AttachReserved(const std::string& name, const std::string& path, bool loop,
+                                    bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
+  Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const
+      REQUIRES(mu_);
+  Result<SnapshotEntry*> FindSnapshotLocked(const Uuid& id) REQUIRES(mu_);
+  DeviceView DeviceViewLocked(const DeviceEntry& d) const REQUIRES(mu_);
+  SnapshotView SnapshotViewLocked(const SnapshotEntry& s) const REQUIRES(mu_);
+  void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings)
+      REQUIRES(mu_);
+  void SaveRecordsLocked() REQUIRES(mu_);
+  void RestoreImagesLocked(const Records& records) REQUIRES(mu_);
+  std::optional<RestartView> RestartLocked() const REQUIRES(mu_);
 
   const ServiceInfo info_;
-  std::mutex mu_;
-  std::unique_ptr<Engine> engine_;              // guarded by mu_ for composite operations
-  std::unique_ptr<Fronts> fronts_;              // guarded by mu_
-  std::map<std::string, DeviceEntry> devices_;  // guarded by mu_
-  std::map<Uuid, SnapshotEntry> snapshots_;     // guarded by mu_
-  bool shut_down_ = false;                      // guarded by mu_
+  Env& env_;
+  std::unique_ptr<RecordStore> records_;  // null without a state dir
+  const std::unique_ptr<Engine> engine_;
+  const std::unique_ptr<Fronts> fronts_;
+
+  mutable Mutex mu_;
+  std::map<std::string, DeviceEntry> devices_ GUARDED_BY(mu_);
+  std::set<std::string> pending_ GUARDED_BY(mu_);  // names being attached without mu_
+  std::map<Uuid, SnapshotEntry> snapshots_ GUARDED_BY(mu_);
+  bool shut_down_ GUARDED_BY(mu_) = false;
   // Records are written only once Restore() has read the previous ones (a start that fails
-  // before must leave a crashed daemon's records alone): guarded by mu_.
-  bool records_loaded_ = false;
-  // Set by Restore() when the state dir held records of a previous run: guarded by mu_.
-  bool restarted_ = false;
-  std::chrono::system_clock::time_point restart_time_;
-  size_t ublk_recovered_ = 0;
-  std::vector<std::string> restart_notes_;
-  std::map<std::string, FailedRecord> failed_;  // name -> record that could not be re-attached
+  // before must leave a crashed daemon's records alone).
+  bool records_loaded_ GUARDED_BY(mu_) = false;
+  std::optional<RestartView> restart_ GUARDED_BY(mu_);
+  std::map<std::string, FailedRecord> failed_ GUARDED_BY(mu_);  // records not re-attached
 };
 
 }  // namespace blksnap::daemon

@@ -69,36 +69,27 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& file, uint32_t logical_
   if (logical_block_size < 512 || logical_block_size > 4096 ||
       (logical_block_size & (logical_block_size - 1)) != 0)
     return Status::Error(EINVAL, "bad loop block size " + std::to_string(logical_block_size));
-  int file_fd = ::open(file.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-  if (file_fd < 0) return Status::FromErrno("open " + file);
-  struct FdGuard {
-    int fd;
-    ~FdGuard() {
-      if (fd >= 0) ::close(fd);
-    }
-  } file_guard{file_fd};
-
-  int control = ::open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-  if (control < 0) return Status::FromErrno("open /dev/loop-control");
-  FdGuard control_guard{control};
+  Fd file_fd(::open(file.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC));
+  if (!file_fd.valid()) return Status::FromErrno("open " + file);
+  Fd control(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
+  if (!control.valid()) return Status::FromErrno("open /dev/loop-control");
 
   bool want_dio = true;
   Status last = Status::Error(EBUSY, "no free loop device");
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
-    int n = ::ioctl(control, LOOP_CTL_GET_FREE);
+    int n = ::ioctl(control.get(), LOOP_CTL_GET_FREE);
     if (n < 0) return Status::FromErrno("LOOP_CTL_GET_FREE");
     uint64_t rdev = 0;
-    int loop_fd = OpenLoopNode(n, &rdev);
-    if (loop_fd < 0) return Status::FromErrno("open " + LoopPath(n));
-    FdGuard loop_guard{loop_fd};
+    Fd loop_fd(OpenLoopNode(n, &rdev));
+    if (!loop_fd.valid()) return Status::FromErrno("open " + LoopPath(n));
 
     loop_config config{};
-    config.fd = static_cast<uint32_t>(file_fd);
+    config.fd = static_cast<uint32_t>(file_fd.get());
     config.block_size = logical_block_size;
     config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (read_only ? LO_FLAGS_READ_ONLY : 0) |
                            (want_dio ? LO_FLAGS_DIRECT_IO : 0);
     std::strncpy(reinterpret_cast<char*>(config.info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
-    if (::ioctl(loop_fd, LOOP_CONFIGURE, &config) != 0) {
+    if (::ioctl(loop_fd.get(), LOOP_CONFIGURE, &config) != 0) {
       int err = errno;
       if (err == EBUSY) {  // lost a race for this device
         last = Status::Error(EBUSY, "loop devices keep getting taken");
@@ -112,14 +103,13 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& file, uint32_t logical_
       return Status::FromErrno("LOOP_CONFIGURE " + LoopPath(n) + " on " + file);
     }
     loop_info64 info{};
-    if (::ioctl(loop_fd, LOOP_GET_STATUS64, &info) != 0) {
+    if (::ioctl(loop_fd.get(), LOOP_GET_STATUS64, &info) != 0) {
       Status status = Status::FromErrno("LOOP_GET_STATUS64 " + LoopPath(n));
-      (void)::ioctl(loop_fd, LOOP_CLR_FD);
+      (void)::ioctl(loop_fd.get(), LOOP_CLR_FD);
       return status;
     }
     LoopDevice device;
-    device.fd_ = loop_guard.fd;
-    loop_guard.fd = -1;
+    device.fd_ = std::move(loop_fd);
     device.number_ = n;
     device.path_ = LoopPath(n);
     char resolved[PATH_MAX];
@@ -132,7 +122,7 @@ Result<LoopDevice> LoopDevice::Attach(const std::string& file, uint32_t logical_
 }
 
 LoopDevice::LoopDevice(LoopDevice&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)),
+    : fd_(std::move(other.fd_)),
       number_(std::exchange(other.number_, -1)),
       path_(std::move(other.path_)),
       backing_(std::move(other.backing_)),
@@ -142,7 +132,7 @@ LoopDevice::LoopDevice(LoopDevice&& other) noexcept
 LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
   if (this != &other) {
     Detach().IgnoreError();
-    fd_ = std::exchange(other.fd_, -1);
+    fd_ = std::move(other.fd_);
     number_ = std::exchange(other.number_, -1);
     path_ = std::move(other.path_);
     backing_ = std::move(other.backing_);
@@ -155,12 +145,11 @@ LoopDevice& LoopDevice::operator=(LoopDevice&& other) noexcept {
 LoopDevice::~LoopDevice() { Detach().IgnoreError(); }
 
 Status LoopDevice::Detach() {
-  if (fd_ < 0) return Status::Ok();
+  if (!fd_.valid()) return Status::Ok();
   Status status;
-  if (::ioctl(fd_, LOOP_CLR_FD) != 0 && errno != ENXIO)
+  if (::ioctl(fd_.get(), LOOP_CLR_FD) != 0 && errno != ENXIO)
     status = Status::FromErrno("LOOP_CLR_FD " + path_);
-  ::close(fd_);  // the unbind happens here if we were the last opener
-  fd_ = -1;
+  fd_.Close();  // the unbind happens here if we were the last opener
   if (!status.ok()) return status;
   // Still bound to our file: someone else holds it open. (Bound to another file: the device
   // was freed and somebody attached it again at once.)
@@ -184,10 +173,9 @@ Result<int> DetachLoopDevicesUnder(const std::string& dir) {
     std::string backing;
     if (!ReadSysfs("/sys/block/" + name + "/loop/backing_file", &backing)) continue;
     if (backing.rfind(prefix, 0) != 0) continue;
-    int fd = ::open(("/dev/" + name).c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    if (::ioctl(fd, LOOP_CLR_FD) == 0) ++detached;
-    ::close(fd);
+    Fd fd(::open(("/dev/" + name).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) continue;
+    if (::ioctl(fd.get(), LOOP_CLR_FD) == 0) ++detached;
   }
   ::closedir(sys);
   return detached;

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "blksnap/status.h"
+#include "util/fd.h"
 
 namespace blksnap::fuse {
 
@@ -38,7 +39,7 @@ class LoopDevice {
   int number() const { return number_; }
   const std::string& backing_file() const { return backing_; }
   bool direct_io() const { return direct_io_; }  // the kernel accepted LO_FLAGS_DIRECT_IO
-  bool attached() const { return fd_ >= 0; }
+  bool attached() const { return fd_.valid(); }
 
   // Unbinds the device (LOOP_CLR_FD). If something still has it open (a mounted file system),
   // the kernel defers the unbind to the last close (autoclear) and Detach returns EBUSY; the
@@ -47,7 +48,7 @@ class LoopDevice {
   Status Detach();
 
  private:
-  int fd_ = -1;  // open /dev/loopN
+  Fd fd_;  // open /dev/loopN
   int number_ = -1;
   std::string path_;
   std::string backing_;  // canonical path of the file, as sysfs loop/backing_file shows it

@@ -43,13 +43,12 @@
 #include <mutex>
 
 #include "blksnap/io.h"
-#include "io/fd.h"
 #include "io/sync_io.h"
+#include "util/fd.h"
 
 namespace blksnap {
 namespace {
 
-using io::Fd;
 using io::SyncIo;
 
 constexpr size_t kBounceWindow = 1u << 20;

@@ -37,11 +37,13 @@ def fuse_possible():
 
 
 class Failures:
-    """Collects check results; exit status 1 if any failed."""
+    """Collects check results; exit status 1 if any failed. A check that cannot run here is
+    reported with skip(): printed as SKIP and counted apart, never as a pass."""
 
     def __init__(self):
         self.failed = 0
         self.passed = 0
+        self.skipped = 0
 
     def check(self, cond, what):
         if cond:
@@ -52,8 +54,12 @@ class Failures:
             print("FAIL %s" % what, flush=True)
         return cond
 
+    def skip(self, what, why):
+        self.skipped += 1
+        print("SKIP %s (%s)" % (what, why), flush=True)
+
     def done(self):
-        print("%d checks passed, %d failed" % (self.passed, self.failed))
+        print("%d checks passed, %d failed, %d skipped" % (self.passed, self.failed, self.skipped))
         sys.exit(1 if self.failed else 0)
 
 

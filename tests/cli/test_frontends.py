@@ -47,15 +47,15 @@ def main():
 
 
 def pattern(d, name, verb):
-    """Stamps (verb "write") or verifies the sector pattern on the first 4 MiB of the device's
-    front: the FUSE file, else the NBD export (python3-libnbd, else nbdcopy of a scratch file)."""
+    """Stamps (verb "write") and/or verifies the sector pattern on the first 4 MiB of the
+    device's front: the FUSE file, else the NBD export (python3-libnbd, else nbdcopy of a scratch
+    file). Returns whether the front reads back the pattern (after "write": what was stamped)."""
     dev = [x for x in d.cli_json("devices")["devices"] if x["name"] == name][0]
     try:
         if not dev.get("fuse"):
             import nbd  # noqa: F401
         if verb == "write":
             write_front(d, dev, 0, 4 * MiB, 7)
-            return True
         return verify_front(d, dev, 0, 4 * MiB, 7)
     except ImportError:
         pass
@@ -65,7 +65,7 @@ def pattern(d, name, verb):
             f.truncate(4 * MiB)
         subprocess.run([d.args["pattern"], "write", scratch, "--seq", "7"], check=True)
         subprocess.run(["nbdcopy", "--destination-is-zero", scratch, dev["nbd"]], check=True)
-        return True
+        os.unlink(scratch)
     subprocess.run(["nbdcopy", dev["nbd"], scratch], check=True)
     with open(scratch, "r+b") as f:
         f.truncate(4 * MiB)
@@ -114,7 +114,7 @@ def run(args, t, daemons):
             "snapshot info --json: image \"ublk\": null")
     t.check(all(x.get("ublk", "missing") is None for x in d.cli_json("status")["devices"]),
             "status --json: \"ublk\": null")
-    t.check(pattern(d, "a", "write"), "pattern stamped on a's front")
+    t.check(pattern(d, "a", "write"), "pattern stamped on a's front and read back")
     gen = {x["name"]: x["cbt"]["generation_id"] for x in d.cli_json("devices")["devices"]}
     records = os.path.join(d.state, "devices.json")
     t.check(os.path.exists(records), "device records in the state dir")

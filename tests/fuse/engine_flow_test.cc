@@ -40,10 +40,10 @@
 #include "blksnap/engine.h"
 #include "blksnap/io.h"
 #include "fs_util.h"
-#include "fuse/freeze.h"
 #include "fuse/fuse_mount.h"
 #include "fuse/loop_device.h"
 #include "testing/sector_pattern.h"
+#include "util/freeze.h"
 
 namespace blksnap::fuse {
 namespace {

@@ -40,11 +40,11 @@
 
 #include "blksnap/io.h"
 #include "fs_util.h"
-#include "fuse/freeze.h"
 #include "fuse/fuse_mount.h"
 #include "fuse/loop_device.h"
 #include "fuse/test_util.h"
 #include "testing/sector_pattern.h"
+#include "util/freeze.h"
 
 namespace blksnap::fuse {
 namespace {

@@ -5,8 +5,10 @@
 //   that device (an over-mounted mount point would freeze the wrong file system).
 // - All-or-nothing: a failure thaws, in reverse order, everything frozen so far.
 // - The freezing thread blocks in the kernel while the file system syncs; for file systems on
-//   a loop device over our FUSE files that sync needs our FUSE workers (see freeze.h).
-#include "fuse/freeze.h"
+//   a device we serve (loop over our FUSE files, ublk) that sync needs our serving threads
+//   (see freeze.h).
+// - No state shared between threads; no locks.
+#include "util/freeze.h"
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -24,7 +26,7 @@
 #include <sstream>
 #include <utility>
 
-namespace blksnap::fuse {
+namespace blksnap {
 namespace {
 
 std::string Unescape(const std::string& s) {
@@ -78,22 +80,20 @@ Result<FrozenFilesystems> FrozenFilesystems::Freeze(const std::vector<uint64_t>&
     bool found = false;
     for (const MountInfo& m : mounts) {
       if (m.rdev != rdev) continue;
-      int fd = ::open(m.mount_point.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (fd < 0) {
+      Fd fd(::open(m.mount_point.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!fd.valid()) {
         last = Status::FromErrno("open mount point " + m.mount_point + " of " + dev);
         continue;
       }
       struct stat st;
-      if (::fstat(fd, &st) != 0 || st.st_dev != rdev) {
-        ::close(fd);
+      if (::fstat(fd.get(), &st) != 0 || st.st_dev != rdev) {
         last = Status::Error(
             EBUSY, "mount point " + m.mount_point + " of " + dev + " is covered by another mount");
         continue;
       }
       found = true;
-      if (::ioctl(fd, FIFREEZE, 0) != 0) {
+      if (::ioctl(fd.get(), FIFREEZE, 0) != 0) {
         int err = errno;
-        ::close(fd);
         frozen.Thaw();
         std::string why = err == EBUSY ? " (already frozen)"
                           : err == EOPNOTSUPP || err == ENOTTY
@@ -102,7 +102,7 @@ Result<FrozenFilesystems> FrozenFilesystems::Freeze(const std::vector<uint64_t>&
         return Status::Error(err,
                              "freeze " + m.fs_type + " at " + m.mount_point + " on " + dev + why);
       }
-      frozen.fds_.push_back(fd);
+      frozen.fds_.push_back(std::move(fd));
       frozen.mount_points_.push_back(m.mount_point);
       break;
     }
@@ -112,12 +112,6 @@ Result<FrozenFilesystems> FrozenFilesystems::Freeze(const std::vector<uint64_t>&
     }
   }
   return frozen;
-}
-
-FrozenFilesystems::FrozenFilesystems(FrozenFilesystems&& other) noexcept
-    : fds_(std::move(other.fds_)), mount_points_(std::move(other.mount_points_)) {
-  other.fds_.clear();
-  other.mount_points_.clear();
 }
 
 FrozenFilesystems& FrozenFilesystems::operator=(FrozenFilesystems&& other) noexcept {
@@ -135,13 +129,12 @@ FrozenFilesystems::~FrozenFilesystems() { Thaw(); }
 
 void FrozenFilesystems::Thaw() {
   for (size_t i = fds_.size(); i-- > 0;) {
-    if (::ioctl(fds_[i], FITHAW, 0) != 0)
+    if (::ioctl(fds_[i].get(), FITHAW, 0) != 0)
       std::fprintf(stderr, "blksnap: thaw %s: %s\n", mount_points_[i].c_str(),
                    std::strerror(errno));
-    ::close(fds_[i]);
   }
   fds_.clear();
   mount_points_.clear();
 }
 
-}  // namespace blksnap::fuse
+}  // namespace blksnap

@@ -1,0 +1,63 @@
+// libFuzzer target: the control protocol's method table (src/daemon/methods.cc) behind a
+// request line. Input bytes are one request, parsed like the control server does (depth check,
+// no exceptions); its method and params go to HandleRequest over a real engine with no fronts
+// and a memory Env, so attach and snapshot-create touch no real file. Any exception escaping is
+// a crash (the table must answer every input with a Status).
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "blksnap/engine.h"
+#include "blksnap/env.h"
+#include "control/protocol.h"
+#include "daemon/methods.h"
+
+namespace {
+
+using namespace blksnap;
+using namespace blksnap::daemon;
+
+class NoFronts final : public Fronts {
+ public:
+  const FrontsInfo& info() const override { return info_; }
+  Result<std::unique_ptr<Exposure>> Expose(const std::string&, std::shared_ptr<BlockDevice>,
+                                           std::shared_ptr<const CbtSource>,
+                                           const ExposeOptions&) override {
+    return std::make_unique<Exposure>();
+  }
+  Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
+  Result<std::function<void()>> Freeze(const std::vector<uint64_t>&) override {
+    return std::function<void()>([] {});
+  }
+  void Stop() override {}
+
+ private:
+  FrontsInfo info_{.block_frontend = "fuse-loop"};
+};
+
+Service& TheService() {
+  static Env* env = new MemoryEnv();
+  static Service* service = [] {
+    ServiceInfo info;
+    info.env = env;
+    auto* s = new Service(Engine::Create({}).value(), std::make_unique<NoFronts>(), info);
+    return s;
+  }();
+  return *service;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::string_view line(reinterpret_cast<const char*>(data), size);
+  if (control::JsonDepth(line) > control::kMaxJsonDepth) return 0;
+  auto request = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (request.is_discarded() || !request.is_object()) return 0;
+  auto method = request.find("method");
+  if (method == request.end() || !method->is_string()) return 0;
+  nlohmann::json params = request.value("params", nlohmann::json::object());
+  // Waits are bounded by the fuzzer's own budget: never let one block.
+  auto result = HandleRequest(TheService(), method->get<std::string>(), params, [] { return true; });
+  (void)result;
+  return 0;
+}

@@ -1,0 +1,194 @@
+// The `blksnap` tool's commands (see commands.h): each checks its arguments, sends one or a few
+// control requests and shows the result through format.h. Sizes, ranges and numbers given on
+// the command line are parsed here (usage errors, exit 2) so that nothing malformed reaches the
+// daemon. No state beyond the Context; single-threaded.
+#include "cli/commands.h"
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <utility>
+
+#include "cli/fiemap.h"
+#include "control/protocol.h"
+
+namespace blksnap::cli {
+
+using nlohmann::json;
+
+namespace {
+
+[[noreturn]] void Fail(const Status& status) {
+  throw CommandError{kExitError, std::string(status.message())};
+}
+[[noreturn]] void Usage(const std::string& message) { throw CommandError{kExitUsage, message}; }
+
+template <typename T>
+T Check(Result<T> r) {
+  if (!r.ok()) Fail(r.status());
+  return std::move(r).value();
+}
+void Check(const Status& s) {
+  if (!s.ok()) Fail(s);
+}
+
+std::string Absolute(const std::string& path) {
+  return std::filesystem::absolute(path).lexically_normal().string();
+}
+
+uint64_t ParseSizeArg(const std::string& what, const std::string& text) {
+  auto v = control::ParseSize(text);
+  if (!v.ok()) Usage(what + ": " + std::string(v.status().message()));
+  return *v;
+}
+
+uint64_t ParseNumberArg(const std::string& what, const std::string& text, uint64_t max) {
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
+      text.size() > 19) {
+    Usage(what + ": invalid number '" + text + "'");
+  }
+  uint64_t v = std::stoull(text);
+  if (v > max) Usage(what + ": " + text + " is out of range (0.." + std::to_string(max) + ")");
+  return v;
+}
+
+}  // namespace
+
+ControlClient& Context::Client() {
+  if (!client) client = Check(ControlClient::Connect(control));
+  return *client;
+}
+
+json Context::Call(const std::string& method, const json& params) {
+  return Check(Client().Call(method, params));
+}
+
+void BlockFronts::AddTo(json& params) const {
+  params["loop"] = loop;
+  if (ublk) params["ublk"] = true;
+  if (blockdev) params["blockdev"] = true;
+}
+
+void CmdVersion(Context& ctx) { ShowVersion(ctx.output, ctx.Call("version")); }
+
+void CmdAttach(Context& ctx, const std::string& path, const std::string& name,
+               const BlockFronts& fronts) {
+  json params = {{"path", Absolute(path)}};
+  fronts.AddTo(params);
+  if (!name.empty()) params["name"] = name;
+  ShowAttach(ctx.output, ctx.Call("attach", params));
+}
+
+void CmdDetach(Context& ctx, const std::string& name, bool force) {
+  ctx.Call("detach", {{"name", name}, {"force", force}});
+  ShowDetach(ctx.output, name);
+}
+
+void CmdDevices(Context& ctx) { ShowDevices(ctx.output, ctx.Call("devices")); }
+
+void CmdCbtInfo(Context& ctx, const std::string& name) {
+  ShowCbtInfo(ctx.output, name, ctx.Call("cbt-info", {{"name", name}}));
+}
+
+void CmdCbtRead(Context& ctx, const std::string& name, const std::string& output) {
+  auto map = Check(ctx.Client().ReadCbtMap(name));
+  std::string path = Absolute(output);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) Fail(Status::Error(errno, "cannot write " + path + ": " + std::strerror(errno)));
+  out.write(reinterpret_cast<const char*>(map.data()), static_cast<std::streamsize>(map.size()));
+  out.close();
+  if (!out) Fail(Status::Error(EIO, "writing " + path + " failed"));
+  ShowCbtRead(ctx.output, name, path, map.size());
+}
+
+void CmdCbtChanges(Context& ctx, const std::string& name, const std::string& since,
+                   const std::string& generation) {
+  uint64_t n = ParseNumberArg("--since", since, 255);
+  json params = {{"name", name}, {"since", n}};
+  if (!generation.empty()) {
+    if (!Uuid::Parse(generation)) Usage("--generation: invalid id '" + generation + "'");
+    params["generation"] = generation;
+  }
+  ShowCbtChanges(ctx.output, name, n, ctx.Call("cbt-changes", params));
+}
+
+void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<std::string>& ranges,
+                     const std::string& file) {
+  if (ranges.empty() == file.empty()) Usage("cbt mark-dirty: give either --range or --file");
+  std::vector<ByteExtent> list;
+  size_t skipped = 0;
+  if (!file.empty()) {
+    list = Check(FileExtents(Absolute(file), &skipped));
+    if (list.empty()) Fail(Status::Error(ENODATA, "file " + file + " has no allocated extents"));
+  } else {
+    for (const auto& r : ranges) {
+      auto e = control::ParseRange(r);
+      if (!e.ok()) Usage("--range: " + std::string(e.status().message()));
+      list.push_back(*e);
+    }
+  }
+  Check(ctx.Client().MarkDirty(name, list));
+  uint64_t bytes = 0;
+  for (const auto& e : list) bytes += e.length;
+  ShowMarkDirty(ctx.output, name, list.size(), bytes, skipped);
+}
+
+void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
+                       const BlockFronts& fronts, const std::vector<std::string>& devices) {
+  uint64_t bytes = ParseSizeArg("--limit", limit);
+  json params = {{"storage", Absolute(storage)}, {"limit", bytes}, {"devices", devices}};
+  fronts.AddTo(params);
+  ShowSnapshotCreated(ctx.output, ctx.Call("snapshot-create", params));
+}
+
+void CmdSnapshotAdd(Context& ctx, const std::string& id, const std::string& device) {
+  ctx.Call("snapshot-add", {{"id", id}, {"device", device}});
+  ShowSnapshotAdded(ctx.output, id, device);
+}
+
+void CmdSnapshotTake(Context& ctx, const std::string& id) {
+  ShowSnapshotTaken(ctx.output, ctx.Call("snapshot-take", {{"id", id}}));
+}
+
+void CmdSnapshotDestroy(Context& ctx, const std::string& id) {
+  ctx.Call("snapshot-destroy", {{"id", id}});
+  ShowSnapshotDestroyed(ctx.output, id);
+}
+
+void CmdSnapshotList(Context& ctx) { ShowSnapshotList(ctx.output, ctx.Call("snapshot-list")); }
+
+void CmdSnapshotInfo(Context& ctx, const std::string& id) {
+  ShowSnapshotInfo(ctx.output, ctx.Call("snapshot-info", {{"id", id}}));
+}
+
+void CmdWaitEvent(Context& ctx, const std::string& id, const std::string& timeout) {
+  uint64_t ms = ParseNumberArg("--timeout", timeout, 7ull * 24 * 3600 * 1000);
+  ShowWaitEvent(ctx.output, ms, Check(ctx.Client().WaitEvent(id, std::chrono::milliseconds(ms))));
+}
+
+// Polls wait-event (1 s at a time) for the events after the last one seen. The snapshot is gone
+// when the daemon answers ENODEV, or ENOENT once an event was seen (it existed at first).
+int CmdWatch(Context& ctx, const std::string& id) {
+  uint64_t after = 0;
+  for (;;) {
+    auto r = ctx.Client().WaitEvent(id, std::chrono::milliseconds(1000), after);
+    if (!r.ok()) {
+      int err = r.status().errnum();
+      if (err == ENODEV || (err == ENOENT && after > 0)) {
+        ShowWatchDestroyed(ctx.output, id);
+        return 0;
+      }
+      Fail(r.status());
+    }
+    if ((*r)["result"] == "timeout") continue;
+    after = (*r)["seq"].get<uint64_t>();
+    ShowWatchEvent(ctx.output, *r);
+    if ((*r)["event"] == "corrupted") return 0;
+  }
+}
+
+void CmdStatus(Context& ctx) { ShowStatus(ctx.output, ctx.Call("status")); }
+
+}  // namespace blksnap::cli

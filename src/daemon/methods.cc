@@ -1,0 +1,369 @@
+// Methods: one table {name, handler}; each handler parses its parameters, calls one Service
+// operation and encodes the result. The encodings are the wire contract of
+// docs/control-protocol.md: field names and null-ness must not change.
+#include "daemon/methods.h"
+
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+
+#include "control/protocol.h"
+
+namespace blksnap::daemon {
+
+using control::GetBool;
+using control::GetOptionalString;
+using control::GetString;
+using control::GetUint;
+using nlohmann::json;
+
+namespace {
+
+using Cancelled = std::function<bool()>;
+using Handler = Result<json> (*)(Service&, const json&, const Cancelled&);
+
+json OrNull(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
+
+int64_t EpochMs(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+json AddressesJson(const FrontAddresses& a) {
+  json j = {{"nbd", OrNull(a.nbd)}, {"fuse", OrNull(a.fuse)}, {"loop", OrNull(a.loop)},
+            {"ublk", OrNull(a.ublk)}, {"nbd_tcp", OrNull(a.nbd_tcp)}};
+  if (!a.nbd_ro.empty()) j["nbd_ro"] = a.nbd_ro;
+  return j;
+}
+
+json DeviceJson(const DeviceView& d) {
+  json j = AddressesJson(d.fronts);
+  j["name"] = d.name;
+  j["path"] = d.path;
+  j["size"] = d.size;
+  j["snapshot"] = d.snapshot ? json(d.snapshot->ToString()) : json(nullptr);
+  j["cbt"] = {{"block_size", d.cbt.block_size},
+              {"block_count", d.cbt.block_count},
+              {"generation_id", d.cbt.generation_id.ToString()},
+              {"changes_number", d.cbt.changes_number}};
+  j["restored"] = d.restored;
+  if (d.restored) j["restore_note"] = kRestartNote;
+  return j;
+}
+
+json RestartJson(const std::optional<RestartView>& r) {
+  if (!r) return nullptr;
+  json failed = json::array();
+  for (const auto& f : r->failed) {
+    failed.push_back(
+        {{"name", f.name}, {"path", f.path}, {"ublk_dev_id", f.ublk_dev_id}, {"error", f.error}});
+  }
+  return json{{"time", EpochMs(r->time)},
+              {"message", kRestartNote},
+              {"ublk_recovered", r->ublk_recovered},
+              {"notes", r->notes},
+              {"failed", failed}};
+}
+
+json EventJson(const SnapshotEventRecord& r) {
+  json j = {{"seq", r.seq}, {"event", ToString(r.event.type)}, {"time", EpochMs(r.time)}};
+  if (r.event.type == SnapshotEvent::Type::kCorrupted) {
+    j["device"] = r.event.device;
+    j["errno"] = r.event.errnum;
+    j["message"] = std::strerror(r.event.errnum);
+    j["requested"] = nullptr;
+  } else {
+    j["device"] = nullptr;
+    j["errno"] = nullptr;
+    j["requested"] = r.event.requested;
+  }
+  return j;
+}
+
+json SnapshotJson(const SnapshotView& s) {
+  json devices = json::array();
+  for (const auto& d : s.devices) {
+    json image = d.image ? AddressesJson(*d.image)
+                         : json{{"nbd", nullptr},
+                                {"fuse", nullptr},
+                                {"loop", nullptr},
+                                {"ublk", nullptr},
+                                {"nbd_tcp", nullptr}};
+    devices.push_back({{"name", d.name},
+                       {"error", d.errnum},
+                       {"error_message", d.errnum ? json(std::strerror(d.errnum)) : json(nullptr)},
+                       {"image", image}});
+  }
+  return json{{"id", s.id.ToString()},
+              {"state", ToString(s.state)},
+              {"storage",
+               {{"path", s.storage.path},
+                {"capacity", s.storage.capacity},
+                {"used", s.storage.used},
+                {"limit", s.storage.limit}}},
+              {"devices", devices}};
+}
+
+Result<Uuid> ParseId(const json& params) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string text, GetString(params, "id"));
+  auto id = Uuid::Parse(text);
+  if (!id) {
+    return Status::Error(EINVAL,
+                         "invalid snapshot id '" + text.substr(0, 64) +
+                             "' (expected a UUID like 01234567-89ab-cdef-0123-456789abcdef)");
+  }
+  return *id;
+}
+
+Result<json> Version(Service& service, const json&, const Cancelled&) {
+  const FrontsInfo& f = service.fronts_info();
+  return json{{"version", BLKSNAP_VERSION},
+              {"protocol", control::kProtocolVersion},
+              {"pid", static_cast<int64_t>(::getpid())},
+              {"fronts", {{"nbd", f.nbd}, {"fuse", f.fuse}, {"ublk", f.ublk}}}};
+}
+
+Result<json> Attach(Service& service, const json& params, const Cancelled&) {
+  AttachRequest r;
+  BLKSNAP_ASSIGN_OR_RETURN(r.path, GetString(params, "path"));
+  r.name = GetOptionalString(params, "name").value_or("");
+  r.loop = GetBool(params, "loop");
+  r.ublk = GetBool(params, "ublk");
+  r.blockdev = GetBool(params, "blockdev");
+  BLKSNAP_ASSIGN_OR_RETURN(DeviceView view, service.Attach(r));
+  return DeviceJson(view);
+}
+
+Result<json> Detach(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string name, GetString(params, "name"));
+  BLKSNAP_RETURN_IF_ERROR(service.Detach(name, GetBool(params, "force")));
+  return json::object();
+}
+
+Result<json> Devices(Service& service, const json&, const Cancelled&) {
+  json list = json::array();
+  for (const auto& d : service.Devices()) list.push_back(DeviceJson(d));
+  return json{{"devices", list}, {"restart", RestartJson(service.restart())}};
+}
+
+Result<json> CbtInfoOf(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string name, GetString(params, "name"));
+  BLKSNAP_ASSIGN_OR_RETURN(CbtInfo info, service.GetCbtInfo(name));
+  return json{{"name", name},
+              {"block_size", info.block_size},
+              {"block_count", info.block_count},
+              {"device_capacity", info.device_capacity},
+              {"generation_id", info.generation_id.ToString()},
+              {"changes_number", info.changes_number}};
+}
+
+Result<json> CbtRead(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string name, GetString(params, "name"));
+  uint64_t offset = 0;
+  if (params.contains("offset")) {
+    BLKSNAP_ASSIGN_OR_RETURN(offset, GetUint(params, "offset"));
+  }
+  uint64_t count = control::kMaxCbtReadBytes;
+  if (params.contains("count")) {
+    BLKSNAP_ASSIGN_OR_RETURN(count, GetUint(params, "count"));
+  }
+  count = std::min(count, control::kMaxCbtReadBytes);
+  BLKSNAP_ASSIGN_OR_RETURN(CbtMapSlice slice, service.ReadCbtMap(name, offset, count));
+  return json{{"offset", slice.offset},
+              {"count", slice.count},
+              {"block_count", slice.block_count},
+              {"data", control::Base64Encode(slice.bytes)}};
+}
+
+Result<json> CbtChanges(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string name, GetString(params, "name"));
+  BLKSNAP_ASSIGN_OR_RETURN(uint64_t since, GetUint(params, "since"));
+  std::optional<Uuid> generation;
+  if (auto g = GetOptionalString(params, "generation")) {
+    generation = Uuid::Parse(*g);
+    if (!generation) {
+      return Status::Error(EINVAL, "invalid generation id '" + g->substr(0, 64) + "'");
+    }
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(CbtChangesView v, service.CbtChanges(name, since, generation));
+  json extents = json::array();
+  for (const auto& e : v.extents) extents.push_back({e.offset, e.length});
+  return json{{"name", name},
+              {"generation_id", v.info.generation_id.ToString()},
+              {"changes_number", v.info.changes_number},
+              {"since", since},
+              {"bytes", v.bytes},
+              {"extents", extents}};
+}
+
+Result<json> CbtMarkDirty(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string name, GetString(params, "name"));
+  if (!params.contains("ranges") || !params["ranges"].is_array()) {
+    return Status::Error(EINVAL, "missing parameter 'ranges' (a list of [offset, length])");
+  }
+  const json& list = params["ranges"];
+  if (list.size() > control::kMaxRangesPerRequest) {
+    return Status::Error(E2BIG, "too many ranges in one request");
+  }
+  std::vector<ByteExtent> ranges;
+  for (const auto& r : list) {
+    if (!r.is_array() || r.size() != 2 || !r[0].is_number_unsigned() ||
+        !r[1].is_number_unsigned()) {
+      return Status::Error(EINVAL,
+                           "each range must be [offset, length] with non-negative integers");
+    }
+    ranges.push_back({r[0].get<uint64_t>(), r[1].get<uint64_t>()});
+  }
+  BLKSNAP_RETURN_IF_ERROR(service.MarkDirty(name, ranges));
+  return json::object();
+}
+
+Result<json> SnapshotCreate(Service& service, const json& params, const Cancelled&) {
+  SnapshotRequest r;
+  BLKSNAP_ASSIGN_OR_RETURN(r.storage, GetString(params, "storage"));
+  if (params.contains("limit")) {
+    BLKSNAP_ASSIGN_OR_RETURN(r.limit, GetUint(params, "limit"));
+  }
+  r.loop = GetBool(params, "loop");
+  r.ublk = GetBool(params, "ublk");
+  r.blockdev = GetBool(params, "blockdev");
+  if (params.contains("devices")) {
+    if (!params["devices"].is_array()) return Status::Error(EINVAL, "'devices' must be a list");
+    for (const auto& d : params["devices"]) {
+      if (!d.is_string()) return Status::Error(EINVAL, "'devices' must be a list of names");
+      r.devices.push_back(d.get<std::string>());
+    }
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, service.CreateSnapshot(r));
+  return json{{"id", id.ToString()}};
+}
+
+Result<json> SnapshotAdd(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
+  BLKSNAP_ASSIGN_OR_RETURN(std::string device, GetString(params, "device"));
+  BLKSNAP_RETURN_IF_ERROR(service.AddDevice(id, device));
+  return json::object();
+}
+
+Result<json> SnapshotTake(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
+  BLKSNAP_ASSIGN_OR_RETURN(TakeView v, service.Take(id));
+  return json{{"id", v.id.ToString()},
+              {"took_ms", v.took_ms},
+              {"held_us", v.held_us},
+              {"frozen_us", v.frozen_us},
+              {"warnings", v.warnings}};
+}
+
+Result<json> SnapshotDestroy(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
+  BLKSNAP_RETURN_IF_ERROR(service.DestroySnapshot(id));
+  return json::object();
+}
+
+Result<json> SnapshotList(Service& service, const json&, const Cancelled&) {
+  json list = json::array();
+  for (const auto& s : service.Snapshots()) {
+    list.push_back({{"id", s.id.ToString()}, {"state", ToString(s.state)}, {"devices", s.devices}});
+  }
+  return json{{"snapshots", list}};
+}
+
+Result<json> SnapshotInfo(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
+  BLKSNAP_ASSIGN_OR_RETURN(SnapshotView v, service.GetSnapshot(id));
+  return SnapshotJson(v);
+}
+
+Result<json> WaitEvent(Service& service, const json& params, const Cancelled& cancelled) {
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
+  BLKSNAP_ASSIGN_OR_RETURN(uint64_t timeout_ms, GetUint(params, "timeout_ms"));
+  std::optional<uint64_t> after;
+  if (params.contains("after")) {
+    BLKSNAP_ASSIGN_OR_RETURN(after, GetUint(params, "after"));
+  }
+  // Clamped here so the conversion to milliseconds cannot overflow (the service caps it lower).
+  timeout_ms = std::min<uint64_t>(timeout_ms, 7ull * 24 * 3600 * 1000);
+  BLKSNAP_ASSIGN_OR_RETURN(
+      EventWaitView v,
+      service.WaitEvent(id, after, std::chrono::milliseconds(timeout_ms), cancelled));
+  if (v.timed_out) {
+    return json{{"result", "timeout"},     {"id", id.ToString()}, {"event", nullptr},
+                {"device", nullptr},       {"errno", nullptr},    {"requested", nullptr},
+                {"seq", v.last_seq}};
+  }
+  json j = EventJson(v.record);
+  j["result"] = "ok";
+  j["id"] = id.ToString();
+  return j;
+}
+
+Result<json> StatusReport(Service& service, const json&, const Cancelled&) {
+  StatusView v = service.GetStatus();
+  json devices = json::array();
+  for (const auto& d : v.devices) devices.push_back(DeviceJson(d));
+  json snaps = json::array();
+  for (const auto& s : v.snapshots) {
+    json j = SnapshotJson(s);
+    json events = json::array();
+    for (const auto& r : s.events) events.push_back(EventJson(r));
+    j["events"] = events;
+    snaps.push_back(j);
+  }
+  const FrontsInfo& f = v.fronts;
+  json daemon = {{"version", BLKSNAP_VERSION},
+                 {"pid", static_cast<int64_t>(::getpid())},
+                 {"state_dir", v.state_dir},
+                 {"control", v.control_path},
+                 {"nbd_unix", f.nbd ? OrNull(f.nbd_unix) : json(nullptr)},
+                 {"nbd_tcp", f.nbd ? OrNull(f.nbd_tcp) : json(nullptr)},
+                 {"fuse_dir", f.fuse ? OrNull(f.fuse_dir) : json(nullptr)},
+                 {"ublk", f.ublk},
+                 {"frontend", f.block_frontend}};
+  daemon["restart"] = RestartJson(v.restart);
+  return json{{"daemon", daemon}, {"devices", devices}, {"snapshots", snaps}};
+}
+
+struct Method {
+  std::string_view name;
+  Handler handler;
+};
+
+// Mirrors docs/control-protocol.md, in its order.
+constexpr std::array kMethods = {
+    Method{"version", Version},
+    Method{"attach", Attach},
+    Method{"detach", Detach},
+    Method{"devices", Devices},
+    Method{"cbt-info", CbtInfoOf},
+    Method{"cbt-read", CbtRead},
+    Method{"cbt-changes", CbtChanges},
+    Method{"cbt-mark-dirty", CbtMarkDirty},
+    Method{"snapshot-create", SnapshotCreate},
+    Method{"snapshot-add", SnapshotAdd},
+    Method{"snapshot-take", SnapshotTake},
+    Method{"snapshot-destroy", SnapshotDestroy},
+    Method{"snapshot-list", SnapshotList},
+    Method{"snapshot-info", SnapshotInfo},
+    Method{"snapshot-wait-event", WaitEvent},
+    Method{"status", StatusReport},
+};
+
+}  // namespace
+
+Result<json> HandleRequest(Service& service, const std::string& method, const json& params,
+                           const std::function<bool()>& cancelled) {
+  if (!params.is_object()) return Status::Error(EINVAL, "'params' must be an object");
+  for (const Method& m : kMethods) {
+    if (m.name == method) return m.handler(service, params, cancelled);
+  }
+  return Status::Error(ENOSYS, "unknown method '" + method.substr(0, 64) + "'");
+}
+
+std::vector<std::string_view> MethodNames() {
+  std::vector<std::string_view> names;
+  for (const Method& m : kMethods) names.push_back(m.name);
+  return names;
+}
+
+}  // namespace blksnap::daemon

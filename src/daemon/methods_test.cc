@@ -1,0 +1,91 @@
+// Method-table tests: every method answers hostile parameters with an error and never throws,
+// unknown methods are ENOSYS, and the encodings keep the wire contract's fields.
+#include "daemon/methods.h"
+
+#include <gtest/gtest.h>
+
+#include "blksnap/engine.h"
+
+namespace blksnap::daemon {
+namespace {
+
+using nlohmann::json;
+
+class NoFronts final : public Fronts {
+ public:
+  const FrontsInfo& info() const override { return info_; }
+  Result<std::unique_ptr<Exposure>> Expose(const std::string&, std::shared_ptr<BlockDevice>,
+                                           std::shared_ptr<const CbtSource>,
+                                           const ExposeOptions&) override {
+    return std::make_unique<Exposure>();
+  }
+  Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
+  Result<std::function<void()>> Freeze(const std::vector<uint64_t>&) override {
+    return std::function<void()>([] {});
+  }
+  void Stop() override {}
+
+ private:
+  FrontsInfo info_{.block_frontend = "fuse-loop"};
+};
+
+std::unique_ptr<Service> MakeService() {
+  return std::make_unique<Service>(Engine::Create({}).value(), std::make_unique<NoFronts>(),
+                                   ServiceInfo{});
+}
+
+TEST(MethodsTest, UnknownMethodAndNonObjectParams) {
+  auto service = MakeService();
+  EXPECT_EQ(HandleRequest(*service, "nope", json::object(), nullptr).status().errnum(), ENOSYS);
+  EXPECT_EQ(HandleRequest(*service, "version", json::array(), nullptr).status().errnum(), EINVAL);
+}
+
+TEST(MethodsTest, HostileParametersNeverThrow) {
+  auto service = MakeService();
+  const std::vector<json> hostile = {
+      json::object(),
+      {{"name", 5}, {"path", 7}, {"id", true}, {"since", "x"}},
+      {{"name", "x"}, {"ranges", 3}},
+      {{"name", "x"}, {"ranges", {{1}, {"a", "b"}, {-1, 2}}}},
+      {{"path", "/nonexistent"}, {"name", json::array()}},
+      {{"storage", "/tmp"}, {"devices", "a"}},
+      {{"storage", "/tmp"}, {"devices", {1, 2}}},
+      {{"id", "01234567-89ab-cdef-0123-456789abcdef"}, {"timeout_ms", -1}},
+      {{"id", "not-a-uuid"}, {"timeout_ms", 0}},
+      {{"name", "x"}, {"offset", "1Q"}, {"count", 1e300}},
+  };
+  for (auto name : MethodNames()) {
+    for (const auto& params : hostile) {
+      EXPECT_NO_THROW({
+        auto r = HandleRequest(*service, std::string(name), params, nullptr);
+        (void)r;
+      }) << name
+         << " " << params.dump();
+    }
+  }
+}
+
+TEST(MethodsTest, VersionAndStatusKeepTheirFields) {
+  auto service = MakeService();
+  auto v = HandleRequest(*service, "version", json::object(), nullptr);
+  ASSERT_TRUE(v.ok());
+  for (const char* key : {"version", "protocol", "pid", "fronts"}) EXPECT_TRUE(v->contains(key));
+  auto s = HandleRequest(*service, "status", json::object(), nullptr);
+  ASSERT_TRUE(s.ok());
+  for (const char* key : {"state_dir", "control", "nbd_unix", "nbd_tcp", "fuse_dir", "ublk",
+                          "frontend", "restart"}) {
+    EXPECT_TRUE((*s)["daemon"].contains(key)) << key;
+  }
+  EXPECT_TRUE((*s)["daemon"]["restart"].is_null());
+}
+
+TEST(MethodsTest, MissingParametersNameTheParameter) {
+  auto service = MakeService();
+  auto r = HandleRequest(*service, "attach", json::object(), nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().errnum(), EINVAL);
+  EXPECT_NE(r.status().ToString().find("path"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace blksnap::daemon

@@ -1,0 +1,99 @@
+// Records: the daemon's state file (STATE_DIR/devices.json) as a schema, read and written
+// through an Env.
+//
+// The file lists each attached device and each ublk image device, so a daemon that was killed
+// can re-attach the devices (and remove the orphaned images) at its next start. Format (version
+// 1, the one blksnapd has always written; keys sorted, two-space indent, final newline):
+//
+//   {"devices": [{"name": str, "path": str, "loop": bool, "ublk": bool, "ublk_dev_id": int,
+//                 "size": uint64, "logical_block_size": uint32}, ...],
+//    "images":  [{"snapshot": uuid str, "device": str, "ublk_dev_id": int, "size": uint64,
+//                 "logical_block_size": uint32}, ...],
+//    "pid": int64, "version": 1}
+//
+// Reading never throws, whatever the bytes. The document must be an object with "version": 1
+// (an integer) and a "devices" list; anything else is an error (EINVAL). Inside, each entry is
+// checked on its own: an entry that is not an object, lacks a required field (devices: name,
+// path; images: snapshot, device, ublk_dev_id >= 0), has an empty required string, or has a field
+// of the wrong type or out of range (ublk_dev_id -1..INT_MAX; logical_block_size a power of two
+// in 512..64 KiB) is skipped and named in ParsedRecords::problems. A bad "pid" or a non-list
+// "images" is a problem too (pid reads as 0, no images). Optional fields take the defaults below;
+// unknown fields are ignored. Names and paths are checked further by the daemon, not here.
+//
+// Thread safety: the functions are pure; a RecordStore is used under its owner's lock.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "blksnap/env.h"
+#include "blksnap/status.h"
+
+namespace blksnap::daemon {
+
+inline constexpr int kRecordsVersion = 1;
+inline constexpr const char* kRecordsFileName = "devices.json";
+
+struct DeviceRecord {
+  std::string name, path;
+  bool loop = false, ublk = false;
+  int ublk_dev_id = -1;
+  uint64_t size = 0;
+  uint32_t logical_block_size = 512;
+  bool operator==(const DeviceRecord&) const = default;
+};
+
+struct ImageRecord {
+  std::string snapshot, device;
+  int ublk_dev_id = -1;
+  uint64_t size = 0;
+  uint32_t logical_block_size = 512;
+  bool operator==(const ImageRecord&) const = default;
+};
+
+struct Records {
+  int64_t pid = 0;  // the daemon that wrote them
+  std::vector<DeviceRecord> devices;
+  std::vector<ImageRecord> images;
+  bool empty() const { return devices.empty() && images.empty(); }
+  bool operator==(const Records&) const = default;
+};
+
+struct ParsedRecords {
+  Records records;
+  std::vector<std::string> problems;  // one line per entry (or field) skipped
+};
+
+// See the top of this file. Never throws.
+Result<ParsedRecords> ParseRecords(std::string_view text);
+// Pretty JSON (as above) + "\n", version 1. Strings that are not valid UTF-8 have their bad
+// bytes replaced with U+FFFD (JSON cannot carry them). Never throws.
+std::string SerializeRecords(const Records& records);
+
+// STATE_DIR/devices.json through an Env.
+class RecordStore {
+ public:
+  // env must outlive the store.
+  RecordStore(Env& env, std::string state_dir);
+
+  // nullopt when there is no file. An unreadable or invalid file is renamed to devices.json.bad
+  // and an error returned whose message says so. When single entries are bad, the file is also
+  // copied to devices.json.bad (the original stays), the good entries are returned, and
+  // `problems` lists what was lost.
+  Result<std::optional<ParsedRecords>> Load();
+  // Atomic replace (Env::WriteFileAtomic); empty Records remove the file (a missing file is
+  // fine). On failure the previous file stays as it was.
+  Status Save(const Records& records);
+
+  const std::string& path() const { return path_; }
+  std::string bad_path() const { return path_ + ".bad"; }
+
+ private:
+  Env& env_;
+  const std::string path_;
+};
+
+}  // namespace blksnap::daemon

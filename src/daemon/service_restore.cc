@@ -1,0 +1,126 @@
+// Service: the device records of STATE_DIR/devices.json (daemon/records.h) and the start after
+// a crash. See service.h for the state and the locking.
+//
+// Records survive a crash: each attached device (name, path, requested fronts, ublk dev_id) and
+// each ublk image device, rewritten atomically through the Env after every change. A clean
+// Shutdown() removes them; a killed daemon leaves them, and Restore() at the next start
+// re-attaches the devices (ublk fronts through ublk Recover, so file systems on them never see
+// an error) and removes the image devices (their snapshots died with the daemon). CBT and
+// snapshots are in memory only: a restored device starts a new CBT generation.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include "daemon/service.h"
+
+namespace blksnap::daemon {
+
+void Service::SaveRecordsLocked() {
+  if (!records_ || !records_loaded_) return;
+  Records records;
+  records.pid = ::getpid();
+  for (const auto& [name, d] : devices_) {
+    DeviceRecord r;
+    r.name = name;
+    r.path = d.path;
+    r.loop = d.loop;
+    r.ublk = d.ublk;
+    r.ublk_dev_id = d.fronts ? d.fronts->addresses().ublk_dev_id : -1;
+    r.size = d.tracker->size();
+    r.logical_block_size = d.tracker->logical_block_size();
+    records.devices.push_back(std::move(r));
+  }
+  for (const auto& [name, f] : failed_) records.devices.push_back(f.record);
+  for (const auto& [id, entry] : snapshots_) {
+    for (const auto& [device, exposure] : entry.images) {
+      int dev_id = exposure->addresses().ublk_dev_id;
+      auto d = devices_.find(device);
+      if (dev_id < 0 || d == devices_.end()) continue;
+      ImageRecord r;
+      r.snapshot = id.ToString();
+      r.device = device;
+      r.ublk_dev_id = dev_id;
+      r.size = d->second.tracker->size();
+      r.logical_block_size = d->second.tracker->logical_block_size();
+      records.images.push_back(std::move(r));
+    }
+  }
+  Status s = records_->Save(records);
+  if (!s.ok()) spdlog::error("cannot write {}: {}", records_->path(), s.ToString());
+}
+
+std::optional<RestartView> Service::RestartLocked() const {
+  if (!restart_) return std::nullopt;
+  RestartView v = *restart_;
+  for (const auto& [name, f] : failed_) {
+    v.failed.push_back({name, f.record.path, f.error, f.record.ublk_dev_id});
+  }
+  return v;
+}
+
+void Service::RestoreImagesLocked(const Records& records) {
+  for (const auto& img : records.images) {
+    if (img.ublk_dev_id < 0) continue;
+    Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
+    std::string note = "snapshot " + img.snapshot + " image of '" + img.device +
+                       "' on /dev/ublkb" + std::to_string(img.ublk_dev_id) + " is gone" +
+                       (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
+    spdlog::warn("{}", note);
+    restart_->notes.push_back(note);
+  }
+}
+
+void Service::Restore() {
+  std::vector<DeviceRecord> devices;
+  {
+    MutexLock lock(mu_);
+    if (!records_ || records_loaded_) return;
+    records_loaded_ = true;
+    auto loaded = records_->Load();
+    if (loaded.ok() && !loaded->has_value()) return;  // first start, or the last stop was clean
+    restart_.emplace();
+    restart_->time = std::chrono::system_clock::now();
+    if (!loaded.ok()) {
+      std::string note = loaded.status().ToString();
+      spdlog::error("{}", note);
+      restart_->notes.push_back(note);
+      return;
+    }
+    const ParsedRecords& parsed = **loaded;
+    for (const auto& problem : parsed.problems) {
+      spdlog::error("{}: {}", records_->path(), problem);
+      restart_->notes.push_back(records_->path() + ": " + problem);
+    }
+    spdlog::warn("{} (records of pid {} in {})", kRestartNote, parsed.records.pid,
+                 records_->path());
+    RestoreImagesLocked(parsed.records);
+    devices = parsed.records.devices;
+  }
+  for (const auto& rec : devices) {
+    std::string name = rec.name;
+    Status s = ValidateDeviceName(name);
+    if (s.ok() && (rec.path.empty() || rec.path[0] != '/')) {
+      s = Status::Error(EINVAL, "bad path '" + rec.path + "'");
+    }
+    if (s.ok() && rec.ublk && !fronts_->info().ublk) {
+      s = Status::Error(ENOTSUP, "ublk is not available any more");
+    }
+    if (s.ok()) {
+      auto v = AttachReserved(name, rec.path, rec.loop, rec.ublk, rec.ublk ? rec.ublk_dev_id : -1,
+                              true);
+      if (!v.ok()) s = v.status();
+    }
+    if (!s.ok()) {
+      spdlog::error("cannot re-attach recorded device '{}' ({}): {}", name, rec.path,
+                    s.ToString());
+      MutexLock lock(mu_);
+      if (name.empty() || failed_.count(name)) name = "?" + std::to_string(failed_.size());
+      failed_[name] = FailedRecord{rec, std::string(s.message())};
+    }
+  }
+  MutexLock lock(mu_);
+  spdlog::warn("restored {} device(s), {} ublk front(s) recovered, {} failed", devices_.size(),
+               restart_->ublk_recovered, failed_.size());
+  SaveRecordsLocked();
+}
+
+}  // namespace blksnap::daemon

@@ -1,0 +1,405 @@
+// Service tests: the daemon's typed operations over a real engine on small sparse files, with
+// fake fronts (FakeFronts) that record what was exposed, frozen and removed, and can be made
+// busy, slow or failing. What the old service did only in integration tests is checked here:
+// all-or-nothing requests, the records' life cycle, take without the service lock, events.
+#include "daemon/service.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "engine/engine_test_util.h"
+
+namespace blksnap::daemon {
+namespace {
+
+namespace fs = std::filesystem;
+
+// What the fake fronts did, shared with the test.
+struct FrontLog {
+  std::mutex mu;
+  std::set<std::string> exposed;   // names with live fronts
+  std::set<std::string> busy;      // names whose fronts report EBUSY
+  std::set<std::string> fail;      // names whose Expose fails
+  std::vector<uint64_t> frozen;    // rdevs of the last freeze
+  int thaws = 0;
+  std::function<void()> on_freeze;  // runs inside Freeze (e.g. to block it)
+};
+
+class FakeFront final : public Front {
+ public:
+  FakeFront(std::shared_ptr<FrontLog> log, std::string name, uint64_t rdev)
+      : log_(std::move(log)), name_(std::move(name)), rdev_(rdev) {
+    std::lock_guard lock(log_->mu);
+    log_->exposed.insert(name_);
+  }
+  ~FakeFront() override { Remove().IgnoreError(); }
+  const char* kind() const override { return "fake"; }
+  void Describe(FrontAddresses& out) const override {
+    if (!removed_) out.nbd = "fake://" + name_;
+  }
+  uint64_t rdev() const override { return removed_ ? 0 : rdev_; }
+  Status CheckIdle() const override {
+    std::lock_guard lock(log_->mu);
+    if (log_->busy.count(name_)) return Status::Error(EBUSY, "fake front " + name_ + " is open");
+    return Status::Ok();
+  }
+  Status Remove() override {
+    if (removed_) return Status::Ok();
+    removed_ = true;
+    std::lock_guard lock(log_->mu);
+    log_->exposed.erase(name_);
+    return Status::Ok();
+  }
+
+ private:
+  std::shared_ptr<FrontLog> log_;
+  const std::string name_;
+  const uint64_t rdev_;
+  bool removed_ = false;
+};
+
+class FakeFronts final : public Fronts {
+ public:
+  explicit FakeFronts(std::shared_ptr<FrontLog> log) : log_(std::move(log)) {
+    info_.nbd = true;
+    info_.fuse = true;
+    info_.block_frontend = "fuse-loop";
+  }
+  const FrontsInfo& info() const override { return info_; }
+  Result<std::unique_ptr<Exposure>> Expose(const std::string& name, std::shared_ptr<BlockDevice>,
+                                           std::shared_ptr<const CbtSource>,
+                                           const ExposeOptions& options) override {
+    {
+      std::lock_guard lock(log_->mu);
+      if (log_->fail.count(name)) return Status::Error(EIO, "fake expose failure");
+    }
+    auto e = std::make_unique<Exposure>();
+    // A "loop" front gets a fake device number, so a take has something to freeze.
+    e->Add(std::make_unique<FakeFront>(log_, name, options.loop ? 0x7000 + next_rdev_++ : 0));
+    return e;
+  }
+  Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
+  Result<std::function<void()>> Freeze(const std::vector<uint64_t>& rdevs) override {
+    std::function<void()> hook;
+    {
+      std::lock_guard lock(log_->mu);
+      log_->frozen = rdevs;
+      hook = log_->on_freeze;
+    }
+    if (hook) hook();
+    auto log = log_;
+    return std::function<void()>([log] {
+      std::lock_guard lock(log->mu);
+      ++log->thaws;
+    });
+  }
+  void Stop() override {}
+
+ private:
+  std::shared_ptr<FrontLog> log_;
+  FrontsInfo info_;
+  uint64_t next_rdev_ = 1;
+};
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("blksnap-service-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "state");
+    fs::create_directories(dir_ / "storage");
+    log_ = std::make_shared<FrontLog>();
+  }
+  void TearDown() override {
+    service_.reset();
+    fs::remove_all(dir_);
+  }
+
+  std::string MakeFile(const std::string& name, uint64_t size = 64ull << 20) {
+    std::string path = (dir_ / name).string();
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
+    ::close(fd);
+    return path;
+  }
+
+  void Start(bool with_state = true) {
+    Config config;
+    auto engine = Engine::Create(config);
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    engine_ = engine->get();
+    ServiceInfo info;
+    if (with_state) info.state_dir = (dir_ / "state").string();
+    info.control_path = "/nonexistent/control.sock";
+    service_ = std::make_unique<Service>(std::move(engine).value(),
+                                         std::make_unique<FakeFronts>(log_), info);
+    service_->Restore();
+  }
+
+  bool Exposed(const std::string& name) {
+    std::lock_guard lock(log_->mu);
+    return log_->exposed.count(name) > 0;
+  }
+
+  fs::path dir_;
+  std::shared_ptr<FrontLog> log_;
+  Engine* engine_ = nullptr;
+  std::unique_ptr<Service> service_;
+};
+
+TEST_F(ServiceTest, AttachListsTheDeviceWithItsFronts) {
+  Start();
+  auto v = service_->Attach({.path = MakeFile("vol.img"), .name = "vol"});
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->size, 64ull << 20);
+  EXPECT_EQ(v->fronts.nbd, "fake://vol");
+  EXPECT_FALSE(v->snapshot.has_value());
+  auto list = service_->Devices();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "vol");
+  EXPECT_TRUE(Exposed("vol"));
+}
+
+TEST_F(ServiceTest, AttachRefusesDuplicatesAndBadNamesAndChangesNothing) {
+  Start();
+  std::string path = MakeFile("vol.img");
+  ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
+  auto same_path = service_->Attach({.path = path, .name = "other"});
+  EXPECT_EQ(same_path.status().errnum(), EBUSY);
+  auto same_name = service_->Attach({.path = MakeFile("b.img"), .name = "vol"});
+  EXPECT_EQ(same_name.status().errnum(), EEXIST);
+  for (const char* bad : {"x/y", "x@y", "..", "a b"}) {
+    auto r = service_->Attach({.path = MakeFile("c.img"), .name = bad});
+    EXPECT_EQ(r.status().errnum(), EINVAL) << bad;
+    EXPECT_NE(r.status().ToString().find("invalid device name"), std::string::npos);
+  }
+  auto relative = service_->Attach({.path = "vol.img"});
+  EXPECT_EQ(relative.status().errnum(), EINVAL);
+  EXPECT_EQ(service_->Devices().size(), 1u);
+  EXPECT_EQ(engine_->trackers().size(), 1u);
+}
+
+TEST_F(ServiceTest, AFrontFailureUndoesTheEngineAttach) {
+  Start();
+  log_->fail.insert("vol");
+  std::string path = MakeFile("vol.img");
+  auto r = service_->Attach({.path = path, .name = "vol"});
+  EXPECT_EQ(r.status().errnum(), EIO);
+  EXPECT_EQ(engine_->FindTracker("vol"), nullptr);
+  EXPECT_TRUE(service_->Devices().empty());
+  log_->fail.clear();
+  EXPECT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
+}
+
+TEST_F(ServiceTest, DetachRefusesBusyFrontsUnlessForced) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol"}).ok());
+  log_->busy.insert("vol");
+  Status s = service_->Detach("vol", false);
+  EXPECT_EQ(s.errnum(), EBUSY);
+  EXPECT_NE(s.ToString().find("--force"), std::string::npos);
+  EXPECT_TRUE(Exposed("vol"));
+  EXPECT_OK(service_->Detach("vol", true));
+  EXPECT_FALSE(Exposed("vol"));
+  EXPECT_TRUE(service_->Devices().empty());
+  EXPECT_EQ(service_->Detach("vol", false).errnum(), ENOENT);
+}
+
+TEST_F(ServiceTest, MarkDirtyChecksEveryRangeBeforeMarkingAny) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol"}).ok());
+  // After one take, a marked range reads as changed in snapshot 1 (the read map's newest).
+  auto id = service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"vol"}});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_TRUE(service_->Take(*id).ok());
+  ASSERT_OK(service_->DestroySnapshot(*id));
+  auto before = service_->CbtChanges("vol", 0, std::nullopt);
+  ASSERT_TRUE(before.ok());
+  EXPECT_TRUE(before->extents.empty());
+  Status s = service_->MarkDirty("vol", {{0, 4096}, {64ull << 20, 4096}});
+  EXPECT_EQ(s.errnum(), EINVAL);
+  EXPECT_TRUE(service_->CbtChanges("vol", 0, std::nullopt)->extents.empty());
+  EXPECT_OK(service_->MarkDirty("vol", {{0, 4096}}));
+  EXPECT_EQ(service_->CbtChanges("vol", 0, std::nullopt)->extents.size(), 1u);
+}
+
+TEST_F(ServiceTest, ChangesSinceATakeThatDidNotHappenIsAnError) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol"}).ok());
+  auto info = service_->GetCbtInfo("vol");
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(service_->CbtChanges("vol", info->changes_number, std::nullopt).ok());
+  auto future = service_->CbtChanges("vol", info->changes_number + 1, std::nullopt);
+  EXPECT_EQ(future.status().errnum(), EINVAL);
+  EXPECT_NE(future.status().ToString().find("after the last take"), std::string::npos);
+}
+
+TEST_F(ServiceTest, SnapshotTakeFreezesTheLoopFrontsAndExposesImages) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol", .loop = true}).ok());
+  auto id = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .limit = 16ull << 20, .devices = {"vol"}});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  auto take = service_->Take(*id);
+  ASSERT_TRUE(take.ok()) << take.status().ToString();
+  {
+    std::lock_guard lock(log_->mu);
+    ASSERT_EQ(log_->frozen.size(), 1u);
+    EXPECT_GE(log_->frozen[0], 0x7000u);
+    EXPECT_EQ(log_->thaws, 1);
+  }
+  const std::string image = "vol@" + id->ToString();
+  EXPECT_TRUE(Exposed(image));
+  auto view = service_->GetSnapshot(*id);
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(view->state, SnapshotState::kTaken);
+  ASSERT_EQ(view->devices.size(), 1u);
+  ASSERT_TRUE(view->devices[0].image.has_value());
+  EXPECT_EQ(view->devices[0].image->nbd, "fake://" + image);
+  EXPECT_EQ(service_->Take(*id).status().errnum(), EALREADY);
+  // The device is in the snapshot: detach is refused even with --force.
+  EXPECT_EQ(service_->Detach("vol", true).errnum(), EBUSY);
+  EXPECT_OK(service_->DestroySnapshot(*id));
+  EXPECT_FALSE(Exposed(image));
+  EXPECT_EQ(service_->GetSnapshot(*id).status().errnum(), ENOENT);
+  EXPECT_OK(service_->Detach("vol", false));
+}
+
+TEST_F(ServiceTest, ATakeDoesNotHoldTheServiceWhileFreezing) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol", .loop = true}).ok());
+  auto id = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .limit = 16ull << 20, .devices = {"vol"}});
+  ASSERT_TRUE(id.ok());
+  std::promise<void> entered, release;
+  auto release_future = release.get_future().share();
+  log_->on_freeze = [&entered, release_future] {
+    entered.set_value();
+    release_future.wait();
+  };
+  auto take = std::async(std::launch::async, [&] { return service_->Take(*id); });
+  entered.get_future().wait();
+  // While the freeze hangs, other requests are answered, and the snapshot is busy.
+  EXPECT_EQ(service_->Devices().size(), 1u);
+  EXPECT_EQ(service_->DestroySnapshot(*id).errnum(), EBUSY);
+  EXPECT_EQ(service_->Take(*id).status().errnum(), EBUSY);
+  release.set_value();
+  auto result = take.get();
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_OK(service_->DestroySnapshot(*id));
+}
+
+TEST_F(ServiceTest, CreateSnapshotIsAllOrNothing) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("a.img"), .name = "a"}).ok());
+  auto twice = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .devices = {"a", "a"}});
+  EXPECT_EQ(twice.status().errnum(), EINVAL);
+  auto unknown = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .devices = {"a", "nope"}});
+  EXPECT_EQ(unknown.status().errnum(), ENOENT);
+  EXPECT_TRUE(service_->Snapshots().empty());
+  EXPECT_TRUE(engine_->snapshots().empty());
+  EXPECT_EQ(engine_->FindTracker("a")->snapshot(), nullptr);
+}
+
+TEST_F(ServiceTest, EventsReachEveryWaiterAndACursorlessWaitConsumes) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol"}).ok());
+  // A storage with 2 MiB of room: overwriting 8 MiB of written data overflows it.
+  auto tracker = engine_->FindTracker("vol");
+  ASSERT_OK(WritePattern(*tracker, 0, 8ull << 20, 1));
+  auto id = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .limit = 2ull << 20, .devices = {"vol"}});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_TRUE(service_->Take(*id).ok());
+  auto none = service_->WaitEvent(*id, 0, std::chrono::milliseconds(10), nullptr);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->timed_out);
+  EXPECT_EQ(none->last_seq, 0u);
+  (void)WritePattern(*tracker, 0, 8ull << 20, 2);
+  auto a = service_->WaitEvent(*id, 0, std::chrono::seconds(10), nullptr);
+  auto b = service_->WaitEvent(*id, 0, std::chrono::seconds(10), nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_FALSE(a->timed_out);
+  EXPECT_EQ(a->record.seq, 1u);
+  EXPECT_EQ(b->record.seq, 1u);
+  // Without "after", each wait returns the next event once.
+  auto first = service_->WaitEvent(*id, std::nullopt, std::chrono::seconds(10), nullptr);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->record.seq, 1u);
+  auto last = service_->GetSnapshot(*id)->events;
+  ASSERT_FALSE(last.empty());
+  auto next = service_->WaitEvent(*id, std::nullopt, std::chrono::milliseconds(10), nullptr);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->timed_out, last.size() == 1);
+  if (!next->timed_out) {
+    EXPECT_EQ(next->record.seq, 2u);
+  }
+  EXPECT_EQ(service_->GetSnapshot(*id)->state, SnapshotState::kCorrupted);
+  // A cancelled wait ends early.
+  auto cancelled = service_->WaitEvent(*id, 1000, std::chrono::seconds(30), [] { return true; });
+  EXPECT_EQ(cancelled.status().errnum(), ECANCELED);
+  EXPECT_OK(service_->DestroySnapshot(*id));
+}
+
+TEST_F(ServiceTest, RecordsFollowTheDevicesAndACrashedRunIsRestored) {
+  Start();
+  std::string path = MakeFile("vol.img");
+  ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
+  const fs::path records = dir_ / "state" / "devices.json";
+  ASSERT_TRUE(fs::exists(records));
+  // A crash: the records stay. Simulate it by copying them aside before a clean shutdown.
+  fs::copy_file(records, dir_ / "saved.json");
+  service_.reset();
+  EXPECT_FALSE(fs::exists(records)) << "a clean stop removes the records";
+  fs::copy_file(dir_ / "saved.json", records);
+  Start();
+  auto list = service_->Devices();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "vol");
+  EXPECT_EQ(list[0].path, path);
+  EXPECT_TRUE(list[0].restored);
+  auto restart = service_->restart();
+  ASSERT_TRUE(restart.has_value());
+  EXPECT_TRUE(restart->failed.empty());
+}
+
+TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
+  Start();
+  std::string path = MakeFile("vol.img");
+  ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
+  fs::copy_file(dir_ / "state" / "devices.json", dir_ / "saved.json");
+  service_.reset();
+  fs::copy_file(dir_ / "saved.json", dir_ / "state" / "devices.json");
+  fs::remove(path);
+  Start();
+  EXPECT_TRUE(service_->Devices().empty());
+  auto restart = service_->restart();
+  ASSERT_TRUE(restart.has_value());
+  ASSERT_EQ(restart->failed.size(), 1u);
+  EXPECT_EQ(restart->failed[0].name, "vol");
+  // The name stays taken until the record is dropped.
+  EXPECT_EQ(service_->Attach({.path = MakeFile("new.img"), .name = "vol"}).status().errnum(),
+            EEXIST);
+  EXPECT_OK(service_->Detach("vol", false));
+  EXPECT_TRUE(service_->Attach({.path = MakeFile("new2.img"), .name = "vol"}).ok());
+}
+
+TEST_F(ServiceTest, AStartWithoutRecordsIsNotARestart) {
+  Start();
+  EXPECT_FALSE(service_->restart().has_value());
+}
+
+}  // namespace
+}  // namespace blksnap::daemon
