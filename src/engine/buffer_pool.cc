@@ -14,7 +14,7 @@ BufferPool::~BufferPool() {
 
 uint8_t* BufferPool::Get() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (!free_.empty()) {
       uint8_t* b = free_.back();
       free_.pop_back();
@@ -29,7 +29,7 @@ uint8_t* BufferPool::Get() {
 void BufferPool::Put(uint8_t* buffer) {
   if (!buffer) return;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (free_.size() < max_free_) {
       free_.push_back(buffer);
       return;
@@ -39,7 +39,7 @@ void BufferPool::Put(uint8_t* buffer) {
 }
 
 size_t BufferPool::free_count() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return free_.size();
 }
 

@@ -13,8 +13,9 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <vector>
+
+#include "util/mutex.h"
 
 namespace blksnap {
 
@@ -26,18 +27,18 @@ class BufferPool {
   BufferPool& operator=(const BufferPool&) = delete;
 
   // A buffer of buffer_size() bytes, or null if memory is exhausted.
-  uint8_t* Get();
+  uint8_t* Get() EXCLUDES(mu_);
   // Returns a buffer from Get(); null is ignored.
-  void Put(uint8_t* buffer);
+  void Put(uint8_t* buffer) EXCLUDES(mu_);
 
   size_t buffer_size() const { return buffer_size_; }
-  size_t free_count() const;
+  size_t free_count() const EXCLUDES(mu_);
 
  private:
   const size_t buffer_size_;
   const size_t max_free_;
-  mutable std::mutex mu_;
-  std::vector<uint8_t*> free_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<uint8_t*> free_ GUARDED_BY(mu_);
 };
 
 }  // namespace blksnap

@@ -24,7 +24,10 @@ uint32_t TrackingBlockShift(uint64_t capacity, const Config& config) {
   return shift;
 }
 
-CbtMap::CbtMap(uint64_t capacity, const Config& config) : config_(config) { Reset(capacity); }
+CbtMap::CbtMap(uint64_t capacity, const Config& config) : config_(config) {
+  MutexLock lock(mu_);
+  Reset(capacity);
+}
 
 void CbtMap::Reset(uint64_t capacity) {
   capacity_ = capacity;
@@ -55,7 +58,7 @@ void CbtMap::MarkWrite(uint64_t offset, uint64_t length) {
 }
 
 Status CbtMap::MarkBoth(uint64_t offset, uint64_t length) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (offset > capacity_ || length > capacity_ - offset)
     return Status::Error(EINVAL, "range beyond the end of the device");
   const uint8_t active = active_.load(std::memory_order_relaxed);
@@ -69,7 +72,7 @@ Status CbtMap::MarkBoth(uint64_t offset, uint64_t length) {
 }
 
 void CbtMap::SwitchForTake(uint64_t capacity) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (capacity != capacity_ || corrupted_ || active_.load(std::memory_order_relaxed) == 255) {
     Reset(capacity);
   }
@@ -80,12 +83,12 @@ void CbtMap::SwitchForTake(uint64_t capacity) {
 }
 
 void CbtMap::SetCorrupted() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   corrupted_ = true;
 }
 
 CbtInfo CbtMap::info() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   CbtInfo info;
   info.block_size = 1u << block_shift_;
   info.block_count = block_count_;
@@ -96,7 +99,7 @@ CbtInfo CbtMap::info() const {
 }
 
 Status CbtMap::ReadMap(uint64_t first_block, std::span<uint8_t> out) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (first_block > block_count_ || out.size() > block_count_ - first_block)
     return Status::Error(EINVAL, "CBT map range beyond the last block");
   std::memcpy(out.data(), read_map_.data() + first_block, out.size());
@@ -105,7 +108,7 @@ Status CbtMap::ReadMap(uint64_t first_block, std::span<uint8_t> out) const {
 
 Result<std::vector<ByteExtent>> CbtMap::ChangedExtents(
     uint8_t since_snap, const std::optional<Uuid>& generation) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (generation && *generation != generation_) {
     return Status::Error(ESTALE, "CBT generation changed (now " + generation_.ToString() +
                                      "): a full backup is needed");

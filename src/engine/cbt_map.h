@@ -16,7 +16,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <vector>
@@ -24,6 +23,7 @@
 #include "blksnap/cbt.h"
 #include "blksnap/config.h"
 #include "blksnap/status.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 
@@ -49,20 +49,22 @@ class CbtMap {
   uint8_t active_snap_number() const { return active_.load(std::memory_order_relaxed); }
 
  private:
-  void Reset(uint64_t capacity);  // new generation; requires mu_ (or construction)
+  void Reset(uint64_t capacity) REQUIRES(mu_);  // new generation
   std::pair<uint64_t, uint64_t> BlockRange(uint64_t offset, uint64_t length) const;
 
   const Config config_;
-  mutable std::mutex mu_;
-  uint64_t capacity_ = 0;     // guarded by mu_; changes only while writers are held
-  uint32_t block_shift_ = 0;  // likewise
-  uint64_t block_count_ = 0;  // likewise
+  mutable Mutex mu_;
+  // Written under mu_ and only while writers are held (SwitchForTake), read lock-free by
+  // MarkWrite under the caller's IoGate: not GUARDED_BY, which would forbid that read.
+  uint64_t capacity_ = 0;
+  uint32_t block_shift_ = 0;
+  uint64_t block_count_ = 0;
   std::unique_ptr<std::atomic<uint8_t>[]> write_map_;  // identity changes only while held
-  std::vector<uint8_t> read_map_;                      // guarded by mu_
+  std::vector<uint8_t> read_map_ GUARDED_BY(mu_);
   std::atomic<uint8_t> active_{1};
-  uint8_t previous_ = 0;    // guarded by mu_
-  Uuid generation_;         // guarded by mu_
-  bool corrupted_ = false;  // guarded by mu_
+  uint8_t previous_ GUARDED_BY(mu_) = 0;
+  Uuid generation_ GUARDED_BY(mu_);
+  bool corrupted_ GUARDED_BY(mu_) = false;
 };
 
 // The tracking block shift for a device of this capacity (see Config).

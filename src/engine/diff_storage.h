@@ -2,32 +2,29 @@
 //
 // The storage is one BlockDevice: an unnamed temporary file in a directory, a regular file, or
 // a block device, always opened with O_DIRECT. The first 2 MiB hold a header
-// (docs/diff-storage-format.md); chunks are allocated after it by a bump pointer, 4 KiB-aligned.
-// Files are sized to header + limit as a sparse file and their space is reserved with fallocate in
-// steps of diff_storage_minimum, by a background thread, when free reserved space falls below half
-// a step; allocations only wait for it when the reserved space is used up. When the limit is
-// reached (or the file system refuses to grow) a no_space event is raised once; an allocation that
-// cannot be served fails with ENOSPC.
+// (docs/diff-storage-format.md, constants in diff_storage_format.h); chunks are allocated after it
+// by a bump pointer, 4 KiB-aligned. Files are sized to header + limit as a sparse file and their
+// space is reserved with fallocate in steps of diff_storage_minimum, by a background thread, when
+// free reserved space falls below half a step; allocations only wait for it when the reserved space
+// is used up. When the limit is reached (or the file system refuses to grow) a no_space event is
+// raised once; an allocation that cannot be served fails with ENOSPC.
 //
 // Locking: mu_ guards the allocation state; the grower thread calls grow_ without mu_ held.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include "blksnap/block_device.h"
 #include "blksnap/engine.h"
 #include "blksnap/uuid.h"
+#include "engine/diff_storage_format.h"
+#include "util/mutex.h"
 
 namespace blksnap {
-
-inline constexpr uint64_t kDiffStorageHeaderSize = 2ull << 20;
-inline constexpr uint64_t kAllocationAlign = 4096;  // every Allocate() result is a multiple
 
 struct StorageIdentity {
   bool is_block_device = false;
@@ -55,10 +52,10 @@ class DiffStorage {
   DiffStorage& operator=(const DiffStorage&) = delete;
 
   // Allocates `bytes` and returns their device offset; ENOSPC when it cannot be served.
-  Result<uint64_t> Allocate(uint64_t bytes);
+  Result<uint64_t> Allocate(uint64_t bytes) EXCLUDES(mu_);
 
   BlockDevice& device() { return *device_; }
-  StorageInfo info() const;
+  StorageInfo info() const EXCLUDES(mu_);
   const StorageIdentity& identity() const { return identity_; }
   void set_identity(const StorageIdentity& identity) { identity_ = identity; }
 
@@ -66,8 +63,8 @@ class DiffStorage {
   DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit, uint64_t step,
               EventFn events, std::string path);
   Status WriteHeader(const Uuid& id);
-  void GrowerLoop();
-  void RaiseNoSpace(uint64_t requested);  // requires mu_
+  void GrowerLoop() EXCLUDES(mu_);
+  void RaiseNoSpace(uint64_t requested) REQUIRES(mu_);
 
   std::shared_ptr<BlockDevice> device_;
   GrowFn grow_;
@@ -77,14 +74,14 @@ class DiffStorage {
   const std::string path_;
   StorageIdentity identity_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  uint64_t reserved_ = 0;         // guarded by mu_: usable bytes reserved so far
-  uint64_t used_ = 0;             // guarded by mu_
-  bool growing_ = false;          // guarded by mu_: a grow is requested or running
-  bool grow_failed_ = false;      // guarded by mu_
-  bool no_space_raised_ = false;  // guarded by mu_
-  bool stop_ = false;             // guarded by mu_
+  mutable Mutex mu_;
+  CondVar cv_;
+  uint64_t reserved_ GUARDED_BY(mu_) = 0;  // usable bytes reserved so far
+  uint64_t used_ GUARDED_BY(mu_) = 0;
+  bool growing_ GUARDED_BY(mu_) = false;  // a grow is requested or running
+  bool grow_failed_ GUARDED_BY(mu_) = false;
+  bool no_space_raised_ GUARDED_BY(mu_) = false;
+  bool stop_ GUARDED_BY(mu_) = false;
   std::thread grower_;
 };
 

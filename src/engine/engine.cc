@@ -16,11 +16,11 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
-#include <mutex>
 
 #include "engine/diff_storage.h"
 #include "engine/snapshot.h"
 #include "engine/tracker.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 namespace {
@@ -42,8 +42,8 @@ class EngineImpl final : public Engine {
     BLKSNAP_RETURN_IF_ERROR(ValidateDeviceName(name));
     if (!original || original->size() == 0)
       return Status::Error(EINVAL, "device '" + name + "' has no capacity");
-    std::lock_guard take(take_mu_);
-    std::lock_guard lock(mu_);
+    MutexLock take(take_mu_);
+    MutexLock lock(mu_);
     if (trackers_.count(name))
       return Status::Error(EEXIST, "device '" + name + "' is already attached");
     auto tracker = std::make_shared<TrackerImpl>(name, std::move(original), options, config_);
@@ -52,8 +52,8 @@ class EngineImpl final : public Engine {
   }
 
   Status Detach(const std::string& name) override {
-    std::lock_guard take(take_mu_);
-    std::lock_guard lock(mu_);
+    MutexLock take(take_mu_);
+    MutexLock lock(mu_);
     auto it = trackers_.find(name);
     if (it == trackers_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
     if (auto snap = it->second->snapshot_impl()) {
@@ -65,13 +65,13 @@ class EngineImpl final : public Engine {
   }
 
   std::shared_ptr<Tracker> FindTracker(const std::string& name) const override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = trackers_.find(name);
     return it == trackers_.end() ? nullptr : it->second;
   }
 
   std::vector<std::shared_ptr<Tracker>> trackers() const override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     std::vector<std::shared_ptr<Tracker>> out;
     for (auto& [name, tracker] : trackers_) out.push_back(tracker);
     return out;
@@ -91,18 +91,18 @@ class EngineImpl final : public Engine {
                                 id, push);
     if (!storage.ok()) return std::move(storage).status();
     auto snapshot = std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events);
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     snapshots_[id] = snapshot;
     return id;
   }
 
   Status AddDevice(const Uuid& id, const std::string& device) override {
-    std::lock_guard take(take_mu_);
+    MutexLock take(take_mu_);
     std::shared_ptr<SnapshotImpl> snapshot;
     std::shared_ptr<TrackerImpl> tracker;
     BLKSNAP_RETURN_IF_ERROR(Find(id, &snapshot));
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = trackers_.find(device);
       if (it == trackers_.end()) return Status::Error(ENOENT, "no device named '" + device + "'");
       tracker = it->second;
@@ -126,7 +126,7 @@ class EngineImpl final : public Engine {
   }
 
   Result<TakeStats> Take(const Uuid& id, const TakeHooks& hooks) override {
-    std::lock_guard take(take_mu_);
+    MutexLock take(take_mu_);
     std::shared_ptr<SnapshotImpl> snapshot;
     BLKSNAP_RETURN_IF_ERROR(Find(id, &snapshot));
     if (snapshot->state() != SnapshotState::kCreated)
@@ -172,10 +172,10 @@ class EngineImpl final : public Engine {
   }
 
   Status Destroy(const Uuid& id) override {
-    std::lock_guard take(take_mu_);
+    MutexLock take(take_mu_);
     std::shared_ptr<SnapshotImpl> snapshot;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       auto it = snapshots_.find(id);
       if (it == snapshots_.end()) return Status::Error(ENOENT, "no snapshot " + id.ToString());
       snapshot = it->second;
@@ -203,21 +203,21 @@ class EngineImpl final : public Engine {
   }
 
   std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = snapshots_.find(id);
     return it == snapshots_.end() ? nullptr : it->second;
   }
 
   std::vector<std::shared_ptr<Snapshot>> snapshots() const override {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     std::vector<std::shared_ptr<Snapshot>> out;
     for (auto& [id, snapshot] : snapshots_) out.push_back(snapshot);
     return out;
   }
 
  private:
-  Status Find(const Uuid& id, std::shared_ptr<SnapshotImpl>* out) const {
-    std::lock_guard lock(mu_);
+  Status Find(const Uuid& id, std::shared_ptr<SnapshotImpl>* out) const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     auto it = snapshots_.find(id);
     if (it == snapshots_.end()) return Status::Error(ENOENT, "no snapshot " + id.ToString());
     *out = it->second;
@@ -225,10 +225,10 @@ class EngineImpl final : public Engine {
   }
 
   const Config config_;
-  std::mutex take_mu_;
-  mutable std::mutex mu_;
-  std::map<std::string, std::shared_ptr<TrackerImpl>> trackers_;  // guarded by mu_
-  std::map<Uuid, std::shared_ptr<SnapshotImpl>> snapshots_;       // guarded by mu_
+  Mutex take_mu_ ACQUIRED_BEFORE(mu_);  // serialises take, destroy, add and detach
+  mutable Mutex mu_;
+  std::map<std::string, std::shared_ptr<TrackerImpl>> trackers_ GUARDED_BY(mu_);
+  std::map<Uuid, std::shared_ptr<SnapshotImpl>> snapshots_ GUARDED_BY(mu_);
 };
 
 }  // namespace

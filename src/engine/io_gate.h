@@ -14,71 +14,70 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <thread>
+
+#include "util/mutex.h"
 
 namespace blksnap {
 
 class IoGate {
  public:
   // Returns false if the gate is shut down (the caller must not proceed and must not Exit()).
-  bool Enter() {
+  bool Enter() EXCLUDES(mu_) {
     for (;;) {
       inflight_.fetch_add(1);
       if (!closed_.load()) return true;
       Exit();
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return !closed_.load() || shutdown_; });
+      MutexLock lock(mu_);
+      while (closed_.load() && !shutdown_) cv_.Wait(mu_);
       if (shutdown_) return false;
     }
   }
 
-  void Exit() {
+  void Exit() EXCLUDES(mu_) {
     if (inflight_.fetch_sub(1) == 1 && closed_.load()) {
-      std::lock_guard lock(mu_);
-      cv_.notify_all();
+      MutexLock lock(mu_);
+      cv_.SignalAll();
     }
   }
 
   // Waits for in-flight requests to leave; new ones wait in Enter() until Open().
-  void Close() {
-    std::unique_lock lock(mu_);
-    closed_.store(true);
-    if (inflight_.load() != 0) {
-      lock.unlock();
-      for (int i = 0; i < kYieldsBeforeSleep && inflight_.load() != 0; ++i) {
-        std::this_thread::yield();
-      }
-      lock.lock();
+  void Close() EXCLUDES(mu_) {
+    {
+      MutexLock lock(mu_);
+      closed_.store(true);
     }
-    cv_.wait(lock, [&] { return inflight_.load() == 0; });
+    for (int i = 0; i < kYieldsBeforeSleep && inflight_.load() != 0; ++i) {
+      std::this_thread::yield();
+    }
+    MutexLock lock(mu_);
+    while (inflight_.load() != 0) cv_.Wait(mu_);
   }
 
-  void Open() {
-    std::lock_guard lock(mu_);
+  void Open() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     if (shutdown_) return;
     closed_.store(false);
-    cv_.notify_all();
+    cv_.SignalAll();
   }
 
   // Closes for good: waits for in-flight requests; later Enter() calls return false.
-  void Shutdown() {
-    std::unique_lock lock(mu_);
+  void Shutdown() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     shutdown_ = true;
     closed_.store(true);
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return inflight_.load() == 0; });
+    cv_.SignalAll();
+    while (inflight_.load() != 0) cv_.Wait(mu_);
   }
 
  private:
   static constexpr int kYieldsBeforeSleep = 200;  // ~0.1-1 ms of yielding, then sleep
   std::atomic<int64_t> inflight_{0};
-  std::atomic<bool> closed_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool shutdown_ = false;  // guarded by mu_
+  std::atomic<bool> closed_{false};  // written under mu_, read lock-free by Enter()
+  Mutex mu_;
+  CondVar cv_;
+  bool shutdown_ GUARDED_BY(mu_) = false;
 };
 
 // Enter()s on construction, Exit()s on destruction if entered.

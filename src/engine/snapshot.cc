@@ -19,29 +19,31 @@ const char* ToString(SnapshotState state) {
 
 SnapshotImpl::SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage,
                            std::shared_ptr<EventLog> events)
-    : id_(id), storage_(std::move(storage)), events_(std::move(events)) {
+    : id_(id), events_(std::move(events)) {
+  MutexLock lock(mu_);
+  storage_ = std::move(storage);
   last_storage_info_ = storage_->info();
 }
 
 SnapshotState SnapshotImpl::state() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return state_;
 }
 
 StorageInfo SnapshotImpl::storage_info() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return storage_ ? storage_->info() : last_storage_info_;
 }
 
 std::vector<SnapshotDeviceInfo> SnapshotImpl::devices() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   std::vector<SnapshotDeviceInfo> out;
   for (const Member& m : members_) out.push_back({m.tracker->name(), m.errnum});
   return out;
 }
 
 std::shared_ptr<BlockDevice> SnapshotImpl::image(const std::string& device) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const Member& m : members_) {
     if (m.tracker->name() == device) return m.image;
   }
@@ -49,17 +51,17 @@ std::shared_ptr<BlockDevice> SnapshotImpl::image(const std::string& device) cons
 }
 
 std::vector<SnapshotImpl::Member> SnapshotImpl::members() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return members_;
 }
 
 void SnapshotImpl::AddMember(std::shared_ptr<TrackerImpl> tracker) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   members_.push_back(Member{std::move(tracker), nullptr, nullptr, 0});
 }
 
 bool SnapshotImpl::HasMember(const TrackerImpl* tracker) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (const Member& m : members_) {
     if (m.tracker.get() == tracker) return true;
   }
@@ -67,7 +69,7 @@ bool SnapshotImpl::HasMember(const TrackerImpl* tracker) const {
 }
 
 void SnapshotImpl::SetTaken(std::vector<Member> members) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (Member& m : members) {  // keep errors recorded by an early corruption callback
     for (const Member& old : members_) {
       if (old.tracker == m.tracker && old.errnum) m.errnum = old.errnum;
@@ -79,7 +81,7 @@ void SnapshotImpl::SetTaken(std::vector<Member> members) {
 
 void SnapshotImpl::OnCorrupt(const std::string& device, int errnum) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (state_ == SnapshotState::kDestroyed) return;
     for (Member& m : members_) {
       if (m.tracker->name() == device && m.errnum == 0) m.errnum = errnum;
@@ -96,7 +98,7 @@ void SnapshotImpl::OnCorrupt(const std::string& device, int errnum) {
 std::vector<SnapshotImpl::Member> SnapshotImpl::MarkDestroyed() {
   std::vector<Member> members;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     state_ = SnapshotState::kDestroyed;
     members = members_;
   }
@@ -109,7 +111,7 @@ std::vector<SnapshotImpl::Member> SnapshotImpl::MarkDestroyed() {
 namespace blksnap {
 
 void SnapshotImpl::ReleaseStorage() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (!storage_) return;
   last_storage_info_ = storage_->info();
   storage_.reset();

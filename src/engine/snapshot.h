@@ -5,12 +5,11 @@
 // destroyed. The engine drives the transitions; a snapshot only records them, keeps its
 // members (tracker, DiffArea, image) and its event log.
 //
-// Locking: mu_ guards state_ and members_. Corruption callbacks come from DiffArea threads and
-// take mu_ briefly; they never call back into a DiffArea.
+// Locking: mu_ guards state_, members_ and the storage. Corruption callbacks come from DiffArea
+// threads and take mu_ briefly; they never call back into a DiffArea.
 #pragma once
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -20,6 +19,7 @@
 #include "engine/event.h"
 #include "engine/snap_image.h"
 #include "engine/tracker.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 
@@ -47,8 +47,8 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
   uint64_t last_event_seq() const override { return events_->last_seq(); }
 
   // Engine internals (called with the engine's take mutex held).
-  std::shared_ptr<DiffStorage> storage() const {
-    std::lock_guard lock(mu_);
+  std::shared_ptr<DiffStorage> storage() const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return storage_;
   }
   std::vector<Member> members() const;
@@ -64,13 +64,14 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
 
  private:
   const Uuid id_;
-  std::shared_ptr<DiffStorage> storage_;  // released at MarkDestroyed (after areas shut down)
   const std::shared_ptr<EventLog> events_;
 
-  mutable std::mutex mu_;
-  SnapshotState state_ = SnapshotState::kCreated;  // guarded by mu_
-  std::vector<Member> members_;                    // guarded by mu_
-  StorageInfo last_storage_info_;                  // guarded by mu_: kept after destroy
+  mutable Mutex mu_;
+  // Released by ReleaseStorage (after the areas are shut down).
+  std::shared_ptr<DiffStorage> storage_ GUARDED_BY(mu_);
+  SnapshotState state_ GUARDED_BY(mu_) = SnapshotState::kCreated;
+  std::vector<Member> members_ GUARDED_BY(mu_);
+  StorageInfo last_storage_info_ GUARDED_BY(mu_);  // kept after destroy
 };
 
 }  // namespace blksnap

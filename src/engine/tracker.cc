@@ -73,27 +73,27 @@ Status TrackerImpl::MarkDirty(uint64_t offset, uint64_t length) {
 std::shared_ptr<Snapshot> TrackerImpl::snapshot() const { return snapshot_impl(); }
 
 std::shared_ptr<SnapshotImpl> TrackerImpl::snapshot_impl() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return snapshot_.lock();
 }
 
 void TrackerImpl::set_snapshot(std::weak_ptr<SnapshotImpl> snapshot) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   snapshot_ = std::move(snapshot);
 }
 
 void TrackerImpl::AddAlias(uint64_t rdev) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   aliases_.insert(rdev);
 }
 
 void TrackerImpl::RemoveAlias(uint64_t rdev) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   aliases_.erase(rdev);
 }
 
 bool TrackerImpl::Holds(const StorageIdentity& storage) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (storage.is_block_device) {
     return (is_block_device_ && storage.rdev == rdev_) || aliases_.count(storage.rdev) > 0;
   }

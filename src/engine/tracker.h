@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 
@@ -17,6 +16,7 @@
 #include "engine/cbt_map.h"
 #include "engine/diff_area.h"
 #include "engine/io_gate.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 
@@ -76,11 +76,11 @@ class TrackerImpl final : public Tracker {
   std::shared_ptr<DiffArea> area_;  // changes only while gate_ is closed
   std::atomic<bool> detached_{false};
 
-  mutable std::mutex mu_;
-  std::weak_ptr<SnapshotImpl> snapshot_;   // guarded by mu_
-  std::set<uint64_t> aliases_;             // guarded by mu_: st_rdev of aliasing devices
-  bool is_block_device_ = false;           // set at construction
-  uint64_t rdev_ = 0, dev_ = 0, ino_ = 0;  // identity of path, set at construction
+  mutable Mutex mu_;
+  std::weak_ptr<SnapshotImpl> snapshot_ GUARDED_BY(mu_);
+  std::set<uint64_t> aliases_ GUARDED_BY(mu_);  // st_rdev of aliasing devices
+  bool is_block_device_ = false;                // set at construction
+  uint64_t rdev_ = 0, dev_ = 0, ino_ = 0;       // identity of path, set at construction
 };
 
 }  // namespace blksnap

@@ -1,0 +1,111 @@
+// The difference-storage header: a good header round-trips (also the one DiffStorage writes);
+// each corruption is refused with a message naming it.
+#include "engine/diff_storage_format.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "blksnap/io.h"
+#include "engine/diff_storage.h"
+#include "util/crc32c.h"
+
+namespace blksnap {
+namespace {
+
+DiffStorageHeader Sample() {
+  DiffStorageHeader h;
+  h.snapshot_id = Uuid::Random();
+  h.created = 1764489600;
+  h.limit = (8ull << 30) + 12345;
+  return h;
+}
+
+// Rewrites the checksum, so that a test reaches the check after it.
+void Reseal(std::array<uint8_t, kDiffStorageHeaderBlockSize>& block) {
+  const uint32_t crc = Crc32c(block.data(), kChecksumOffset);
+  for (size_t i = 0; i < 4; ++i) block[kChecksumOffset + i] = static_cast<uint8_t>(crc >> (8 * i));
+}
+
+void ExpectRefused(std::span<const uint8_t> bytes, int errnum, const std::string& words) {
+  auto parsed = ParseDiffStorageHeader(bytes);
+  ASSERT_FALSE(parsed.ok());
+  EXPECT_EQ(parsed.status().errnum(), errnum);
+  EXPECT_NE(parsed.status().ToString().find(words), std::string::npos)
+      << parsed.status().ToString();
+}
+
+TEST(DiffStorageFormatTest, GoodHeaderRoundTripsInTheDocumentedLayout) {
+  const DiffStorageHeader h = Sample();
+  const auto block = SerializeDiffStorageHeader(h);
+  auto parsed = ParseDiffStorageHeader(block);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(*parsed, h);
+  // The layout of docs/diff-storage-format.md, byte by byte where it is fixed.
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(block.data()), 16),
+            std::string("BLKSNAP-DIFFSTO\0", 16));
+  EXPECT_EQ(block[16], 1);  // version, little-endian
+  EXPECT_EQ(block[20], 0);  // header area 2 MiB = 0x200000, little-endian
+  EXPECT_EQ(block[21], 0);
+  EXPECT_EQ(block[22], 0x20);
+  EXPECT_EQ(block[23], 0);
+  EXPECT_EQ(block[48], 12345 & 0xff);
+  for (size_t i = kReservedOffset; i < kChecksumOffset; ++i) ASSERT_EQ(block[i], 0) << i;
+  // A longer buffer (the whole header area) parses the same.
+  std::vector<uint8_t> area(kDiffStorageHeaderSize, 0xaa);
+  std::copy(block.begin(), block.end(), area.begin());
+  ASSERT_TRUE(ParseDiffStorageHeader(area).ok());
+}
+
+TEST(DiffStorageFormatTest, TheHeaderDiffStorageWritesParses) {
+  auto dev = MakeMemoryDevice(kDiffStorageHeaderSize + (8ull << 20));
+  const Uuid id = Uuid::Random();
+  auto storage = DiffStorage::Create(dev, nullptr, 4ull << 20, 4ull << 20, id, nullptr);
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  std::vector<uint8_t> block(kDiffStorageHeaderBlockSize);
+  ASSERT_TRUE(dev->Read(0, block).ok());
+  auto parsed = ParseDiffStorageHeader(block);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->snapshot_id, id);
+  EXPECT_EQ(parsed->limit, 4ull << 20);
+  EXPECT_GT(parsed->created, 0u);
+}
+
+TEST(DiffStorageFormatTest, EachCorruptionIsRefusedWithAClearMessage) {
+  const auto good = SerializeDiffStorageHeader(Sample());
+  ExpectRefused({}, EINVAL, "truncated");
+  ExpectRefused(std::span(good).first(kDiffStorageHeaderBlockSize - 1), EINVAL, "truncated");
+
+  auto block = good;
+  block[3] ^= 1;
+  ExpectRefused(block, EINVAL, "bad magic");
+
+  block = good;
+  block[100] = 1;  // a reserved byte: only the checksum notices
+  ExpectRefused(block, EINVAL, "checksum mismatch");
+  block = good;
+  block[kChecksumOffset] ^= 0x80;
+  ExpectRefused(block, EINVAL, "checksum mismatch");
+
+  block = good;
+  block[kVersionOffset] = 2;
+  Reseal(block);
+  ExpectRefused(block, EPROTO, "version 2 is not supported");
+
+  block = good;
+  block[kHeaderSizeOffset + 1] = 0x10;  // 0x201000
+  Reseal(block);
+  ExpectRefused(block, EINVAL, "header area");
+
+  block = good;
+  for (size_t i = 0; i < kLimitSize; ++i) block[kLimitOffset + i] = 0;
+  Reseal(block);
+  ExpectRefused(block, EINVAL, "limit");
+  for (size_t i = 0; i < kLimitSize; ++i) block[kLimitOffset + i] = 0xff;
+  Reseal(block);
+  ExpectRefused(block, EINVAL, "limit");
+}
+
+}  // namespace
+}  // namespace blksnap
