@@ -38,6 +38,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -207,6 +208,9 @@ class FaultEnv : public EnvWrapper {
 
   // The FaultDevice over the last device a StorageFile::OpenDevice returned (null before).
   std::shared_ptr<FaultDevice> last_storage_device() const;
+  // Called with each new storage FaultDevice before it is returned, to arm its faults (null:
+  // none). Called without FaultEnv's lock held.
+  void OnStorageDevice(std::function<void(FaultDevice&)> setup);
 
   Result<std::string> ReadFile(const std::string& path, uint64_t max_size) override;
   Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override;
