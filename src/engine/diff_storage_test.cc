@@ -107,6 +107,24 @@ TEST(DiffStorageTest, HeaderCarriesMagicAndId) {
   EXPECT_EQ((*storage)->info().capacity, 8 * kMiB);  // fixed-size: all reserved
 }
 
+// A MemoryEnv serves the storage without a disk: the free space sets the limit, and a named file
+// that is not a storage is refused.
+TEST(DiffStorageTest, OpensThroughAMemoryEnv) {
+  MemoryEnv env;
+  env.AddDirectory("/storage");
+  env.SetFreeBytes(64 * kMiB + 123);
+  auto storage = DiffStorage::Open("/storage", 0, 4 * kMiB, Uuid::Random(), nullptr, &env);
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  EXPECT_EQ((*storage)->info().limit, 64 * kMiB);
+  for (int i = 0; i < 12; ++i) ASSERT_TRUE((*storage)->Allocate(kMiB).ok()) << i;
+  EXPECT_FALSE((*storage)->identity().is_block_device);
+  ASSERT_TRUE(env.WriteFileAtomic("/storage/notes.txt", "precious").ok());
+  auto refused =
+      DiffStorage::Open("/storage/notes.txt", 8 * kMiB, kMiB, Uuid::Random(), nullptr, &env);
+  EXPECT_EQ(refused.status().errnum(), EEXIST);
+  EXPECT_EQ(*env.ReadFile("/storage/notes.txt", 100), "precious");
+}
+
 class DiffStorageFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
