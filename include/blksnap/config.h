@@ -9,6 +9,8 @@
 
 namespace blksnap {
 
+class Env;  // env.h
+
 struct Config {
   // Change-block tracking: block size 2^shift, starting at the minimum shift and grown while the
   // block count exceeds tracking_block_maximum_count, never beyond the maximum shift.
@@ -34,6 +36,10 @@ struct Config {
 
   // Difference storage grows in steps of this many bytes.
   uint64_t diff_storage_minimum = 1ull << 30;
+
+  // Creates, sizes and opens difference storage files (env.h); null: Env::Default(). Not owned:
+  // must outlive the engine.
+  Env* env = nullptr;
 
   // Checks and normalises the values. Values that can be corrected (a maximum below its
   // minimum) are corrected and described in *warnings; impossible values are refused with

@@ -38,6 +38,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -112,8 +113,7 @@ class Env {
   virtual Status SyncDir(const std::string& dir) = 0;  // fsync of a directory
   virtual Status RemoveFile(const std::string& path) = 0;
   virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
-  // Does not follow a final symlink only if the Env says so; POSIX follows it (stat(2)).
-  // A missing path is not an error: exists = false.
+  // Follows a final symlink (stat(2)). A missing path is not an error: exists = false.
   virtual Result<FileStat> Stat(const std::string& path) = 0;
   virtual Result<std::unique_ptr<StorageFile>> OpenStorageFile(
       const std::string& path, const StorageFileOptions& options = {}) = 0;
@@ -151,8 +151,9 @@ class EnvWrapper : public Env {
 };
 
 // Files in memory: a map from path to content, plus a set of directories (AddDirectory; "/" and
-// "." always exist). A file's parent need not exist. Storage files are memory devices holding a
-// copy of the file's content at OpenDevice; their data is not written back to the map.
+// "." always exist). A file can be created only in one of those directories (else ENOENT);
+// directories are not nested: AddDirectory("/a/b") needs no "/a". Storage files are memory devices
+// holding a copy of the file's content at OpenDevice; their data is not written back to the map.
 class MemoryEnv : public Env {
  public:
   MemoryEnv();
@@ -207,6 +208,9 @@ class FaultEnv : public EnvWrapper {
 
   // The FaultDevice over the last device a StorageFile::OpenDevice returned (null before).
   std::shared_ptr<FaultDevice> last_storage_device() const;
+  // Called with each new storage FaultDevice before it is returned, to arm its faults (null:
+  // none). Called without FaultEnv's lock held.
+  void OnStorageDevice(std::function<void(FaultDevice&)> setup);
 
   Result<std::string> ReadFile(const std::string& path, uint64_t max_size) override;
   Result<std::unique_ptr<WritableFile>> NewWritableFile(const std::string& path) override;

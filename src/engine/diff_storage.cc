@@ -2,15 +2,11 @@
 // diff_storage_format.h.
 #include "engine/diff_storage.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstring>
 #include <vector>
 
+#include "blksnap/env.h"
 #include "blksnap/io.h"
 
 namespace blksnap {
@@ -18,14 +14,6 @@ namespace {
 
 constexpr const auto& kMagic = kDiffStorageMagic;  // diff_storage_format.h
 constexpr uint64_t kMiB = 1ull << 20;
-
-// Owns a file descriptor shared by the grow function.
-struct SharedFd {
-  int fd = -1;
-  ~SharedFd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 }  // namespace
 
@@ -83,71 +71,47 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
 
 Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, uint64_t limit,
                                                        uint64_t step, const Uuid& id,
-                                                       EventFn events) {
-  struct stat st {};
-  const bool exists = ::stat(path.c_str(), &st) == 0;
-  if (!exists && errno != ENOENT) return Status::FromErrno("stat " + path);
-  StorageIdentity identity;
-  auto fd = std::make_shared<SharedFd>();
-  std::string device_path = path;
+                                                       EventFn events, Env* env) {
+  if (env == nullptr) env = Env::Default();
   // O_DIRECT for every kind of storage, as the kernel module writes its difference storage with
   // bios: a page cache would only add a copy per chunk and dirty throttling to copy-on-write
   // (docs/performance-vm.md: cow64k 0.34-0.51x -> 0.83-0.93x of dm-snapshot in the VM;
   // docs/performance.md finding 8 for files). Chunks are allocated 4 KiB-aligned; unaligned image
-  // I/O is bounced by the file device.
-  FileOpenOptions direct;
-  direct.direct = true;
-  if (exists && S_ISBLK(st.st_mode)) {
+  // I/O is bounced by the file device. A directory gets an unnamed temporary file (env.h).
+  StorageFileOptions options;
+  options.direct = true;
+  BLKSNAP_ASSIGN_OR_RETURN(std::shared_ptr<StorageFile> file, env->OpenStorageFile(path, options));
+  const FileStat st = file->stat();
+  StorageIdentity identity;
+  if (st.kind == FileKind::kBlockDevice) {
     identity.is_block_device = true;
-    identity.rdev = st.st_rdev;
-    BLKSNAP_ASSIGN_OR_RETURN(auto device, OpenFileDevice(path, direct));
+    identity.rdev = st.rdev;
+    BLKSNAP_ASSIGN_OR_RETURN(auto device, file->OpenDevice());
     BLKSNAP_ASSIGN_OR_RETURN(
         auto storage, Create(std::move(device), nullptr, limit, step, id, std::move(events), path));
     storage->set_identity(identity);
     return storage;
   }
-  if (exists && S_ISDIR(st.st_mode)) {
-    fd->fd = ::open(path.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd->fd < 0) return Status::FromErrno("create a temporary file in " + path);
-    device_path = "/proc/self/fd/" + std::to_string(fd->fd);
-  } else if (!exists || S_ISREG(st.st_mode)) {
-    fd->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd->fd < 0) return Status::FromErrno("open difference storage " + path);
-    // Never overwrite data: an existing non-empty file must be a difference storage already.
-    char magic[sizeof(kMagic)] = {};
-    if (exists && st.st_size > 0 &&
-        (::pread(fd->fd, magic, sizeof(magic), 0) != static_cast<ssize_t>(sizeof(magic)) ||
-         std::memcmp(magic, kMagic, sizeof(kMagic)) != 0)) {
+  // Never overwrite data: an existing non-empty file must be a difference storage already.
+  if (st.size > 0) {
+    uint8_t magic[sizeof(kMagic)] = {};
+    auto n = file->ReadAt(0, magic);
+    if (!n.ok() || *n != sizeof(magic) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
       return Status::Error(EEXIST, path +
                                        " is a non-empty file that is not a blksnap "
                                        "difference storage; refusing to overwrite it");
     }
-  } else {
-    return Status::Error(EINVAL, path + " is not a directory, regular file or block device");
   }
-  struct stat fst {};
-  if (::fstat(fd->fd, &fst) != 0) return Status::FromErrno("fstat " + path);
-  identity.dev = fst.st_dev;
-  identity.ino = fst.st_ino;
+  identity.dev = st.dev;
+  identity.ino = st.ino;
   if (limit == 0) {
-    struct statvfs vfs {};
-    if (::fstatvfs(fd->fd, &vfs) != 0) return Status::FromErrno("statvfs " + path);
-    limit = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize / kMiB * kMiB;
+    BLKSNAP_ASSIGN_OR_RETURN(uint64_t free, file->FreeBytes());
+    limit = free / kMiB * kMiB;
   }
   if (limit < kMiB) return Status::Error(ENOSPC, "difference storage limit below 1 MiB");
-  if (::ftruncate(fd->fd, static_cast<off_t>(kDiffStorageHeaderSize + limit)) != 0)
-    return Status::FromErrno("size difference storage " + path);
-  auto opened = OpenFileDevice(device_path, direct);
-  if (!opened.ok() && opened.status().errnum() == EINVAL) {
-    opened = OpenFileDevice(device_path);  // a file system without O_DIRECT (tmpfs before 6.6)
-  }
-  if (!opened.ok()) return opened.status();
-  std::shared_ptr<BlockDevice> device = std::move(*opened);
-  GrowFn grow = [fd](uint64_t offset, uint64_t length) -> Status {
-    if (::fallocate(fd->fd, 0, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0)
-      return Status::FromErrno("fallocate difference storage");
-    return Status::Ok();
-  };
+  BLKSNAP_RETURN_IF_ERROR(file->Truncate(kDiffStorageHeaderSize + limit));
+  BLKSNAP_ASSIGN_OR_RETURN(std::shared_ptr<BlockDevice> device, file->OpenDevice());
+  GrowFn grow = [file](uint64_t offset, uint64_t length) { return file->Reserve(offset, length); };
   BLKSNAP_ASSIGN_OR_RETURN(auto storage, Create(std::move(device), std::move(grow), limit, step, id,
                                                 std::move(events), path));
   storage->set_identity(identity);

@@ -39,9 +39,11 @@ class DiffStorage {
   using GrowFn = std::function<Status(uint64_t offset, uint64_t length)>;
   using EventFn = std::function<void(SnapshotEvent)>;
 
-  // Opens or creates the storage at path for snapshot `id` (see SnapshotOptions).
+  // Opens or creates the storage at path for snapshot `id` (see SnapshotOptions), through env
+  // (null: Env::Default()).
   static Result<std::shared_ptr<DiffStorage>> Open(const std::string& path, uint64_t limit,
-                                                   uint64_t step, const Uuid& id, EventFn events);
+                                                   uint64_t step, const Uuid& id, EventFn events,
+                                                   Env* env = nullptr);
   // Storage on any device (tests): usable space is device size minus header, capped by limit.
   static Result<std::shared_ptr<DiffStorage>> Create(std::shared_ptr<BlockDevice> device,
                                                      GrowFn grow, uint64_t limit, uint64_t step,

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "blksnap/env.h"
 #include "blksnap/io.h"
 #include "engine/engine_test_util.h"
 
@@ -106,6 +107,24 @@ TEST(DiffStorageTest, HeaderCarriesMagicAndId) {
   EXPECT_EQ((*storage)->info().capacity, 8 * kMiB);  // fixed-size: all reserved
 }
 
+// A MemoryEnv serves the storage without a disk: the free space sets the limit, and a named file
+// that is not a storage is refused.
+TEST(DiffStorageTest, OpensThroughAMemoryEnv) {
+  MemoryEnv env;
+  env.AddDirectory("/storage");
+  env.SetFreeBytes(64 * kMiB + 123);
+  auto storage = DiffStorage::Open("/storage", 0, 4 * kMiB, Uuid::Random(), nullptr, &env);
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  EXPECT_EQ((*storage)->info().limit, 64 * kMiB);
+  for (int i = 0; i < 12; ++i) ASSERT_TRUE((*storage)->Allocate(kMiB).ok()) << i;
+  EXPECT_FALSE((*storage)->identity().is_block_device);
+  ASSERT_TRUE(env.WriteFileAtomic("/storage/notes.txt", "precious").ok());
+  auto refused =
+      DiffStorage::Open("/storage/notes.txt", 8 * kMiB, kMiB, Uuid::Random(), nullptr, &env);
+  EXPECT_EQ(refused.status().errnum(), EEXIST);
+  EXPECT_EQ(*env.ReadFile("/storage/notes.txt", 100), "precious");
+}
+
 class DiffStorageFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -148,6 +167,49 @@ TEST_F(DiffStorageFileTest, BadPathsFailClearly) {
   EXPECT_EQ(missing.status().errnum(), ENOENT);
   auto chr = DiffStorage::Open("/dev/null", kMiB * 8, kMiB, Uuid::Random(), nullptr);
   EXPECT_EQ(chr.status().errnum(), EINVAL);
+}
+
+// Every step of creating a file storage fails through the Env, and the snapshot creation reports
+// that step's error and leaves no snapshot behind; the next creation works.
+TEST_F(DiffStorageFileTest, StorageCreationFailuresReachCreateSnapshot) {
+  FaultEnv env(Env::Default());
+  Config config;
+  config.diff_storage_minimum = 4 * kMiB;
+  config.env = &env;
+  auto engine = Engine::Create(config).value();
+  SnapshotOptions options;
+  options.storage_path = dir_ + "/storage";
+  options.limit = 32 * kMiB;
+  struct Case {
+    FaultEnv::Op op;
+    int errnum;
+    int expected;  // the errno CreateSnapshot reports
+  };
+  const Case cases[] = {{FaultEnv::Op::kOpen, EACCES, EACCES},
+                        {FaultEnv::Op::kTruncate, EFBIG, EFBIG},
+                        {FaultEnv::Op::kReserve, ENOSPC, ENOSPC}};
+  for (const auto& c : cases) {
+    env.FailNth(c.op, 1, c.errnum);
+    auto id = engine->CreateSnapshot(options);
+    ASSERT_FALSE(id.ok()) << static_cast<int>(c.op);
+    EXPECT_EQ(id.status().errnum(), c.expected);
+    EXPECT_NE(id.status().message().find("injected"), std::string_view::npos)
+        << id.status().ToString();
+    EXPECT_TRUE(engine->snapshots().empty());
+  }
+  // No space left for the first step.
+  env.NoSpaceAfter(kMiB);
+  EXPECT_EQ(engine->CreateSnapshot(options).status().errnum(), ENOSPC);
+  env.Reset();
+  // The storage's data path fails too: the header write.
+  env.OnStorageDevice([](FaultDevice& device) { device.FailNthWrite(1, EIO); });
+  EXPECT_EQ(engine->CreateSnapshot(options).status().errnum(), EIO);
+  EXPECT_TRUE(engine->snapshots().empty());
+  env.OnStorageDevice(nullptr);
+  auto ok = engine->CreateSnapshot(options);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(env.last_storage_device()->writes(), 1u);  // the header
+  ASSERT_TRUE(engine->Destroy(*ok).ok());
 }
 
 }  // namespace

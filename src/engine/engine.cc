@@ -88,7 +88,7 @@ class EngineImpl final : public Engine {
             ? DiffStorage::Create(options.storage_device, nullptr, options.limit,
                                   config_.diff_storage_minimum, id, push, options.storage_path)
             : DiffStorage::Open(options.storage_path, options.limit, config_.diff_storage_minimum,
-                                id, push);
+                                id, push, config_.env);
     if (!storage.ok()) return std::move(storage).status();
     auto snapshot = std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events);
     MutexLock lock(mu_);

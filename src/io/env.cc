@@ -8,17 +8,11 @@
 
 #include <cerrno>
 
+#include "io/env_path.h"
+
 namespace blksnap {
-namespace {
 
-std::string DirName(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-}  // namespace
+using io::DirName;
 
 Status Env::WriteFileAtomic(const std::string& path, std::string_view data) {
   const std::string tmp = path + ".tmp";

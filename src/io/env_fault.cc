@@ -4,7 +4,7 @@
 // a file was opened still applies to it): per kind of operation a call counter, a one-shot
 // countdown (fail_nth: the call that brings it from 1 to 0 fails) with its errno, and a sticky
 // errno (fail_all); a no-space budget (bytes left for Append and Reserve; UINT64_MAX = none); the
-// FaultDevice over the last storage device opened.
+// FaultDevice over the last storage device opened and the setup run on each new one.
 //
 // Check (State::Check) before each forwarded call, in this order: count the call, fail_all,
 // the countdown. A failed call does not reach the Env below. The no-space budget is checked
@@ -33,6 +33,7 @@ struct FaultEnv::State {
   std::array<OpFaults, kOpCount> ops GUARDED_BY(mu);
   uint64_t space_left GUARDED_BY(mu) = UINT64_MAX;
   std::shared_ptr<FaultDevice> last_device GUARDED_BY(mu);
+  std::function<void(FaultDevice&)> device_setup GUARDED_BY(mu);
 
   static const char* Name(Op op) {
     static constexpr const char* kNames[kOpCount] = {"open",   "write",    "sync",   "rename",
@@ -112,8 +113,13 @@ class FaultStorageFile : public StorageFile {
     BLKSNAP_RETURN_IF_ERROR(state_->Check(Op::kOpen, "open device of " + path_));
     BLKSNAP_ASSIGN_OR_RETURN(auto device, next_->OpenDevice());
     auto fault = std::make_shared<FaultDevice>(std::move(device));
-    MutexLock lock(state_->mu);
-    state_->last_device = fault;
+    std::function<void(FaultDevice&)> setup;
+    {
+      MutexLock lock(state_->mu);
+      state_->last_device = fault;
+      setup = state_->device_setup;
+    }
+    if (setup) setup(*fault);
     return std::shared_ptr<BlockDevice>(fault);
   }
 
@@ -161,6 +167,11 @@ uint64_t FaultEnv::calls(Op op) const {
 std::shared_ptr<FaultDevice> FaultEnv::last_storage_device() const {
   MutexLock lock(state_->mu);
   return state_->last_device;
+}
+
+void FaultEnv::OnStorageDevice(std::function<void(FaultDevice&)> setup) {
+  MutexLock lock(state_->mu);
+  state_->device_setup = std::move(setup);
 }
 
 Result<std::string> FaultEnv::ReadFile(const std::string& path, uint64_t max_size) {

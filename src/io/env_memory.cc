@@ -16,6 +16,7 @@
 
 #include "blksnap/env.h"
 #include "blksnap/io.h"
+#include "io/env_path.h"
 #include "util/mutex.h"
 
 namespace blksnap {
@@ -27,6 +28,10 @@ struct MemoryEnv::State {
   std::set<std::string> dirs GUARDED_BY(mu);
   uint64_t free_bytes GUARDED_BY(mu) = 1ull << 30;
   uint64_t next_ino GUARDED_BY(mu) = 2;
+
+  bool IsDir(const std::string& path) const REQUIRES(mu) {
+    return path == "/" || path == "." || dirs.count(path) != 0;
+  }
 };
 
 namespace {
@@ -173,6 +178,7 @@ Result<std::unique_ptr<WritableFile>> MemoryEnv::NewWritableFile(const std::stri
     MutexLock lock(state_->mu);
     if (state_->files.count(path) || state_->dirs.count(path))
       return Status::Error(EEXIST, "create " + path + ": file exists");
+    if (!state_->IsDir(io::DirName(path))) return NoEntry("create", path);
     state_->files[path];
     state_->inodes[path] = state_->next_ino++;
   }
@@ -181,7 +187,7 @@ Result<std::unique_ptr<WritableFile>> MemoryEnv::NewWritableFile(const std::stri
 
 Status MemoryEnv::SyncDir(const std::string& dir) {
   MutexLock lock(state_->mu);
-  if (dir != "/" && dir != "." && !state_->dirs.count(dir)) return NoEntry("open directory", dir);
+  if (!state_->IsDir(dir)) return NoEntry("open directory", dir);
   return Status::Ok();
 }
 
@@ -214,7 +220,7 @@ Result<FileStat> MemoryEnv::Stat(const std::string& path) {
     st.kind = FileKind::kRegular;
     st.size = it->second.size();
     st.ino = state_->inodes[path];
-  } else if (path == "/" || path == "." || state_->dirs.count(path)) {
+  } else if (state_->IsDir(path)) {
     st.exists = true;
     st.kind = FileKind::kDirectory;
     st.ino = 1;
@@ -236,6 +242,7 @@ Result<std::unique_ptr<StorageFile>> MemoryEnv::OpenStorageFile(const std::strin
   } else {
     MutexLock lock(state_->mu);
     if (!st.exists) {
+      if (!state_->IsDir(io::DirName(path))) return NoEntry("open", path);
       state_->files[path];
       st = FileStat{true, FileKind::kRegular, 0, kMemoryDev, state_->next_ino++, 0};
       state_->inodes[path] = st.ino;

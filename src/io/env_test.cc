@@ -168,8 +168,10 @@ TEST_F(EnvTest, MemoryEnvAtomicReplace) {
   EXPECT_FALSE(mem.Stat("/state/a")->exists);
   ASSERT_TRUE(mem.RemoveFile("/state/b").ok());
   EXPECT_EQ(mem.RemoveFile("/state/b").errnum(), ENOENT);
-  // A directory that was never added cannot be synced: the atomic write reports it.
+  // No file outside a known directory.
   EXPECT_EQ(mem.WriteFileAtomic("/nodir/x", "1").errnum(), ENOENT);
+  EXPECT_FALSE(mem.HasFile("/nodir/x"));
+  EXPECT_EQ(mem.OpenStorageFile("/nodir/s", {}).status().errnum(), ENOENT);
 }
 
 TEST_F(EnvTest, StorageFileInADirectoryIsUnnamed) {
