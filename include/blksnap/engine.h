@@ -101,6 +101,10 @@ class Snapshot {
   virtual const Uuid& id() const = 0;
   virtual SnapshotState state() const = 0;
   virtual StorageInfo storage_info() const = 0;
+  // Raises the difference storage's limit while the snapshot lives (the answer to a no_space
+  // event). EINVAL below the current limit or once corrupted; ENOSPC beyond what a block-device
+  // storage holds; ENODEV once destroyed.
+  virtual Status SetStorageLimit(uint64_t limit) = 0;
   virtual std::vector<SnapshotDeviceInfo> devices() const = 0;
   // The image of one of its devices: null unless the snapshot is taken. Reads give the data
   // at the take; writes land in the difference storage, never on the original. Once the

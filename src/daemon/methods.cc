@@ -245,6 +245,13 @@ Result<json> SnapshotAdd(Service& service, const json& params, const Cancelled&)
   return json::object();
 }
 
+Result<json> SnapshotSetLimit(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
+  BLKSNAP_ASSIGN_OR_RETURN(uint64_t limit, GetUint(params, "limit"));
+  BLKSNAP_ASSIGN_OR_RETURN(uint64_t now, service.SetStorageLimit(id, limit));
+  return json{{"id", id.ToString()}, {"limit", now}};
+}
+
 Result<json> SnapshotTake(Service& service, const json& params, const Cancelled&) {
   BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
   BLKSNAP_ASSIGN_OR_RETURN(TakeView v, service.Take(id));
@@ -342,6 +349,7 @@ constexpr std::array kMethods = {
     Method{"snapshot-create", SnapshotCreate},
     Method{"snapshot-add", SnapshotAdd},
     Method{"snapshot-take", SnapshotTake},
+    Method{"snapshot-set-limit", SnapshotSetLimit},
     Method{"snapshot-destroy", SnapshotDestroy},
     Method{"snapshot-list", SnapshotList},
     Method{"snapshot-info", SnapshotInfo},

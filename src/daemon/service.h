@@ -151,6 +151,8 @@ class Service {
 
   Result<Uuid> CreateSnapshot(const SnapshotRequest& request) EXCLUDES(mu_);
   Status AddDevice(const Uuid& id, const std::string& device) EXCLUDES(mu_);
+  // Raises the snapshot's storage limit (the answer to a no_space event); the new limit.
+  Result<uint64_t> SetStorageLimit(const Uuid& id, uint64_t limit) EXCLUDES(mu_);
   Result<TakeView> Take(const Uuid& id) EXCLUDES(mu_);
   // Refused (EBUSY) while a client uses one of its images, unless force.
   Status DestroySnapshot(const Uuid& id, bool force) EXCLUDES(mu_);

@@ -94,6 +94,19 @@ Status Service::AddDevice(const Uuid& id, const std::string& device) {
   return Status::Ok();
 }
 
+Result<uint64_t> Service::SetStorageLimit(const Uuid& id, uint64_t limit) {
+  std::shared_ptr<Snapshot> snap;
+  {
+    MutexLock lock(mu_);
+    BLKSNAP_ASSIGN_OR_RETURN(SnapshotEntry * entry, FindSnapshotLocked(id));
+    snap = entry->snapshot;
+  }
+  Status s = snap->SetStorageLimit(limit);
+  if (!s.ok()) return Annotate(s, "cannot set the storage limit of " + id.ToString());
+  spdlog::info("snapshot {}: storage limit raised to {} bytes", id.ToString(), limit);
+  return snap->storage_info().limit;
+}
+
 Result<TakeView> Service::Take(const Uuid& id) {
   std::shared_ptr<Snapshot> snap;
   std::vector<uint64_t> rdevs;

@@ -353,9 +353,26 @@ TEST_F(ServiceTest, EventsReachEveryWaiterAndACursorlessWaitConsumes) {
     EXPECT_EQ(next->record.seq, 2u);
   }
   EXPECT_EQ(service_->GetSnapshot(*id)->state, SnapshotState::kCorrupted);
+  // A corrupted snapshot cannot be saved by a larger storage.
+  EXPECT_EQ(service_->SetStorageLimit(*id, 64ull << 20).status().errnum(), EINVAL);
   // A cancelled wait ends early.
   auto cancelled = service_->WaitEvent(*id, 1000, std::chrono::seconds(30), [] { return true; });
   EXPECT_EQ(cancelled.status().errnum(), ECANCELED);
+  EXPECT_OK(service_->DestroySnapshot(*id, false));
+}
+
+TEST_F(ServiceTest, SetStorageLimitRaisesTheLimitOfALiveSnapshot) {
+  Start();
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol"}).ok());
+  auto id = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .limit = 4ull << 20, .devices = {"vol"}});
+  ASSERT_TRUE(id.ok());
+  auto raised = service_->SetStorageLimit(*id, 32ull << 20);
+  ASSERT_TRUE(raised.ok()) << raised.status().ToString();
+  EXPECT_EQ(*raised, 32ull << 20);
+  EXPECT_EQ(service_->GetSnapshot(*id)->storage.limit, 32ull << 20);
+  EXPECT_EQ(service_->SetStorageLimit(*id, 8ull << 20).status().errnum(), EINVAL);
+  EXPECT_EQ(service_->SetStorageLimit(Uuid::Random(), 8ull << 20).status().errnum(), ENOENT);
   EXPECT_OK(service_->DestroySnapshot(*id, false));
 }
 

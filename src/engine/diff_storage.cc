@@ -21,10 +21,10 @@ DiffStorage::DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint6
                          uint64_t step, EventFn events, std::string path)
     : device_(std::move(device)),
       grow_(std::move(grow)),
-      limit_(limit),
       step_(step),
       events_(std::move(events)),
-      path_(std::move(path)) {}
+      path_(std::move(path)),
+      limit_(limit) {}
 
 DiffStorage::~DiffStorage() {
   {
@@ -46,9 +46,16 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
   if (limit == 0 || limit > usable) limit = usable;
   std::shared_ptr<DiffStorage> storage(new DiffStorage(std::move(device), std::move(grow), limit,
                                                        step, std::move(events), std::move(path)));
-  BLKSNAP_RETURN_IF_ERROR(storage->WriteHeader(id));
   // Not shared yet: the locks below cost nothing and let the analysis check the fields.
   DiffStorage* raw = storage.get();
+  raw->id_ = id;
+  raw->created_ = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                            std::chrono::system_clock::now().time_since_epoch())
+                                            .count());
+  {
+    MutexLock lock(raw->mu_);
+    BLKSNAP_RETURN_IF_ERROR(raw->WriteHeader());
+  }
   // The first step is reserved now, so that a storage without room fails at creation.
   const uint64_t first = std::min(step, limit);
   if (storage->grow_) {
@@ -115,15 +122,14 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
   BLKSNAP_ASSIGN_OR_RETURN(auto storage, Create(std::move(device), std::move(grow), limit, step, id,
                                                 std::move(events), path));
   storage->set_identity(identity);
+  storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
   return storage;
 }
 
-Status DiffStorage::WriteHeader(const Uuid& id) {
+Status DiffStorage::WriteHeader() {
   DiffStorageHeader header;
-  header.snapshot_id = id;
-  header.created = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
-                                             std::chrono::system_clock::now().time_since_epoch())
-                                             .count());
+  header.snapshot_id = id_;
+  header.created = created_;
   header.limit = limit_;
   const auto block = SerializeDiffStorageHeader(header);
   return device_->Write(0, block);
@@ -197,6 +203,53 @@ void DiffStorage::GrowerLoop() {
     cv_.SignalAll();
   }
   mu_.Unlock();
+}
+
+Status DiffStorage::SetLimit(uint64_t limit) {
+  MutexLock lock(mu_);
+  if (stop_) return Status::Error(ENODEV, "difference storage closed");
+  if (limit < limit_) {
+    return Status::Error(EINVAL, "the limit can only be raised (it is " +
+                                     std::to_string(limit_) + " bytes, " +
+                                     std::to_string(used_) + " in use)");
+  }
+  if (limit == limit_) return Status::Ok();
+  if (limit > UINT64_MAX - kDiffStorageHeaderSize) {
+    return Status::Error(EOVERFLOW, "limit " + std::to_string(limit) + " is too large");
+  }
+  if (resize_) {
+    // The file grows sparse; space is still reserved step by step by the grower.
+    Status s = resize_(kDiffStorageHeaderSize + limit);
+    if (!s.ok()) {
+      return Status::Error(s.errnum(), "cannot resize the difference storage to " +
+                                           std::to_string(limit) +
+                                           " bytes: " + std::string(s.message()));
+    }
+  } else {
+    const uint64_t usable = device_->size() - kDiffStorageHeaderSize;
+    if (limit > usable) {
+      return Status::Error(ENOSPC, "the difference storage device holds at most " +
+                                       std::to_string(usable) + " bytes after its header");
+    }
+    reserved_ = limit;  // fixed-size devices are reserved whole
+  }
+  const uint64_t old_limit = limit_;
+  limit_ = limit;
+  Status header = WriteHeader();
+  if (!header.ok()) {
+    limit_ = old_limit;
+    if (!resize_) reserved_ = old_limit;
+    return Status::Error(header.errnum(),
+                         "cannot record the new limit: " + std::string(header.message()));
+  }
+  // Re-arm: the next shortage raises no_space again; a growth stopped at the old limit resumes.
+  no_space_raised_ = false;
+  grow_failed_ = false;
+  if (grow_ && reserved_ - used_ < std::min(step_, limit_) / 2 && reserved_ < limit_) {
+    growing_ = true;
+  }
+  cv_.SignalAll();
+  return Status::Ok();
 }
 
 StorageInfo DiffStorage::info() const {

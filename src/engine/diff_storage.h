@@ -37,6 +37,8 @@ class DiffStorage {
  public:
   // Reserves [offset, offset + length) of the device (fallocate for files; no-op otherwise).
   using GrowFn = std::function<Status(uint64_t offset, uint64_t length)>;
+  // Sets the size of the storage file (files only: it is sized to header + limit, sparse).
+  using ResizeFn = std::function<Status(uint64_t size)>;
   using EventFn = std::function<void(SnapshotEvent)>;
 
   // Opens or creates the storage at path for snapshot `id` (see SnapshotOptions), through env
@@ -58,19 +60,25 @@ class DiffStorage {
 
   BlockDevice& device() { return *device_; }
   StorageInfo info() const EXCLUDES(mu_);
+  // Raises the limit of a live storage (blksnap's append-storage, Veeam's stretch_snapshot):
+  // a file is resized, a block device allows up to its size. A no_space event already raised
+  // is re-armed and a stopped growth resumes, so a snapshot that answered its event in time
+  // keeps going. EINVAL for a lower limit, ENOSPC beyond what the device holds.
+  Status SetLimit(uint64_t limit) EXCLUDES(mu_);
+  void set_resize(ResizeFn resize) { resize_ = std::move(resize); }
   const StorageIdentity& identity() const { return identity_; }
   void set_identity(const StorageIdentity& identity) { identity_ = identity; }
 
  private:
   DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit, uint64_t step,
               EventFn events, std::string path);
-  Status WriteHeader(const Uuid& id);
+  Status WriteHeader() REQUIRES(mu_);
   void GrowerLoop() EXCLUDES(mu_);
   void RaiseNoSpace(uint64_t requested) REQUIRES(mu_);
 
   std::shared_ptr<BlockDevice> device_;
   GrowFn grow_;
-  const uint64_t limit_;  // usable bytes after the header
+  ResizeFn resize_;  // null: a fixed-size device
   const uint64_t step_;
   EventFn events_;
   const std::string path_;
@@ -78,6 +86,9 @@ class DiffStorage {
 
   mutable Mutex mu_;
   CondVar cv_;
+  Uuid id_;
+  uint64_t created_ = 0;                   // seconds since the epoch, for the header
+  uint64_t limit_ GUARDED_BY(mu_);         // usable bytes after the header
   uint64_t reserved_ GUARDED_BY(mu_) = 0;  // usable bytes reserved so far
   uint64_t used_ GUARDED_BY(mu_) = 0;
   bool growing_ GUARDED_BY(mu_) = false;  // a grow is requested or running

@@ -30,6 +30,22 @@ SnapshotState SnapshotImpl::state() const {
   return state_;
 }
 
+Status SnapshotImpl::SetStorageLimit(uint64_t limit) {
+  std::shared_ptr<DiffStorage> storage;
+  {
+    MutexLock lock(mu_);
+    if (state_ == SnapshotState::kDestroyed || !storage_) {
+      return Status::Error(ENODEV, "snapshot " + id_.ToString() + " is destroyed");
+    }
+    if (state_ == SnapshotState::kCorrupted) {
+      return Status::Error(EINVAL, "snapshot " + id_.ToString() +
+                                       " is corrupted; a larger storage cannot bring it back");
+    }
+    storage = storage_;
+  }
+  return storage->SetLimit(limit);
+}
+
 StorageInfo SnapshotImpl::storage_info() const {
   MutexLock lock(mu_);
   return storage_ ? storage_->info() : last_storage_info_;

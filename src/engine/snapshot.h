@@ -37,6 +37,7 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
   const Uuid& id() const override { return id_; }
   SnapshotState state() const override;
   StorageInfo storage_info() const override;
+  Status SetStorageLimit(uint64_t limit) override EXCLUDES(mu_);
   std::vector<SnapshotDeviceInfo> devices() const override;
   std::shared_ptr<BlockDevice> image(const std::string& device) const override;
   Result<SnapshotEventRecord> WaitEvent(uint64_t after,
