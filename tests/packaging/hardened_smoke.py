@@ -6,8 +6,9 @@ There is no systemd as PID 1 to run the unit, so the test applies what it can of
 read from the generated unit: the capability bounding set and no_new_privs (setpriv), the umask,
 and it records the system calls with strace instead of enforcing SystemCallFilter=.
 Algorithm: ext4 image -> blksnapd (sandboxed, traced) -> attach --loop, mount the loop front,
-write "one" -> snapshot create --loop, take (freezes the mounted ext4) -> write "two" -> the
-image's loop device mounts and reads "one" -> destroy, unmount, detach, SIGTERM: exit 0. Then
+write "one"; attach a block device (an outside loop device) -> snapshot create --loop of both,
+take (freezes the mounted ext4) -> write "two" -> the image's loop device mounts and reads "one"
+-> destroy, unmount, detach both, SIGTERM: exit 0. Then
 every traced system call must be in the unit's SystemCallFilter= allow list (groups expanded
 with systemd-analyze). Needs root, /dev/loop-control, /dev/fuse, strace, setpriv, mkfs.ext4.
 """
@@ -112,7 +113,7 @@ def main():
     allowed = allowed_syscalls(unit["SystemCallFilter"], syscall_groups())
 
     work = tempfile.mkdtemp(prefix="blksnap-hardened.")
-    mounts, daemon, ok = [], None, False
+    mounts, daemon, ok, backing = [], None, False, None
     ctl = os.path.join(work, "ctl.sock")
     pidfile = os.path.join(work, "pid")
 
@@ -156,11 +157,19 @@ def main():
                 raise RuntimeError(f"blksnapd exited with {daemon.returncode} at start")
             time.sleep(0.1)
         loop = cli("attach", img, "--name", "vm", "--loop")["loop"]
+        # A block device too (opened with O_DIRECT): an outside loop device over a second file.
+        img2 = os.path.join(work, "img2")
+        with open(img2, "wb") as f:
+            f.truncate(16 << 20)
+        backing = subprocess.run(["losetup", "-f", "--show", img2], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+        cli("attach", backing, "--name", "blk")
         mount(loop, os.path.join(work, "mnt"))
         with open(os.path.join(work, "mnt", "a"), "w") as f:
             f.write("one")
         os.sync()
-        snap = cli("snapshot", "create", "--storage", work, "--limit", "32M", "vm", "--loop")["id"]
+        snap = cli("snapshot", "create", "--storage", work, "--limit", "32M", "vm", "blk",
+                   "--loop")["id"]
         took = cli("snapshot", "take", snap)
         if took.get("warnings"):
             raise RuntimeError(f"take warned: {took['warnings']}")
@@ -177,6 +186,7 @@ def main():
         cli("snapshot", "destroy", snap)
         umount(os.path.join(work, "mnt"))
         cli("detach", "vm")
+        cli("detach", "blk")
         stop_daemon()
         if daemon.wait(timeout=60) != 0:  # strace exits with blksnapd's status
             raise RuntimeError(f"blksnapd exited with {daemon.returncode}")
@@ -205,6 +215,8 @@ def main():
                 daemon.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 daemon.kill()
+        if backing:
+            subprocess.run(["losetup", "-d", backing])
         shutil.rmtree(work, ignore_errors=True)
     print("ok" if ok else "failed")
     return 0 if ok else 1
