@@ -24,7 +24,8 @@ rm -f "$D.log"
 for f in "$SBINDIR/blksnapd" "$SBINDIR/blksnap"; do
   [ -x "$D$f" ] || fail "$f missing or not executable"
 done
-for f in "$LIBDIR/libblksnap.a" "$LIBDIR/pkgconfig/blksnap.pc" "$INCLUDEDIR/blksnap/engine.h" \
+for f in "$LIBDIR/libblksnap.a" "$LIBDIR/libblksnap_control.a" "$INCLUDEDIR/blksnap/control_client.h" \
+         "$LIBDIR/pkgconfig/blksnap.pc" "$INCLUDEDIR/blksnap/engine.h" \
          "$INCLUDEDIR/blksnap/uuid.h" "$UNITDIR/blksnapd.service" \
          "$SYSCONFDIR/blksnap/blksnapd.conf" "$COMPLETIONDIR/blksnap"; do
   [ -f "$D$f" ] || fail "$f missing"
@@ -56,20 +57,22 @@ flags=$(pkg-config --cflags --libs blksnap) || fail "pkg-config --cflags --libs 
 grep -q -- "-I$D$INCLUDEDIR" <<<"$flags" || fail "pkg-config cflags: $flags"
 grep -q -- "-lblksnap" <<<"$flags" || fail "pkg-config libs: $flags"
 cat >"$D/prog.cc" <<'PROG'
+#include <blksnap/control_client.h>
 #include <blksnap/engine.h>
 #include <blksnap/uuid.h>
 #include <cstdio>
 int main() {
   blksnap::Uuid u = blksnap::Uuid::Random();
   auto engine = blksnap::Engine::Create(blksnap::Config{});
-  std::printf("%s %d\n", u.ToString().c_str(), engine.ok() ? 1 : 0);
-  return u.is_nil() || !engine.ok();
+  auto client = blksnap::ControlClient::Connect("/nonexistent/blksnap.sock");  // fails: ENOENT
+  std::printf("%s %d %d\n", u.ToString().c_str(), engine.ok() ? 1 : 0, client.ok() ? 1 : 0);
+  return u.is_nil() || !engine.ok() || client.ok();
 }
 PROG
 # shellcheck disable=SC2086  # flags are words
 "$CXX" -std=c++20 -o "$D/prog" "$D/prog.cc" $flags 2>"$D/cc.err" \
   || { cat "$D/cc.err"; fail "a program does not build with pkg-config's flags"; }
-"$D/prog" | grep -Eq '^[0-9a-f-]{36} 1$' || fail "the linked program does not run"
+"$D/prog" | grep -Eq '^[0-9a-f-]{36} 1 0$' || fail "the linked program does not run"
 echo "ok 3 pkg-config: $flags"
 
 # 4. bash completion.
