@@ -1,4 +1,7 @@
-// CRC-32C (Castagnoli), used by the sector pattern and on-disk headers.
+// CRC-32C (Castagnoli, polynomial 0x1EDC6F41 reflected as 0x82F63B78), used by the sector
+// pattern and by on-disk headers and records. Crc32c() picks the fastest implementation once:
+// the SSE4.2 `crc32` instruction when the CPU has it, else a byte-wise table. Both give the same
+// result (RFC 3720 test vectors in crc32c_test.cc). Stateless and thread-safe.
 #pragma once
 
 #include <cstddef>
@@ -6,6 +9,16 @@
 
 namespace blksnap {
 
+// The CRC of `length` bytes at `data`, continuing from `crc` (the result of an earlier call over
+// the preceding bytes, or 0 to start): Crc32c(a+b) == Crc32c(b, Crc32c(a)).
 uint32_t Crc32c(const void* data, size_t length, uint32_t crc = 0);
+
+namespace crc32c_internal {
+// The two implementations behind Crc32c(), exposed for tests and benchmarks.
+uint32_t Portable(const void* data, size_t length, uint32_t crc);
+// True when the CPU executes Hardware(); calling Hardware() otherwise is undefined.
+bool HaveHardware();
+uint32_t Hardware(const void* data, size_t length, uint32_t crc);
+}  // namespace crc32c_internal
 
 }  // namespace blksnap
