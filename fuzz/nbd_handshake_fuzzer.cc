@@ -22,6 +22,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static_cast<MemoryTransport*>(t.get())->set_record_output(false);
   InputBuffer in;
   Result<Negotiated> n = Handshake(host, t, in).Run();
-  if (n.ok()) Session(*t, in, *n).Run(1);
+  if (n.ok()) {
+    SessionLimits limits;
+    limits.max_workers = 1;
+    Session(*t, in, *n, limits).Run();
+  }
   return 0;
 }

@@ -45,6 +45,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   MemoryTransport t(std::span<const uint8_t>(data + 1, size - 1));
   t.set_record_output(false);
   InputBuffer in;
-  Session(t, in, n).Run(1);
+  SessionLimits limits;
+  limits.max_workers = 1;
+  Session(t, in, n, limits).Run();
   return 0;
 }

@@ -1,20 +1,30 @@
 // Server: listeners, the export registry and connection lifetimes (see nbd_server.h).
 //
 // Threads: one accept thread polls the listeners and an eventfd; each accepted connection gets
-// one thread that runs the handshake and then the Session (which adds its worker threads).
-// A finished connection marks itself done and pokes the eventfd; the accept thread joins and
-// frees it (so fds and threads never pile up over thousands of short connections).
+// one thread that runs the handshake and then the Session (which adds worker threads on
+// demand, within the server-wide extra_workers budget). A finished connection marks itself
+// done and pokes the eventfd; the accept thread joins and frees it (so fds and threads never
+// pile up over thousands of short connections). The accept thread is also the handshake
+// watchdog: it wakes at the earliest handshake deadline and shuts down connections that have
+// not reached the transmission phase by then (TLS handshakes and trickling clients included).
 //
-// Locking: mu_ guards the export map, the connection list and each ExportEntry's bookkeeping
-// (connections, removed) and each Connection's `closing` flag. It is taken on connect, on
-// attach after the handshake and on disconnect, never per request. A connection's fd is shut
-// down from other threads (RemoveExport, Stop) only while holding mu_ and only before the
-// connection thread set `closing`, so we never shut down a recycled fd number.
+// Limits: at most max_connections connections exist at once (handshake or transmission), plus
+// root_reserved_connections that only root on the Unix socket may use (SO_PEERCRED, asked only
+// when over the cap); beyond that a connection is accepted and closed at once, and the first
+// refusal of a burst and the end of the burst are logged. Payload bytes in flight are bounded per
+// connection and in total (total_inflight, shared by all Sessions), threads by the connection cap
+// and the extra-worker budget; see session.cc.
 //
-// TLS policy: with no TLS credentials the server runs NOTLS; with credentials, SELECTIVETLS
-// (clients may upgrade) unless tls_required, which makes it FORCEDTLS. Connections accepted on
-// a TCP listener bound beyond loopback are always FORCEDTLS, and Start() refuses such a
-// listener without credentials.
+// Locking: mu guards the export map, the connection list and each ExportEntry's bookkeeping
+// (connections, removed) and each Connection's flags. It is taken on connect, on attach after
+// the handshake, on disconnect and by the watchdog, never per request. A connection's fd is
+// shut down from other threads (RemoveExport, Stop, the watchdog) only while holding mu and
+// only before the connection thread set `closing`, so we never shut down a recycled fd number.
+//
+// TLS policy: with no TLS credentials the server runs NOTLS, and Start() refuses a TCP listener
+// unless allow_insecure_tcp (and then only on loopback); with credentials, the Unix socket is
+// SELECTIVETLS (clients may upgrade) unless tls_required, which makes it FORCEDTLS, and TCP
+// connections are always FORCEDTLS: a TCP port is open to every local user.
 #include "nbd/nbd_server.h"
 
 #include <arpa/inet.h>
@@ -29,17 +39,22 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <condition_variable>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <list>
 #include <map>
 #include <thread>
 
+#include "nbd/budget.h"
 #include "nbd/handshake.h"
 #include "nbd/protocol.h"
 #include "nbd/session.h"
 #include "nbd/transport.h"
+#include "util/mutex.h"
+#include "util/thread_annotations.h"
 
 namespace blksnap::nbd {
 namespace {
@@ -47,24 +62,24 @@ namespace {
 constexpr int kDefaultWorkers = 8;
 constexpr int kMaxWorkers = 64;
 
-// A client must finish the handshake within this time (BLKSNAP_NBD_HANDSHAKE_TIMEOUT seconds
-// overrides), so silent connections cannot pin threads forever.
-constexpr int kDefaultHandshakeTimeoutSec = 60;
+using Clock = std::chrono::steady_clock;
 
-int HandshakeTimeoutSec() {
-  if (const char* env = std::getenv("BLKSNAP_NBD_HANDSHAKE_TIMEOUT")) {
-    int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
-  return kDefaultHandshakeTimeoutSec;
-}
-
-void SetRecvTimeout(int fd, int seconds) {
-  timeval tv{seconds, 0};
+void SetSocketTimeouts(int fd, std::chrono::milliseconds t) {
+  timeval tv{static_cast<time_t>(t.count() / 1000),
+             static_cast<suseconds_t>(t.count() % 1000 * 1000)};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-int WorkersPerConnection() {
+bool PeerIsRoot(int unix_fd) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  return ::getsockopt(unix_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.uid == 0;
+}
+
+void LogToStderr(const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); }
+
+int DefaultWorkersPerConnection() {
   if (const char* env = std::getenv("BLKSNAP_NBD_WORKERS")) {
     int n = std::atoi(env);
     if (n >= 1 && n <= kMaxWorkers) return n;
@@ -129,14 +144,24 @@ struct Connection {
   int fd = -1;  // owned by the transport inside the connection thread
   bool tcp = false;
   bool forced_tls = false;
-  bool closing = false;                // guarded by State::mu_: fd is about to be closed
-  bool done = false;                   // guarded by State::mu_: the thread has finished
-  std::shared_ptr<ExportEntry> entry;  // guarded by State::mu_: set while attached
+  // The rest is guarded by State::mu.
+  bool closing = false;           // fd is about to be closed
+  bool done = false;              // the thread has finished
+  bool in_handshake = true;       // the watchdog may shut it down at the deadline
+  std::atomic<bool> shut{false};  // shut down from outside (the session's waits look at it)
+  Clock::time_point handshake_deadline;
+  std::shared_ptr<ExportEntry> entry;  // set while attached
   std::thread thread;
 };
 
 struct Server::State {
-  ServerOptions options;
+  explicit State(const ServerOptions& o)
+      : options(o),
+        extra_workers(static_cast<uint64_t>(std::max(o.max_extra_workers, 0))),
+        total_inflight(o.max_total_inflight),
+        total_receiving(o.max_total_inflight) {}
+
+  const ServerOptions options;
   UniqueFd unix_listen;
   UniqueFd tcp_listen;
   bool tcp_forced_tls = false;
@@ -145,40 +170,53 @@ struct Server::State {
   UniqueFd wake;  // eventfd: stop or reap
   std::unique_ptr<TlsContext> tls;
   int workers = kDefaultWorkers;
-  int handshake_timeout_sec = kDefaultHandshakeTimeoutSec;
+  Budget extra_workers;    // worker threads beyond each connection's own
+  Budget total_inflight;   // payload bytes held by all connections
+  Budget total_receiving;  // claims of write payloads being received (see session.cc)
   std::thread accept_thread;
 
-  mutable std::mutex mu;
-  std::condition_variable cv;                                   // a connection detached or finished
-  std::map<std::string, std::shared_ptr<ExportEntry>> exports;  // guarded by mu
-  std::list<std::unique_ptr<Connection>> connections;           // guarded by mu
-  bool stopping = false;                                        // guarded by mu
-  bool stopped = false;                                         // guarded by mu
+  mutable Mutex mu;
+  CondVar cv;  // a connection detached or finished
+  std::map<std::string, std::shared_ptr<ExportEntry>> exports GUARDED_BY(mu);
+  std::list<std::unique_ptr<Connection>> connections GUARDED_BY(mu);
+  size_t active GUARDED_BY(mu) = 0;      // connections not done
+  bool refusing GUARDED_BY(mu) = false;  // in a burst of refused connections
+  uint64_t refused_in_burst GUARDED_BY(mu) = 0;
+  uint64_t refused_total GUARDED_BY(mu) = 0;
+  bool stopping GUARDED_BY(mu) = false;
+  bool stopped GUARDED_BY(mu) = false;
 
   void Wake() {
     uint64_t one = 1;
     ssize_t n = ::write(wake.get(), &one, sizeof one);
     (void)n;
   }
-  void ShutdownLocked(Connection& c) {
-    if (!c.closing && c.fd >= 0) ::shutdown(c.fd, SHUT_RDWR);
+  void Log(const std::string& line) const { (options.log ? options.log : LogToStderr)(line); }
+  void ShutdownLocked(Connection& c) REQUIRES(mu) {
+    if (!c.closing && c.fd >= 0) {
+      ::shutdown(c.fd, SHUT_RDWR);
+      c.shut.store(true);
+    }
   }
   void AcceptLoop();
   void Accept(int listen_fd, bool tcp);
   void RunConnection(Connection* c);
-  void ReapLocked();
+  void ReapLocked() REQUIRES(mu);
+  // Shuts down connections past their handshake deadline; returns the poll timeout (ms) until
+  // the next deadline, -1 if none.
+  int WatchHandshakesLocked() REQUIRES(mu);
 
   // The handshake's view of the server for one connection.
   class Host : public HandshakeHost {
    public:
     Host(State& s, bool forced) : s_(s), forced_(forced) {}
     std::shared_ptr<ExportEntry> FindExport(std::string_view name) override {
-      std::lock_guard lock(s_.mu);
+      MutexLock lock(s_.mu);
       auto it = s_.exports.find(std::string(name));
       return it == s_.exports.end() ? nullptr : it->second;
     }
     std::vector<std::shared_ptr<ExportEntry>> ListExports() override {
-      std::lock_guard lock(s_.mu);
+      MutexLock lock(s_.mu);
       std::vector<std::shared_ptr<ExportEntry>> out;
       for (const auto& [name, e] : s_.exports) out.push_back(e);
       return out;
@@ -194,9 +232,14 @@ struct Server::State {
 
 void Server::State::AcceptLoop() {
   for (;;) {
+    int timeout_ms;
+    {
+      MutexLock lock(mu);
+      timeout_ms = WatchHandshakesLocked();
+    }
     pollfd fds[3] = {
         {wake.get(), POLLIN, 0}, {unix_listen.get(), POLLIN, 0}, {tcp_listen.get(), POLLIN, 0}};
-    int n = ::poll(fds, 3, -1);
+    int n = ::poll(fds, 3, timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       break;
@@ -205,7 +248,7 @@ void Server::State::AcceptLoop() {
       uint64_t v;
       ssize_t r = ::read(wake.get(), &v, sizeof v);
       (void)r;
-      std::lock_guard lock(mu);
+      MutexLock lock(mu);
       ReapLocked();
       if (stopping) return;
     }
@@ -214,24 +257,64 @@ void Server::State::AcceptLoop() {
   }
 }
 
+int Server::State::WatchHandshakesLocked() {
+  const auto now = Clock::now();
+  auto next = Clock::time_point::max();
+  for (auto& c : connections) {
+    if (!c->in_handshake || c->closing) continue;
+    if (c->handshake_deadline <= now) {
+      ShutdownLocked(*c);
+      c->in_handshake = false;  // once is enough; the thread is on its way out
+    } else {
+      next = std::min(next, c->handshake_deadline);
+    }
+  }
+  if (next == Clock::time_point::max()) return -1;
+  // Round up so that we do not wake a millisecond early and spin.
+  return static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(next - now).count());
+}
+
 void Server::State::Accept(int listen_fd, bool tcp) {
   int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
   if (fd < 0) return;  // EAGAIN, ECONNABORTED, EMFILE: try again on the next poll
-  if (tcp) {
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  std::lock_guard lock(mu);
+  MutexLock lock(mu);
   if (stopping) {
     ::close(fd);
     return;
+  }
+  if (active >= static_cast<size_t>(options.max_connections) &&
+      !(!tcp &&
+        active < static_cast<size_t>(options.max_connections) +
+                     static_cast<size_t>(options.root_reserved_connections) &&
+        PeerIsRoot(fd))) {
+    // Refuse: closing at once costs no thread and no memory. Log the first of a burst.
+    ::close(fd);
+    ++refused_total;
+    if (!refusing) {
+      Log("nbd: " + std::to_string(active) +
+          " connections open (the limit, max_connections): refusing new ones");
+      refusing = true;
+      refused_in_burst = 0;
+    }
+    ++refused_in_burst;
+    return;
+  }
+  if (refusing) {
+    Log("nbd: accepting connections again (" + std::to_string(refused_in_burst) + " refused)");
+    refusing = false;
+  }
+  if (tcp) {
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   auto c = std::make_unique<Connection>();
   c->fd = fd;
   c->tcp = tcp;
   c->forced_tls = options.tls_required || (tcp && tcp_forced_tls);
+  c->handshake_deadline = Clock::now() + std::chrono::milliseconds(options.handshake_timeout_ms);
   Connection* raw = c.get();
   connections.push_back(std::move(c));
+  ++active;
   raw->thread = std::thread([this, raw] { RunConnection(raw); });
 }
 
@@ -239,37 +322,49 @@ void Server::State::RunConnection(Connection* c) {
   std::unique_ptr<Transport> transport = std::make_unique<SocketTransport>(UniqueFd(c->fd));
   auto in = std::make_unique<InputBuffer>();
   Host host(*this, c->forced_tls);
-  SetRecvTimeout(c->fd, handshake_timeout_sec);
   Result<Negotiated> negotiated = Handshake(host, transport, *in).Run();
   if (negotiated.ok()) {
-    SetRecvTimeout(c->fd, 0);  // transmission: clients may idle as long as they like
     std::shared_ptr<ExportEntry> entry = negotiated->entry;
     bool attached = false;
     {
-      std::lock_guard lock(mu);
-      if (!entry->removed && !stopping && !c->closing) {
+      MutexLock lock(mu);
+      if (c->in_handshake && !entry->removed && !stopping && !c->closing) {
+        c->in_handshake = false;
         c->entry = entry;
         ++entry->connections;
         attached = true;
       }
     }
     if (attached) {
-      Session(*transport, *in, *negotiated).Run(workers);
-      std::lock_guard lock(mu);
+      SessionLimits limits;
+      limits.max_workers = workers;
+      limits.extra_workers = &extra_workers;
+      limits.connection_inflight = options.max_connection_inflight;
+      limits.total_inflight = &total_inflight;
+      limits.total_receiving = &total_receiving;
+      limits.request_timeout = std::chrono::milliseconds(options.request_timeout_ms);
+      limits.shut_down = &c->shut;
+      limits.log = [this](const std::string& line) { Log(line); };
+      // Idle between requests is fine (the session retries); a stalled request or an unread
+      // reply ends the connection after the request timeout.
+      if (options.request_timeout_ms > 0) SetSocketTimeouts(c->fd, limits.request_timeout);
+      Session(*transport, *in, *negotiated, std::move(limits)).Run();
+      MutexLock lock(mu);
       c->entry.reset();
       --entry->connections;
     }
   }
   {
-    std::lock_guard lock(mu);
+    MutexLock lock(mu);
     c->closing = true;
   }
   transport.reset();  // closes the fd (after shutting TLS down, if any)
   {
-    std::lock_guard lock(mu);
+    MutexLock lock(mu);
     c->done = true;
+    --active;
   }
-  cv.notify_all();
+  cv.SignalAll();
   Wake();
 }
 
@@ -284,15 +379,35 @@ void Server::State::ReapLocked() {
   }
 }
 
+namespace {
+
+Status CheckLimits(const ServerOptions& o) {
+  auto bad = [](const std::string& what) { return Status::Error(EINVAL, "NBD limits: " + what); };
+  if (o.max_connections < 1) return bad("max_connections must be at least 1");
+  if (o.root_reserved_connections < 0) return bad("root_reserved_connections must not be negative");
+  if (o.workers_per_connection < 0 || o.workers_per_connection > kMaxWorkers) {
+    return bad("workers_per_connection must be 0 (default) to " + std::to_string(kMaxWorkers));
+  }
+  if (o.max_extra_workers < 0) return bad("max_extra_workers must not be negative");
+  if (o.max_connection_inflight < kMaxPayload || o.max_total_inflight < kMaxPayload) {
+    return bad("in-flight limits must be at least 32 MiB (the largest request)");
+  }
+  if (o.handshake_timeout_ms < 1) return bad("handshake_timeout_ms must be positive");
+  if (o.request_timeout_ms < 0) return bad("request_timeout_ms must not be negative");
+  return Status::Ok();
+}
+
+}  // namespace
+
 Server::Server(std::unique_ptr<State> state) : state_(std::move(state)) {}
 
 Server::~Server() { Stop(); }
 
 Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
-  auto s = std::make_unique<State>();
-  s->options = options;
-  s->workers = WorkersPerConnection();
-  s->handshake_timeout_sec = HandshakeTimeoutSec();
+  BLKSNAP_RETURN_IF_ERROR(CheckLimits(options));
+  auto s = std::make_unique<State>(options);
+  s->workers = options.workers_per_connection > 0 ? options.workers_per_connection
+                                                  : DefaultWorkersPerConnection();
   if (options.unix_path.empty() && options.tcp_address.empty()) {
     return Status::Error(EINVAL, "no listener configured (unix_path or tcp_address)");
   }
@@ -322,6 +437,10 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     if (::bind(s->unix_listen.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
       return Status::FromErrno("bind " + options.unix_path);
     }
+    // Before listen(): nobody can connect yet, so the mode applies to every client.
+    if (::chmod(options.unix_path.c_str(), options.unix_mode) != 0) {
+      return Status::FromErrno("chmod " + options.unix_path);
+    }
     if (::listen(s->unix_listen.get(), 128) != 0) return Status::FromErrno("listen");
   }
 
@@ -338,10 +457,19 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
       return Status::Error(EINVAL, "getaddrinfo " + options.tcp_address + ": " + gai_strerror(rc));
     }
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, ::freeaddrinfo);
-    s->tcp_forced_tls = !IsLoopback(res->ai_addr);
-    if (s->tcp_forced_tls && !s->tls) {
-      return Status::Error(EINVAL, "TCP beyond loopback requires TLS credentials");
+    // Any local user can connect to a TCP port, loopback included: TCP needs TLS.
+    if (!s->tls && !IsLoopback(res->ai_addr)) {
+      return Status::Error(EINVAL,
+                           "NBD over TCP beyond loopback needs TLS credentials (PSK or "
+                           "X.509)");
     }
+    if (!s->tls && !options.allow_insecure_tcp) {
+      return Status::Error(EINVAL,
+                           "NBD over TCP without TLS would let every local user read "
+                           "and write the exports: give TLS credentials (PSK or X.509) "
+                           "or allow insecure TCP explicitly");
+    }
+    s->tcp_forced_tls = s->tls != nullptr;
     s->tcp_listen.Reset(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!s->tcp_listen.valid()) return Status::FromErrno("socket(TCP)");
     int one = 1;
@@ -372,7 +500,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
 void Server::Stop() {
   State& s = *state_;
   {
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     if (s.stopped) return;
     s.stopped = true;
     s.stopping = true;
@@ -382,7 +510,7 @@ void Server::Stop() {
   if (s.accept_thread.joinable()) s.accept_thread.join();
   std::list<std::unique_ptr<Connection>> conns;
   {
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     for (auto& c : s.connections) s.ShutdownLocked(*c);
     conns.swap(s.connections);
   }
@@ -390,7 +518,7 @@ void Server::Stop() {
   s.unix_listen.Reset();
   s.tcp_listen.Reset();
   if (!s.options.unix_path.empty()) ::unlink(s.options.unix_path.c_str());
-  std::lock_guard lock(s.mu);
+  MutexLock lock(s.mu);
   for (auto& [name, e] : s.exports) e->removed = true;
   s.exports.clear();
 }
@@ -403,7 +531,7 @@ Status Server::AddExport(const std::string& name, std::shared_ptr<BlockDevice> d
   e->name = name;
   e->device = std::move(device);
   e->options = options;
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   if (state_->stopping) return Status::Error(ESHUTDOWN, "server stopped");
   if (!state_->exports.emplace(name, std::move(e)).second) {
     return Status::Error(EEXIST, "export " + name + " exists");
@@ -413,7 +541,7 @@ Status Server::AddExport(const std::string& name, std::shared_ptr<BlockDevice> d
 
 Status Server::RemoveExport(const std::string& name) {
   State& s = *state_;
-  std::unique_lock lock(s.mu);
+  MutexLock lock(s.mu);
   auto it = s.exports.find(name);
   if (it == s.exports.end()) return Status::Error(ENOENT, "no export " + name);
   std::shared_ptr<ExportEntry> e = it->second;
@@ -422,14 +550,26 @@ Status Server::RemoveExport(const std::string& name) {
   for (auto& c : s.connections) {
     if (c->entry == e) s.ShutdownLocked(*c);
   }
-  s.cv.wait(lock, [&] { return e->connections == 0; });
+  s.cv.Wait(s.mu, [&]() REQUIRES(s.mu) { return e->connections == 0; });
   return Status::Ok();
 }
 
 size_t Server::ConnectionCount(const std::string& name) const {
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   auto it = state_->exports.find(name);
   return it == state_->exports.end() ? 0 : it->second->connections;
+}
+
+ServerStats Server::Stats() const {
+  const State& s = *state_;
+  ServerStats st;
+  st.inflight_bytes = s.total_inflight.used();
+  st.extra_workers = s.extra_workers.used();
+  st.insecure_tcp = s.tcp_listen.valid() && !s.tcp_forced_tls;
+  MutexLock lock(s.mu);
+  st.connections = s.active;
+  st.refused = s.refused_total;
+  return st;
 }
 
 std::string Server::UnixUri(const std::string& name) const {

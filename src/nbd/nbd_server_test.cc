@@ -1,5 +1,6 @@
 // Unit tests for Server: export registry, URIs, connection counting, RemoveExport closing
-// live connections, listener policy (public TCP needs TLS), Stop with clients attached.
+// live connections, listener policy (TCP needs TLS unless allowed on loopback), Stop with
+// clients attached. The resource limits are in limits_test.cc.
 #include "nbd/nbd_server.h"
 
 #include <gtest/gtest.h>
@@ -18,61 +19,11 @@
 namespace blksnap::nbd {
 namespace {
 
-std::string TempSocket() {
-  static int n = 0;
-  return "/tmp/blksnap-nbd-unit-" + std::to_string(getpid()) + "-" + std::to_string(n++) + ".sock";
-}
-
-int ConnectUnix(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-bool ReadAll(int fd, size_t n, std::vector<uint8_t>* out) {
-  out->resize(n);
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(fd, out->data() + got, n - got);
-    if (r <= 0) return false;
-    got += r;
-  }
-  return true;
-}
-
-// Runs a GO handshake for `name` and consumes the replies up to the final ACK.
-bool Go(int fd, const std::string& name) {
-  test::ClientBytes c;
-  c.Flags(kClientFlagFixedNewstyle).Option(kOptGo, test::ClientBytes::InfoGo(name));
-  std::vector<uint8_t> b;
-  if (!ReadAll(fd, 18, &b)) return false;
-  if (write(fd, c.bytes().data(), c.bytes().size()) != static_cast<ssize_t>(c.bytes().size())) {
-    return false;
-  }
-  for (;;) {
-    if (!ReadAll(fd, 20, &b)) return false;
-    const uint32_t type = GetBe32(b.data() + 12);
-    const uint32_t len = GetBe32(b.data() + 16);
-    std::vector<uint8_t> payload;
-    if (len && !ReadAll(fd, len, &payload)) return false;
-    if (type == kRepAck) return true;
-    if (type != kRepInfo) return false;
-  }
-}
-
-bool WaitFor(const std::function<bool()>& pred) {
-  for (int i = 0; i < 500; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
+using test::ConnectUnix;
+using test::Go;
+using test::ReadAll;
+using test::TempSocket;
+using test::WaitFor;
 
 TEST(ServerTest, RegistryAndUris) {
   ServerOptions o;
@@ -91,16 +42,24 @@ TEST(ServerTest, RegistryAndUris) {
 }
 
 TEST(ServerTest, TcpLoopbackAndPublicPolicy) {
+  // Plaintext TCP, loopback included, only with the explicit insecure option.
   ServerOptions o;
   o.tcp_address = "127.0.0.1:0";
+  Result<std::unique_ptr<Server>> refused = Server::Start(o);
+  EXPECT_EQ(refused.status().errnum(), EINVAL);
+  EXPECT_NE(refused.status().message().find("TLS"), std::string::npos);
+  o.allow_insecure_tcp = true;
   auto s = Server::Start(o);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   const std::string uri = (*s)->TcpUri("d@x");
   EXPECT_EQ(uri.rfind("nbd://127.0.0.1:", 0), 0u) << uri;
   EXPECT_NE(uri.find("/d@x"), std::string::npos);
   EXPECT_EQ((*s)->UnixUri("d"), "");
+  EXPECT_TRUE((*s)->Stats().insecure_tcp);
+  // Beyond loopback TLS is required even with the insecure option.
   ServerOptions pub;
   pub.tcp_address = "0.0.0.0:0";
+  pub.allow_insecure_tcp = true;
   EXPECT_EQ(Server::Start(pub).status().errnum(), EINVAL);
   ServerOptions none;
   EXPECT_EQ(Server::Start(none).status().errnum(), EINVAL);

@@ -114,8 +114,10 @@ inline constexpr uint32_t kMaxPayload = 32u << 20;
 // Limits on what a client may make us buffer during the handshake.
 inline constexpr uint32_t kMaxOptionLength = 64u << 10;  // larger options: ERR_TOO_BIG
 inline constexpr uint32_t kMaxStringLength = 4096;
-// Spec: at most 2^20 descriptors per block-status chunk.
-inline constexpr size_t kMaxExtentsPerChunk = 1u << 20;
+// Descriptors per block-status chunk (the spec allows up to 2^20; fewer is always legal, the
+// reply then covers a prefix). 2^16 keeps a chunk at 512 KiB, which bounds what one request
+// can make a worker build (see kBlockStatusReserve in session.cc).
+inline constexpr size_t kMaxExtentsPerChunk = 1u << 16;
 
 // Meta contexts.
 inline constexpr std::string_view kContextBaseAllocation = "base:allocation";

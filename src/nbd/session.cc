@@ -1,19 +1,38 @@
 // NBD transmission phase: request dispatch, replies, block status.
 //
 // Threading (leader/follower, as in nbdkit's multi-threaded model, but with a shared input
-// buffer): each connection runs N worker threads (default 8, BLKSNAP_NBD_WORKERS overrides).
-// A worker takes recv_mu_, reads one request header (and a write's payload) from the
-// connection's InputBuffer, releases recv_mu_ and executes the request on the BlockDevice
-// itself, then sends the reply under send_mu_ with one writev (header + payload). So a request
-// never changes thread between the socket and the device, many requests are in flight at once,
-// replies go out in completion order, and the only locks are per connection (nothing global
-// on the data path). The InputBuffer serves a burst of pipelined request headers from a single
-// recv(), so a queue depth of 32 costs far fewer than 32 recv syscalls. Each worker keeps its
-// buffers (payload, chunk headers, iovecs, extents) across requests.
+// buffer): each connection is served by up to max_workers threads (default 8). A worker takes
+// recv_mu_, reads one request header (and a write's payload) from the connection's InputBuffer,
+// releases recv_mu_ and executes the request on the BlockDevice itself, then sends the reply
+// under send_mu_ with one writev (header + payload). So a request never changes thread between
+// the socket and the device, many requests are in flight at once, replies go out in
+// completion order, and the only locks are per connection (nothing global on the data path).
+// The InputBuffer serves a burst of pipelined request headers from a single recv(), so a queue
+// depth of 32 costs far fewer than 32 recv syscalls. Each worker keeps its buffers (payload,
+// chunk headers, iovecs, extents) across requests, the payload buffer up to 1 MiB.
 //
-// Stopping: NBD_CMD_DISC or end of stream sets stop_; workers finish the request they hold,
-// then exit. A protocol violation (bad magic) or a failed send also shuts the socket down so
-// that every worker wakes up. The Server closes the fd after Run() returns.
+// Workers start on demand: the connection's own thread is the first; when a worker takes a
+// request and no other worker is free to read the next one (free_ drops to 0), it starts one
+// more, up to max_workers and while the server-wide extra_workers budget allows. An idle or
+// strictly sequential client therefore costs one thread. Workers live until the session ends.
+//
+// Bounds (SessionLimits): a read reserves its length, a write its payload 1 MiB at a time as
+// the bytes arrive (so announcing 32 MiB and sending 10 bytes pins one piece of budget and a
+// few resident pages, not 32 MiB: buffers are not zero-filled, see PayloadBuffer), in the
+// connection's budget and the server's, both or none (atomic counters; a request that does not
+// fit waits, holding neither: backpressure). The reservation is returned after the reply is
+// sent. Deadlock freedom: besides requests being executed (which finish and give back), only
+// receivers hold budget while waiting for more; there is one per connection, needing at most
+// 32 MiB (<= the connection's limit), and a receiver first claims its whole length in the
+// server-wide total_receiving budget (limit = the total), so the receivers' needs fit in the
+// total together and one of them can always go on. A request whose header or payload stops
+// arriving for request_timeout is the client's stall: the connection is closed (InputBuffer's
+// stall limit and SO_RCVTIMEO, set by the server); so is one whose reply the client does not
+// read (SO_SNDTIMEO). Between requests a client may be idle indefinitely.
+//
+// Stopping: NBD_CMD_DISC, end of stream or a stall sets stop_; workers finish the request they
+// hold, then exit. A protocol violation (bad magic) or a failed send also shuts the socket down
+// so that every worker wakes up. The Server closes the fd after Run() returns.
 //
 // Errors: requests are validated first (flags, read-only, range, payload size) and answered
 // with the spec's errors; device errors go through ErrnoToNbdError. With structured replies
@@ -22,7 +41,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
+#include <memory>
 #include <vector>
 
 #include "nbd/extents.h"
@@ -36,6 +55,17 @@ constexpr uint32_t kHoleProbeMin = 64u << 10;
 // Most read-map bytes looked at per blksnap:cbt chunk (the reply may cover less than asked).
 constexpr uint64_t kMaxCbtBlocksPerRequest = 1u << 20;
 constexpr size_t kZeroBufferSize = 1u << 20;
+// A write payload is reserved, allocated and received this much at a time.
+constexpr size_t kPayloadPiece = 1u << 20;
+// A worker's payload buffer is kept across requests up to this capacity, its other scratch
+// buffers (block-status chunks, extents, CBT map) up to kKeepScratch bytes each.
+constexpr size_t kKeepBuffer = 1u << 20;
+constexpr size_t kKeepScratch = 64u << 10;
+// In-flight budget a block-status request takes: at most two chunks of kMaxExtentsPerChunk
+// descriptors, the extents between, and the CBT map bytes examined.
+constexpr uint64_t kBlockStatusReserve =
+    2 * (kStructuredReplyHeaderSize + 4 + 8 * kMaxExtentsPerChunk) +
+    sizeof(WireExtent) * kMaxExtentsPerChunk + kMaxCbtBlocksPerRequest;
 
 void PutChunkHeader(uint8_t* p, uint16_t flags, uint16_t type, uint64_t cookie, uint32_t len) {
   PutBe32(p, kStructuredReplyMagic);
@@ -54,28 +84,101 @@ struct ReadPiece {
   bool hole;
 };
 
+// A payload buffer that is not zero-filled: its pages become resident only as received bytes or
+// device reads land in them, so memory follows data even though a write's whole buffer is
+// allocated (as address space) up front, and it is never copied to grow.
+class PayloadBuffer {
+ public:
+  uint8_t* Get(size_t n) {
+    if (n > capacity_) {
+      buf_.reset();
+      buf_.reset(new uint8_t[n]);  // default-initialised: not touched
+      capacity_ = n;
+    }
+    return buf_.get();
+  }
+  uint8_t* data() const { return buf_.get(); }
+  // Frees the buffer if it is larger than `keep`.
+  void Trim(size_t keep) {
+    if (capacity_ > keep) {
+      buf_.reset();
+      capacity_ = 0;
+    }
+  }
+
+ private:
+  std::unique_ptr<uint8_t[]> buf_;
+  size_t capacity_ = 0;
+};
+
 struct Session::Scratch {
   std::vector<ReadPiece> pieces;
-  std::vector<uint8_t> data;
+  PayloadBuffer data;
   std::vector<uint8_t> headers;
   std::vector<iovec> iov;
   std::vector<WireExtent> extents;
   std::vector<uint8_t> map;
+  uint64_t reserved = 0;  // in-flight budget held for the current request
+
+  // Lets go of buffers that one large request grew, so idle workers hold little.
+  void Trim() {
+    data.Trim(kKeepBuffer);
+    TrimVector(headers, kKeepScratch);
+    TrimVector(extents, kKeepScratch / sizeof(WireExtent));
+    TrimVector(map, kKeepScratch);
+    TrimVector(iov, kKeepScratch / sizeof(iovec));
+    TrimVector(pieces, kKeepScratch / sizeof(ReadPiece));
+  }
+  template <typename T>
+  static void TrimVector(std::vector<T>& v, size_t keep) {
+    if (v.capacity() > keep) std::vector<T>().swap(v);
+  }
 };
 
-Session::Session(Transport& transport, InputBuffer& in, const Negotiated& negotiated)
+Session::Session(Transport& transport, InputBuffer& in, const Negotiated& negotiated,
+                 SessionLimits limits)
     : transport_(transport),
       in_(in),
       negotiated_(negotiated),
       device_(*negotiated.entry->device),
       caps_(negotiated.entry->device->capabilities()),
-      read_only_(negotiated.entry->read_only()) {}
+      read_only_(negotiated.entry->read_only()),
+      limits_(std::move(limits)),
+      connection_inflight_(limits_.connection_inflight) {
+  MutexLock lock(recv_mu_);
+  in_.set_stall_timeout(limits_.request_timeout);
+}
 
-void Session::Run(int workers) {
-  std::vector<std::thread> threads;
-  for (int i = 1; i < workers; ++i) threads.emplace_back([this] { WorkerLoop(); });
+void Session::Run() {
   WorkerLoop();
-  for (auto& t : threads) t.join();
+  // Every thread that could start another is either this one (done) or in threads_; one that
+  // is being joined may still push a new one, which the next round joins.
+  for (;;) {
+    std::thread t;
+    {
+      MutexLock lock(threads_mu_);
+      if (threads_.empty()) break;
+      t = std::move(threads_.back());
+      threads_.pop_back();
+    }
+    t.join();
+  }
+  if (limits_.extra_workers) {
+    limits_.extra_workers->Give(static_cast<uint64_t>(started_.load() - 1));
+  }
+}
+
+void Session::MaybeAddWorker() {
+  int n = started_.load(std::memory_order_relaxed);
+  if (n >= limits_.max_workers || stop_.load(std::memory_order_relaxed)) return;
+  if (!started_.compare_exchange_strong(n, n + 1, std::memory_order_relaxed)) return;
+  if (limits_.extra_workers && !limits_.extra_workers->TryTake(1)) {
+    started_.fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  free_.fetch_add(1, std::memory_order_relaxed);
+  MutexLock lock(threads_mu_);
+  threads_.emplace_back([this] { WorkerLoop(); });
 }
 
 void Session::Fail() {
@@ -83,22 +186,74 @@ void Session::Fail() {
   transport_.Shutdown();
 }
 
+void Session::Log(const std::string& why) {
+  if (!limits_.log || logged_.exchange(true)) return;
+  limits_.log("nbd: closing a connection to export " + negotiated_.entry->name + ": " + why);
+}
+
 void Session::WorkerLoop() {
   Scratch s;
   Request req;
   uint32_t pre_error = 0;
   while (ReadRequest(&req, s, &pre_error)) {
+    if (free_.fetch_sub(1, std::memory_order_relaxed) == 1) MaybeAddWorker();
     Handle(req, s, pre_error);
-    // Do not let one huge request pin its memory for the connection's lifetime.
-    if (s.data.capacity() > (4u << 20)) std::vector<uint8_t>().swap(s.data);
+    Release(s);
+    free_.fetch_add(1, std::memory_order_relaxed);
+    // Do not let one large request pin its memory for the connection's lifetime.
+    s.Trim();
+  }
+  Release(s);
+}
+
+bool Session::Stopped() const {
+  // The server shuts the socket down from outside (Stop, RemoveExport); a worker waiting for
+  // budget while holding the receive lock would otherwise be the one to notice, too late.
+  return stop_.load(std::memory_order_relaxed) ||
+         (limits_.shut_down && limits_.shut_down->load(std::memory_order_relaxed));
+}
+
+bool Session::Reserve(uint64_t n, Scratch& s, bool* waited) {
+  Budget* total = limits_.total_inflight;
+  const auto stopped = [this] { return Stopped(); };
+  for (bool first = true;; first = false) {
+    if (!first && waited) *waited = true;
+    if (connection_inflight_.TryTake(n)) {
+      if (!total || total->TryTake(n)) {
+        s.reserved += n;
+        return true;
+      }
+      connection_inflight_.Give(n);
+      if (!total->WaitFits(n, stopped)) return false;
+    } else if (!connection_inflight_.WaitFits(n, stopped)) {
+      return false;
+    }
   }
 }
 
+void Session::Release(Scratch& s) {
+  if (s.reserved == 0) return;
+  if (limits_.total_inflight) limits_.total_inflight->Give(s.reserved);
+  connection_inflight_.Give(s.reserved);
+  s.reserved = 0;
+}
+
 bool Session::ReadRequest(Request* req, Scratch& s, uint32_t* pre_error) {
-  std::lock_guard lock(recv_mu_);
+  MutexLock lock(recv_mu_);
   if (stop_.load(std::memory_order_relaxed)) return false;
+  // Between requests the client may be silent as long as it likes (SO_RCVTIMEO only wakes us).
+  while (in_.buffered() == 0) {
+    Status st = in_.Fill(transport_);
+    if (st.ok()) break;
+    if (st.errnum() != ETIMEDOUT || stop_.load(std::memory_order_relaxed)) {
+      stop_.store(true, std::memory_order_relaxed);
+      return false;
+    }
+  }
+  in_.StartRequest();
   uint8_t hdr[kRequestHeaderSize];
-  if (!in_.ReadExact(transport_, hdr).ok()) {
+  if (Status st = in_.ReadExact(transport_, hdr); !st.ok()) {
+    if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
     stop_.store(true, std::memory_order_relaxed);
     return false;
   }
@@ -114,20 +269,50 @@ bool Session::ReadRequest(Request* req, Scratch& s, uint32_t* pre_error) {
   if (req->type == kCmdWrite) {
     if (req->length > kMaxPayload) {
       // Stay in sync with the stream: drop the payload, then fail the request.
-      if (!in_.Skip(transport_, req->length).ok()) {
+      if (Status st = in_.Skip(transport_, req->length); !st.ok()) {
+        if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
         stop_.store(true, std::memory_order_relaxed);
         return false;
       }
       *pre_error = kNbdEinval;
       return true;
     }
-    s.data.resize(req->length);
-    if (!in_.ReadExact(transport_, s.data).ok()) {
+    return ReadPayload(*req, s);
+  }
+  return true;
+}
+
+bool Session::ReadPayload(const Request& req, Scratch& s) {
+  // Memory follows the bytes that actually arrive: the buffer is address space until bytes land
+  // in it, and the budget is reserved one piece at a time just before the piece is read. The
+  // whole length is claimed first, so the receivers' partial reservations can never add up to
+  // the whole budget with each waiting for more.
+  // Time spent waiting for budget is ours, not the client's: the stall clock restarts after it.
+  Budget* claims = limits_.total_receiving;
+  if (claims && !claims->TryTake(req.length)) {
+    if (!claims->Take(req.length, [this] { return Stopped(); })) {
       stop_.store(true, std::memory_order_relaxed);
       return false;
     }
+    in_.StartRequest();
   }
-  return true;
+  uint8_t* buf = s.data.Get(req.length);
+  bool ok = true;
+  for (size_t done = 0; done < req.length && ok;) {
+    const size_t piece = std::min<size_t>(req.length - done, kPayloadPiece);
+    bool waited = false;
+    ok = Reserve(piece, s, &waited);
+    if (waited) in_.StartRequest();
+    if (ok) {
+      Status st = in_.ReadExact(transport_, std::span<uint8_t>(buf + done, piece));
+      if (!st.ok() && st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
+      ok = st.ok();
+    }
+    done += piece;
+  }
+  if (claims) claims->Give(req.length);
+  if (!ok) stop_.store(true, std::memory_order_relaxed);
+  return ok;
 }
 
 uint32_t Session::Validate(const Request& r) const {
@@ -186,7 +371,8 @@ void Session::Handle(const Request& r, Scratch& s, uint32_t pre_error) {
       HandleBlockStatus(r, s);
       return;
     case kCmdWrite:
-      st = device_.Write(r.offset, s.data, fua && caps_.fua ? kWriteFua : 0);
+      st = device_.Write(r.offset, std::span<const uint8_t>(s.data.data(), r.length),
+                         fua && caps_.fua ? kWriteFua : 0);
       if (st.ok() && fua && !caps_.fua) st = device_.Flush();
       break;
     case kCmdFlush:
@@ -238,7 +424,11 @@ void Session::HandleRead(const Request& r, Scratch& s) {
       SendSimple(r.cookie, 0);
     return;
   }
-  s.data.resize(r.length);
+  if (!Reserve(r.length, s)) {
+    // Only when the connection is stopping: nobody will read the answer.
+    return SendError(r.cookie, kNbdEshutdown, "connection closing");
+  }
+  s.data.Get(r.length);  // holes are never sent, so the buffer need not be zeroed
   std::vector<ReadPiece>& pieces = s.pieces;
   pieces.clear();
   if (structured && caps_.block_status && r.length >= kHoleProbeMin && !(r.flags & kCmdFlagDf)) {
@@ -344,7 +534,10 @@ Status Session::AppendCbt(const Request& r, Scratch& s) {
 
 void Session::HandleBlockStatus(const Request& r, Scratch& s) {
   // Both chunks are built in s.headers before anything is sent, so an error can still be
-  // reported as the only chunk.
+  // reported as the only chunk. What that can take is bounded, and reserved like a read.
+  if (!Reserve(kBlockStatusReserve, s)) {
+    return SendError(r.cookie, kNbdEshutdown, "connection closing");
+  }
   s.headers.clear();
   std::vector<size_t> chunk_starts;
   auto add_chunk = [&](uint32_t context_id) {
@@ -410,10 +603,13 @@ void Session::SendError(uint64_t cookie, uint32_t error, std::string_view messag
 void Session::Send(std::span<const iovec> iov) {
   Status st;
   {
-    std::lock_guard lock(send_mu_);
+    MutexLock lock(send_mu_);
     st = transport_.WriteAll(iov);
   }
-  if (!st.ok()) Fail();  // the client went away mid-reply
+  if (!st.ok()) {  // the client went away mid-reply, or stopped reading replies
+    if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
+    Fail();
+  }
 }
 
 }  // namespace blksnap::nbd

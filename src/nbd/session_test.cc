@@ -20,24 +20,7 @@ namespace {
 
 using test::ClientBytes;
 
-class FixedCbt : public CbtSource {
- public:
-  explicit FixedCbt(std::vector<uint8_t> map) : map_(std::move(map)) {}
-  CbtInfo cbt_info() const override {
-    CbtInfo i;
-    i.block_size = 65536;
-    i.block_count = map_.size();
-    return i;
-  }
-  Status ReadCbtMap(uint64_t first, std::span<uint8_t> out) const override {
-    if (first + out.size() > map_.size()) return Status::Error(EINVAL, "past end");
-    std::copy_n(map_.begin() + first, out.size(), out.begin());
-    return Status::Ok();
-  }
-
- private:
-  std::vector<uint8_t> map_;
-};
+using test::FixedCbt;
 
 struct Chunk {
   uint16_t flags = 0, type = 0;
@@ -63,7 +46,9 @@ class SessionTest : public ::testing::Test {
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     client_ = sv[0];
     transport_ = std::make_unique<SocketTransport>(UniqueFd(sv[1]));
-    server_ = std::thread([this, n, workers] { Session(*transport_, in_, n).Run(workers); });
+    SessionLimits limits;
+    limits.max_workers = workers;
+    server_ = std::thread([this, n, limits] { Session(*transport_, in_, n, limits).Run(); });
   }
   void TearDown() override {
     if (client_ >= 0) {

@@ -1,16 +1,47 @@
 // Helpers for the NBD unit tests: a HandshakeHost over a map of exports and a byte builder
-// for client messages.
+// for client messages, and socket helpers for tests against a running Server.
 #pragma once
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nbd/handshake.h"
 #include "nbd/protocol.h"
 
 namespace blksnap::nbd::test {
+
+// A CBT read map held in memory (blksnap:cbt context tests).
+class FixedCbt : public CbtSource {
+ public:
+  explicit FixedCbt(std::vector<uint8_t> map, uint32_t block_size = 65536)
+      : map_(std::move(map)), block_size_(block_size) {}
+  CbtInfo cbt_info() const override {
+    CbtInfo i;
+    i.block_size = block_size_;
+    i.block_count = map_.size();
+    return i;
+  }
+  Status ReadCbtMap(uint64_t first, std::span<uint8_t> out) const override {
+    if (first + out.size() > map_.size()) return Status::Error(EINVAL, "past end");
+    std::copy_n(map_.begin() + first, out.size(), out.begin());
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<uint8_t> map_;
+  uint32_t block_size_;
+};
 
 class MapHost : public HandshakeHost {
  public:
@@ -118,6 +149,64 @@ inline std::vector<OptReply> ParseOptReplies(const std::vector<uint8_t>& out, si
   }
   if (end) *end = pos;
   return replies;
+}
+
+// --- Against a running Server over its Unix socket ---
+
+inline std::string TempSocket() {
+  static int n = 0;
+  return "/tmp/blksnap-nbd-unit-" + std::to_string(getpid()) + "-" + std::to_string(n++) + ".sock";
+}
+
+inline int ConnectUnix(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+inline bool ReadAll(int fd, size_t n, std::vector<uint8_t>* out) {
+  out->resize(n);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, out->data() + got, n - got);
+    if (r <= 0) return false;
+    got += r;
+  }
+  return true;
+}
+
+// Runs a GO handshake for `name` and consumes the replies up to the final ACK.
+inline bool Go(int fd, const std::string& name) {
+  ClientBytes c;
+  c.Flags(kClientFlagFixedNewstyle).Option(kOptGo, ClientBytes::InfoGo(name));
+  std::vector<uint8_t> b;
+  if (!ReadAll(fd, 18, &b)) return false;
+  if (write(fd, c.bytes().data(), c.bytes().size()) != static_cast<ssize_t>(c.bytes().size())) {
+    return false;
+  }
+  for (;;) {
+    if (!ReadAll(fd, 20, &b)) return false;
+    const uint32_t type = GetBe32(b.data() + 12);
+    const uint32_t len = GetBe32(b.data() + 16);
+    std::vector<uint8_t> payload;
+    if (len && !ReadAll(fd, len, &payload)) return false;
+    if (type == kRepAck) return true;
+    if (type != kRepInfo) return false;
+  }
+}
+
+inline bool WaitFor(const std::function<bool()>& pred) {
+  for (int i = 0; i < 500; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
 }
 
 }  // namespace blksnap::nbd::test

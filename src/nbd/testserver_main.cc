@@ -2,7 +2,11 @@
 //
 // For integration tests that need an NBD server before the daemon exists. Usage:
 //   blksnap-nbd-testserver --unix PATH [--tcp HOST:PORT] [--tls-cert F --tls-key F]
-//       [--tls-ca F] [--tls-psk F] [--tls-required] [--ready-file F] EXPORT...
+//       [--tls-ca F] [--tls-psk F] [--tls-required] [--tcp-insecure] [--ready-file F]
+//       [--max-connections N] [--workers N] [--max-extra-workers N]
+//       [--max-connection-inflight SIZE] [--max-total-inflight SIZE]
+//       [--handshake-timeout-ms MS] [--request-timeout-ms MS] EXPORT...
+//   (the limits are ServerOptions' fields, defaults as there)
 //   EXPORT = NAME=file:PATH[,OPT...] | NAME=mem:SIZE[,OPT...]   (SIZE takes K/M/G suffixes)
 //   OPT    = ro | desc=TEXT | cbt=MAPFILE:BLOCKSIZE | nomulticonn | psync | direct
 // cbt= serves MAPFILE's bytes as the export's CBT read map (blksnap:cbt context).
@@ -119,10 +123,27 @@ int main(int argc, char** argv) {
       options.tls_psk_file = next();
     else if (a == "--tls-required")
       options.tls_required = true;
+    else if (a == "--tcp-insecure")
+      options.allow_insecure_tcp = true;
+    else if (a == "--max-connections")
+      options.max_connections = std::atoi(next().c_str());
+    else if (a == "--workers")
+      options.workers_per_connection = std::atoi(next().c_str());
+    else if (a == "--max-extra-workers")
+      options.max_extra_workers = std::atoi(next().c_str());
+    else if (a == "--max-connection-inflight")
+      options.max_connection_inflight = ParseSize(next());
+    else if (a == "--max-total-inflight")
+      options.max_total_inflight = ParseSize(next());
+    else if (a == "--handshake-timeout-ms")
+      options.handshake_timeout_ms = std::atoi(next().c_str());
+    else if (a == "--request-timeout-ms")
+      options.request_timeout_ms = std::atoi(next().c_str());
     else if (a == "--ready-file")
       ready_file = next();
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: blksnap-nbd-testserver --unix PATH [--tcp HOST:PORT] [TLS options] "
+                   "[--tcp-insecure] [limit options, see the source] "
                    "NAME=file:PATH[,ro,desc=T,cbt=MAP:BS,nomulticonn,psync,direct]|"
                    "NAME=mem:SIZE[,...]\n";
       return 0;

@@ -6,6 +6,9 @@
 // that reads and writes TLS records. GnuTLS allows one thread receiving and one sending on a
 // session at once, which is exactly how Session uses a transport (recv lock, send lock).
 // Writes are corked so that a header and its payload become as few records as possible.
+// The socket is blocking: GNUTLS_E_AGAIN means SO_RCVTIMEO / SO_SNDTIMEO expired (the request
+// stall limit), which ends the connection rather than being retried. The TLS handshake is also
+// bounded by the server's handshake deadline, which shuts the socket down.
 #include <sys/socket.h>
 
 #include <atomic>
@@ -42,7 +45,9 @@ class TlsTransport : public Transport {
       if (n > 0) return static_cast<size_t>(n);
       if (n == 0) return Status::Error(ECONNRESET, "peer closed the TLS session");
       if (n == GNUTLS_E_INTERRUPTED) continue;
-      // Blocking socket: E_AGAIN only comes from SO_RCVTIMEO (the handshake deadline).
+      // Blocking socket: E_AGAIN only comes from SO_RCVTIMEO.
+      if (n == GNUTLS_E_AGAIN)
+        return Status::Error(ETIMEDOUT, "no data within the receive timeout");
       return TlsError(static_cast<int>(n), "gnutls_record_recv");
     }
   }
@@ -54,7 +59,7 @@ class TlsTransport : public Transport {
       size_t left = v.iov_len;
       while (left > 0) {
         ssize_t n = gnutls_record_send(session_, p, left);
-        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) continue;
+        if (n == GNUTLS_E_INTERRUPTED) continue;
         if (n < 0) {
           gnutls_record_uncork(session_, 0);
           return TlsError(static_cast<int>(n), "gnutls_record_send");
@@ -66,7 +71,7 @@ class TlsTransport : public Transport {
     for (;;) {
       int rc = gnutls_record_uncork(session_, GNUTLS_RECORD_WAIT);
       if (rc >= 0) return Status::Ok();
-      if (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED) continue;
+      if (rc == GNUTLS_E_INTERRUPTED) continue;
       return TlsError(rc, "gnutls_record_uncork");
     }
   }

@@ -3,7 +3,8 @@
 // SocketTransport uses blocking recv/sendmsg with MSG_NOSIGNAL (a client that disconnects
 // mid-reply gives EPIPE, never SIGPIPE). Shutdown() is shutdown(SHUT_RDWR), which wakes every
 // thread blocked on the socket; the fd itself is closed only by the destructor, after all
-// threads using the transport are gone, so the fd number cannot be reused under them.
+// threads using the transport are gone, so the fd number cannot be reused under them. EAGAIN
+// from a blocking socket means SO_RCVTIMEO / SO_SNDTIMEO expired and is reported as ETIMEDOUT.
 #include "nbd/transport.h"
 
 #include <sys/socket.h>
@@ -31,6 +32,9 @@ Result<size_t> SocketTransport::ReadSome(std::span<uint8_t> buf) {
     if (n > 0) return static_cast<size_t>(n);
     if (n == 0) return Status::Error(ECONNRESET, "peer closed the connection");
     if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      return Status::Error(ETIMEDOUT, "no data within the receive timeout");
+    }
     return Status::FromErrno("recv");
   }
 }
@@ -56,6 +60,9 @@ Status SocketTransport::WriteAll(std::span<const iovec> iov_in) {
     ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        return Status::Error(ETIMEDOUT, "the client read nothing within the send timeout");
+      }
       return Status::FromErrno("sendmsg");
     }
     size_t left = static_cast<size_t>(n);
@@ -107,6 +114,26 @@ std::vector<uint8_t> MemoryTransport::output() const {
   return output_;
 }
 
+Result<size_t> InputBuffer::Pull(Transport& t, std::span<uint8_t> buf) {
+  if (stall_timeout_.count() > 0) {
+    const auto now = Clock::now();
+    if (started_ == Clock::time_point{}) {
+      started_ = now;
+    } else if (now - started_ >= stall_timeout_) {
+      return Status::Error(ETIMEDOUT, "request stalled: the client stopped sending it");
+    }
+  }
+  return t.ReadSome(buf);
+}
+
+Status InputBuffer::Fill(Transport& t) {
+  if (buffered() > 0) return Status::Ok();
+  BLKSNAP_ASSIGN_OR_RETURN(size_t n, t.ReadSome(buf_));
+  pos_ = 0;
+  end_ = n;
+  return Status::Ok();
+}
+
 Status InputBuffer::ReadExact(Transport& t, std::span<uint8_t> out) {
   if (out.empty()) return Status::Ok();
   size_t done = std::min(out.size(), buffered());
@@ -116,11 +143,11 @@ Status InputBuffer::ReadExact(Transport& t, std::span<uint8_t> out) {
     const size_t want = out.size() - done;
     if (want >= buf_.size() / 2) {
       // Large payload: read straight into the destination.
-      BLKSNAP_ASSIGN_OR_RETURN(size_t n, t.ReadSome(out.subspan(done)));
+      BLKSNAP_ASSIGN_OR_RETURN(size_t n, Pull(t, out.subspan(done)));
       done += n;
       continue;
     }
-    BLKSNAP_ASSIGN_OR_RETURN(size_t n, t.ReadSome(buf_));
+    BLKSNAP_ASSIGN_OR_RETURN(size_t n, Pull(t, buf_));
     pos_ = 0;
     end_ = n;
     const size_t take = std::min(want, n);
@@ -136,7 +163,7 @@ Status InputBuffer::Skip(Transport& t, uint64_t n) {
   pos_ += from_buf;
   n -= from_buf;
   while (n > 0) {
-    BLKSNAP_ASSIGN_OR_RETURN(size_t got, t.ReadSome(buf_));
+    BLKSNAP_ASSIGN_OR_RETURN(size_t got, Pull(t, buf_));
     const size_t take = static_cast<size_t>(std::min<uint64_t>(n, got));
     pos_ = take;
     end_ = got;

@@ -8,6 +8,7 @@
 
 #include <sys/uio.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -45,9 +46,11 @@ class UniqueFd {
 class Transport {
  public:
   virtual ~Transport() = default;
-  // Reads at least one and at most buf.size() bytes. ECONNRESET on end of stream.
+  // Reads at least one and at most buf.size() bytes. ECONNRESET on end of stream, ETIMEDOUT
+  // when the socket's receive timeout (SO_RCVTIMEO) passed without data.
   virtual Result<size_t> ReadSome(std::span<uint8_t> buf) = 0;
-  // Writes every byte of every iovec (one syscall when the kernel takes it all).
+  // Writes every byte of every iovec (one syscall when the kernel takes it all). ETIMEDOUT
+  // when the socket's send timeout (SO_SNDTIMEO) passed without progress.
   virtual Status WriteAll(std::span<const iovec> iov) = 0;
   // Makes blocked and future reads and writes fail; idempotent, any thread.
   virtual void Shutdown() = 0;
@@ -90,6 +93,10 @@ class MemoryTransport : public Transport {
 
 // A read buffer over a Transport: small reads (request headers) are served from one large
 // recv, payloads larger than what is buffered go straight into the caller's memory.
+// Stall limit: after StartRequest(), the reads of one request may wait on the transport for at
+// most the stall timeout in all (checked before each syscall, so the fast path of buffered
+// headers reads no clock); past it they fail with ETIMEDOUT. The socket's SO_RCVTIMEO bounds a
+// single blocked recv.
 // Not thread-safe: callers hold the session's receive lock.
 class InputBuffer {
  public:
@@ -98,12 +105,24 @@ class InputBuffer {
   Status ReadExact(Transport& t, std::span<uint8_t> out);
   // Reads and drops n bytes.
   Status Skip(Transport& t, uint64_t n);
+  // Waits for more bytes with one read into the (empty) buffer, without a stall limit.
+  Status Fill(Transport& t);
   size_t buffered() const { return end_ - pos_; }
 
+  // 0 = no stall limit.
+  void set_stall_timeout(std::chrono::milliseconds t) { stall_timeout_ = t; }
+  // A request begins: its stall clock starts at the next read that has to wait.
+  void StartRequest() { started_ = {}; }
+
  private:
+  using Clock = std::chrono::steady_clock;
+  Result<size_t> Pull(Transport& t, std::span<uint8_t> buf);
+
   std::vector<uint8_t> buf_;
   size_t pos_ = 0;
   size_t end_ = 0;
+  std::chrono::milliseconds stall_timeout_{0};
+  Clock::time_point started_{};
 };
 
 }  // namespace blksnap::nbd

@@ -1,5 +1,6 @@
 # Shared helpers for the NBD integration tests (tests/nbd/*.py): start and stop
-# blksnap-nbd-testserver, count its fds, write/verify the sector pattern with blksnap-pattern.
+# blksnap-nbd-testserver, count its fds and threads, read its /proc status (RSS), write/verify
+# the sector pattern with blksnap-pattern.
 import atexit
 import os
 import signal
@@ -22,11 +23,13 @@ def require_nbd_module():
 class TestServer:
     """Runs blksnap-nbd-testserver with the given export specs in a private temp dir."""
 
-    def __init__(self, binary, exports, extra=(), tmpdir=None):
+    def __init__(self, binary, exports, extra=(), tmpdir=None, stderr_path=None):
         self.dir = tmpdir or tempfile.mkdtemp(prefix="nbdtest-")
         self.sock = os.path.join(self.dir, "nbd.sock")
         args = [binary, "--unix", self.sock, *extra, *exports]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+        self.stderr_path = stderr_path
+        err = open(stderr_path, "w") if stderr_path else sys.stderr
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
         atexit.register(self.kill)
         self.uris = {}
         for line in self.proc.stdout:
@@ -46,6 +49,18 @@ class TestServer:
 
     def thread_count(self):
         return len(os.listdir("/proc/%d/task" % self.proc.pid))
+
+    def status(self, field):
+        """A numeric field of /proc/PID/status (VmRSS and VmHWM in KiB, Threads)."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise KeyError(field)
+
+    def stderr_text(self):
+        with open(self.stderr_path) as f:
+            return f.read()
 
     def alive(self):
         return self.proc.poll() is None
@@ -93,10 +108,25 @@ def pattern_bytes(tool, tmpdir, offset, length, seq):
     return data
 
 
+FAILED = []
+
+
 def check(cond, what):
+    """Prints "ok - what" or fails. With NBDTEST_KEEP_GOING=1 (to show every check that an old
+    build fails) a failure prints "not ok - what" and the script goes on; call finish()."""
     if not cond:
+        if os.environ.get("NBDTEST_KEEP_GOING"):
+            print("not ok -", what)
+            FAILED.append(what)
+            return
         raise AssertionError(what)
     print("ok -", what)
+
+
+def finish():
+    if FAILED:
+        print("%d checks failed" % len(FAILED))
+        sys.exit(1)
 
 
 def verify_bytes(tool, tmpdir, data, offset, seq):

@@ -1,11 +1,14 @@
 #!/bin/bash
 # Purpose: NBD_OPT_STARTTLS with GnuTLS: PSK and X.509 (with client certificates), the
-# --tls-required (FORCEDTLS) mode, and the rule that TCP beyond loopback needs TLS.
+# --tls-required (FORCEDTLS) mode, and the rules that TCP needs TLS (loopback included, unless
+# --tcp-insecure; beyond loopback always) and that TCP connections must use it.
 # Algorithm: write a psktool-format key file and an openssl-made CA, server and client
 # certificates; start blksnap-nbd-testserver with TLS; connect with nbdinfo/nbdcopy over
 # nbds:// (PSK on the Unix socket, X.509 on loopback TCP) and copy the pattern out and verify
 # it; check that a plaintext client is refused in --tls-required mode, that a wrong PSK is
-# refused, and that binding 0.0.0.0 without credentials fails at start.
+# refused, that plaintext on a TCP listener with credentials is refused (the Unix socket stays
+# selective), that TCP without credentials fails at start (loopback: unless --tcp-insecure,
+# then nbdcopy works over plaintext; 0.0.0.0: always).
 # Usage: tls_test.sh TESTSERVER PATTERN_TOOL   (exit 77 = skipped)
 set -euo pipefail
 SERVER=$1
@@ -34,13 +37,29 @@ truncate -s 8M "$TMP/disk.img"
 # --- PSK, TLS required ---
 echo "alice:$(openssl rand -hex 32)" > "$TMP/keys.psk"
 echo "alice:$(openssl rand -hex 32)" > "$TMP/wrong.psk"
-start --unix "$TMP/s.sock" --tls-psk "$TMP/keys.psk" --tls-required "d=file:$TMP/disk.img"
+start --unix "$TMP/s.sock" --tls-psk "$TMP/keys.psk" --tls-required --request-timeout-ms 500 \
+  "d=file:$TMP/disk.img"
 grep -q "^d nbds+unix:///d?socket=" "$TMP/out" || fail "URI should say nbds+unix"
 PSK_URI="nbds+unix://alice@/d?socket=$TMP/s.sock&tls-psk-file=$TMP/keys.psk"
 nbdinfo "$PSK_URI" | grep -q "TLS" || fail "nbdinfo over PSK"
 nbdcopy "$PSK_URI" "$TMP/copy.img"
 "$PATTERN" verify "$TMP/copy.img" --seq 1 >/dev/null
 ok "PSK: nbdinfo and nbdcopy over TLS, data verified"
+if /usr/bin/python3 -c 'import nbd' 2>/dev/null; then
+  # Idle longer than the request timeout between requests: the TLS session survives the
+  # receive timeouts that wake the server while it waits for the next request.
+  /usr/bin/python3 - "$PSK_URI" <<'EOF' || fail "idle TLS client dropped"
+import sys, time, nbd
+h = nbd.NBD()
+h.set_uri_allow_local_file(True)
+h.connect_uri(sys.argv[1])
+a = h.pread(4096, 0)
+time.sleep(1.5)
+assert h.pread(4096, 0) == a
+h.shutdown()
+EOF
+  ok "TLS client idle past the request timeout is kept"
+fi
 ! nbdinfo "nbd+unix:///d?socket=$TMP/s.sock" >/dev/null 2>&1 || fail "plaintext accepted"
 ok "tls-required: plaintext client refused"
 ! nbdinfo "nbds+unix://alice@/d?socket=$TMP/s.sock&tls-psk-file=$TMP/wrong.psk" \
@@ -74,19 +93,34 @@ nbdinfo "$X509_URI" | grep -q "TLS" || fail "nbdinfo over X.509"
 nbdcopy "$X509_URI" "$TMP/copy2.img"
 "$PATTERN" verify "$TMP/copy2.img" --seq 1 >/dev/null
 ok "X.509 with client certificate: nbdcopy over TLS, data verified"
-nbdinfo "nbd://127.0.0.1:$PORT/d" >/dev/null || fail "plaintext refused in selective mode"
-ok "selective TLS: plaintext still allowed on loopback"
+! nbdinfo "nbd://127.0.0.1:$PORT/d" >/dev/null 2>&1 || fail "plaintext accepted on loopback TCP"
+ok "TLS configured: plaintext refused on loopback TCP too (FORCEDTLS)"
+nbdinfo "nbd+unix:///d?socket=$TMP/s.sock" >/dev/null || fail "plaintext refused on the Unix socket"
+ok "selective TLS on the Unix socket: plaintext allowed there"
 mkdir -p "$C/nocert" && cp "$C/ca-cert.pem" "$C/nocert/"
 ! nbdinfo "nbds://localhost:$PORT/d?tls-certificates=$C/nocert" >/dev/null 2>&1 \
   || fail "client without certificate accepted"
 ok "client without certificate refused when a CA is configured"
 stop
 
-# --- TCP beyond loopback needs TLS ---
-if "$SERVER" --unix "$TMP/s2.sock" --tcp 0.0.0.0:0 "d=file:$TMP/disk.img" > /dev/null 2>&1; then
+# --- TCP needs TLS, loopback included, unless explicitly allowed there ---
+if "$SERVER" --unix "$TMP/s2.sock" --tcp 127.0.0.1:0 "d=file:$TMP/disk.img" > /dev/null \
+  2> "$TMP/err"; then
+  fail "loopback TCP without TLS started"
+fi
+grep -q "TLS" "$TMP/err" && [ "$(wc -l < "$TMP/err")" = 1 ] || fail "unclear refusal: $(cat "$TMP/err")"
+ok "loopback TCP without TLS credentials refused at start: $(cat "$TMP/err")"
+start --unix "$TMP/s.sock" --tcp 127.0.0.1:0 --tcp-insecure "d=file:$TMP/disk.img"
+PORT=$(awk '$1 == "d" {print $3}' "$TMP/out" | sed 's|.*:\([0-9]*\)/.*|\1|')
+nbdcopy "nbd://127.0.0.1:$PORT/d" "$TMP/copy3.img"
+"$PATTERN" verify "$TMP/copy3.img" --seq 1 >/dev/null
+ok "--tcp-insecure: plaintext loopback TCP served"
+stop
+if "$SERVER" --unix "$TMP/s2.sock" --tcp 0.0.0.0:0 --tcp-insecure "d=file:$TMP/disk.img" \
+  > /dev/null 2>&1; then
   fail "non-loopback TCP without TLS started"
 fi
-ok "non-loopback TCP without TLS credentials refused at start"
+ok "non-loopback TCP without TLS credentials refused at start, even with --tcp-insecure"
 start --unix "$TMP/s.sock" --tcp 0.0.0.0:0 --tls-psk "$TMP/keys.psk" "d=file:$TMP/disk.img"
 grep -q "^d .* nbds://" "$TMP/out" || fail "TCP URI should be nbds://"
 PORT=$(awk '$1 == "d" {print $3}' "$TMP/out" | sed 's|.*:\([0-9]*\)/.*|\1|')
