@@ -52,36 +52,34 @@ class ServerFronts final : public Fronts {
 };
 
 Status ServerFronts::StartNbd(const FrontOptions& options) {
-  if (!options.nbd_unix.empty()) {
+  const nbd::ServerOptions& so = options.nbd;
+  if (!so.unix_path.empty()) {
     std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(options.nbd_unix).parent_path(),
-                                        ec);
+    std::filesystem::create_directories(std::filesystem::path(so.unix_path).parent_path(), ec);
   }
-  nbd::ServerOptions so;
-  so.unix_path = options.nbd_unix;
-  so.tcp_address = options.nbd_tcp;
-  so.tls_cert = options.tls_cert;
-  so.tls_key = options.tls_key;
-  so.tls_ca = options.tls_ca;
-  so.tls_psk_file = options.tls_psk_file;
-  so.tls_required = options.tls_required;
   auto server = nbd::Server::Start(so);
   if (!server.ok()) {
-    if (!options.nbd_tcp.empty()) return server.status();
+    if (!so.tcp_address.empty()) return server.status();
     spdlog::warn("NBD front disabled: {}", server.status().ToString());
     return Status::Ok();
   }
   nbd_ = std::move(server).value();
   info_.nbd = true;
-  info_.nbd_unix = options.nbd_unix;
-  info_.nbd_tcp = options.nbd_tcp;
-  spdlog::info("NBD server on {}{}{}", options.nbd_unix, options.nbd_tcp.empty() ? "" : " and tcp ",
-               options.nbd_tcp);
+  info_.nbd_unix = so.unix_path;
+  info_.nbd_tcp = so.tcp_address;
+  info_.nbd_tcp_insecure = nbd_->Stats().insecure_tcp;
+  spdlog::info("NBD server on {}{}{}", so.unix_path, so.tcp_address.empty() ? "" : " and tcp ",
+               so.tcp_address);
+  if (info_.nbd_tcp_insecure) {
+    spdlog::warn("NBD over TCP WITHOUT TLS on {} (--nbd-tcp-insecure): every local user can read "
+                 "and write the exports",
+                 so.tcp_address);
+  }
   return Status::Ok();
 }
 
 Status ServerFronts::Start(const FrontOptions& options) {
-  if (!options.nbd_unix.empty() || !options.nbd_tcp.empty()) {
+  if (!options.nbd.unix_path.empty() || !options.nbd.tcp_address.empty()) {
     BLKSNAP_RETURN_IF_ERROR(StartNbd(options));
   }
   if (!options.fuse_dir.empty()) {

@@ -18,14 +18,14 @@
 #include "blksnap/cbt.h"
 #include "blksnap/status.h"
 #include "front/exposure.h"
+#include "nbd/nbd_server.h"
 
 namespace blksnap::daemon {
 
 struct FrontOptions {
-  std::string nbd_unix;  // empty: no NBD Unix socket
-  std::string nbd_tcp;   // "host:port"; empty: no TCP
-  std::string tls_cert, tls_key, tls_ca, tls_psk_file;
-  bool tls_required = false;
+  // The NBD server: unix_path empty and tcp_address empty = no NBD; TLS, limits and timeouts
+  // as documented in nbd/nbd_server.h and docs/nbd.md.
+  nbd::ServerOptions nbd;
   std::string fuse_dir;  // empty: no FUSE mount
   // Block-device frontend used for a plain "block device" request (--blockdev): "ublk",
   // "fuse-loop" or "auto" (ublk when /dev/ublk-control is usable, else fuse-loop).
@@ -49,6 +49,7 @@ struct FrontsInfo {
   bool ublk = false;           // /dev/ublk-control usable at start
   std::string block_frontend;  // "ublk" or "fuse-loop": what --blockdev requests get
   std::string nbd_unix, nbd_tcp, fuse_dir;  // empty when that server is off
+  bool nbd_tcp_insecure = false;            // plaintext TCP allowed (--nbd-tcp-insecure)
 };
 
 class Fronts {

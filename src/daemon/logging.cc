@@ -3,6 +3,8 @@
 // are using (spdlog's default-logger calls go through a raw pointer).
 #include "daemon/logging.h"
 
+#include "daemon/systemd.h"
+
 #include <spdlog/details/file_helper.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -42,6 +44,9 @@ Status StartLogging(const std::string& log_file, const std::string& level) {
     if (!log_file.empty()) {
       g_file_sink = std::make_shared<ReopenableFileSink>(log_file);
       logger = std::make_shared<spdlog::logger>("blksnapd", g_file_sink);
+    } else if (systemd::StderrIsJournal()) {
+      // Under systemd: structured journal entries (priority, thread, source line).
+      logger = systemd::MakeJournalLogger("blksnapd");
     } else {
       logger = spdlog::stderr_logger_mt("blksnapd");
     }

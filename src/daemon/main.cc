@@ -20,7 +20,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -28,6 +27,7 @@
 #include <filesystem>
 #include <iostream>
 #include <thread>
+#include <tuple>
 
 #include "blksnap/config.h"
 #include "blksnap/engine.h"
@@ -37,6 +37,8 @@
 #include "daemon/logging.h"
 #include "daemon/methods.h"
 #include "daemon/service.h"
+#include "daemon/systemd.h"
+#include "nbd/nbd_server.h"
 
 namespace blksnap::daemon {
 namespace {
@@ -48,6 +50,11 @@ struct Options {
   std::string nbd_tcp;
   std::string tls_cert, tls_key, tls_ca, tls_psk;
   bool tls_required = false;
+  bool nbd_tcp_insecure = false;
+  // NBD limits (docs/nbd.md): counts, sizes (as given) and timeouts in seconds.
+  nbd::ServerOptions nbd_limits;
+  std::string nbd_max_inflight = "256M", nbd_max_connection_inflight = "64M";
+  double nbd_handshake_timeout = 60, nbd_request_timeout = 30;
   std::string fuse_dir = "/run/blksnap/dev";
   std::string frontend = "auto";
   bool no_nbd = false, no_fuse = false;
@@ -105,6 +112,70 @@ int UsageError(const std::string& message) {
   return 2;
 }
 
+// The NBD server's bounds against hostile clients (docs/nbd.md has what each one stops).
+void AddNbdLimitOptions(CLI::App& app, Options& opt) {
+  nbd::ServerOptions& l = opt.nbd_limits;
+  app.add_flag("--nbd-tcp-insecure", opt.nbd_tcp_insecure,
+               "INSECURE: allow NBD over TCP without TLS (loopback only); every local user can "
+               "then read and write every export");
+  app.add_option("--nbd-max-connections", l.max_connections, "NBD connections at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--nbd-root-reserved", l.root_reserved_connections,
+                 "extra NBD connections kept for root on the Unix socket")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--nbd-workers", l.workers_per_connection,
+                 "threads serving one NBD connection (0 = 8)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  app.add_option("--nbd-max-extra-workers", l.max_extra_workers,
+                 "NBD worker threads beyond one per connection, server-wide")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
+  app.add_option("--nbd-max-inflight", opt.nbd_max_inflight,
+                 "NBD request payload bytes held at once, server-wide (a size, >= 32M)")
+      ->capture_default_str();
+  app.add_option("--nbd-max-connection-inflight", opt.nbd_max_connection_inflight,
+                 "NBD request payload bytes held at once per connection (a size, >= 32M)")
+      ->capture_default_str();
+  app.add_option("--nbd-handshake-timeout", opt.nbd_handshake_timeout,
+                 "seconds an NBD client has to finish its handshake")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--nbd-request-timeout", opt.nbd_request_timeout,
+                 "seconds a started NBD request may stall before its connection is closed "
+                 "(0 = never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+}
+
+// Fills the NBD server's options; a one-line error for a bad size.
+Result<nbd::ServerOptions> NbdOptions(const Options& opt) {
+  nbd::ServerOptions so = opt.nbd_limits;
+  so.unix_path = opt.nbd_unix;
+  so.tcp_address = opt.nbd_tcp;
+  so.tls_cert = opt.tls_cert;
+  so.tls_key = opt.tls_key;
+  so.tls_ca = opt.tls_ca;
+  so.tls_psk_file = opt.tls_psk;
+  so.tls_required = opt.tls_required;
+  so.allow_insecure_tcp = opt.nbd_tcp_insecure;
+  for (auto [text, field, name] :
+       {std::tuple{&opt.nbd_max_inflight, &so.max_total_inflight, "--nbd-max-inflight"},
+        std::tuple{&opt.nbd_max_connection_inflight, &so.max_connection_inflight,
+                   "--nbd-max-connection-inflight"}}) {
+    auto size = control::ParseSize(*text);
+    if (!size.ok()) return Status::Error(EINVAL, std::string(name) + ": " + size.status().ToString());
+    if (*size < (32u << 20)) return Status::Error(EINVAL, std::string(name) + " must be >= 32M");
+    *field = *size;
+  }
+  so.handshake_timeout_ms = static_cast<int>(opt.nbd_handshake_timeout * 1000);
+  so.request_timeout_ms = static_cast<int>(opt.nbd_request_timeout * 1000);
+  so.log = [](const std::string& line) { spdlog::warn("nbd: {}", line); };
+  return so;
+}
+
 // Readiness pipe of --daemonize: the child writes "" (ready) or an error message, then closes.
 int g_ready_fd = -1;
 
@@ -123,23 +194,6 @@ int Fail(const std::string& message) {
   spdlog::error("{}", message);
   ReportReady(message);
   return 1;
-}
-
-// sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET.
-void NotifySystemd(const char* state) {
-  const char* path = std::getenv("NOTIFY_SOCKET");
-  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  size_t len = std::strlen(path);
-  if (len >= sizeof(addr.sun_path)) return;
-  std::memcpy(addr.sun_path, path, len);
-  if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';
-  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
-  ::sendto(fd, state, std::strlen(state), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
-           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
-  ::close(fd);
 }
 
 // Writes our pid to path without following a symlink planted there (O_NOFOLLOW) and only into
@@ -229,6 +283,7 @@ int Run(int argc, char** argv) {
   app.add_option("--tls-ca", opt.tls_ca, "NBD TLS CA certificate for client checks (PEM)");
   app.add_option("--tls-psk", opt.tls_psk, "NBD TLS PSK file");
   app.add_flag("--tls-required", opt.tls_required, "refuse NBD clients that do not use TLS");
+  AddNbdLimitOptions(app, opt);
   app.add_option("--fuse-dir", opt.fuse_dir, "FUSE mount point ('' = none)")->capture_default_str();
   app.add_option("--frontend", opt.frontend,
                  "block-device front for --blockdev requests: ublk, fuse-loop or auto (ublk when "
@@ -323,13 +378,9 @@ int Run(int argc, char** argv) {
   if (!engine.ok()) return Fail("cannot start the engine: " + engine.status().ToString());
 
   FrontOptions fo;
-  fo.nbd_unix = opt.nbd_unix;
-  fo.nbd_tcp = opt.nbd_tcp;
-  fo.tls_cert = opt.tls_cert;
-  fo.tls_key = opt.tls_key;
-  fo.tls_ca = opt.tls_ca;
-  fo.tls_psk_file = opt.tls_psk;
-  fo.tls_required = opt.tls_required;
+  auto nbd_options = NbdOptions(opt);
+  if (!nbd_options.ok()) return Fail(nbd_options.status().ToString());
+  fo.nbd = std::move(nbd_options).value();
   fo.fuse_dir = opt.fuse_dir;
   fo.frontend = opt.frontend;
   auto fronts = StartFronts(fo);
@@ -362,7 +413,7 @@ int Run(int argc, char** argv) {
   spdlog::info("blksnapd {} ready: control socket {}, state dir {}", BLKSNAP_VERSION, opt.control,
                opt.state_dir);
   ReportReady("");
-  NotifySystemd("READY=1");
+  systemd::NotifyReady();
 
   // SIGHUP reopens the log (logrotate) and never tears anything down; SIGTERM/SIGINT stop.
   int sig = 0;
@@ -377,7 +428,7 @@ int Run(int argc, char** argv) {
     }
   }
   spdlog::info("signal {} received: shutting down", strsignal(sig));
-  NotifySystemd("STOPPING=1");
+  systemd::NotifyStopping();
   (*server)->Stop();
   server_thread.join();
   server->reset();

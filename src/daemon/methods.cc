@@ -324,6 +324,7 @@ Result<json> StatusReport(Service& service, const json&, const Cancelled&) {
                  {"control", v.control_path},
                  {"nbd_unix", f.nbd ? OrNull(f.nbd_unix) : json(nullptr)},
                  {"nbd_tcp", f.nbd ? OrNull(f.nbd_tcp) : json(nullptr)},
+                 {"nbd_tcp_insecure", f.nbd_tcp_insecure},
                  {"fuse_dir", f.fuse ? OrNull(f.fuse_dir) : json(nullptr)},
                  {"ublk", f.ublk},
                  {"frontend", f.block_frontend}};
