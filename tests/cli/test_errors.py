@@ -14,7 +14,6 @@
 # where the class fixes one) and the state after against the state before. Then point the CLI
 # at a socket where no daemon runs, and check that `blksnap --help` prints the exit-status table.
 import errno
-import json
 import os
 import re
 import subprocess
@@ -22,7 +21,7 @@ import sys
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from blksnap_cli_lib import Daemon, Failures, parse_args
+from blksnap_cli_lib import Daemon, Failures, json_error, parse_args
 
 MiB = 1 << 20
 
@@ -45,19 +44,6 @@ ERROR, USAGE, NOT_FOUND, BUSY, NO_DAEMON = 1, 2, 3, 4, 5
 # The errnos a class implies (None: any).
 CLASS_ERRNOS = {USAGE: {errno.EINVAL}, NOT_FOUND: {errno.ENOENT, errno.ENODEV},
                 BUSY: {errno.EBUSY, errno.EEXIST, errno.EALREADY, errno.EPERM, errno.EACCES}}
-
-
-def json_error(out):
-    """The {"error": {"errno", "message"}} object if out is exactly that one object, else None."""
-    try:
-        j = json.loads(out)
-    except ValueError:
-        return None
-    if (out.count("\n") != 1 or not isinstance(j, dict) or list(j) != ["error"]
-            or not isinstance(j["error"], dict) or sorted(j["error"]) != ["errno", "message"]
-            or not isinstance(j["error"]["errno"], int) or not isinstance(j["error"]["message"], str)):
-        return None
-    return j["error"]
 
 
 def check_json_error(t, rc, out, err, code, what, errnum=None, words=()):
