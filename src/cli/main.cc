@@ -9,8 +9,8 @@
 // Errors: one line "blksnap: error: ..." on stderr and, with --json, the object
 // {"error": {"errno", "message"}} alone on stdout; the exit status comes from the table in
 // exit_codes.h (printed in the --help footer): usage errors (CLI11 parse failures, bad size,
-// range, number) 2, no daemon 5, daemon errors by their errno. --json is looked for in argv
-// before parsing, so that a parse failure is reported as JSON too.
+// range, number) 2, no daemon 5, daemon errors by their errno. CLI11 reads every option before
+// it reports a parse failure, so --json is known then too, wherever it stands.
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdlib>
@@ -27,16 +27,6 @@
 namespace blksnap::cli {
 namespace {
 
-// Whether --json is among the options (before a "--"), whatever else fails to parse.
-bool WantsJson(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--") return false;
-    if (a == "--json") return true;
-  }
-  return false;
-}
-
 int Failed(const Output& out, int code, int errnum, const std::string& message) {
   ShowError(out, errnum, message);
   return code;
@@ -48,7 +38,6 @@ int Main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("blksnap ") + BLKSNAP_VERSION);
   app.footer(ExitCodeHelp());
   Context ctx;
-  ctx.output.as_json = WantsJson(argc, argv);
   const char* env = std::getenv("BLKSNAP_CONTROL");
   ctx.control = env && *env ? env : control::kDefaultControlPath;
   app.add_option("--control", ctx.control, "blksnapd control socket ($BLKSNAP_CONTROL)")

@@ -172,6 +172,11 @@ def run(d, t):
     expect_error(d, t, ["devices", "--bogus"], USAGE, [], "unknown option")
     expect_error(d, t, ["snapshot", "create", "--limit", "1G", "b"], USAGE, ["--storage"], "missing --storage")
     expect_error(d, t, ["attach"], USAGE, ["PATH"], "attach without a path")
+    # --json after the word that fails to parse still gives the JSON error object.
+    for argv in (["frobnicate", "--json"], ["devices", "--bogus", "--json"],
+                 ["snapshot", "create", "--limit", "1G", "b", "--json"]):
+        rc, out, err = d.cli(*argv)
+        check_json_error(t, rc, out, err, USAGE, "%s (--json last)" % " ".join(argv))
 
     # A daemon that is not running.
     missing = os.path.join(d.tmp, "no-daemon.sock")
