@@ -16,7 +16,6 @@ import errno
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from blksnap_cli_lib import (SKIP, Daemon, Failures, fuse_possible, json_error, parse_args,
