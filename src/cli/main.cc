@@ -42,7 +42,8 @@ int Main(int argc, char** argv) {
   ctx.control = env && *env ? env : control::kDefaultControlPath;
   app.add_option("--control", ctx.control, "blksnapd control socket ($BLKSNAP_CONTROL)")
       ->capture_default_str();
-  app.add_flag("--json", ctx.output.as_json, "print exactly one JSON object");
+  app.add_flag("--json", ctx.output.as_json,
+               "print exactly one JSON object (a failure: {\"error\": {\"errno\", \"message\"}})");
   app.require_subcommand(1);
   app.fallthrough();
 
