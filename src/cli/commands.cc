@@ -21,9 +21,12 @@ using nlohmann::json;
 namespace {
 
 [[noreturn]] void Fail(const Status& status) {
-  throw CommandError{kExitError, std::string(status.message())};
+  throw CommandError{ExitCodeForErrno(status.errnum()), status.errnum(),
+                     std::string(status.message())};
 }
-[[noreturn]] void Usage(const std::string& message) { throw CommandError{kExitUsage, message}; }
+[[noreturn]] void Usage(const std::string& message) {
+  throw CommandError{kExitUsage, EINVAL, message};
+}
 
 template <typename T>
 T Check(Result<T> r) {
@@ -57,7 +60,13 @@ uint64_t ParseNumberArg(const std::string& what, const std::string& text, uint64
 }  // namespace
 
 ControlClient& Context::Client() {
-  if (!client) client = Check(ControlClient::Connect(control));
+  if (!client) {
+    auto c = ControlClient::Connect(control);
+    if (!c.ok()) {
+      throw CommandError{kExitNoDaemon, c.status().errnum(), std::string(c.status().message())};
+    }
+    client = std::move(c).value();
+  }
   return *client;
 }
 
@@ -152,9 +161,14 @@ void CmdSnapshotTake(Context& ctx, const std::string& id) {
   ShowSnapshotTaken(ctx.output, ctx.Call("snapshot-take", {{"id", id}}));
 }
 
-void CmdSnapshotDestroy(Context& ctx, const std::string& id) {
-  ctx.Call("snapshot-destroy", {{"id", id}});
+void CmdSnapshotDestroy(Context& ctx, const std::string& id, bool force) {
+  ctx.Call("snapshot-destroy", {{"id", id}, {"force", force}});
   ShowSnapshotDestroyed(ctx.output, id);
+}
+
+void CmdSnapshotSetLimit(Context& ctx, const std::string& id, const std::string& limit) {
+  uint64_t bytes = ParseSizeArg("SIZE", limit);
+  ShowSnapshotLimit(ctx.output, ctx.Call("snapshot-set-limit", {{"id", id}, {"limit", bytes}}));
 }
 
 void CmdSnapshotList(Context& ctx) { ShowSnapshotList(ctx.output, ctx.Call("snapshot-list")); }
@@ -163,13 +177,16 @@ void CmdSnapshotInfo(Context& ctx, const std::string& id) {
   ShowSnapshotInfo(ctx.output, ctx.Call("snapshot-info", {{"id", id}}));
 }
 
-void CmdWaitEvent(Context& ctx, const std::string& id, const std::string& timeout) {
+int CmdWaitEvent(Context& ctx, const std::string& id, const std::string& timeout) {
   uint64_t ms = ParseNumberArg("--timeout", timeout, 7ull * 24 * 3600 * 1000);
-  ShowWaitEvent(ctx.output, ms, Check(ctx.Client().WaitEvent(id, std::chrono::milliseconds(ms))));
+  json r = Check(ctx.Client().WaitEvent(id, std::chrono::milliseconds(ms)));
+  ShowWaitEvent(ctx.output, ms, r);
+  return r.value("result", "") == "timeout" ? kExitTimeout : kExitOk;
 }
 
 // Polls wait-event (1 s at a time) for the events after the last one seen. The snapshot is gone
-// when the daemon answers ENODEV, or ENOENT once an event was seen (it existed at first).
+// when the daemon answers ENODEV, or ENOENT once an event was seen (it existed at first); a
+// corrupted event ends the watch with kExitCorrupted.
 int CmdWatch(Context& ctx, const std::string& id) {
   uint64_t after = 0;
   for (;;) {
@@ -178,14 +195,14 @@ int CmdWatch(Context& ctx, const std::string& id) {
       int err = r.status().errnum();
       if (err == ENODEV || (err == ENOENT && after > 0)) {
         ShowWatchDestroyed(ctx.output, id);
-        return 0;
+        return kExitOk;
       }
       Fail(r.status());
     }
     if ((*r)["result"] == "timeout") continue;
     after = (*r)["seq"].get<uint64_t>();
     ShowWatchEvent(ctx.output, *r);
-    if ((*r)["event"] == "corrupted") return 0;
+    if ((*r)["event"] == "corrupted") return kExitCorrupted;
   }
 }
 

@@ -3,9 +3,11 @@
 // hand the result to the matching Show function (format.h). main.cc wires them to the command
 // line.
 //
-// Errors: a failed request or local operation throws CommandError{kExitError, message}; a bad
-// argument found here (size, range, number, id) throws CommandError{kExitUsage, message}; main
-// prints the one "blksnap: error: ..." line. Client-side paths (attach PATH, --storage, --output,
+// Errors: a failed request or local operation throws CommandError with the exit status its
+// errno maps to (exit_codes.h), a failed connection to the control socket kExitNoDaemon; a bad
+// argument found here (size, range, number, id) throws CommandError{kExitUsage, EINVAL, ...};
+// main prints the error (exit_codes.h, docs/cli.md). Client-side paths (attach PATH, --storage,
+// --output,
 // --file) are made absolute against the tool's working directory before they are sent, since
 // the daemon has its own. Single-threaded: one Context, one connection, opened at first use.
 #pragma once
@@ -17,16 +19,16 @@
 #include <vector>
 
 #include "blksnap/control_client.h"
+#include "cli/exit_codes.h"
 #include "cli/format.h"
 
 namespace blksnap::cli {
 
-inline constexpr int kExitError = 1;
-inline constexpr int kExitUsage = 2;
-
-// Thrown for errors found while running a command; main turns it into the one error line.
+// Thrown for errors found while running a command; main prints it (stderr line, and with
+// --json the error object on stdout) and exits with exit_code.
 struct CommandError {
-  int exit_code;
+  int exit_code;  // exit_codes.h
+  int errnum;     // the errno of the failure (EINVAL for usage errors)
   std::string message;
 };
 
@@ -66,11 +68,16 @@ void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::stri
                        const BlockFronts& fronts, const std::vector<std::string>& devices);
 void CmdSnapshotAdd(Context& ctx, const std::string& id, const std::string& device);
 void CmdSnapshotTake(Context& ctx, const std::string& id);
-void CmdSnapshotDestroy(Context& ctx, const std::string& id);
+// force: even while a client uses one of its images (the daemon answers EBUSY otherwise).
+void CmdSnapshotDestroy(Context& ctx, const std::string& id, bool force);
+// Raises the storage limit of a live snapshot (answer to a no_space event).
+void CmdSnapshotSetLimit(Context& ctx, const std::string& id, const std::string& limit);
 void CmdSnapshotList(Context& ctx);
 void CmdSnapshotInfo(Context& ctx, const std::string& id);
-void CmdWaitEvent(Context& ctx, const std::string& id, const std::string& timeout);
-// Prints events until the snapshot is corrupted or destroyed; returns the exit status.
+// Returns the exit status: kExitOk for an event, kExitTimeout when none came in time.
+int CmdWaitEvent(Context& ctx, const std::string& id, const std::string& timeout);
+// Prints events until the snapshot is corrupted or destroyed; returns the exit status:
+// kExitCorrupted after a corrupted event, kExitOk when it was destroyed.
 int CmdWatch(Context& ctx, const std::string& id);
 void CmdStatus(Context& ctx);
 

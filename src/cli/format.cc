@@ -19,6 +19,16 @@ using nlohmann::json;
 
 void Output::Emit(const json& j) const { std::cout << j.dump() << std::endl; }
 
+void ShowError(const Output& out, int errnum, const std::string& message) {
+  // Replace, not throw, on bytes that are not UTF-8 (a path in the message).
+  if (out.as_json) {
+    std::cout << json{{"error", {{"errno", errnum}, {"message", message}}}}.dump(
+                     -1, ' ', false, json::error_handler_t::replace)
+              << std::endl;
+  }
+  std::cerr << "blksnap: error: " << message << "\n";
+}
+
 std::string Str(const json& v) {
   if (v.is_null()) return "-";
   if (v.is_string()) return v.get<std::string>();
@@ -273,6 +283,15 @@ void ShowSnapshotTaken(const Output& out, json r) {
 
 void ShowSnapshotDestroyed(const Output& out, const std::string& id) {
   Done(out, "destroyed snapshot " + id);
+}
+
+void ShowSnapshotLimit(const Output& out, json r) {
+  if (out.as_json) {
+    out.Emit({{"id", r["id"]}, {"limit", r["limit"]}});
+    return;
+  }
+  std::cout << "snapshot " << Str(r["id"]) << ": storage limit "
+            << (r["limit"] == 0 ? std::string("none") : SizeText(r["limit"])) << "\n";
 }
 
 void ShowSnapshotList(const Output& out, json r) {

@@ -20,6 +20,10 @@ struct Output {
   void Emit(const nlohmann::json& j) const;
 };
 
+// A failure: "blksnap: error: MESSAGE" on stderr, and with --json also
+// {"error": {"errno": N, "message": "MESSAGE"}} on stdout (docs/cli.md).
+void ShowError(const Output& out, int errnum, const std::string& message);
+
 // "-" for null, the string itself, else the JSON text of the value.
 std::string Str(const nlohmann::json& v);
 // A byte count as a size ("64M"), "-" when it is not a number.
@@ -45,6 +49,8 @@ void ShowSnapshotCreated(const Output& out, nlohmann::json r);
 void ShowSnapshotAdded(const Output& out, const std::string& id, const std::string& device);
 void ShowSnapshotTaken(const Output& out, nlohmann::json r);
 void ShowSnapshotDestroyed(const Output& out, const std::string& id);
+// snapshot set-limit: the daemon's {"id", "limit"}.
+void ShowSnapshotLimit(const Output& out, nlohmann::json r);
 void ShowSnapshotList(const Output& out, nlohmann::json r);
 void ShowSnapshotInfo(const Output& out, nlohmann::json r);
 void ShowWaitEvent(const Output& out, uint64_t timeout_ms, nlohmann::json r);

@@ -6,9 +6,13 @@
 // choosing the action (a Cmd* function of commands.h), and the error handling. Parsing runs the
 // callbacks, which only record the action; the action runs after a successful parse.
 //
-// Errors: one line "blksnap: error: ..." on stderr and exit status 1; usage errors (unknown
-// command or option, bad size, bad range, bad number) exit with status 2.
+// Errors: one line "blksnap: error: ..." on stderr and, with --json, the object
+// {"error": {"errno", "message"}} alone on stdout; the exit status comes from the table in
+// exit_codes.h (printed in the --help footer): usage errors (CLI11 parse failures, bad size,
+// range, number) 2, no daemon 5, daemon errors by their errno. CLI11 reads every option before
+// it reports a parse failure, so --json is known then too, wherever it stands.
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdlib>
 #include <exception>
 #include <functional>
@@ -17,21 +21,29 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/exit_codes.h"
 #include "control/protocol.h"
 
 namespace blksnap::cli {
 namespace {
 
+int Failed(const Output& out, int code, int errnum, const std::string& message) {
+  ShowError(out, errnum, message);
+  return code;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"blksnap: block-device snapshots and change tracking (talks to blksnapd)",
                "blksnap"};
   app.set_version_flag("--version", std::string("blksnap ") + BLKSNAP_VERSION);
+  app.footer(ExitCodeHelp());
   Context ctx;
   const char* env = std::getenv("BLKSNAP_CONTROL");
   ctx.control = env && *env ? env : control::kDefaultControlPath;
   app.add_option("--control", ctx.control, "blksnapd control socket ($BLKSNAP_CONTROL)")
       ->capture_default_str();
-  app.add_flag("--json", ctx.output.as_json, "print exactly one JSON object");
+  app.add_flag("--json", ctx.output.as_json,
+               "print exactly one JSON object (a failure: {\"error\": {\"errno\", \"message\"}})");
   app.require_subcommand(1);
   app.fallthrough();
 
@@ -118,9 +130,18 @@ int Main(int argc, char** argv) {
   auto* take = snap->add_subcommand("take", "take the snapshot");
   take->add_option("ID", snap_id)->required();
   take->callback([&] { run([&] { CmdSnapshotTake(ctx, snap_id); }); });
+  bool destroy_force = false;
   auto* destroy = snap->add_subcommand("destroy", "destroy the snapshot");
   destroy->add_option("ID", snap_id)->required();
-  destroy->callback([&] { run([&] { CmdSnapshotDestroy(ctx, snap_id); }); });
+  destroy->add_flag("--force", destroy_force,
+                    "even while a client uses an image (NBD connection, open FUSE file, "
+                    "mounted loop or ublk device)");
+  destroy->callback([&] { run([&] { CmdSnapshotDestroy(ctx, snap_id, destroy_force); }); });
+  auto* set_limit = snap->add_subcommand(
+      "set-limit", "raise the storage limit of a live snapshot (answers a no_space event)");
+  set_limit->add_option("ID", snap_id)->required();
+  set_limit->add_option("SIZE", snap_limit, "new storage limit (size; 0 = none)")->required();
+  set_limit->callback([&] { run([&] { CmdSnapshotSetLimit(ctx, snap_id, snap_limit); }); });
   snap->add_subcommand("list", "all snapshots")->callback([&] {
     run([&] { CmdSnapshotList(ctx); });
   });
@@ -130,7 +151,7 @@ int Main(int argc, char** argv) {
   auto* wait = snap->add_subcommand("wait-event", "wait for the next event");
   wait->add_option("ID", snap_id)->required();
   wait->add_option("--timeout", snap_timeout, "milliseconds")->required();
-  wait->callback([&] { run([&] { CmdWaitEvent(ctx, snap_id, snap_timeout); }); });
+  wait->callback([&] { action = [&] { return CmdWaitEvent(ctx, snap_id, snap_timeout); }; });
   auto* watch = snap->add_subcommand("watch", "print events until corrupted or destroyed");
   watch->add_option("ID", snap_id)->required();
   watch->callback([&] { action = [&] { return CmdWatch(ctx, snap_id); }; });
@@ -151,24 +172,22 @@ int Main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::string msg = e.what();
     if (msg.empty()) msg = "invalid command line";
-    std::cerr << "blksnap: error: " << msg << " (see blksnap --help)\n";
-    return kExitUsage;
+    return Failed(ctx.output, kExitUsage, EINVAL, msg + " (see blksnap --help)");
   } catch (const CommandError& e) {
-    std::cerr << "blksnap: error: " << e.message << "\n";
-    return e.exit_code;
+    return Failed(ctx.output, e.exit_code, e.errnum, e.message);
   }
   if (!action) {
-    std::cerr << "blksnap: error: no command given (see blksnap --help)\n";
-    return kExitUsage;
+    return Failed(ctx.output, kExitUsage, EINVAL, "no command given (see blksnap --help)");
   }
   try {
     return action();
   } catch (const CommandError& e) {
-    std::cerr << "blksnap: error: " << e.message << "\n";
-    return e.exit_code;
+    return Failed(ctx.output, e.exit_code, e.errnum, e.message);
+  } catch (const nlohmann::json::exception& e) {
+    return Failed(ctx.output, kExitError, EPROTO,
+                  std::string("unexpected answer from blksnapd: ") + e.what());
   } catch (const std::exception& e) {
-    std::cerr << "blksnap: error: " << e.what() << "\n";
-    return kExitError;
+    return Failed(ctx.output, kExitError, EIO, e.what());
   }
 }
 

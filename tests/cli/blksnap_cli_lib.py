@@ -156,6 +156,38 @@ class Daemon:
         return path
 
 
+def taken_snapshot(d, storage, limit, device):
+    """Creates and takes a snapshot of one device; returns (id, its snapshot info)."""
+    sid = d.cli_json("snapshot", "create", "--storage", storage, "--limit", limit, device)["id"]
+    d.cli_json("snapshot", "take", sid)
+    return sid, d.cli_json("snapshot", "info", sid)
+
+
+def wait_state(d, sid, state, timeout=30):
+    """Polls snapshot info until the snapshot is in state; returns the last state seen."""
+    seen = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = d.cli_json("snapshot", "info", sid)["state"]
+        if seen == state:
+            break
+        time.sleep(0.1)
+    return seen
+
+
+def json_error(out):
+    """The {"errno", "message"} of out if out is exactly one {"error": {...}} object, else None."""
+    try:
+        j = json.loads(out)
+    except ValueError:
+        return None
+    if (out.count("\n") != 1 or not isinstance(j, dict) or list(j) != ["error"]
+            or not isinstance(j["error"], dict) or sorted(j["error"]) != ["errno", "message"]
+            or not isinstance(j["error"]["errno"], int) or not isinstance(j["error"]["message"], str)):
+        return None
+    return j["error"]
+
+
 def nbd_uri_parts(uri):
     return uri
 

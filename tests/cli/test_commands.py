@@ -164,10 +164,12 @@ def run(d, t):
             and not covers(ch["extents"], 56 * MiB, bs),
             "mark-dirty ranges (and only they) show in the changes since 0")
 
-    w = d.cli_json("snapshot", "wait-event", sid, "--timeout", "100")
-    t.check(w.get("result") == "timeout", "wait-event times out without events")
+    # A timeout is an outcome, not an error: the result on stdout, exit status 6.
+    rc, out, err = d.cli("--json", "snapshot", "wait-event", sid, "--timeout", "100")
+    t.check(rc == 6 and json.loads(out).get("result") == "timeout" and err == "",
+            "wait-event times out without events (exit %d, %r)" % (rc, out))
     rc, out, err = d.cli("snapshot", "wait-event", sid, "--timeout", "50")
-    t.check(rc == 0 and "timeout" in out, "wait-event (human)")
+    t.check(rc == 6 and "timeout" in out, "wait-event (human)")
 
     rc, out, err = d.cli("status")
     t.check(rc == 0 and "DEVICES" in out and "SNAPSHOTS" in out and sid in out and "vol-b.img" in out,
@@ -217,7 +219,7 @@ def loop_flow(d, t):
             f.flush()
             os.fsync(f.fileno())
         rc, out, err = d.cli("detach", "c")
-        t.check(rc == 1 and "in use" in err, "detach refused while the loop device is mounted")
+        t.check(rc == 4 and "in use" in err, "detach refused (exit 4) while the loop device is mounted")
         storage = os.path.join(d.tmp, "storage-c")
         os.mkdir(storage)
         sid = d.cli_json("snapshot", "create", "--storage", storage, "--limit", "64M", "--loop", "c")["id"]

@@ -248,7 +248,8 @@ destroy-under-load)
     dd if="$iloop" of=/dev/null bs=1M count=64 iflag=direct status=none 2>/dev/null; do :; done) &
   reader=$!
   sleep 1
-  bs snapshot destroy "$id" >/dev/null 2>&1 || fail "destroy under load failed"
+  # A reader is using the image: --force, as for any destroy while an image may be in use.
+  bs snapshot destroy "$id" --force >/dev/null 2>&1 || fail "destroy --force under load failed"
   for p in "${pids[@]}"; do wait "$p" || fail "a writer on the original failed"; done
   wait "$reader" || true  # ends once the image is gone
   umount "$work/orig"

@@ -14,8 +14,9 @@
 # the take); nbd-client -readonly connects the image export vol@ID:ro to /dev/nbd1; ext4:
 # e2fsck -fn of the image is clean (only true if the freeze worked); mount it read-only without
 # log replay; while a writer keeps changing the live fs, the image's sums equal the take-time
-# sums and the post-take file is absent; the live fs really differs; disconnect /dev/nbd1 (the
-# kernel device is gone: size 0), destroy; a second create + freeze + take: `cbt changes
+# sums and the post-take file is absent; the live fs really differs; destroy is refused (exit 4,
+# "(use --force)") while /dev/nbd1 is connected; disconnect /dev/nbd1 (the kernel device is
+# gone: size 0), destroy without --force; a second create + freeze + take: `cbt changes
 # --since N1` is non-empty, covers every physical extent (FIEMAP) of the file overwritten after
 # the first take, and is far from the whole device; destroy; umount, fsck clean; detach is
 # refused while /dev/nbd0 is connected; nbd-client -d; detach succeeds (no NBD client left); no
@@ -173,8 +174,13 @@ wait $writer || fail "writer on the live fs failed"
   fail "the live fs still has the take-time sums (post-take writes lost?)"
 [ -e "$WORK/mnt/after-take" ] && [ ! -e "$WORK/mnt/file2" ] || fail "live fs lost its changes"
 umount "$WORK/mnt-image"
+# The kernel client still holds the image: destroy is refused (exit 4) until it disconnects.
+rc=0
+bs snapshot destroy "$ID" >/dev/null 2>"$WORK/destroy.err" || rc=$?
+[ "$rc" = 4 ] && grep -q -- "(use --force)" "$WORK/destroy.err" ||
+  fail "destroy with /dev/nbd1 connected: exit $rc, $(cat "$WORK/destroy.err")"
 disconnect /dev/nbd1
-bs snapshot destroy "$ID" >/dev/null || fail "destroy"
+bs snapshot destroy "$ID" >/dev/null || fail "destroy after nbd-client -d (a client still connected?)"
 
 ID2=$(bs snapshot create --storage "$WORK/storage" --limit 0 vol) || fail "snapshot create 2"
 N2=$(take_frozen "$ID2") || fail "take 2"
