@@ -254,3 +254,29 @@ def covers(extents, offset, length):
         if pos >= offset + length:
             return True
     return pos >= offset + length
+
+
+def fuse_test_main(run):
+    """Runs run(d, t) against a daemon with the FUSE front; skips (exit SKIP) without FUSE."""
+    args = parse_args(sys.argv)
+    if not fuse_possible():
+        print("SKIP: needs root, /dev/fuse and /dev/loop-control")
+        sys.exit(SKIP)
+    t = Failures()
+    d = Daemon(args, fuse=True).start()
+    try:
+        run(d, t)
+    except Exception as e:
+        t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
+    finally:
+        d.cleanup()
+    t.done()
+
+
+def attach_written(d, names, size, written):
+    """Attaches one image per name and writes `written` bytes of pattern 1 through its front."""
+    devs = {}
+    for name in names:
+        devs[name] = d.cli_json("attach", d.make_image(name + ".img", size), "--name", name)
+        write_front(d, devs[name], 0, written, 1)
+    return devs

@@ -18,36 +18,17 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from blksnap_cli_lib import (SKIP, Daemon, Failures, fuse_possible, json_error, parse_args,
-                             taken_snapshot, verify_front, wait_state, write_front)
+from blksnap_cli_lib import (attach_written, fuse_test_main, json_error, taken_snapshot,
+                             verify_front, wait_state, write_front)
 
 MiB = 1 << 20
 USAGE, NOT_FOUND = 2, 3  # src/cli/exit_codes.h
 
 
-def main():
-    args = parse_args(sys.argv)
-    if not fuse_possible():
-        print("SKIP: needs root, /dev/fuse and /dev/loop-control")
-        sys.exit(SKIP)
-    t = Failures()
-    d = Daemon(args, fuse=True).start()
-    try:
-        run(d, t)
-    except Exception as e:
-        t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
-    finally:
-        d.cleanup()
-    t.done()
-
-
 def run(d, t):
     storage = os.path.join(d.tmp, "storage")
     os.mkdir(storage)
-    devs = {}
-    for name in ("a", "b"):
-        devs[name] = d.cli_json("attach", d.make_image(name + ".img", 64 * MiB), "--name", name)
-        write_front(d, devs[name], 0, 32 * MiB, 1)
+    devs = attach_written(d, ("a", "b"), 64 * MiB, 32 * MiB)
     sid, info = taken_snapshot(d, storage, "8M", "a")
     image = info["devices"][0]["image"]
     control, _ = taken_snapshot(d, storage, "8M", "b")
@@ -94,4 +75,4 @@ def run(d, t):
 
 
 if __name__ == "__main__":
-    main()
+    fuse_test_main(run)
