@@ -40,7 +40,9 @@ Service& TheService() {
   static Service* service = [] {
     ServiceInfo info;
     info.env = env;
-    auto* s = new Service(Engine::Create({}).value(), std::make_unique<NoFronts>(), info);
+    Config config;
+    config.env = env;  // difference storage in memory too
+    auto* s = new Service(Engine::Create(config).value(), std::make_unique<NoFronts>(), info);
     return s;
   }();
   return *service;
