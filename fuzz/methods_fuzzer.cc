@@ -59,7 +59,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (method == request.end() || !method->is_string()) return 0;
   nlohmann::json params = request.value("params", nlohmann::json::object());
   // Waits are bounded by the fuzzer's own budget: never let one block.
-  auto result = HandleRequest(TheService(), method->get<std::string>(), params, [] { return true; });
+  auto result =
+      HandleRequest(TheService(), method->get<std::string>(), params, [] { return true; });
   (void)result;
   return 0;
 }

@@ -4,6 +4,9 @@
 // daemon. No state beyond the Context; single-threaded.
 #include "cli/commands.h"
 
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -123,12 +126,48 @@ void CmdCbtChanges(Context& ctx, const std::string& name, const std::string& sin
   ShowCbtChanges(ctx.output, name, n, ctx.Call("cbt-changes", params));
 }
 
+namespace {
+
+// EXDEV unless `file` lives on a file system whose device is one of device `name`'s block
+// fronts (loop, ublk): FIEMAP offsets are offsets on that file system's device.
+Status CheckFileOnDevice(Context& ctx, const std::string& name, const std::string& file) {
+  struct stat fst {};
+  if (::stat(file.c_str(), &fst) != 0) return Status::FromErrno("stat " + file);
+  json devices = ctx.Call("devices");
+  std::vector<std::string> fronts;
+  for (const auto& d : devices.value("devices", json::array())) {
+    if (!d.is_object() || d.value("name", "") != name) continue;
+    for (const char* kind : {"loop", "ublk"}) {
+      if (!d.contains(kind) || !d[kind].is_string()) continue;
+      const std::string path = d[kind].get<std::string>();
+      struct stat bst {};
+      if (::stat(path.c_str(), &bst) == 0 && S_ISBLK(bst.st_mode) && bst.st_rdev == fst.st_dev) {
+        return Status::Ok();
+      }
+      fronts.push_back(path);
+    }
+    std::string listed;
+    for (const auto& f : fronts) listed += (listed.empty() ? "" : ", ") + f;
+    return Status::Error(EXDEV, file + " is on device " + std::to_string(major(fst.st_dev)) + ":" +
+                                    std::to_string(minor(fst.st_dev)) +
+                                    ", not on a block front of '" + name + "' (" +
+                                    (listed.empty() ? "it has none" : listed) +
+                                    "); its extents would mark the wrong blocks (--force if it "
+                                    "is mounted from the NBD export)");
+  }
+  return Status::Error(ENOENT, "no device named '" + name + "'");
+}
+
+}  // namespace
+
 void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<std::string>& ranges,
-                     const std::string& file) {
+                     const std::string& file, bool force) {
   if (ranges.empty() == file.empty()) Usage("cbt mark-dirty: give either --range or --file");
+  if (force && file.empty()) Usage("cbt mark-dirty: --force goes with --file");
   std::vector<ByteExtent> list;
   size_t skipped = 0;
   if (!file.empty()) {
+    if (!force) Check(CheckFileOnDevice(ctx, name, Absolute(file)));
     list = Check(FileExtents(Absolute(file), &skipped));
     if (list.empty()) Fail(Status::Error(ENODATA, "file " + file + " has no allocated extents"));
   } else {

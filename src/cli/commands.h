@@ -62,8 +62,10 @@ void CmdCbtInfo(Context& ctx, const std::string& name);
 void CmdCbtRead(Context& ctx, const std::string& name, const std::string& output);
 void CmdCbtChanges(Context& ctx, const std::string& name, const std::string& since,
                    const std::string& generation);
+// With --file, the file must be on a file system mounted from one of NAME's block fronts (its
+// st_dev is the front's st_rdev), or FIEMAP's offsets would mark another device's blocks.
 void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<std::string>& ranges,
-                     const std::string& file);
+                     const std::string& file, bool force);
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
                        const BlockFronts& fronts, const std::vector<std::string>& devices);
 void CmdSnapshotAdd(Context& ctx, const std::string& id, const std::string& device);

@@ -102,8 +102,16 @@ int Main(int argc, char** argv) {
   auto* cbt_mark = cbt->add_subcommand("mark-dirty", "mark ranges changed");
   cbt_mark->add_option("NAME", cbt_name)->required();
   cbt_mark->add_option("--range", cbt_ranges, "OFFSET:LENGTH (sizes), repeatable");
-  cbt_mark->add_option("--file", cbt_file, "mark the extents of this file (FIEMAP)");
-  cbt_mark->callback([&] { run([&] { CmdCbtMarkDirty(ctx, cbt_name, cbt_ranges, cbt_file); }); });
+  cbt_mark->add_option("--file", cbt_file,
+                       "mark the extents of this file (FIEMAP); it must live on a file system "
+                       "mounted from NAME's loop or ublk front");
+  bool cbt_mark_force = false;
+  cbt_mark->add_flag("--force", cbt_mark_force,
+                     "with --file: skip that check (a file system mounted from NAME's NBD "
+                     "export through the kernel NBD client, which blksnapd cannot see)");
+  cbt_mark->callback([&] {
+    run([&] { CmdCbtMarkDirty(ctx, cbt_name, cbt_ranges, cbt_file, cbt_mark_force); });
+  });
 
   auto* snap = app.add_subcommand("snapshot", "snapshots");
   snap->require_subcommand(1);

@@ -144,8 +144,9 @@ void ControlServer::Run() {
       size_t live = 0;
       for (const auto& [cfd, c] : clients_) live += c.evicted ? 0 : 1;
       if (stopping_.load() || (live >= kMaxClients && !EvictIdleLocked())) {
-        SendAll(fd, ErrorLine(nullptr, Status::Error(EBUSY, "too many control clients, all "
-                                                            "busy with requests")));
+        SendAll(fd, ErrorLine(nullptr, Status::Error(EBUSY,
+                                                     "too many control clients, all "
+                                                     "busy with requests")));
         ::close(fd);
         continue;
       }

@@ -228,10 +228,10 @@ TEST_F(ControlServerTest, StopWithClientsConnected) {
 }
 
 TEST_F(ControlServerTest, ASecondServerNeverTakesALiveSocket) {
-  auto second = ControlServer::Listen(path_, [](const std::string&, const json&,
-                                                const std::function<bool()>&) -> Result<json> {
-    return json{{"second", true}};
-  });
+  auto second = ControlServer::Listen(
+      path_, [](const std::string&, const json&, const std::function<bool()>&) -> Result<json> {
+        return json{{"second", true}};
+      });
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().errnum(), EADDRINUSE);
   // The first still answers on its socket.

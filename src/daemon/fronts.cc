@@ -71,9 +71,10 @@ Status ServerFronts::StartNbd(const FrontOptions& options) {
   spdlog::info("NBD server on {}{}{}", so.unix_path, so.tcp_address.empty() ? "" : " and tcp ",
                so.tcp_address);
   if (info_.nbd_tcp_insecure) {
-    spdlog::warn("NBD over TCP WITHOUT TLS on {} (--nbd-tcp-insecure): every local user can read "
-                 "and write the exports",
-                 so.tcp_address);
+    spdlog::warn(
+        "NBD over TCP WITHOUT TLS on {} (--nbd-tcp-insecure): every local user can read "
+        "and write the exports",
+        so.tcp_address);
   }
   return Status::Ok();
 }
@@ -156,8 +157,7 @@ Result<std::unique_ptr<Exposure>> ServerFronts::Expose(const std::string& name,
     exposure->Add(std::move(front));
   }
   if (options.ublk) {
-    BLKSNAP_ASSIGN_OR_RETURN(auto front,
-                             ublk::MakeDeviceFront(dev, options.ublk_recover_id, name));
+    BLKSNAP_ASSIGN_OR_RETURN(auto front, ublk::MakeDeviceFront(dev, options.ublk_recover_id, name));
     exposure->Add(std::move(front));
   }
   return exposure;

@@ -46,8 +46,8 @@ struct ExposeOptions {
 struct FrontsInfo {
   bool nbd = false;
   bool fuse = false;
-  bool ublk = false;           // /dev/ublk-control usable at start
-  std::string block_frontend;  // "ublk" or "fuse-loop": what --blockdev requests get
+  bool ublk = false;                        // /dev/ublk-control usable at start
+  std::string block_frontend;               // "ublk" or "fuse-loop": what --blockdev requests get
   std::string nbd_unix, nbd_tcp, fuse_dir;  // empty when that server is off
   bool nbd_tcp_insecure = false;            // plaintext TCP allowed (--nbd-tcp-insecure)
 };

@@ -3,13 +3,13 @@
 // are using (spdlog's default-logger calls go through a raw pointer).
 #include "daemon/logging.h"
 
-#include "daemon/systemd.h"
-
 #include <spdlog/details/file_helper.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
 #include <mutex>
+
+#include "daemon/systemd.h"
 
 namespace blksnap::daemon {
 namespace {

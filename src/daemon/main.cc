@@ -166,7 +166,8 @@ Result<nbd::ServerOptions> NbdOptions(const Options& opt) {
         std::tuple{&opt.nbd_max_connection_inflight, &so.max_connection_inflight,
                    "--nbd-max-connection-inflight"}}) {
     auto size = control::ParseSize(*text);
-    if (!size.ok()) return Status::Error(EINVAL, std::string(name) + ": " + size.status().ToString());
+    if (!size.ok())
+      return Status::Error(EINVAL, std::string(name) + ": " + size.status().ToString());
     if (*size < (32u << 20)) return Status::Error(EINVAL, std::string(name) + " must be >= 32M");
     *field = *size;
   }
@@ -211,8 +212,8 @@ Status WritePidfile(const std::string& path) {
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
       st.st_nlink != 1) {
     ::close(fd);
-    return Status::Error(EPERM, "pidfile " + path +
-                                    " is not a regular file of ours with one link; refusing it");
+    return Status::Error(
+        EPERM, "pidfile " + path + " is not a regular file of ours with one link; refusing it");
   }
   std::string text = std::to_string(::getpid()) + "\n";
   bool ok = ::ftruncate(fd, 0) == 0 &&

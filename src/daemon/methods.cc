@@ -30,8 +30,11 @@ int64_t EpochMs(std::chrono::system_clock::time_point t) {
 }
 
 json AddressesJson(const FrontAddresses& a) {
-  json j = {{"nbd", OrNull(a.nbd)}, {"fuse", OrNull(a.fuse)}, {"loop", OrNull(a.loop)},
-            {"ublk", OrNull(a.ublk)}, {"nbd_tcp", OrNull(a.nbd_tcp)}};
+  json j = {{"nbd", OrNull(a.nbd)},
+            {"fuse", OrNull(a.fuse)},
+            {"loop", OrNull(a.loop)},
+            {"ublk", OrNull(a.ublk)},
+            {"nbd_tcp", OrNull(a.nbd_tcp)}};
   if (!a.nbd_ro.empty()) j["nbd_ro"] = a.nbd_ro;
   return j;
 }
@@ -295,8 +298,8 @@ Result<json> WaitEvent(Service& service, const json& params, const Cancelled& ca
       EventWaitView v,
       service.WaitEvent(id, after, std::chrono::milliseconds(timeout_ms), cancelled));
   if (v.timed_out) {
-    return json{{"result", "timeout"},     {"id", id.ToString()}, {"event", nullptr},
-                {"device", nullptr},       {"errno", nullptr},    {"requested", nullptr},
+    return json{{"result", "timeout"}, {"id", id.ToString()}, {"event", nullptr},
+                {"device", nullptr},   {"errno", nullptr},    {"requested", nullptr},
                 {"seq", v.last_seq}};
   }
   json j = EventJson(v.record);

@@ -72,8 +72,8 @@ TEST(MethodsTest, VersionAndStatusKeepTheirFields) {
   for (const char* key : {"version", "protocol", "pid", "fronts"}) EXPECT_TRUE(v->contains(key));
   auto s = HandleRequest(*service, "status", json::object(), nullptr);
   ASSERT_TRUE(s.ok());
-  for (const char* key : {"state_dir", "control", "nbd_unix", "nbd_tcp", "fuse_dir", "ublk",
-                          "frontend", "restart"}) {
+  for (const char* key :
+       {"state_dir", "control", "nbd_unix", "nbd_tcp", "fuse_dir", "ublk", "frontend", "restart"}) {
     EXPECT_TRUE((*s)["daemon"].contains(key)) << key;
   }
   EXPECT_TRUE((*s)["daemon"]["restart"].is_null());

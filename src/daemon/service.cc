@@ -102,9 +102,8 @@ Result<DeviceView> Service::Attach(const AttachRequest& request) {
   return view;
 }
 
-Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name,
-                                                  const std::string& path, bool loop, bool ublk,
-                                                  int ublk_recover_id) {
+Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const std::string& path,
+                                                  bool loop, bool ublk, int ublk_recover_id) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     return Status::Error(errno, "cannot attach " + path + ": " + std::strerror(errno));
@@ -267,8 +266,7 @@ Result<CbtInfo> Service::GetCbtInfo(const std::string& name) {
   return tracker->cbt_info();
 }
 
-Result<CbtMapSlice> Service::ReadCbtMap(const std::string& name, uint64_t offset,
-                                        uint64_t count) {
+Result<CbtMapSlice> Service::ReadCbtMap(const std::string& name, uint64_t offset, uint64_t count) {
   std::shared_ptr<Tracker> tracker;
   {
     MutexLock lock(mu_);
@@ -303,15 +301,14 @@ Result<CbtChangesView> Service::CbtChanges(const std::string& name, uint64_t sin
   view.since = static_cast<uint8_t>(since);
   if (generation && *generation != view.info.generation_id) {
     return Status::Error(ESTALE, "generation changed: full backup needed (device '" + name +
-                                     "' is at generation " +
-                                     view.info.generation_id.ToString() + ")");
+                                     "' is at generation " + view.info.generation_id.ToString() +
+                                     ")");
   }
   // A number from the future is a script's mistake (a stale or foreign N), not "no changes".
   if (view.since > view.info.changes_number) {
-    return Status::Error(EINVAL, "'since' " + std::to_string(since) +
-                                     " is after the last take of device '" + name +
-                                     "' (its changes number is " +
-                                     std::to_string(view.info.changes_number) + ")");
+    return Status::Error(
+        EINVAL, "'since' " + std::to_string(since) + " is after the last take of device '" + name +
+                    "' (its changes number is " + std::to_string(view.info.changes_number) + ")");
   }
   BLKSNAP_ASSIGN_OR_RETURN(view.extents, tracker->ChangedExtents(view.since, generation));
   for (const auto& e : view.extents) view.bytes += e.length;

@@ -188,7 +188,7 @@ class Service {
     Uuid id;
     std::string storage;
     bool loop = false, ublk = false;
-    bool busy = false;  // a take is running without mu_
+    bool busy = false;                                        // a take is running without mu_
     std::map<std::string, std::unique_ptr<Exposure>> images;  // device name -> image fronts
     std::shared_ptr<Snapshot> snapshot;
     uint64_t consumed = 0;  // cursor of wait-event calls without "after"
@@ -204,13 +204,11 @@ class Service {
                                   bool ublk, int ublk_recover_id) EXCLUDES(mu_);
   Result<DeviceView> AttachReserved(const std::string& name, const std::string& path, bool loop,
                                     bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
-  Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const
-      REQUIRES(mu_);
+  Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const REQUIRES(mu_);
   Result<SnapshotEntry*> FindSnapshotLocked(const Uuid& id) REQUIRES(mu_);
   DeviceView DeviceViewLocked(const DeviceEntry& d) const REQUIRES(mu_);
   SnapshotView SnapshotViewLocked(const SnapshotEntry& s) const REQUIRES(mu_);
-  void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings)
-      REQUIRES(mu_);
+  void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings) REQUIRES(mu_);
   void SaveRecordsLocked() REQUIRES(mu_);
   void RestoreImagesLocked(const Records& records) REQUIRES(mu_);
   std::optional<RestartView> RestartLocked() const REQUIRES(mu_);

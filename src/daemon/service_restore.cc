@@ -61,8 +61,8 @@ void Service::RestoreImagesLocked(const Records& records) {
   for (const auto& img : records.images) {
     if (img.ublk_dev_id < 0) continue;
     Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
-    std::string note = "snapshot " + img.snapshot + " image of '" + img.device +
-                       "' on /dev/ublkb" + std::to_string(img.ublk_dev_id) + " is gone" +
+    std::string note = "snapshot " + img.snapshot + " image of '" + img.device + "' on /dev/ublkb" +
+                       std::to_string(img.ublk_dev_id) + " is gone" +
                        (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
     spdlog::warn("{}", note);
     restart_->notes.push_back(note);
@@ -105,13 +105,12 @@ void Service::Restore() {
       s = Status::Error(ENOTSUP, "ublk is not available any more");
     }
     if (s.ok()) {
-      auto v = AttachReserved(name, rec.path, rec.loop, rec.ublk, rec.ublk ? rec.ublk_dev_id : -1,
-                              true);
+      auto v =
+          AttachReserved(name, rec.path, rec.loop, rec.ublk, rec.ublk ? rec.ublk_dev_id : -1, true);
       if (!v.ok()) s = v.status();
     }
     if (!s.ok()) {
-      spdlog::error("cannot re-attach recorded device '{}' ({}): {}", name, rec.path,
-                    s.ToString());
+      spdlog::error("cannot re-attach recorded device '{}' ({}): {}", name, rec.path, s.ToString());
       MutexLock lock(mu_);
       if (name.empty() || failed_.count(name)) name = "?" + std::to_string(failed_.size());
       failed_[name] = FailedRecord{rec, std::string(s.message())};

@@ -152,7 +152,8 @@ Result<TakeView> Service::Take(const Uuid& id) {
   auto it = snapshots_.find(id);
   if (it != snapshots_.end()) it->second.busy = false;
   if (!stats.ok()) return Annotate(stats.status(), "cannot take snapshot " + id.ToString());
-  if (it == snapshots_.end()) return Status::Error(ENOENT, "snapshot " + id.ToString() + " is gone");
+  if (it == snapshots_.end())
+    return Status::Error(ENOENT, "snapshot " + id.ToString() + " is gone");
   TakeView view;
   view.id = id;
   ExposeImagesLocked(it->second, &view.warnings);
@@ -204,9 +205,9 @@ Status Service::DestroySnapshot(const Uuid& id, bool force) {
     for (const auto& [device, exposure] : it->second.images) {
       Status idle = exposure->CheckIdle();
       if (!idle.ok()) {
-        return Status::Error(EBUSY, "the image of '" + device + "' in snapshot " +
-                                        id.ToString() + " is in use: " +
-                                        std::string(idle.message()) + " (use --force)");
+        return Status::Error(EBUSY, "the image of '" + device + "' in snapshot " + id.ToString() +
+                                        " is in use: " + std::string(idle.message()) +
+                                        " (use --force)");
       }
     }
   }
@@ -214,7 +215,8 @@ Status Service::DestroySnapshot(const Uuid& id, bool force) {
   if (it != snapshots_.end()) {
     for (auto& [device, exposure] : it->second.images) {
       Status s = exposure->Remove();
-      if (!s.ok()) spdlog::warn("snapshot {}: removing image fronts: {}", id.ToString(), s.ToString());
+      if (!s.ok())
+        spdlog::warn("snapshot {}: removing image fronts: {}", id.ToString(), s.ToString());
     }
   }
   Status s = engine_->Destroy(id);
@@ -279,8 +281,8 @@ Result<EventWaitView> Service::WaitEvent(const Uuid& id, std::optional<uint64_t>
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
-    auto slice = std::clamp<std::chrono::milliseconds>(left, std::chrono::milliseconds(0),
-                                                       kCancelSlice);
+    auto slice =
+        std::clamp<std::chrono::milliseconds>(left, std::chrono::milliseconds(0), kCancelSlice);
     auto ev = snap->WaitEvent(cursor, slice);
     if (ev.ok()) {
       if (!after) {

@@ -24,10 +24,10 @@ namespace fs = std::filesystem;
 // What the fake fronts did, shared with the test.
 struct FrontLog {
   std::mutex mu;
-  std::set<std::string> exposed;   // names with live fronts
-  std::set<std::string> busy;      // names whose fronts report EBUSY
-  std::set<std::string> fail;      // names whose Expose fails
-  std::vector<uint64_t> frozen;    // rdevs of the last freeze
+  std::set<std::string> exposed;  // names with live fronts
+  std::set<std::string> busy;     // names whose fronts report EBUSY
+  std::set<std::string> fail;     // names whose Expose fails
+  std::vector<uint64_t> frozen;   // rdevs of the last freeze
   int thaws = 0;
   std::function<void()> on_freeze;  // runs inside Freeze (e.g. to block it)
 };
@@ -308,11 +308,11 @@ TEST_F(ServiceTest, ATakeDoesNotHoldTheServiceWhileFreezing) {
 TEST_F(ServiceTest, CreateSnapshotIsAllOrNothing) {
   Start();
   ASSERT_TRUE(service_->Attach({.path = MakeFile("a.img"), .name = "a"}).ok());
-  auto twice = service_->CreateSnapshot(
-      {.storage = (dir_ / "storage").string(), .devices = {"a", "a"}});
+  auto twice =
+      service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"a", "a"}});
   EXPECT_EQ(twice.status().errnum(), EINVAL);
-  auto unknown = service_->CreateSnapshot(
-      {.storage = (dir_ / "storage").string(), .devices = {"a", "nope"}});
+  auto unknown =
+      service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"a", "nope"}});
   EXPECT_EQ(unknown.status().errnum(), ENOENT);
   EXPECT_TRUE(service_->Snapshots().empty());
   EXPECT_TRUE(engine_->snapshots().empty());

@@ -33,8 +33,8 @@ TEST(StorageLimitTest, AFixedDeviceRaisesUpToItsSizeAndNeverLowers) {
 }
 
 TEST(StorageLimitTest, ASnapshotThatRaisesItsLimitInTimeSurvives) {
-  const std::string dir = std::filesystem::temp_directory_path() /
-                          ("blksnap-limit-" + std::to_string(::getpid()));
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("blksnap-limit-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   Config config;
   config.diff_storage_minimum = 2 * kMiB;  // grow in small steps
@@ -71,8 +71,8 @@ TEST(StorageLimitTest, ASnapshotThatRaisesItsLimitInTimeSurvives) {
 }
 
 TEST(StorageLimitTest, WithoutRaisingTheSameLoadCorruptsTheSnapshot) {
-  const std::string dir = std::filesystem::temp_directory_path() /
-                          ("blksnap-limit-no-" + std::to_string(::getpid()));
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("blksnap-limit-no-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   Config config;
   config.diff_storage_minimum = 2 * kMiB;

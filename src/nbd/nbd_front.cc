@@ -24,8 +24,8 @@ class ExportFront final : public Front {
   Status CheckIdle() const override {
     size_t n = removed_ ? 0 : server_.ConnectionCount(name_);
     if (n == 0) return Status::Ok();
-    return Status::Error(EBUSY, "NBD export '" + name_ + "' has " + std::to_string(n) +
-                                    " client connection(s)");
+    return Status::Error(
+        EBUSY, "NBD export '" + name_ + "' has " + std::to_string(n) + " client connection(s)");
   }
   Status Remove() override {
     if (removed_) return Status::Ok();

@@ -70,8 +70,8 @@ class GoneDevice final : public BlockDevice {
 
 }  // namespace
 
-Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> device,
-                                               int recover_id, const std::string& name) {
+Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> device, int recover_id,
+                                               const std::string& name) {
   DeviceOptions options;
   options.queues = 1;
   options.user_recovery = true;
@@ -87,8 +87,8 @@ Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> devi
   }
   auto created = Device::Create(std::move(device), options);
   if (!created.ok()) {
-    return Status::Error(created.status().errnum(), "ublk device for '" + name +
-                                                        "': " + std::string(created.status().message()));
+    return Status::Error(created.status().errnum(), "ublk device for '" + name + "': " +
+                                                        std::string(created.status().message()));
   }
   return std::unique_ptr<Front>(new DeviceFront(std::move(created).value(), false));
 }

@@ -243,6 +243,19 @@ def loop_flow(d, t):
                 "(%d of %d bytes)" % (len(cat.stdout), len(fresh)))
         r = d.cli_json("cbt", "mark-dirty", "c", "--file", fpath)
         t.check(r.get("ranges", 0) >= 1, "cbt mark-dirty --file (FIEMAP) marks the file's extents")
+        # A file on another file system (here the test's temp dir) would mark the wrong blocks.
+        other = d.make_image("elsewhere.bin", 1 << 20)
+        with open(other, "r+b") as f:
+            f.write(os.urandom(1 << 20))
+        rc, out, err = d.cli("--json", "cbt", "mark-dirty", "c", "--file", other)
+        t.check(rc != 0 and "not on a block front of 'c'" in err,
+                "cbt mark-dirty --file refuses a file on another device (exit %d): %s" %
+                (rc, err.strip()[-160:]))
+        # --force skips that check: the ranges reach the daemon, which still refuses any range
+        # past the device's end (the temp dir's disk is larger than the 128 MiB device).
+        rc, out, err = d.cli("--json", "cbt", "mark-dirty", "c", "--file", other, "--force")
+        t.check("not on a block front" not in err and ("past the end" in err or rc == 0),
+                "... and --force skips the check (exit %d) %s" % (rc, err.strip()[-120:]))
         d.cli_json("snapshot", "destroy", sid)
     finally:
         subprocess.run(["umount", mnt])
