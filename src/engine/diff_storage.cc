@@ -2,6 +2,9 @@
 // diff_storage_format.h.
 #include "engine/diff_storage.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
 #include <string_view>
@@ -10,6 +13,8 @@
 
 #include "blksnap/env.h"
 #include "blksnap/io.h"
+#include "util/block_topology.h"
+#include "util/fd.h"
 
 namespace blksnap {
 namespace {
@@ -34,7 +39,15 @@ Status CheckLimit(uint64_t limit) {
 }
 
 // Step 3 of Open (diff_storage.h): what the storage holds now must be ours to overwrite.
-Status CheckContent(StorageFile& file, const std::string& path, bool force) {
+// True if the regular file at path has any allocated data (SEEK_DATA finds some).
+bool FileHasData(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  return ::lseek(fd.get(), 0, SEEK_DATA) >= 0;
+}
+
+Status CheckContent(StorageFile& file, const std::string& path, bool force,
+                    const std::string& sysfs) {
   const FileStat& st = file.stat();
   const bool block = st.kind == FileKind::kBlockDevice;
   if (!block && st.size == 0) return Status::Ok();
@@ -47,8 +60,19 @@ Status CheckContent(StorageFile& file, const std::string& path, bool force) {
                                      "; refusing to use it as difference storage (--force "
                                      "destroys its content)");
   }
+  const bool ours = HasAt(head, 0, {kMagic, sizeof(kMagic)});
+  // A loop device over a file that holds data (an outside losetup over someone's image): its
+  // content is that file's, whatever its first bytes say.
+  if (block && !force && !ours && !sysfs.empty()) {
+    const std::string backing = topology::LoopBackingFile(sysfs, st.rdev);
+    if (!backing.empty() && FileHasData(backing)) {
+      return Status::Error(EEXIST, path + " is a loop device over " + backing +
+                                       ", which holds data; refusing to use it as difference "
+                                       "storage (--force destroys its content)");
+    }
+  }
   // Never overwrite data: an existing non-empty file must be a difference storage already.
-  if (!block && !force && !HasAt(head, 0, {kMagic, sizeof(kMagic)})) {
+  if (!block && !force && !ours) {
     return Status::Error(EEXIST, path +
                                      " is a non-empty file that is not a blksnap difference "
                                      "storage; refusing to overwrite it (--force to destroy it)");
@@ -170,7 +194,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
   identity.dev = identity.is_block_device ? 0 : st.dev;
   identity.ino = identity.is_block_device ? 0 : st.ino;
   if (checks.placement) BLKSNAP_RETURN_IF_ERROR(checks.placement(identity));
-  BLKSNAP_RETURN_IF_ERROR(CheckContent(*file, path, checks.force));
+  BLKSNAP_RETURN_IF_ERROR(CheckContent(*file, path, checks.force, env->SysfsRoot()));
   BLKSNAP_RETURN_IF_ERROR(CheckLimit(limit));
 
   std::shared_ptr<DiffStorage> storage;

@@ -113,6 +113,89 @@ TEST_F(StorageSafetyTest, LoopDevicesOverTheTrackedFileAreRefused) {
   EXPECT_TRUE(engine_->snapshots().empty());
 }
 
+// Loop devices the daemon did not make: over a file on a file system that is an alias of the
+// tracker (as the FUSE mount holding the device's file would be, once registered), and over an
+// unrelated file full of data (refused unless forced); a sparse file is fine.
+TEST_F(StorageSafetyTest, ForeignLoopDevicesAreRefused) {
+  const std::string other = dir_ + "/other.img";
+  ASSERT_EQ(::close(::open(other.c_str(), O_RDWR | O_CREAT, 0600)), 0);
+  ASSERT_EQ(::truncate(other.c_str(), 32 * kMiB), 0);
+  ScopedLoop loop(other);
+  if (loop.path().empty()) GTEST_SKIP() << "needs root and losetup";
+  struct stat st {};
+  ASSERT_EQ(::stat(dir_.c_str(), &st), 0);
+  tracker_->AddAlias(st.st_dev);  // "this file system is the tracked device"
+  auto id = Create(loop.path());
+  EXPECT_EQ(id.status().errnum(), EINVAL) << id.status().ToString();
+  tracker_->RemoveAlias(st.st_dev);
+  // Sparse: accepted (and destroyed again).
+  id = Create(loop.path());
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_OK(engine_->Destroy(*id));
+  // Full of someone's data (no signature at all): refused, the data intact; force accepts it.
+  ASSERT_TRUE(loop.Detach());
+  std::vector<uint8_t> data(kMiB, 0x5a);
+  const int fd = ::open(other.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  ::close(fd);
+  ScopedLoop data_loop(other);
+  ASSERT_FALSE(data_loop.path().empty());
+  id = Create(data_loop.path());
+  EXPECT_EQ(id.status().errnum(), EEXIST) << id.status().ToString();
+  EXPECT_TRUE(Contains(id.status(), "--force")) << id.status().ToString();
+  std::vector<uint8_t> back(kMiB);
+  const int rfd = ::open(other.c_str(), O_RDONLY);
+  ASSERT_EQ(::pread(rfd, back.data(), back.size(), 0), static_cast<ssize_t>(back.size()));
+  ::close(rfd);
+  EXPECT_EQ(back, data);
+  id = Create(data_loop.path(), 16 * kMiB, /*force=*/true);
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_OK(engine_->Destroy(*id));
+  ExpectImageIntact();
+}
+
+// A partition of a front (a loop device with a partition table, scanned with -P): the partition
+// is below nothing tracked, but its disk is the tracked device's alias.
+TEST_F(StorageSafetyTest, PartitionOfAFrontIsRefused) {
+  // An MBR with one Linux partition from sector 2048 to the end, on the tracked image.
+  std::vector<uint8_t> mbr(512, 0);
+  uint8_t* e = mbr.data() + 446;
+  e[4] = 0x83;
+  const uint32_t start = 2048, count = kImageSize / 512 - 2048;
+  std::memcpy(e + 8, &start, 4);
+  std::memcpy(e + 12, &count, 4);
+  mbr[510] = 0x55;
+  mbr[511] = 0xaa;
+  ASSERT_OK(tracker_->Write(0, mbr, 0));
+  ASSERT_OK(tracker_->Flush());
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  FILE* p = ::popen(("losetup --find --show -P " + image_ + " 2>/dev/null").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char line[256] = {};
+  std::string front = std::fgets(line, sizeof(line), p) ? line : "";
+  ::pclose(p);
+  while (!front.empty() && front.back() == '\n') front.pop_back();
+  if (front.empty()) GTEST_SKIP() << "losetup unavailable";
+  const std::string part = front + "p1";
+  for (int i = 0; i < 150 && ::access(part.c_str(), F_OK) != 0; ++i) ::usleep(20000);
+  struct stat st {};
+  const bool scanned = ::stat(part.c_str(), &st) == 0;
+  if (scanned) {
+    ASSERT_EQ(::stat(front.c_str(), &st), 0);
+    tracker_->AddAlias(st.st_rdev);  // the front, as the daemon registers it
+    auto id = Create(part);
+    EXPECT_EQ(id.status().errnum(), EINVAL) << id.status().ToString();
+    EXPECT_TRUE(Contains(id.status(), "vol")) << id.status().ToString();
+  }
+  EXPECT_EQ(std::system(("losetup -d " + front).c_str()), 0);
+  if (!scanned) GTEST_SKIP() << "no partition device appeared for " << front;
+  std::vector<uint8_t> back(512);
+  ASSERT_OK(tracker_->Read(0, back));
+  EXPECT_EQ(back, mbr);
+  EXPECT_OK(VerifyPattern(*tracker_, 512, kImageSize - 512, 7));
+}
+
 // A storage created after an unrelated snapshot exists is still checked against every tracker,
 // not only against the devices added to its own snapshot.
 TEST_F(StorageSafetyTest, CheckedAgainstEveryAttachedTracker) {
