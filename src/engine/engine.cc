@@ -81,6 +81,23 @@ Status CheckStorageOn(const TrackerImpl& tracker, const StorageIdentity& storage
   return Status::Ok();
 }
 
+// EBUSY if a loop device is bound to the tracked file: writes through it bypass the tracker, so
+// a snapshot would silently miss them. (The daemon's own loop front is bound to its FUSE file.)
+Status CheckNoLoopOnFile(const TrackerImpl& tracker, const std::string& sysfs) {
+  topology::Node node;
+  if (tracker.path().empty() || sysfs.empty() || !topology::NodeForPath(tracker.path(), &node) ||
+      !node.is_file) {
+    return Status::Ok();
+  }
+  const auto loops = topology::LoopsBoundTo(sysfs, node.dev, node.ino);
+  if (loops.empty()) return Status::Ok();
+  return Status::Error(EBUSY, loops.front().device + " is bound to " + tracker.path() +
+                                  ", the file of device '" + tracker.name() +
+                                  "': writes through it would bypass the tracker and be missing "
+                                  "from the snapshot (losetup -d " +
+                                  loops.front().device + ")");
+}
+
 class EngineImpl final : public Engine {
  public:
   explicit EngineImpl(Config config) : config_(config) {}
@@ -187,6 +204,7 @@ class EngineImpl final : public Engine {
             EINVAL, "device '" + device + "' holds this snapshot's " + std::string(s.message()));
       }
     }
+    BLKSNAP_RETURN_IF_ERROR(CheckNoLoopOnFile(*tracker, env()->SysfsRoot()));
     tracker->set_snapshot(snapshot);
     snapshot->AddMember(std::move(tracker));
     return Status::Ok();

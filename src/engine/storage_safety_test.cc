@@ -196,6 +196,23 @@ TEST_F(StorageSafetyTest, PartitionOfAFrontIsRefused) {
   EXPECT_OK(VerifyPattern(*tracker_, 512, kImageSize - 512, 7));
 }
 
+// A loop device bound to the tracked file (an outside losetup): writes through it would bypass
+// the tracker, so the device cannot join a snapshot until it is gone.
+TEST_F(StorageSafetyTest, OutsideLoopOnTheTrackedFileBlocksAddDevice) {
+  auto id = Create(dir_);
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  {
+    ScopedLoop loop(image_);
+    if (loop.path().empty()) GTEST_SKIP() << "needs root and losetup";
+    Status s = engine_->AddDevice(*id, "vol");
+    EXPECT_EQ(s.errnum(), EBUSY) << s.ToString();
+    EXPECT_TRUE(Contains(s, loop.path())) << s.ToString();
+    EXPECT_EQ(tracker_->snapshot(), nullptr);
+  }
+  EXPECT_OK(engine_->AddDevice(*id, "vol"));
+  ASSERT_OK(engine_->Destroy(*id));
+}
+
 // A storage created after an unrelated snapshot exists is still checked against every tracker,
 // not only against the devices added to its own snapshot.
 TEST_F(StorageSafetyTest, CheckedAgainstEveryAttachedTracker) {

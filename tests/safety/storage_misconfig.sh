@@ -11,7 +11,8 @@
 #  2. snapshot create with --storage naming, in turn: the front loop device; the tracked image
 #     file; an outside `losetup` over the image; each must fail, and after each the image has the
 #     same size and sha256 (before the fix the front case wrote a header through the front, and
-#     the image-file case cut the image to header + limit);
+#     the image-file case cut the image to header + limit); while the outside loop is bound, a
+#     snapshot of the device is refused (writes through that loop would bypass the tracker);
 #  3. --storage in a directory that does not exist: refused, "does not exist";
 #  4. --storage naming a missing file: created, then gone after snapshot destroy; an existing
 #     empty file stays after destroy;
@@ -46,9 +47,16 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-check() {  # check CONDITION-EXIT-STATUS WHAT
-  if [ "$1" = 0 ]; then echo "ok   $2"; else echo "FAIL $2"; failed=1; fi
+# expect WHAT COMMAND...: runs COMMAND (a test, not fatal under set -e) and reports it.
+expect() {
+  local what=$1
+  shift
+  if "$@"; then echo "ok   $what"; else echo "FAIL $what"; failed=1; fi
 }
+refused_with() {  # refused_with RC OUTPUT WORD [NOT-WORD]: a failure whose message has WORD
+  [ "$1" != 0 ] && grep -q -- "$3" <<<"$2" && { [ -z "${4:-}" ] || ! grep -q -- "$4" <<<"$2"; }
+}
+same_image() { [ "$(image_state)" = "$before" ]; }
 json() {
   python3 -c 'import json,sys
 v=json.load(sys.stdin)
@@ -86,38 +94,51 @@ outside=$(losetup -f --show "$work/vol.img")
 for storage in "$front" "$work/vol.img" "$outside"; do
   rc=0
   out=$("$blksnap" snapshot create --storage "$storage" --limit 16M vol 2>&1) || rc=$?
-  [ "$rc" != 0 ]; check $? "--storage $storage refused ($(echo "$out" | head -1))"
-  [ "$(image_state)" = "$before" ]; check $? "image unchanged after --storage $storage"
+  expect "--storage $storage refused ($(head -1 <<<"$out"))" [ "$rc" != 0 ]
+  expect "image unchanged after --storage $storage" same_image
 done
+# While that outside loop is bound to the tracked file, writes through it would bypass the
+# tracker: the device cannot join a snapshot.
+mkdir -p "$work/storage"
+rc=0
+out=$("$blksnap" snapshot create --storage "$work/storage" --limit 16M vol 2>&1) || rc=$?
+expect "snapshot refused while $outside is bound to the image ($(head -1 <<<"$out"))" \
+  refused_with "$rc" "$out" "$outside"
 losetup -d "$outside"
 
 # 3. A missing directory.
 rc=0
 out=$("$blksnap" snapshot create --storage "$work/no/such/dir/diff" --limit 16M vol 2>&1) || rc=$?
-[ "$rc" != 0 ] && echo "$out" | grep -q "does not exist"
-check $? "missing storage directory refused ($(echo "$out" | head -1))"
-[ ! -e "$work/no" ]; check $? "nothing created for the missing directory"
+expect "missing storage directory refused ($(head -1 <<<"$out"))" \
+  refused_with "$rc" "$out" "does not exist"
+expect "nothing created for the missing directory" [ ! -e "$work/no" ]
 
 # 4. A storage file blksnap creates is removed at destroy; an existing one stays.
 id=$(bs snapshot create --storage "$work/diff.bin" --limit 16M vol | json id)
-[ -f "$work/diff.bin" ]; check $? "storage file created"
+expect "storage file created" [ -f "$work/diff.bin" ]
 bs snapshot destroy "$id" >/dev/null
-[ ! -e "$work/diff.bin" ]; check $? "created storage file removed at destroy"
+expect "created storage file removed at destroy" [ ! -e "$work/diff.bin" ]
 touch "$work/mine.bin"
 id=$(bs snapshot create --storage "$work/mine.bin" --limit 16M vol | json id)
 bs snapshot destroy "$id" >/dev/null
-[ -e "$work/mine.bin" ]; check $? "existing storage file kept at destroy"
+expect "existing storage file kept at destroy" [ -e "$work/mine.bin" ]
 
 # 5. A limit that overflows.
 rc=0
 out=$("$blksnap" snapshot create --storage "$work" --limit 18446744073709551615 vol 2>&1) || rc=$?
-[ "$rc" != 0 ] && echo "$out" | grep -q "limit" && ! echo "$out" | grep -q "smaller than"
-check $? "huge --limit names the limit ($(echo "$out" | head -1))"
+expect "huge --limit names the limit ($(head -1 <<<"$out"))" \
+  refused_with "$rc" "$out" "limit" "smaller than"
 
 # 6. The original is whole.
-[ "$(image_state)" = "$before" ]; check $? "image unchanged at the end"
-e2fsck -fn "$front" >/dev/null 2>&1; check $? "front file system clean"
-mount -o ro "$front" "$work/mnt"
-(cd "$work/mnt" && sha256sum --quiet -c "$work/files.sha"); check $? "files intact"
-umount "$work/mnt"
+expect "image unchanged at the end" same_image
+fsck_clean() { e2fsck -fn "$front" >/dev/null 2>&1; }
+expect "front file system clean" fsck_clean
+files_intact() {
+  mount -o ro "$front" "$work/mnt" || return 1
+  local rc=0
+  (cd "$work/mnt" && sha256sum --quiet -c "$work/files.sha") || rc=1
+  umount "$work/mnt"
+  return $rc
+}
+expect "files intact" files_intact
 [ "$failed" = 0 ] || { tail -20 "$work/daemon.log" >&2; exit 1; }
