@@ -135,6 +135,9 @@ struct SnapshotOptions {
   // fallocate) or a block device (used at its fixed size).
   std::string storage_path;
   uint64_t limit = 0;  // bytes; 0 = no limit beyond the file system's free space
+  // Accept a storage that holds a file-system or partition signature (ext4, XFS, btrfs, swap,
+  // LUKS, MBR, GPT): its content is destroyed. Without it such a storage is refused (EEXIST).
+  bool force = false;
   // Optional: use this already opened device as the storage (fixed size; tests and embedders
   // use it to stack a FaultDevice). storage_path then only names it in reports.
   std::shared_ptr<BlockDevice> storage_device;

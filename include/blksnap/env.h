@@ -24,12 +24,18 @@
 //   On any failure before the rename the temp is removed and `path` keeps its old content.
 //
 // The difference storage (OpenStorageFile): a path naming a directory gets an unnamed temporary
-// file in it (O_TMPFILE, gone when closed); a missing path or a regular file is opened or created
-// (mode 0600); a block device is opened as is. The StorageFile then answers stat() (what was
-// opened), ReadAt (buffered, for checking an existing header), FreeBytes (statvfs), Truncate and
-// Reserve (fallocate) for files, and OpenDevice(): the data-path BlockDevice at the file's current
-// size, O_DIRECT when asked, falling back to buffered I/O for regular files on a file system that
-// refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6).
+// file in it (O_TMPFILE, gone when closed); a regular file is opened as is; a missing path is
+// created (O_EXCL, mode 0600; created() says so, so the storage can remove it again) only if its
+// parent directory exists (ENOENT naming the directory otherwise); a block device is opened
+// read-only for probing. Opening never writes, truncates or claims anything. The StorageFile then
+// answers stat() (what was opened), ReadAt (buffered, for checking an existing header or a
+// file-system signature), FreeBytes (statvfs), Truncate and Reserve (fallocate) for files, and
+// OpenDevice(): the data-path BlockDevice at the file's current size, O_DIRECT when asked, falling
+// back to buffered I/O for regular files on a file system that refuses O_DIRECT (EINVAL: tmpfs
+// before Linux 6.6), and O_EXCL on a block device when asked (EBUSY if mounted).
+//
+// SysfsRoot(): where the block topology (util/block_topology.h) is read from: "/sys" for the POSIX
+// Env, "" (nothing to resolve) for MemoryEnv.
 //
 // Errors: every method returns Status/Result with an errno and a one-line message naming the
 // operation and path; nothing throws. Thread safety: Env::Default() and MemoryEnv/FaultEnv are
@@ -74,6 +80,7 @@ class WritableFile {
 
 struct StorageFileOptions {
   bool direct = true;  // OpenDevice with O_DIRECT (regular files fall back to buffered on EINVAL)
+  bool exclusive = false;  // OpenDevice of a block device with O_EXCL (FileOpenOptions::exclusive)
 };
 
 // An opened difference-storage file or block device (see Env::OpenStorageFile).
@@ -82,7 +89,9 @@ class StorageFile {
   virtual ~StorageFile() = default;
   // What was opened, as of the open. An unnamed temporary file is kRegular.
   virtual const FileStat& stat() const = 0;
-  // Reads up to buf.size() bytes at offset (buffered); fewer at end of file.
+  // True if this open created the named file (the path did not exist before).
+  virtual bool created() const { return false; }
+  // Reads up to buf.size() bytes at offset (buffered; block devices too); fewer at end of file.
   virtual Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> buf) = 0;
   // Regular files only (EINVAL otherwise): set the size (sparse), reserve space (fallocate).
   virtual Status Truncate(uint64_t size) = 0;
@@ -117,6 +126,8 @@ class Env {
   virtual Result<FileStat> Stat(const std::string& path) = 0;
   virtual Result<std::unique_ptr<StorageFile>> OpenStorageFile(
       const std::string& path, const StorageFileOptions& options = {}) = 0;
+  // The sysfs root for block-topology lookups; "" when there is none to look at.
+  virtual std::string SysfsRoot() const { return "/sys"; }
 
   // Replaces path with data atomically and durably (see the top of this file). Never leaves a
   // half-written path: on failure the old content (or absence) stays.
@@ -145,6 +156,7 @@ class EnvWrapper : public Env {
                                                        const StorageFileOptions& options) override {
     return target_->OpenStorageFile(path, options);
   }
+  std::string SysfsRoot() const override { return target_->SysfsRoot(); }
 
  private:
   Env* target_;
@@ -172,6 +184,7 @@ class MemoryEnv : public Env {
   Result<FileStat> Stat(const std::string& path) override;
   Result<std::unique_ptr<StorageFile>> OpenStorageFile(const std::string& path,
                                                        const StorageFileOptions& options) override;
+  std::string SysfsRoot() const override { return ""; }
 
   struct State;  // shared with the files it hands out
 

@@ -20,6 +20,10 @@ enum class IoEngine { kAuto, kIoUring, kPsync };
 struct FileOpenOptions {
   bool direct = false;  // O_DIRECT (unaligned requests are bounced through aligned buffers)
   bool read_only = false;
+  // Block devices: O_EXCL, so a mounted device (or one another program holds exclusively) is
+  // refused with EBUSY, and nobody can mount it or claim it while this device is open. Ignored
+  // for regular files.
+  bool exclusive = false;
   IoEngine engine = IoEngine::kAuto;  // kAuto: psync (see src/io/sync_io.cc)
 };
 

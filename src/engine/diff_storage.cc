@@ -2,12 +2,19 @@
 // diff_storage_format.h.
 #include "engine/diff_storage.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "blksnap/env.h"
 #include "blksnap/io.h"
+#include "util/block_topology.h"
+#include "util/fd.h"
 
 namespace blksnap {
 namespace {
@@ -15,7 +22,84 @@ namespace {
 constexpr const auto& kMagic = kDiffStorageMagic;  // diff_storage_format.h
 constexpr uint64_t kMiB = 1ull << 20;
 
+// The largest limit any storage can have: header + limit must fit in an off_t.
+constexpr uint64_t kMaxLimit = (uint64_t{1} << 63) - 1 - kDiffStorageHeaderSize;
+
+bool HasAt(std::span<const uint8_t> head, size_t offset, std::string_view bytes) {
+  return head.size() >= offset + bytes.size() &&
+         std::memcmp(head.data() + offset, bytes.data(), bytes.size()) == 0;
+}
+
+// Refuses a limit whose header + limit cannot be a file size (it would wrap to a tiny file).
+Status CheckLimit(uint64_t limit) {
+  if (limit <= kMaxLimit) return Status::Ok();
+  return Status::Error(EFBIG, "difference storage limit " + std::to_string(limit) +
+                                  " bytes is too large (at most " + std::to_string(kMaxLimit) +
+                                  " bytes)");
+}
+
+// Step 3 of Open (diff_storage.h): what the storage holds now must be ours to overwrite.
+// True if the regular file at path has any allocated data (SEEK_DATA finds some).
+bool FileHasData(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  return ::lseek(fd.get(), 0, SEEK_DATA) >= 0;
+}
+
+Status CheckContent(StorageFile& file, const std::string& path, bool force,
+                    const std::string& sysfs) {
+  const FileStat& st = file.stat();
+  const bool block = st.kind == FileKind::kBlockDevice;
+  if (!block && st.size == 0) return Status::Ok();
+  std::vector<uint8_t> head(kDiffStorageProbeSize, 0);
+  BLKSNAP_ASSIGN_OR_RETURN(size_t n, file.ReadAt(0, head));
+  head.resize(n);
+  const std::string found = DetectForeignSignature(head);
+  if (!found.empty() && !force) {
+    return Status::Error(EEXIST, path + " holds " + found +
+                                     "; refusing to use it as difference storage (--force "
+                                     "destroys its content)");
+  }
+  const bool ours = HasAt(head, 0, {kMagic, sizeof(kMagic)});
+  // A loop device over a file that holds data (an outside losetup over someone's image): its
+  // content is that file's, whatever its first bytes say.
+  if (block && !force && !ours && !sysfs.empty()) {
+    const std::string backing = topology::LoopBackingFile(sysfs, st.rdev);
+    if (!backing.empty() && FileHasData(backing)) {
+      return Status::Error(EEXIST, path + " is a loop device over " + backing +
+                                       ", which holds data; refusing to use it as difference "
+                                       "storage (--force destroys its content)");
+    }
+  }
+  // Never overwrite data: an existing non-empty file must be a difference storage already.
+  if (!block && !force && !ours) {
+    return Status::Error(EEXIST, path +
+                                     " is a non-empty file that is not a blksnap difference "
+                                     "storage; refusing to overwrite it (--force to destroy it)");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+std::string DetectForeignSignature(std::span<const uint8_t> head) {
+  if (HasAt(head, 0, {kMagic, sizeof(kMagic)})) return "";  // ours
+  if (HasAt(head, 1080, "\x53\xef")) return "an ext2/3/4 file system";
+  if (HasAt(head, 0, "XFSB")) return "an XFS file system";
+  if (HasAt(head, 65600, "_BHRfS_M")) return "a btrfs file system";
+  if (HasAt(head, 4086, "SWAPSPACE2") || HasAt(head, 4086, "SWAP-SPACE") ||
+      HasAt(head, 65526, "SWAPSPACE2")) {
+    return "a swap area";
+  }
+  if (HasAt(head, 0, "LUKS\xba\xbe")) return "a LUKS encrypted volume";
+  if (HasAt(head, 512, "EFI PART") || HasAt(head, 4096, "EFI PART")) return "a GPT partition table";
+  if (HasAt(head, 510, "\x55\xaa")) {
+    for (size_t entry = 446; entry < 510; entry += 16) {
+      if (head[entry + 4] != 0) return "an MBR partition table";
+    }
+  }
+  return "";
+}
 
 DiffStorage::DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit,
                          uint64_t step, EventFn events, std::string path)
@@ -33,6 +117,7 @@ DiffStorage::~DiffStorage() {
     cv_.SignalAll();
   }
   if (grower_.joinable()) grower_.join();
+  if (on_release_) on_release_();
 }
 
 Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDevice> device,
@@ -78,51 +163,85 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
 
 Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, uint64_t limit,
                                                        uint64_t step, const Uuid& id,
-                                                       EventFn events, Env* env) {
+                                                       EventFn events, Env* env,
+                                                       const Checks& checks) {
   if (env == nullptr) env = Env::Default();
   // O_DIRECT for every kind of storage, as the kernel module writes its difference storage with
   // bios: a page cache would only add a copy per chunk and dirty throttling to copy-on-write
   // (docs/performance-vm.md: cow64k 0.34-0.51x -> 0.83-0.93x of dm-snapshot in the VM;
   // docs/performance.md finding 8 for files). Chunks are allocated 4 KiB-aligned; unaligned image
   // I/O is bounced by the file device. A directory gets an unnamed temporary file (env.h).
+  // Block devices are claimed (O_EXCL) only when the data path opens, after every check.
   StorageFileOptions options;
   options.direct = true;
+  options.exclusive = true;
   BLKSNAP_ASSIGN_OR_RETURN(std::shared_ptr<StorageFile> file, env->OpenStorageFile(path, options));
   const FileStat st = file->stat();
-  StorageIdentity identity;
-  if (st.kind == FileKind::kBlockDevice) {
-    identity.is_block_device = true;
-    identity.rdev = st.rdev;
-    BLKSNAP_ASSIGN_OR_RETURN(auto device, file->OpenDevice());
-    BLKSNAP_ASSIGN_OR_RETURN(
-        auto storage, Create(std::move(device), nullptr, limit, step, id, std::move(events), path));
-    storage->set_identity(identity);
-    return storage;
+  // A file this open created goes again if anything below fails, and when the storage goes.
+  std::function<void()> remove_created;
+  if (file->created()) {
+    remove_created = [env, path, dev = st.dev, ino = st.ino] {
+      auto now = env->Stat(path);
+      if (now.ok() && now->exists && now->dev == dev && now->ino == ino) {
+        env->RemoveFile(path).IgnoreError();
+      }
+    };
   }
-  // Never overwrite data: an existing non-empty file must be a difference storage already.
-  if (st.size > 0) {
-    uint8_t magic[sizeof(kMagic)] = {};
-    auto n = file->ReadAt(0, magic);
-    if (!n.ok() || *n != sizeof(magic) || std::memcmp(magic, kMagic, sizeof(kMagic)) != 0) {
-      return Status::Error(EEXIST, path +
-                                       " is a non-empty file that is not a blksnap "
-                                       "difference storage; refusing to overwrite it");
+  struct Cleanup {
+    std::function<void()>* fn;
+    ~Cleanup() {
+      if (fn && *fn) (*fn)();
     }
+  } cleanup{&remove_created};
+
+  StorageIdentity identity;
+  identity.path = path;
+  identity.is_block_device = st.kind == FileKind::kBlockDevice;
+  identity.rdev = identity.is_block_device ? st.rdev : 0;
+  identity.dev = identity.is_block_device ? 0 : st.dev;
+  identity.ino = identity.is_block_device ? 0 : st.ino;
+  if (checks.placement) BLKSNAP_RETURN_IF_ERROR(checks.placement(identity));
+  BLKSNAP_RETURN_IF_ERROR(CheckContent(*file, path, checks.force, env->SysfsRoot()));
+  BLKSNAP_RETURN_IF_ERROR(CheckLimit(limit));
+
+  std::shared_ptr<DiffStorage> storage;
+  if (identity.is_block_device) {
+    BLKSNAP_ASSIGN_OR_RETURN(auto device, file->OpenDevice());
+    const uint64_t usable =
+        device->size() > kDiffStorageHeaderSize ? device->size() - kDiffStorageHeaderSize : 0;
+    if (limit > usable) {
+      return Status::Error(EFBIG, "difference storage limit " + std::to_string(limit) +
+                                      " bytes exceeds the " + std::to_string(usable) +
+                                      " bytes usable on " + path + " after its 2 MiB header");
+    }
+    BLKSNAP_ASSIGN_OR_RETURN(
+        storage, Create(std::move(device), nullptr, limit, step, id, std::move(events), path));
+  } else {
+    if (limit == 0) {
+      BLKSNAP_ASSIGN_OR_RETURN(uint64_t free, file->FreeBytes());
+      limit = free / kMiB * kMiB;
+    }
+    if (limit < kMiB) return Status::Error(ENOSPC, "difference storage limit below 1 MiB");
+    Status s = file->Truncate(kDiffStorageHeaderSize + limit);
+    if (!s.ok() && s.errnum() == EFBIG) {
+      return Status::Error(EFBIG, "difference storage limit " + std::to_string(limit) +
+                                      " bytes is beyond the largest file the file system "
+                                      "holding " +
+                                      path + " allows: " + s.ToString());
+    }
+    BLKSNAP_RETURN_IF_ERROR(s);
+    BLKSNAP_ASSIGN_OR_RETURN(std::shared_ptr<BlockDevice> device, file->OpenDevice());
+    GrowFn grow = [file](uint64_t offset, uint64_t length) {
+      return file->Reserve(offset, length);
+    };
+    BLKSNAP_ASSIGN_OR_RETURN(storage, Create(std::move(device), std::move(grow), limit, step, id,
+                                             std::move(events), path));
   }
-  identity.dev = st.dev;
-  identity.ino = st.ino;
-  if (limit == 0) {
-    BLKSNAP_ASSIGN_OR_RETURN(uint64_t free, file->FreeBytes());
-    limit = free / kMiB * kMiB;
-  }
-  if (limit < kMiB) return Status::Error(ENOSPC, "difference storage limit below 1 MiB");
-  BLKSNAP_RETURN_IF_ERROR(file->Truncate(kDiffStorageHeaderSize + limit));
-  BLKSNAP_ASSIGN_OR_RETURN(std::shared_ptr<BlockDevice> device, file->OpenDevice());
-  GrowFn grow = [file](uint64_t offset, uint64_t length) { return file->Reserve(offset, length); };
-  BLKSNAP_ASSIGN_OR_RETURN(auto storage, Create(std::move(device), std::move(grow), limit, step, id,
-                                                std::move(events), path));
   storage->set_identity(identity);
-  storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
+  if (!identity.is_block_device) {
+    storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
+  }
+  storage->on_release_ = std::exchange(remove_created, nullptr);
   return storage;
 }
 

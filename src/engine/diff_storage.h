@@ -9,12 +9,28 @@
 // is used up. When the limit is reached (or the file system refuses to grow) a no_space event is
 // raised once; an allocation that cannot be served fails with ENOSPC.
 //
+// Open validates everything before its first write (issue 13: the original is sacred):
+//   1. open without truncating or claiming (env.h OpenStorageFile; a missing file is created
+//      empty, only if its directory exists);
+//   2. the caller's placement check on the storage's identity (the engine refuses a storage on or
+//      under a tracked device, or another snapshot's storage);
+//   3. the content: a block device or a non-empty file must not hold a file-system or partition
+//      signature (DetectForeignSignature) unless forced; a non-empty file must be a blksnap
+//      storage unless forced;
+//   4. the limit: no overflow, within a block device's size and the file system's maximum file
+//      size (EFBIG with the limit named);
+//   5. only then: truncate (files), open the data path (block devices O_EXCL: EBUSY if mounted),
+//      write the header.
+// A file that Open created is removed when the storage is released (or when Open fails); a file
+// that existed before is left (docs/diff-storage-format.md).
+//
 // Locking: mu_ guards the allocation state; the grower thread calls grow_ without mu_ held.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
 
@@ -26,15 +42,31 @@
 
 namespace blksnap {
 
+// Bytes at the start of a storage that DetectForeignSignature looks at.
+constexpr size_t kDiffStorageProbeSize = 72 * 1024;
+// What `head` (the first bytes of a device or file, up to kDiffStorageProbeSize) holds that a
+// storage must not overwrite without --force ("an ext4 file system", ...); "" for nothing (or a
+// blksnap difference storage).
+std::string DetectForeignSignature(std::span<const uint8_t> head);
+
 struct StorageIdentity {
+  std::string path;  // as given (for messages)
   bool is_block_device = false;
   uint64_t rdev = 0;  // block device: its device number
   uint64_t dev = 0;   // file: the device of the file system holding it
   uint64_t ino = 0;
 };
 
+// What DiffStorage::Open checks before it writes (see the top of this file).
+struct DiffStorageChecks {
+  bool force = false;  // SnapshotOptions::force
+  // Refuses a storage placed where it would harm data (non-OK: Open fails with it, unchanged).
+  std::function<Status(const StorageIdentity&)> placement;
+};
+
 class DiffStorage {
  public:
+  using Checks = DiffStorageChecks;
   // Reserves [offset, offset + length) of the device (fallocate for files; no-op otherwise).
   using GrowFn = std::function<Status(uint64_t offset, uint64_t length)>;
   // Sets the size of the storage file (files only: it is sized to header + limit, sparse).
@@ -45,7 +77,7 @@ class DiffStorage {
   // (null: Env::Default()).
   static Result<std::shared_ptr<DiffStorage>> Open(const std::string& path, uint64_t limit,
                                                    uint64_t step, const Uuid& id, EventFn events,
-                                                   Env* env = nullptr);
+                                                   Env* env = nullptr, const Checks& checks = {});
   // Storage on any device (tests): usable space is device size minus header, capped by limit.
   static Result<std::shared_ptr<DiffStorage>> Create(std::shared_ptr<BlockDevice> device,
                                                      GrowFn grow, uint64_t limit, uint64_t step,
@@ -83,6 +115,7 @@ class DiffStorage {
   EventFn events_;
   const std::string path_;
   StorageIdentity identity_;
+  std::function<void()> on_release_;  // removes a file Open created (destructor)
 
   mutable Mutex mu_;
   CondVar cv_;

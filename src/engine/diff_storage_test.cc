@@ -125,6 +125,38 @@ TEST(DiffStorageTest, OpensThroughAMemoryEnv) {
   EXPECT_EQ(*env.ReadFile("/storage/notes.txt", 100), "precious");
 }
 
+// A named file the storage created is removed when the storage goes; one that existed stays; a
+// missing directory is named in the error. A placement check that refuses leaves nothing behind
+// and nothing written.
+TEST(DiffStorageTest, RemovesOnlyTheFileItCreated) {
+  MemoryEnv env;
+  env.AddDirectory("/storage");
+  env.SetFreeBytes(64 * kMiB);
+  auto missing = DiffStorage::Open("/nowhere/diff", 8 * kMiB, kMiB, Uuid::Random(), nullptr, &env);
+  EXPECT_EQ(missing.status().errnum(), ENOENT);
+  EXPECT_NE(missing.status().message().find("/nowhere"), std::string_view::npos);
+  {
+    auto storage = DiffStorage::Open("/storage/new", 8 * kMiB, kMiB, Uuid::Random(), nullptr, &env);
+    ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+    EXPECT_TRUE(env.HasFile("/storage/new"));
+  }
+  EXPECT_FALSE(env.HasFile("/storage/new"));
+  DiffStorageChecks refuse;
+  refuse.placement = [](const StorageIdentity& id) {
+    return Status::Error(EINVAL, "refused " + id.path);
+  };
+  auto refused =
+      DiffStorage::Open("/storage/new", 8 * kMiB, kMiB, Uuid::Random(), nullptr, &env, refuse);
+  EXPECT_EQ(refused.status().errnum(), EINVAL);
+  EXPECT_FALSE(env.HasFile("/storage/new"));
+  ASSERT_TRUE(env.WriteFileAtomic("/storage/old", "").ok());
+  {
+    auto storage = DiffStorage::Open("/storage/old", 8 * kMiB, kMiB, Uuid::Random(), nullptr, &env);
+    ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  }
+  EXPECT_TRUE(env.HasFile("/storage/old"));
+}
+
 class DiffStorageFileTest : public ::testing::Test {
  protected:
   void SetUp() override {

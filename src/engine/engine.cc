@@ -11,21 +11,92 @@
 // DiffArea, open the gate (the original no longer pays for copy-on-write), then shut each
 // DiffArea down (storer, memory) and release the storage. take_mu_ serialises take, destroy, add
 // and detach; mu_ guards the two maps.
+// Storage placement (issue 13): CreateSnapshot hands DiffStorage::Open a check that runs before
+// the storage's first write: the storage and everything below it (util/block_topology.h: loop
+// backing files, slaves, a partition's disk, a file's file system) must not be, or be on, any
+// attached tracker, its aliases (fronts), or anything below it; nor another snapshot's storage.
+// CreateSnapshot holds take_mu_, so no device is attached between the check and the snapshot;
+// AddDevice repeats the tracker check for a device attached later.
 #include "blksnap/engine.h"
 
 #include <algorithm>
 #include <chrono>
 #include <map>
 
+#include "blksnap/env.h"
 #include "engine/diff_storage.h"
 #include "engine/snapshot.h"
 #include "engine/tracker.h"
+#include "util/block_topology.h"
 #include "util/mutex.h"
 
 namespace blksnap {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+StorageIdentity ToIdentity(const topology::Node& n) {
+  StorageIdentity id;
+  id.path = n.path;
+  id.is_block_device = !n.is_file;
+  id.rdev = n.rdev;
+  id.dev = n.dev;
+  id.ino = n.ino;
+  return id;
+}
+
+topology::Node ToNode(const StorageIdentity& id) {
+  topology::Node n;
+  n.is_file = !id.is_block_device;
+  n.rdev = id.rdev;
+  n.dev = id.dev;
+  n.ino = id.ino;
+  n.path = id.path;
+  return n;
+}
+
+std::string Describe(const topology::Node& n) {
+  if (!n.path.empty()) return n.path;
+  if (n.is_file) return "file " + topology::DevName(n.dev) + " inode " + std::to_string(n.ino);
+  return "block device " + topology::DevName(n.rdev);
+}
+
+// EINVAL if the storage (with `below`, its resolved stack) is on or under the tracker.
+Status CheckStorageOn(const TrackerImpl& tracker, const StorageIdentity& storage,
+                      const std::vector<topology::Node>& below, const std::string& sysfs) {
+  const std::string what = "difference storage " + storage.path;
+  for (const auto& node : below) {
+    if (tracker.Holds(ToIdentity(node))) {
+      std::string via = node.SameAs(ToNode(storage)) ? "" : " (through " + Describe(node) + ")";
+      return Status::Error(EINVAL, what + " is on tracked device '" + tracker.name() + "'" + via +
+                                       "; writing it would bypass the tracker");
+    }
+  }
+  topology::Node original, shared;
+  if (!tracker.path().empty() && topology::NodeForPath(tracker.path(), &original) &&
+      topology::Overlaps(below, topology::ResolveLower(sysfs, original), &shared)) {
+    return Status::Error(EINVAL, what + " shares " + Describe(shared) + " with tracked device '" +
+                                     tracker.name() + "'; writing it would harm the original");
+  }
+  return Status::Ok();
+}
+
+// EBUSY if a loop device is bound to the tracked file: writes through it bypass the tracker, so
+// a snapshot would silently miss them. (The daemon's own loop front is bound to its FUSE file.)
+Status CheckNoLoopOnFile(const TrackerImpl& tracker, const std::string& sysfs) {
+  topology::Node node;
+  if (tracker.path().empty() || sysfs.empty() || !topology::NodeForPath(tracker.path(), &node) ||
+      !node.is_file) {
+    return Status::Ok();
+  }
+  const auto loops = topology::LoopsBoundTo(sysfs, node.dev, node.ino);
+  if (loops.empty()) return Status::Ok();
+  return Status::Error(EBUSY, loops.front().device + " is bound to " + tracker.path() +
+                                  ", the file of device '" + tracker.name() +
+                                  "': writes through it would bypass the tracker and be missing "
+                                  "from the snapshot (losetup -d " +
+                                  loops.front().device + ")");
+}
 
 class EngineImpl final : public Engine {
  public:
@@ -83,12 +154,16 @@ class EngineImpl final : public Engine {
     const Uuid id = Uuid::Random();
     auto events = std::make_shared<EventLog>();
     auto push = [events](SnapshotEvent e) { events->Push(std::move(e)); };
+    MutexLock take(take_mu_);  // no attach between the placement check and the snapshot
+    DiffStorageChecks checks;
+    checks.force = options.force;
+    checks.placement = [this](const StorageIdentity& storage) { return CheckPlacement(storage); };
     auto storage =
         options.storage_device
             ? DiffStorage::Create(options.storage_device, nullptr, options.limit,
                                   config_.diff_storage_minimum, id, push, options.storage_path)
             : DiffStorage::Open(options.storage_path, options.limit, config_.diff_storage_minimum,
-                                id, push, config_.env);
+                                id, push, config_.env, checks);
     if (!storage.ok()) return std::move(storage).status();
     auto snapshot = std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events);
     MutexLock lock(mu_);
@@ -120,6 +195,16 @@ class EngineImpl final : public Engine {
       return Status::Error(EINVAL,
                            "device '" + device + "' holds this snapshot's difference storage");
     }
+    if (storage && !storage->identity().path.empty()) {
+      const std::string sysfs = env()->SysfsRoot();
+      const auto below = topology::ResolveLower(sysfs, ToNode(storage->identity()));
+      Status s = CheckStorageOn(*tracker, storage->identity(), below, sysfs);
+      if (!s.ok()) {
+        return Status::Error(
+            EINVAL, "device '" + device + "' holds this snapshot's " + std::string(s.message()));
+      }
+    }
+    BLKSNAP_RETURN_IF_ERROR(CheckNoLoopOnFile(*tracker, env()->SysfsRoot()));
     tracker->set_snapshot(snapshot);
     snapshot->AddMember(std::move(tracker));
     return Status::Ok();
@@ -222,6 +307,38 @@ class EngineImpl final : public Engine {
     if (it == snapshots_.end()) return Status::Error(ENOENT, "no snapshot " + id.ToString());
     *out = it->second;
     return Status::Ok();
+  }
+
+  Env* env() const { return config_.env ? config_.env : Env::Default(); }
+
+  // DiffStorage::Open's placement check (see the top of this file). take_mu_ is held.
+  Status CheckPlacement(const StorageIdentity& storage) EXCLUDES(mu_) {
+    const std::string sysfs = env()->SysfsRoot();
+    const auto below = topology::ResolveLower(sysfs, ToNode(storage));
+    for (const auto& tracker : TrackerImpls()) {
+      BLKSNAP_RETURN_IF_ERROR(CheckStorageOn(*tracker, storage, below, sysfs));
+    }
+    for (const auto& s : snapshots()) {
+      auto other = static_cast<SnapshotImpl&>(*s).storage();
+      if (!other) continue;
+      const StorageIdentity& o = other->identity();
+      const bool same = storage.is_block_device ? o.is_block_device && o.rdev == storage.rdev
+                                                : !o.is_block_device && o.ino != 0 &&
+                                                      o.dev == storage.dev && o.ino == storage.ino;
+      if (same) {
+        return Status::Error(EBUSY, "difference storage " + storage.path +
+                                        " is already the storage of snapshot " +
+                                        s->id().ToString());
+      }
+    }
+    return Status::Ok();
+  }
+
+  std::vector<std::shared_ptr<TrackerImpl>> TrackerImpls() const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    std::vector<std::shared_ptr<TrackerImpl>> out;
+    for (auto& [name, tracker] : trackers_) out.push_back(tracker);
+    return out;
   }
 
   const Config config_;

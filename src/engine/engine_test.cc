@@ -579,10 +579,9 @@ TEST_F(EngineFileTest, DirectoryStorageGrowsAndImageStaysExact) {
 
 TEST_F(EngineFileTest, RefusesStorageThatWouldHarmData) {
   ASSERT_OK(WritePattern(*tracker_, 0, 32 * kMiB, 1));
-  // A non-empty file that is not a difference storage (here: the original itself) is refused
-  // before anything is written to it.
+  // The original itself is refused (it is a tracked device) before anything is written to it.
   auto same = engine_->CreateSnapshot({.storage_path = image_path_, .limit = 8 * kMiB});
-  EXPECT_EQ(same.status().errnum(), EEXIST);
+  EXPECT_EQ(same.status().errnum(), EINVAL);
   EXPECT_OK(VerifyPattern(*tracker_, 0, 32 * kMiB, 1));
   struct stat st {};
   ASSERT_EQ(stat(image_path_.c_str(), &st), 0);

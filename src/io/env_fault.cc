@@ -93,6 +93,7 @@ class FaultStorageFile : public StorageFile {
       : state_(std::move(state)), path_(std::move(path)), next_(std::move(next)) {}
 
   const FileStat& stat() const override { return next_->stat(); }
+  bool created() const override { return next_->created(); }
   Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> buf) override {
     return next_->ReadAt(offset, buf);
   }

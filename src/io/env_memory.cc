@@ -74,14 +74,16 @@ class MemoryStorageFile : public StorageFile {
  public:
   // path empty: anonymous (made in a directory).
   MemoryStorageFile(std::shared_ptr<MemoryEnv::State> state, std::string path, FileStat stat,
-                    std::string content)
+                    std::string content, bool created)
       : state_(std::move(state)),
         path_(std::move(path)),
         stat_(stat),
         content_(std::move(content)),
-        size_(content_.size()) {}
+        size_(content_.size()),
+        created_(created) {}
 
   const FileStat& stat() const override { return stat_; }
+  bool created() const override { return created_; }
 
   Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> buf) override {
     if (offset >= size_) return size_t{0};
@@ -137,6 +139,7 @@ class MemoryStorageFile : public StorageFile {
   const FileStat stat_;
   std::string content_;  // the map content at open, cut by Truncate
   uint64_t size_;        // the file's size as this handle sees it (sparse beyond content_)
+  const bool created_;
 };
 
 }  // namespace
@@ -235,6 +238,7 @@ Result<std::unique_ptr<StorageFile>> MemoryEnv::OpenStorageFile(const std::strin
   BLKSNAP_ASSIGN_OR_RETURN(FileStat st, Stat(path));
   std::string name = path;
   std::string content;
+  bool created = false;
   if (st.kind == FileKind::kDirectory) {
     name.clear();
     MutexLock lock(state_->mu);
@@ -242,7 +246,11 @@ Result<std::unique_ptr<StorageFile>> MemoryEnv::OpenStorageFile(const std::strin
   } else {
     MutexLock lock(state_->mu);
     if (!st.exists) {
-      if (!state_->IsDir(io::DirName(path))) return NoEntry("open", path);
+      if (!state_->IsDir(io::DirName(path))) {
+        return Status::Error(
+            ENOENT, "storage " + path + ": directory " + io::DirName(path) + " does not exist");
+      }
+      created = true;
       state_->files[path];
       st = FileStat{true, FileKind::kRegular, 0, kMemoryDev, state_->next_ino++, 0};
       state_->inodes[path] = st.ino;
@@ -250,7 +258,7 @@ Result<std::unique_ptr<StorageFile>> MemoryEnv::OpenStorageFile(const std::strin
     content = state_->files[path];
   }
   return std::unique_ptr<StorageFile>(
-      new MemoryStorageFile(state_, std::move(name), st, std::move(content)));
+      new MemoryStorageFile(state_, std::move(name), st, std::move(content), created));
 }
 
 }  // namespace blksnap

@@ -4,7 +4,8 @@
 // storage file keeps its descriptor (PosixStorageFile::fd_) for ReadAt, Truncate, Reserve and
 // FreeBytes, and OpenDevice reopens it through OpenFileDevice (io.h): by path for a named file or
 // block device, through /proc/self/fd for an unnamed temporary file (the only name it has). Block
-// devices keep no descriptor of their own (their size is fixed; nothing but OpenDevice applies).
+// devices keep a read-only, non-exclusive descriptor for ReadAt (probing for signatures); the
+// exclusive claim (O_EXCL) is OpenDevice's, after the caller's checks passed.
 //
 // State: none shared; Env::Default() is a function-local static never destroyed, so it stays
 // valid in destructors of other statics. Thread safety: no locks needed.
@@ -18,11 +19,11 @@
 
 #include "blksnap/env.h"
 #include "blksnap/io.h"
+#include "io/env_path.h"
 #include "util/fd.h"
 
 namespace blksnap {
 namespace {
-
 
 FileStat ToFileStat(const struct stat& st) {
   FileStat out;
@@ -82,18 +83,19 @@ class PosixWritableFile : public WritableFile {
 
 class PosixStorageFile : public StorageFile {
  public:
-  PosixStorageFile(std::string path, Fd fd, FileStat stat, bool anonymous,
+  PosixStorageFile(std::string path, Fd fd, FileStat stat, bool anonymous, bool created,
                    StorageFileOptions options)
       : path_(std::move(path)),
         fd_(std::move(fd)),
         stat_(stat),
         anonymous_(anonymous),
+        created_(created),
         options_(options) {}
 
   const FileStat& stat() const override { return stat_; }
 
   Result<size_t> ReadAt(uint64_t offset, std::span<uint8_t> buf) override {
-    BLKSNAP_RETURN_IF_ERROR(NeedFd("read"));
+    if (!fd_.valid()) return Status::Error(EBADF, "read " + path_ + ": not open");
     size_t done = 0;
     while (done < buf.size()) {
       const ssize_t n = ::pread(fd_.get(), buf.data() + done, buf.size() - done,
@@ -105,6 +107,8 @@ class PosixStorageFile : public StorageFile {
     }
     return done;
   }
+
+  bool created() const override { return created_; }
 
   Status Truncate(uint64_t size) override {
     BLKSNAP_RETURN_IF_ERROR(NeedFd("truncate"));
@@ -132,6 +136,7 @@ class PosixStorageFile : public StorageFile {
         anonymous_ ? "/proc/self/fd/" + std::to_string(fd_.get()) : path_;
     FileOpenOptions open_options;
     open_options.direct = options_.direct;
+    open_options.exclusive = options_.exclusive;
     auto opened = OpenFileDevice(device_path, open_options);
     if (!opened.ok() && options_.direct && opened.status().errnum() == EINVAL &&
         stat_.kind == FileKind::kRegular) {
@@ -147,9 +152,10 @@ class PosixStorageFile : public StorageFile {
   }
 
   const std::string path_;  // the directory for an unnamed temporary file
-  Fd fd_;                   // regular files only
+  Fd fd_;                   // regular files read-write; block devices read-only (probing)
   const FileStat stat_;
   const bool anonymous_;
+  const bool created_;  // this open created the named file
   const StorageFileOptions options_;
 };
 
@@ -219,23 +225,37 @@ class PosixEnv : public Env {
                                                        const StorageFileOptions& options) override {
     BLKSNAP_ASSIGN_OR_RETURN(FileStat st, Stat(path));
     if (st.kind == FileKind::kBlockDevice) {
-      return std::unique_ptr<StorageFile>(new PosixStorageFile(path, Fd(), st, false, options));
+      Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd.valid()) return Status::FromErrno("open " + path);
+      return std::unique_ptr<StorageFile>(
+          new PosixStorageFile(path, std::move(fd), st, false, false, options));
     }
     Fd fd;
     const bool anonymous = st.kind == FileKind::kDirectory;
+    bool created = false;
     if (anonymous) {
       fd = Fd(::open(path.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
       if (!fd.valid()) return Status::FromErrno("create a temporary file in " + path);
-    } else if (st.kind == FileKind::kMissing || st.kind == FileKind::kRegular) {
-      fd = Fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    } else if (st.kind == FileKind::kRegular) {
+      fd = Fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
       if (!fd.valid()) return Status::FromErrno("open " + path);
+    } else if (st.kind == FileKind::kMissing) {
+      const std::string dir = io::DirName(path);
+      BLKSNAP_ASSIGN_OR_RETURN(FileStat parent, Stat(dir));
+      if (parent.kind != FileKind::kDirectory) {
+        return Status::Error(ENOENT, "storage " + path + ": directory " + dir + " does not exist");
+      }
+      // O_EXCL|O_NOFOLLOW: a file (or symlink) that appeared since the stat is not ours to own.
+      fd = Fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+      if (!fd.valid()) return Status::FromErrno("create " + path);
+      created = true;
     } else {
       return Status::Error(EINVAL, path + " is not a directory, regular file or block device");
     }
     struct stat fst {};
     if (::fstat(fd.get(), &fst) != 0) return Status::FromErrno("fstat " + path);
     return std::unique_ptr<StorageFile>(
-        new PosixStorageFile(path, std::move(fd), ToFileStat(fst), anonymous, options));
+        new PosixStorageFile(path, std::move(fd), ToFileStat(fst), anonymous, created, options));
   }
 
  private:

@@ -385,7 +385,17 @@ Result<std::shared_ptr<BlockDevice>> OpenFileDevice(const std::string& path,
                                                     const FileOpenOptions& options) {
   int flags = (options.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (options.direct) flags |= O_DIRECT;
+  if (options.exclusive) {
+    // O_EXCL without O_CREAT is defined only for block devices (claims the device).
+    struct stat pst;
+    if (::stat(path.c_str(), &pst) == 0 && S_ISBLK(pst.st_mode)) flags |= O_EXCL;
+  }
   Fd fd(::open(path.c_str(), flags));
+  if (!fd.valid() && errno == EBUSY && (flags & O_EXCL)) {
+    return Status::Error(EBUSY, "open " + path +
+                                    ": device is busy (mounted, or held by another program); "
+                                    "blksnap must be its only user");
+  }
   if (!fd.valid()) return Status::FromErrno("open " + path);
 
   struct stat st;

@@ -17,6 +17,7 @@
 
 #include "blksnap/io.h"
 #include "testing/sector_pattern.h"
+#include "util/test_loop.h"
 
 namespace blksnap {
 namespace {
@@ -471,31 +472,7 @@ TEST(FileDeviceOpenTest, ManyThreadsEachGetARing) {
 
 // ---- block devices, through a loop device --------------------------------------------------
 
-// A loop device over a sparse file, detached on destruction. Skips the test when losetup is
-// unavailable (not root, no loop driver).
-class LoopDevice {
- public:
-  LoopDevice(const std::string& backing, uint32_t sector_size) {
-    const std::string cmd = "losetup --find --show --sector-size " + std::to_string(sector_size) +
-                            " " + backing + " 2>/dev/null";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (!p) return;
-    char line[256] = {};
-    if (std::fgets(line, sizeof(line), p)) path_ = line;
-    if (::pclose(p) != 0) path_.clear();
-    while (!path_.empty() && (path_.back() == '\n' || path_.back() == ' ')) path_.pop_back();
-  }
-  ~LoopDevice() {
-    if (!path_.empty()) {
-      const std::string cmd = "losetup -d " + path_;
-      EXPECT_EQ(std::system(cmd.c_str()), 0);
-    }
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+// A loop device over a sparse file: ScopedLoop (util/test_loop.h).
 
 class BlockDeviceTest : public ::testing::TestWithParam<std::tuple<Mode, uint32_t>> {};
 
@@ -507,7 +484,7 @@ TEST_P(BlockDeviceTest, LoopDeviceRoundTripTrimZeroes) {
   TempDir dir;
   const uint64_t size = 16 << 20;
   const std::string backing = MakeFile(dir, "loop.img", size);
-  LoopDevice loop(backing, sector_size);
+  ScopedLoop loop(backing, sector_size);
   if (loop.path().empty()) GTEST_SKIP() << "losetup unavailable";
 
   FileOpenOptions options;
