@@ -21,7 +21,7 @@
 // Counters (reads/writes/flushes) count every call since construction, failed ones included;
 // writes() counts Write, Trim and WriteZeroes. Reset() does not clear them.
 //
-// Locking: mu_ guards the fault settings (short sections, never held across I/O). overlay_mu_
+// Locking: mu guards the fault settings (short sections, never held across I/O). overlay_mu
 // guards the overlay and the buffering switch: shared for reads and pass-through writes, so those
 // run in parallel; exclusive for overlay updates, Flush, DropUnflushed and Reset. Reads hold it
 // shared across the read below, so a Flush cannot move data between the overlay and the device
@@ -29,12 +29,11 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <mutex>
-#include <shared_mutex>
 #include <thread>
 #include <vector>
 
 #include "blksnap/io.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 
@@ -62,22 +61,23 @@ struct Countdown {
 }  // namespace
 
 struct FaultDevice::State {
-  std::mutex mu;  // guards the fault settings below
-  Countdown read_fault;
-  Countdown write_fault;
-  Countdown flush_fault;
-  int fail_all_writes = 0;
-  bool no_space_armed = false;
-  uint64_t no_space_left = 0;
+  Mutex mu;  // guards the fault settings below
+  Countdown read_fault GUARDED_BY(mu);
+  Countdown write_fault GUARDED_BY(mu);
+  Countdown flush_fault GUARDED_BY(mu);
+  int fail_all_writes GUARDED_BY(mu) = 0;
+  bool no_space_armed GUARDED_BY(mu) = false;
+  uint64_t no_space_left GUARDED_BY(mu) = 0;
 
   std::atomic<int64_t> latency_us{0};
   std::atomic<uint64_t> reads{0};
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> flushes{0};
 
-  std::shared_mutex overlay_mu;  // guards buffering and overlay
-  bool buffering = false;
-  std::map<uint64_t, Segment> overlay;  // offset -> segment; segments never overlap
+  SharedMutex overlay_mu;  // guards buffering and overlay
+  bool buffering GUARDED_BY(overlay_mu) = false;
+  // offset -> segment; segments never overlap
+  std::map<uint64_t, Segment> overlay GUARDED_BY(overlay_mu);
 
   void Sleep() const {
     const int64_t us = latency_us.load(std::memory_order_relaxed);
@@ -85,8 +85,8 @@ struct FaultDevice::State {
   }
 
   // Fault decision for a write-kind call of `bytes` (consumes_space: a Write).
-  Status CheckWriteFaults(uint64_t bytes, bool consumes_space) {
-    std::lock_guard lock(mu);
+  Status CheckWriteFaults(uint64_t bytes, bool consumes_space) EXCLUDES(mu) {
+    MutexLock lock(mu);
     if (fail_all_writes) return Status::Error(fail_all_writes, "injected write failure (all)");
     if (write_fault.Tick()) {
       const int err = write_fault.errnum;
@@ -100,8 +100,7 @@ struct FaultDevice::State {
   }
 
   // Removes [offset, offset + length) from the overlay, splitting segments that straddle it.
-  // Caller holds overlay_mu exclusively.
-  void Carve(uint64_t offset, uint64_t length) {
+  void Carve(uint64_t offset, uint64_t length) REQUIRES(overlay_mu) {
     if (overlay.empty() || length == 0) return;
     const uint64_t end = offset + length;
     auto it = overlay.upper_bound(offset);
@@ -154,8 +153,8 @@ struct FaultDevice::State {
   }
 
   // Writes the overlay down in offset order; applied segments leave the overlay, so a failure
-  // keeps the rest buffered. Caller holds overlay_mu exclusively.
-  Status WriteBack(BlockDevice& next) {
+  // keeps the rest buffered.
+  Status WriteBack(BlockDevice& next) REQUIRES(overlay_mu) {
     while (!overlay.empty()) {
       auto it = overlay.begin();
       const Segment& s = it->second;
@@ -184,27 +183,27 @@ FaultDevice::FaultDevice(std::shared_ptr<BlockDevice> next)
 FaultDevice::~FaultDevice() = default;
 
 void FaultDevice::FailNthRead(uint64_t nth, int errnum) {
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->read_fault = Countdown{nth, errnum};
 }
 
 void FaultDevice::FailNthWrite(uint64_t nth, int errnum) {
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->write_fault = Countdown{nth, errnum};
 }
 
 void FaultDevice::FailNthFlush(uint64_t nth, int errnum) {
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->flush_fault = Countdown{nth, errnum};
 }
 
 void FaultDevice::FailAllWrites(int errnum) {
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->fail_all_writes = errnum;
 }
 
 void FaultDevice::NoSpaceAfter(uint64_t bytes) {
-  std::lock_guard lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->no_space_armed = true;
   state_->no_space_left = bytes;
 }
@@ -214,18 +213,18 @@ void FaultDevice::SetLatency(std::chrono::microseconds latency) {
 }
 
 void FaultDevice::SetBufferUnflushed(bool enabled) {
-  std::unique_lock lock(state_->overlay_mu);
+  WriterLock lock(state_->overlay_mu);
   state_->buffering = enabled;
 }
 
 void FaultDevice::DropUnflushed() {
-  std::unique_lock lock(state_->overlay_mu);
+  WriterLock lock(state_->overlay_mu);
   state_->overlay.clear();
 }
 
 void FaultDevice::Reset() {
   {
-    std::lock_guard lock(state_->mu);
+    MutexLock lock(state_->mu);
     state_->read_fault = Countdown{};
     state_->write_fault = Countdown{};
     state_->flush_fault = Countdown{};
@@ -234,7 +233,7 @@ void FaultDevice::Reset() {
     state_->no_space_left = 0;
   }
   state_->latency_us.store(0, std::memory_order_relaxed);
-  std::unique_lock lock(state_->overlay_mu);
+  WriterLock lock(state_->overlay_mu);
   state_->buffering = false;
   // Best effort: a device below that fails now keeps the rest in the overlay, still readable.
   state_->WriteBack(*next()).IgnoreError();
@@ -249,12 +248,12 @@ Status FaultDevice::Read(uint64_t offset, std::span<uint8_t> buf) {
   state_->reads.fetch_add(1, std::memory_order_relaxed);
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, buf.size()));
   {
-    std::lock_guard lock(state_->mu);
+    MutexLock lock(state_->mu);
     if (state_->read_fault.Tick()) {
       return Status::Error(state_->read_fault.errnum, "injected read failure (nth)");
     }
   }
-  std::shared_lock lock(state_->overlay_mu);
+  ReaderLock lock(state_->overlay_mu);
   BLKSNAP_RETURN_IF_ERROR(next()->Read(offset, buf));
   if (state_->overlay.empty() || buf.empty()) return Status::Ok();
   const uint64_t end = offset + buf.size();
@@ -282,10 +281,10 @@ Status FaultDevice::Write(uint64_t offset, std::span<const uint8_t> buf, uint32_
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, buf.size()));
   BLKSNAP_RETURN_IF_ERROR(state_->CheckWriteFaults(buf.size(), /*consumes_space=*/true));
   {
-    std::shared_lock lock(state_->overlay_mu);
+    ReaderLock lock(state_->overlay_mu);
     if (!state_->buffering && state_->overlay.empty()) return next()->Write(offset, buf, flags);
   }
-  std::unique_lock lock(state_->overlay_mu);
+  WriterLock lock(state_->overlay_mu);
   if (!state_->buffering || (flags & kWriteFua)) {
     BLKSNAP_RETURN_IF_ERROR(next()->Write(offset, buf, flags));
     state_->Carve(offset, buf.size());
@@ -305,7 +304,7 @@ Status FaultDevice::Flush() {
   state_->Sleep();
   state_->flushes.fetch_add(1, std::memory_order_relaxed);
   {
-    std::lock_guard lock(state_->mu);
+    MutexLock lock(state_->mu);
     if (state_->flush_fault.Tick()) {
       return Status::Error(state_->flush_fault.errnum, "injected flush failure (nth)");
     }
@@ -313,7 +312,7 @@ Status FaultDevice::Flush() {
   {
     // Write the overlay down first; the flush below then covers it. The lock is not held
     // across the flush itself, so a slow fsync does not stall other I/O.
-    std::unique_lock lock(state_->overlay_mu);
+    WriterLock lock(state_->overlay_mu);
     BLKSNAP_RETURN_IF_ERROR(state_->WriteBack(*next()));
   }
   return next()->Flush();
@@ -325,10 +324,10 @@ Status FaultDevice::Trim(uint64_t offset, uint64_t length) {
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
   BLKSNAP_RETURN_IF_ERROR(state_->CheckWriteFaults(length, /*consumes_space=*/false));
   {
-    std::shared_lock lock(state_->overlay_mu);
+    ReaderLock lock(state_->overlay_mu);
     if (!state_->buffering && state_->overlay.empty()) return next()->Trim(offset, length);
   }
-  std::unique_lock lock(state_->overlay_mu);
+  WriterLock lock(state_->overlay_mu);
   if (!state_->buffering) {
     BLKSNAP_RETURN_IF_ERROR(next()->Trim(offset, length));
     state_->Carve(offset, length);
@@ -349,12 +348,12 @@ Status FaultDevice::WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
   BLKSNAP_RETURN_IF_ERROR(state_->CheckWriteFaults(length, /*consumes_space=*/false));
   {
-    std::shared_lock lock(state_->overlay_mu);
+    ReaderLock lock(state_->overlay_mu);
     if (!state_->buffering && state_->overlay.empty()) {
       return next()->WriteZeroes(offset, length, flags);
     }
   }
-  std::unique_lock lock(state_->overlay_mu);
+  WriterLock lock(state_->overlay_mu);
   if (!state_->buffering) {
     BLKSNAP_RETURN_IF_ERROR(next()->WriteZeroes(offset, length, flags));
     state_->Carve(offset, length);

@@ -40,11 +40,11 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 
 #include "blksnap/io.h"
 #include "io/sync_io.h"
 #include "util/fd.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 namespace {
@@ -54,6 +54,37 @@ using io::SyncIo;
 constexpr size_t kBounceWindow = 1u << 20;
 constexpr size_t kZeroBufferSize = 1u << 20;
 constexpr size_t kEdgeLockStripes = 64;
+
+// Holds the stripe locks of a bounced write window's partial edge blocks: none, one, or two in
+// stripe order (so two writers never wait on each other crosswise). The stripes guard disk
+// blocks, not fields, and are chosen at run time, which the analysis cannot follow: unchecked.
+class EdgeLocks {
+ public:
+  using Stripes = std::array<Mutex, kEdgeLockStripes>;
+  EdgeLocks(Stripes& stripes, bool head_partial, uint64_t head_block, bool tail_partial,
+            uint64_t tail_block) NO_THREAD_SAFETY_ANALYSIS {
+    if (!head_partial && !tail_partial) return;
+    size_t s1 = (head_partial ? head_block : tail_block) % kEdgeLockStripes;
+    size_t s2 = tail_partial ? tail_block % kEdgeLockStripes : s1;
+    if (s1 > s2) std::swap(s1, s2);
+    first_ = &stripes[s1];
+    first_->Lock();
+    if (s2 != s1) {
+      second_ = &stripes[s2];
+      second_->Lock();
+    }
+  }
+  ~EdgeLocks() NO_THREAD_SAFETY_ANALYSIS {
+    if (second_) second_->Unlock();
+    if (first_) first_->Unlock();
+  }
+  EdgeLocks(const EdgeLocks&) = delete;
+  EdgeLocks& operator=(const EdgeLocks&) = delete;
+
+ private:
+  Mutex* first_ = nullptr;
+  Mutex* second_ = nullptr;
+};
 
 // Immutable zeroes for write-zeroes fallbacks; page-aligned so O_DIRECT can use it as is.
 alignas(4096) const uint8_t kZeroBuffer[kZeroBufferSize] = {};
@@ -310,14 +341,7 @@ class FileDevice final : public BlockDevice {
       const bool tail_partial = stop % a != 0;
       const uint64_t head_block = ws / a;
       const uint64_t tail_block = (we - a) / a;
-      std::unique_lock<std::mutex> lock1, lock2;
-      if (head_partial || tail_partial) {
-        size_t s1 = head_partial ? head_block % kEdgeLockStripes : tail_block % kEdgeLockStripes;
-        size_t s2 = tail_partial ? tail_block % kEdgeLockStripes : s1;
-        if (s1 > s2) std::swap(s1, s2);
-        lock1 = std::unique_lock(edge_locks_[s1]);
-        if (s2 != s1) lock2 = std::unique_lock(edge_locks_[s2]);
-      }
+      EdgeLocks lock(edge_locks_, head_partial, head_block, tail_partial, tail_block);
       if (head_partial) BLKSNAP_RETURN_IF_ERROR(ReadFill(fd_.get(), ws, {bounce, a}));
       if (tail_partial && (!head_partial || tail_block != head_block)) {
         BLKSNAP_RETURN_IF_ERROR(ReadFill(fd_.get(), we - a, {bounce + (we - a - ws), a}));
@@ -376,7 +400,7 @@ class FileDevice final : public BlockDevice {
   const Geometry geo_;
   std::atomic<uint64_t> size_;
   const std::unique_ptr<SyncIo> io_;
-  std::array<std::mutex, kEdgeLockStripes> edge_locks_;  // guard RMW of partial direct blocks
+  EdgeLocks::Stripes edge_locks_;  // guard RMW of partial direct blocks
 };
 
 }  // namespace

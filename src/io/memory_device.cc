@@ -19,10 +19,9 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 
 #include "blksnap/io.h"
+#include "util/mutex.h"
 
 namespace blksnap {
 namespace {
@@ -67,8 +66,8 @@ class MemoryDevice final : public BlockDevice {
   Status Read(uint64_t offset, std::span<uint8_t> buf) override {
     BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, buf.size()));
     ForEachPage(offset, buf.size(), [&](uint64_t page, size_t in_page, size_t n, size_t done) {
-      std::shared_lock lock(LockOf(page));
-      const uint8_t* p = PageIfPresent(page);
+      ReaderLock lock(LockOf(page));
+      const uint8_t* p = HeldPage(page);
       if (p) {
         std::memcpy(buf.data() + done, p + in_page, n);
       } else {
@@ -83,7 +82,7 @@ class MemoryDevice final : public BlockDevice {
     bool no_memory = false;
     ForEachPage(offset, buf.size(), [&](uint64_t page, size_t in_page, size_t n, size_t done) {
       if (no_memory) return;
-      std::unique_lock lock(LockOf(page));
+      WriterLock lock(LockOf(page));
       uint8_t* p = PageForWrite(page);
       if (!p) {
         no_memory = true;
@@ -103,12 +102,12 @@ class MemoryDevice final : public BlockDevice {
     BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
     ForEachPage(offset, length, [&](uint64_t page, size_t in_page, size_t n, size_t) {
       if (n == PageBytes(page) && !(flags & kZeroNoHole)) {
-        std::unique_lock lock(LockOf(page));
+        WriterLock lock(LockOf(page));
         FreePage(page);
         return;
       }
-      std::unique_lock lock(LockOf(page));
-      if (uint8_t* p = PageIfPresent(page)) std::memset(p + in_page, 0, n);
+      WriterLock lock(LockOf(page));
+      if (uint8_t* p = HeldPage(page)) std::memset(p + in_page, 0, n);
     });
     return Status::Ok();
   }
@@ -117,6 +116,7 @@ class MemoryDevice final : public BlockDevice {
     BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
     std::vector<Extent> extents;
     ForEachPage(offset, length, [&](uint64_t page, size_t, size_t n, size_t done) {
+      // Only the pointer is looked at (an atomic load), not the page: no stripe lock needed.
       const uint32_t flags = PageIfPresent(page) ? 0 : (kExtentHole | kExtentZero);
       if (!extents.empty() && extents.back().flags == flags) {
         extents.back().length += n;
@@ -133,7 +133,12 @@ class MemoryDevice final : public BlockDevice {
   size_t PageBytes(uint64_t page) const {
     return static_cast<size_t>(std::min<uint64_t>(kPageSize, size_ - (page << kPageShift)));
   }
-  std::shared_mutex& LockOf(uint64_t page) { return page_locks_[page % kLockStripes]; }
+  // The analysis matches LockOf(page) expressions: a function that REQUIRES(LockOf(page)) is
+  // checked against the stripe its caller locked for the same page variable (it cannot tell
+  // that two page numbers share a stripe, nor prove which bytes a stripe covers).
+  SharedMutex& LockOf(uint64_t page) RETURN_CAPABILITY(page_locks_[page % kLockStripes]) {
+    return page_locks_[page % kLockStripes];
+  }
 
   // fn(page, offset in page, bytes, bytes done before) for each page piece of the range.
   template <typename Fn>
@@ -149,13 +154,17 @@ class MemoryDevice final : public BlockDevice {
     }
   }
 
+  // The page's pointer, or null; unlocked (atomic), so only to test presence.
   uint8_t* PageIfPresent(uint64_t page) const {
     Leaf* leaf = leaves_[page >> kLeafShift].load(std::memory_order_acquire);
     return leaf ? leaf->pages[page & (kPagesPerLeaf - 1)].load(std::memory_order_acquire) : nullptr;
   }
 
-  // Caller holds the page's stripe exclusive (the CAS makes leaf creation safe across stripes).
-  uint8_t* PageForWrite(uint64_t page) {
+  // The page, or null, while the caller holds its stripe: shared to read it, exclusive to write.
+  uint8_t* HeldPage(uint64_t page) REQUIRES_SHARED(LockOf(page)) { return PageIfPresent(page); }
+
+  // The CAS makes leaf creation safe across stripes.
+  uint8_t* PageForWrite(uint64_t page) REQUIRES(LockOf(page)) {
     std::atomic<Leaf*>& leaf_slot = leaves_[page >> kLeafShift];
     Leaf* leaf = leaf_slot.load(std::memory_order_acquire);
     if (!leaf) {
@@ -175,8 +184,7 @@ class MemoryDevice final : public BlockDevice {
     return p;
   }
 
-  // Caller holds the page's stripe exclusively.
-  void FreePage(uint64_t page) {
+  void FreePage(uint64_t page) REQUIRES(LockOf(page)) {
     Leaf* leaf = leaves_[page >> kLeafShift].load(std::memory_order_acquire);
     if (!leaf) return;
     delete[] leaf->pages[page & (kPagesPerLeaf - 1)].exchange(nullptr, std::memory_order_acq_rel);
@@ -185,8 +193,8 @@ class MemoryDevice final : public BlockDevice {
   const uint64_t size_;
   const uint32_t logical_block_size_;
   const uint64_t leaf_count_;
-  const std::unique_ptr<std::atomic<Leaf*>[]> leaves_;      // published by CAS, freed in destructor
-  std::array<std::shared_mutex, kLockStripes> page_locks_;  // guard page lifetime (see top)
+  const std::unique_ptr<std::atomic<Leaf*>[]> leaves_;  // published by CAS, freed in destructor
+  std::array<SharedMutex, kLockStripes> page_locks_;    // guard page lifetime (see top)
 };
 
 }  // namespace

@@ -34,17 +34,19 @@ class Budget {
   bool TryTake(uint64_t n);
   // Takes n, waiting while it does not fit. False (nothing taken) when n exceeds the limit or
   // once stopped() is true (asked every wait slice).
-  bool Take(uint64_t n, const std::function<bool()>& stopped);
+  bool Take(uint64_t n, const std::function<bool()>& stopped) EXCLUDES(mu_);
   // Waits until n would fit, without taking it (for callers that take from several budgets
   // all or nothing). False when n exceeds the limit or once stopped().
-  bool WaitFits(uint64_t n, const std::function<bool()>& stopped);
+  bool WaitFits(uint64_t n, const std::function<bool()>& stopped) EXCLUDES(mu_);
   // Returns n taken earlier.
-  void Give(uint64_t n);
+  void Give(uint64_t n) EXCLUDES(mu_);
 
  private:
   const uint64_t limit_;
   std::atomic<uint64_t> used_{0};
   std::atomic<int> waiters_{0};
+  // Guards no field (the counters are atomic): waiters re-check and sleep under it, and Give
+  // signals under it, so a wake-up cannot fall between a waiter's check and its sleep.
   Mutex mu_;
   CondVar cv_;
 };

@@ -23,7 +23,8 @@ struct ExportEntry {
   std::string name;
   std::shared_ptr<BlockDevice> device;
   ExportOptions options;
-  // Server bookkeeping (guarded by the server's mutex).
+  // Server bookkeeping, guarded by the server's State::mu (not GUARDED_BY: the analysis
+  // cannot name another object's mutex; nbd_server.cc touches them only under it).
   size_t connections = 0;
   bool removed = false;
 

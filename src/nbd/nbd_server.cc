@@ -144,7 +144,8 @@ struct Connection {
   int fd = -1;  // owned by the transport inside the connection thread
   bool tcp = false;
   bool forced_tls = false;
-  // The rest is guarded by State::mu.
+  // The rest is guarded by State::mu: not GUARDED_BY, which cannot name another object's
+  // mutex; every access is under MutexLock(mu) or in a REQUIRES(mu) function.
   bool closing = false;           // fd is about to be closed
   bool done = false;              // the thread has finished
   bool in_handshake = true;       // the watchdog may shut it down at the deadline
@@ -162,12 +163,12 @@ struct Server::State {
         total_receiving(o.max_total_inflight) {}
 
   const ServerOptions options;
-  UniqueFd unix_listen;
-  UniqueFd tcp_listen;
+  Fd unix_listen;
+  Fd tcp_listen;
   bool tcp_forced_tls = false;
   std::string tcp_host;  // for URIs
   int tcp_port = 0;
-  UniqueFd wake;  // eventfd: stop or reap
+  Fd wake;  // eventfd: stop or reap
   std::unique_ptr<TlsContext> tls;
   int workers = kDefaultWorkers;
   Budget extra_workers;    // worker threads beyond each connection's own
@@ -319,7 +320,7 @@ void Server::State::Accept(int listen_fd, bool tcp) {
 }
 
 void Server::State::RunConnection(Connection* c) {
-  std::unique_ptr<Transport> transport = std::make_unique<SocketTransport>(UniqueFd(c->fd));
+  std::unique_ptr<Transport> transport = std::make_unique<SocketTransport>(Fd(c->fd));
   auto in = std::make_unique<InputBuffer>();
   Host host(*this, c->forced_tls);
   Result<Negotiated> negotiated = Handshake(host, transport, *in).Run();
@@ -418,7 +419,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
   } else if (options.tls_required) {
     return Status::Error(EINVAL, "tls_required without TLS credentials");
   }
-  s->wake.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  s->wake = Fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!s->wake.valid()) return Status::FromErrno("eventfd");
 
   if (!options.unix_path.empty()) {
@@ -432,7 +433,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
     if (::lstat(options.unix_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
       ::unlink(options.unix_path.c_str());  // a stale socket from an earlier run
     }
-    s->unix_listen.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    s->unix_listen = Fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!s->unix_listen.valid()) return Status::FromErrno("socket(AF_UNIX)");
     if (::bind(s->unix_listen.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
       return Status::FromErrno("bind " + options.unix_path);
@@ -470,7 +471,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
                            "or allow insecure TCP explicitly");
     }
     s->tcp_forced_tls = s->tls != nullptr;
-    s->tcp_listen.Reset(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    s->tcp_listen = Fd(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!s->tcp_listen.valid()) return Status::FromErrno("socket(TCP)");
     int one = 1;
     ::setsockopt(s->tcp_listen.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -515,8 +516,8 @@ void Server::Stop() {
     conns.swap(s.connections);
   }
   for (auto& c : conns) c->thread.join();
-  s.unix_listen.Reset();
-  s.tcp_listen.Reset();
+  s.unix_listen.Close();
+  s.tcp_listen.Close();
   if (!s.options.unix_path.empty()) ::unlink(s.options.unix_path.c_str());
   MutexLock lock(s.mu);
   for (auto& [name, e] : s.exports) e->removed = true;

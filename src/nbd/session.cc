@@ -1,4 +1,5 @@
-// NBD transmission phase: request dispatch, replies, block status.
+// NBD transmission phase: request dispatch, replies, block status. The reply bytes are encoded
+// by reply.cc; this file decides what to reply and owns the threads, locks and budgets.
 //
 // Threading (leader/follower, as in nbdkit's multi-threaded model, but with a shared input
 // buffer): each connection is served by up to max_workers threads (default 8). A worker takes
@@ -45,6 +46,7 @@
 #include <vector>
 
 #include "nbd/extents.h"
+#include "nbd/reply.h"
 
 namespace blksnap::nbd {
 namespace {
@@ -67,22 +69,7 @@ constexpr uint64_t kBlockStatusReserve =
     2 * (kStructuredReplyHeaderSize + 4 + 8 * kMaxExtentsPerChunk) +
     sizeof(WireExtent) * kMaxExtentsPerChunk + kMaxCbtBlocksPerRequest;
 
-void PutChunkHeader(uint8_t* p, uint16_t flags, uint16_t type, uint64_t cookie, uint32_t len) {
-  PutBe32(p, kStructuredReplyMagic);
-  PutBe16(p + 4, flags);
-  PutBe16(p + 6, type);
-  PutBe64(p + 8, cookie);
-  PutBe32(p + 16, len);
-}
-
 }  // namespace
-
-// A piece of a structured read reply: data or a hole, in offset order.
-struct ReadPiece {
-  uint64_t offset;
-  uint32_t length;
-  bool hole;
-};
 
 // A payload buffer that is not zero-filled: its pages become resident only as received bytes or
 // device reads land in them, so memory follows data even though a write's whole buffer is
@@ -433,28 +420,7 @@ void Session::HandleRead(const Request& r, Scratch& s) {
   pieces.clear();
   if (structured && caps_.block_status && r.length >= kHoleProbeMin && !(r.flags & kCmdFlagDf)) {
     auto ext = device_.BlockStatus(r.offset, r.length);
-    if (ext.ok()) {
-      uint64_t pos = r.offset;
-      for (const Extent& e : *ext) {
-        if (pos >= r.offset + r.length) break;
-        if (e.offset > pos || e.offset + e.length <= pos) break;
-        const uint64_t end = std::min(e.offset + e.length, r.offset + r.length);
-        const bool hole = e.flags & kExtentZero;
-        if (!pieces.empty() && pieces.back().hole == hole) {
-          pieces.back().length += static_cast<uint32_t>(end - pos);
-        } else {
-          pieces.push_back(ReadPiece{pos, static_cast<uint32_t>(end - pos), hole});
-        }
-        pos = end;
-      }
-      if (pos < r.offset + r.length) {
-        const uint32_t rest = static_cast<uint32_t>(r.offset + r.length - pos);
-        if (!pieces.empty() && !pieces.back().hole)
-          pieces.back().length += rest;
-        else
-          pieces.push_back(ReadPiece{pos, rest, false});
-      }
-    }
+    if (ext.ok()) ReadPiecesFromExtents(*ext, r.offset, r.length, &pieces);
   }
   if (pieces.empty()) pieces.push_back(ReadPiece{r.offset, r.length, false});
 
@@ -470,34 +436,13 @@ void Session::HandleRead(const Request& r, Scratch& s) {
 
   if (!structured) {
     uint8_t hdr[kSimpleReplyHeaderSize];
-    PutBe32(hdr, kSimpleReplyMagic);
-    PutBe32(hdr + 4, 0);
-    PutBe64(hdr + 8, r.cookie);
+    PutSimpleReplyHeader(hdr, 0, r.cookie);
     iovec iov[2] = {{hdr, sizeof hdr}, {s.data.data(), r.length}};
     Send(iov);
     return;
   }
-  // One chunk per piece; the last carries NBD_REPLY_FLAG_DONE. Chunk headers + the offset (and
-  // hole size) fields are 32 bytes per piece in s.headers.
-  constexpr size_t kPerPiece = 32;
-  s.headers.resize(pieces.size() * kPerPiece);
-  s.iov.clear();
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    const ReadPiece& p = pieces[i];
-    uint8_t* h = s.headers.data() + i * kPerPiece;
-    const uint16_t flags = i + 1 == pieces.size() ? kReplyFlagDone : 0;
-    if (p.hole) {
-      PutChunkHeader(h, flags, kReplyTypeOffsetHole, r.cookie, 12);
-      PutBe64(h + 20, p.offset);
-      PutBe32(h + 28, p.length);
-      s.iov.push_back({h, 32});
-    } else {
-      PutChunkHeader(h, flags, kReplyTypeOffsetData, r.cookie, 8 + p.length);
-      PutBe64(h + 20, p.offset);
-      s.iov.push_back({h, 28});
-      s.iov.push_back({s.data.data() + (p.offset - r.offset), p.length});
-    }
-  }
+  // One chunk per piece; the last carries NBD_REPLY_FLAG_DONE.
+  EncodeReadChunks(pieces, r.cookie, r.offset, s.data.data(), &s.headers, &s.iov);
   Send(s.iov);
 }
 
@@ -539,22 +484,10 @@ void Session::HandleBlockStatus(const Request& r, Scratch& s) {
     return SendError(r.cookie, kNbdEshutdown, "connection closing");
   }
   s.headers.clear();
-  std::vector<size_t> chunk_starts;
+  size_t last_chunk = 0;
   auto add_chunk = [&](uint32_t context_id) {
     if (r.flags & kCmdFlagReqOne) KeepFirstExtent(&s.extents);
-    const size_t start = s.headers.size();
-    const uint32_t payload = static_cast<uint32_t>(4 + 8 * s.extents.size());
-    s.headers.resize(start + kStructuredReplyHeaderSize + payload);
-    uint8_t* h = s.headers.data() + start;
-    PutChunkHeader(h, 0, kReplyTypeBlockStatus, r.cookie, payload);
-    PutBe32(h + 20, context_id);
-    uint8_t* d = h + 24;
-    for (const WireExtent& e : s.extents) {
-      PutBe32(d, e.length);
-      PutBe32(d + 4, e.flags);
-      d += 8;
-    }
-    chunk_starts.push_back(start);
+    last_chunk = AppendBlockStatusChunk(&s.headers, r.cookie, context_id, s.extents);
   };
   if (negotiated_.base_allocation) {
     Status st = AppendAllocation(r, s);
@@ -566,17 +499,14 @@ void Session::HandleBlockStatus(const Request& r, Scratch& s) {
     if (!st.ok()) return SendError(r.cookie, ErrnoToNbdError(st.errnum()), st.message());
     add_chunk(kContextIdBlksnapCbt);
   }
-  // Mark the last chunk done (flags field at offset 4 of its header).
-  PutBe16(s.headers.data() + chunk_starts.back() + 4, kReplyFlagDone);
+  MarkChunkDone(s.headers.data() + last_chunk);
   iovec iov{s.headers.data(), s.headers.size()};
   Send(std::span<const iovec>(&iov, 1));
 }
 
 void Session::SendSimple(uint64_t cookie, uint32_t error, std::span<const uint8_t> payload) {
   uint8_t hdr[kSimpleReplyHeaderSize];
-  PutBe32(hdr, kSimpleReplyMagic);
-  PutBe32(hdr + 4, error);
-  PutBe64(hdr + 8, cookie);
+  PutSimpleReplyHeader(hdr, error, cookie);
   iovec iov[2] = {{hdr, sizeof hdr}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
   Send(std::span<const iovec>(iov, payload.empty() ? 1 : 2));
 }
@@ -591,11 +521,8 @@ void Session::SendDone(uint64_t cookie) {
 void Session::SendError(uint64_t cookie, uint32_t error, std::string_view message) {
   if (!negotiated_.structured) return SendSimple(cookie, error);
   message = message.substr(0, 1024);
-  uint8_t hdr[kStructuredReplyHeaderSize + 6];
-  PutChunkHeader(hdr, kReplyFlagDone, kReplyTypeError, cookie,
-                 static_cast<uint32_t>(6 + message.size()));
-  PutBe32(hdr + 20, error);
-  PutBe16(hdr + 24, static_cast<uint16_t>(message.size()));
+  uint8_t hdr[kErrorChunkHeaderSize];
+  PutErrorChunkHeader(hdr, cookie, error, message.size());
   iovec iov[2] = {{hdr, sizeof hdr}, {const_cast<char*>(message.data()), message.size()}};
   Send(std::span<const iovec>(iov, message.empty() ? 1 : 2));
 }

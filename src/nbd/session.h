@@ -72,7 +72,7 @@ class Session {
   void SendSimple(uint64_t cookie, uint32_t error, std::span<const uint8_t> payload = {});
   void SendError(uint64_t cookie, uint32_t error, std::string_view message);
   void SendDone(uint64_t cookie);
-  void Send(std::span<const iovec> iov);
+  void Send(std::span<const iovec> iov) EXCLUDES(send_mu_);
   void Fail();
   void Log(const std::string& why);
 
@@ -86,7 +86,7 @@ class Session {
   Budget connection_inflight_;
 
   Mutex recv_mu_;  // guards in_ and reading from transport_
-  Mutex send_mu_;  // guards writing to transport_
+  Mutex send_mu_;  // guards writing to transport_ (a reference: no GUARDED_BY possible)
   std::atomic<bool> stop_{false};
   std::atomic<bool> logged_{false};  // one reason per connection is enough
 

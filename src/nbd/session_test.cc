@@ -45,7 +45,7 @@ class SessionTest : public ::testing::Test {
     int sv[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     client_ = sv[0];
-    transport_ = std::make_unique<SocketTransport>(UniqueFd(sv[1]));
+    transport_ = std::make_unique<SocketTransport>(Fd(sv[1]));
     SessionLimits limits;
     limits.max_workers = workers;
     server_ = std::thread([this, n, limits] { Session(*transport_, in_, n, limits).Run(); });

@@ -16,16 +16,6 @@
 
 namespace blksnap::nbd {
 
-UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
-  if (this != &other) Reset(other.Release());
-  return *this;
-}
-
-void UniqueFd::Reset(int fd) {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = fd;
-}
-
 Result<size_t> SocketTransport::ReadSome(std::span<uint8_t> buf) {
   for (;;) {
     ssize_t n = ::recv(fd_.get(), buf.data(), buf.size(), 0);
@@ -84,7 +74,7 @@ void SocketTransport::Shutdown() {
 }
 
 Result<size_t> MemoryTransport::ReadSome(std::span<uint8_t> buf) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (shut_) return Status::Error(ESHUTDOWN, "transport shut down");
   if (pos_ >= input_.size()) return Status::Error(ECONNRESET, "end of input");
   size_t n = std::min(buf.size(), input_.size() - pos_);
@@ -94,7 +84,7 @@ Result<size_t> MemoryTransport::ReadSome(std::span<uint8_t> buf) {
 }
 
 Status MemoryTransport::WriteAll(std::span<const iovec> iov) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (shut_) return Status::Error(EPIPE, "transport shut down");
   if (!record_) return Status::Ok();
   for (const iovec& v : iov) {
@@ -105,12 +95,12 @@ Status MemoryTransport::WriteAll(std::span<const iovec> iov) {
 }
 
 void MemoryTransport::Shutdown() {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   shut_ = true;
 }
 
 std::vector<uint8_t> MemoryTransport::output() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return output_;
 }
 

@@ -11,37 +11,14 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <vector>
 
 #include "blksnap/status.h"
+#include "util/fd.h"
+#include "util/mutex.h"
 
 namespace blksnap::nbd {
-
-// An owned file descriptor (move-only).
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& other) noexcept : fd_(other.Release()) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  ~UniqueFd() { Reset(); }
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  int Release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-  void Reset(int fd = -1);
-
- private:
-  int fd_ = -1;
-};
 
 class Transport {
  public:
@@ -61,34 +38,37 @@ class Transport {
 // A connected stream socket (Unix or TCP). Owns the fd.
 class SocketTransport : public Transport {
  public:
-  explicit SocketTransport(UniqueFd fd) : fd_(std::move(fd)) {}
+  explicit SocketTransport(Fd fd) : fd_(std::move(fd)) {}
   Result<size_t> ReadSome(std::span<uint8_t> buf) override;
   Status WriteAll(std::span<const iovec> iov) override;
   void Shutdown() override;
   int fd() const override { return fd_.get(); }
 
  private:
-  UniqueFd fd_;
+  Fd fd_;
 };
 
 // Reads from a fixed byte string and records everything written (tests, fuzzing).
 class MemoryTransport : public Transport {
  public:
   explicit MemoryTransport(std::span<const uint8_t> input) : input_(input) {}
-  Result<size_t> ReadSome(std::span<uint8_t> buf) override;
-  Status WriteAll(std::span<const iovec> iov) override;
-  void Shutdown() override;
+  Result<size_t> ReadSome(std::span<uint8_t> buf) override EXCLUDES(mu_);
+  Status WriteAll(std::span<const iovec> iov) override EXCLUDES(mu_);
+  void Shutdown() override EXCLUDES(mu_);
   // Everything written so far (copy, thread-safe).
-  std::vector<uint8_t> output() const;
-  void set_record_output(bool record) { record_ = record; }
+  std::vector<uint8_t> output() const EXCLUDES(mu_);
+  void set_record_output(bool record) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    record_ = record;
+  }
 
  private:
-  std::span<const uint8_t> input_;
-  size_t pos_ = 0;
-  bool record_ = true;
-  bool shut_ = false;
-  mutable std::mutex mu_;
-  std::vector<uint8_t> output_;
+  mutable Mutex mu_;  // guards everything below but the input bytes themselves (never written)
+  const std::span<const uint8_t> input_;
+  size_t pos_ GUARDED_BY(mu_) = 0;
+  bool record_ GUARDED_BY(mu_) = true;
+  bool shut_ GUARDED_BY(mu_) = false;
+  std::vector<uint8_t> output_ GUARDED_BY(mu_);
 };
 
 // A read buffer over a Transport: small reads (request headers) are served from one large
