@@ -184,9 +184,11 @@ void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<st
 }
 
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
-                       const BlockFronts& fronts, const std::vector<std::string>& devices) {
+                       const BlockFronts& fronts, const std::vector<std::string>& devices,
+                       bool force) {
   uint64_t bytes = ParseSizeArg("--limit", limit);
   json params = {{"storage", Absolute(storage)}, {"limit", bytes}, {"devices", devices}};
+  if (force) params["force"] = true;
   fronts.AddTo(params);
   ShowSnapshotCreated(ctx.output, ctx.Call("snapshot-create", params));
 }

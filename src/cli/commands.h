@@ -67,7 +67,8 @@ void CmdCbtChanges(Context& ctx, const std::string& name, const std::string& sin
 void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<std::string>& ranges,
                      const std::string& file, bool force);
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
-                       const BlockFronts& fronts, const std::vector<std::string>& devices);
+                       const BlockFronts& fronts, const std::vector<std::string>& devices,
+                       bool force);
 void CmdSnapshotAdd(Context& ctx, const std::string& id, const std::string& device);
 void CmdSnapshotTake(Context& ctx, const std::string& id);
 // force: even while a client uses one of its images (the daemon answers EBUSY otherwise).

@@ -127,9 +127,15 @@ int Main(int argc, char** argv) {
   create->add_flag("--ublk", snap_fronts.ublk, "expose the images as ublk devices");
   create->add_flag("--blockdev", snap_fronts.blockdev,
                    "expose the images as block devices through the daemon's --frontend");
+  bool snap_force = false;
+  create->add_flag("--force", snap_force,
+                   "use a storage that holds a file-system or partition signature or other data "
+                   "(it is overwritten)");
   create->add_option("DEVICE", snap_devices, "device names")->required();
   create->callback([&] {
-    run([&] { CmdSnapshotCreate(ctx, snap_storage, snap_limit, snap_fronts, snap_devices); });
+    run([&] {
+      CmdSnapshotCreate(ctx, snap_storage, snap_limit, snap_fronts, snap_devices, snap_force);
+    });
   });
   auto* add = snap->add_subcommand("add", "add a device before take");
   add->add_option("ID", snap_id)->required();

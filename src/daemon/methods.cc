@@ -134,7 +134,9 @@ Result<json> Attach(Service& service, const json& params, const Cancelled&) {
   r.ublk = GetBool(params, "ublk");
   r.blockdev = GetBool(params, "blockdev");
   BLKSNAP_ASSIGN_OR_RETURN(DeviceView view, service.Attach(r));
-  return DeviceJson(view);
+  json j = DeviceJson(view);
+  j["warnings"] = view.warnings;
+  return j;
 }
 
 Result<json> Detach(Service& service, const json& params, const Cancelled&) {
@@ -230,6 +232,7 @@ Result<json> SnapshotCreate(Service& service, const json& params, const Cancelle
   r.loop = GetBool(params, "loop");
   r.ublk = GetBool(params, "ublk");
   r.blockdev = GetBool(params, "blockdev");
+  r.force = GetBool(params, "force");
   if (params.contains("devices")) {
     if (!params["devices"].is_array()) return Status::Error(EINVAL, "'devices' must be a list");
     for (const auto& d : params["devices"]) {

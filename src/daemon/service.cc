@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "blksnap/io.h"
+#include "util/block_topology.h"
 
 namespace blksnap::daemon {
 namespace {
@@ -112,7 +113,9 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   // the fronts' own caches (the file system above ublk/loop, the NBD client) already hold, and
   // every write through it costs a page allocation, a copy and a writeback pass — 2-4x the CPU
   // per copy-on-write write measured in docs/performance-vm.md. Regular files stay buffered.
-  auto original = OpenFileDevice(path, {.direct = S_ISBLK(st.st_mode)});
+  // Exclusive (O_EXCL) for a block device: a mounted one is refused, and nobody can mount it
+  // behind the tracker's back while it is attached.
+  auto original = OpenFileDevice(path, {.direct = S_ISBLK(st.st_mode), .exclusive = true});
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   auto tracker = engine_->Attach(name, *original, {.path = path});
   if (!tracker.ok()) return Annotate(tracker.status(), "cannot attach '" + name + "'");
@@ -187,6 +190,17 @@ Result<DeviceView> Service::AttachReserved(const std::string& name, const std::s
     extra += (view.fronts.ublk_recovered ? " ublk (recovered) " : " ublk ") + view.fronts.ublk;
   }
   if (view.fronts.ublk_recovered && restart_) ++restart_->ublk_recovered;
+  if (S_ISREG(st.st_mode)) {
+    // Writes through a loop device someone else bound to the file bypass the tracker; a
+    // snapshot of the device is refused while one is bound (engine AddDevice).
+    for (const auto& loop : topology::LoopsBoundTo("/sys", st.st_dev, st.st_ino)) {
+      view.warnings.push_back(loop.device + " is bound to " + path +
+                              ": writes through it are not tracked, and no snapshot of '" + name +
+                              "' can be taken until it is detached (losetup -d " + loop.device +
+                              ")");
+      spdlog::warn("attach '{}': {}", name, view.warnings.back());
+    }
+  }
   devices_.emplace(name, std::move(built).value());
   spdlog::info("{} {} as '{}' ({} bytes){}", restored ? "re-attached" : "attached", path, name,
                view.size, extra);

@@ -45,6 +45,7 @@ struct DeviceView {
   CbtInfo cbt;
   FrontAddresses fronts;
   bool restored = false;  // re-attached at start from the records of a previous run
+  std::vector<std::string> warnings;  // attach only: e.g. an outside loop device on the file
 };
 
 struct FailedRecordView {
@@ -82,6 +83,7 @@ struct SnapshotRequest {
   std::string storage;  // absolute
   uint64_t limit = 0;
   bool loop = false, ublk = false, blockdev = false;
+  bool force = false;  // a storage holding a signature or data may be overwritten
   std::vector<std::string> devices;
 };
 

@@ -56,7 +56,8 @@ Result<Uuid> Service::CreateSnapshot(const SnapshotRequest& request) {
           EBUSY, "device '" + devices[i] + "' is already in snapshot " + snap->id().ToString());
     }
   }
-  auto id = engine_->CreateSnapshot({.storage_path = storage, .limit = request.limit});
+  auto id = engine_->CreateSnapshot(
+      {.storage_path = storage, .limit = request.limit, .force = request.force});
   if (!id.ok()) return Annotate(id.status(), "cannot create snapshot");
   for (const auto& d : devices) {
     Status s = engine_->AddDevice(*id, d);

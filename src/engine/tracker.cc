@@ -89,7 +89,7 @@ void TrackerImpl::AddAlias(uint64_t rdev) {
 
 void TrackerImpl::RemoveAlias(uint64_t rdev) {
   MutexLock lock(mu_);
-  aliases_.erase(rdev);
+  if (auto it = aliases_.find(rdev); it != aliases_.end()) aliases_.erase(it);
 }
 
 bool TrackerImpl::Holds(const StorageIdentity& storage) const {

@@ -6,15 +6,31 @@ namespace blksnap {
 
 Exposure::~Exposure() { Remove().IgnoreError(); }
 
+namespace {
+
+// The device numbers a front makes an alias of the device behind it.
+std::vector<uint64_t> AliasesOf(const Front& f) {
+  std::vector<uint64_t> a;
+  if (f.rdev() != 0) a.push_back(f.rdev());
+  if (f.alias_dev() != 0) a.push_back(f.alias_dev());
+  return a;
+}
+
+}  // namespace
+
 void Exposure::Add(std::unique_ptr<Front> front) {
-  if (alias_owner_ && front->rdev() != 0) alias_owner_->AddAlias(front->rdev());
+  if (alias_owner_) {
+    for (uint64_t dev : AliasesOf(*front)) alias_owner_->AddAlias(dev);
+  }
   fronts_.push_back(std::move(front));
 }
 
 void Exposure::SetAliasOwner(std::shared_ptr<Tracker> tracker) {
   alias_owner_ = std::move(tracker);
   if (!alias_owner_) return;
-  for (uint64_t rdev : rdevs()) alias_owner_->AddAlias(rdev);
+  for (const auto& f : fronts_) {
+    for (uint64_t dev : AliasesOf(*f)) alias_owner_->AddAlias(dev);
+  }
 }
 
 FrontAddresses Exposure::addresses() const {
@@ -44,9 +60,12 @@ Status Exposure::Remove() {
   while (!fronts_.empty()) {
     std::unique_ptr<Front> f = std::move(fronts_.back());
     fronts_.pop_back();
+    const std::vector<uint64_t> aliases = AliasesOf(*f);  // a removed front reports none
     Status s = f->Remove();
     if (!s.ok() && first.ok()) first = s;
-    if (alias_owner_ && f->rdev() != 0) alias_owner_->RemoveAlias(f->rdev());
+    if (alias_owner_) {
+      for (uint64_t dev : aliases) alias_owner_->RemoveAlias(dev);
+    }
   }
   return first;
 }

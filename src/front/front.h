@@ -37,6 +37,9 @@ class Front {
   // st_rdev of the block device this front creates (loop, ublk), 0 for the others. Used to
   // freeze file systems at a take and to recognise aliases of a tracked device.
   virtual uint64_t rdev() const { return 0; }
+  // st_dev of a file system through which the device's data is reachable as a file (the FUSE
+  // mount), 0 for none: a loop device over such a file aliases the device too.
+  virtual uint64_t alias_dev() const { return 0; }
   // EBUSY naming the front and its user when a client uses it (connection, open file, mount).
   virtual Status CheckIdle() const = 0;
   // Takes the front away; clients see their device disappear. Idempotent.

@@ -7,6 +7,7 @@
 #include "fuse/fuse_front.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <optional>
@@ -28,6 +29,11 @@ class FileFront final : public Front {
     if (loop_) out.loop = loop_->path();
   }
   uint64_t rdev() const override { return loop_ && !removed_ ? loop_->rdev() : 0; }
+  uint64_t alias_dev() const override {
+    if (removed_) return 0;
+    struct stat st {};
+    return ::stat(mount_.dir().c_str(), &st) == 0 ? st.st_dev : 0;
+  }
   Status CheckIdle() const override {
     if (removed_) return Status::Ok();
     if (loop_) {

@@ -30,9 +30,15 @@ class ScopedLoop {
   ScopedLoop& operator=(const ScopedLoop&) = delete;
 
   // Detaches now (idempotent); true on success.
+  // The kernel defers the unbind while someone (udev probing a new device) still has it open:
+  // wait until sysfs no longer shows a backing file, so a test that checks "no loop is bound
+  // any more" right after does not race udev.
   bool Detach() {
     if (path_.empty()) return true;
     const bool ok = std::system(("losetup -d " + path_).c_str()) == 0;
+    const std::string backing =
+        "/sys/block/" + path_.substr(path_.rfind('/') + 1) + "/loop/backing_file";
+    for (int i = 0; i < 500 && ::access(backing.c_str(), F_OK) == 0; ++i) ::usleep(10000);
     path_.clear();
     return ok;
   }
