@@ -152,7 +152,7 @@ void ShowAttach(const Output& out, json r) {
               {"fuse", r.value("fuse", json())},
               {"loop", r.value("loop", json())},
               {"ublk", r.value("ublk", json())}};
-    for (const char* k : {"nbd_tcp", "cbt"}) {
+    for (const char* k : {"nbd_tcp", "cbt", "warnings"}) {
       if (r.contains(k)) j[k] = r[k];
     }
     out.Emit(j);
@@ -160,6 +160,9 @@ void ShowAttach(const Output& out, json r) {
   }
   std::cout << "attached ";
   PrintDevice(r);
+  for (const auto& w : r.value("warnings", json::array())) {
+    if (w.is_string()) std::cerr << "blksnap: warning: " << w.get<std::string>() << "\n";
+  }
 }
 
 void ShowDetach(const Output& out, const std::string& name) { Done(out, "detached " + name); }

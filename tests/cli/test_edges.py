@@ -179,13 +179,79 @@ def nbd_tcp_needs_tls(args, t):
         d.cleanup()
 
 
+def losetup(path):
+    return subprocess.run(["losetup", "-f", "--show", path], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def unbind(loop):
+    subprocess.run(["losetup", "-d", loop])
+    backing = "/sys/block/%s/loop/backing_file" % os.path.basename(loop)
+    for _ in range(500):  # the kernel defers the unbind while udev probes the device
+        if not os.path.exists(backing):
+            return
+        time.sleep(0.01)
+
+
+def originals_behind_the_tracker(args, t):
+    """A mounted block device cannot be attached, an attached one cannot be mounted, and an
+    outside loop over an attached image file is warned about and blocks snapshots."""
+    d = Daemon(args, fuse=False).start()
+    mnt = os.path.join(d.tmp, "mnt")
+    os.mkdir(mnt)
+    loops = []
+    try:
+        backing = d.make_image("disk.img", 64 * MiB)
+        subprocess.run(["mkfs.ext4", "-q", "-F", backing], check=True)
+        loop = losetup(backing)
+        loops.append(loop)
+        subprocess.run(["mount", loop, mnt], check=True)
+        rc, out, err = d.cli("--json", "attach", loop, "--name", "mounted")
+        t.check(rc != 0 and "EBUSY" in out or "busy" in (out + err).lower(),
+                "a mounted block device is refused at attach (exit %d) %s" % (rc, err.strip()[-100:]))
+        subprocess.run(["umount", mnt], check=True)
+        d.cli_json("attach", loop, "--name", "held")
+        m = subprocess.run(["mount", loop, mnt], capture_output=True, text=True)
+        t.check(m.returncode != 0, "an attached block device cannot be mounted behind blksnap")
+        if m.returncode == 0:
+            subprocess.run(["umount", mnt])
+        d.cli_json("detach", "held")
+
+        image = d.make_image("file.img", 32 * MiB)
+        outside = losetup(image)
+        loops.append(outside)
+        r = d.cli_json("attach", image, "--name", "file")
+        t.check(any(outside in w for w in r.get("warnings", [])),
+                "attach warns about the outside loop %s: %r" % (outside, r.get("warnings")))
+        storage = os.path.join(d.tmp, "storage")
+        os.mkdir(storage)
+        rc, out, err = d.cli("--json", "snapshot", "create", "--storage", storage, "--limit",
+                             "16M", "file")
+        t.check(rc != 0 and outside in err, "a snapshot is refused while it is bound: %s" %
+                err.strip()[-120:])
+        unbind(outside)
+        loops.remove(outside)
+        rc, out, err = d.cli("--json", "snapshot", "create", "--storage", storage, "--limit",
+                             "16M", "file")
+        t.check(rc == 0, "... and allowed once it is gone (exit %d) %s" % (rc, err.strip()[-100:]))
+        if rc == 0:
+            d.cli_json("snapshot", "destroy", json.loads(out)["id"])
+    finally:
+        subprocess.run(["umount", mnt], stderr=subprocess.DEVNULL)
+        for loop in loops:
+            unbind(loop)
+        d.stop()
+        d.cleanup()
+
+
 def main():
     args = parse_args(sys.argv)
     if os.geteuid() != 0:
         print("SKIP: needs root")
         sys.exit(77)
     t = Failures()
-    for test in (bad_state_files, second_daemon, pidfile_symlink, sighup, nbd_tcp_needs_tls):
+    for test in (bad_state_files, second_daemon, pidfile_symlink, sighup, nbd_tcp_needs_tls,
+                 originals_behind_the_tracker):
         try:
             test(args, t)
         except Exception as e:
