@@ -35,8 +35,17 @@ class NoFronts final : public Fronts {
   FrontsInfo info_{.block_frontend = "fuse-loop"};
 };
 
+// A memory Env with one directory and one 1 MiB device file, so attach and snapshot-create
+// reach their real paths without touching this machine's files.
+Env* TheEnv() {
+  auto* env = new MemoryEnv();
+  env->AddDirectory("/mem");
+  env->WriteFileAtomic("/mem/disk", std::string(1 << 20, '\0')).IgnoreError();
+  return env;
+}
+
 Service& TheService() {
-  static Env* env = new MemoryEnv();
+  static Env* env = TheEnv();
   static Service* service = [] {
     ServiceInfo info;
     info.env = env;

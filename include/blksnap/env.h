@@ -51,6 +51,7 @@
 #include <string_view>
 
 #include "blksnap/block_device.h"
+#include "blksnap/io.h"
 #include "blksnap/status.h"
 
 namespace blksnap {
@@ -126,6 +127,10 @@ class Env {
   virtual Result<FileStat> Stat(const std::string& path) = 0;
   virtual Result<std::unique_ptr<StorageFile>> OpenStorageFile(
       const std::string& path, const StorageFileOptions& options = {}) = 0;
+  // An existing regular file or block device as a BlockDevice: the original of a tracked
+  // device (never created or truncated; options as for OpenFileDevice in io.h).
+  virtual Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path,
+                                                          const FileOpenOptions& options) = 0;
   // The sysfs root for block-topology lookups; "" when there is none to look at.
   virtual std::string SysfsRoot() const { return "/sys"; }
 
@@ -156,6 +161,10 @@ class EnvWrapper : public Env {
                                                        const StorageFileOptions& options) override {
     return target_->OpenStorageFile(path, options);
   }
+  Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path,
+                                                  const FileOpenOptions& options) override {
+    return target_->OpenDevice(path, options);
+  }
   std::string SysfsRoot() const override { return target_->SysfsRoot(); }
 
  private:
@@ -184,6 +193,9 @@ class MemoryEnv : public Env {
   Result<FileStat> Stat(const std::string& path) override;
   Result<std::unique_ptr<StorageFile>> OpenStorageFile(const std::string& path,
                                                        const StorageFileOptions& options) override;
+  // A memory device holding a copy of the file (rounded up to 512 bytes); writes stay in it.
+  Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path,
+                                                  const FileOpenOptions& options) override;
   std::string SysfsRoot() const override { return ""; }
 
   struct State;  // shared with the files it hands out

@@ -105,17 +105,15 @@ Result<DeviceView> Service::Attach(const AttachRequest& request) {
 
 Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const std::string& path,
                                                   bool loop, bool ublk, int ublk_recover_id) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    return Status::Error(errno, "cannot attach " + path + ": " + std::strerror(errno));
-  }
+  BLKSNAP_ASSIGN_OR_RETURN(FileStat st, StatOriginal(path));
+  const bool is_block = st.kind == FileKind::kBlockDevice;
   // A block device is opened with O_DIRECT: its page cache would only hold a second copy of what
   // the fronts' own caches (the file system above ublk/loop, the NBD client) already hold, and
   // every write through it costs a page allocation, a copy and a writeback pass — 2-4x the CPU
   // per copy-on-write write measured in docs/performance-vm.md. Regular files stay buffered.
   // Exclusive (O_EXCL) for a block device: a mounted one is refused, and nobody can mount it
   // behind the tracker's back while it is attached.
-  auto original = OpenFileDevice(path, {.direct = S_ISBLK(st.st_mode), .exclusive = true});
+  auto original = env_.OpenDevice(path, {.direct = is_block, .exclusive = true});
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   auto tracker = engine_->Attach(name, *original, {.path = path});
   if (!tracker.ok()) return Annotate(tracker.status(), "cannot attach '" + name + "'");
@@ -133,8 +131,8 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   DeviceEntry entry;
   entry.name = name;
   entry.path = path;
-  entry.st_dev = st.st_dev;
-  entry.st_ino = st.st_ino;
+  entry.st_dev = st.dev;
+  entry.st_ino = st.ino;
   entry.tracker = *tracker;
   entry.fronts = std::move(fronts).value();
   entry.loop = loop;
@@ -142,16 +140,20 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   return entry;
 }
 
+Result<FileStat> Service::StatOriginal(const std::string& path) {
+  auto st = env_.Stat(path);
+  if (!st.ok()) return Annotate(st.status(), "cannot attach " + path);
+  if (!st->exists) return Status::Error(ENOENT, "cannot attach " + path + ": no such file");
+  if (st->kind != FileKind::kRegular && st->kind != FileKind::kBlockDevice) {
+    return Status::Error(EINVAL, "cannot attach " + path + ": not a regular file or block device");
+  }
+  return st;
+}
+
 Result<DeviceView> Service::AttachReserved(const std::string& name, const std::string& path,
                                            bool loop, bool ublk, int ublk_recover_id,
                                            bool restored) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    return Status::Error(errno, "cannot attach " + path + ": " + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-    return Status::Error(EINVAL, "cannot attach " + path + ": not a regular file or block device");
-  }
+  BLKSNAP_ASSIGN_OR_RETURN(FileStat st, StatOriginal(path));
   {
     MutexLock lock(mu_);
     if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is shutting down");
@@ -159,7 +161,7 @@ Result<DeviceView> Service::AttachReserved(const std::string& name, const std::s
       return Status::Error(EEXIST, "a device named '" + name + "' is already attached");
     }
     for (const auto& [other_name, d] : devices_) {
-      if (d.st_dev == st.st_dev && d.st_ino == st.st_ino) {
+      if (d.st_dev == st.dev && d.st_ino == st.ino) {
         return Status::Error(EBUSY, path + " is already attached as '" + other_name + "'");
       }
     }
@@ -190,10 +192,10 @@ Result<DeviceView> Service::AttachReserved(const std::string& name, const std::s
     extra += (view.fronts.ublk_recovered ? " ublk (recovered) " : " ublk ") + view.fronts.ublk;
   }
   if (view.fronts.ublk_recovered && restart_) ++restart_->ublk_recovered;
-  if (S_ISREG(st.st_mode)) {
+  if (st.kind == FileKind::kRegular && !env_.SysfsRoot().empty()) {
     // Writes through a loop device someone else bound to the file bypass the tracker; a
     // snapshot of the device is refused while one is bound (engine AddDevice).
-    for (const auto& loop : topology::LoopsBoundTo("/sys", st.st_dev, st.st_ino)) {
+    for (const auto& loop : topology::LoopsBoundTo(env_.SysfsRoot(), st.dev, st.ino)) {
       view.warnings.push_back(loop.device + " is bound to " + path +
                               ": writes through it are not tracked, and no snapshot of '" + name +
                               "' can be taken until it is detached (losetup -d " + loop.device +

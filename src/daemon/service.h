@@ -201,6 +201,8 @@ class Service {
   };
 
   Status ResolveBlockFronts(bool blockdev, bool* loop, bool* ublk) const;
+  // Through the Env: a regular file or block device, else a one-line error.
+  Result<FileStat> StatOriginal(const std::string& path);
   // Opens, attaches and exposes a device without mu_ (the name is reserved in pending_).
   Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path, bool loop,
                                   bool ublk, int ublk_recover_id) EXCLUDES(mu_);

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "blksnap/env.h"
 #include "engine/engine_test_util.h"
 
 namespace blksnap::daemon {
@@ -417,6 +418,28 @@ TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
             EEXIST);
   EXPECT_OK(service_->Detach("vol", false));
   EXPECT_TRUE(service_->Attach({.path = MakeFile("new2.img"), .name = "vol"}).ok());
+}
+
+TEST(ServiceMemoryEnvTest, AttachSnapshotAndRecordsWithoutADisk) {
+  MemoryEnv env;
+  env.AddDirectory("/mem");
+  env.AddDirectory("/state");
+  ASSERT_OK(env.WriteFileAtomic("/mem/disk", std::string(8 << 20, '\0')));
+  Config config;
+  config.env = &env;
+  auto log = std::make_shared<FrontLog>();
+  Service service(Engine::Create(config).value(), std::make_unique<FakeFronts>(log),
+                  ServiceInfo{.state_dir = "/state", .control_path = "/c", .env = &env});
+  service.Restore();
+  auto v = service.Attach({.path = "/mem/disk", .name = "d"});
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  EXPECT_EQ(v->size, 8u << 20);
+  EXPECT_TRUE(env.HasFile("/state/devices.json"));
+  auto id = service.CreateSnapshot({.storage = "/mem", .limit = 4u << 20, .devices = {"d"}});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_TRUE(service.Take(*id).ok());
+  EXPECT_OK(service.DestroySnapshot(*id, false));
+  EXPECT_EQ(service.Attach({.path = "/mem/none", .name = "n"}).status().errnum(), ENOENT);
 }
 
 TEST_F(ServiceTest, AStartWithoutRecordsIsNotARestart) {

@@ -233,6 +233,24 @@ Result<FileStat> MemoryEnv::Stat(const std::string& path) {
   return st;
 }
 
+Result<std::shared_ptr<BlockDevice>> MemoryEnv::OpenDevice(const std::string& path,
+                                                          const FileOpenOptions&) {
+  std::string content;
+  {
+    MutexLock lock(state_->mu);
+    auto it = state_->files.find(path);
+    if (it == state_->files.end()) return NoEntry("open", path);
+    content = it->second;
+  }
+  if (content.empty()) return Status::Error(EINVAL, "open " + path + ": an empty file");
+  auto device = MakeMemoryDevice((content.size() + 511) / 512 * 512);
+  content.resize((content.size() + 511) / 512 * 512, '\0');
+  BLKSNAP_RETURN_IF_ERROR(device->Write(
+      0, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(content.data()), content.size()),
+      0));
+  return device;
+}
+
 Result<std::unique_ptr<StorageFile>> MemoryEnv::OpenStorageFile(const std::string& path,
                                                                 const StorageFileOptions&) {
   BLKSNAP_ASSIGN_OR_RETURN(FileStat st, Stat(path));

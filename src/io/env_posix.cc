@@ -221,6 +221,11 @@ class PosixEnv : public Env {
     return ToFileStat(st);
   }
 
+  Result<std::shared_ptr<BlockDevice>> OpenDevice(const std::string& path,
+                                                  const FileOpenOptions& options) override {
+    return OpenFileDevice(path, options);
+  }
+
   Result<std::unique_ptr<StorageFile>> OpenStorageFile(const std::string& path,
                                                        const StorageFileOptions& options) override {
     BLKSNAP_ASSIGN_OR_RETURN(FileStat st, Stat(path));
