@@ -11,29 +11,12 @@
 #include "blksnap/env.h"
 #include "control/protocol.h"
 #include "daemon/methods.h"
+#include "daemon/no_fronts.h"
 
 namespace {
 
 using namespace blksnap;
 using namespace blksnap::daemon;
-
-class NoFronts final : public Fronts {
- public:
-  const FrontsInfo& info() const override { return info_; }
-  Result<std::unique_ptr<Exposure>> Expose(const std::string&, std::shared_ptr<BlockDevice>,
-                                           std::shared_ptr<const CbtSource>,
-                                           const ExposeOptions&) override {
-    return std::make_unique<Exposure>();
-  }
-  Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
-  Result<std::function<void()>> Freeze(const std::vector<uint64_t>&) override {
-    return std::function<void()>([] {});
-  }
-  void Stop() override {}
-
- private:
-  FrontsInfo info_{.block_frontend = "fuse-loop"};
-};
 
 // A memory Env with one directory and one 1 MiB device file, so attach and snapshot-create
 // reach their real paths without touching this machine's files.

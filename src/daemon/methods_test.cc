@@ -5,29 +5,12 @@
 #include <gtest/gtest.h>
 
 #include "blksnap/engine.h"
+#include "daemon/no_fronts.h"
 
 namespace blksnap::daemon {
 namespace {
 
 using nlohmann::json;
-
-class NoFronts final : public Fronts {
- public:
-  const FrontsInfo& info() const override { return info_; }
-  Result<std::unique_ptr<Exposure>> Expose(const std::string&, std::shared_ptr<BlockDevice>,
-                                           std::shared_ptr<const CbtSource>,
-                                           const ExposeOptions&) override {
-    return std::make_unique<Exposure>();
-  }
-  Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
-  Result<std::function<void()>> Freeze(const std::vector<uint64_t>&) override {
-    return std::function<void()>([] {});
-  }
-  void Stop() override {}
-
- private:
-  FrontsInfo info_{.block_frontend = "fuse-loop"};
-};
 
 std::unique_ptr<Service> MakeService() {
   return std::make_unique<Service>(Engine::Create({}).value(), std::make_unique<NoFronts>(),

@@ -234,7 +234,7 @@ Result<FileStat> MemoryEnv::Stat(const std::string& path) {
 }
 
 Result<std::shared_ptr<BlockDevice>> MemoryEnv::OpenDevice(const std::string& path,
-                                                          const FileOpenOptions&) {
+                                                           const FileOpenOptions&) {
   std::string content;
   {
     MutexLock lock(state_->mu);

@@ -39,29 +39,9 @@ pattern=${4:-}
 if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then exit 77; fi
 command -v python3 >/dev/null || exit 77  # reads the CLI's --json output
 
-work=$(mktemp -d /tmp/blksnap-daemon-XXXXXX)
-fuse=$work/fuse
-export BLKSNAP_CONTROL=$work/control.sock
-daemon_pid=""
+. "$(dirname "$0")/../lib/workdir.sh"
+blksnap_workdir blksnap-daemon
 storage_loop=""
-cleanup() {
-  set +e
-  # Mounts under $work, deepest first.
-  awk -v w="$work" '$5 ~ "^"w"/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
-    [ "$m" = "$fuse" ] || umount "$m" 2>/dev/null || umount -l "$m"
-  done
-  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill -TERM "$daemon_pid"
-    wait "$daemon_pid"
-  fi
-  for f in /sys/block/loop*/loop/backing_file; do
-    [ -e "$f" ] || continue
-    case "$(cat "$f")" in "$work"/*) d=${f#/sys/block/}; losetup -d "/dev/${d%%/*}" ;; esac
-  done
-  grep -q " $fuse " /proc/self/mountinfo && umount -l "$fuse"
-  rm -rf "$work"
-}
-trap cleanup EXIT
 fail() {
   echo "FAIL ($scenario): $*" >&2
   [ -f "$work/daemon.log" ] && tail -20 "$work/daemon.log" >&2

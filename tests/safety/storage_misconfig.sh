@@ -25,28 +25,9 @@ if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then
 command -v mkfs.ext4 >/dev/null || exit 77
 command -v python3 >/dev/null || exit 77
 
-work=$(mktemp -d /tmp/blksnap-safety-XXXXXX)
-fuse=$work/fuse
-export BLKSNAP_CONTROL=$work/control.sock
-daemon_pid=""
+. "$(dirname "$0")/../lib/workdir.sh"
+blksnap_workdir blksnap-safety
 failed=0
-cleanup() {
-  set +e
-  awk -v w="$work" '$5 ~ "^"w"/" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
-    [ "$m" = "$fuse" ] || umount "$m" 2>/dev/null || umount -l "$m"
-  done
-  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-    kill -TERM "$daemon_pid"
-    wait "$daemon_pid"
-  fi
-  for f in /sys/block/loop*/loop/backing_file; do
-    [ -e "$f" ] || continue
-    case "$(cat "$f")" in "$work"/*) d=${f#/sys/block/}; losetup -d "/dev/${d%%/*}" ;; esac
-  done
-  grep -q " $fuse " /proc/self/mountinfo && umount -l "$fuse"
-  rm -rf "$work"
-}
-trap cleanup EXIT
 # expect WHAT COMMAND...: runs COMMAND (a test, not fatal under set -e) and reports it.
 expect() {
   local what=$1
