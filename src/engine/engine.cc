@@ -42,16 +42,28 @@ class EngineImpl final : public Engine {
     BLKSNAP_RETURN_IF_ERROR(ValidateDeviceName(name));
     if (!original || original->size() == 0)
       return Status::Error(EINVAL, "device '" + name + "' has no capacity");
-    MutexLock take(take_mu_);
+    MutexLock take(take_mu_);  // one attach at a time: the state file is opened once
+    {
+      MutexLock lock(mu_);
+      if (trackers_.count(name))
+        return Status::Error(EEXIST, "device '" + name + "' is already attached");
+    }
+    // Recovers the CBT state (file I/O and syncs: outside mu_).
+    BLKSNAP_ASSIGN_OR_RETURN(
+        std::unique_ptr<CbtMap> cbt,
+        CbtMap::Open(original->size(), config_,
+                     {.path = options.cbt_path,
+                      .expected = options.cbt_expected,
+                      .identity = options.identity,
+                      .files = options.mapped_files}));
+    auto tracker =
+        std::make_shared<TrackerImpl>(name, std::move(original), options, std::move(cbt));
     MutexLock lock(mu_);
-    if (trackers_.count(name))
-      return Status::Error(EEXIST, "device '" + name + "' is already attached");
-    auto tracker = std::make_shared<TrackerImpl>(name, std::move(original), options, config_);
     trackers_[name] = tracker;
     return std::shared_ptr<Tracker>(tracker);
   }
 
-  Status Detach(const std::string& name) override {
+  Status Detach(const std::string& name, const DetachOptions& options) override {
     MutexLock take(take_mu_);
     MutexLock lock(mu_);
     auto it = trackers_.find(name);
@@ -59,9 +71,10 @@ class EngineImpl final : public Engine {
     if (auto snap = it->second->snapshot_impl()) {
       return Status::Error(EBUSY, "device '" + name + "' is in snapshot " + snap->id().ToString());
     }
-    it->second->MarkDetached();
+    std::shared_ptr<TrackerImpl> tracker = it->second;
     trackers_.erase(it);
-    return Status::Ok();
+    tracker->MarkDetached();  // waits for in-flight writes: their marks come before the seal
+    return options.keep_cbt ? tracker->cbt().Close(options.identity) : tracker->cbt().Remove();
   }
 
   std::shared_ptr<Tracker> FindTracker(const std::string& name) const override {
