@@ -6,6 +6,9 @@
 #include "engine/cbt_store.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <map>
 #include <random>
@@ -362,6 +365,51 @@ TEST(PosixMappedFilesTest, SharedAndDurable) {
   EXPECT_FALSE(files->BootId().empty());
   EXPECT_OK(files->Remove(path));
   EXPECT_EQ(files->Open(path).status().errnum(), ENOENT);
+}
+
+// Guarantee 2 with a real process and a real mapping: a child attaches, writes, and dies by
+// SIGKILL; the parent attaches the same state file and finds the generation and the mark.
+TEST(PosixMappedFilesTest, RealKillKeepsMarks) {
+  Config config;
+  config.tracking_block_minimum_shift = 12;
+  const std::string path = ::testing::TempDir() + "/cbt_real_kill_test.cbt";
+  auto device = MakeMemoryDevice(kDevSize);
+  const AttachOptions options{.cbt_path = path};
+  auto engine = Engine::Create(config).value();
+  auto tracker = engine->Attach("vol", device, options);
+  ASSERT_TRUE(tracker.ok()) << tracker.status().ToString();
+  const Uuid generation = (*tracker)->cbt_info().generation_id;
+  ASSERT_OK(engine->Detach("vol", {.keep_cbt = true}));
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto e = Engine::Create(config).value();
+    auto t = e->Attach("vol", device, options);
+    if (!t.ok() || (*t)->cbt_info().generation_id != generation) ::_exit(1);
+    std::vector<uint8_t> buf(kBlock, 0x5a);
+    if (!(*t)->Write(77 * kBlock, buf, 0).ok()) ::_exit(2);
+    ::raise(SIGKILL);
+    ::_exit(3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  tracker = engine->Attach("vol", device, options);
+  ASSERT_TRUE(tracker.ok()) << tracker.status().ToString();
+  EXPECT_EQ((*tracker)->cbt_info().generation_id, generation);
+  SnapshotOptions snapshot;
+  snapshot.storage_device = MakeMemoryDevice(2 * kMiB + 8 * kMiB);
+  auto id = engine->CreateSnapshot(snapshot);
+  ASSERT_TRUE(id.ok());
+  ASSERT_OK(engine->AddDevice(*id, "vol"));
+  ASSERT_TRUE(engine->Take(*id).ok());
+  std::vector<uint8_t> map(kBlocks);
+  ASSERT_OK((*tracker)->ReadCbtMap(0, map));
+  EXPECT_EQ(map[77], 1);
+  EXPECT_EQ(map[76], 0);
+  ASSERT_OK(engine->Destroy(*id));
+  ASSERT_OK(engine->Detach("vol"));
+  EXPECT_EQ(::access(path.c_str(), F_OK), -1);  // a plain detach removes the file
 }
 
 }  // namespace
