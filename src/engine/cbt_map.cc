@@ -98,9 +98,15 @@ void CbtMap::SwitchForTake(uint64_t capacity) {
   h.previous = active_.load(std::memory_order_relaxed);
   h.active = static_cast<uint8_t>(h.previous + 1);
   active_.store(h.active, std::memory_order_relaxed);
-  // A failed sync leaves the file unsealed: a crash still finds every mark in the page cache and
-  // a reboot starts a new generation, so the error changes nothing that recovery relies on.
-  store_->Checkpoint().IgnoreError();
+  // Into the mapping, not synced: a kill -9 keeps it, and while the file is unsealed a reboot
+  // starts a new generation whatever reached the disk, so a sync here (writers are held) would
+  // buy nothing. See Checkpoint().
+  store_->Publish();
+}
+
+Status CbtMap::Checkpoint() {
+  MutexLock lock(mu_);
+  return store_->Checkpoint();
 }
 
 void CbtMap::SetCorrupted() {

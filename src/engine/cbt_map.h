@@ -12,7 +12,7 @@
 // Storage (engine/cbt_store.h): the maps and numbers live in a CbtStore — a state file mapped
 // shared (durable: survives a daemon restart or kill -9) or memory. The take copies the read map
 // before it publishes the new numbers (a kill -9 in between leaves a read map that over-reports
-// against the old numbers, never one that under-reports) and then checkpoints the store.
+// against the old numbers, never one that under-reports); it does not sync (Checkpoint()).
 //
 // Locking: MarkWrite() is lock-free (relaxed byte stores, through std::atomic_ref, of a value
 // that only changes at a take, into the write map wherever it lives) and relies on the caller's
@@ -49,8 +49,13 @@ class CbtMap {
   // Mark-dirty (and writes to a snapshot image): write map = active, read map = previous.
   Status MarkBoth(uint64_t offset, uint64_t length);
 
-  // The take: call with writers held. Starts a new generation first if needed; checkpoints.
+  // The take: call with writers held. Starts a new generation first if needed; publishes the
+  // new numbers into the store (no sync).
   void SwitchForTake(uint64_t capacity);
+  // Makes the maps and numbers durable (two syncs; any thread, writers need not be held). Not
+  // needed for recovery in format version 1 (an unsealed file after a reboot is never trusted);
+  // it moves CbtInfo::last_checkpoint.
+  Status Checkpoint();
   // Forces a new generation at the next take.
   void SetCorrupted();
 

@@ -71,7 +71,11 @@ Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
   store->header_.flags &= ~kCbtFlagSealed;
   store->header_.boot_id = boot_id;
   store->header_.identity = options.identity;
-  BLKSNAP_RETURN_IF_ERROR(store->Checkpoint());
+  // One sync: the maps need no ordering against this header (an unsealed file is trusted only
+  // by the same boot, whose page cache holds everything anyway).
+  store->header_.checkpoint_time_ns = NowNs();
+  store->Publish();
+  BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
   return store;
 }
 
