@@ -5,10 +5,16 @@
 // the block last changed; 0 means unchanged since the generation began. A backup tool that took
 // its last backup at snap number N copies every block whose byte is > N, provided the
 // generation id is still the one it saw (a new generation means: take a full backup).
+//
+// Durable tracking (AttachOptions::cbt_path): the maps live in a state file (docs/cbt-format.md)
+// and survive a daemon restart. A generation that had to start over says why in
+// CbtInfo::generation_reason, one of the kCbtReason* strings below.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "blksnap/status.h"
@@ -16,13 +22,53 @@
 
 namespace blksnap {
 
+// Why the current generation began (CbtInfo::generation_reason).
+inline constexpr char kCbtReasonNew[] = "new";  // first attach, or tracking in memory only
+// A previous run tracked the device (AttachOptions::cbt_expected) but its state file is gone.
+inline constexpr char kCbtReasonStateLost[] = "state-lost";
+// The state file was unreadable: bad magic, version, checksum or size (e.g. torn).
+inline constexpr char kCbtReasonStateCorrupt[] = "state-corrupt";
+// The device's capacity (or the tracking block size) differs from the state file's.
+inline constexpr char kCbtReasonCapacityChanged[] = "capacity-changed";
+// The run that tracked the device did not stop cleanly and the machine rebooted since: marks
+// still in the page cache may have been lost with it.
+inline constexpr char kCbtReasonUncleanPower[] = "restart-unclean-power";
+// The original is another file or device than the one tracked (device, inode, rdev, kind).
+inline constexpr char kCbtReasonIdentityChanged[] = "identity-changed";
+// Same file, but its size, mtime or ctime changed since the clean stop: written by someone else.
+inline constexpr char kCbtReasonOutsideWrite[] = "outside-write";
+// The snap number would have passed 255.
+inline constexpr char kCbtReasonSnapNumberWrap[] = "snap-number-wrap";
+// The map was marked corrupted (a copy-on-write failure lost a change).
+inline constexpr char kCbtReasonCorrupted[] = "corrupted";
+
 struct CbtInfo {
   uint32_t block_size = 0;  // bytes, a power of two
   uint64_t block_count = 0;
   uint64_t device_capacity = 0;  // bytes
   Uuid generation_id;
   uint8_t changes_number = 0;  // snap number of the last take (the read map's newest value)
+  std::string generation_reason = kCbtReasonNew;  // why this generation began (kCbtReason*)
+  bool durable = false;  // the maps live in a state file and survive a restart
+  // When the maps were last made durable (at attach, at each take, at a clean stop); the
+  // epoch if never (memory only).
+  std::chrono::system_clock::time_point last_checkpoint{};
 };
+
+// The identity of an original, recorded in the state file at attach and at a clean stop, and
+// compared at the next attach to detect writes blksnap could not see. Fields that do not apply
+// stay 0; kind kUnknown disables the comparison.
+struct CbtIdentity {
+  enum Kind : uint32_t { kUnknown = 0, kFile = 1, kBlockDevice = 2 };
+  uint32_t kind = kUnknown;
+  uint64_t dev = 0, ino = 0, rdev = 0;
+  uint64_t size = 0;                   // bytes
+  int64_t mtime_ns = 0, ctime_ns = 0;  // files only (a device node's times say nothing)
+  bool operator==(const CbtIdentity&) const = default;
+};
+
+// A fresh identity of the file or block device at `path` (stat, and the size of a block device).
+Result<CbtIdentity> StatCbtIdentity(const std::string& path);
 
 struct ByteExtent {
   uint64_t offset = 0;

@@ -126,8 +126,29 @@ class Snapshot {
   virtual uint64_t last_event_seq() const = 0;
 };
 
+class MappedFiles;  // mapped_file.h
+
 struct AttachOptions {
   std::string path;  // for reports and for the storage-placement check; may be empty
+  // Durable change tracking (docs/cbt-format.md): the device's CBT state file. Empty: CBT in
+  // memory only, a new generation at every attach. Attach continues the generation found there
+  // or starts a new one with a reason (CbtInfo::generation_reason); before it returns, the file
+  // is marked open by this boot and synced.
+  std::string cbt_path;
+  // A previous run tracked this device: a missing state file is "state-lost", not "new".
+  bool cbt_expected = false;
+  // The original's identity now (StatCbtIdentity(path)), compared with the one recorded at the
+  // last clean stop to detect writes made while nobody tracked it. Unknown: not compared.
+  CbtIdentity identity;
+  std::shared_ptr<MappedFiles> mapped_files;  // null: PosixMappedFiles() (tests: memory)
+};
+
+struct DetachOptions {
+  // The clean stop of a daemon that will attach the device again: the state file is sealed, so
+  // the next attach continues the generation exactly. false: the state file is removed.
+  bool keep_cbt = false;
+  // With keep_cbt: the original's identity after its last write (a fresh StatCbtIdentity).
+  CbtIdentity identity;
 };
 
 struct SnapshotOptions {
@@ -168,8 +189,10 @@ class Engine {
   virtual Result<std::shared_ptr<Tracker>> Attach(const std::string& name,
                                                   std::shared_ptr<BlockDevice> original,
                                                   const AttachOptions& options = {}) = 0;
-  // ENOENT unknown; EBUSY while in a snapshot.
-  virtual Status Detach(const std::string& name) = 0;
+  // ENOENT unknown; EBUSY while in a snapshot. Waits for in-flight writes; later I/O through
+  // the tracker fails with ENODEV. An error from sealing or removing the state file is returned
+  // with the device detached all the same (an unsealed file then recovers as after a crash).
+  virtual Status Detach(const std::string& name, const DetachOptions& options = {}) = 0;
   virtual std::shared_ptr<Tracker> FindTracker(const std::string& name) const = 0;
   virtual std::vector<std::shared_ptr<Tracker>> trackers() const = 0;
 

@@ -7,39 +7,49 @@
 namespace blksnap {
 namespace {
 
-uint64_t CountByShift(uint64_t capacity, uint32_t shift) {
-  const uint64_t size = 1ull << shift;
-  return capacity / size + (capacity % size ? 1 : 0);
-}
+std::atomic_ref<uint8_t> Byte(uint8_t* map, uint64_t i) { return std::atomic_ref<uint8_t>(map[i]); }
 
 }  // namespace
 
 uint32_t TrackingBlockShift(uint64_t capacity, const Config& config) {
   uint32_t shift =
       std::min(config.tracking_block_minimum_shift, config.tracking_block_maximum_shift);
-  while (CountByShift(capacity, shift) > config.tracking_block_maximum_count &&
+  while (CbtBlockCount(capacity, shift) > config.tracking_block_maximum_count &&
          shift < config.tracking_block_maximum_shift) {
     ++shift;
   }
   return shift;
 }
 
-CbtMap::CbtMap(uint64_t capacity, const Config& config) : config_(config) {
+CbtMap::CbtMap(uint64_t capacity, const Config& config)
+    : CbtMap(config, CbtStore::Memory({capacity, TrackingBlockShift(capacity, config)})) {}
+
+CbtMap::CbtMap(const Config& config, std::unique_ptr<CbtStore> store) : config_(config) {
   MutexLock lock(mu_);
-  Reset(capacity);
+  store_ = std::move(store);
+  Load();
 }
 
-void CbtMap::Reset(uint64_t capacity) {
-  capacity_ = capacity;
-  block_shift_ = TrackingBlockShift(capacity, config_);
-  block_count_ = CountByShift(capacity, block_shift_);
-  write_map_ = std::make_unique<std::atomic<uint8_t>[]>(block_count_);
-  for (uint64_t i = 0; i < block_count_; ++i) write_map_[i].store(0, std::memory_order_relaxed);
-  read_map_.assign(block_count_, 0);
-  active_.store(1, std::memory_order_relaxed);
-  previous_ = 0;
-  generation_ = Uuid::Random();
-  corrupted_ = false;
+Result<std::unique_ptr<CbtMap>> CbtMap::Open(uint64_t capacity, const Config& config,
+                                             const CbtStoreOptions& options) {
+  BLKSNAP_ASSIGN_OR_RETURN(
+      auto store, CbtStore::Open({capacity, TrackingBlockShift(capacity, config)}, options));
+  return std::unique_ptr<CbtMap>(new CbtMap(config, std::move(store)));
+}
+
+void CbtMap::Load() {
+  const CbtHeader& h = store_->header();
+  capacity_ = h.capacity;
+  block_shift_ = h.block_shift;
+  block_count_ = h.block_count;
+  write_map_ = store_->write_map();
+  read_map_ = store_->read_map();
+  active_.store(h.active, std::memory_order_relaxed);
+}
+
+void CbtMap::Reset(uint64_t capacity, const char* reason) {
+  store_->Reset({capacity, TrackingBlockShift(capacity, config_)}, reason);
+  Load();
 }
 
 std::pair<uint64_t, uint64_t> CbtMap::BlockRange(uint64_t offset, uint64_t length) const {
@@ -52,8 +62,8 @@ void CbtMap::MarkWrite(uint64_t offset, uint64_t length) {
   const uint8_t active = active_.load(std::memory_order_relaxed);
   auto [first, last] = BlockRange(offset, length);
   for (uint64_t i = first; i < last; ++i) {
-    if (write_map_[i].load(std::memory_order_relaxed) < active)
-      write_map_[i].store(active, std::memory_order_relaxed);
+    auto b = Byte(write_map_, i);
+    if (b.load(std::memory_order_relaxed) < active) b.store(active, std::memory_order_relaxed);
   }
 }
 
@@ -62,39 +72,75 @@ Status CbtMap::MarkBoth(uint64_t offset, uint64_t length) {
   if (offset > capacity_ || length > capacity_ - offset)
     return Status::Error(EINVAL, "range beyond the end of the device");
   const uint8_t active = active_.load(std::memory_order_relaxed);
+  const uint8_t previous = store_->header().previous;
   auto [first, last] = BlockRange(offset, length);
   for (uint64_t i = first; i < last; ++i) {
-    if (write_map_[i].load(std::memory_order_relaxed) < active)
-      write_map_[i].store(active, std::memory_order_relaxed);
-    read_map_[i] = std::max(read_map_[i], previous_);
+    auto b = Byte(write_map_, i);
+    if (b.load(std::memory_order_relaxed) < active) b.store(active, std::memory_order_relaxed);
+    read_map_[i] = std::max(read_map_[i], previous);
   }
   return Status::Ok();
 }
 
 void CbtMap::SwitchForTake(uint64_t capacity) {
   MutexLock lock(mu_);
-  if (capacity != capacity_ || corrupted_ || active_.load(std::memory_order_relaxed) == 255) {
-    Reset(capacity);
+  CbtHeader& h = store_->header();
+  if (capacity != capacity_) {
+    Reset(capacity, kCbtReasonCapacityChanged);
+  } else if (h.flags & kCbtFlagCorrupted) {
+    Reset(capacity, kCbtReasonCorrupted);
+  } else if (active_.load(std::memory_order_relaxed) == 255) {
+    Reset(capacity, kCbtReasonSnapNumberWrap);
   }
-  previous_ = active_.load(std::memory_order_relaxed);
-  active_.store(static_cast<uint8_t>(previous_ + 1), std::memory_order_relaxed);
+  // The read map first, the numbers second (see the design note).
   for (uint64_t i = 0; i < block_count_; ++i)
-    read_map_[i] = write_map_[i].load(std::memory_order_relaxed);
+    read_map_[i] = Byte(write_map_, i).load(std::memory_order_relaxed);
+  h.previous = active_.load(std::memory_order_relaxed);
+  h.active = static_cast<uint8_t>(h.previous + 1);
+  active_.store(h.active, std::memory_order_relaxed);
+  // Into the mapping, not synced: a kill -9 keeps it, and while the file is unsealed a reboot
+  // starts a new generation whatever reached the disk, so a sync here (writers are held) would
+  // buy nothing. See Checkpoint().
+  store_->Publish();
+}
+
+Status CbtMap::Checkpoint() {
+  MutexLock lock(mu_);
+  return store_->Checkpoint();
 }
 
 void CbtMap::SetCorrupted() {
   MutexLock lock(mu_);
-  corrupted_ = true;
+  store_->header().flags |= kCbtFlagCorrupted;
+  store_->Publish();
+}
+
+Status CbtMap::Close(const CbtIdentity& identity) {
+  MutexLock lock(mu_);
+  return store_->Close(identity);
+}
+
+Status CbtMap::Remove() {
+  MutexLock lock(mu_);
+  Status s = store_->Remove();
+  Load();
+  return s;
 }
 
 CbtInfo CbtMap::info() const {
   MutexLock lock(mu_);
+  const CbtHeader& h = store_->header();
   CbtInfo info;
   info.block_size = 1u << block_shift_;
   info.block_count = block_count_;
   info.device_capacity = capacity_;
-  info.generation_id = generation_;
-  info.changes_number = previous_;
+  info.generation_id = h.generation;
+  info.changes_number = h.previous;
+  info.generation_reason = h.reason;
+  info.durable = store_->durable();
+  info.last_checkpoint = std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::nanoseconds(h.checkpoint_time_ns)));
   return info;
 }
 
@@ -102,16 +148,17 @@ Status CbtMap::ReadMap(uint64_t first_block, std::span<uint8_t> out) const {
   MutexLock lock(mu_);
   if (first_block > block_count_ || out.size() > block_count_ - first_block)
     return Status::Error(EINVAL, "CBT map range beyond the last block");
-  std::memcpy(out.data(), read_map_.data() + first_block, out.size());
+  std::memcpy(out.data(), read_map_ + first_block, out.size());
   return Status::Ok();
 }
 
 Result<std::vector<ByteExtent>> CbtMap::ChangedExtents(
     uint8_t since_snap, const std::optional<Uuid>& generation) const {
   MutexLock lock(mu_);
-  if (generation && *generation != generation_) {
-    return Status::Error(ESTALE, "CBT generation changed (now " + generation_.ToString() +
-                                     "): a full backup is needed");
+  const Uuid& current = store_->header().generation;
+  if (generation && *generation != current) {
+    return Status::Error(
+        ESTALE, "CBT generation changed (now " + current.ToString() + "): a full backup is needed");
   }
   std::vector<ByteExtent> extents;
   const uint64_t block_size = 1ull << block_shift_;

@@ -6,11 +6,18 @@
 // Snap numbers: active starts at 1, previous at 0. A take sets previous = active, active + 1 and
 // copies write map to read map. When active would reach 256, or the device capacity changed, or
 // the map was marked corrupted, the take starts a new generation first: a new random generation
-// id, both maps cleared, numbering restarted — so a backup tool knows it needs a full backup.
+// id, both maps cleared, numbering restarted, the reason recorded — so a backup tool knows it
+// needs a full backup, and why.
 //
-// Locking: MarkWrite() is lock-free (relaxed byte stores of a value that only changes at a take)
-// and relies on the caller's IoGate: SwitchForTake() runs only while writers are held. Every
-// other method takes mu_, which guards the read map, the numbers and the generation.
+// Storage (engine/cbt_store.h): the maps and numbers live in a CbtStore — a state file mapped
+// shared (durable: survives a daemon restart or kill -9) or memory. The take copies the read map
+// before it publishes the new numbers (a kill -9 in between leaves a read map that over-reports
+// against the old numbers, never one that under-reports); it does not sync (Checkpoint()).
+//
+// Locking: MarkWrite() is lock-free (relaxed byte stores, through std::atomic_ref, of a value
+// that only changes at a take, into the write map wherever it lives) and relies on the caller's
+// IoGate: SwitchForTake() runs only while writers are held. Every other method takes mu_, which
+// guards the store, the read map, the numbers and the generation.
 #pragma once
 
 #include <atomic>
@@ -23,23 +30,40 @@
 #include "blksnap/cbt.h"
 #include "blksnap/config.h"
 #include "blksnap/status.h"
+#include "engine/cbt_store.h"
 #include "util/mutex.h"
 
 namespace blksnap {
 
 class CbtMap {
  public:
+  // In memory only.
   CbtMap(uint64_t capacity, const Config& config);
+  // Durable if options.path is set: recovers the state found there (cbt_store.h).
+  static Result<std::unique_ptr<CbtMap>> Open(uint64_t capacity, const Config& config,
+                                              const CbtStoreOptions& options);
 
-  // Hot path: a write, trim or write-zeroes reached [offset, offset + length).
+  // Hot path: a write, trim or write-zeroes reached [offset, offset + length). Call before the
+  // write is issued to the original.
   void MarkWrite(uint64_t offset, uint64_t length);
   // Mark-dirty (and writes to a snapshot image): write map = active, read map = previous.
   Status MarkBoth(uint64_t offset, uint64_t length);
 
-  // The take: call with writers held. Starts a new generation first if needed.
+  // The take: call with writers held. Starts a new generation first if needed; publishes the
+  // new numbers into the store (no sync).
   void SwitchForTake(uint64_t capacity);
+  // Makes the maps and numbers durable (two syncs; any thread, writers need not be held). Not
+  // needed for recovery in format version 1 (an unsealed file after a reboot is never trusted);
+  // it moves CbtInfo::last_checkpoint.
+  Status Checkpoint();
   // Forces a new generation at the next take.
   void SetCorrupted();
+
+  // The clean stop (call with writers stopped): seals the state file with the original's
+  // identity after its last write, so the next Open continues exactly. No-op in memory.
+  Status Close(const CbtIdentity& identity);
+  // Forgets the state (removes the state file).
+  Status Remove();
 
   CbtInfo info() const;
   Status ReadMap(uint64_t first_block, std::span<uint8_t> out) const;
@@ -49,22 +73,22 @@ class CbtMap {
   uint8_t active_snap_number() const { return active_.load(std::memory_order_relaxed); }
 
  private:
-  void Reset(uint64_t capacity) REQUIRES(mu_);  // new generation
+  CbtMap(const Config& config, std::unique_ptr<CbtStore> store);
+  void Load() REQUIRES(mu_);  // takes geometry, maps and numbers from store_
+  void Reset(uint64_t capacity, const char* reason) REQUIRES(mu_);  // new generation
   std::pair<uint64_t, uint64_t> BlockRange(uint64_t offset, uint64_t length) const;
 
   const Config config_;
   mutable Mutex mu_;
+  std::unique_ptr<CbtStore> store_ GUARDED_BY(mu_);  // holds previous, generation, flags
   // Written under mu_ and only while writers are held (SwitchForTake), read lock-free by
   // MarkWrite under the caller's IoGate: not GUARDED_BY, which would forbid that read.
   uint64_t capacity_ = 0;
   uint32_t block_shift_ = 0;
   uint64_t block_count_ = 0;
-  std::unique_ptr<std::atomic<uint8_t>[]> write_map_;  // identity changes only while held
-  std::vector<uint8_t> read_map_ GUARDED_BY(mu_);
-  std::atomic<uint8_t> active_{1};
-  uint8_t previous_ GUARDED_BY(mu_) = 0;
-  Uuid generation_ GUARDED_BY(mu_);
-  bool corrupted_ GUARDED_BY(mu_) = false;
+  uint8_t* write_map_ = nullptr;  // in store_; bytes accessed through std::atomic_ref
+  uint8_t* read_map_ GUARDED_BY(mu_) = nullptr;  // in store_
+  std::atomic<uint8_t> active_{1};               // mirrored into the store's header when published
 };
 
 // The tracking block shift for a device of this capacity (see Config).

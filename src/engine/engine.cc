@@ -10,7 +10,9 @@
 // Destroy: stop image I/O (waits for in-flight image requests), close each gate, remove the
 // DiffArea, open the gate (the original no longer pays for copy-on-write), then shut each
 // DiffArea down (storer, memory) and release the storage. take_mu_ serialises take, destroy, add
-// and detach; mu_ guards the two maps.
+// and detach; mu_ guards the two maps and busy_.
+// Attach and Detach open, seal or remove the device's CBT state file (syncs) with no engine lock
+// held; busy_ reserves the name meanwhile, so two runs never map the same state file.
 // Storage placement (issue 13): CreateSnapshot hands DiffStorage::Open a check that runs before
 // the storage's first write: the storage and everything below it (util/block_topology.h: loop
 // backing files, slaves, a partition's disk, a file's file system) must not be, or be on, any
@@ -22,6 +24,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <set>
 
 #include "blksnap/env.h"
 #include "engine/diff_storage.h"
@@ -113,26 +116,44 @@ class EngineImpl final : public Engine {
     BLKSNAP_RETURN_IF_ERROR(ValidateDeviceName(name));
     if (!original || original->size() == 0)
       return Status::Error(EINVAL, "device '" + name + "' has no capacity");
+    BLKSNAP_RETURN_IF_ERROR(Reserve(name));
+    // Recovers the CBT state: file I/O and a sync, with no engine lock held, so attaches of
+    // several devices (a daemon start) overlap their syncs.
+    auto cbt = CbtMap::Open(original->size(), config_,
+                            {.path = options.cbt_path,
+                             .expected = options.cbt_expected,
+                             .identity = options.identity,
+                             .files = options.mapped_files});
     MutexLock take(take_mu_);
     MutexLock lock(mu_);
-    if (trackers_.count(name))
-      return Status::Error(EEXIST, "device '" + name + "' is already attached");
-    auto tracker = std::make_shared<TrackerImpl>(name, std::move(original), options, config_);
+    busy_.erase(name);
+    if (!cbt.ok()) return std::move(cbt).status();
+    auto tracker =
+        std::make_shared<TrackerImpl>(name, std::move(original), options, std::move(cbt).value());
     trackers_[name] = tracker;
     return std::shared_ptr<Tracker>(tracker);
   }
 
-  Status Detach(const std::string& name) override {
-    MutexLock take(take_mu_);
-    MutexLock lock(mu_);
-    auto it = trackers_.find(name);
-    if (it == trackers_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
-    if (auto snap = it->second->snapshot_impl()) {
-      return Status::Error(EBUSY, "device '" + name + "' is in snapshot " + snap->id().ToString());
+  Status Detach(const std::string& name, const DetachOptions& options) override {
+    std::shared_ptr<TrackerImpl> tracker;
+    {
+      MutexLock take(take_mu_);
+      MutexLock lock(mu_);
+      auto it = trackers_.find(name);
+      if (it == trackers_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
+      if (auto snap = it->second->snapshot_impl()) {
+        return Status::Error(EBUSY,
+                             "device '" + name + "' is in snapshot " + snap->id().ToString());
+      }
+      tracker = it->second;
+      trackers_.erase(it);
+      busy_.insert(name);  // no attach of this name until its state file is sealed or removed
     }
-    it->second->MarkDetached();
-    trackers_.erase(it);
-    return Status::Ok();
+    tracker->MarkDetached();  // waits for in-flight writes: their marks come before the seal
+    Status s = options.keep_cbt ? tracker->cbt().Close(options.identity) : tracker->cbt().Remove();
+    MutexLock lock(mu_);
+    busy_.erase(name);
+    return s;
   }
 
   std::shared_ptr<Tracker> FindTracker(const std::string& name) const override {
@@ -341,11 +362,24 @@ class EngineImpl final : public Engine {
     return out;
   }
 
+
+  // Attach: claims a name whose state file is about to be opened.
+  Status Reserve(const std::string& name) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    if (trackers_.count(name))
+      return Status::Error(EEXIST, "device '" + name + "' is already attached");
+    if (!busy_.insert(name).second)
+      return Status::Error(EBUSY, "device '" + name + "' is being attached or detached");
+    return Status::Ok();
+  }
+
   const Config config_;
   Mutex take_mu_ ACQUIRED_BEFORE(mu_);  // serialises take, destroy, add and detach
   mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<TrackerImpl>> trackers_ GUARDED_BY(mu_);
   std::map<Uuid, std::shared_ptr<SnapshotImpl>> snapshots_ GUARDED_BY(mu_);
+  // Names being attached or detached: their state file is being opened, sealed or removed.
+  std::set<std::string> busy_ GUARDED_BY(mu_);
 };
 
 }  // namespace

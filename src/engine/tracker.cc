@@ -8,11 +8,11 @@
 namespace blksnap {
 
 TrackerImpl::TrackerImpl(std::string name, std::shared_ptr<BlockDevice> original,
-                         const AttachOptions& options, const Config& config)
+                         const AttachOptions& options, std::unique_ptr<CbtMap> cbt)
     : name_(std::move(name)),
       path_(options.path),
       original_(std::move(original)),
-      cbt_(original_->size(), config) {
+      cbt_(std::move(cbt)) {
   struct stat st {};
   if (!path_.empty() && ::stat(path_.c_str(), &st) == 0) {
     is_block_device_ = S_ISBLK(st.st_mode);
@@ -39,7 +39,7 @@ Status TrackerImpl::Modify(uint64_t offset, uint64_t length, Op op) {
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
   GateGuard guard(gate_);
   if (!guard.entered() || detached_.load()) return Status::Error(ENODEV, "device detached");
-  cbt_.MarkWrite(offset, length);
+  cbt_->MarkWrite(offset, length);  // before the write is issued (durable CBT relies on it)
   if (area_) area_->PreserveForOriginalWrite(offset, length);
   return op();
 }
@@ -67,7 +67,7 @@ Result<std::vector<Extent>> TrackerImpl::BlockStatus(uint64_t offset, uint64_t l
 }
 
 Status TrackerImpl::MarkDirty(uint64_t offset, uint64_t length) {
-  return cbt_.MarkBoth(offset, length);
+  return cbt_->MarkBoth(offset, length);
 }
 
 std::shared_ptr<Snapshot> TrackerImpl::snapshot() const { return snapshot_impl(); }

@@ -24,8 +24,9 @@ class SnapshotImpl;
 
 class TrackerImpl final : public Tracker {
  public:
+  // cbt: the device's change tracking, opened by the engine (CbtMap::Open).
   TrackerImpl(std::string name, std::shared_ptr<BlockDevice> original, const AttachOptions& options,
-              const Config& config);
+              std::unique_ptr<CbtMap> cbt);
 
   uint64_t size() const override { return original_->size(); }
   uint32_t logical_block_size() const override { return original_->logical_block_size(); }
@@ -40,13 +41,13 @@ class TrackerImpl final : public Tracker {
 
   const std::string& name() const override { return name_; }
   const std::string& path() const override { return path_; }
-  CbtInfo cbt_info() const override { return cbt_.info(); }
+  CbtInfo cbt_info() const override { return cbt_->info(); }
   Status ReadCbtMap(uint64_t first_block, std::span<uint8_t> out) const override {
-    return cbt_.ReadMap(first_block, out);
+    return cbt_->ReadMap(first_block, out);
   }
   Result<std::vector<ByteExtent>> ChangedExtents(
       uint8_t since_snap, const std::optional<Uuid>& generation) const override {
-    return cbt_.ChangedExtents(since_snap, generation);
+    return cbt_->ChangedExtents(since_snap, generation);
   }
   Status MarkDirty(uint64_t offset, uint64_t length) override;
   std::shared_ptr<Snapshot> snapshot() const override;
@@ -55,14 +56,19 @@ class TrackerImpl final : public Tracker {
 
   // Engine internals.
   IoGate& gate() { return gate_; }
-  CbtMap& cbt() { return cbt_; }
+  CbtMap& cbt() { return *cbt_; }
   const std::shared_ptr<BlockDevice>& original() const { return original_; }
   void set_area(std::shared_ptr<DiffArea> area) { area_ = std::move(area); }  // gate closed
   std::shared_ptr<SnapshotImpl> snapshot_impl() const;
   void set_snapshot(std::weak_ptr<SnapshotImpl> snapshot);
   // True if a storage with this identity lives on this device or one of its aliases.
   bool Holds(const StorageIdentity& storage) const;
-  void MarkDetached() { detached_.store(true); }
+  // Detach: later I/O fails with ENODEV; waits for in-flight writes (so the CBT state can be
+  // sealed or removed after the last mark).
+  void MarkDetached() {
+    detached_.store(true);
+    gate_.Shutdown();
+  }
 
  private:
   template <typename Op>
@@ -71,7 +77,7 @@ class TrackerImpl final : public Tracker {
   const std::string name_;
   const std::string path_;
   const std::shared_ptr<BlockDevice> original_;
-  CbtMap cbt_;
+  const std::unique_ptr<CbtMap> cbt_;
   IoGate gate_;
   std::shared_ptr<DiffArea> area_;  // changes only while gate_ is closed
   std::atomic<bool> detached_{false};

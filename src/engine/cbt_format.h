@@ -1,0 +1,106 @@
+// The CBT state file, format version 1: every constant of it, in one place. The format is
+// described in docs/cbt-format.md; keep the two in step.
+//
+// Layout: a header block of kCbtHeaderSize bytes (4 KiB) at offset 0, then the write map (one
+// byte per tracking block) at kCbtHeaderSize, then the read map at the next multiple of 4 KiB;
+// the file ends at the next multiple of 4 KiB after the read map. All integers little-endian.
+// The maps are used in place through a shared mapping (engine/cbt_store.h).
+//
+// ParseCbtState reads untrusted bytes (a file found in the state directory): it checks every
+// length before it reads and refuses anything but a valid version-1 header of a file of exactly
+// the size the header implies, with EINVAL (EPROTO for a valid header of another version) and a
+// message naming what is wrong. It never allocates in proportion to the input.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "blksnap/cbt.h"
+#include "blksnap/status.h"
+#include "blksnap/uuid.h"
+
+namespace blksnap {
+
+inline constexpr size_t kCbtHeaderSize = 4096;
+inline constexpr uint64_t kCbtMapAlign = 4096;
+inline constexpr uint32_t kCbtFormatVersion = 1;
+inline constexpr char kCbtMagic[16] = "BLKSNAP-CBTSTAT";  // 15 characters and a NUL
+inline constexpr uint32_t kCbtMinimumShift = 9, kCbtMaximumShift = 40;
+
+// Field offsets in the header block.
+namespace cbt_field {
+inline constexpr size_t kMagic = 0;            // 16 bytes
+inline constexpr size_t kVersion = 16;         // u32
+inline constexpr size_t kHeaderSize = 20;      // u32, = kCbtHeaderSize
+inline constexpr size_t kSequence = 24;        // u64, +1 at every header write
+inline constexpr size_t kGeneration = 32;      // 16 bytes (UUID)
+inline constexpr size_t kCapacity = 48;        // u64, bytes
+inline constexpr size_t kBlockShift = 56;      // u32
+inline constexpr size_t kFlags = 60;           // u32, kCbtFlag*
+inline constexpr size_t kBlockCount = 64;      // u64
+inline constexpr size_t kActive = 72;          // u8
+inline constexpr size_t kPrevious = 73;        // u8; 74..79 zero
+inline constexpr size_t kCheckpointTime = 80;  // u64, ns since the epoch of the last checkpoint
+inline constexpr size_t kWriteMapOffset = 88;  // u64
+inline constexpr size_t kReadMapOffset = 96;   // u64
+inline constexpr size_t kIdentityKind = 104;   // u32 (CbtIdentity::Kind); 108..111 zero
+inline constexpr size_t kIdentityDev = 112;    // u64
+inline constexpr size_t kIdentityIno = 120;    // u64
+inline constexpr size_t kIdentityRdev = 128;   // u64
+inline constexpr size_t kIdentitySize = 136;   // u64
+inline constexpr size_t kIdentityMtime = 144;  // i64 ns
+inline constexpr size_t kIdentityCtime = 152;  // i64 ns
+inline constexpr size_t kBootId = 160;         // 40 bytes, text, NUL-padded
+inline constexpr size_t kBootIdSize = 40;
+inline constexpr size_t kReason = 200;  // 32 bytes, text, NUL-padded
+inline constexpr size_t kReasonSize = 32;
+inline constexpr size_t kReserved = 232;                 // zero up to the checksum
+inline constexpr size_t kChecksum = kCbtHeaderSize - 4;  // u32 CRC-32C of bytes 0..4091
+}  // namespace cbt_field
+
+inline constexpr uint32_t kCbtFlagSealed = 1;     // written by a clean stop, cleared at attach
+inline constexpr uint32_t kCbtFlagCorrupted = 2;  // the next take starts a new generation
+inline constexpr uint32_t kCbtKnownFlags = kCbtFlagSealed | kCbtFlagCorrupted;
+
+struct CbtHeader {
+  uint64_t sequence = 0;
+  Uuid generation;
+  uint64_t capacity = 0;
+  uint32_t block_shift = 0;
+  uint32_t flags = 0;
+  uint64_t block_count = 0;
+  uint8_t active = 1;
+  uint8_t previous = 0;
+  uint64_t checkpoint_time_ns = 0;
+  CbtIdentity identity;
+  std::string boot_id;  // at most kBootIdSize - 1 characters
+  std::string reason;   // at most kReasonSize - 1 characters
+  bool operator==(const CbtHeader&) const = default;
+};
+
+inline uint64_t CbtAlign(uint64_t n) {
+  return (n + kCbtMapAlign - 1) / kCbtMapAlign * kCbtMapAlign;
+}
+inline uint64_t CbtReadMapOffset(uint64_t block_count) {
+  return kCbtHeaderSize + CbtAlign(block_count);
+}
+inline uint64_t CbtFileSize(uint64_t block_count) {
+  return kCbtHeaderSize + 2 * CbtAlign(block_count);
+}
+// ceil(capacity / 2^shift)
+inline uint64_t CbtBlockCount(uint64_t capacity, uint32_t shift) {
+  return (capacity >> shift) + ((capacity & ((1ull << shift) - 1)) ? 1 : 0);
+}
+
+// The header block: magic, fields, zero reserved bytes, CRC. Strings longer than their field
+// are cut.
+std::array<uint8_t, kCbtHeaderSize> SerializeCbtHeader(const CbtHeader& header);
+
+// Validates and decodes the header at the start of `file`, which must be the whole state file:
+// its size must be CbtFileSize(block_count).
+Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file);
+
+}  // namespace blksnap

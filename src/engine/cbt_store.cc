@@ -1,0 +1,181 @@
+// CbtStore: see cbt_store.h for the recovery rules and the checkpoint order.
+#include "engine/cbt_store.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "util/fd.h"
+
+namespace blksnap {
+namespace {
+
+uint64_t NowNs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+bool SameObject(const CbtIdentity& a, const CbtIdentity& b) {
+  return a.kind == b.kind && a.dev == b.dev && a.ino == b.ino && a.rdev == b.rdev;
+}
+
+}  // namespace
+
+// The recovery rules of cbt_store.h: "" to continue the generation, else the reason for a new one.
+std::string CbtRecoveryReason(const Result<CbtHeader>& parsed, const CbtGeometry& geometry,
+                              const CbtIdentity& identity, const std::string& boot_id) {
+  if (!parsed.ok()) return kCbtReasonStateCorrupt;
+  const CbtHeader& h = parsed.value();
+  if (h.capacity != geometry.capacity || h.block_shift != geometry.block_shift)
+    return kCbtReasonCapacityChanged;
+  const bool sealed = h.flags & kCbtFlagSealed;
+  if (!sealed && (boot_id.empty() || h.boot_id != boot_id)) return kCbtReasonUncleanPower;
+  if (h.identity.kind == CbtIdentity::kUnknown || identity.kind == CbtIdentity::kUnknown) return "";
+  if (!SameObject(h.identity, identity)) return kCbtReasonIdentityChanged;
+  if (sealed && h.identity != identity) return kCbtReasonOutsideWrite;
+  return "";
+}
+
+Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
+                                                 const CbtStoreOptions& options) {
+  if (options.path.empty()) return Memory(geometry);
+  std::unique_ptr<CbtStore> store(new CbtStore);
+  store->durable_ = true;
+  store->path_ = options.path;
+  store->files_ = options.files ? options.files : PosixMappedFiles();
+  const std::string boot_id = store->files_->BootId();
+  std::string reason;
+  auto existing = store->files_->Open(options.path);
+  if (!existing.ok()) {
+    if (existing.status().errnum() != ENOENT) return std::move(existing).status();
+    reason = options.expected ? kCbtReasonStateLost : kCbtReasonNew;
+  } else {
+    std::unique_ptr<MappedFile> file = std::move(existing).value();
+    auto parsed = ParseCbtState({file->data(), static_cast<size_t>(file->size())});
+    reason = CbtRecoveryReason(parsed, geometry, options.identity, boot_id);
+    if (reason.empty()) {
+      store->header_ = std::move(parsed).value();
+      store->file_ = std::move(file);
+    }
+  }
+  if (!reason.empty()) {
+    BLKSNAP_RETURN_IF_ERROR(store->MakeFile(geometry));
+    store->NewGeneration(geometry, reason);
+  }
+  // From here on the file says "open, not stopped cleanly, by this boot".
+  store->header_.flags &= ~kCbtFlagSealed;
+  store->header_.boot_id = boot_id;
+  store->header_.identity = options.identity;
+  // One sync: the maps need no ordering against this header (an unsealed file is trusted only
+  // by the same boot, whose page cache holds everything anyway).
+  store->header_.checkpoint_time_ns = NowNs();
+  store->Publish();
+  BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
+  return store;
+}
+
+std::unique_ptr<CbtStore> CbtStore::Memory(const CbtGeometry& geometry) {
+  std::unique_ptr<CbtStore> store(new CbtStore);
+  store->MakeMemory(geometry);
+  store->NewGeneration(geometry, kCbtReasonNew);
+  store->Publish();
+  return store;
+}
+
+CbtStore::~CbtStore() = default;
+
+Status CbtStore::MakeFile(const CbtGeometry& geometry) {
+  file_.reset();
+  BLKSNAP_ASSIGN_OR_RETURN(file_, files_->Create(path_, CbtFileSize(geometry.block_count())));
+  return Status::Ok();
+}
+
+void CbtStore::MakeMemory(const CbtGeometry& geometry) {
+  memory_ = std::make_unique<uint8_t[]>(CbtFileSize(geometry.block_count()));  // zeroed
+}
+
+void CbtStore::NewGeneration(const CbtGeometry& geometry, const std::string& reason) {
+  header_.generation = Uuid::Random();
+  header_.capacity = geometry.capacity;
+  header_.block_shift = geometry.block_shift;
+  header_.block_count = geometry.block_count();
+  header_.flags = 0;
+  header_.active = 1;
+  header_.previous = 0;
+  header_.reason = reason;  // sequence, boot id and identity carry over
+}
+
+void CbtStore::Reset(const CbtGeometry& geometry, const std::string& reason) {
+  if (durable_ && !MakeFile(geometry).ok()) {
+    // Never leave a file that a later attach could continue with the old maps.
+    file_.reset();
+    files_->Remove(path_).IgnoreError();
+    durable_ = false;
+  }
+  if (!durable_) MakeMemory(geometry);
+  NewGeneration(geometry, reason);
+  Publish();
+}
+
+void CbtStore::Publish() {
+  ++header_.sequence;
+  const auto block = SerializeCbtHeader(header_);
+  std::memcpy(base(), block.data(), block.size());
+}
+
+Status CbtStore::Checkpoint() {
+  if (!durable_) {
+    Publish();
+    return Status::Ok();
+  }
+  BLKSNAP_RETURN_IF_ERROR(file_->Sync());  // the maps, under the header of the last checkpoint
+  header_.checkpoint_time_ns = NowNs();
+  Publish();
+  return file_->Sync();
+}
+
+Status CbtStore::Close(const CbtIdentity& identity) {
+  if (!durable_) return Status::Ok();
+  header_.identity = identity;
+  header_.flags |= kCbtFlagSealed;
+  return Checkpoint();
+}
+
+Status CbtStore::Remove() {
+  if (!durable_) return Status::Ok();
+  file_.reset();
+  durable_ = false;
+  MakeMemory({header_.capacity, header_.block_shift});
+  Status s = files_->Remove(path_);
+  return s.ok() || s.errnum() == ENOENT ? Status::Ok() : s;
+}
+
+Result<CbtIdentity> StatCbtIdentity(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno("stat " + path);
+  CbtIdentity id;
+  id.dev = st.st_dev;
+  id.ino = st.st_ino;
+  if (S_ISBLK(st.st_mode)) {
+    id.kind = CbtIdentity::kBlockDevice;
+    id.rdev = st.st_rdev;
+    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid() || ::ioctl(fd.get(), BLKGETSIZE64, &id.size) != 0)
+      return Status::FromErrno("size of " + path);
+  } else if (S_ISREG(st.st_mode)) {
+    id.kind = CbtIdentity::kFile;
+    id.size = static_cast<uint64_t>(st.st_size);
+    id.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+    id.ctime_ns = int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec;
+  } else {
+    return Status::Error(EINVAL, path + " is neither a regular file nor a block device");
+  }
+  return id;
+}
+
+}  // namespace blksnap

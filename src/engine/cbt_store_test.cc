@@ -1,0 +1,416 @@
+// Durable CBT (cbt_store.h, cbt_map.h through Engine::Attach/Detach): the guarantees of issue 14
+// on memory-mapped files. A daemon "kill -9" is the engine destroyed without Detach (the mapping
+// goes, the memory file keeps the bytes, like the page cache); a power cut is that plus
+// MemoryMappedFiles::DropUnsynced (each page back to its last sync, or kept: random write-back)
+// and a new boot id; a clean stop is Detach(keep_cbt).
+#include "engine/cbt_store.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+#include <random>
+
+#include "blksnap/engine.h"
+#include "blksnap/io.h"
+#include "blksnap/mapped_file.h"
+#include "engine/cbt_format.h"
+#include "engine/engine_test_util.h"
+
+namespace blksnap {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kDevSize = 4 * kMiB;
+constexpr uint64_t kBlock = 4096;  // tracking block (minimum shift 12)
+constexpr uint64_t kBlocks = kDevSize / kBlock;
+const char* const kState = "/state/vol.cbt";
+
+class DurableCbtTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_.tracking_block_minimum_shift = 12;
+    device_ = MakeMemoryDevice(kDevSize);
+    identity_ = {.kind = CbtIdentity::kFile, .dev = 8, .ino = 42, .size = kDevSize, .mtime_ns = 1};
+    Start();
+  }
+
+  // A daemon start: a new engine, the device attached with its state file.
+  void Start(bool expected = true) {
+    auto engine = Engine::Create(config_);
+    ASSERT_TRUE(engine.ok());
+    engine_ = std::move(engine).value();
+    auto tracker = engine_->Attach("vol", device_,
+                                   {.path = "/dev/vol",
+                                    .cbt_path = kState,
+                                    .cbt_expected = expected,
+                                    .identity = identity_,
+                                    .mapped_files = files_});
+    ASSERT_TRUE(tracker.ok()) << tracker.status().ToString();
+    tracker_ = std::move(tracker).value();
+  }
+  void CleanStop() {
+    ASSERT_OK(engine_->Detach("vol", {.keep_cbt = true, .identity = identity_}));
+    tracker_.reset();
+    engine_.reset();
+  }
+  void Kill() {  // no Detach: nothing is sealed or synced
+    tracker_.reset();
+    engine_.reset();
+  }
+  void PowerCut(uint64_t seed) {
+    Kill();
+    files_->DropUnsynced(seed);
+    files_->set_boot_id("boot-" + std::to_string(++boots_));
+  }
+
+  void Write(uint64_t block, uint64_t seq = 1) {
+    ASSERT_OK(WritePattern(*tracker_, block * kBlock, kBlock, seq));
+  }
+  void Take() {
+    SnapshotOptions opts;
+    opts.storage_device = MakeMemoryDevice(2 * kMiB + 8 * kMiB);
+    auto id = engine_->CreateSnapshot(opts);
+    ASSERT_TRUE(id.ok());
+    ASSERT_OK(engine_->AddDevice(*id, "vol"));
+    ASSERT_TRUE(engine_->Take(*id).ok());
+    ASSERT_OK(engine_->Destroy(*id));
+  }
+  std::vector<uint8_t> ReadMap() {
+    std::vector<uint8_t> map(tracker_->cbt_info().block_count);
+    EXPECT_OK(tracker_->ReadCbtMap(0, map));
+    return map;
+  }
+
+  Config config_;
+  std::shared_ptr<MemoryMappedFiles> files_ = std::make_shared<MemoryMappedFiles>();
+  std::shared_ptr<BlockDevice> device_;
+  CbtIdentity identity_;
+  std::unique_ptr<Engine> engine_;
+  std::shared_ptr<Tracker> tracker_;
+  int boots_ = 1;
+};
+
+TEST_F(DurableCbtTest, FirstAttachIsNewOrStateLost) {
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonStateLost);  // expected, no file
+  EXPECT_TRUE(tracker_->cbt_info().durable);
+  EXPECT_NE(tracker_->cbt_info().last_checkpoint.time_since_epoch().count(), 0);
+  ASSERT_OK(engine_->Detach("vol"));  // a plain detach forgets the state
+  EXPECT_TRUE(files_->Contents(kState).empty());
+  Kill();
+  Start(/*expected=*/false);
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonNew);
+}
+
+// Guarantee 1, even across a reboot with unsynced pages dropped: everything equal.
+TEST_F(DurableCbtTest, CleanStopAndStartContinueExactly) {
+  Write(1);
+  Take();
+  Write(2);
+  Write(7);
+  Take();
+  Write(9);  // in the write map only, until the next take
+  const CbtInfo before = tracker_->cbt_info();
+  const auto map = ReadMap();
+  CleanStop();
+  files_->DropUnsynced(7);
+  files_->set_boot_id("boot-after-reboot");
+  Start();
+  const CbtInfo after = tracker_->cbt_info();
+  EXPECT_EQ(after.generation_id, before.generation_id);
+  EXPECT_EQ(after.generation_reason, before.generation_reason);
+  EXPECT_EQ(after.changes_number, 2);
+  EXPECT_EQ(ReadMap(), map);
+  Take();  // the write before the stop shows at the next take
+  EXPECT_EQ(ReadMap()[9], 3);
+  EXPECT_EQ(ReadMap()[1], 1);
+  EXPECT_EQ(ReadMap()[3], 0);
+}
+
+// Guarantee 2: kill -9 at any instant, repeated: same generation, every write counted.
+TEST_F(DurableCbtTest, KillKeepsGenerationAndEveryMark) {
+  const Uuid generation = tracker_->cbt_info().generation_id;
+  Take();
+  for (uint64_t round = 0; round < 5; ++round) {
+    Write(10 + round);
+    Kill();
+    Start();
+    EXPECT_EQ(tracker_->cbt_info().generation_id, generation);
+  }
+  Take();
+  const auto map = ReadMap();
+  for (uint64_t round = 0; round < 5; ++round) EXPECT_EQ(map[10 + round], 2) << round;
+  EXPECT_EQ(map[9], 0);
+}
+
+// Guarantee 3 (detectable part): a power cut while tracking starts a new generation, with the
+// reason, even if every page happened to be written back.
+TEST_F(DurableCbtTest, PowerCutWhileTrackingStartsNewGeneration) {
+  const Uuid generation = tracker_->cbt_info().generation_id;
+  Take();
+  Write(3);
+  PowerCut(0);
+  Start();
+  EXPECT_NE(tracker_->cbt_info().generation_id, generation);
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonUncleanPower);
+  EXPECT_EQ(tracker_->cbt_info().changes_number, 0);
+}
+
+// A crash, then a reboot before the restart: the page cache may be gone too.
+TEST_F(DurableCbtTest, CrashThenRebootStartsNewGeneration) {
+  Write(3);
+  Kill();
+  files_->set_boot_id("boot-2");
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonUncleanPower);
+}
+
+TEST_F(DurableCbtTest, CorruptOrTruncatedStateStartsNewGeneration) {
+  const Uuid first_generation = tracker_->cbt_info().generation_id;
+  CleanStop();
+  const std::vector<uint8_t> good = files_->Contents(kState);
+  ASSERT_EQ(good.size(), CbtFileSize(kBlocks));
+  struct Damage {
+    const char* what;
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<Damage> damages;
+  auto flipped = good;
+  flipped[cbt_field::kActive] ^= 0x10;  // checksum mismatch
+  damages.push_back({"flipped bit", flipped});
+  auto magic = good;
+  magic[0] = 'X';
+  damages.push_back({"bad magic", magic});
+  damages.push_back({"truncated header", {good.begin(), good.begin() + 100}});
+  damages.push_back({"truncated maps", {good.begin(), good.end() - 4096}});
+  damages.push_back({"empty", {}});
+  Uuid previous = first_generation;
+  for (const auto& d : damages) {
+    SCOPED_TRACE(d.what);
+    files_->SetContents(kState, d.bytes);
+    Start();
+    EXPECT_NE(tracker_->cbt_info().generation_id, previous);
+    previous = tracker_->cbt_info().generation_id;
+    EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonStateCorrupt);
+    EXPECT_EQ(tracker_->cbt_info().changes_number, 0);
+    EXPECT_EQ(files_->Contents(kState).size(), good.size());  // remade
+    CleanStop();
+  }
+}
+
+TEST_F(DurableCbtTest, CapacityChangeStartsNewGeneration) {
+  CleanStop();
+  device_ = MakeMemoryDevice(2 * kDevSize);
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonCapacityChanged);
+  EXPECT_EQ(tracker_->cbt_info().device_capacity, 2 * kDevSize);
+  const Uuid generation = tracker_->cbt_info().generation_id;
+  CleanStop();
+  config_.tracking_block_minimum_shift = 13;  // the same capacity in other blocks
+  Start();
+  EXPECT_NE(tracker_->cbt_info().generation_id, generation);
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonCapacityChanged);
+  EXPECT_EQ(tracker_->cbt_info().block_size, 8192u);
+}
+
+// Guarantee 4, detectable part: after a clean stop, another file or a changed file.
+TEST_F(DurableCbtTest, IdentityOrOutsideWriteStartsNewGeneration) {
+  CleanStop();
+  identity_.ino = 43;  // replaced by another file
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonIdentityChanged);
+  CleanStop();
+  identity_.mtime_ns += 1;  // written while nobody tracked it
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonOutsideWrite);
+  const Uuid generation = tracker_->cbt_info().generation_id;
+  CleanStop();
+  Start();  // unchanged: continues
+  EXPECT_EQ(tracker_->cbt_info().generation_id, generation);
+}
+
+// After a crash the file changed by the daemon's own writes (mtime, size): not an outside
+// write; another inode still is.
+TEST_F(DurableCbtTest, AfterCrashOnlyAnotherObjectCounts) {
+  const Uuid generation = tracker_->cbt_info().generation_id;
+  Kill();
+  identity_.mtime_ns += 5;
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_id, generation);
+  Kill();
+  identity_.dev = 9;
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonIdentityChanged);
+}
+
+// The property: random writes and takes, a cut at a random point (kill, power cut with random
+// write-back, or clean stop followed by a power cut), recovery. Then either the generation
+// continues and, after a take, every block's read-map value is at least the snap number
+// during which it was last written (so every backup since any snap N copies it), or the
+// generation changed with a reason other than "new".
+TEST_F(DurableCbtTest, PropertyEveryWriteBeforeTheCutIsReported) {
+  std::mt19937_64 random(1234);
+  for (int round = 0; round < 60; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::map<uint64_t, uint8_t> last_epoch;  // block -> snap number active at its last write
+    const Uuid generation = tracker_->cbt_info().generation_id;
+    const uint8_t base = tracker_->cbt_info().changes_number;
+    // Blocks written before this round are already covered by the read map (checked last round).
+    const int ops = 1 + static_cast<int>(random() % 40);
+    for (int i = 0; i < ops; ++i) {
+      if (random() % 8 == 0) {
+        Take();
+      } else {
+        const uint64_t block = random() % kBlocks;
+        Write(block, random());
+        last_epoch[block] = static_cast<uint8_t>(tracker_->cbt_info().changes_number + 1);
+      }
+    }
+    const int cut = static_cast<int>(random() % 3);
+    if (cut == 0) Kill();
+    if (cut == 1) PowerCut(random() | 1);
+    if (cut == 2) {
+      CleanStop();
+      files_->DropUnsynced(random() | 1);
+      files_->set_boot_id("boot-" + std::to_string(++boots_));
+    }
+    Start();
+    const CbtInfo info = tracker_->cbt_info();
+    if (info.generation_id != generation) {
+      EXPECT_NE(info.generation_reason, kCbtReasonNew);
+      EXPECT_EQ(cut, 1) << "only a power cut while tracking may end the generation";
+      continue;
+    }
+    EXPECT_NE(cut, 1) << "a power cut while tracking must end the generation";
+    EXPECT_GE(info.changes_number, base);
+    Take();
+    const auto map = ReadMap();
+    for (auto [block, epoch] : last_epoch) EXPECT_GE(map[block], epoch) << "block " << block;
+    if (tracker_->cbt_info().changes_number > 200) {  // stay clear of the wrap
+      ASSERT_OK(engine_->Detach("vol"));
+      Kill();
+      Start(false);
+    }
+  }
+}
+
+// The recovery rules on their own, including the sealed/unsealed identity split.
+TEST(CbtRecoveryTest, Rules) {
+  CbtHeader h;
+  h.capacity = kDevSize;
+  h.block_shift = 12;
+  h.block_count = kBlocks;
+  h.boot_id = "b1";
+  h.identity = {.kind = CbtIdentity::kFile, .dev = 1, .ino = 2, .size = 3};
+  const CbtGeometry g{kDevSize, 12};
+  auto reason = [&](const CbtHeader& header, const CbtIdentity& id, const std::string& boot) {
+    return CbtRecoveryReason(header, g, id, boot);
+  };
+  EXPECT_EQ(reason(h, h.identity, "b1"), "");                      // crash, same boot
+  EXPECT_EQ(reason(h, h.identity, "b2"), kCbtReasonUncleanPower);  // reboot, not sealed
+  EXPECT_EQ(reason(h, h.identity, ""), kCbtReasonUncleanPower);    // boot id unknown
+  CbtIdentity grown = h.identity;
+  grown.size = 4;
+  EXPECT_EQ(reason(h, grown, "b1"), "");  // unsealed: our own writes
+  h.flags = kCbtFlagSealed;
+  EXPECT_EQ(reason(h, h.identity, "b2"), "");
+  EXPECT_EQ(reason(h, grown, "b2"), kCbtReasonOutsideWrite);
+  EXPECT_EQ(reason(h, CbtIdentity{}, "b2"), "");  // unknown identity: not compared
+  EXPECT_EQ(CbtRecoveryReason(Status::Error(EINVAL, "x"), g, h.identity, "b1"),
+            kCbtReasonStateCorrupt);
+}
+
+TEST(CbtFormatTest, RoundTripAndEveryByteIsChecked) {
+  CbtHeader h;
+  h.sequence = 5;
+  h.generation = Uuid::Random();
+  h.capacity = kDevSize - 1;
+  h.block_shift = 12;
+  h.block_count = kBlocks;
+  h.active = 3;
+  h.previous = 2;
+  h.flags = kCbtFlagSealed;
+  h.boot_id = "3f0a";
+  h.reason = kCbtReasonOutsideWrite;
+  h.identity = {.kind = CbtIdentity::kBlockDevice, .rdev = 0x801, .size = kDevSize - 1};
+  std::vector<uint8_t> file(CbtFileSize(kBlocks));
+  const auto block = SerializeCbtHeader(h);
+  std::copy(block.begin(), block.end(), file.begin());
+  auto parsed = ParseCbtState(file);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(*parsed, h);
+  for (size_t i = 0; i < kCbtHeaderSize; ++i) {  // any flipped header byte is refused
+    auto bad = file;
+    bad[i] ^= 0x01;
+    EXPECT_FALSE(ParseCbtState(bad).ok()) << "byte " << i;
+  }
+  file.push_back(0);
+  EXPECT_FALSE(ParseCbtState(file).ok());
+}
+
+// The POSIX seam: a real file, mapped shared; a second open sees the stores of the first.
+TEST(PosixMappedFilesTest, SharedAndDurable) {
+  auto files = PosixMappedFiles();
+  const std::string path = ::testing::TempDir() + "/cbt_mapped_file_test";
+  auto a = files->Create(path, 8192);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  (*a)->data()[4097] = 7;
+  auto b = files->Open(path);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ((*b)->size(), 8192u);
+  EXPECT_EQ((*b)->data()[4097], 7);
+  EXPECT_OK((*a)->Sync());
+  EXPECT_FALSE(files->BootId().empty());
+  EXPECT_OK(files->Remove(path));
+  EXPECT_EQ(files->Open(path).status().errnum(), ENOENT);
+}
+
+// Guarantee 2 with a real process and a real mapping: a child attaches, writes, and dies by
+// SIGKILL; the parent attaches the same state file and finds the generation and the mark.
+TEST(PosixMappedFilesTest, RealKillKeepsMarks) {
+  Config config;
+  config.tracking_block_minimum_shift = 12;
+  const std::string path = ::testing::TempDir() + "/cbt_real_kill_test.cbt";
+  auto device = MakeMemoryDevice(kDevSize);
+  const AttachOptions options{.cbt_path = path};
+  auto engine = Engine::Create(config).value();
+  auto tracker = engine->Attach("vol", device, options);
+  ASSERT_TRUE(tracker.ok()) << tracker.status().ToString();
+  const Uuid generation = (*tracker)->cbt_info().generation_id;
+  ASSERT_OK(engine->Detach("vol", {.keep_cbt = true}));
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto e = Engine::Create(config).value();
+    auto t = e->Attach("vol", device, options);
+    if (!t.ok() || (*t)->cbt_info().generation_id != generation) ::_exit(1);
+    std::vector<uint8_t> buf(kBlock, 0x5a);
+    if (!(*t)->Write(77 * kBlock, buf, 0).ok()) ::_exit(2);
+    ::raise(SIGKILL);
+    ::_exit(3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  tracker = engine->Attach("vol", device, options);
+  ASSERT_TRUE(tracker.ok()) << tracker.status().ToString();
+  EXPECT_EQ((*tracker)->cbt_info().generation_id, generation);
+  SnapshotOptions snapshot;
+  snapshot.storage_device = MakeMemoryDevice(2 * kMiB + 8 * kMiB);
+  auto id = engine->CreateSnapshot(snapshot);
+  ASSERT_TRUE(id.ok());
+  ASSERT_OK(engine->AddDevice(*id, "vol"));
+  ASSERT_TRUE(engine->Take(*id).ok());
+  std::vector<uint8_t> map(kBlocks);
+  ASSERT_OK((*tracker)->ReadCbtMap(0, map));
+  EXPECT_EQ(map[77], 1);
+  EXPECT_EQ(map[76], 0);
+  ASSERT_OK(engine->Destroy(*id));
+  ASSERT_OK(engine->Detach("vol"));
+  EXPECT_EQ(::access(path.c_str(), F_OK), -1);  // a plain detach removes the file
+}
+
+}  // namespace
+}  // namespace blksnap
