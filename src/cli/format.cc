@@ -197,7 +197,10 @@ void ShowCbtInfo(const Output& out, const std::string& name, json r) {
             {"block_count", r["block_count"]},
             {"device_capacity", r["device_capacity"]},
             {"generation_id", r["generation_id"]},
-            {"changes_number", r["changes_number"]}};
+            {"generation_reason", r.value("generation_reason", json())},
+            {"changes_number", r["changes_number"]},
+            {"durable", r.value("durable", json())},
+            {"last_checkpoint", r.value("last_checkpoint", json())}};
   if (out.as_json) {
     out.Emit(j);
     return;
@@ -208,8 +211,12 @@ void ShowCbtInfo(const Output& out, const std::string& name, json r) {
             << "block count:     " << Str(r["block_count"]) << "\n"
             << "device capacity: " << SizeText(r["device_capacity"]) << " ("
             << Str(r["device_capacity"]) << ")\n"
-            << "generation id:   " << Str(r["generation_id"]) << "\n"
-            << "changes number:  " << Str(r["changes_number"]) << "\n";
+            << "generation id:   " << Str(r["generation_id"]) << " ("
+            << Str(r.value("generation_reason", json())) << ")\n"
+            << "changes number:  " << Str(r["changes_number"]) << "\n"
+            << "durability:      "
+            << (r.value("durable", false) ? "state file, survives restarts" : "memory only")
+            << "\n";
 }
 
 void ShowCbtRead(const Output& out, const std::string& name, const std::string& path,

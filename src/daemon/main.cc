@@ -388,7 +388,9 @@ int Run(int argc, char** argv) {
   if (!fronts.ok()) return Fail("cannot start the fronts: " + fronts.status().ToString());
 
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
-                                           ServiceInfo{opt.state_dir, opt.control});
+                                           ServiceInfo{.state_dir = opt.state_dir,
+                                                       .control_path = opt.control,
+                                                       .durable_cbt = true});
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,

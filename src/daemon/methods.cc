@@ -39,16 +39,25 @@ json AddressesJson(const FrontAddresses& a) {
   return j;
 }
 
+// The CBT state of a device: numbers, generation and its reason, durability.
+json CbtJson(const CbtInfo& c) {
+  return {{"block_size", c.block_size},
+          {"block_count", c.block_count},
+          {"device_capacity", c.device_capacity},
+          {"generation_id", c.generation_id.ToString()},
+          {"generation_reason", c.generation_reason},
+          {"changes_number", c.changes_number},
+          {"durable", c.durable},
+          {"last_checkpoint", c.durable ? json(EpochMs(c.last_checkpoint)) : json(nullptr)}};
+}
+
 json DeviceJson(const DeviceView& d) {
   json j = AddressesJson(d.fronts);
   j["name"] = d.name;
   j["path"] = d.path;
   j["size"] = d.size;
   j["snapshot"] = d.snapshot ? json(d.snapshot->ToString()) : json(nullptr);
-  j["cbt"] = {{"block_size", d.cbt.block_size},
-              {"block_count", d.cbt.block_count},
-              {"generation_id", d.cbt.generation_id.ToString()},
-              {"changes_number", d.cbt.changes_number}};
+  j["cbt"] = CbtJson(d.cbt);
   j["restored"] = d.restored;
   if (d.restored) j["restore_note"] = kRestartNote;
   return j;
@@ -154,12 +163,9 @@ Result<json> Devices(Service& service, const json&, const Cancelled&) {
 Result<json> CbtInfoOf(Service& service, const json& params, const Cancelled&) {
   BLKSNAP_ASSIGN_OR_RETURN(std::string name, GetString(params, "name"));
   BLKSNAP_ASSIGN_OR_RETURN(CbtInfo info, service.GetCbtInfo(name));
-  return json{{"name", name},
-              {"block_size", info.block_size},
-              {"block_count", info.block_count},
-              {"device_capacity", info.device_capacity},
-              {"generation_id", info.generation_id.ToString()},
-              {"changes_number", info.changes_number}};
+  json j = CbtJson(info);
+  j["name"] = name;
+  return j;
 }
 
 Result<json> CbtRead(Service& service, const json& params, const Cancelled&) {

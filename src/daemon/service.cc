@@ -27,8 +27,9 @@ Status Annotate(const Status& s, const std::string& prefix) {
 }  // namespace
 
 const char* const kRestartNote =
-    "blksnapd restarted: CBT restarted with a new generation (full backup needed) and snapshots "
-    "from before the restart are gone";
+    "blksnapd restarted after a crash: snapshots from before the restart are gone; CBT goes on "
+    "in the same generation where its state file allows (else a new generation: see "
+    "cbt.generation_reason)";
 
 Service::Service(std::unique_ptr<Engine> engine, std::unique_ptr<Fronts> fronts, ServiceInfo info)
     : info_(std::move(info)),
@@ -36,6 +37,11 @@ Service::Service(std::unique_ptr<Engine> engine, std::unique_ptr<Fronts> fronts,
       engine_(std::move(engine)),
       fronts_(std::move(fronts)) {
   if (!info_.state_dir.empty()) records_ = std::make_unique<RecordStore>(env_, info_.state_dir);
+  if (info_.durable_cbt && !info_.state_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(info_.state_dir + "/cbt", ec);
+    if (ec) spdlog::warn("cannot create {}/cbt: {}", info_.state_dir, ec.message());
+  }
 }
 
 Service::~Service() { Shutdown(); }
@@ -103,8 +109,14 @@ Result<DeviceView> Service::Attach(const AttachRequest& request) {
   return view;
 }
 
+std::string Service::CbtPath(const std::string& name) const {
+  if (!info_.durable_cbt || info_.state_dir.empty()) return "";
+  return info_.state_dir + "/cbt/" + name + ".cbt";
+}
+
 Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const std::string& path,
-                                                  bool loop, bool ublk, int ublk_recover_id) {
+                                                  bool loop, bool ublk, int ublk_recover_id,
+                                                  bool restored) {
   BLKSNAP_ASSIGN_OR_RETURN(FileStat st, StatOriginal(path));
   const bool is_block = st.kind == FileKind::kBlockDevice;
   // A block device is opened with O_DIRECT: its page cache would only hold a second copy of what
@@ -115,7 +127,16 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   // behind the tracker's back while it is attached.
   auto original = env_.OpenDevice(path, {.direct = is_block, .exclusive = true});
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
-  auto tracker = engine_->Attach(name, *original, {.path = path});
+  AttachOptions ao{.path = path};
+  ao.cbt_path = CbtPath(name);
+  if (!ao.cbt_path.empty()) {
+    // A device re-attached from the records of a crashed run was tracked: a missing state file
+    // is then "state-lost", not a first generation.
+    ao.cbt_expected = restored;
+    auto identity = StatCbtIdentity(path);
+    if (identity.ok()) ao.identity = *identity;
+  }
+  auto tracker = engine_->Attach(name, *original, ao);
   if (!tracker.ok()) return Annotate(tracker.status(), "cannot attach '" + name + "'");
   ExposeOptions eo;
   eo.loop = loop;
@@ -168,7 +189,7 @@ Result<DeviceView> Service::AttachReserved(const std::string& name, const std::s
     pending_.insert(name);
   }
   // Opening, attaching and exposing (a ublk device takes a while to appear) run without mu_.
-  auto built = BuildDevice(name, path, loop, ublk, ublk_recover_id);
+  auto built = BuildDevice(name, path, loop, ublk, ublk_recover_id, restored);
   MutexLock lock(mu_);
   pending_.erase(name);
   if (!built.ok()) return built.status();
@@ -376,9 +397,18 @@ void Service::Shutdown() {
   for (auto& [name, d] : devices_) {
     Status s = d.fronts->Remove();
     if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());
-    s = engine_->Detach(name);
+    // A clean stop seals durable CBT: attaching the device again continues its generation.
+    DetachOptions options;
+    options.keep_cbt = !CbtPath(name).empty();
+    if (options.keep_cbt) {
+      auto identity = StatCbtIdentity(d.path);
+      if (identity.ok()) options.identity = *identity;
+    }
+    s = engine_->Detach(name, options);
     if (!s.ok()) spdlog::warn("detaching '{}': {}", name, s.ToString());
-    spdlog::info("detached '{}' (its CBT is lost: CBT lives in memory only)", name);
+    spdlog::info("detached '{}' ({})", name,
+                 options.keep_cbt ? "its CBT is sealed in " + CbtPath(name)
+                                  : std::string("its CBT is lost: CBT lives in memory only"));
   }
   devices_.clear();
   // Clean stop: nothing is left to recover, except records that failed to re-attach.

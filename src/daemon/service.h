@@ -36,6 +36,10 @@ struct ServiceInfo {
   std::string state_dir;  // empty: no records (tests)
   std::string control_path;
   Env* env = nullptr;  // null: Env::Default()
+  // Durable CBT (docs/cbt-format.md): each device's maps in STATE_DIR/cbt/NAME.cbt, sealed at a
+  // clean stop, continued at the next attach of the same device under the same name (or at
+  // the re-attach after a crash). false, or no state dir: CBT in memory only.
+  bool durable_cbt = false;
 };
 
 struct DeviceView {
@@ -205,7 +209,9 @@ class Service {
   Result<FileStat> StatOriginal(const std::string& path);
   // Opens, attaches and exposes a device without mu_ (the name is reserved in pending_).
   Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path, bool loop,
-                                  bool ublk, int ublk_recover_id) EXCLUDES(mu_);
+                                  bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
+  // STATE_DIR/cbt/NAME.cbt, or "" when CBT is not durable.
+  std::string CbtPath(const std::string& name) const;
   Result<DeviceView> AttachReserved(const std::string& name, const std::string& path, bool loop,
                                     bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
   Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const REQUIRES(mu_);
