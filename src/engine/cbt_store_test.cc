@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <future>
 #include <map>
 #include <random>
 
@@ -17,6 +19,7 @@
 #include "blksnap/io.h"
 #include "blksnap/mapped_file.h"
 #include "engine/cbt_format.h"
+#include "engine/cbt_map.h"
 #include "engine/engine_test_util.h"
 
 namespace blksnap {
@@ -294,6 +297,69 @@ TEST_F(DurableCbtTest, PropertyEveryWriteBeforeTheCutIsReported) {
       Start(false);
     }
   }
+}
+
+// A new generation forced at a take says why too.
+TEST(CbtMapReasonTest, TakeTimeReasons) {
+  Config config;
+  config.tracking_block_minimum_shift = 12;
+  CbtMap map(kDevSize, config);
+  EXPECT_EQ(map.info().generation_reason, kCbtReasonNew);
+  EXPECT_FALSE(map.info().durable);
+  map.SetCorrupted();
+  map.SwitchForTake(kDevSize);
+  EXPECT_EQ(map.info().generation_reason, kCbtReasonCorrupted);
+  for (int i = 1; i < 254; ++i) map.SwitchForTake(kDevSize);
+  EXPECT_EQ(map.info().changes_number, 254);
+  EXPECT_EQ(map.info().generation_reason, kCbtReasonCorrupted);
+  map.SwitchForTake(kDevSize);  // active 255 -> wrap
+  EXPECT_EQ(map.info().generation_reason, kCbtReasonSnapNumberWrap);
+  EXPECT_EQ(map.info().changes_number, 1);
+  map.SwitchForTake(kDevSize / 2);
+  EXPECT_EQ(map.info().generation_reason, kCbtReasonCapacityChanged);
+}
+
+// MappedFiles whose Open waits until released, to hold an Attach inside its state-file I/O.
+class BlockingFiles : public MappedFiles {
+ public:
+  explicit BlockingFiles(std::shared_ptr<MappedFiles> next) : next_(std::move(next)) {}
+  Result<std::unique_ptr<MappedFile>> Open(const std::string& path) override {
+    if (opens_.fetch_add(1) == 0) {  // only the first one waits
+      entered_.set_value();
+      release_.get_future().wait();
+    }
+    return next_->Open(path);
+  }
+  Result<std::unique_ptr<MappedFile>> Create(const std::string& path, uint64_t size) override {
+    return next_->Create(path, size);
+  }
+  Status Remove(const std::string& path) override { return next_->Remove(path); }
+  std::string BootId() override { return next_->BootId(); }
+  std::promise<void> entered_, release_;
+
+ private:
+  std::atomic<int> opens_{0};
+  std::shared_ptr<MappedFiles> next_;
+};
+
+// While one Attach opens a name's state file, no engine lock is held (FindTracker answers) and a
+// second Attach of that name is refused: two runs never map one state file.
+TEST(DurableCbtAttachTest, NameIsReservedDuringStateFileIo) {
+  auto files = std::make_shared<BlockingFiles>(std::make_shared<MemoryMappedFiles>());
+  auto engine = Engine::Create(Config{}).value();
+  auto device = MakeMemoryDevice(kDevSize);
+  const AttachOptions options{.cbt_path = kState, .mapped_files = files};
+  auto first =
+      std::async(std::launch::async, [&] { return engine->Attach("vol", device, options); });
+  files->entered_.get_future().wait();
+  const bool found = engine->FindTracker("vol") != nullptr;
+  const int second = engine->Attach("vol", device, options).status().errnum();
+  files->release_.set_value();
+  EXPECT_FALSE(found);
+  EXPECT_EQ(second, EBUSY);
+  auto tracker = first.get();
+  ASSERT_TRUE(tracker.ok()) << tracker.status().ToString();
+  EXPECT_EQ(engine->Attach("vol", device).status().errnum(), EEXIST);
 }
 
 // The recovery rules on their own, including the sealed/unsealed identity split.
