@@ -319,6 +319,32 @@ TEST(CbtMapReasonTest, TakeTimeReasons) {
   EXPECT_EQ(map.info().generation_reason, kCbtReasonCapacityChanged);
 }
 
+// A generation started at a take remakes the state file; a kill -9 after it continues it.
+TEST(CbtMapReasonTest, NewGenerationAtTakeIsDurableToo) {
+  Config config;
+  config.tracking_block_minimum_shift = 9;  // 8192 blocks: the maps' size changes with capacity
+  constexpr uint64_t kSmall = kDevSize / 2, kSmallBlocks = kSmall / 512;
+  auto files = std::make_shared<MemoryMappedFiles>();
+  const CbtStoreOptions options{.path = kState, .files = files};
+  auto map = CbtMap::Open(kDevSize, config, options);
+  ASSERT_TRUE(map.ok());
+  EXPECT_EQ(files->Contents(kState).size(), CbtFileSize(2 * kSmallBlocks));
+  (*map)->SwitchForTake(kSmall);  // the device shrank
+  (*map)->MarkWrite(5 * 512, 1);
+  const CbtInfo info = (*map)->info();
+  EXPECT_EQ(info.generation_reason, kCbtReasonCapacityChanged);
+  EXPECT_EQ(files->Contents(kState).size(), CbtFileSize(kSmallBlocks));
+  map->reset();  // kill -9
+  auto again = CbtMap::Open(kSmall, config, options);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ((*again)->info().generation_id, info.generation_id);
+  EXPECT_EQ((*again)->info().changes_number, 1);
+  (*again)->SwitchForTake(kSmall);
+  std::vector<uint8_t> read(kSmallBlocks);
+  ASSERT_OK((*again)->ReadMap(0, read));
+  EXPECT_EQ(read[5], 2);
+}
+
 // MappedFiles whose Open waits until released, to hold an Attach inside its state-file I/O.
 class BlockingFiles : public MappedFiles {
  public:
