@@ -58,6 +58,7 @@ struct Options {
   std::string fuse_dir = "/run/blksnap/dev";
   std::string frontend = "auto";
   bool no_nbd = false, no_fuse = false;
+  bool cbt_in_memory = false;
   std::string log_level = "info";
   std::string log_file;
   bool daemonize = false;
@@ -293,6 +294,9 @@ int Run(int argc, char** argv) {
       ->check(CLI::IsMember({"ublk", "fuse-loop", "auto"}));
   app.add_flag("--no-nbd", opt.no_nbd, "do not start the NBD front");
   app.add_flag("--no-fuse", opt.no_fuse, "do not start the FUSE front");
+  app.add_flag("--cbt-in-memory", opt.cbt_in_memory,
+               "keep CBT in memory only (every restart starts a new generation); default: "
+               "durable, in STATE_DIR/cbt");
   app.add_option("--log-level", opt.log_level, "trace, debug, info, warn, error")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -390,7 +394,7 @@ int Run(int argc, char** argv) {
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
                                            ServiceInfo{.state_dir = opt.state_dir,
                                                        .control_path = opt.control,
-                                                       .durable_cbt = true});
+                                                       .durable_cbt = !opt.cbt_in_memory});
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,
