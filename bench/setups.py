@@ -280,7 +280,10 @@ class Lab:
             self.notes.append("not root: FUSE+loop setups skipped")
         # The psync controls equal the default since the io owner's 1da5506; only on request.
         s += [("blksnap-psync", "nbd")] + ([("blksnap-fuse-psync", "loop")] if self.root else [])
-        keep = self.only.split(",") if self.only else [x[0] for x in s if "-psync" not in x[0]]
+        # CBT in memory only (--cbt-in-memory): the control for the cost of durable CBT.
+        s += [("blksnap-memcbt", "nbd")]
+        keep = self.only.split(",") if self.only else [
+            x[0] for x in s if "-psync" not in x[0] and "-memcbt" not in x[0]]
         return [x for x in s if x[0] in keep]
 
     def start(self, name, img):
@@ -302,7 +305,10 @@ class Lab:
             # blksnap-psync: the same daemon with its I/O engine forced to psync (evidence for
             # docs/performance.md: buffered io_uring writes are punted to io-wq workers).
             env = {"BLKSNAP_IO_ENGINE": "psync"} if name.endswith("-psync") else None
-            p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse, env=env)
+            extra = ("--chunk-minimum-shift", "16")
+            if name.endswith("-memcbt"):
+                extra += ("--cbt-in-memory",)
+            p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse, env=env, extra=extra)
             return [p], [], out
         raise ValueError(name)
 
