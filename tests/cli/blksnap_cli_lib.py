@@ -258,12 +258,17 @@ def covers(extents, offset, length):
 
 def fuse_test_main(run):
     """Runs run(d, t) against a daemon with the FUSE front; skips (exit SKIP) without FUSE."""
-    args = parse_args(sys.argv)
     if not fuse_possible():
         print("SKIP: needs root, /dev/fuse and /dev/loop-control")
         sys.exit(SKIP)
+    daemon_test_main(run, fuse=True)
+
+
+def daemon_test_main(run, fuse=False):
+    """Runs run(d, t) against one daemon, reports every check and exits with the verdict."""
+    args = parse_args(sys.argv)
     t = Failures()
-    d = Daemon(args, fuse=True).start()
+    d = Daemon(args, fuse=fuse).start()
     try:
         run(d, t)
     except Exception as e:

@@ -19,7 +19,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from blksnap_cli_lib import Daemon, Failures, parse_args
+from blksnap_cli_lib import daemon_test_main
 
 MiB = 1 << 20
 
@@ -55,16 +55,7 @@ class Conn:
 
 
 def main():
-    args = parse_args(sys.argv)
-    t = Failures()
-    d = Daemon(args, fuse=False).start()
-    try:
-        run(d, t)
-    except Exception as e:
-        t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
-    finally:
-        d.cleanup()
-    t.done()
+    daemon_test_main(run)
 
 
 def healthy(d, t, what):

@@ -21,22 +21,13 @@ import sys
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from blksnap_cli_lib import Daemon, Failures, json_error, parse_args
+from blksnap_cli_lib import daemon_test_main, json_error
 
 MiB = 1 << 20
 
 
 def main():
-    args = parse_args(sys.argv)
-    t = Failures()
-    d = Daemon(args, fuse=False).start()
-    try:
-        run(d, t)
-    except Exception as e:
-        t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
-    finally:
-        d.cleanup()
-    t.done()
+    daemon_test_main(run)
 
 
 # The exit statuses of src/cli/exit_codes.h.
