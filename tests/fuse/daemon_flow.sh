@@ -47,14 +47,6 @@ fail() {
   [ -f "$work/daemon.log" ] && tail -20 "$work/daemon.log" >&2
   exit 1
 }
-# json KEY.PATH: reads stdin JSON and prints a field ("devices.0.image.loop").
-json() {
-  python3 -c 'import json,sys
-v=json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v=v[int(k)] if isinstance(v,list) else v[k]
-print("" if v is None else v)' "$1"
-}
 bs() { "$blksnap" --json "$@"; }
 # ours LOOP: true while LOOP is bound to a file of this test (other processes on the machine
 # may grab a freed loop device at once).

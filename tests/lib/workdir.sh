@@ -1,4 +1,4 @@
-# Sourced by the shell integration tests: a work directory and its cleanup.
+# Sourced by the shell integration tests: a work directory, its cleanup, and a JSON reader.
 #   blksnap_workdir PREFIX   sets work=/tmp/PREFIX-XXXXXX, fuse=$work/fuse,
 #                            BLKSNAP_CONTROL=$work/control.sock, daemon_pid=""; and traps
 #                            blksnap_cleanup on EXIT.
@@ -28,4 +28,13 @@ blksnap_cleanup() {
   done
   grep -q " $fuse " /proc/self/mountinfo && umount -l "$fuse"
   rm -rf "$work"
+}
+
+# json KEY.PATH: reads JSON on stdin and prints one field ("devices.0.image.loop"; null: "").
+json() {
+  python3 -c 'import json,sys
+v=json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v=v[int(k)] if isinstance(v,list) else v[k]
+print("" if v is None else v)' "$1"
 }

@@ -38,13 +38,6 @@ refused_with() {  # refused_with RC OUTPUT WORD [NOT-WORD]: a failure whose mess
   [ "$1" != 0 ] && grep -q -- "$3" <<<"$2" && { [ -z "${4:-}" ] || ! grep -q -- "$4" <<<"$2"; }
 }
 same_image() { [ "$(image_state)" = "$before" ]; }
-json() {
-  python3 -c 'import json,sys
-v=json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v=v[int(k)] if isinstance(v,list) else v[k]
-print("" if v is None else v)' "$1"
-}
 bs() { "$blksnap" --json "$@"; }
 image_state() { echo "$(stat -c %s "$work/vol.img") $(sha256sum <"$work/vol.img" | cut -d' ' -f1)"; }
 
