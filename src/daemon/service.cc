@@ -115,9 +115,8 @@ std::string Service::CbtPath(const std::string& name) const {
 }
 
 Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const std::string& path,
-                                                  bool loop, bool ublk, int ublk_recover_id,
-                                                  bool restored) {
-  BLKSNAP_ASSIGN_OR_RETURN(FileStat st, StatOriginal(path));
+                                                  const FileStat& st, bool loop, bool ublk,
+                                                  int ublk_recover_id, bool restored) {
   const bool is_block = st.kind == FileKind::kBlockDevice;
   // A block device is opened with O_DIRECT: its page cache would only hold a second copy of what
   // the fronts' own caches (the file system above ublk/loop, the NBD client) already hold, and
@@ -189,7 +188,7 @@ Result<DeviceView> Service::AttachReserved(const std::string& name, const std::s
     pending_.insert(name);
   }
   // Opening, attaching and exposing (a ublk device takes a while to appear) run without mu_.
-  auto built = BuildDevice(name, path, loop, ublk, ublk_recover_id, restored);
+  auto built = BuildDevice(name, path, st, loop, ublk, ublk_recover_id, restored);
   MutexLock lock(mu_);
   pending_.erase(name);
   if (!built.ok()) return built.status();

@@ -48,7 +48,7 @@ struct DeviceView {
   std::optional<Uuid> snapshot;
   CbtInfo cbt;
   FrontAddresses fronts;
-  bool restored = false;  // re-attached at start from the records of a previous run
+  bool restored = false;              // re-attached at start from the records of a previous run
   std::vector<std::string> warnings;  // attach only: e.g. an outside loop device on the file
 };
 
@@ -208,8 +208,10 @@ class Service {
   // Through the Env: a regular file or block device, else a one-line error.
   Result<FileStat> StatOriginal(const std::string& path);
   // Opens, attaches and exposes a device without mu_ (the name is reserved in pending_).
-  Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path, bool loop,
-                                  bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
+  // st: the original as AttachReserved found it (StatOriginal).
+  Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path,
+                                  const FileStat& st, bool loop, bool ublk, int ublk_recover_id,
+                                  bool restored) EXCLUDES(mu_);
   // STATE_DIR/cbt/NAME.cbt, or "" when CBT is not durable.
   std::string CbtPath(const std::string& name) const;
   Result<DeviceView> AttachReserved(const std::string& name, const std::string& path, bool loop,

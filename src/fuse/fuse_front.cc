@@ -19,7 +19,8 @@ namespace {
 
 class FileFront final : public Front {
  public:
-  FileFront(Mount& mount, std::string name) : mount_(mount), name_(std::move(name)) {}
+  FileFront(Mount& mount, std::string name)
+      : mount_(mount), name_(std::move(name)), mount_dev_(MountDev(mount)) {}
   ~FileFront() override { Remove().IgnoreError(); }
 
   const char* kind() const override { return loop_ ? "loop" : "fuse"; }
@@ -29,11 +30,7 @@ class FileFront final : public Front {
     if (loop_) out.loop = loop_->path();
   }
   uint64_t rdev() const override { return loop_ && !removed_ ? loop_->rdev() : 0; }
-  uint64_t alias_dev() const override {
-    if (removed_) return 0;
-    struct stat st {};
-    return ::stat(mount_.dir().c_str(), &st) == 0 ? st.st_dev : 0;
-  }
+  uint64_t alias_dev() const override { return removed_ ? 0 : mount_dev_; }
   Status CheckIdle() const override {
     if (removed_) return Status::Ok();
     if (loop_) {
@@ -60,8 +57,14 @@ class FileFront final : public Front {
   void set_loop(LoopDevice loop) { loop_.emplace(std::move(loop)); }
 
  private:
+  static uint64_t MountDev(const Mount& mount) {
+    struct stat st {};
+    return ::stat(mount.dir().c_str(), &st) == 0 ? st.st_dev : 0;
+  }
+
   Mount& mount_;
   const std::string name_;
+  const uint64_t mount_dev_;  // st_dev of the FUSE file system (stat once)
   std::optional<LoopDevice> loop_;
   bool removed_ = false;
 };
