@@ -7,7 +7,8 @@
 //     over the tracked file, a loop device over a file on a file system on a front;
 //   - a block device holding a file system (refused unless force) and the signature detector;
 //   - a missing path (created, then removed at destroy), a missing parent directory;
-//   - limits that overflow or exceed the file system's maximum file size.
+//   - limits that overflow or exceed the file system's maximum file size;
+//   - the daemon's state dir on a front of a tracked device (Engine::CheckNotOnTracked).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -303,6 +304,25 @@ TEST_F(StorageSafetyTest, HugeLimitsGetTheRightMessage) {
     EXPECT_EQ(id.status().errnum(), EFBIG) << id.status().ToString();
   }
   ExpectImageIntact();
+}
+
+// The daemon's own files (issue 14): CheckNotOnTracked refuses a state dir whose file system is
+// a front of a tracked device (an alias, as a loop front mounted over the state dir registers),
+// and the tracked file itself; a path elsewhere, or one that does not exist yet, is fine.
+TEST_F(StorageSafetyTest, StateDirOnAFrontOfATrackedDeviceIsRefused) {
+  const std::string state = dir_ + "/state";
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  EXPECT_OK(engine_->CheckNotOnTracked(state, "state dir " + state));
+  EXPECT_OK(engine_->CheckNotOnTracked(dir_ + "/missing", "state dir"));
+  struct stat st {};
+  ASSERT_EQ(::stat(state.c_str(), &st), 0);
+  tracker_->AddAlias(st.st_dev);  // as if dir_'s file system were mounted from vol's front
+  Status s = engine_->CheckNotOnTracked(state, "state dir " + state);
+  EXPECT_EQ(s.errnum(), EINVAL);
+  EXPECT_TRUE(Contains(s, "state dir " + state + " is on tracked device 'vol'")) << s.ToString();
+  tracker_->RemoveAlias(st.st_dev);
+  EXPECT_OK(engine_->CheckNotOnTracked(state, "state dir " + state));
+  EXPECT_EQ(engine_->CheckNotOnTracked(image_, "the image").errnum(), EINVAL);
 }
 
 }  // namespace
