@@ -16,6 +16,8 @@ Algorithm:
   changes number, the same read map (cbt read), reason unchanged, recovered_from "clean-stop".
 * outside write: SIGTERM, write to the image file directly, attach again: a new generation
   with generation_reason "outside-write".
+* state dir on a front: ext4 on a device's loop front mounted over the state dir; an attach
+  and a records rewrite are refused, nothing is written there (state_dir_on_front()).
 * simulated reboot: the daemon reads its boot id from BLKSNAP_TEST_BOOT_ID_FILE; a take, an
   NBD writer, kill -9, another boot id in the file (a reboot), start again: the same generation
   (the write-intent journal continues it), recovered_from "power-loss", every logged write in
@@ -42,8 +44,10 @@ ROUNDS = int(os.environ.get("BLKSNAP_CBT_ROUNDS", "50"))
 REBOOT_ROUNDS = 3
 MAX_WRITE_TIME = 0.6  # the kill comes this long at most after the first acknowledged write
 
+# The pause keeps 2x50 rounds at a few hundred MB of dirty image data (unpaced: ~2 GB of random
+# 4 KiB writes, whose write-back and removal took a minute on the test machine).
 NBD_WRITER = r'''
-import nbd, os, random, sys
+import nbd, os, random, sys, time
 uri, log = sys.argv[1], sys.argv[2]
 h = nbd.NBD()
 h.connect_uri(uri)
@@ -53,6 +57,7 @@ with open(log, "a", buffering=1) as f:
         off = random.randrange(0, %d // %d) * %d
         h.pwrite(data, off)
         f.write("%%d\n" %% off)
+        time.sleep(0.0001)
 ''' % (BLOCK, SIZE, BLOCK, BLOCK)
 
 # O_DIRECT needs an aligned buffer: an anonymous mapping is page-aligned.
@@ -220,6 +225,42 @@ def simulated_reboot(d, t, boot_id_file, storage):
                        before["generation_id"], "power-loss")
 
 
+def state_dir_on_front(d, t, storage):
+    """The state dir must never lie on a tracked device's front. The state dir is fixed at
+    start, so the reachable way there is a mount over it (or over a parent) from a front while
+    the daemon runs: here ext4 on device fs's loop front, mounted over the state dir, holding a
+    copy of the state dir's layout (cbt/). Then an attach (its CBT state file) and a records
+    rewrite (after a take) must be refused, and nothing may be written to that file system."""
+    dev = d.cli_json("attach", d.make_image("fs.img", 64 * MiB), "--name", "fs", "--loop")
+    subprocess.run(["mkfs.ext4", "-q", "-F", dev["loop"]], check=True)
+    mnt = os.path.join(d.tmp, "mnt")
+    os.mkdir(mnt)
+    subprocess.run(["mount", dev["loop"], mnt], check=True)
+    os.mkdir(os.path.join(mnt, "cbt"))
+    subprocess.run(["umount", mnt], check=True)
+    subprocess.run(["mount", dev["loop"], d.state], check=True)
+    try:
+        rc, out, err = d.cli("attach", d.make_image("other.img", 16 * MiB), "--name", "other")
+        t.check(rc == 1 and err.count("\n") == 1 and "state dir " + d.state in err and
+                "tracked device 'fs'" in err,
+                "attach while the state dir is on fs's front: refused (%r)" % err.strip())
+        t.check("other" not in [x["name"] for x in d.cli_json("devices")["devices"]],
+                "... and not attached")
+        take_and_changes(d, storage, "fs", 0)  # a take rewrites the records
+        t.check("not writing " + os.path.join(d.state, "devices.json") in d.log_text(),
+                "a take: the records are not rewritten there (logged)")
+        t.check(sorted(os.listdir(d.state)) == ["cbt", "lost+found"] and
+                os.listdir(os.path.join(d.state, "cbt")) == [],
+                "nothing of the daemon's written to the file system on the front (%r)" %
+                sorted(os.listdir(d.state)))
+    finally:
+        if subprocess.run(["umount", d.state]).returncode != 0:
+            subprocess.run(["umount", "-l", d.state])  # busy: a file of the daemon's is open there
+    d.cli_json("attach", os.path.join(d.tmp, "other.img"), "--name", "other")
+    with open(os.path.join(d.state, "devices.json")) as f:
+        t.check('"other"' in f.read(), "unmounted: attach works, the records are written again")
+
+
 def main():
     args = parse_args(sys.argv)
     try:
@@ -247,9 +288,11 @@ def main():
         if fuse_possible():
             d = daemon(fuse=True)
             kill_rounds(d, t, "loop", d.make_image("loop.img", SIZE), storage, "lvol")
+            state_dir_on_front(d, t, storage)
             d.stop()
         else:
-            t.skip("kill -9 rounds through a loop front", "needs root, /dev/fuse, /dev/loop-control")
+            t.skip("kill -9 rounds through a loop front, state dir on a front",
+                   "needs root, /dev/fuse, /dev/loop-control")
 
         boot_id_file = os.path.join(d.tmp, "boot_id")
         with open(boot_id_file, "w") as f:
