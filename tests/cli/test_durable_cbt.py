@@ -29,6 +29,7 @@ root, /dev/fuse and /dev/loop-control: without them the other phases run and the
 """
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -288,7 +289,10 @@ def main():
         if fuse_possible():
             d = daemon(fuse=True)
             kill_rounds(d, t, "loop", d.make_image("loop.img", SIZE), storage, "lvol")
-            state_dir_on_front(d, t, storage)
+            if shutil.which("mkfs.ext4"):
+                state_dir_on_front(d, t, storage)
+            else:
+                t.skip("state dir on a front", "needs mkfs.ext4")
             d.stop()
         else:
             t.skip("kill -9 rounds through a loop front, state dir on a front",
