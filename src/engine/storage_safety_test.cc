@@ -8,14 +8,17 @@
 //   - a block device holding a file system (refused unless force) and the signature detector;
 //   - a missing path (created, then removed at destroy), a missing parent directory;
 //   - limits that overflow or exceed the file system's maximum file size;
-//   - the daemon's state dir on a front of a tracked device (Engine::CheckNotOnTracked).
+//   - the daemon's state dir on a front of a tracked device, directly or through a device
+//     stacked on it (Engine::CheckNotOnTracked).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "blksnap/engine.h"
@@ -323,6 +326,40 @@ TEST_F(StorageSafetyTest, StateDirOnAFrontOfATrackedDeviceIsRefused) {
   tracker_->RemoveAlias(st.st_dev);
   EXPECT_OK(engine_->CheckNotOnTracked(state, "state dir " + state));
   EXPECT_EQ(engine_->CheckNotOnTracked(image_, "the image").errnum(), EINVAL);
+}
+
+// Stacked: the state dir's file-system device is a device-mapper device whose slave is a front
+// of the tracked device (a fake sysfs: dev/block/<its st_dev>/slaves/front/dev = 7:77, 7:77 an
+// alias). The walk below the state dir reaches the front, and the error names it.
+TEST_F(StorageSafetyTest, StateDirOnADeviceStackedOnAFrontIsRefused) {
+  class SysfsEnv final : public EnvWrapper {
+   public:
+    explicit SysfsEnv(std::string root) : EnvWrapper(Env::Default()), root_(std::move(root)) {}
+    std::string SysfsRoot() const override { return root_; }
+
+   private:
+    const std::string root_;
+  };
+  const std::string state = dir_ + "/state", sysfs = dir_ + "/sys";
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  struct stat st {};
+  ASSERT_EQ(::stat(state.c_str(), &st), 0);
+  const auto slave = std::filesystem::path(sysfs) / "dev/block" /
+                     (std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev))) /
+                     "slaves/front";
+  std::filesystem::create_directories(slave);
+  { std::ofstream(slave / "dev") << "7:77\n"; }
+  SysfsEnv env(sysfs);
+  Config c;
+  c.env = &env;
+  auto engine = Engine::Create(c).value();
+  auto tracker = engine->Attach("vol", OpenFileDevice(image_).value(), {.path = image_}).value();
+  EXPECT_OK(engine->CheckNotOnTracked(state, "state dir " + state));
+  tracker->AddAlias(makedev(7, 77));  // vol's front
+  Status s = engine->CheckNotOnTracked(state, "state dir " + state);
+  EXPECT_EQ(s.errnum(), EINVAL);
+  EXPECT_TRUE(Contains(s, "is on tracked device 'vol' (through block device 7:77)"))
+      << s.ToString();
 }
 
 }  // namespace
