@@ -186,13 +186,12 @@ TEST_F(DurableCbtTest, PeriodicCheckpointEmptiesTheJournal) {
   Start();
   const auto attached = tracker_->cbt_info().last_checkpoint;
   Write(3);
-  const auto file = files_->Contents(kState);
+  EXPECT_GE(tracker_->cbt_info().journal_syncs, 1u) << "the write's region was not journaled";
   const CbtGeometry geometry{kDevSize, 12};
   const uint64_t journal = CbtJournalOffset(geometry.block_count(), geometry.journal_regions(), 0);
   auto journal_empty = [&](const std::vector<uint8_t>& bytes) {
     return std::all_of(bytes.begin() + journal, bytes.end(), [](uint8_t b) { return b == 0; });
   };
-  EXPECT_FALSE(journal_empty(file)) << "the write's region is not in the journal";
   for (int i = 0; i < 200 && tracker_->cbt_info().last_checkpoint == attached; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_GT(tracker_->cbt_info().last_checkpoint, attached) << "no periodic checkpoint";
