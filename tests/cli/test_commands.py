@@ -32,6 +32,8 @@ def main():
         run(d, t)
         rc = d.stop()
         t.check(rc == 0, "daemon stops with status 0 on SIGTERM (got %r)" % rc)
+        t.check(not os.path.exists(os.path.join(d.state, "devices.json")),
+                "every device detached: the clean stop leaves no device records")
     except Exception as e:  # report, then fail
         t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
     finally:
