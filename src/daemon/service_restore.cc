@@ -1,5 +1,5 @@
-// Service: the device records of STATE_DIR/devices.json (daemon/records.h) and the start after
-// a crash. See service.h for the state and the locking.
+// Service: the device records of STATE_DIR/devices.json (daemon/records.h) and the restart
+// from them (after a clean stop or a crash). See service.h for the state and the locking.
 //
 // Records: each attached device (name, path, requested fronts, ublk dev_id) and each ublk image
 // device, rewritten atomically through the Env after every change; a detach drops the device
