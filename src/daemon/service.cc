@@ -32,7 +32,8 @@ const char* const kRestartNote =
     "cbt.generation_reason)";
 
 const char* const kCleanRestartNote =
-    "blksnapd restarted after a clean stop: devices re-attached, CBT continues";
+    "blksnapd restarted after a clean stop: devices re-attached; durable CBT continues from its "
+    "sealed state (see cbt.generation_reason and cbt.recovered_from)";
 
 const char* RestartNote(bool clean_stop) { return clean_stop ? kCleanRestartNote : kRestartNote; }
 
