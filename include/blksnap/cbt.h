@@ -59,6 +59,9 @@ struct CbtInfo {
   std::string recovered_from;
   uint64_t journal_syncs = 0;        // syncs of the write-intent journal since attach
   uint64_t journal_region_size = 0;  // bytes; 0 in memory
+  // A sync of the state file failed during this run: a power loss before the next attach starts
+  // a new generation ("restart-unclean-power").
+  bool state_sync_failed = false;
 };
 
 // How the state file of a continued generation was found (CbtInfo::recovered_from).

@@ -203,7 +203,8 @@ void ShowCbtInfo(const Output& out, const std::string& name, json r) {
             {"last_checkpoint", r.value("last_checkpoint", json())},
             {"recovered_from", r.value("recovered_from", json())},
             {"journal_syncs", r.value("journal_syncs", json())},
-            {"journal_region_size", r.value("journal_region_size", json())}};
+            {"journal_region_size", r.value("journal_region_size", json())},
+            {"state_sync_failed", r.value("state_sync_failed", json())}};
   if (out.as_json) {
     out.Emit(j);
     return;

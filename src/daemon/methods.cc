@@ -51,7 +51,8 @@ json CbtJson(const CbtInfo& c) {
           {"last_checkpoint", c.durable ? json(EpochMs(c.last_checkpoint)) : json(nullptr)},
           {"recovered_from", c.recovered_from.empty() ? json(nullptr) : json(c.recovered_from)},
           {"journal_syncs", c.journal_syncs},
-          {"journal_region_size", c.journal_region_size}};
+          {"journal_region_size", c.journal_region_size},
+          {"state_sync_failed", c.state_sync_failed}};
 }
 
 json DeviceJson(const DeviceView& d) {

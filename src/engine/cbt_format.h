@@ -9,7 +9,7 @@
 // shared mapping (engine/cbt_store.h, engine/cbt_journal.h).
 //
 // ParseCbtState reads untrusted bytes (a file found in the state directory): it checks every
-// length before it reads and refuses anything but a valid version-1 header of a file of exactly
+// length before it reads and refuses anything but a valid version-2 header of a file of exactly
 // the size the header implies, with EINVAL (EPROTO for a valid header of another version) and a
 // message naming what is wrong. It never allocates in proportion to the input.
 #pragma once
@@ -72,8 +72,8 @@ inline constexpr size_t kChecksum = kCbtHeaderSize - 4;  // u32 CRC-32C of bytes
 
 inline constexpr uint32_t kCbtFlagSealed = 1;     // written by a clean stop, cleared at attach
 inline constexpr uint32_t kCbtFlagCorrupted = 2;  // the next take starts a new generation
-// The journal could not be made durable (an I/O error on the state file): after a power loss
-// the generation cannot continue ("restart-unclean-power").
+// A sync of the state file failed during this run (journal, checkpoint or header; sticky until
+// the next attach): after a power loss the generation cannot continue ("restart-unclean-power").
 inline constexpr uint32_t kCbtFlagJournalFailed = 4;
 inline constexpr uint32_t kCbtKnownFlags =
     kCbtFlagSealed | kCbtFlagCorrupted | kCbtFlagJournalFailed;

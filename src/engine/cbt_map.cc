@@ -80,10 +80,12 @@ void CbtMap::MarkWrite(uint64_t offset, uint64_t length) {
   }
 }
 
+// Sticky for the rest of the run: after a failed write-back Linux marks the page clean and
+// reports the error once, so a later sync that succeeds proves nothing about that page. Each
+// failure retries making the flag durable.
 void CbtMap::JournalFailed() {
-  CbtHeader& h = store_->header();
-  if (h.flags & kCbtFlagJournalFailed) return;
-  h.flags |= kCbtFlagJournalFailed;
+  if (!store_->durable()) return;
+  store_->header().flags |= kCbtFlagJournalFailed;
   store_->SyncHeader().IgnoreError();  // best effort: the state file is failing
 }
 
@@ -118,9 +120,8 @@ void CbtMap::SwitchForTake(uint64_t capacity) {
   h.previous = active_.load(std::memory_order_relaxed);
   h.active = static_cast<uint8_t>(h.previous + 1);
   active_.store(h.active, std::memory_order_relaxed);
-  // Into the mapping, not synced: a kill -9 keeps it, and while the file is unsealed a reboot
-  // starts a new generation whatever reached the disk, so a sync here (writers are held) would
-  // buy nothing. See Checkpoint().
+  // Into the mapping, not synced while writers are held: a kill -9 keeps it; CommitTake() makes
+  // it durable once they are released.
   store_->Publish();
 }
 
@@ -133,13 +134,17 @@ Status CbtMap::CommitTake() {
 
 Status CbtMap::Checkpoint() {
   MutexLock lock(mu_);
-  return store_->Checkpoint();
+  Status s = store_->Checkpoint();
+  if (!s.ok()) JournalFailed();
+  return s;
 }
 
 Status CbtMap::CheckpointIfWritten() {
   MutexLock lock(mu_);
   if (!journal_ || !journal_->noted_since_switch()) return Status::Ok();
-  return store_->Checkpoint();
+  Status s = store_->Checkpoint();
+  if (!s.ok()) JournalFailed();
+  return s;
 }
 
 void CbtMap::SetCorrupted() {
@@ -172,6 +177,7 @@ CbtInfo CbtMap::info() const {
   info.generation_reason = h.reason;
   info.durable = store_->durable();
   info.recovered_from = store_->recovered_from();
+  info.state_sync_failed = h.flags & kCbtFlagJournalFailed;
   if (journal_) {
     info.journal_syncs = journal_->syncs();
     info.journal_region_size = 1ull << h.journal_shift;

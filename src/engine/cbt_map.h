@@ -59,7 +59,8 @@ class CbtMap {
   // new numbers into the store (no sync).
   void SwitchForTake(uint64_t capacity);
   // After SwitchForTake, writers released, before the take returns: the new numbers durable
-  // (one sync of the header). On failure the journal is marked failed.
+  // (one sync of the header). On failure the journal is marked failed and the take must fail
+  // (the tool must not be given a number the recovery could hand out again).
   Status CommitTake();
   // Makes the maps and numbers durable and empties the journal (any thread, writers need not
   // be held); moves CbtInfo::last_checkpoint.
@@ -88,8 +89,8 @@ class CbtMap {
   void Reset(uint64_t capacity, const char* reason) REQUIRES(mu_);  // new generation
   std::pair<uint64_t, uint64_t> BlockRange(uint64_t offset, uint64_t length) const;
   void StoreWriteMarks(uint64_t first, uint64_t last);
-  // The journal could not be synced: flag it in the header (after a power loss this generation
-  // cannot continue).
+  // A sync of the state file failed (journal, checkpoint or header): flag it in the header for
+  // the rest of the run (after a power loss this generation cannot continue).
   void JournalFailed() REQUIRES(mu_);
 
   const Config config_;

@@ -9,7 +9,7 @@
 //                                   else "new";
 //   unparsable (magic, version, checksum, sizes, torn) -> "state-corrupt";
 //   capacity or block size differ                      -> "capacity-changed";
-//   no seal, another boot id (or none), the journal had failed -> "restart-unclean-power";
+//   no seal, another boot id (or none), a sync had failed -> "restart-unclean-power";
 //   original's kind, dev, ino or rdev differ           -> "identity-changed";
 //   sealed, but size, mtime or ctime differ            -> "outside-write";
 //   otherwise the generation continues (recovered_from()): sealed = "clean-stop", exactly as

@@ -206,6 +206,30 @@ TEST_F(DurableCbtTest, PeriodicCheckpointEmptiesTheJournal) {
   EXPECT_EQ(ReadMap()[4], 0);  // from the synced map, not a journal region
 }
 
+// A take whose new numbers cannot be made durable fails (and is undone): after a power loss the
+// recovery could hand the same number out again. The failure sticks in the state file.
+TEST_F(DurableCbtTest, TakeFailsWhenItsNumbersCannotBeMadeDurable) {
+  Take();
+  const Uuid generation = tracker_->cbt_info().generation_id;
+  SnapshotOptions opts;
+  opts.storage_device = MakeMemoryDevice(10 * kMiB);
+  auto id = engine_->CreateSnapshot(opts);
+  ASSERT_TRUE(id.ok());
+  ASSERT_OK(engine_->AddDevice(*id, "vol"));
+  files_->FailNextSyncs(1);  // the header's sync after the take
+  auto taken = engine_->Take(*id);
+  ASSERT_FALSE(taken.ok());
+  EXPECT_NE(taken.status().message().find("cannot be made durable"), std::string::npos)
+      << taken.status().ToString();
+  EXPECT_EQ(engine_->FindSnapshot(*id)->state(), SnapshotState::kCreated);
+  Write(4);  // the original is written as ever
+  ASSERT_OK(engine_->Destroy(*id));
+  PowerCut(0);
+  Start();
+  EXPECT_NE(tracker_->cbt_info().generation_id, generation);
+  EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonUncleanPower);
+}
+
 // How the state was found, as `cbt info` tells a backup tool.
 TEST_F(DurableCbtTest, RecoveredFromSaysHow) {
   EXPECT_EQ(tracker_->cbt_info().recovered_from, "");  // a new generation
@@ -513,6 +537,7 @@ TEST(PosixMappedFilesTest, SharedAndDurable) {
 TEST(PosixMappedFilesTest, RealKillKeepsMarks) {
   Config config;
   config.tracking_block_minimum_shift = 12;
+  config.cbt_checkpoint_interval_ms = 0;  // no checkpoint thread: the test forks
   const std::string path = ::testing::TempDir() + "/cbt_real_kill_test.cbt";
   auto device = MakeMemoryDevice(kDevSize);
   const AttachOptions options{.cbt_path = path};

@@ -289,9 +289,21 @@ class EngineImpl final : public Engine {
     }
     for (auto& m : members) m.tracker->gate().Open();
     const auto hold_end = Clock::now();
-    // The new snap numbers durable before the take returns (the power-loss recovery relies on
-    // it); a failure is recorded in the state file (cbt_map.h) and does not fail the take.
-    for (auto& m : members) m.tracker->cbt().CommitTake().IgnoreError();
+    // The new snap numbers durable before the take returns: the power-loss recovery relies on
+    // it. If they cannot be, the take fails and is undone (the tool keeps its old number; the
+    // CBT numbers moved on, which only over-reports against it).
+    for (auto& m : members) {
+      Status s = m.tracker->cbt().CommitTake();
+      if (s.ok()) continue;
+      for (auto& u : members) {
+        u.tracker->gate().Close();
+        u.tracker->set_area(nullptr);
+        u.tracker->gate().Open();
+      }
+      for (auto& u : members) u.area->Shutdown();
+      return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
+                                           "' cannot be made durable: " + std::string(s.message()));
+    }
     if (hooks.thaw) hooks.thaw();
     stats.held = std::chrono::duration_cast<std::chrono::microseconds>(hold_end - hold_start);
     if (hooks.freeze) {
