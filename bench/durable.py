@@ -1,0 +1,328 @@
+"""The cost of durable change tracking (issue 14, "Speed"): durable CBT (the default) against the
+same daemon with --cbt-in-memory, side by side in one run, and a daemon restart with many
+attached devices.
+
+Design note. Two sections, each a method of Durable:
+  compare()  one round: on a fresh copy of the master image, for both configurations in turn
+             (the order alternates between rounds and passes, so drift on this shared machine
+             falls on both), a fresh daemon (fresh state dir) attaches the image and runs
+               randwrite4k  4 KiB random writes after a warm-up of the same writes (every
+                            region of the device already written since the attach: the steady
+                            state); in a full run the timed part lasts 4 x --runtime, long enough
+                            to span a periodic CBT checkpoint (~30 s), whose cleared write-intent
+                            journal the writes must set again;
+               seq1m_fresh  passes of one sequential 1 MiB write over the whole device right
+                            after the attach (a fresh state dir each pass, so every region is
+                            fresh: never written since the attach or a checkpoint). The image is
+                            prefilled, so no file-system allocation dilutes the ratio.
+             Around each timed job it reads "journal_syncs" from `blksnap cbt info dev --json`
+             (syncs of the write-intent journal since attach); its delta per GiB written is
+             reported ("n/a" when the daemon has no such field).
+  restart()  once: N sparse 1 TiB files (100; 10 with --quick), for each configuration a fresh
+             daemon attaches them all; then a clean stop (SIGTERM) and a start, after which the
+             client attaches them again (a clean stop forgets devices and seals durable CBT;
+             attaching continues it); then kill -9 and a start, after which the daemon
+             re-attaches them from its records before it is ready. Measured: exec to READY=1
+             (sd_notify to a NOTIFY_SOCKET of ours, the kernel's arrival timestamp) and to the
+             first answer on the control socket, the attach time (one control connection,
+             sequential requests), VmRSS/RssAnon/RssFile of the daemon after each stage, and
+             how many devices kept their CBT generation.
+State: rounds (one compare() result per round) and restart_result; report.py reads them.
+Every daemon is started by setups.spawn (recorded for cleanup) and stopped by its pid.
+"""
+import array
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import time
+
+from common import GIB, KIB, MIB, SCRATCH, TIB, log
+from setups import spawn, stop
+
+PAIR = ("blksnap", "blksnap-memcbt")  # durable CBT (the default), CBT in memory only
+CONFIGS = (("durable", ()), ("memory", ("--cbt-in-memory",)))
+SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux's value; Python does not export it
+
+
+class Control:
+    """One control-protocol connection (docs/control-protocol.md): sequential requests."""
+
+    def __init__(self, path, timeout=120):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self.next_id = 0
+
+    def call(self, method, **params):
+        self.next_id += 1
+        req = {"v": 1, "id": self.next_id, "method": method, "params": params}
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        while b"\n" not in self.buf:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError(f"control socket closed during {method}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        ans = json.loads(line)
+        if "error" in ans:
+            raise RuntimeError(f"{method} {params}: {ans['error']}")
+        return ans["result"]
+
+    def close(self):
+        self.sock.close()
+
+
+def rss(pid):
+    """VmRSS, RssAnon, RssFile and RssShmem of a process, bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[k] = int(v.split()[0]) * KIB
+    return out
+
+
+def mib(b):
+    return round(b / MIB, 1)
+
+
+def syncs(info):
+    v = info.get("journal_syncs")
+    return v if isinstance(v, int) else None
+
+
+def per_gib(d_syncs, nbytes):
+    return None if d_syncs is None or not nbytes else round(d_syncs / (nbytes / GIB), 2)
+
+
+def fmt(v):
+    return "n/a" if v is None else f"{v:g}"
+
+
+class Durable:
+    def __init__(self, lab, wl, quick):
+        self.lab = lab
+        self.wl = wl  # Workloads: its fio()
+        self.quick = quick
+        self.rounds = []           # compare() of each round
+        self.restart_result = None  # restart()
+
+    # ------------------------------------------------------------ compare
+
+    def session(self, setup, img, tag):
+        """A fresh daemon of the setup's configuration with img attached as "dev"."""
+        shutil.rmtree(os.path.join(SCRATCH, tag), ignore_errors=True)
+        extra = ("--chunk-minimum-shift", "16") + (
+            ("--cbt-in-memory",) if setup.endswith("-memcbt") else ())
+        p = self.lab.daemon(extra, tag=tag)
+        try:
+            dev = self.lab.cli_json("attach", img, "--name", "dev")
+        except BaseException:
+            stop(p)
+            raise
+        return p, dev["nbd"]
+
+    def timed(self, setup, uri, wl, **kw):
+        """One fio job with the journal's sync count read around it."""
+        before = syncs(self.lab.cli_json("cbt", "info", "dev"))
+        m = self.wl.fio(uri, wl, **kw)
+        after = syncs(self.lab.cli_json("cbt", "info", "dev"))
+        d = None if before is None or after is None else after - before
+        m.update(journal_syncs=d, syncs_per_gib=per_gib(d, m["bytes"]))
+        v = m["iops"] if wl == "randwrite4k" else m["mib_s"]
+        log(f"  cbt {setup:15s} {wl:12s} {v:>10.1f} {'IOPS' if wl == 'randwrite4k' else 'MiB/s'}"
+            f"  journal syncs {fmt(d)} ({fmt(m['syncs_per_gib'])}/GiB)")
+        return m
+
+    def compare(self):
+        lab, rt = self.lab, self.wl.runtime
+        img = lab.fresh_image("cbt")
+        order = PAIR if len(self.rounds) % 2 == 0 else PAIR[::-1]
+        res = {s: {"seq1m_fresh": []} for s in PAIR}
+        try:
+            for setup in order:
+                p, uri = self.session(setup, img, "cbt-" + setup)
+                try:
+                    self.wl.fio(uri, "randwrite4k", runtime=1 if self.quick else 3)  # warm-up
+                    res[setup]["randwrite4k"] = self.timed(
+                        setup, uri, "randwrite4k", runtime=rt if self.quick else 4 * rt)
+                finally:
+                    stop(p)
+            for k in range(2 if self.quick else 4):
+                for setup in (order if k % 2 == 0 else order[::-1]):
+                    p, uri = self.session(setup, img, f"cbt-{setup}-{k}")
+                    try:
+                        res[setup]["seq1m_fresh"].append(self.timed(
+                            setup, uri, "seq1m_fresh", time_based=False, runtime=3600,
+                            extra=("--rw=write", "--bs=1m")))
+                    finally:
+                        stop(p)
+        finally:
+            for f in os.listdir(SCRATCH):
+                if f.startswith("cbt-"):
+                    shutil.rmtree(os.path.join(SCRATCH, f), ignore_errors=True)
+        self.rounds.append(res)
+
+    # ------------------------------------------------------------ restart
+
+    def start(self, extra, tag):
+        """Starts a daemon; returns (process, {"ready_s", "first_answer_s"}), both from exec."""
+        lab = self.lab
+        cmd = lab.daemon_cmd(extra, tag)
+        ns_path = os.path.join(SCRATCH, tag, "notify")
+        if os.path.exists(ns_path):
+            os.unlink(ns_path)
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+        ns.bind(ns_path)
+        ns.setblocking(False)
+        t0 = time.time()
+        p = spawn(cmd, env=dict(os.environ, NOTIFY_SOCKET=ns_path))
+        out = {}
+        try:
+            while "first_answer_s" not in out:
+                if p.poll() is not None:
+                    raise RuntimeError(f"blksnapd exited with {p.returncode} at start")
+                try:
+                    c = Control(lab.ctl, timeout=60)
+                except OSError:
+                    time.sleep(0.002)
+                    continue
+                try:  # a connect during start-up waits in the backlog until the daemon serves
+                    c.call("version")
+                    out["first_answer_s"] = round(time.time() - t0, 4)
+                finally:
+                    c.close()
+            deadline = time.monotonic() + 30
+            while "ready_s" not in out:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no READY=1 from blksnapd on NOTIFY_SOCKET")
+                try:
+                    msg, anc, _, _ = ns.recvmsg(4096, socket.CMSG_SPACE(16))
+                except BlockingIOError:
+                    time.sleep(0.002)
+                    continue
+                if b"READY=1" not in msg.split(b"\n"):
+                    continue
+                when = time.time()
+                for level, kind, data in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP:
+                        sec, usec = array.array("q", data[:16])
+                        when = sec + usec / 1e6
+                out["ready_s"] = round(when - t0, 4)
+        except BaseException:
+            stop(p)
+            raise
+        finally:
+            ns.close()
+        return p, out
+
+    def attach_all(self, imgs):
+        c = Control(self.lab.ctl)
+        try:
+            t = time.monotonic()
+            for i, img in enumerate(imgs):
+                c.call("attach", path=img, name=f"r{i}")
+            return round(time.monotonic() - t, 3)
+        finally:
+            c.close()
+
+    def generations(self, n):
+        """Device name -> CBT generation id of the devices attached now (must be n of them)."""
+        c = Control(self.lab.ctl)
+        try:
+            devs = c.call("devices")["devices"]
+            if len(devs) != n:
+                raise RuntimeError(f"restart: {len(devs)} devices attached, expected {n}")
+            return {d["name"]: c.call("cbt-info", name=d["name"])["generation_id"] for d in devs}
+        finally:
+            c.close()
+
+    def one_config(self, cfg, extra, imgs):
+        tag = "restart-" + cfg
+        shutil.rmtree(os.path.join(SCRATCH, tag), ignore_errors=True)
+        n, r = len(imgs), {}
+        p, r["cold"] = self.start(extra, tag)
+        try:
+            r["cold"]["rss"] = rss(p.pid)
+            r["attach_s"] = self.attach_all(imgs)
+            r["attached"] = {"rss": rss(p.pid)}
+            gens = self.generations(n)
+            t = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            p.wait(120)
+            r["clean_stop_s"] = round(time.monotonic() - t, 3)
+            p, r["clean"] = self.start(extra, tag)
+            r["clean"]["rss_before_attach"] = rss(p.pid)
+            r["clean"]["reattach_s"] = self.attach_all(imgs)
+            r["clean"]["serving_all_s"] = round(r["clean"]["ready_s"] + r["clean"]["reattach_s"],
+                                                3)
+            r["clean"]["rss"] = rss(p.pid)
+            g = self.generations(n)
+            r["clean"]["generations_kept"] = sum(g.get(k) == v for k, v in gens.items())
+            p.kill()  # kill -9: the next daemon re-attaches from its records before READY=1
+            p.wait()
+            p, r["crash"] = self.start(extra, tag)
+            r["crash"]["rss"] = rss(p.pid)
+            g = self.generations(n)
+            r["crash"]["generations_kept"] = sum(g.get(k) == v for k, v in gens.items())
+        finally:
+            stop(p, timeout=120)
+        log(f"  restart {cfg:7s} {n} x 1 TiB: attach {r['attach_s']} s, RSS "
+            f"{mib(r['attached']['rss']['VmRSS'])} MiB; clean restart: ready "
+            f"{r['clean']['ready_s']} s + attach {r['clean']['reattach_s']} s, RSS "
+            f"{mib(r['clean']['rss']['VmRSS'])} MiB, kept {r['clean']['generations_kept']}; "
+            f"kill -9: ready {r['crash']['ready_s']} s, RSS {mib(r['crash']['rss']['VmRSS'])} "
+            f"MiB, kept {r['crash']['generations_kept']}")
+        return r
+
+    def restart(self):
+        n = 10 if self.quick else 100
+        d = os.path.join(SCRATCH, "restart-imgs")
+        os.makedirs(d, exist_ok=True)
+        imgs = []
+        for i in range(n):
+            imgs.append(os.path.join(d, f"r{i}.img"))
+            with open(imgs[-1], "w") as f:
+                f.truncate(TIB)
+        res = {"devices": n, "device_bytes": TIB, "configs": {}}
+        try:
+            for cfg, extra in CONFIGS:
+                res["configs"][cfg] = self.one_config(cfg, extra, imgs)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+            for cfg, _ in CONFIGS:
+                shutil.rmtree(os.path.join(SCRATCH, "restart-" + cfg), ignore_errors=True)
+        self.restart_result = res
+
+    # ------------------------------------------------------------ results
+
+    def summary(self):
+        """The "durable_cbt" part of the results document (None if nothing was measured)."""
+        if not self.rounds and not self.restart_result:
+            return None
+        out = {"rounds": self.rounds, "restart": self.restart_result}
+        a, b = PAIR
+        for wl, key in (("randwrite4k", "iops"), ("seq1m_fresh", "mib_s")):
+            ratios, nbytes, nsyncs = [], 0, 0
+            for r in self.rounds:
+                xs, ys = r[a].get(wl), r[b].get(wl)
+                if xs is None or ys is None:
+                    continue
+                xs, ys = (xs, ys) if isinstance(xs, list) else ([xs], [ys])
+                ratios += [round(x[key] / y[key], 3) for x, y in zip(xs, ys) if y[key]]
+                for x in xs:
+                    nbytes += x["bytes"]
+                    nsyncs = None if nsyncs is None or x["journal_syncs"] is None else \
+                        nsyncs + x["journal_syncs"]
+            if ratios:
+                out[wl] = {"ratio": round(statistics.median(ratios), 3),
+                           "ratio_range": [min(ratios), max(ratios)], "ratios": ratios,
+                           "durable_gib": round(nbytes / GIB, 2), "journal_syncs": nsyncs,
+                           "syncs_per_gib": per_gib(nsyncs, nbytes)}
+        return out
