@@ -6,8 +6,8 @@ Design note. This file is the command line only; the work is in the modules besi
 (common.py lists them): setups.py starts and removes what is measured, workloads.py measures
 it, report.py turns the rounds into bench/results/{latest,quick}.{json,png} and the printed
 table. A run: clean up what an earlier run left, prefill one master image, then --repeat
-rounds of every selected setup (each on a fresh copy of the master), of the take latency and
-of the durable-CBT comparison (durable.py), then the memory and the restart measurements once;
+rounds of every selected setup (each on a fresh copy of the master), of the take latency, of
+the durable-CBT comparison and of the restart (durable.py), then the memory measurement once;
 a setup that fails is recorded under "failures" and the run
 goes on. Whatever happens, the processes, loops and mounts it made are removed (also by
 --cleanup-only, which bench/run's shell trap calls if Python dies).
@@ -80,10 +80,10 @@ def measure(args, lab, wl, dur, meta):
             attempt(failures, "take", wl.take_latency, rnd)
         if wanted("cbt"):
             attempt(failures, "cbt", dur.compare, rnd)
+        if wanted("restart"):
+            attempt(failures, "restart", dur.restart, rnd)
     if wanted("memory"):
         attempt(failures, "memory", wl.memory)
-    if wanted("restart"):
-        attempt(failures, "restart", dur.restart)
     meta["load_per_setup"] = loads
     return rounds, failures
 

@@ -15,19 +15,24 @@ Design note. Two sections, each a method of Durable:
                             after the attach (a fresh state dir each pass, so every region is
                             fresh: never written since the attach or a checkpoint). The image is
                             prefilled, so no file-system allocation dilutes the ratio.
+             Every job starts after a sync (no writeback of the previous job's data in it).
              Around each timed job it reads "journal_syncs" from `blksnap cbt info dev --json`
-             (syncs of the write-intent journal since attach); its delta per GiB written is
-             reported ("n/a" when the daemon has no such field).
-  restart()  once: N sparse 1 TiB files (100; 10 with --quick), for each configuration a fresh
+             (syncs of the write-intent journal since attach; the daemon's cbt-info answer if
+             the CLI does not pass it on); its delta per GiB written is reported ("n/a" when
+             the daemon has no such field).
+  restart()  one round: N sparse 1 TiB files (100; 10 with --quick), for each configuration a fresh
              daemon attaches them all; then a clean stop (SIGTERM) and a start, after which the
              client attaches them again (a clean stop forgets devices and seals durable CBT;
-             attaching continues it); then kill -9 and a start, after which the daemon
-             re-attaches them from its records before it is ready. Measured: exec to READY=1
-             (sd_notify to a NOTIFY_SOCKET of ours, the kernel's arrival timestamp) and to the
-             first answer on the control socket, the attach time (one control connection,
-             sequential requests), VmRSS/RssAnon/RssFile of the daemon after each stage, and
-             how many devices kept their CBT generation.
-State: rounds (one compare() result per round) and restart_result; report.py reads them.
+             attaching continues it; once through one connection, once more after another
+             clean restart through 8 connections at once); then kill -9 and a start, after which
+             the daemon re-attaches them from its records before it is ready. Measured: exec to
+             READY=1 (sd_notify to a NOTIFY_SOCKET of ours, the kernel's arrival timestamp) and
+             to the first answer on the control socket, the attach time (sequential requests on
+             each connection), VmRSS/RssAnon/RssFile of the daemon after each stage, and how
+             many devices kept their CBT generation.
+State: rounds and restarts, one compare() and one restart() result per round; summary() makes
+the document's "durable_cbt" part of them (the restart round shown is the one with the median
+kill -9 ready time of the durable daemon, every round's figures beside it).
 Every daemon is started by setups.spawn (recorded for cleanup) and stopped by its pid.
 """
 import array
@@ -37,13 +42,15 @@ import shutil
 import signal
 import socket
 import statistics
+import threading
 import time
 
-from common import GIB, KIB, MIB, SCRATCH, TIB, log
+from common import GIB, KIB, MIB, SCRATCH, TIB, log, run
 from setups import spawn, stop
 
 PAIR = ("blksnap", "blksnap-memcbt")  # durable CBT (the default), CBT in memory only
 CONFIGS = (("durable", ()), ("memory", ("--cbt-in-memory",)))
+PARALLEL = 8  # connections of the parallel re-attach after a clean restart
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux's value; Python does not export it
 
 
@@ -109,8 +116,8 @@ class Durable:
         self.lab = lab
         self.wl = wl  # Workloads: its fio()
         self.quick = quick
-        self.rounds = []           # compare() of each round
-        self.restart_result = None  # restart()
+        self.rounds = []    # compare() of each round
+        self.restarts = []  # restart() of each round
 
     # ------------------------------------------------------------ compare
 
@@ -122,16 +129,29 @@ class Durable:
         p = self.lab.daemon(extra, tag=tag)
         try:
             dev = self.lab.cli_json("attach", img, "--name", "dev")
+            run(["sync"])  # no writeback of the previous job's data in this one
         except BaseException:
             stop(p)
             raise
         return p, dev["nbd"]
 
+    def journal_syncs(self):
+        """"journal_syncs" of `blksnap cbt info dev --json`, else of the daemon's cbt-info
+        answer (should the CLI not pass it on), else None."""
+        v = syncs(self.lab.cli_json("cbt", "info", "dev"))
+        if v is None:
+            c = Control(self.lab.ctl)
+            try:
+                v = syncs(c.call("cbt-info", name="dev"))
+            finally:
+                c.close()
+        return v
+
     def timed(self, setup, uri, wl, **kw):
         """One fio job with the journal's sync count read around it."""
-        before = syncs(self.lab.cli_json("cbt", "info", "dev"))
+        before = self.journal_syncs()
         m = self.wl.fio(uri, wl, **kw)
-        after = syncs(self.lab.cli_json("cbt", "info", "dev"))
+        after = self.journal_syncs()
         d = None if before is None or after is None else after - before
         m.update(journal_syncs=d, syncs_per_gib=per_gib(d, m["bytes"]))
         v = m["iops"] if wl == "randwrite4k" else m["mib_s"]
@@ -222,15 +242,40 @@ class Durable:
             ns.close()
         return p, out
 
-    def attach_all(self, imgs):
-        c = Control(self.lab.ctl)
-        try:
-            t = time.monotonic()
-            for i, img in enumerate(imgs):
-                c.call("attach", path=img, name=f"r{i}")
-            return round(time.monotonic() - t, 3)
-        finally:
-            c.close()
+    def attach_all(self, imgs, conns=1):
+        """Attaches imgs[i] as "r<i>" through conns connections in parallel (each sequential);
+        returns the seconds it took."""
+        errors = []
+
+        def some(k):
+            try:
+                c = Control(self.lab.ctl)
+                try:
+                    for i in range(k, len(imgs), conns):
+                        c.call("attach", path=imgs[i], name=f"r{i}")
+                finally:
+                    c.close()
+            except (OSError, RuntimeError) as e:
+                errors.append(e)
+        t = time.monotonic()
+        threads = [threading.Thread(target=some, args=(k,)) for k in range(conns)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise RuntimeError(f"attach: {errors[0]}")
+        return round(time.monotonic() - t, 3)
+
+    def clean_restart(self, p, extra, tag):
+        """SIGTERM, then a start; returns (process, {"stop_s", "ready_s", ...})."""
+        t = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        p.wait(120)
+        stop_s = round(time.monotonic() - t, 3)
+        p, out = self.start(extra, tag)
+        out["stop_s"] = stop_s
+        return p, out
 
     def generations(self, n):
         """Device name -> CBT generation id of the devices attached now (must be n of them)."""
@@ -253,18 +298,21 @@ class Durable:
             r["attach_s"] = self.attach_all(imgs)
             r["attached"] = {"rss": rss(p.pid)}
             gens = self.generations(n)
-            t = time.monotonic()
-            p.send_signal(signal.SIGTERM)
-            p.wait(120)
-            r["clean_stop_s"] = round(time.monotonic() - t, 3)
-            p, r["clean"] = self.start(extra, tag)
-            r["clean"]["rss_before_attach"] = rss(p.pid)
-            r["clean"]["reattach_s"] = self.attach_all(imgs)
-            r["clean"]["serving_all_s"] = round(r["clean"]["ready_s"] + r["clean"]["reattach_s"],
-                                                3)
-            r["clean"]["rss"] = rss(p.pid)
+            p, r["clean"] = self.clean_restart(p, extra, tag)
+            c = r["clean"]
+            c["rss_before_attach"] = rss(p.pid)
+            c["reattach_s"] = self.attach_all(imgs)
+            c["serving_all_s"] = round(c["ready_s"] + c["reattach_s"], 3)
+            c["rss"] = rss(p.pid)
             g = self.generations(n)
-            r["clean"]["generations_kept"] = sum(g.get(k) == v for k, v in gens.items())
+            c["generations_kept"] = sum(g.get(k) == v for k, v in gens.items())
+            # Once more, the client attaching through PARALLEL connections at once.
+            p, r["clean_parallel"] = self.clean_restart(p, extra, tag)
+            c = r["clean_parallel"]
+            c["reattach_s"] = self.attach_all(imgs, PARALLEL)
+            c["serving_all_s"] = round(c["ready_s"] + c["reattach_s"], 3)
+            c["rss"] = rss(p.pid)
+            self.generations(n)
             p.kill()  # kill -9: the next daemon re-attaches from its records before READY=1
             p.wait()
             p, r["crash"] = self.start(extra, tag)
@@ -275,7 +323,8 @@ class Durable:
             stop(p, timeout=120)
         log(f"  restart {cfg:7s} {n} x 1 TiB: attach {r['attach_s']} s, RSS "
             f"{mib(r['attached']['rss']['VmRSS'])} MiB; clean restart: ready "
-            f"{r['clean']['ready_s']} s + attach {r['clean']['reattach_s']} s, RSS "
+            f"{r['clean']['ready_s']} s + attach {r['clean']['reattach_s']} s "
+            f"({r['clean_parallel']['reattach_s']} s in {PARALLEL} connections), RSS "
             f"{mib(r['clean']['rss']['VmRSS'])} MiB, kept {r['clean']['generations_kept']}; "
             f"kill -9: ready {r['crash']['ready_s']} s, RSS {mib(r['crash']['rss']['VmRSS'])} "
             f"MiB, kept {r['crash']['generations_kept']}")
@@ -291,6 +340,7 @@ class Durable:
             with open(imgs[-1], "w") as f:
                 f.truncate(TIB)
         res = {"devices": n, "device_bytes": TIB, "configs": {}}
+        run(["sync"])  # attach syncs each state file: no earlier job's writeback in the way
         try:
             for cfg, extra in CONFIGS:
                 res["configs"][cfg] = self.one_config(cfg, extra, imgs)
@@ -298,15 +348,24 @@ class Durable:
             shutil.rmtree(d, ignore_errors=True)
             for cfg, _ in CONFIGS:
                 shutil.rmtree(os.path.join(SCRATCH, "restart-" + cfg), ignore_errors=True)
-        self.restart_result = res
+        self.restarts.append(res)
 
     # ------------------------------------------------------------ results
 
     def summary(self):
         """The "durable_cbt" part of the results document (None if nothing was measured)."""
-        if not self.rounds and not self.restart_result:
+        if not self.rounds and not self.restarts:
             return None
-        out = {"rounds": self.rounds, "restart": self.restart_result}
+        out = {"rounds": self.rounds, "restart": None, "restart_rounds": self.restarts}
+        if self.restarts:
+            ready = [r["configs"]["durable"]["crash"]["ready_s"] for r in self.restarts]
+            out["restart"] = self.restarts[ready.index(statistics.median_low(ready))]
+            for cfg, _ in CONFIGS:
+                for how in ("clean", "clean_parallel", "crash"):
+                    for k in ("ready_s", "reattach_s"):
+                        v = [r["configs"][cfg][how].get(k) for r in self.restarts]
+                        if None not in v:
+                            out["restart"]["configs"][cfg][how][k + "_rounds"] = v
         a, b = PAIR
         for wl, key in (("randwrite4k", "iops"), ("seq1m_fresh", "mib_s")):
             ratios, nbytes, nsyncs = [], 0, 0
