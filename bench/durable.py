@@ -3,14 +3,15 @@ same daemon with --cbt-in-memory, side by side in one run, and a daemon restart 
 attached devices.
 
 Design note. Two sections, each a method of Durable:
-  compare()  one round: on a fresh copy of the master image, for both configurations in turn
-             (the order alternates between rounds and passes, so drift on this shared machine
+  compare()  one round: on a fresh copy of the master image, for both configurations (the
+             order alternates between rounds, slices and passes, so drift on this shared machine
              falls on both), a fresh daemon (fresh state dir) attaches the image and runs
                randwrite4k  4 KiB random writes after a warm-up of the same writes (every
                             region of the device already written since the attach: the steady
-                            state); in a full run the timed part lasts 4 x --runtime, long enough
-                            to span a periodic CBT checkpoint (~30 s), whose cleared write-intent
-                            journal the writes must set again;
+                            state); both daemons run at once, each on its own copy, and short
+                            slices alternate between them; in a full run 4 x --runtime each,
+                            long enough to span a periodic CBT checkpoint (~30 s), whose cleared
+                            write-intent journal the writes must set again;
                seq1m_fresh  passes of one sequential 1 MiB write over the whole device right
                             after the attach (a fresh state dir each pass, so every region is
                             fresh: never written since the attach or a checkpoint). The image is
@@ -122,7 +123,8 @@ class Durable:
     # ------------------------------------------------------------ compare
 
     def session(self, setup, img, tag):
-        """A fresh daemon of the setup's configuration with img attached as "dev"."""
+        """A fresh daemon of the setup's configuration with img attached as "dev"; returns
+        (process, NBD URI, control socket)."""
         shutil.rmtree(os.path.join(SCRATCH, tag), ignore_errors=True)
         extra = ("--chunk-minimum-shift", "16") + (
             ("--cbt-in-memory",) if setup.endswith("-memcbt") else ())
@@ -133,25 +135,27 @@ class Durable:
         except BaseException:
             stop(p)
             raise
-        return p, dev["nbd"]
+        return p, dev["nbd"], self.lab.ctl
 
-    def journal_syncs(self):
+    def journal_syncs(self, ctl):
         """"journal_syncs" of `blksnap cbt info dev --json`, else of the daemon's cbt-info
         answer (should the CLI not pass it on), else None."""
+        self.lab.ctl = ctl
         v = syncs(self.lab.cli_json("cbt", "info", "dev"))
         if v is None:
-            c = Control(self.lab.ctl)
+            c = Control(ctl)
             try:
                 v = syncs(c.call("cbt-info", name="dev"))
             finally:
                 c.close()
         return v
 
-    def timed(self, setup, uri, wl, **kw):
-        """One fio job with the journal's sync count read around it."""
-        before = self.journal_syncs()
+    def timed(self, setup, sess, wl, **kw):
+        """One fio job on session sess with the journal's sync count read around it."""
+        _, uri, ctl = sess
+        before = self.journal_syncs(ctl)
         m = self.wl.fio(uri, wl, **kw)
-        after = self.journal_syncs()
+        after = self.journal_syncs(ctl)
         d = None if before is None or after is None else after - before
         m.update(journal_syncs=d, syncs_per_gib=per_gib(d, m["bytes"]))
         v = m["iops"] if wl == "randwrite4k" else m["mib_s"]
@@ -159,33 +163,49 @@ class Durable:
             f"  journal syncs {fmt(d)} ({fmt(m['syncs_per_gib'])}/GiB)")
         return m
 
-    def compare(self):
-        lab, rt = self.lab, self.wl.runtime
-        img = lab.fresh_image("cbt")
-        order = PAIR if len(self.rounds) % 2 == 0 else PAIR[::-1]
-        res = {s: {"seq1m_fresh": []} for s in PAIR}
+    def steady(self, order, imgs, res):
+        """Both daemons up at once, each on its own copy of the image; after a warm-up each,
+        time slices of 4 KiB random writes alternate between them (ABBA...), 4 x --runtime in
+        all for each (a full run: 8 slices of 5 s, spanning a ~30 s checkpoint)."""
+        sess = {}
         try:
             for setup in order:
-                p, uri = self.session(setup, img, "cbt-" + setup)
-                try:
-                    self.wl.fio(uri, "randwrite4k", runtime=1 if self.quick else 3)  # warm-up
-                    res[setup]["randwrite4k"] = self.timed(
-                        setup, uri, "randwrite4k", runtime=rt if self.quick else 4 * rt)
-                finally:
-                    stop(p)
+                sess[setup] = self.session(setup, imgs[setup], "cbt-" + setup)
+                self.wl.fio(sess[setup][1], "randwrite4k", runtime=1 if self.quick else 3)
+            n = 2 if self.quick else 8
+            rt = max(1, (self.wl.runtime if self.quick else 4 * self.wl.runtime) // n)
+            for i in range(n):
+                for setup in (order if i % 2 == 0 else order[::-1]):
+                    res[setup]["randwrite4k"].append(
+                        self.timed(setup, sess[setup], "randwrite4k", runtime=rt))
+        finally:
+            for x in sess.values():
+                stop(x[0])
+
+    def compare(self):
+        lab = self.lab
+        img = lab.fresh_image("cbt")
+        other = os.path.join(SCRATCH, "cbt-other.raw")  # fresh_image() keeps one .img only
+        order = PAIR if len(self.rounds) % 2 == 0 else PAIR[::-1]
+        res = {s: {"randwrite4k": [], "seq1m_fresh": []} for s in PAIR}
+        try:
+            run(["cp", "--sparse=never", img, other])
+            self.steady(order, {PAIR[0]: img, PAIR[1]: other}, res)
+            os.unlink(other)
             for k in range(2 if self.quick else 4):
                 for setup in (order if k % 2 == 0 else order[::-1]):
-                    p, uri = self.session(setup, img, f"cbt-{setup}-{k}")
+                    sess = self.session(setup, img, f"cbt-{setup}-{k}")
                     try:
                         res[setup]["seq1m_fresh"].append(self.timed(
-                            setup, uri, "seq1m_fresh", time_based=False, runtime=3600,
+                            setup, sess, "seq1m_fresh", time_based=False, runtime=3600,
                             extra=("--rw=write", "--bs=1m")))
                     finally:
-                        stop(p)
+                        stop(sess[0])
         finally:
             for f in os.listdir(SCRATCH):
-                if f.startswith("cbt-"):
-                    shutil.rmtree(os.path.join(SCRATCH, f), ignore_errors=True)
+                f = os.path.join(SCRATCH, f)
+                if os.path.basename(f).startswith("cbt-"):
+                    (os.unlink if os.path.isfile(f) else shutil.rmtree)(f)
         self.rounds.append(res)
 
     # ------------------------------------------------------------ restart
