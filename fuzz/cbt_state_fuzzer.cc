@@ -5,7 +5,8 @@
 // a header it accepts must serialise back to the same bytes (no field is silently dropped).
 // Then the file is placed in a MemoryMappedFiles and opened as the state of a 64 KiB device with
 // 4 KiB blocks: CbtStore::Open must succeed, and continue the generation only with the maps found
-// in the file, else start a new one with a reason.
+// in the file (exactly after a clean stop or a crash of this boot; after a power loss, with every
+// mark kept and the read map rebuilt from the write map), else start a new one with a reason.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -33,7 +34,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const CbtHeader& h = (*store)->header();
   if (h.capacity != geometry.capacity || h.block_count != 16) std::abort();
   const bool continued = parsed.ok() && h.generation == parsed->generation;
-  if (continued) {
+  if (continued && (*store)->recovered_from() == kCbtRecoveredPowerLoss) {
+    for (size_t i = 0; i < 16; ++i) {
+      if ((*store)->write_map()[i] < data[kCbtHeaderSize + i]) std::abort();  // a mark lost
+      if ((*store)->read_map()[i] != (*store)->write_map()[i]) std::abort();
+      if ((*store)->write_map()[i] > h.active) std::abort();
+    }
+  } else if (continued) {
     if (std::memcmp((*store)->write_map(), data + kCbtHeaderSize, 16) != 0) std::abort();
     if (std::memcmp((*store)->read_map(), data + CbtReadMapOffset(16), 16) != 0) std::abort();
   } else if (h.reason.empty() || h.reason == kCbtReasonNew) {

@@ -7,7 +7,8 @@
 // generation id is still the one it saw (a new generation means: take a full backup).
 //
 // Durable tracking (AttachOptions::cbt_path): the maps live in a state file (docs/cbt-format.md)
-// and survive a daemon restart. A generation that had to start over says why in
+// and survive a daemon restart, a kill -9 and a power loss (a write-intent journal bounds what
+// a power loss can hide). A generation that had to start over says why in
 // CbtInfo::generation_reason, one of the kCbtReason* strings below.
 #pragma once
 
@@ -30,8 +31,9 @@ inline constexpr char kCbtReasonStateLost[] = "state-lost";
 inline constexpr char kCbtReasonStateCorrupt[] = "state-corrupt";
 // The device's capacity (or the tracking block size) differs from the state file's.
 inline constexpr char kCbtReasonCapacityChanged[] = "capacity-changed";
-// The run that tracked the device did not stop cleanly and the machine rebooted since: marks
-// still in the page cache may have been lost with it.
+// The run that tracked the device did not stop cleanly, the machine rebooted since, and the
+// write-intent journal that would have bounded what was lost could not be trusted: it had
+// failed (an I/O error on the state file) before the power went.
 inline constexpr char kCbtReasonUncleanPower[] = "restart-unclean-power";
 // The original is another file or device than the one tracked (device, inode, rdev, kind).
 inline constexpr char kCbtReasonIdentityChanged[] = "identity-changed";
@@ -53,7 +55,18 @@ struct CbtInfo {
   // When the maps were last made durable (at attach, at each take, at a clean stop); the
   // epoch if never (memory only).
   std::chrono::system_clock::time_point last_checkpoint{};
+  // How this run found the state (kCbtRecovered*): "" for a new generation.
+  std::string recovered_from;
+  uint64_t journal_syncs = 0;        // syncs of the write-intent journal since attach
+  uint64_t journal_region_size = 0;  // bytes; 0 in memory
 };
+
+// How the state file of a continued generation was found (CbtInfo::recovered_from).
+inline constexpr char kCbtRecoveredCleanStop[] = "clean-stop";      // exact
+inline constexpr char kCbtRecoveredDaemonCrash[] = "daemon-crash";  // exact, in the page cache
+// The machine went down with the file open: the maps as on disk plus every journal region,
+// marked changed (a bounded over-report).
+inline constexpr char kCbtRecoveredPowerLoss[] = "power-loss";
 
 // The identity of an original, recorded in the state file at attach and at a clean stop, and
 // compared at the next attach to detect writes blksnap could not see. Fields that do not apply

@@ -17,6 +17,11 @@ struct Config {
   uint32_t tracking_block_minimum_shift = 16;
   uint32_t tracking_block_maximum_shift = 26;
   uint64_t tracking_block_maximum_count = 2097152;
+  // Durable CBT: every this many milliseconds, each device written since its last checkpoint
+  // has its maps made durable and its write-intent journal emptied (what a power loss may then
+  // over-report is bounded by the regions written in about two intervals). 0 = only at a clean
+  // stop.
+  uint32_t cbt_checkpoint_interval_ms = 30000;
 
   // Copy-on-write chunks: size 2^shift, starting at the minimum shift and grown while the chunk
   // count exceeds 2^chunk_maximum_count_shift, never beyond chunk_maximum_shift.

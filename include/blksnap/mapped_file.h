@@ -13,6 +13,8 @@
 //    Open of the same name sees the bytes, as after a kill -9); DropUnsynced() simulates a power
 //    cut (each page falls back to its content at the last Sync(), or keeps the newer content,
 //    as the kernel's write-back may have taken it); set_boot_id() simulates the reboot.
+//    CutPowerAtSync(n) cuts the power at the moment of the n-th sync from now (that sync and all
+//    later ones fail with EIO and persist nothing): the power-cut test at every sync point.
 //
 // Thread safety: MappedFiles methods may be called from any thread. A MappedFile's data() may be
 // read and written from many threads (the caller orders its own stores); Sync() may run while
@@ -35,6 +37,9 @@ class MappedFile {
   virtual uint64_t size() const = 0;
   // Everything stored into data() so far is durable when this returns OK.
   virtual Status Sync() = 0;
+  // Only the pages covering [offset, offset + length) (msync of that range): what was stored
+  // there so far is durable when this returns OK; other pages are not written.
+  virtual Status SyncRange(uint64_t offset, uint64_t length) = 0;
 };
 
 class MappedFiles {
@@ -54,6 +59,9 @@ class MappedFiles {
 
 // The real thing; never null, shared by every caller.
 std::shared_ptr<MappedFiles> PosixMappedFiles();
+// The real thing, except that the boot id is the first line of the file at boot_id_path: a test
+// simulates a reboot by changing it (blksnapd: BLKSNAP_TEST_BOOT_ID_FILE).
+std::shared_ptr<MappedFiles> PosixMappedFiles(const std::string& boot_id_path);
 
 class MemoryMappedFiles final : public MappedFiles {
  public:
@@ -66,6 +74,10 @@ class MemoryMappedFiles final : public MappedFiles {
   // to its content at the last Sync() (a file never synced disappears); otherwise each page
   // independently keeps its newer content or falls back, chosen by a generator seeded with seed.
   void DropUnsynced(uint64_t seed = 0);
+  // The n-th Sync()/SyncRange() from now (n >= 1) and every later one fail with EIO and persist
+  // nothing, as if the machine had died just before it; DropUnsynced() then applies. 0 disarms.
+  void CutPowerAtSync(uint64_t n);
+  bool power_cut() const;  // a cut armed by CutPowerAtSync has happened
   void set_boot_id(std::string boot_id);
   // Test access to a file's current bytes (empty if absent), and a way to damage them.
   std::vector<uint8_t> Contents(const std::string& path);

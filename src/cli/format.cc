@@ -200,7 +200,10 @@ void ShowCbtInfo(const Output& out, const std::string& name, json r) {
             {"generation_reason", r.value("generation_reason", json())},
             {"changes_number", r["changes_number"]},
             {"durable", r.value("durable", json())},
-            {"last_checkpoint", r.value("last_checkpoint", json())}};
+            {"last_checkpoint", r.value("last_checkpoint", json())},
+            {"recovered_from", r.value("recovered_from", json())},
+            {"journal_syncs", r.value("journal_syncs", json())},
+            {"journal_region_size", r.value("journal_region_size", json())}};
   if (out.as_json) {
     out.Emit(j);
     return;
@@ -215,8 +218,16 @@ void ShowCbtInfo(const Output& out, const std::string& name, json r) {
             << Str(r.value("generation_reason", json())) << ")\n"
             << "changes number:  " << Str(r["changes_number"]) << "\n"
             << "durability:      "
-            << (r.value("durable", false) ? "state file, survives restarts" : "memory only")
+            << (r.value("durable", false) ? "state file with write-intent journal (region " +
+                                                SizeText(r.value("journal_region_size", json(0))) +
+                                                "), survives restarts, crashes and power loss"
+                                          : std::string("memory only"))
             << "\n";
+  if (r.value("durable", false)) {
+    std::cout << "recovered from:  " << Str(r.value("recovered_from", json())) << "\n"
+              << "last checkpoint: " << Str(r.value("last_checkpoint", json()))
+              << " (ms since the epoch)\n";
+  }
 }
 
 void ShowCbtRead(const Output& out, const std::string& name, const std::string& path,

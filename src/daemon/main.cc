@@ -31,6 +31,7 @@
 
 #include "blksnap/config.h"
 #include "blksnap/engine.h"
+#include "blksnap/mapped_file.h"
 #include "control/protocol.h"
 #include "daemon/control_server.h"
 #include "daemon/fronts.h"
@@ -105,7 +106,22 @@ std::vector<Tunable> Tunables() {
        Setter(&Config::chunk_storer_threads)},
       {"diff-storage-minimum", "difference storage growth step, a size (default 1G)",
        Setter(&Config::diff_storage_minimum)},
+      {"cbt-checkpoint-interval-ms",
+       "durable CBT: checkpoint every device written since its last one this often, in "
+       "milliseconds; 0 = only at a clean stop (default 30000)",
+       Setter(&Config::cbt_checkpoint_interval_ms)},
   };
+}
+
+// The durable CBT state files' seam; BLKSNAP_TEST_BOOT_ID_FILE lets a test simulate a reboot
+// (a new boot id) without one.
+std::shared_ptr<MappedFiles> StateFiles() {
+  const char* boot_id_file = std::getenv("BLKSNAP_TEST_BOOT_ID_FILE");
+  if (boot_id_file && *boot_id_file) {
+    spdlog::warn("boot id read from {} (BLKSNAP_TEST_BOOT_ID_FILE): for tests only", boot_id_file);
+    return PosixMappedFiles(boot_id_file);
+  }
+  return PosixMappedFiles();
 }
 
 int UsageError(const std::string& message) {
@@ -394,7 +410,8 @@ int Run(int argc, char** argv) {
   auto service = std::make_shared<Service>(std::move(engine).value(), std::move(fronts).value(),
                                            ServiceInfo{.state_dir = opt.state_dir,
                                                        .control_path = opt.control,
-                                                       .durable_cbt = !opt.cbt_in_memory});
+                                                       .durable_cbt = !opt.cbt_in_memory,
+                                                       .mapped_files = StateFiles()});
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,

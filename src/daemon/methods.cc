@@ -48,7 +48,10 @@ json CbtJson(const CbtInfo& c) {
           {"generation_reason", c.generation_reason},
           {"changes_number", c.changes_number},
           {"durable", c.durable},
-          {"last_checkpoint", c.durable ? json(EpochMs(c.last_checkpoint)) : json(nullptr)}};
+          {"last_checkpoint", c.durable ? json(EpochMs(c.last_checkpoint)) : json(nullptr)},
+          {"recovered_from", c.recovered_from.empty() ? json(nullptr) : json(c.recovered_from)},
+          {"journal_syncs", c.journal_syncs},
+          {"journal_region_size", c.journal_region_size}};
 }
 
 json DeviceJson(const DeviceView& d) {

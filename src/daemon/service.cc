@@ -128,6 +128,7 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   AttachOptions ao{.path = path};
   ao.cbt_path = CbtPath(name);
+  ao.mapped_files = info_.mapped_files;
   if (!ao.cbt_path.empty()) {
     // A device re-attached from the records of a crashed run was tracked: a missing state file
     // is then "state-lost", not a first generation.

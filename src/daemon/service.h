@@ -27,6 +27,7 @@
 #include "blksnap/engine.h"
 #include "blksnap/env.h"
 #include "daemon/fronts.h"
+#include "blksnap/mapped_file.h"
 #include "daemon/records.h"
 #include "util/mutex.h"
 
@@ -40,6 +41,7 @@ struct ServiceInfo {
   // clean stop, continued at the next attach of the same device under the same name (or at
   // the re-attach after a crash). false, or no state dir: CBT in memory only.
   bool durable_cbt = false;
+  std::shared_ptr<MappedFiles> mapped_files;  // the state files' seam; null: PosixMappedFiles()
 };
 
 struct DeviceView {

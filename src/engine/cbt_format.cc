@@ -63,6 +63,9 @@ std::array<uint8_t, kCbtHeaderSize> SerializeCbtHeader(const CbtHeader& h) {
   PutLe<uint64_t>(p + f::kWriteMapOffset, kCbtHeaderSize);
   PutLe<uint64_t>(p + f::kReadMapOffset, CbtReadMapOffset(h.block_count));
   PutLe<uint32_t>(p + f::kIdentityKind, h.identity.kind);
+  PutLe<uint32_t>(p + f::kJournalShift, h.journal_shift);
+  PutLe<uint64_t>(p + f::kJournalRegions, h.journal_regions);
+  PutLe<uint64_t>(p + f::kJournalOffset, CbtJournalOffset(h.block_count, h.journal_regions, 0));
   PutLe<uint64_t>(p + f::kIdentityDev, h.identity.dev);
   PutLe<uint64_t>(p + f::kIdentityIno, h.identity.ino);
   PutLe<uint64_t>(p + f::kIdentityRdev, h.identity.rdev);
@@ -86,7 +89,8 @@ Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file) {
   const uint32_t version = GetLe<uint32_t>(p + f::kVersion);
   if (version != kCbtFormatVersion) {
     return Status::Error(EPROTO, "CBT state: format version " + std::to_string(version) +
-                                     " is not supported (only 1)");
+                                     " is not supported (only " +
+                                     std::to_string(kCbtFormatVersion) + ")");
   }
   if (GetLe<uint32_t>(p + f::kHeaderSize) != kCbtHeaderSize) return Bad("header size");
   CbtHeader h;
@@ -114,14 +118,23 @@ Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file) {
   if (GetLe<uint64_t>(p + f::kWriteMapOffset) != kCbtHeaderSize ||
       GetLe<uint64_t>(p + f::kReadMapOffset) != CbtReadMapOffset(h.block_count))
     return Bad("map offsets");
-  // The block count is bounded by capacity >> 9 < 2^55, so the file size cannot overflow.
-  if (file.size() != CbtFileSize(h.block_count)) {
+  h.journal_shift = GetLe<uint32_t>(p + f::kJournalShift);
+  h.journal_regions = GetLe<uint64_t>(p + f::kJournalRegions);
+  if (h.journal_shift != CbtJournalShift(h.capacity, h.block_shift) ||
+      h.journal_regions != CbtBlockCount(h.capacity, h.journal_shift))
+    return Bad("journal geometry");
+  if (GetLe<uint64_t>(p + f::kJournalOffset) !=
+      CbtJournalOffset(h.block_count, h.journal_regions, 0))
+    return Bad("journal offset");
+  // The block count is bounded by capacity >> 9 < 2^55 and the regions by 2^14, so the file
+  // size cannot overflow.
+  const uint64_t size = CbtFileSize(h.block_count, h.journal_regions);
+  if (file.size() != size) {
     return Bad("file of " + std::to_string(file.size()) + " bytes, the header implies " +
-               std::to_string(CbtFileSize(h.block_count)));
+               std::to_string(size));
   }
   h.identity.kind = GetLe<uint32_t>(p + f::kIdentityKind);
-  if (h.identity.kind > CbtIdentity::kBlockDevice || GetLe<uint32_t>(p + f::kIdentityKind + 4))
-    return Bad("identity kind");
+  if (h.identity.kind > CbtIdentity::kBlockDevice) return Bad("identity kind");
   h.identity.dev = GetLe<uint64_t>(p + f::kIdentityDev);
   h.identity.ino = GetLe<uint64_t>(p + f::kIdentityIno);
   h.identity.rdev = GetLe<uint64_t>(p + f::kIdentityRdev);

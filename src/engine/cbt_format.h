@@ -1,10 +1,12 @@
-// The CBT state file, format version 1: every constant of it, in one place. The format is
+// The CBT state file, format version 2: every constant of it, in one place. The format is
 // described in docs/cbt-format.md; keep the two in step.
 //
 // Layout: a header block of kCbtHeaderSize bytes (4 KiB) at offset 0, then the write map (one
-// byte per tracking block) at kCbtHeaderSize, then the read map at the next multiple of 4 KiB;
-// the file ends at the next multiple of 4 KiB after the read map. All integers little-endian.
-// The maps are used in place through a shared mapping (engine/cbt_store.h).
+// byte per tracking block) at kCbtHeaderSize, then the read map at the next multiple of 4 KiB,
+// then the two areas of the write-intent journal (one byte per journal region, each area
+// starting at a multiple of 4 KiB); the file ends at the next multiple of 4 KiB after the
+// second area. All integers little-endian. The maps and the journal are used in place through a
+// shared mapping (engine/cbt_store.h, engine/cbt_journal.h).
 //
 // ParseCbtState reads untrusted bytes (a file found in the state directory): it checks every
 // length before it reads and refuses anything but a valid version-1 header of a file of exactly
@@ -26,9 +28,13 @@ namespace blksnap {
 
 inline constexpr size_t kCbtHeaderSize = 4096;
 inline constexpr uint64_t kCbtMapAlign = 4096;
-inline constexpr uint32_t kCbtFormatVersion = 1;
+inline constexpr uint32_t kCbtFormatVersion = 2;
 inline constexpr char kCbtMagic[16] = "BLKSNAP-CBTSTAT";  // 15 characters and a NUL
 inline constexpr uint32_t kCbtMinimumShift = 9, kCbtMaximumShift = 40;
+// Journal regions: at least 64 MiB (and at least one tracking block), at most 16384 of them per
+// device (the region grows for devices beyond 1 TiB).
+inline constexpr uint32_t kCbtJournalMinimumShift = 26;
+inline constexpr uint64_t kCbtJournalMaximumRegions = 16384;
 
 // Field offsets in the header block.
 namespace cbt_field {
@@ -46,7 +52,8 @@ inline constexpr size_t kPrevious = 73;        // u8; 74..79 zero
 inline constexpr size_t kCheckpointTime = 80;  // u64, ns since the epoch of the last checkpoint
 inline constexpr size_t kWriteMapOffset = 88;  // u64
 inline constexpr size_t kReadMapOffset = 96;   // u64
-inline constexpr size_t kIdentityKind = 104;   // u32 (CbtIdentity::Kind); 108..111 zero
+inline constexpr size_t kIdentityKind = 104;   // u32 (CbtIdentity::Kind)
+inline constexpr size_t kJournalShift = 108;   // u32, log2 of the journal region size
 inline constexpr size_t kIdentityDev = 112;    // u64
 inline constexpr size_t kIdentityIno = 120;    // u64
 inline constexpr size_t kIdentityRdev = 128;   // u64
@@ -57,13 +64,19 @@ inline constexpr size_t kBootId = 160;         // 40 bytes, text, NUL-padded
 inline constexpr size_t kBootIdSize = 40;
 inline constexpr size_t kReason = 200;  // 32 bytes, text, NUL-padded
 inline constexpr size_t kReasonSize = 32;
-inline constexpr size_t kReserved = 232;                 // zero up to the checksum
+inline constexpr size_t kJournalRegions = 232;           // u64
+inline constexpr size_t kJournalOffset = 240;            // u64, the first journal area
+inline constexpr size_t kReserved = 248;                 // zero up to the checksum
 inline constexpr size_t kChecksum = kCbtHeaderSize - 4;  // u32 CRC-32C of bytes 0..4091
 }  // namespace cbt_field
 
 inline constexpr uint32_t kCbtFlagSealed = 1;     // written by a clean stop, cleared at attach
 inline constexpr uint32_t kCbtFlagCorrupted = 2;  // the next take starts a new generation
-inline constexpr uint32_t kCbtKnownFlags = kCbtFlagSealed | kCbtFlagCorrupted;
+// The journal could not be made durable (an I/O error on the state file): after a power loss
+// the generation cannot continue ("restart-unclean-power").
+inline constexpr uint32_t kCbtFlagJournalFailed = 4;
+inline constexpr uint32_t kCbtKnownFlags =
+    kCbtFlagSealed | kCbtFlagCorrupted | kCbtFlagJournalFailed;
 
 struct CbtHeader {
   uint64_t sequence = 0;
@@ -72,6 +85,8 @@ struct CbtHeader {
   uint32_t block_shift = 0;
   uint32_t flags = 0;
   uint64_t block_count = 0;
+  uint32_t journal_shift = 0;
+  uint64_t journal_regions = 0;
   uint8_t active = 1;
   uint8_t previous = 0;
   uint64_t checkpoint_time_ns = 0;
@@ -87,12 +102,24 @@ inline uint64_t CbtAlign(uint64_t n) {
 inline uint64_t CbtReadMapOffset(uint64_t block_count) {
   return kCbtHeaderSize + CbtAlign(block_count);
 }
-inline uint64_t CbtFileSize(uint64_t block_count) {
-  return kCbtHeaderSize + 2 * CbtAlign(block_count);
+// which = 0 or 1
+inline uint64_t CbtJournalOffset(uint64_t block_count, uint64_t regions, int which) {
+  return kCbtHeaderSize + 2 * CbtAlign(block_count) +
+         static_cast<uint64_t>(which) * CbtAlign(regions);
+}
+inline uint64_t CbtFileSize(uint64_t block_count, uint64_t regions) {
+  return CbtJournalOffset(block_count, regions, 2);
 }
 // ceil(capacity / 2^shift)
 inline uint64_t CbtBlockCount(uint64_t capacity, uint32_t shift) {
   return (capacity >> shift) + ((capacity & ((1ull << shift) - 1)) ? 1 : 0);
+}
+// The journal region shift for a device: kCbtJournalMinimumShift or the tracking block shift,
+// whichever is larger, grown until the device has at most kCbtJournalMaximumRegions regions.
+inline uint32_t CbtJournalShift(uint64_t capacity, uint32_t block_shift) {
+  uint32_t shift = block_shift > kCbtJournalMinimumShift ? block_shift : kCbtJournalMinimumShift;
+  while (shift < 63 && CbtBlockCount(capacity, shift) > kCbtJournalMaximumRegions) ++shift;
+  return shift;
 }
 
 // The header block: magic, fields, zero reserved bytes, CRC. Strings longer than their field
@@ -100,7 +127,8 @@ inline uint64_t CbtBlockCount(uint64_t capacity, uint32_t shift) {
 std::array<uint8_t, kCbtHeaderSize> SerializeCbtHeader(const CbtHeader& header);
 
 // Validates and decodes the header at the start of `file`, which must be the whole state file:
-// its size must be CbtFileSize(block_count).
+// its size must be CbtFileSize(block_count, journal_regions), the journal geometry the one
+// CbtJournalShift gives.
 Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file);
 
 }  // namespace blksnap

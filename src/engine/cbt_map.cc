@@ -43,6 +43,7 @@ void CbtMap::Load() {
   block_shift_ = h.block_shift;
   block_count_ = h.block_count;
   write_map_ = store_->write_map();
+  journal_ = store_->journal();
   read_map_ = store_->read_map();
   active_.store(h.active, std::memory_order_relaxed);
 }
@@ -58,27 +59,46 @@ std::pair<uint64_t, uint64_t> CbtMap::BlockRange(uint64_t offset, uint64_t lengt
   return {offset >> block_shift_, ((end - 1) >> block_shift_) + 1};
 }
 
-void CbtMap::MarkWrite(uint64_t offset, uint64_t length) {
+void CbtMap::StoreWriteMarks(uint64_t first, uint64_t last) {
   const uint8_t active = active_.load(std::memory_order_relaxed);
-  auto [first, last] = BlockRange(offset, length);
   for (uint64_t i = first; i < last; ++i) {
     auto b = Byte(write_map_, i);
     if (b.load(std::memory_order_relaxed) < active) b.store(active, std::memory_order_relaxed);
   }
 }
 
+void CbtMap::MarkWrite(uint64_t offset, uint64_t length) {
+  auto [first, last] = BlockRange(offset, length);
+  if (!journal_) return StoreWriteMarks(first, last);
+  uint32_t epoch = 0;
+  const bool journaled = journal_->Enter(offset, length, &epoch).ok();
+  StoreWriteMarks(first, last);
+  journal_->Leave(epoch);
+  if (!journaled) {  // rare: an I/O error on the state file; out of the journal, so mu_ is safe
+    MutexLock lock(mu_);
+    JournalFailed();
+  }
+}
+
+void CbtMap::JournalFailed() {
+  CbtHeader& h = store_->header();
+  if (h.flags & kCbtFlagJournalFailed) return;
+  h.flags |= kCbtFlagJournalFailed;
+  store_->SyncHeader().IgnoreError();  // best effort: the state file is failing
+}
+
 Status CbtMap::MarkBoth(uint64_t offset, uint64_t length) {
   MutexLock lock(mu_);
   if (offset > capacity_ || length > capacity_ - offset)
     return Status::Error(EINVAL, "range beyond the end of the device");
-  const uint8_t active = active_.load(std::memory_order_relaxed);
   const uint8_t previous = store_->header().previous;
   auto [first, last] = BlockRange(offset, length);
-  for (uint64_t i = first; i < last; ++i) {
-    auto b = Byte(write_map_, i);
-    if (b.load(std::memory_order_relaxed) < active) b.store(active, std::memory_order_relaxed);
-    read_map_[i] = std::max(read_map_[i], previous);
-  }
+  uint32_t epoch = 0;
+  const bool journaled = !journal_ || journal_->Enter(offset, length, &epoch).ok();
+  StoreWriteMarks(first, last);
+  for (uint64_t i = first; i < last; ++i) read_map_[i] = std::max(read_map_[i], previous);
+  if (journal_) journal_->Leave(epoch);
+  if (!journaled) JournalFailed();
   return Status::Ok();
 }
 
@@ -104,8 +124,21 @@ void CbtMap::SwitchForTake(uint64_t capacity) {
   store_->Publish();
 }
 
+Status CbtMap::CommitTake() {
+  MutexLock lock(mu_);
+  Status s = store_->SyncHeader();
+  if (!s.ok()) JournalFailed();
+  return s;
+}
+
 Status CbtMap::Checkpoint() {
   MutexLock lock(mu_);
+  return store_->Checkpoint();
+}
+
+Status CbtMap::CheckpointIfWritten() {
+  MutexLock lock(mu_);
+  if (!journal_ || !journal_->noted_since_switch()) return Status::Ok();
   return store_->Checkpoint();
 }
 
@@ -138,6 +171,11 @@ CbtInfo CbtMap::info() const {
   info.changes_number = h.previous;
   info.generation_reason = h.reason;
   info.durable = store_->durable();
+  info.recovered_from = store_->recovered_from();
+  if (journal_) {
+    info.journal_syncs = journal_->syncs();
+    info.journal_region_size = 1ull << h.journal_shift;
+  }
   info.last_checkpoint = std::chrono::system_clock::time_point(
       std::chrono::duration_cast<std::chrono::system_clock::duration>(
           std::chrono::nanoseconds(h.checkpoint_time_ns)));

@@ -10,14 +10,20 @@
 // needs a full backup, and why.
 //
 // Storage (engine/cbt_store.h): the maps and numbers live in a CbtStore — a state file mapped
-// shared (durable: survives a daemon restart or kill -9) or memory. The take copies the read map
-// before it publishes the new numbers (a kill -9 in between leaves a read map that over-reports
-// against the old numbers, never one that under-reports); it does not sync (Checkpoint()).
+// shared (durable: survives a daemon restart, a kill -9 and, through its write-intent journal,
+// a power loss) or memory. MarkWrite notes the write's regions in the journal (a sync only for
+// a region's first write since the last checkpoint) before it stores the fine marks. The take
+// copies the read map before it publishes the new numbers (a kill -9 in between leaves a read
+// map that over-reports against the old numbers, never one that under-reports) and does not
+// sync while writers are held; CommitTake() then makes the numbers durable. Checkpoint() (at a
+// clean stop and periodically) makes the maps durable and empties the journal.
 //
 // Locking: MarkWrite() is lock-free (relaxed byte stores, through std::atomic_ref, of a value
 // that only changes at a take, into the write map wherever it lives) and relies on the caller's
-// IoGate: SwitchForTake() runs only while writers are held. Every other method takes mu_, which
-// guards the store, the read map, the numbers and the generation.
+// IoGate: SwitchForTake() runs only while writers are held (the journal too is replaced only
+// then). Every other method takes mu_, which guards the store, the read map, the numbers and the
+// generation. A writer never takes mu_ while it is inside the journal (Checkpoint holds mu_
+// while it waits for those writers to leave).
 #pragma once
 
 #include <atomic>
@@ -52,10 +58,14 @@ class CbtMap {
   // The take: call with writers held. Starts a new generation first if needed; publishes the
   // new numbers into the store (no sync).
   void SwitchForTake(uint64_t capacity);
-  // Makes the maps and numbers durable (two syncs; any thread, writers need not be held). Not
-  // needed for recovery in format version 1 (an unsealed file after a reboot is never trusted);
-  // it moves CbtInfo::last_checkpoint.
+  // After SwitchForTake, writers released, before the take returns: the new numbers durable
+  // (one sync of the header). On failure the journal is marked failed.
+  Status CommitTake();
+  // Makes the maps and numbers durable and empties the journal (any thread, writers need not
+  // be held); moves CbtInfo::last_checkpoint.
   Status Checkpoint();
+  // Checkpoint() if a region was journaled since the last one (the periodic checkpoint).
+  Status CheckpointIfWritten();
   // Forces a new generation at the next take.
   void SetCorrupted();
 
@@ -77,6 +87,10 @@ class CbtMap {
   void Load() REQUIRES(mu_);  // takes geometry, maps and numbers from store_
   void Reset(uint64_t capacity, const char* reason) REQUIRES(mu_);  // new generation
   std::pair<uint64_t, uint64_t> BlockRange(uint64_t offset, uint64_t length) const;
+  void StoreWriteMarks(uint64_t first, uint64_t last);
+  // The journal could not be synced: flag it in the header (after a power loss this generation
+  // cannot continue).
+  void JournalFailed() REQUIRES(mu_);
 
   const Config config_;
   mutable Mutex mu_;
@@ -86,7 +100,8 @@ class CbtMap {
   uint64_t capacity_ = 0;
   uint32_t block_shift_ = 0;
   uint64_t block_count_ = 0;
-  uint8_t* write_map_ = nullptr;  // in store_; bytes accessed through std::atomic_ref
+  uint8_t* write_map_ = nullptr;   // in store_; bytes accessed through std::atomic_ref
+  CbtJournal* journal_ = nullptr;  // in store_; null in memory
   uint8_t* read_map_ GUARDED_BY(mu_) = nullptr;  // in store_
   std::atomic<uint8_t> active_{1};               // mirrored into the store's header when published
 };

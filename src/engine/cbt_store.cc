@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -34,7 +35,8 @@ std::string CbtRecoveryReason(const Result<CbtHeader>& parsed, const CbtGeometry
   if (h.capacity != geometry.capacity || h.block_shift != geometry.block_shift)
     return kCbtReasonCapacityChanged;
   const bool sealed = h.flags & kCbtFlagSealed;
-  if (!sealed && (boot_id.empty() || h.boot_id != boot_id)) return kCbtReasonUncleanPower;
+  const bool rebooted = boot_id.empty() || h.boot_id != boot_id;
+  if (!sealed && rebooted && (h.flags & kCbtFlagJournalFailed)) return kCbtReasonUncleanPower;
   if (h.identity.kind == CbtIdentity::kUnknown || identity.kind == CbtIdentity::kUnknown) return "";
   if (!SameObject(h.identity, identity)) return kCbtReasonIdentityChanged;
   if (sealed && h.identity != identity) return kCbtReasonOutsideWrite;
@@ -61,18 +63,34 @@ Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
     if (reason.empty()) {
       store->header_ = std::move(parsed).value();
       store->file_ = std::move(file);
+      const CbtHeader& h = store->header_;
+      store->recovered_from_ = (h.flags & kCbtFlagSealed)                 ? kCbtRecoveredCleanStop
+                               : !boot_id.empty() && h.boot_id == boot_id ? kCbtRecoveredDaemonCrash
+                                                                          : kCbtRecoveredPowerLoss;
     }
   }
   if (!reason.empty()) {
     BLKSNAP_RETURN_IF_ERROR(store->MakeFile(geometry));
     store->NewGeneration(geometry, reason);
   }
+  store->MakeJournal();
+  if (store->recovered_from_ == kCbtRecoveredPowerLoss) store->RecoverFromJournal();
+  if (!store->JournalEmpty()) {
+    // The maps (with whatever the journal added) are durable before the journal is emptied.
+    BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
+    for (int which : {0, 1}) {
+      std::memset(store->base() + CbtJournalOffset(store->header_.block_count,
+                                                   store->header_.journal_regions, which),
+                  0, store->header_.journal_regions);
+    }
+  }
   // From here on the file says "open, not stopped cleanly, by this boot".
-  store->header_.flags &= ~kCbtFlagSealed;
+  store->header_.flags &= ~(kCbtFlagSealed | kCbtFlagJournalFailed);
   store->header_.boot_id = boot_id;
   store->header_.identity = options.identity;
-  // One sync: the maps need no ordering against this header (an unsealed file is trusted only
-  // by the same boot, whose page cache holds everything anyway).
+  // One sync: the maps need no ordering against this header (after a power loss the journal
+  // recovery rebuilds the read map and numbers above anything in the maps; the journal is
+  // already empty only if the maps were synced first).
   store->header_.checkpoint_time_ns = NowNs();
   store->Publish();
   BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
@@ -91,12 +109,53 @@ CbtStore::~CbtStore() = default;
 
 Status CbtStore::MakeFile(const CbtGeometry& geometry) {
   file_.reset();
-  BLKSNAP_ASSIGN_OR_RETURN(file_, files_->Create(path_, CbtFileSize(geometry.block_count())));
+  BLKSNAP_ASSIGN_OR_RETURN(file_, files_->Create(path_, CbtFileSize(geometry)));
   return Status::Ok();
 }
 
 void CbtStore::MakeMemory(const CbtGeometry& geometry) {
-  memory_ = std::make_unique<uint8_t[]>(CbtFileSize(geometry.block_count()));  // zeroed
+  memory_ = std::make_unique<uint8_t[]>(CbtFileSize(geometry));  // zeroed
+}
+
+void CbtStore::MakeJournal() {
+  const uint64_t blocks = header_.block_count, regions = header_.journal_regions;
+  journal_ = std::make_unique<CbtJournal>(
+      header_.journal_shift, header_.capacity,
+      std::array<uint8_t*, 2>{base() + CbtJournalOffset(blocks, regions, 0),
+                              base() + CbtJournalOffset(blocks, regions, 1)},
+      [this, blocks, regions](int which) {
+        return file_->SyncRange(CbtJournalOffset(blocks, regions, which), CbtAlign(regions));
+      });
+}
+
+bool CbtStore::JournalEmpty() {
+  const uint8_t* journal =
+      base() + CbtJournalOffset(header_.block_count, header_.journal_regions, 0);
+  return std::all_of(journal, journal + CbtAlign(header_.journal_regions) * 2,
+                     [](uint8_t b) { return b == 0; });
+}
+
+// The power-loss recovery of cbt_store.h. Every take the tool heard of made its header durable
+// (SyncHeader) before it returned, so the header's active number is above every number handed
+// out; a take in progress at the cut may have left newer map values, which the active number is
+// raised to (every value stays <= active). Journal regions are marked with it: reported changed
+// since any number handed out.
+void CbtStore::RecoverFromJournal() {
+  CbtHeader& h = header_;
+  uint8_t* write = write_map();
+  const uint8_t newest = *std::max_element(write, write + h.block_count);
+  const uint8_t active = std::max(h.active, newest);
+  const uint8_t* area0 = base() + CbtJournalOffset(h.block_count, h.journal_regions, 0);
+  const uint8_t* area1 = area0 + CbtAlign(h.journal_regions);
+  const uint32_t per_region = h.journal_shift - h.block_shift;
+  for (uint64_t r = 0; r < h.journal_regions; ++r) {
+    if (!area0[r] && !area1[r]) continue;
+    const uint64_t first = r << per_region;
+    const uint64_t last = std::min(h.block_count, (r + 1) << per_region);
+    std::memset(write + first, active, last - first);
+  }
+  std::memcpy(read_map(), write, h.block_count);
+  h.active = active;
 }
 
 void CbtStore::NewGeneration(const CbtGeometry& geometry, const std::string& reason) {
@@ -104,6 +163,8 @@ void CbtStore::NewGeneration(const CbtGeometry& geometry, const std::string& rea
   header_.capacity = geometry.capacity;
   header_.block_shift = geometry.block_shift;
   header_.block_count = geometry.block_count();
+  header_.journal_shift = CbtJournalShift(geometry.capacity, geometry.block_shift);
+  header_.journal_regions = CbtBlockCount(geometry.capacity, header_.journal_shift);
   header_.flags = 0;
   header_.active = 1;
   header_.previous = 0;
@@ -119,6 +180,11 @@ void CbtStore::Reset(const CbtGeometry& geometry, const std::string& reason) {
   }
   if (!durable_) MakeMemory(geometry);
   NewGeneration(geometry, reason);
+  if (durable_) {
+    MakeJournal();
+  } else {
+    journal_.reset();
+  }
   Publish();
 }
 
@@ -133,10 +199,19 @@ Status CbtStore::Checkpoint() {
     Publish();
     return Status::Ok();
   }
-  BLKSNAP_RETURN_IF_ERROR(file_->Sync());  // the maps, under the header of the last checkpoint
+  // Every writer of the old epoch has stored its marks once Switch returns; the sync makes them
+  // durable (under the header of the last checkpoint); only then may their journal go.
+  const int old = journal_->Switch();
+  BLKSNAP_RETURN_IF_ERROR(file_->Sync());
+  BLKSNAP_RETURN_IF_ERROR(journal_->Clear(old));
   header_.checkpoint_time_ns = NowNs();
+  return SyncHeader();
+}
+
+Status CbtStore::SyncHeader() {
   Publish();
-  return file_->Sync();
+  if (!durable_) return Status::Ok();
+  return file_->SyncRange(0, kCbtHeaderSize);
 }
 
 Status CbtStore::Close(const CbtIdentity& identity) {
@@ -148,6 +223,7 @@ Status CbtStore::Close(const CbtIdentity& identity) {
 
 Status CbtStore::Remove() {
   if (!durable_) return Status::Ok();
+  journal_.reset();
   file_.reset();
   durable_ = false;
   MakeMemory({header_.capacity, header_.block_shift});

@@ -25,6 +25,7 @@
 #include <chrono>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "blksnap/env.h"
 #include "engine/diff_storage.h"
@@ -103,8 +104,19 @@ Status CheckNoLoopOnFile(const TrackerImpl& tracker, const std::string& sysfs) {
 
 class EngineImpl final : public Engine {
  public:
-  explicit EngineImpl(Config config) : config_(config) {}
+  explicit EngineImpl(Config config) : config_(config) {
+    if (config_.cbt_checkpoint_interval_ms > 0)
+      checkpointer_ = std::thread([this] { CheckpointLoop(); });
+  }
   ~EngineImpl() override {
+    if (checkpointer_.joinable()) {
+      {
+        MutexLock lock(stop_mu_);
+        stopping_ = true;
+      }
+      stop_cv_.SignalAll();
+      checkpointer_.join();
+    }
     for (auto& snapshot : snapshots()) Destroy(snapshot->id()).IgnoreError();
   }
 
@@ -266,6 +278,9 @@ class EngineImpl final : public Engine {
     }
     for (auto& m : members) m.tracker->gate().Open();
     const auto hold_end = Clock::now();
+    // The new snap numbers durable before the take returns (the power-loss recovery relies on
+    // it); a failure is recorded in the state file (cbt_map.h) and does not fail the take.
+    for (auto& m : members) m.tracker->cbt().CommitTake().IgnoreError();
     if (hooks.thaw) hooks.thaw();
     stats.held = std::chrono::duration_cast<std::chrono::microseconds>(hold_end - hold_start);
     if (hooks.freeze) {
@@ -362,6 +377,19 @@ class EngineImpl final : public Engine {
     return out;
   }
 
+  // Durable CBT: the periodic checkpoint of every device written since its last one. No engine
+  // lock is held while a device syncs.
+  void CheckpointLoop() {
+    const auto interval = std::chrono::milliseconds(config_.cbt_checkpoint_interval_ms);
+    for (;;) {
+      {
+        MutexLock lock(stop_mu_);
+        if (stop_cv_.WaitFor(stop_mu_, interval, [this]() REQUIRES(stop_mu_) { return stopping_; }))
+          return;
+      }
+      for (auto& tracker : TrackerImpls()) tracker->cbt().CheckpointIfWritten().IgnoreError();
+    }
+  }
 
   // Attach: claims a name whose state file is about to be opened.
   Status Reserve(const std::string& name) EXCLUDES(mu_) {
@@ -380,6 +408,10 @@ class EngineImpl final : public Engine {
   std::map<Uuid, std::shared_ptr<SnapshotImpl>> snapshots_ GUARDED_BY(mu_);
   // Names being attached or detached: their state file is being opened, sealed or removed.
   std::set<std::string> busy_ GUARDED_BY(mu_);
+  Mutex stop_mu_;
+  CondVar stop_cv_;
+  bool stopping_ GUARDED_BY(stop_mu_) = false;
+  std::thread checkpointer_;  // CheckpointLoop
 };
 
 }  // namespace

@@ -3,8 +3,9 @@
 // Open maps the file at its current size; Create truncates it to zero, sizes it (ftruncate: a
 // sparse file reading as zeroes), fsyncs the file and its directory (so the name survives a
 // power cut) and maps it. Sync is msync(MS_SYNC) of the whole mapping plus fsync (the size and
-// any metadata). The descriptor stays open with the mapping. No state beyond the descriptor and
-// the mapping, no locking: the kernel orders concurrent stores and msync.
+// any metadata); SyncRange is msync(MS_SYNC) of the range alone. The descriptor stays open with the
+// mapping. No state beyond the descriptor and the mapping, no locking: the kernel orders concurrent
+// stores and msync.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -33,6 +34,18 @@ class PosixMappedFile final : public MappedFile {
   Status Sync() override {
     if (data_ && ::msync(data_, size_, MS_SYNC) != 0) return Status::FromErrno("msync");
     if (::fsync(fd_.get()) != 0) return Status::FromErrno("fsync");
+    return Status::Ok();
+  }
+  // msync(MS_SYNC) of a range writes that range's dirty pages and waits for them
+  // (vfs_fsync_range with datasync): no fsync, which would write every dirty page of the file.
+  Status SyncRange(uint64_t offset, uint64_t length) override {
+    if (!data_ || length == 0) return Status::Ok();
+    if (offset > size_ || length > size_ - offset)
+      return Status::Error(EINVAL, "sync range beyond the mapping");
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t start = offset / page * page;
+    if (::msync(data_ + start, offset + length - start, MS_SYNC) != 0)
+      return Status::FromErrno("msync");
     return Status::Ok();
   }
 
@@ -91,19 +104,29 @@ class PosixFiles final : public MappedFiles {
     return SyncDirectory(path);
   }
 
+  explicit PosixFiles(std::string boot_id_path) : boot_id_path_(std::move(boot_id_path)) {}
+
   std::string BootId() override {
-    std::ifstream in("/proc/sys/kernel/random/boot_id");
+    std::ifstream in(boot_id_path_);
     std::string id;
     std::getline(in, id);
     return id;  // empty if unreadable: every restart then counts as a reboot (safe side)
   }
+
+ private:
+  const std::string boot_id_path_;
 };
 
 }  // namespace
 
 std::shared_ptr<MappedFiles> PosixMappedFiles() {
-  static const std::shared_ptr<MappedFiles> files = std::make_shared<PosixFiles>();
+  static const std::shared_ptr<MappedFiles> files =
+      std::make_shared<PosixFiles>("/proc/sys/kernel/random/boot_id");
   return files;
+}
+
+std::shared_ptr<MappedFiles> PosixMappedFiles(const std::string& boot_id_path) {
+  return std::make_shared<PosixFiles>(boot_id_path);
 }
 
 }  // namespace blksnap
