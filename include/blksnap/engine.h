@@ -206,6 +206,13 @@ class Engine {
   virtual Status Destroy(const Uuid& id) = 0;
   virtual std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const = 0;
   virtual std::vector<std::shared_ptr<Snapshot>> snapshots() const = 0;
+
+  // EINVAL (one line naming `what` and the device) if `path` or the file system holding it
+  // lies on a tracked device, on one of its fronts (aliases), or on anything stacked on them
+  // (loop, dm): the tracker half of the difference storage's placement check
+  // (util/block_topology.h). For the daemon's own files (the state dir), whose writes must never
+  // be changes of a tracked device. OK when `path` does not exist.
+  virtual Status CheckNotOnTracked(const std::string& path, const std::string& what) = 0;
 };
 
 }  // namespace blksnap

@@ -124,6 +124,7 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   // per copy-on-write write measured in docs/performance-vm.md. Regular files stay buffered.
   // Exclusive (O_EXCL) for a block device: a mounted one is refused, and nobody can mount it
   // behind the tracker's back while it is attached.
+  BLKSNAP_RETURN_IF_ERROR(Annotate(CheckStateDir(ublk_recover_id), "cannot attach '" + name + "'"));
   auto original = env_.OpenDevice(path, {.direct = is_block, .exclusive = true});
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   AttachOptions ao{.path = path};

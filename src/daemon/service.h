@@ -216,6 +216,10 @@ class Service {
                                   bool restored) EXCLUDES(mu_);
   // STATE_DIR/cbt/NAME.cbt, or "" when CBT is not durable.
   std::string CbtPath(const std::string& name) const;
+  // EINVAL if the state dir lies on a tracked device or its fronts (engine CheckNotOnTracked),
+  // or, with ublk_recover_id >= 0, on that ublk device (about to be recovered). Before each use
+  // of the state dir: an attach (its CBT state file), a rewrite of the records.
+  Status CheckStateDir(int ublk_recover_id = -1) const;
   Result<DeviceView> AttachReserved(const std::string& name, const std::string& path, bool loop,
                                     bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
   Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const REQUIRES(mu_);

@@ -11,11 +11,42 @@
 #include <unistd.h>
 
 #include "daemon/service.h"
+#include "util/block_topology.h"
 
 namespace blksnap::daemon {
 
+// The daemon's own files never live on a device it tracks (docs/design.md, "The daemon's own
+// files"): their writes would be changes of that device, and a device's CBT state file on its
+// own front would be synced from inside that device's write path. The state dir is fixed at
+// start, so it lands on a front only when something is mounted over it (or over a parent)
+// from a front while the daemon runs, or when a ublk front holding it survived a crash and is
+// being recovered.
+Status Service::CheckStateDir(int ublk_recover_id) const {
+  if (info_.state_dir.empty()) return Status::Ok();
+  const std::string what = "state dir " + info_.state_dir;
+  BLKSNAP_RETURN_IF_ERROR(engine_->CheckNotOnTracked(info_.state_dir, what));
+  topology::Node dir, ublk;
+  const std::string ublk_path = "/dev/ublkb" + std::to_string(ublk_recover_id);
+  if (ublk_recover_id < 0 || !topology::NodeForPath(info_.state_dir, &dir) ||
+      !topology::NodeForPath(ublk_path, &ublk) || ublk.is_file) {
+    return Status::Ok();
+  }
+  for (const auto& node : topology::ResolveLower(env_.SysfsRoot(), dir)) {
+    if (!node.is_file && node.rdev == ublk.rdev) {
+      return Status::Error(EINVAL, what + " is on " + ublk_path +
+                                       ", the ublk front being recovered; its state file would be "
+                                       "read and synced through a device that waits for it");
+    }
+  }
+  return Status::Ok();
+}
+
 void Service::SaveRecordsLocked() {
   if (!records_ || !records_loaded_) return;
+  if (Status s = CheckStateDir(); !s.ok()) {
+    spdlog::error("not writing {}: {}", records_->path(), s.ToString());
+    return;
+  }
   Records records;
   records.pid = ::getpid();
   for (const auto& [name, d] : devices_) {

@@ -3,7 +3,8 @@
 // A power cut is MemoryMappedFiles::CutPowerAtSync(k): the k-th sync from now never happens,
 // nor does anything after it; each page holds either what was synced or what the page cache
 // held at that instant (write-back may have taken it). The property, for every completed take j
-// the tool was told about (its changes number K_j): after the recovery and one more take,
+// the tool was told about (its changes number K_j; the first and the last three are checked):
+// after the recovery and one more take,
 // `changes since K_j` reports every write issued after take j before the cut (never an
 // under-report), and reports nothing but blocks written after take j or blocks in a journal
 // region written since the last completed checkpoint (a bounded over-report).
@@ -25,7 +26,7 @@ namespace blksnap {
 namespace {
 
 constexpr uint64_t kGiB = 1ull << 30;
-constexpr uint64_t kCapacity = 4 * kGiB;
+constexpr uint64_t kCapacity = 2 * kGiB;
 constexpr uint32_t kBlockShift = 16;                               // 64 KiB tracking blocks
 constexpr uint64_t kBlocksPerRegion = 1ull << (26 - kBlockShift);  // 64 MiB journal regions
 constexpr uint64_t kRegionsUsed = 12;  // the workload writes only these: the rest never change
@@ -113,7 +114,10 @@ void CheckRecovery(const std::shared_ptr<MemoryMappedFiles>& files, const Uuid& 
   ASSERT_EQ(info.generation_id, generation) << info.generation_reason;
   EXPECT_EQ(info.recovered_from, kCbtRecoveredPowerLoss);
   map->SwitchForTake(kCapacity);
+  // Since the generation began, and since each of the last three takes (the numbers a tool
+  // would hold).
   for (size_t j = 0; j < log.numbers.size(); ++j) {
+    if (j != 0 && j + 3 < log.numbers.size()) continue;
     const std::vector<bool> changed = ChangedBlocks(*map, log.numbers[j]);
     for (uint64_t b : log.issued[j])
       ASSERT_TRUE(changed[b]) << "block " << b << " written after take " << j << " lost";
@@ -130,7 +134,7 @@ void CheckRecovery(const std::shared_ptr<MemoryMappedFiles>& files, const Uuid& 
 // Every sync of the workload (journal commits, checkpoints, take headers) in turn is where the
 // power goes.
 TEST(CbtJournalTest, PowerCutAtEverySyncPoint) {
-  const Script script(42, 240);
+  const Script script(42, 160);
   uint64_t total_syncs = 0;
   {
     auto files = std::make_shared<MemoryMappedFiles>();
@@ -140,7 +144,7 @@ TEST(CbtJournalTest, PowerCutAtEverySyncPoint) {
     RunScript(*map, *files, script);
     total_syncs = files->syncs() - before;
   }
-  ASSERT_GT(total_syncs, 40u);
+  ASSERT_GT(total_syncs, 100u);
   std::printf("power cuts at %llu sync points\n", static_cast<unsigned long long>(total_syncs));
   for (uint64_t k = 1; k <= total_syncs + 1; ++k) {
     SCOPED_TRACE("power cut at sync " + std::to_string(k) + " of " + std::to_string(total_syncs));

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 
@@ -191,7 +192,11 @@ void CbtStore::Reset(const CbtGeometry& geometry, const std::string& reason) {
 void CbtStore::Publish() {
   ++header_.sequence;
   const auto block = SerializeCbtHeader(header_);
-  std::memcpy(base(), block.data(), block.size());
+  // Byte stores that a concurrent reader of the whole mapping (write-back, a journal writer's
+  // sync in MemoryMappedFiles) may observe half done: the header CRC covers that.
+  uint8_t* out = base();
+  for (size_t i = 0; i < block.size(); ++i)
+    std::atomic_ref<uint8_t>(out[i]).store(block[i], std::memory_order_relaxed);
 }
 
 Status CbtStore::Checkpoint() {

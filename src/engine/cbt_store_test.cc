@@ -14,6 +14,7 @@
 #include <future>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "blksnap/engine.h"
 #include "blksnap/io.h"
@@ -175,6 +176,34 @@ TEST_F(DurableCbtTest, CrashThenRebootContinuesFromTheJournal) {
   EXPECT_EQ(tracker_->cbt_info().recovered_from, kCbtRecoveredPowerLoss);
   Take();
   EXPECT_GT(ReadMap()[3], 0);
+}
+
+// The engine's periodic checkpoint: a device written since its last one gets its maps synced and
+// its journal emptied; after a power cut the write is still there, from the maps alone.
+TEST_F(DurableCbtTest, PeriodicCheckpointEmptiesTheJournal) {
+  Kill();
+  config_.cbt_checkpoint_interval_ms = 20;
+  Start();
+  const auto attached = tracker_->cbt_info().last_checkpoint;
+  Write(3);
+  EXPECT_GE(tracker_->cbt_info().journal_syncs, 1u) << "the write's region was not journaled";
+  const CbtGeometry geometry{kDevSize, 12};
+  const uint64_t journal = CbtJournalOffset(geometry.block_count(), geometry.journal_regions(), 0);
+  auto journal_empty = [&](const std::vector<uint8_t>& bytes) {
+    return std::all_of(bytes.begin() + journal, bytes.end(), [](uint8_t b) { return b == 0; });
+  };
+  for (int i = 0; i < 200 && tracker_->cbt_info().last_checkpoint == attached; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_GT(tracker_->cbt_info().last_checkpoint, attached) << "no periodic checkpoint";
+  const auto checkpoint = tracker_->cbt_info().last_checkpoint;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(tracker_->cbt_info().last_checkpoint, checkpoint) << "an idle device is checkpointed";
+  EXPECT_TRUE(journal_empty(files_->Contents(kState)));
+  PowerCut(0);
+  Start();
+  Take();
+  EXPECT_EQ(ReadMap()[3], 1);
+  EXPECT_EQ(ReadMap()[4], 0);  // from the synced map, not a journal region
 }
 
 // How the state was found, as `cbt info` tells a backup tool.

@@ -328,9 +328,8 @@ Status DiffStorage::SetLimit(uint64_t limit) {
   MutexLock lock(mu_);
   if (stop_) return Status::Error(ENODEV, "difference storage closed");
   if (limit < limit_) {
-    return Status::Error(EINVAL, "the limit can only be raised (it is " +
-                                     std::to_string(limit_) + " bytes, " +
-                                     std::to_string(used_) + " in use)");
+    return Status::Error(EINVAL, "the limit can only be raised (it is " + std::to_string(limit_) +
+                                     " bytes, " + std::to_string(used_) + " in use)");
   }
   if (limit == limit_) return Status::Ok();
   if (limit > UINT64_MAX - kDiffStorageHeaderSize) {

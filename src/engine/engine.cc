@@ -18,7 +18,8 @@
 // backing files, slaves, a partition's disk, a file's file system) must not be, or be on, any
 // attached tracker, its aliases (fronts), or anything below it; nor another snapshot's storage.
 // CreateSnapshot holds take_mu_, so no device is attached between the check and the snapshot;
-// AddDevice repeats the tracker check for a device attached later.
+// AddDevice repeats the tracker check for a device attached later. CheckNotOnTracked applies
+// the tracker half of it to any path (the daemon's state dir).
 #include "blksnap/engine.h"
 
 #include <algorithm>
@@ -65,17 +66,27 @@ std::string Describe(const topology::Node& n) {
   return "block device " + topology::DevName(n.rdev);
 }
 
+// EINVAL if a node of `below` (the resolved stack of `start`, called `what`) is the tracker or
+// one of its aliases (fronts): `what` is on the tracked device. No I/O (Holds is in memory).
+Status CheckOnTracker(const TrackerImpl& tracker, const std::string& what,
+                      const topology::Node& start, const std::vector<topology::Node>& below,
+                      const char* why) {
+  for (const auto& node : below) {
+    if (tracker.Holds(ToIdentity(node))) {
+      std::string via = node.SameAs(start) ? "" : " (through " + Describe(node) + ")";
+      return Status::Error(
+          EINVAL, what + " is on tracked device '" + tracker.name() + "'" + via + "; " + why);
+    }
+  }
+  return Status::Ok();
+}
+
 // EINVAL if the storage (with `below`, its resolved stack) is on or under the tracker.
 Status CheckStorageOn(const TrackerImpl& tracker, const StorageIdentity& storage,
                       const std::vector<topology::Node>& below, const std::string& sysfs) {
   const std::string what = "difference storage " + storage.path;
-  for (const auto& node : below) {
-    if (tracker.Holds(ToIdentity(node))) {
-      std::string via = node.SameAs(ToNode(storage)) ? "" : " (through " + Describe(node) + ")";
-      return Status::Error(EINVAL, what + " is on tracked device '" + tracker.name() + "'" + via +
-                                       "; writing it would bypass the tracker");
-    }
-  }
+  BLKSNAP_RETURN_IF_ERROR(
+      CheckOnTracker(tracker, what, ToNode(storage), below, "writing it would bypass the tracker"));
   topology::Node original, shared;
   if (!tracker.path().empty() && topology::NodeForPath(tracker.path(), &original) &&
       topology::Overlaps(below, topology::ResolveLower(sysfs, original), &shared)) {
@@ -366,6 +377,22 @@ class EngineImpl final : public Engine {
                                         " is already the storage of snapshot " +
                                         s->id().ToString());
       }
+    }
+    return Status::Ok();
+  }
+
+  // The trackers' side only (not the overlap with each original, which costs a sysfs walk per
+  // device): one walk below `path`, then a lookup per tracker.
+  Status CheckNotOnTracked(const std::string& path, const std::string& what) override
+      EXCLUDES(mu_) {
+    topology::Node node;
+    if (!topology::NodeForPath(path, &node)) return Status::Ok();  // nothing there yet
+    const auto below = topology::ResolveLower(env()->SysfsRoot(), node);
+    for (const auto& tracker : TrackerImpls()) {
+      BLKSNAP_RETURN_IF_ERROR(
+          CheckOnTracker(*tracker, what, node, below,
+                         "the daemon's writes there would be tracked as changes of that "
+                         "device and could deadlock its write path"));
     }
     return Status::Ok();
   }

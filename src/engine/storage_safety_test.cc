@@ -7,14 +7,18 @@
 //     over the tracked file, a loop device over a file on a file system on a front;
 //   - a block device holding a file system (refused unless force) and the signature detector;
 //   - a missing path (created, then removed at destroy), a missing parent directory;
-//   - limits that overflow or exceed the file system's maximum file size.
+//   - limits that overflow or exceed the file system's maximum file size;
+//   - the daemon's state dir on a front of a tracked device, directly or through a device
+//     stacked on it (Engine::CheckNotOnTracked).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "blksnap/engine.h"
@@ -303,6 +307,59 @@ TEST_F(StorageSafetyTest, HugeLimitsGetTheRightMessage) {
     EXPECT_EQ(id.status().errnum(), EFBIG) << id.status().ToString();
   }
   ExpectImageIntact();
+}
+
+// The daemon's own files (issue 14): CheckNotOnTracked refuses a state dir whose file system is
+// a front of a tracked device (an alias, as a loop front mounted over the state dir registers),
+// and the tracked file itself; a path elsewhere, or one that does not exist yet, is fine.
+TEST_F(StorageSafetyTest, StateDirOnAFrontOfATrackedDeviceIsRefused) {
+  const std::string state = dir_ + "/state";
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  EXPECT_OK(engine_->CheckNotOnTracked(state, "state dir " + state));
+  EXPECT_OK(engine_->CheckNotOnTracked(dir_ + "/missing", "state dir"));
+  struct stat st {};
+  ASSERT_EQ(::stat(state.c_str(), &st), 0);
+  tracker_->AddAlias(st.st_dev);  // as if dir_'s file system were mounted from vol's front
+  Status s = engine_->CheckNotOnTracked(state, "state dir " + state);
+  EXPECT_EQ(s.errnum(), EINVAL);
+  EXPECT_TRUE(Contains(s, "state dir " + state + " is on tracked device 'vol'")) << s.ToString();
+  tracker_->RemoveAlias(st.st_dev);
+  EXPECT_OK(engine_->CheckNotOnTracked(state, "state dir " + state));
+  EXPECT_EQ(engine_->CheckNotOnTracked(image_, "the image").errnum(), EINVAL);
+}
+
+// Stacked: the state dir's file-system device is a device-mapper device whose slave is a front
+// of the tracked device (a fake sysfs: dev/block/<its st_dev>/slaves/front/dev = 7:77, 7:77 an
+// alias). The walk below the state dir reaches the front, and the error names it.
+TEST_F(StorageSafetyTest, StateDirOnADeviceStackedOnAFrontIsRefused) {
+  class SysfsEnv final : public EnvWrapper {
+   public:
+    explicit SysfsEnv(std::string root) : EnvWrapper(Env::Default()), root_(std::move(root)) {}
+    std::string SysfsRoot() const override { return root_; }
+
+   private:
+    const std::string root_;
+  };
+  const std::string state = dir_ + "/state", sysfs = dir_ + "/sys";
+  ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+  struct stat st {};
+  ASSERT_EQ(::stat(state.c_str(), &st), 0);
+  const auto slave = std::filesystem::path(sysfs) / "dev/block" /
+                     (std::to_string(major(st.st_dev)) + ":" + std::to_string(minor(st.st_dev))) /
+                     "slaves/front";
+  std::filesystem::create_directories(slave);
+  { std::ofstream(slave / "dev") << "7:77\n"; }
+  SysfsEnv env(sysfs);
+  Config c;
+  c.env = &env;
+  auto engine = Engine::Create(c).value();
+  auto tracker = engine->Attach("vol", OpenFileDevice(image_).value(), {.path = image_}).value();
+  EXPECT_OK(engine->CheckNotOnTracked(state, "state dir " + state));
+  tracker->AddAlias(makedev(7, 77));  // vol's front
+  Status s = engine->CheckNotOnTracked(state, "state dir " + state);
+  EXPECT_EQ(s.errnum(), EINVAL);
+  EXPECT_TRUE(Contains(s, "is on tracked device 'vol' (through block device 7:77)"))
+      << s.ToString();
 }
 
 }  // namespace

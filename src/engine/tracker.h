@@ -86,8 +86,8 @@ class TrackerImpl final : public Tracker {
   std::weak_ptr<SnapshotImpl> snapshot_ GUARDED_BY(mu_);
   // st_rdev of aliasing devices (a multiset: the FUSE mount aliases a device once per front).
   std::multiset<uint64_t> aliases_ GUARDED_BY(mu_);
-  bool is_block_device_ = false;                // set at construction
-  uint64_t rdev_ = 0, dev_ = 0, ino_ = 0;       // identity of path, set at construction
+  bool is_block_device_ = false;           // set at construction
+  uint64_t rdev_ = 0, dev_ = 0, ino_ = 0;  // identity of path, set at construction
 };
 
 }  // namespace blksnap

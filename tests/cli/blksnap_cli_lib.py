@@ -5,6 +5,7 @@
 # Data goes through the device's front: the FUSE file when there is one, else the NBD export
 # (python3-libnbd); blksnap-pattern stamps and verifies the self-checking sector pattern, via a
 # scratch file when the front is NBD.
+import bisect
 import json
 import os
 import shutil
@@ -64,8 +65,9 @@ class Failures:
 
 
 class Daemon:
-    def __init__(self, args, fuse=None, extra=(), tmp=None):
+    def __init__(self, args, fuse=None, extra=(), tmp=None, env=None):
         self.args = args
+        self.env = env  # extra environment variables of blksnapd
         self.tmp = tmp or tempfile.mkdtemp(prefix="blksnap-cli-")
         self.fuse = fuse_possible() if fuse is None else fuse
         self.control = os.path.join(self.tmp, "control.sock")
@@ -84,7 +86,8 @@ class Daemon:
 
     def start(self):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=self.log)
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=self.log, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -254,6 +257,24 @@ def covers(extents, offset, length):
         if pos >= offset + length:
             return True
     return pos >= offset + length
+
+
+def uncovered(extents, offsets, length):
+    """The offsets o of `offsets` whose [o, o+length) the union of the extents does not cover.
+    Merges the extents once, then a binary search per offset (thousands of each per call)."""
+    merged = []
+    for o, l in sorted(extents):
+        if merged and o <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], o + l)
+        else:
+            merged.append([o, o + l])
+    starts = [m[0] for m in merged]
+    missing = []
+    for off in offsets:
+        i = bisect.bisect_right(starts, off) - 1
+        if i < 0 or merged[i][1] < off + length:
+            missing.append(off)
+    return missing
 
 
 def fuse_test_main(run):
