@@ -1,6 +1,6 @@
 // libFuzzer target: the daemon's state file parser (src/daemon/records.h). Any bytes must parse
 // without throwing or crashing; bytes that parse must survive a round trip: serialising the
-// records and parsing them again gives the same records and no problems.
+// records and parsing them again gives the same records (clean_stop included) and no problems.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

@@ -78,6 +78,8 @@ class MemoryMappedFiles final : public MappedFiles {
   // nothing, as if the machine had died just before it; DropUnsynced() then applies. 0 disarms.
   void CutPowerAtSync(uint64_t n);
   bool power_cut() const;  // a cut armed by CutPowerAtSync has happened
+  // The next n syncs fail with EIO and persist nothing; the power stays on (an I/O error).
+  void FailNextSyncs(uint64_t n);
   void set_boot_id(std::string boot_id);
   // Test access to a file's current bytes (empty if absent), and a way to damage them.
   std::vector<uint8_t> Contents(const std::string& path);

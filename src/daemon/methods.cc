@@ -62,7 +62,7 @@ json DeviceJson(const DeviceView& d) {
   j["snapshot"] = d.snapshot ? json(d.snapshot->ToString()) : json(nullptr);
   j["cbt"] = CbtJson(d.cbt);
   j["restored"] = d.restored;
-  if (d.restored) j["restore_note"] = kRestartNote;
+  if (d.restored) j["restore_note"] = RestartNote(d.restored_after_clean_stop);
   return j;
 }
 
@@ -74,7 +74,8 @@ json RestartJson(const std::optional<RestartView>& r) {
         {{"name", f.name}, {"path", f.path}, {"ublk_dev_id", f.ublk_dev_id}, {"error", f.error}});
   }
   return json{{"time", EpochMs(r->time)},
-              {"message", kRestartNote},
+              {"after", r->clean_stop ? "clean-stop" : "crash"},
+              {"message", RestartNote(r->clean_stop)},
               {"ublk_recovered", r->ublk_recovered},
               {"notes", r->notes},
               {"failed", failed}};

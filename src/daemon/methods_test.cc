@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "blksnap/engine.h"
+#include "blksnap/env.h"
 #include "daemon/no_fronts.h"
 
 namespace blksnap::daemon {
@@ -60,6 +61,35 @@ TEST(MethodsTest, VersionAndStatusKeepTheirFields) {
     EXPECT_TRUE((*s)["daemon"].contains(key)) << key;
   }
   EXPECT_TRUE((*s)["daemon"]["restart"].is_null());
+}
+
+// The restart report and a restored device say which kind of restart it was: a clean stop's
+// records (docs/control-protocol.md: "after": "clean-stop") or a crash's ("after": "crash").
+TEST(MethodsTest, TheRestartReportSaysWhatEndedThePreviousRun) {
+  for (bool clean : {true, false}) {
+    MemoryEnv env;
+    env.AddDirectory("/mem");
+    env.AddDirectory("/state");
+    ASSERT_TRUE(env.WriteFileAtomic("/mem/disk", std::string(1 << 20, '\0')).ok());
+    Records records;
+    records.clean_stop = clean;
+    records.devices.push_back({.name = "d", .path = "/mem/disk"});
+    ASSERT_TRUE(env.WriteFileAtomic("/state/devices.json", SerializeRecords(records)).ok());
+    Config config;
+    config.env = &env;
+    Service service(Engine::Create(config).value(), std::make_unique<NoFronts>(),
+                    ServiceInfo{.state_dir = "/state", .env = &env});
+    service.Restore();
+    auto s = HandleRequest(service, "status", json::object(), nullptr);
+    ASSERT_TRUE(s.ok());
+    const json& restart = (*s)["daemon"]["restart"];
+    ASSERT_TRUE(restart.is_object()) << clean;
+    EXPECT_EQ(restart["after"], clean ? "clean-stop" : "crash");
+    EXPECT_EQ(restart["message"], clean ? kCleanRestartNote : kRestartNote);
+    ASSERT_EQ((*s)["devices"].size(), 1u) << s->dump();
+    EXPECT_EQ((*s)["devices"][0]["restored"], true);
+    EXPECT_EQ((*s)["devices"][0]["restore_note"], clean ? kCleanRestartNote : kRestartNote);
+  }
 }
 
 TEST(MethodsTest, MissingParametersNameTheParameter) {

@@ -4,7 +4,8 @@
 // of every value before reading it, so no get<> can throw. Each entry is read by an EntryReader
 // that stops at the first bad field and remembers why; the entry is then skipped with one problem
 // line "devices[2] (\"vol0\"): size is not an unsigned integer". Serialising builds the same
-// json the daemon always wrote and dumps it with invalid UTF-8 replaced, so it cannot throw.
+// json the daemon always wrote (plus "clean_stop": true after a clean stop) and dumps it with
+// invalid UTF-8 replaced, so it cannot throw.
 #include "daemon/records.h"
 
 #include <climits>
@@ -170,6 +171,15 @@ Result<ParsedRecords> ParseRecords(std::string_view text) {
       parsed.problems.push_back("pid is not an integer");
     }
   }
+  auto clean_stop = doc.find("clean_stop");
+  if (clean_stop != doc.end()) {
+    if (clean_stop->is_boolean()) {
+      parsed.records.clean_stop = clean_stop->get<bool>();
+    } else {
+      parsed.problems.push_back(std::string("clean_stop is not true or false (") +
+                                clean_stop->type_name() + ")");
+    }
+  }
   ReadList(*devices, "devices", "name", ReadDevice, &parsed.records.devices, &parsed.problems);
   auto images = doc.find("images");
   if (images != doc.end()) {
@@ -201,10 +211,12 @@ std::string SerializeRecords(const Records& records) {
                       {"size", img.size},
                       {"logical_block_size", img.logical_block_size}});
   }
-  const json doc = {{"version", kRecordsVersion},
-                    {"pid", records.pid},
-                    {"devices", std::move(devices)},
-                    {"images", std::move(images)}};
+  json doc = {{"version", kRecordsVersion},
+              {"pid", records.pid},
+              {"devices", std::move(devices)},
+              {"images", std::move(images)}};
+  // Only when true, so a running daemon's records are what blksnapd has always written.
+  if (records.clean_stop) doc["clean_stop"] = true;
   return doc.dump(2, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace) + "\n";
 }
 

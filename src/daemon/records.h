@@ -1,11 +1,14 @@
 // Records: the daemon's state file (STATE_DIR/devices.json) as a schema, read and written
 // through an Env.
 //
-// The file lists each attached device and each ublk image device, so a daemon that was killed
-// can re-attach the devices (and remove the orphaned images) at its next start. Format (version
-// 1, the one blksnapd has always written; keys sorted, two-space indent, final newline):
+// The file lists each attached device and each ublk image device, so the next start re-attaches
+// the devices: after a clean stop ("clean_stop": true, written by Shutdown: no images, no ublk
+// dev_ids) as after a crash (the running daemon's records: ublk fronts are recovered, orphaned
+// images removed). Format (version 1, the one blksnapd has always written, plus the optional
+// "clean_stop"; keys sorted, two-space indent, final newline):
 //
-//   {"devices": [{"name": str, "path": str, "loop": bool, "ublk": bool, "ublk_dev_id": int,
+//   {"clean_stop": true (only when true),
+//    "devices": [{"name": str, "path": str, "loop": bool, "ublk": bool, "ublk_dev_id": int,
 //                 "size": uint64, "logical_block_size": uint32}, ...],
 //    "images":  [{"snapshot": uuid str, "device": str, "ublk_dev_id": int, "size": uint64,
 //                 "logical_block_size": uint32}, ...],
@@ -16,8 +19,9 @@
 // checked on its own: an entry that is not an object, lacks a required field (devices: name,
 // path; images: snapshot, device, ublk_dev_id >= 0), has an empty required string, or has a field
 // of the wrong type or out of range (ublk_dev_id -1..INT_MAX; logical_block_size a power of two
-// in 512..64 KiB) is skipped and named in ParsedRecords::problems. A bad "pid" or a non-list
-// "images" is a problem too (pid reads as 0, no images). Optional fields take the defaults below;
+// in 512..64 KiB) is skipped and named in ParsedRecords::problems. A bad "pid", a non-bool
+// "clean_stop" or a non-list "images" is a problem too (pid reads as 0, clean_stop as false — a
+// crash, the cautious reading —, no images). Optional fields take the defaults below;
 // unknown fields are ignored. Names and paths are checked further by the daemon, not here.
 //
 // Thread safety: the functions are pure; a RecordStore is used under its owner's lock.
@@ -56,6 +60,9 @@ struct ImageRecord {
 
 struct Records {
   int64_t pid = 0;  // the daemon that wrote them
+  // Written by a clean stop (Service::Shutdown): the devices were detached with their CBT sealed
+  // and their fronts removed. false: the records of a running daemon (after a crash).
+  bool clean_stop = false;
   std::vector<DeviceRecord> devices;
   std::vector<ImageRecord> images;
   bool empty() const { return devices.empty() && images.empty(); }

@@ -77,6 +77,48 @@ TEST(RecordsTest, ReadsWhatTheDaemonWrote) {
   EXPECT_EQ(SerializeRecords(parsed.records), text);
 }
 
+// A clean stop's records (Service::Shutdown): "clean_stop": true, no ublk dev_ids, no images.
+// Without the field (every file before it, and a running daemon's records) it reads false.
+TEST(RecordsTest, CleanStopRoundTripsAndDefaultsToFalse) {
+  const std::string text = R"({
+  "clean_stop": true,
+  "devices": [
+    {
+      "logical_block_size": 4096,
+      "loop": false,
+      "name": "vol0",
+      "path": "/dev/sdb",
+      "size": 8589934592,
+      "ublk": true,
+      "ublk_dev_id": -1
+    }
+  ],
+  "images": [],
+  "pid": 7,
+  "version": 1
+}
+)";
+  ParsedRecords parsed = MustParse(text);
+  EXPECT_TRUE(parsed.problems.empty());
+  EXPECT_TRUE(parsed.records.clean_stop);
+  ASSERT_EQ(parsed.records.devices.size(), 1u);
+  EXPECT_TRUE(parsed.records.devices[0].ublk);
+  EXPECT_EQ(parsed.records.devices[0].ublk_dev_id, -1);
+  EXPECT_EQ(SerializeRecords(parsed.records), text);
+
+  Records r = Sample();
+  r.clean_stop = true;
+  EXPECT_EQ(MustParse(SerializeRecords(r)).records, r);
+  r.clean_stop = false;
+  EXPECT_EQ(SerializeRecords(r).find("clean_stop"), std::string::npos);
+  EXPECT_FALSE(MustParse(R"({"version":1,"devices":[]})").records.clean_stop);
+  EXPECT_FALSE(MustParse(R"({"version":1,"clean_stop":false,"devices":[]})").records.clean_stop);
+  // A bad value is a problem and reads as a crash's records.
+  ParsedRecords bad = MustParse(R"({"version":1,"clean_stop":"yes","devices":[]})");
+  EXPECT_FALSE(bad.records.clean_stop);
+  ASSERT_EQ(bad.problems.size(), 1u);
+}
+
 TEST(RecordsTest, OptionalFieldsTakeDefaults) {
   ParsedRecords p = MustParse(R"({"version":1,"devices":[{"name":"a","path":"/a","x":[1]}]})");
   ASSERT_EQ(p.records.devices.size(), 1u);
@@ -128,6 +170,9 @@ TEST(RecordsTest, BadEntriesAreSkippedAndReported) {
       {R"({"version":1,"devices":[],"images":{}})", "images is not a list"},
       {R"({"version":1,"pid":"x","devices":[]})", "pid is not an integer"},
       {R"({"version":1,"pid":18446744073709551615,"devices":[]})", "pid"},
+      {R"({"version":1,"clean_stop":1,"devices":[]})", "clean_stop is not true or false"},
+      {R"({"version":1,"clean_stop":"true","devices":[]})", "clean_stop is not true or false"},
+      {R"({"version":1,"clean_stop":null,"devices":[]})", "clean_stop is not true or false"},
       {R"({"version":1,"devices":[{"name":"a","path":"/a","size":-5}]})",
        "size is not an unsigned integer"},
       {R"({"version":1,"devices":[{"name":"a","path":"/a","size":1.5e300}]})",

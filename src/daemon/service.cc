@@ -31,6 +31,12 @@ const char* const kRestartNote =
     "in the same generation where its state file allows (else a new generation: see "
     "cbt.generation_reason)";
 
+const char* const kCleanRestartNote =
+    "blksnapd restarted after a clean stop: devices re-attached; durable CBT continues from its "
+    "sealed state (see cbt.generation_reason and cbt.recovered_from)";
+
+const char* RestartNote(bool clean_stop) { return clean_stop ? kCleanRestartNote : kRestartNote; }
+
 Service::Service(std::unique_ptr<Engine> engine, std::unique_ptr<Fronts> fronts, ServiceInfo info)
     : info_(std::move(info)),
       env_(info_.env ? *info_.env : *Env::Default()),
@@ -78,6 +84,7 @@ DeviceView Service::DeviceViewLocked(const DeviceEntry& d) const {
   v.cbt = d.tracker->cbt_info();
   if (d.fronts) v.fronts = d.fronts->addresses();
   v.restored = d.restored;
+  v.restored_after_clean_stop = d.restored && restart_ && restart_->clean_stop;
   return v;
 }
 
@@ -395,6 +402,13 @@ void Service::Shutdown() {
     spdlog::info("destroyed snapshot {}", id.ToString());
   }
   snapshots_.clear();
+  // The devices as they are recorded now, without their ublk dev_ids: the ublk devices are
+  // removed below, and the next start creates new ones.
+  Records kept = CollectRecordsLocked();
+  for (auto& r : kept.devices) {
+    if (devices_.count(r.name)) r.ublk_dev_id = -1;
+  }
+  kept.clean_stop = true;
   for (auto& [name, d] : devices_) {
     Status s = d.fronts->Remove();
     if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());
@@ -412,8 +426,9 @@ void Service::Shutdown() {
                                   : std::string("its CBT is lost: CBT lives in memory only"));
   }
   devices_.clear();
-  // Clean stop: nothing is left to recover, except records that failed to re-attach.
-  SaveRecordsLocked();
+  // Clean stop: the devices stay recorded (and the records that failed to re-attach), so the
+  // next start attaches them again; `detach` is how a device is forgotten.
+  WriteRecordsLocked(kept);
   fronts_->Stop();
 }
 

@@ -26,8 +26,8 @@
 
 #include "blksnap/engine.h"
 #include "blksnap/env.h"
-#include "daemon/fronts.h"
 #include "blksnap/mapped_file.h"
+#include "daemon/fronts.h"
 #include "daemon/records.h"
 #include "util/mutex.h"
 
@@ -50,8 +50,9 @@ struct DeviceView {
   std::optional<Uuid> snapshot;
   CbtInfo cbt;
   FrontAddresses fronts;
-  bool restored = false;              // re-attached at start from the records of a previous run
-  std::vector<std::string> warnings;  // attach only: e.g. an outside loop device on the file
+  bool restored = false;  // re-attached at start from the records of a previous run
+  bool restored_after_clean_stop = false;  // restored, and that run stopped cleanly
+  std::vector<std::string> warnings;       // attach only: e.g. an outside loop device on the file
 };
 
 struct FailedRecordView {
@@ -59,9 +60,11 @@ struct FailedRecordView {
   int ublk_dev_id = -1;
 };
 
-// What the last start found of a previous run (null in status when the start was clean).
+// What the last start found of a previous run's records (null in status when there were none:
+// a first start, or the previous run had no device when it stopped).
 struct RestartView {
   std::chrono::system_clock::time_point time;
+  bool clean_stop = false;  // the previous run stopped cleanly (Shutdown), else it crashed
   size_t ublk_recovered = 0;
   std::vector<std::string> notes;
   std::vector<FailedRecordView> failed;
@@ -134,8 +137,11 @@ struct StatusView {
   std::optional<RestartView> restart;
 };
 
-// The note that restored devices and the restart report carry.
+// The note that restored devices and the restart report carry: after a crash (kRestartNote) or
+// after a clean stop (kCleanRestartNote); RestartNote() picks one.
 extern const char* const kRestartNote;
+extern const char* const kCleanRestartNote;
+const char* RestartNote(bool clean_stop);
 
 class Service {
  public:
@@ -174,12 +180,16 @@ class Service {
   StatusView GetStatus() EXCLUDES(mu_);
 
   // Destroys every snapshot, removes every front (ublk devices stopped and deleted), detaches
-  // every device, stops the fronts and removes the device records of the state dir.
+  // every device (durable CBT sealed), stops the fronts and rewrites the device records of the
+  // state dir as a clean stop's: every device (with the fronts it asked for, no ublk dev_id) and
+  // the records that failed to re-attach, so the next start attaches them again. Only `detach`
+  // forgets a device.
   void Shutdown() EXCLUDES(mu_);
 
-  // Daemon start after a crash: re-attaches every device recorded in STATE_DIR/devices.json
-  // (ublk fronts through ublk Recover, so their I/O resumes), removes ublk image devices whose
-  // snapshot is gone, and remembers what failed for `status`. Call once, before serving.
+  // Daemon start: re-attaches every device recorded in STATE_DIR/devices.json. After a crash,
+  // ublk fronts come back through ublk Recover (their I/O resumes) and ublk image devices whose
+  // snapshot is gone are removed; after a clean stop, the fronts are created anew. Remembers
+  // what failed, and which kind of restart it was, for `status`. Call once, before serving.
   void Restore() EXCLUDES(mu_);
 
  private:
@@ -227,7 +237,10 @@ class Service {
   DeviceView DeviceViewLocked(const DeviceEntry& d) const REQUIRES(mu_);
   SnapshotView SnapshotViewLocked(const SnapshotEntry& s) const REQUIRES(mu_);
   void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings) REQUIRES(mu_);
-  void SaveRecordsLocked() REQUIRES(mu_);
+  // The records of the current state (devices, failed records, ublk images), not clean_stop.
+  Records CollectRecordsLocked() const REQUIRES(mu_);
+  void SaveRecordsLocked() REQUIRES(mu_) { WriteRecordsLocked(CollectRecordsLocked()); }
+  void WriteRecordsLocked(const Records& records) REQUIRES(mu_);
   void RestoreImagesLocked(const Records& records) REQUIRES(mu_);
   std::optional<RestartView> RestartLocked() const REQUIRES(mu_);
 

@@ -1,12 +1,18 @@
-// Service: the device records of STATE_DIR/devices.json (daemon/records.h) and the start after
-// a crash. See service.h for the state and the locking.
+// Service: the device records of STATE_DIR/devices.json (daemon/records.h) and the restart
+// from them (after a clean stop or a crash). See service.h for the state and the locking.
 //
-// Records survive a crash: each attached device (name, path, requested fronts, ublk dev_id) and
-// each ublk image device, rewritten atomically through the Env after every change. A clean
-// Shutdown() removes them; a killed daemon leaves them, and Restore() at the next start
-// re-attaches the devices (ublk fronts through ublk Recover, so file systems on them never see
-// an error) and removes the image devices (their snapshots died with the daemon). CBT and
-// snapshots are in memory only: a restored device starts a new CBT generation.
+// Records: each attached device (name, path, requested fronts, ublk dev_id) and each ublk image
+// device, rewritten atomically through the Env after every change; a detach drops the device
+// (the file goes with the last one). Restore() at the next start re-attaches every recorded
+// device, whatever ended the previous run:
+//   - a clean stop (Shutdown() rewrote the records with "clean_stop": true, no ublk dev_ids, no
+//     images): the fronts are created anew and durable CBT continues from its sealed state file;
+//   - a crash (the running daemon's records): ublk fronts come back through ublk Recover (file
+//     systems on them never see an error), the image devices are removed (their snapshots died
+//     with the daemon) and durable CBT continues where its state file allows.
+// A record keeps its ublk dev_id only while that ublk device may still wait for recovery (a
+// crash's record, kept through a clean stop if it failed to re-attach). Snapshots are in memory
+// only: none survives a restart.
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -41,12 +47,17 @@ Status Service::CheckStateDir(int ublk_recover_id) const {
   return Status::Ok();
 }
 
-void Service::SaveRecordsLocked() {
+void Service::WriteRecordsLocked(const Records& records) {
   if (!records_ || !records_loaded_) return;
   if (Status s = CheckStateDir(); !s.ok()) {
     spdlog::error("not writing {}: {}", records_->path(), s.ToString());
     return;
   }
+  Status s = records_->Save(records);
+  if (!s.ok()) spdlog::error("cannot write {}: {}", records_->path(), s.ToString());
+}
+
+Records Service::CollectRecordsLocked() const {
   Records records;
   records.pid = ::getpid();
   for (const auto& [name, d] : devices_) {
@@ -75,8 +86,7 @@ void Service::SaveRecordsLocked() {
       records.images.push_back(std::move(r));
     }
   }
-  Status s = records_->Save(records);
-  if (!s.ok()) spdlog::error("cannot write {}: {}", records_->path(), s.ToString());
+  return records;
 }
 
 std::optional<RestartView> Service::RestartLocked() const {
@@ -121,9 +131,11 @@ void Service::Restore() {
       spdlog::error("{}: {}", records_->path(), problem);
       restart_->notes.push_back(records_->path() + ": " + problem);
     }
-    spdlog::warn("{} (records of pid {} in {})", kRestartNote, parsed.records.pid,
-                 records_->path());
-    RestoreImagesLocked(parsed.records);
+    restart_->clean_stop = parsed.records.clean_stop;
+    spdlog::log(restart_->clean_stop ? spdlog::level::info : spdlog::level::warn,
+                "{} (records of pid {} in {})", RestartNote(restart_->clean_stop),
+                parsed.records.pid, records_->path());
+    RestoreImagesLocked(parsed.records);  // none after a clean stop
     devices = parsed.records.devices;
   }
   for (const auto& rec : devices) {

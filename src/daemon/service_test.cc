@@ -10,7 +10,9 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <future>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -30,20 +32,26 @@ struct FrontLog {
   std::set<std::string> fail;     // names whose Expose fails
   std::vector<uint64_t> frozen;   // rdevs of the last freeze
   int thaws = 0;
-  std::function<void()> on_freeze;  // runs inside Freeze (e.g. to block it)
+  std::function<void()> on_freeze;               // runs inside Freeze (e.g. to block it)
+  std::map<std::string, ExposeOptions> options;  // each name's last Expose
 };
 
 class FakeFront final : public Front {
  public:
-  FakeFront(std::shared_ptr<FrontLog> log, std::string name, uint64_t rdev)
-      : log_(std::move(log)), name_(std::move(name)), rdev_(rdev) {
+  FakeFront(std::shared_ptr<FrontLog> log, std::string name, uint64_t rdev, int ublk_dev_id = -1)
+      : log_(std::move(log)), name_(std::move(name)), rdev_(rdev), ublk_dev_id_(ublk_dev_id) {
     std::lock_guard lock(log_->mu);
     log_->exposed.insert(name_);
   }
   ~FakeFront() override { Remove().IgnoreError(); }
   const char* kind() const override { return "fake"; }
   void Describe(FrontAddresses& out) const override {
-    if (!removed_) out.nbd = "fake://" + name_;
+    if (removed_) return;
+    out.nbd = "fake://" + name_;
+    if (ublk_dev_id_ >= 0) {
+      out.ublk = "/dev/ublkb" + std::to_string(ublk_dev_id_);
+      out.ublk_dev_id = ublk_dev_id_;
+    }
   }
   uint64_t rdev() const override { return removed_ ? 0 : rdev_; }
   Status CheckIdle() const override {
@@ -63,6 +71,7 @@ class FakeFront final : public Front {
   std::shared_ptr<FrontLog> log_;
   const std::string name_;
   const uint64_t rdev_;
+  const int ublk_dev_id_;
   bool removed_ = false;
 };
 
@@ -71,6 +80,7 @@ class FakeFronts final : public Fronts {
   explicit FakeFronts(std::shared_ptr<FrontLog> log) : log_(std::move(log)) {
     info_.nbd = true;
     info_.fuse = true;
+    info_.ublk = true;  // a "ublk" front is a fake one with a dev_id
     info_.block_frontend = "fuse-loop";
   }
   const FrontsInfo& info() const override { return info_; }
@@ -80,10 +90,17 @@ class FakeFronts final : public Fronts {
     {
       std::lock_guard lock(log_->mu);
       if (log_->fail.count(name)) return Status::Error(EIO, "fake expose failure");
+      log_->options[name] = options;
     }
     auto e = std::make_unique<Exposure>();
-    // A "loop" front gets a fake device number, so a take has something to freeze.
-    e->Add(std::make_unique<FakeFront>(log_, name, options.loop ? 0x7000 + next_rdev_++ : 0));
+    // A "loop" front gets a fake device number, so a take has something to freeze; a "ublk"
+    // one a dev_id (the recovered one, else a new one).
+    int ublk_dev_id = -1;
+    if (options.ublk) {
+      ublk_dev_id = options.ublk_recover_id >= 0 ? options.ublk_recover_id : next_ublk_id_++;
+    }
+    e->Add(std::make_unique<FakeFront>(log_, name, options.loop ? 0x7000 + next_rdev_++ : 0,
+                                       ublk_dev_id));
     return e;
   }
   Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
@@ -107,6 +124,7 @@ class FakeFronts final : public Fronts {
   std::shared_ptr<FrontLog> log_;
   FrontsInfo info_;
   uint64_t next_rdev_ = 1;
+  int next_ublk_id_ = 10;
 };
 
 class ServiceTest : public ::testing::Test {
@@ -134,13 +152,14 @@ class ServiceTest : public ::testing::Test {
     return path;
   }
 
-  void Start(bool with_state = true) {
+  void Start(bool with_state = true, bool durable_cbt = false) {
     Config config;
     auto engine = Engine::Create(config);
     ASSERT_TRUE(engine.ok()) << engine.status().ToString();
     engine_ = engine->get();
     ServiceInfo info;
     if (with_state) info.state_dir = (dir_ / "state").string();
+    info.durable_cbt = durable_cbt;
     info.control_path = "/nonexistent/control.sock";
     service_ = std::make_unique<Service>(std::move(engine).value(),
                                          std::make_unique<FakeFronts>(log_), info);
@@ -383,11 +402,10 @@ TEST_F(ServiceTest, RecordsFollowTheDevicesAndACrashedRunIsRestored) {
   ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
   const fs::path records = dir_ / "state" / "devices.json";
   ASSERT_TRUE(fs::exists(records));
-  // A crash: the records stay. Simulate it by copying them aside before a clean shutdown.
+  // A crash: the records stay. Simulate it by copying them over a clean stop's.
   fs::copy_file(records, dir_ / "saved.json");
   service_.reset();
-  EXPECT_FALSE(fs::exists(records)) << "a clean stop removes the records";
-  fs::copy_file(dir_ / "saved.json", records);
+  fs::copy_file(dir_ / "saved.json", records, fs::copy_options::overwrite_existing);
   Start();
   auto list = service_->Devices();
   ASSERT_EQ(list.size(), 1u);
@@ -396,7 +414,123 @@ TEST_F(ServiceTest, RecordsFollowTheDevicesAndACrashedRunIsRestored) {
   EXPECT_TRUE(list[0].restored);
   auto restart = service_->restart();
   ASSERT_TRUE(restart.has_value());
+  EXPECT_FALSE(restart->clean_stop);
   EXPECT_TRUE(restart->failed.empty());
+  EXPECT_FALSE(list[0].restored_after_clean_stop);
+  // The last detach removes the records.
+  EXPECT_OK(service_->Detach("vol", false));
+  EXPECT_FALSE(fs::exists(records));
+}
+
+std::string ReadText(const fs::path& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A clean stop keeps the devices recorded ("clean_stop": true, ublk dev_ids dropped), and the
+// next start attaches them again with new fronts as asked (no ublk Recover) and the CBT
+// generation continued; detach is what forgets a device, the last one removes the file.
+TEST_F(ServiceTest, ACleanStopKeepsTheDevicesAndTheNextStartReattachesThem) {
+  Start(true, /*durable_cbt=*/true);
+  std::string a = MakeFile("a.img"), b = MakeFile("b.img");
+  ASSERT_TRUE(service_->Attach({.path = a, .name = "a", .loop = true}).ok());
+  auto vb = service_->Attach({.path = b, .name = "b", .ublk = true});
+  ASSERT_TRUE(vb.ok()) << vb.status().ToString();
+  const int ublk_id = vb->fronts.ublk_dev_id;
+  ASSERT_GE(ublk_id, 0);
+  ASSERT_OK(service_->MarkDirty("a", {{0, 4096}}));
+  const CbtInfo cbt_a = *service_->GetCbtInfo("a");
+  const fs::path records = dir_ / "state" / "devices.json";
+  EXPECT_EQ(ReadText(records).find("clean_stop"), std::string::npos) << "running: not clean";
+
+  service_.reset();  // SIGTERM
+  EXPECT_FALSE(Exposed("a") || Exposed("b")) << "the fronts are removed at a clean stop";
+  ASSERT_TRUE(fs::exists(records)) << "a clean stop keeps the device records";
+  RecordStore store(*Env::Default(), (dir_ / "state").string());
+  auto kept = store.Load();
+  ASSERT_TRUE(kept.ok() && kept->has_value());
+  const Records& r = (*kept)->records;
+  EXPECT_TRUE(r.clean_stop);
+  EXPECT_TRUE(r.images.empty());
+  ASSERT_EQ(r.devices.size(), 2u);
+  EXPECT_EQ(r.devices[0].name, "a");
+  EXPECT_TRUE(r.devices[0].loop);
+  EXPECT_EQ(r.devices[1].name, "b");
+  EXPECT_TRUE(r.devices[1].ublk);
+  EXPECT_EQ(r.devices[1].ublk_dev_id, -1) << "its ublk device was removed";
+
+  Start(true, /*durable_cbt=*/true);
+  auto list = service_->Devices();
+  ASSERT_EQ(list.size(), 2u);
+  for (const auto& d : list) {
+    EXPECT_TRUE(d.restored) << d.name;
+    EXPECT_TRUE(d.restored_after_clean_stop) << d.name;
+    EXPECT_TRUE(Exposed(d.name)) << d.name;
+  }
+  EXPECT_EQ(list[0].path, a);
+  EXPECT_EQ(list[0].cbt.generation_id, cbt_a.generation_id);
+  EXPECT_EQ(list[0].cbt.recovered_from, "clean-stop");
+  EXPECT_EQ(list[0].cbt.changes_number, cbt_a.changes_number);
+  {
+    std::lock_guard lock(log_->mu);
+    EXPECT_TRUE(log_->options["a"].loop);
+    EXPECT_TRUE(log_->options["b"].ublk);
+    EXPECT_EQ(log_->options["b"].ublk_recover_id, -1) << "a new ublk device, not ublk Recover";
+  }
+  EXPECT_GE(list[1].fronts.ublk_dev_id, 0);
+  EXPECT_FALSE(list[1].fronts.ublk_recovered);
+  auto restart = service_->restart();
+  ASSERT_TRUE(restart.has_value());
+  EXPECT_TRUE(restart->clean_stop);
+  EXPECT_EQ(restart->ublk_recovered, 0u);
+  EXPECT_TRUE(restart->failed.empty());
+  EXPECT_TRUE(restart->notes.empty());
+  // Running again: the records are a running daemon's (a crash now is a crash).
+  EXPECT_EQ(ReadText(records).find("clean_stop"), std::string::npos);
+
+  EXPECT_OK(service_->Detach("a", false));
+  ASSERT_TRUE(fs::exists(records));
+  service_.reset();
+  Start(true, /*durable_cbt=*/true);
+  list = service_->Devices();
+  ASSERT_EQ(list.size(), 1u) << "a detached device stays forgotten";
+  EXPECT_EQ(list[0].name, "b");
+  EXPECT_OK(service_->Detach("b", false));
+  EXPECT_FALSE(fs::exists(records)) << "the last detach removes the records";
+  service_.reset();
+  EXPECT_FALSE(fs::exists(records)) << "nothing to record at a clean stop";
+  Start();
+  EXPECT_FALSE(service_->restart().has_value());
+}
+
+// A record that failed to re-attach stays recorded through a clean stop (with the ublk dev_id a
+// crash left, still waiting for its recovery) and is retried at the next start.
+TEST_F(ServiceTest, AFailedRecordSurvivesACleanStop) {
+  Start();
+  std::string path = MakeFile("vol.img");
+  auto v = service_->Attach({.path = path, .name = "vol", .ublk = true});
+  ASSERT_TRUE(v.ok());
+  const int ublk_id = v->fronts.ublk_dev_id;
+  const fs::path records = dir_ / "state" / "devices.json";
+  fs::copy_file(records, dir_ / "saved.json");
+  service_.reset();
+  fs::copy_file(dir_ / "saved.json", records, fs::copy_options::overwrite_existing);  // a crash
+  const std::string moved = (dir_ / "moved.img").string();
+  fs::rename(path, moved);
+  Start();
+  ASSERT_TRUE(service_->Devices().empty());
+  service_.reset();
+  fs::rename(moved, path);
+  Start();
+  auto list = service_->Devices();
+  ASSERT_EQ(list.size(), 1u);
+  {
+    std::lock_guard lock(log_->mu);
+    EXPECT_EQ(log_->options["vol"].ublk_recover_id, ublk_id) << "the crash's ublk device";
+  }
+  auto restart = service_->restart();
+  ASSERT_TRUE(restart.has_value());
+  EXPECT_TRUE(restart->clean_stop);
 }
 
 TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
@@ -405,7 +539,8 @@ TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
   ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
   fs::copy_file(dir_ / "state" / "devices.json", dir_ / "saved.json");
   service_.reset();
-  fs::copy_file(dir_ / "saved.json", dir_ / "state" / "devices.json");
+  fs::copy_file(dir_ / "saved.json", dir_ / "state" / "devices.json",
+                fs::copy_options::overwrite_existing);
   fs::remove(path);
   Start();
   EXPECT_TRUE(service_->Devices().empty());

@@ -242,6 +242,35 @@ TEST(CbtJournalTest, SwitchWaitsForWritersOfTheOldEpoch) {
   journal.Leave(next);
 }
 
+// A journal sync that fails (an I/O error, the power stays on) is recorded in the header: after
+// a power loss the generation cannot continue ("restart-unclean-power") — until a checkpoint
+// has put every mark on the disk again.
+TEST(CbtJournalTest, FailedJournalSyncIsRecordedUntilACheckpoint) {
+  for (bool checkpoint : {false, true}) {
+    SCOPED_TRACE(checkpoint ? "checkpoint after the failure" : "no checkpoint");
+    auto files = std::make_shared<MemoryMappedFiles>();
+    auto map = OpenMap(files);
+    ASSERT_TRUE(map);
+    const Uuid generation = map->info().generation_id;
+    files->FailNextSyncs(1);  // the journal's sync of this write's region
+    map->MarkWrite(5 << kBlockShift, 4096);
+    if (checkpoint) ASSERT_OK(map->Checkpoint());
+    map.reset();
+    files->DropUnsynced(0);
+    files->set_boot_id("after-the-cut");
+    auto again = OpenMap(files);
+    ASSERT_TRUE(again);
+    if (!checkpoint) {
+      EXPECT_NE(again->info().generation_id, generation);
+      EXPECT_EQ(again->info().generation_reason, kCbtReasonUncleanPower);
+    } else {
+      EXPECT_EQ(again->info().generation_id, generation);
+      again->SwitchForTake(kCapacity);
+      EXPECT_TRUE(ChangedBlocks(*again, 0)[5]);
+    }
+  }
+}
+
 // The journal costs a sync only for a region's first write since the last checkpoint, and an
 // idle device is not checkpointed at all.
 TEST(CbtJournalTest, SyncsOnlyForNewRegions) {

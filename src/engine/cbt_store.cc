@@ -209,6 +209,8 @@ Status CbtStore::Checkpoint() {
   const int old = journal_->Switch();
   BLKSNAP_RETURN_IF_ERROR(file_->Sync());
   BLKSNAP_RETURN_IF_ERROR(journal_->Clear(old));
+  // Every mark is on the disk now, including those of writes whose journal sync had failed.
+  header_.flags &= ~kCbtFlagJournalFailed;
   header_.checkpoint_time_ns = NowNs();
   return SyncHeader();
 }

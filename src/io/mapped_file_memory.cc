@@ -40,7 +40,8 @@ struct MemoryMappedFiles::State {
   std::map<std::string, std::shared_ptr<File>> files GUARDED_BY(mu);
   std::string boot_id GUARDED_BY(mu) = "memory-boot-1";
   uint64_t syncs GUARDED_BY(mu) = 0;
-  uint64_t cut_at GUARDED_BY(mu) = 0;  // the sync number that finds the power cut; 0 = none
+  uint64_t cut_at GUARDED_BY(mu) = 0;   // the sync number that finds the power cut; 0 = none
+  uint64_t failing GUARDED_BY(mu) = 0;  // syncs still to fail with EIO (FailNextSyncs)
   bool cut GUARDED_BY(mu) = false;
 
   // Counts a sync; false if the power is (now) cut and it must persist nothing.
@@ -71,6 +72,10 @@ class MemoryMappedFile final : public MappedFile {
   Status SyncRange(uint64_t offset, uint64_t length) override {
     MutexLock lock(state_->mu);
     if (!state_->CountSync()) return Status::Error(EIO, "the power is cut");
+    if (state_->failing > 0) {
+      --state_->failing;
+      return Status::Error(EIO, "sync: injected I/O error");
+    }
     if (offset > file_->live.size() || length > file_->live.size() - offset)
       return Status::Error(EINVAL, "sync range beyond the mapping");
     file_->synced.resize(file_->live.size());
@@ -155,6 +160,11 @@ void MemoryMappedFiles::CutPowerAtSync(uint64_t n) {
   MutexLock lock(state_->mu);
   state_->cut_at = n == 0 ? 0 : state_->syncs + n;
   state_->cut = false;
+}
+
+void MemoryMappedFiles::FailNextSyncs(uint64_t n) {
+  MutexLock lock(state_->mu);
+  state_->failing = n;
 }
 
 bool MemoryMappedFiles::power_cut() const {

@@ -10,7 +10,8 @@
 # times out; watch ends when the snapshot is destroyed; status shows everything; with a loop
 # device: mkfs + mount the front, write a file without fsync and take: the take froze the ext4
 # (frozen_us > 0, the image fscks clean and holds the file, read with debugfs); mark a file dirty
-# via FIEMAP; destroy, detach, and the daemon is empty again and stops cleanly.
+# via FIEMAP; destroy, detach (the last one removes devices.json), and the daemon is empty again
+# and stops cleanly, leaving no device records.
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ def main():
         run(d, t)
         rc = d.stop()
         t.check(rc == 0, "daemon stops with status 0 on SIGTERM (got %r)" % rc)
+        t.check(not os.path.exists(os.path.join(d.state, "devices.json")),
+                "no device: the clean stop leaves no device records")
     except Exception as e:  # report, then fail
         t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
     finally:
@@ -201,6 +204,8 @@ def run(d, t):
     rc, out, err = d.cli("detach", "vol-b.img")
     t.check(rc == 0 and "detached" in out, "detach (human)")
     t.check(d.cli_json("devices")["devices"] == [], "devices empty after detach")
+    t.check(not os.path.exists(os.path.join(d.state, "devices.json")),
+            "the last detach removes the device records")
 
 
 def loop_flow(d, t):

@@ -3,14 +3,18 @@
 # a clear message; the control socket is private (0600); tunables from the command line and
 # from a config file reach the engine; bad options are usage errors; --daemonize returns once
 # the daemon is ready and writes the pidfile; SIGTERM destroys snapshots, removes fronts, loop
-# devices and the FUSE mount, removes the socket and pidfile, and exits 0.
+# devices and the FUSE mount, removes the socket and pidfile, and exits 0, keeping the device
+# records: the next start attaches the device again with its fronts and its CBT generation.
 #
 # Algorithm: start daemon 1; start a second on the same state dir (different sockets) and
 # expect exit 1 naming the running pid; start daemons with bad options and expect exit 2;
 # start one with --tracking-block-minimum-shift 12 and one with a config file setting it to
 # 13 and read the CBT block size of an attached 16 MiB device; start one with --daemonize
 # --pidfile, attach (with --loop as root), create + take a snapshot, SIGTERM it and check
-# that the pidfile, socket, loop devices and FUSE mount are gone.
+# that the pidfile, socket, loop devices and FUSE mount are gone and devices.json says
+# "clean_stop"; start it again: the device is back (restored, a loop device again, the same
+# CBT generation, recovered_from "clean-stop"), the snapshot is not.
+import json
 import os
 import signal
 import subprocess
@@ -92,6 +96,7 @@ def run(args, t, daemons):
     loop = fuse_possible()
     attach = ["attach", d4.make_image("v.img", 32 * MiB), "--name", "v"] + (["--loop"] if loop else [])
     dev = d4.cli_json(*attach)
+    generation = d4.cli_json("cbt", "info", "v")["generation_id"]
     storage = os.path.join(d4.tmp, "storage")
     os.mkdir(storage)
     sid = d4.cli_json("snapshot", "create", "--storage", storage, "--limit", "16M",
@@ -117,6 +122,27 @@ def run(args, t, daemons):
         t.check(len(loops) == 2, "loop devices were in use (front and image)")
     # Storage files are unnamed temporary files: nothing left behind.
     t.check(os.listdir(storage) == [], "no storage file left in the storage dir")
+
+    # The device stays recorded; the next start (an upgrade, `systemctl restart`) brings it back.
+    with open(os.path.join(d4.state, "devices.json")) as f:
+        records = json.load(f)
+    t.check(records.get("clean_stop") is True and [x["name"] for x in records["devices"]] == ["v"]
+            and records["devices"][0]["loop"] == loop and records["images"] == [],
+            "SIGTERM keeps the device records, marked clean_stop (%r)" % records)
+    d4.start()
+    back = d4.cli_json("devices")["devices"]
+    t.check([x["name"] for x in back] == ["v"] and back[0]["restored"] is True,
+            "restart: v is attached again by itself")
+    if back:
+        t.check(back[0]["nbd"].startswith("nbd+unix://") and
+                (not loop or back[0].get("loop", "").startswith("/dev/loop")),
+                "... with its fronts (%s, loop %s)" % (back[0]["nbd"], back[0].get("loop")))
+        cbt = back[0]["cbt"]
+        t.check(cbt["generation_id"] == generation and cbt["recovered_from"] == "clean-stop",
+                "... the same CBT generation, recovered_from %r" % cbt["recovered_from"])
+    t.check(d4.cli_json("snapshot", "list")["snapshots"] == [], "... the snapshot is gone")
+    t.check(d4.cli_json("status")["daemon"]["restart"]["after"] == "clean-stop",
+            "status: restart after a clean stop")
 
 
 if __name__ == "__main__":

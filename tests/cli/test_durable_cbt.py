@@ -12,10 +12,13 @@ Algorithm:
   the same fronts (a new loop device). Checks per round: the generation id is unchanged,
   `recovered_from` is "daemon-crash", and a take then reports, in `cbt changes --since N`
   (N = the changes number before the round), every logged write.
-* clean stop: SIGTERM, attach the same file under the same name again: same generation, same
-  changes number, the same read map (cbt read), reason unchanged, recovered_from "clean-stop".
-* outside write: SIGTERM, write to the image file directly, attach again: a new generation
-  with generation_reason "outside-write".
+* clean stop: SIGTERM and start again: the device is attached again by itself (restored, the
+  status restart report says "after": "clean-stop"), with its NBD export, the same generation,
+  the same changes number, the same read map (cbt read), recovered_from "clean-stop"; an
+  attach of the same name is refused (already attached). The loop daemon does the same after
+  its kill -9 rounds: the device comes back with a loop device.
+* outside write: SIGTERM, write to the image file directly, start again: the automatic
+  re-attach starts a new generation with generation_reason "outside-write".
 * state dir on a front: ext4 on a device's loop front mounted over the state dir; an attach
   and a records rewrite are refused, nothing is written there (state_dir_on_front()).
 * simulated reboot: the daemon reads its boot id from BLKSNAP_TEST_BOOT_ID_FILE; a take, an
@@ -174,21 +177,36 @@ def read_map(d, name, file):
         return f.read()
 
 
-def clean_stop(d, t, image, generation):
-    before = cbt(d, "vol")
-    map1 = read_map(d, "vol", "map1")
+def clean_restart(d, t, image, name, front, generation):
+    """SIGTERM and start (an upgrade, `systemctl restart`): the device is back by itself, with
+    its fronts, in the same generation, exactly as it was. Returns the device."""
+    before = cbt(d, name)
+    map1 = read_map(d, name, "map1-" + name)
     rc = d.stop()
-    t.check(rc == 0, "clean stop (exit %s)" % rc)
+    t.check(rc == 0, "%s: clean stop (exit %s)" % (name, rc))
     d.start()
-    d.cli_json("attach", image, "--name", "vol")
-    after = cbt(d, "vol")
-    map2 = read_map(d, "vol", "map2")
+    dev = device(d, name)
+    restart = d.cli_json("status")["daemon"]["restart"] or {}
+    t.check(dev["restored"] is True and restart.get("after") == "clean-stop" and
+            "clean stop" in dev.get("restore_note", ""),
+            "%s: re-attached by the start after a clean stop (restart %r)" % (name, restart))
+    t.check(dev["path"] == image and dev.get("nbd", "").startswith("nbd+unix://"),
+            "... with its NBD export (%r)" % dev.get("nbd"))
+    if front == "loop":
+        t.check(dev.get("loop", "").startswith("/dev/loop"),
+                "... and a loop device again (%r)" % dev.get("loop"))
+    after = cbt(d, name)
+    map2 = read_map(d, name, "map2-" + name)
     t.check(after["generation_id"] == generation and
             after["changes_number"] == before["changes_number"],
-            "clean stop and attach again: the same generation and changes number")
+            "%s: clean stop and start: the same generation and changes number" % name)
     t.check(map1 == map2 and len(map1) > 0, "... and the same read map (%d bytes)" % len(map1))
     t.check(after.get("recovered_from") == "clean-stop",
             "... recovered_from %r (want 'clean-stop')" % after.get("recovered_from"))
+    rc, _, err = d.cli("attach", image, "--name", name)
+    t.check(rc != 0 and "already attached" in err,
+            "... an attach of it again is refused: already attached (%r)" % err.strip())
+    return dev
 
 
 def outside_write(d, t, image, generation):
@@ -196,8 +214,7 @@ def outside_write(d, t, image, generation):
     with open(image, "r+b") as f:
         f.seek(5 * MiB)
         f.write(b"x" * 4096)
-    d.start()
-    d.cli_json("attach", image, "--name", "vol")
+    d.start()  # re-attaches vol from the records
     after = cbt(d, "vol")
     t.check(after["generation_id"] != generation and
             after["generation_reason"] == "outside-write",
@@ -282,13 +299,15 @@ def main():
         storage = os.path.join(d.tmp, "storage")
         os.mkdir(storage)
         generation = kill_rounds(d, t, "nbd", image, storage, "vol")
-        clean_stop(d, t, image, generation)
+        clean_restart(d, t, image, "vol", "nbd", generation)
         outside_write(d, t, image, generation)
         d.stop()
 
         if fuse_possible():
             d = daemon(fuse=True)
-            kill_rounds(d, t, "loop", d.make_image("loop.img", SIZE), storage, "lvol")
+            loop_image = d.make_image("loop.img", SIZE)
+            loop_generation = kill_rounds(d, t, "loop", loop_image, storage, "lvol")
+            clean_restart(d, t, loop_image, "lvol", "loop", loop_generation)
             if shutil.which("mkfs.ext4"):
                 state_dir_on_front(d, t, storage)
             else:

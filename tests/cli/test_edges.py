@@ -3,6 +3,9 @@
 
 * Whatever a state file holds, the daemon starts, moves the file aside (devices.json.bad) and
   reports what it lost in `status` (restart notes); good entries next to bad ones are kept.
+  A clean stop keeps the re-attached device recorded ("clean_stop": true); when its file is
+  gone at the next start, it is reported failed (restart "after": "clean-stop") and stays
+  recorded through the next clean stop, until `detach` drops it.
 * A second blksnapd with another state dir but the same control socket is refused, and the
   first stays reachable with its devices.
 * A pidfile path holding a symlink planted by someone else is refused, and the link's target is
@@ -42,6 +45,7 @@ def bad_state_files(args, t):
         "truncated": '{"version":1,"devices":[{"name":"a"',
         "binary": "\x00\xff\xfe garbage",
         "devices not a list": '{"version":1,"devices":{"a":1}}',
+        "clean_stop not a bool": '{"version":1,"clean_stop":"yes","devices":[]}',
     }
     for label, text in cases.items():
         d = Daemon(args, fuse=False)
@@ -80,6 +84,32 @@ def bad_state_files(args, t):
         t.check(names == ["good"], "mixed state file: the good device is back (%s)" % names)
         notes = d.cli_json("status")["daemon"]["restart"]["notes"]
         t.check(any("name" in n for n in notes), "mixed state file: the bad entry is reported")
+        t.check(d.stop() == 0, "clean stop")
+        records = os.path.join(d.state, "devices.json")
+        with open(records) as f:
+            kept = json.load(f)
+        t.check(kept.get("clean_stop") is True and
+                [x["name"] for x in kept["devices"]] == ["good"],
+                "clean stop: good stays recorded, clean_stop (%r)" % kept)
+        # Its file gone at the next start: reported failed, kept through another clean stop.
+        os.rename(image, image + ".moved")
+        d.start()
+        restart = d.cli_json("status")["daemon"]["restart"]
+        t.check(restart["after"] == "clean-stop" and
+                [x["name"] for x in restart["failed"]] == ["good"],
+                "after a clean stop, a device whose file is gone is reported failed (%r)" %
+                restart)
+        t.check(d.stop() == 0, "clean stop with a failed record")
+        with open(records) as f:
+            kept = json.load(f)
+        t.check([x["name"] for x in kept["devices"]] == ["good"],
+                "the failed record stays recorded through a clean stop (%r)" % kept)
+        os.rename(image + ".moved", image)
+        d.start()
+        names = [x["name"] for x in d.cli_json("devices")["devices"]]
+        t.check(names == ["good"], "its file back: good is attached again (%s)" % names)
+        d.cli_json("detach", "good")
+        t.check(not os.path.exists(records), "detach drops the last record: no devices.json")
     finally:
         d.stop()
         d.cleanup()

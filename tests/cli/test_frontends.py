@@ -4,7 +4,8 @@
 # auto falls back to fuse-loop (--blockdev gives a loop device), --frontend ublk refuses to
 # start; after a kill -9 a restarted daemon re-attaches the recorded devices (durable CBT: the
 # same generation; the restart reported by devices and status), reports a recorded device it cannot re-attach
-# (and `detach` drops it), moves unreadable records aside, and a clean SIGTERM leaves no records.
+# (and `detach` drops it), moves unreadable records aside; a clean SIGTERM keeps the records and
+# the next start re-attaches the devices ("after": "clean-stop"); detach forgets a device.
 #
 # Algorithm: start a daemon (FUSE when root); status says ublk unavailable, frontend fuse-loop;
 # attach two sparse files, one with --blockdev (loop with FUSE, else ENOTSUP error and nothing
@@ -14,8 +15,11 @@
 # the daemon; a start that fails (bad pidfile) leaves the records; remove one attached file; start a daemon on the same state dir: the other device
 # is back (restored, same CBT generation, pattern intact through its front, a loop device again if
 # it had one), status names the missing one under restart.failed and the human status says
-# snapshots are gone; detach of the failed one drops it; SIGTERM: devices.json is gone; a
-# garbage devices.json is moved to devices.json.bad and reported; --frontend ublk: exit 1.
+# snapshots are gone; detach of the failed one drops it; SIGTERM: devices.json holds a alone,
+# "clean_stop": true; start again: a is back (restored after a clean stop, same generation,
+# recovered_from "clean-stop", pattern intact, its loop device if it had one); detach a: the
+# records are gone, and a SIGTERM leaves none; a garbage devices.json is moved to
+# devices.json.bad and reported; --frontend ublk: exit 1.
 import json
 import os
 import signal
@@ -161,8 +165,35 @@ def run(args, t, daemons):
         t.check("\"b\"" in f.read(), "b's record kept for the next start")
     t.check(d2.cli_json("detach", "b") == {}, "detach drops b's record")
     t.check(d2.cli_json("status")["daemon"]["restart"]["failed"] == [], "b no longer reported")
+    a_loop = a2.get("loop")
     t.check(d2.stop() == 0, "SIGTERM: exit 0")
-    t.check(not os.path.exists(records), "clean stop leaves no device records")
+    with open(records) as f:
+        kept = json.load(f)
+    t.check(kept.get("clean_stop") is True and [x["name"] for x in kept["devices"]] == ["a"],
+            "clean stop keeps a's record, marked clean_stop: %r" % kept)
+
+    # The start after a clean stop (an upgrade): a is back by itself, exactly as it was.
+    d2b = Daemon(args, tmp=d.tmp).start()
+    daemons.append(d2b)
+    devs = d2b.cli_json("devices")
+    names = [x["name"] for x in devs["devices"]]
+    t.check(names == ["a"] and devs["restart"]["after"] == "clean-stop",
+            "after a clean stop: a re-attached, restart after clean-stop (%r)" % names)
+    a3 = devs["devices"][0] if names else {}
+    t.check(a3.get("restored") is True and "clean stop" in a3.get("restore_note", ""),
+            "a marked restored after a clean stop (%r)" % a3.get("restore_note"))
+    t.check(a3.get("cbt", {}).get("generation_id") == gen["a"] and
+            a3.get("cbt", {}).get("recovered_from") == "clean-stop",
+            "a's CBT continues: same generation, recovered_from clean-stop (%r)" % a3.get("cbt"))
+    t.check(a3.get("nbd", "").startswith("nbd+unix://") and bool(a3.get("loop")) == bool(a_loop),
+            "a's fronts are back (nbd %s, loop %s)" % (a3.get("nbd"), a3.get("loop")))
+    t.check(pattern(d2b, "a", "verify"), "pattern intact through a's front after a clean restart")
+    rc, out, err = d2b.cli("status")
+    t.check(rc == 0 and "after a clean stop" in out, "human status reports a clean restart")
+    t.check(d2b.cli_json("detach", "a") == {}, "detach a")
+    t.check(not os.path.exists(records), "the last detach removes the device records")
+    t.check(d2b.stop() == 0, "SIGTERM: exit 0")
+    t.check(not os.path.exists(records), "a clean stop with no device leaves no records")
 
     with open(records, "w") as f:
         f.write("{not json")

@@ -2,8 +2,9 @@
 # Purpose: the standard flow of blksnapd with ublk fronts: a tracked device exposed as
 # /dev/ublkbN carries a mounted file system (FS = $2: ext4 or xfs); a snapshot taken while it
 # is mounted (the file system is frozen for the take) yields an image, exposed as another ublk
-# device and over NBD, that holds exactly the take-time files; destroy, detach and SIGTERM
-# remove every ublk device and record.
+# device and over NBD, that holds exactly the take-time files; destroy and detach remove every
+# ublk device and record; SIGTERM removes the ublk devices but keeps the device recorded, and
+# the next start brings it back on a new ublk device in the same CBT generation.
 # Algorithm (inside the VM): start blksnapd (--frontend auto must pick ublk); attach a 512 MiB
 # sparse file with --ublk (JSON: "ublk" = /dev/ublkbN, "loop" null); mkfs, mount, write random
 # files and a directory tree, record sha256 sums; snapshot create --ublk + take with the fs
@@ -13,7 +14,11 @@
 # replay, xfs with log replay) its sums match the take-time sums; xfs: xfs_repair -n clean
 # after unmount; destroy: the image device vanishes; live files are the changed ones; umount,
 # fsck clean, detach: /dev/ublkbN vanishes and the state dir has no device records; attach
-# again with --blockdev (the daemon's frontend: ublk) and SIGTERM: the device vanishes, exit 0.
+# again with --blockdev (the daemon's frontend: ublk) and SIGTERM: the device vanishes, exit 0,
+# devices.json keeps vol ("clean_stop": true, ublk, no dev_id); start again: vol is back by
+# itself (restored, restart "after": "clean-stop", no ublk Recover) on a new /dev/ublkbN with its
+# NBD export, the same CBT generation (recovered_from "clean-stop"), its file system fsck-clean
+# with the live files; detach: the device and the records are gone.
 . "$(dirname "$0")/lib.sh"
 FS=${2:-ext4}
 case $FS in
@@ -96,8 +101,35 @@ wait_gone "$DEV"
 a=$(bs --json attach "$WORK/vol.img" --name vol --blockdev) || fail "attach --blockdev"
 DEV=$(jget "$a" 'j["ublk"]')
 [ -b "$DEV" ] || fail "attach --blockdev did not give a ublk device"
+GEN=$(jget "$(bs --json cbt info vol)" 'j["generation_id"]')
 stop_daemon
 wait_gone "$DEV"
-[ ! -e "$STATE/devices.json" ] || fail "device records left after SIGTERM"
+rec=$(cat "$STATE/devices.json" 2>/dev/null) || fail "SIGTERM dropped the device records"
+[ "$(jget "$rec" 'j.get("clean_stop")')" = true ] || fail "records not marked clean_stop: $rec"
+[ "$(jget "$rec" '[(d["name"], d["ublk"], d["ublk_dev_id"]) for d in j["devices"]]')" = \
+  "[('vol', True, -1)]" ] || fail "records after SIGTERM: $rec"
+
+# An upgrade / systemctl restart: the next start attaches vol again on a new ublk device.
+start_daemon
+d=$(bs --json devices)
+log "after the clean restart: $d"
+[ "$(jget "$d" '[x["name"] for x in j["devices"]]')" = "['vol']" ] || fail "vol not re-attached"
+[ "$(jget "$d" 'j["devices"][0]["restored"]')" = true ] || fail "vol not marked restored"
+[ "$(jget "$d" 'j["restart"]["after"]')" = clean-stop ] || fail "restart not after clean-stop"
+[ "$(jget "$d" 'j["restart"]["ublk_recovered"]')" = 0 ] || fail "a ublk Recover after a clean stop"
+[ "$(jget "$d" 'j["devices"][0]["cbt"]["generation_id"]')" = "$GEN" ] || fail "new generation"
+[ "$(jget "$d" 'j["devices"][0]["cbt"]["recovered_from"]')" = clean-stop ] ||
+  fail "recovered_from is not clean-stop"
+[ "$(jget "$d" 'j["devices"][0]["nbd"]')" != null ] || fail "no NBD export after the restart"
+DEV=$(jget "$d" 'j["devices"][0]["ublk"]')
+[ -b "$DEV" ] || fail "vol re-attached without a ublk device ('$DEV')"
+do_fsck "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "fsck after restart"; }
+mount -t "$FS" "$DEV" "$WORK/mnt" || fail "mount after the clean restart"
+[ ! -e "$WORK/mnt/file2" ] && [ -e "$WORK/mnt/after-take" ] || fail "live files after restart"
+umount "$WORK/mnt"
+bs detach vol >/dev/null || fail "detach after the restart"
+wait_gone "$DEV"
+[ ! -e "$STATE/devices.json" ] || fail "device records left after the last detach"
+stop_daemon
 dmesg | grep -iE "I/O error.*ublkb" && fail "kernel logged I/O errors on a ublk device"
 echo "PASS daemon ublk flow $FS"

@@ -3,7 +3,8 @@
 # waits); blksnapd restarted on the same state dir re-attaches the recorded device, recovers
 # the ublk device (same /dev/ublkbN), and the writes complete with no error seen by the file
 # system; the restart is reported (durable CBT: the same generation; snapshots gone, the dead snapshot's
-# ublk image removed), and a clean SIGTERM afterwards removes the device and the records.
+# ublk image removed); a clean SIGTERM afterwards removes the ublk device but keeps the record,
+# and the next start brings the device back on a new ublk device (not a ublk Recover).
 # Algorithm (inside the VM): start blksnapd; attach a 512 MiB sparse file with --ublk; mkfs.ext4
 # and mount it; note the CBT generation; snapshot create --ublk + take (its image is a second
 # ublk device, so the crash also leaves a dead image behind); fio 4k random writes QD32 with
@@ -13,7 +14,10 @@
 # same /dev/ublkbN, restored, in the same CBT generation (durable, kept through the kill); status reports the restart (one ublk front
 # recovered, nothing failed, the image device removed) and no snapshot; the image node is
 # gone; fio exits 0 with err=0 and verifies; no kernel I/O error on the ublk device; unmount,
-# e2fsck clean; SIGTERM: exit clean, device gone, no records left.
+# e2fsck clean; SIGTERM: exit clean, device gone, the record kept ("clean_stop": true); start
+# again: vol is back on a ublk device (restart "after": "clean-stop", no ublk front recovered),
+# with its NBD export, in the same CBT generation (recovered_from "clean-stop"), e2fsck clean;
+# detach: the device and the records are gone; SIGTERM.
 . "$(dirname "$0")/lib.sh"
 
 truncate -s 512M "$WORK/vol.img"
@@ -77,5 +81,26 @@ umount "$WORK/mnt"
 e2fsck -fn "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "e2fsck"; }
 stop_daemon
 wait_gone "$DEV"
-[ ! -e "$STATE/devices.json" ] || fail "device records left after SIGTERM"
+rec=$(cat "$STATE/devices.json" 2>/dev/null) || fail "SIGTERM dropped the device records"
+[ "$(jget "$rec" 'j.get("clean_stop")')" = true ] || fail "records not marked clean_stop: $rec"
+[ "$(jget "$rec" '[(d["name"], d["ublk_dev_id"]) for d in j["devices"]]')" = "[('vol', -1)]" ] ||
+  fail "records after SIGTERM: $rec"
+start_daemon
+d=$(bs --json devices) || fail "devices after the clean restart"
+log "devices after the clean restart: $d"
+[ "$(jget "$d" '[x["name"] for x in j["devices"]]')" = "['vol']" ] || fail "vol not re-attached"
+[ "$(jget "$d" 'j["restart"]["after"]')" = clean-stop ] || fail "restart not after clean-stop"
+[ "$(jget "$d" 'j["restart"]["ublk_recovered"]')" = 0 ] || fail "a ublk Recover after a clean stop"
+[ "$(jget "$d" 'j["devices"][0]["cbt"]["generation_id"]')" = "$GEN" ] ||
+  fail "CBT generation changed across a clean stop"
+[ "$(jget "$d" 'j["devices"][0]["cbt"]["recovered_from"]')" = clean-stop ] ||
+  fail "recovered_from is not clean-stop"
+[ "$(jget "$d" 'j["devices"][0]["nbd"]')" != null ] || fail "no NBD export after the restart"
+DEV=$(jget "$d" 'j["devices"][0]["ublk"]')
+[ -b "$DEV" ] || fail "vol re-attached without a ublk device ('$DEV')"
+e2fsck -fn "$DEV" >"$WORK/fsck.out" 2>&1 || { cat "$WORK/fsck.out"; fail "e2fsck after restart"; }
+bs detach vol >/dev/null || fail "detach after the clean restart"
+wait_gone "$DEV"
+[ ! -e "$STATE/devices.json" ] || fail "device records left after the last detach"
+stop_daemon
 echo "PASS daemon ublk recover"

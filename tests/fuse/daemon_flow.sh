@@ -18,7 +18,10 @@
 #  destroy-under-load: dd writers on the original file system and readers on the image loop
 #    device; destroy while they run: no hang, the original fscks clean with its files.
 #  sigterm: with the original and an image on loop devices (nothing mounted), SIGTERM the
-#    daemon: it exits 0, no loop device is bound to its FUSE files, the FUSE dir is unmounted.
+#    daemon: it exits 0, no loop device is bound to its FUSE files, the FUSE dir is unmounted,
+#    devices.json keeps vol ("clean_stop": true). Start again: vol is back by itself with a new
+#    loop device that reads the data written before, restored after a clean stop, in the same
+#    CBT generation (recovered_from "clean-stop"); the snapshot is gone.
 #  sigterm-mounted: SIGTERM while a file system on the front loop device is mounted and being
 #    written: the daemon still exits promptly (0), the writer gets I/O errors instead of
 #    hanging, and the loop device unbinds itself once the file system is unmounted.
@@ -232,6 +235,9 @@ destroy-under-load)
   ;;
 sigterm)
   loop=$(attach vol 64M)
+  dd if=/dev/urandom of="$work/data" bs=1M count=8 status=none
+  dd if="$work/data" of="$loop" bs=1M seek=4 oflag=direct conv=fsync status=none
+  generation=$(bs cbt info vol | json generation_id)
   id=$(snapshot "$work/storage" vol)
   iloop=$(image_loop "$id" vol)
   [ -b "$loop" ] && [ -b "$iloop" ] || fail "no loop devices"
@@ -244,6 +250,25 @@ sigterm)
     ! ours "$l" || fail "$l still bound after SIGTERM"
   done
   if grep -q " $fuse " /proc/self/mountinfo; then fail "FUSE dir still mounted"; fi
+  [ "$(json clean_stop <"$work/state/devices.json")" = True ] &&
+    [ "$(json devices.0.name <"$work/state/devices.json")" = vol ] ||
+    fail "SIGTERM did not keep vol's record: $(cat "$work/state/devices.json" 2>&1)"
+  # An upgrade / systemctl restart: the next start brings vol back as it was.
+  start_daemon
+  bs devices >"$work/devices.json"
+  [ "$(json devices.0.name <"$work/devices.json")" = vol ] || fail "vol not re-attached"
+  [ "$(json devices.0.restored <"$work/devices.json")" = True ] || fail "vol not restored"
+  [ "$(json restart.after <"$work/devices.json")" = clean-stop ] || fail "restart not clean-stop"
+  [ "$(json devices.0.cbt.generation_id <"$work/devices.json")" = "$generation" ] ||
+    fail "a new CBT generation after a clean stop"
+  [ "$(json devices.0.cbt.recovered_from <"$work/devices.json")" = clean-stop ] ||
+    fail "recovered_from is not clean-stop"
+  loop=$(json devices.0.loop <"$work/devices.json")
+  [ -b "$loop" ] || fail "vol re-attached without its loop device"
+  want=$(sha256sum <"$work/data" | cut -d' ' -f1)
+  got=$(dd if="$loop" bs=1M skip=4 count=8 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+  [ "$want" = "$got" ] || fail "data written before SIGTERM differs"
+  [ "$(bs snapshot list | json snapshots)" = "[]" ] || fail "a snapshot survived the restart"
   ;;
 sigterm-mounted)
   loop=$(attach vol 128M)
