@@ -23,10 +23,12 @@ Design note. Two sections, each a method of Durable:
              the daemon has no such field).
   restart()  one round: N sparse 1 TiB files (100; 10 with --quick), for each configuration a fresh
              daemon attaches them all; then a clean stop (SIGTERM) and a start, after which the
-             client attaches them again (a clean stop forgets devices and seals durable CBT;
-             attaching continues it; once through one connection, once more after another
-             clean restart through 8 connections at once); then kill -9 and a start, after which
-             the daemon re-attaches them from its records before it is ready. Measured: exec to
+             devices are back: re-attached by the daemon from its records before it is ready
+             (a clean stop keeps them, since main's 2be0b92), or, with a daemon that forgets
+             them at a clean stop, attached again by the client (durable CBT continues; once
+             through one connection, once more after another clean restart through 8
+             connections at once); then kill -9 and a start, after which the daemon
+             re-attaches them from its records before it is ready. Measured: exec to
              READY=1 (sd_notify to a NOTIFY_SOCKET of ours, the kernel's arrival timestamp) and
              to the first answer on the control socket, the attach time (sequential requests on
              each connection), VmRSS/RssAnon/RssFile of the daemon after each stage, and how
@@ -287,6 +289,21 @@ class Durable:
             raise RuntimeError(f"attach: {errors[0]}")
         return round(time.monotonic() - t, 3)
 
+    def reattach(self, imgs, conns=1):
+        """After a clean restart: ("daemon", 0) if the daemon re-attached the devices from its
+        records by itself (since main's 2be0b92 a clean stop keeps them), else ("client", the
+        seconds attach_all took)."""
+        c = Control(self.lab.ctl)
+        try:
+            have = len(c.call("devices")["devices"])
+        finally:
+            c.close()
+        if have == len(imgs):
+            return "daemon", 0.0
+        if have:
+            raise RuntimeError(f"restart: {have} of {len(imgs)} devices back after a clean stop")
+        return "client", self.attach_all(imgs, conns)
+
     def clean_restart(self, p, extra, tag):
         """SIGTERM, then a start; returns (process, {"stop_s", "ready_s", ...})."""
         t = time.monotonic()
@@ -321,7 +338,7 @@ class Durable:
             p, r["clean"] = self.clean_restart(p, extra, tag)
             c = r["clean"]
             c["rss_before_attach"] = rss(p.pid)
-            c["reattach_s"] = self.attach_all(imgs)
+            c["reattached_by"], c["reattach_s"] = self.reattach(imgs)
             c["serving_all_s"] = round(c["ready_s"] + c["reattach_s"], 3)
             c["rss"] = rss(p.pid)
             g = self.generations(n)
@@ -329,7 +346,7 @@ class Durable:
             # Once more, the client attaching through PARALLEL connections at once.
             p, r["clean_parallel"] = self.clean_restart(p, extra, tag)
             c = r["clean_parallel"]
-            c["reattach_s"] = self.attach_all(imgs, PARALLEL)
+            c["reattached_by"], c["reattach_s"] = self.reattach(imgs, PARALLEL)
             c["serving_all_s"] = round(c["ready_s"] + c["reattach_s"], 3)
             c["rss"] = rss(p.pid)
             self.generations(n)
@@ -343,7 +360,8 @@ class Durable:
             stop(p, timeout=120)
         log(f"  restart {cfg:7s} {n} x 1 TiB: attach {r['attach_s']} s, RSS "
             f"{mib(r['attached']['rss']['VmRSS'])} MiB; clean restart: ready "
-            f"{r['clean']['ready_s']} s + attach {r['clean']['reattach_s']} s "
+            f"{r['clean']['ready_s']} s + attach {r['clean']['reattach_s']} s by "
+            f"{r['clean']['reattached_by']} "
             f"({r['clean_parallel']['reattach_s']} s in {PARALLEL} connections), RSS "
             f"{mib(r['clean']['rss']['VmRSS'])} MiB, kept {r['clean']['generations_kept']}; "
             f"kill -9: ready {r['crash']['ready_s']} s, RSS {mib(r['crash']['rss']['VmRSS'])} "

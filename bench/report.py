@@ -255,8 +255,8 @@ def durable_lines(dur):
             lines.append(
                 f"  {cfg:7s} cold ready {r['cold']['ready_s']} s, attach {r['attach_s']} s, RSS "
                 f"{r['attached']['rss']['VmRSS'] / MIB:.1f}; clean: ready {c['ready_s']} s + "
-                f"attach {c['reattach_s']} s ({r['clean_parallel']['reattach_s']} s in "
-                f"parallel), RSS {c['rss']['VmRSS'] / MIB:.1f}, generations "
+                f"attach {c['reattach_s']} s by {c.get('reattached_by', 'client')} "
+                f"({r['clean_parallel']['reattach_s']} s in parallel), RSS {c['rss']['VmRSS'] / MIB:.1f}, generations "
                 f"kept {c['generations_kept']}; kill -9: ready {k['ready_s']} s, RSS "
                 f"{k['rss']['VmRSS'] / MIB:.1f}, kept {k['generations_kept']}")
             if "ready_s_rounds" in k:
