@@ -6,8 +6,9 @@ Design note. This file is the command line only; the work is in the modules besi
 (common.py lists them): setups.py starts and removes what is measured, workloads.py measures
 it, report.py turns the rounds into bench/results/{latest,quick}.{json,png} and the printed
 table. A run: clean up what an earlier run left, prefill one master image, then --repeat
-rounds of every selected setup (each on a fresh copy of the master) and of the take latency,
-then the memory measurement once; a setup that fails is recorded under "failures" and the run
+rounds of every selected setup (each on a fresh copy of the master), of the take latency, of
+the durable-CBT comparison and of the restart (durable.py), then the memory measurement once;
+a setup that fails is recorded under "failures" and the run
 goes on. Whatever happens, the processes, loops and mounts it made are removed (also by
 --cleanup-only, which bench/run's shell trap calls if Python dies).
 """
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 
+import durable
 import report
 import setups
 import workloads
@@ -35,8 +37,10 @@ def parse_args():
     ap.add_argument("--cleanup-only", action="store_true")
     ap.add_argument("--chart-only", metavar="JSON", help="redraw the chart of a results file")
     ap.add_argument("--skip-build", action="store_true")
-    ap.add_argument("--only", help="comma-separated setups and/or take,memory (default: all)")
-    ap.add_argument("--no-extras", action="store_true", help="skip take latency and memory")
+    ap.add_argument("--only", help="comma-separated setups and/or take,memory,cbt,restart "
+                    "(default: all)")
+    ap.add_argument("--no-extras", action="store_true",
+                    help="skip take latency, memory, cbt and restart")
     ap.add_argument("--size", type=int, help="image bytes")
     ap.add_argument("--runtime", type=int, help="seconds per timed job")
     ap.add_argument("--output", help="results directory (default bench/results)")
@@ -55,11 +59,12 @@ def attempt(failures, what, fn, rnd=None, errors=MEASURE_ERRORS + (KeyError,), s
         log(f"  {what} FAILED: {show(e)}")
 
 
-def measure(args, lab, wl, meta):
-    """Every round of every setup, the take latency, the memory; returns (rounds, failures)."""
+def measure(args, lab, wl, dur, meta):
+    """Every round of every setup, the take latency, the durable-CBT comparison, the memory and
+    the restart; returns (rounds, failures)."""
     failures, rounds = [], []
 
-    def wanted(what):  # take latency and memory: unless --no-extras or left out by --only
+    def wanted(what):  # the extras: unless --no-extras or left out by --only
         return not args.no_extras and (not args.only or what in args.only.split(","))
     lab.make_master()
     loads = {}
@@ -73,6 +78,10 @@ def measure(args, lab, wl, meta):
             attempt(failures, name, lambda: wl.measure_setup(name), rnd, MEASURE_ERRORS, str)
         if wanted("take"):
             attempt(failures, "take", wl.take_latency, rnd)
+        if wanted("cbt"):
+            attempt(failures, "cbt", dur.compare, rnd)
+        if wanted("restart"):
+            attempt(failures, "restart", dur.restart, rnd)
     if wanted("memory"):
         attempt(failures, "memory", wl.memory)
     meta["load_per_setup"] = loads
@@ -97,6 +106,7 @@ def main():
     os.makedirs(SCRATCH)
     lab = setups.Lab(args.build, args.size or (256 * MIB if args.quick else 2 * GIB), args.only)
     wl = workloads.Workloads(lab, args.runtime or (2 if args.quick else 10), args.quick)
+    dur = durable.Durable(lab, wl, args.quick)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "mode": "quick" if args.quick else "full", "image_bytes": lab.size,
             "runtime_s": wl.runtime, "iodepth": IODEPTH, "nproc": os.cpu_count(),
@@ -104,12 +114,12 @@ def main():
     log(f"bench: {meta['mode']} mode, images {lab.size // MIB} MiB, {wl.runtime} s per job, "
         f"load {meta['load_start']}")
     try:
-        rounds, failures = measure(args, lab, wl, meta)
+        rounds, failures = measure(args, lab, wl, dur, meta)
     finally:
         setups.cleanup()
     meta["load_end"] = loadavg()
     meta["rounds"] = len(rounds)
-    doc = report.document(meta, rounds, wl.takes, wl.mem, failures, lab.notes)
+    doc = report.document(meta, rounds, wl.takes, wl.mem, failures, lab.notes, dur.summary())
     outdir = args.output or os.path.join(ROOT, "bench", "results")
     os.makedirs(outdir, exist_ok=True)
     stem = "quick" if args.quick else "latest"

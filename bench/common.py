@@ -7,6 +7,8 @@ Design note: the benchmark is four modules around this one, imported in one dire
              NBD and FUSE+loop fronts, and the process/mount/loop hygiene that removes them
   workloads  what is measured on them: fio jobs, the snapshot sequence, image read, take
              latency, daemon memory; collects one results dict per round
+  durable    the cost of durable CBT: durable against --cbt-in-memory side by side, and a
+             daemon restart with many attached devices (issue 14)
   report     turns the rounds into the JSON document, the table, the ratios and the chart
   bench.py   the command line: wires the others, runs the rounds, writes the results
 The JSON document's schema belongs to report.document(); docs/performance.md gives the method.

@@ -2,12 +2,14 @@
 issue 6 targets and the chart.
 
 Design note. Input: rounds (one dict per --repeat round, setup -> workload -> metrics, from
-workloads.py), the take latency of each round and the memory result. Each figure of the table
+workloads.py), the take latency of each round, the memory result and the durable-CBT
+results (durable.Durable.summary(): its own ratios, journal syncs per GiB and the restart). Each figure of the table
 is the round whose main figure (IOPS or MiB/s, per common.UNITS) is the median (median_low for
 an even count), with every round's figure under "samples"; each ratio is the median of the
 per-round ratios (the two setups ran minutes apart, not a whole run apart) with their range;
 take latency pools the takes of all rounds. document() fixes the JSON schema:
-  meta, results, ratios, ratio_range, targets, take, take_rounds, memory, failures, notes, rounds
+  meta, results, ratios, ratio_range, targets, take, take_rounds, memory, durable_cbt,
+  failures, notes, rounds
 Nothing here runs a workload; versions() only asks the tools for theirs.
 """
 import os
@@ -90,7 +92,7 @@ RATIO_TARGETS = [
 ]
 
 
-def targets(rounds, take, mem):
+def targets(rounds, take, mem, dur=None):
     t = []
 
     def add(name, value, goal, op=">="):
@@ -106,7 +108,35 @@ def targets(rounds, take, mem):
         add(f"RSS MiB minus CBT maps, 1 TiB, 10% preserved ({how})", v, 64, "<")
         v = round((mem["taken_rss"] - mem["cbt_maps_bytes"]) / MIB, 1)
         add("RSS MiB minus CBT maps, 1 TiB, snapshot taken", v, 64, "<")
+    durable_targets(dur, add)
     return t
+
+
+# Issue 14: (label, key in the durable_cbt document, goal) of the durable / in-memory ratios.
+DURABLE_TARGETS = [("durable / in-memory CBT randwrite4k, steady state", "randwrite4k", 0.97),
+                   ("durable / in-memory CBT seq 1 MiB over fresh regions", "seq1m_fresh", 0.9)]
+
+
+def durable_targets(dur, add):
+    """Issue 14's speed targets through add(): the ratios, then the restart (ready < 1 s, RSS
+    unchanged)."""
+    if not dur:
+        return
+    for name, key, goal in DURABLE_TARGETS:
+        if key in dur:
+            add(name, dur[key]["ratio"], goal)
+    rs = dur.get("restart")
+    if rs:
+        d = rs["configs"]["durable"]
+        n = rs["devices"]
+        add(f"restart, {n} x 1 TiB durable, kill -9 (re-attached by the daemon): ready s",
+            d["crash"]["ready_s"], 1, "<")
+        add(f"restart, {n} x 1 TiB durable, clean stop: ready s", d["clean"]["ready_s"], 1, "<")
+        before = d["attached"]["rss"]
+        for how in ("clean", "crash"):  # anonymous memory; VmRSS also counts mapped file pages
+            for k in ("VmRSS", "RssAnon"):
+                add(f"restart, {n} x 1 TiB durable, {how}: {k} after / before",
+                    round(d[how]["rss"][k] / before[k], 3), 1.05, "<")
 
 
 def table(res):
@@ -191,15 +221,51 @@ def versions():
             "nbdcopy": first(["nbdcopy", "--version"]), "kernel": os.uname().release}
 
 
-def document(meta, rounds, takes, mem, failures, notes):
+def document(meta, rounds, takes, mem, failures, notes, dur=None):
     """The results JSON: figures, ratios and targets computed from the rounds."""
     results = combine(rounds)
     take = combine_takes(takes)
     rat, spread = ratios(rounds)
+    for name, key, _ in DURABLE_TARGETS:  # into the table of ratios (and the chart) too
+        if dur and key in dur:
+            rat[name] = dur[key]["ratio"]
+            spread[name] = dur[key]["ratio_range"]
     return {"meta": meta, "results": results, "ratios": rat, "ratio_range": spread,
-            "targets": targets(rounds, take, mem), "take": take,
+            "targets": targets(rounds, take, mem, dur), "take": take,
             "take_rounds": takes if len(takes) > 1 else None, "memory": mem,
-            "failures": failures, "notes": notes, "rounds": rounds}
+            "durable_cbt": dur, "failures": failures, "notes": notes, "rounds": rounds}
+
+
+def durable_lines(dur):
+    """The durable-CBT part of the printed summary: journal syncs per GiB and the restart."""
+    if not dur:
+        return []
+    lines = ["", "durable CBT (journal syncs per GiB written, durable daemon):"]
+    for name, key, _ in DURABLE_TARGETS:
+        if key in dur:
+            v = dur[key]["syncs_per_gib"]
+            lines.append(f"  {key:12s} {'n/a' if v is None else v} syncs/GiB over "
+                         f"{dur[key]['durable_gib']} GiB")
+    rs = dur.get("restart")
+    if rs:
+        lines.append(f"restart, {rs['devices']} devices of 1 TiB (ready: exec to READY=1; RSS: "
+                     "VmRSS MiB):")
+        for cfg, r in rs["configs"].items():
+            c, k = r["clean"], r["crash"]
+            lines.append(
+                f"  {cfg:7s} cold ready {r['cold']['ready_s']} s, attach {r['attach_s']} s, RSS "
+                f"{r['attached']['rss']['VmRSS'] / MIB:.1f}; clean: ready {c['ready_s']} s + "
+                f"attach {c['reattach_s']} s by {c.get('reattached_by', 'client')} "
+                f"({r['clean_parallel']['reattach_s']} s in parallel), RSS {c['rss']['VmRSS'] / MIB:.1f}, generations "
+                f"kept {c['generations_kept']}; kill -9: ready {k['ready_s']} s, RSS "
+                f"{k['rss']['VmRSS'] / MIB:.1f}, kept {k['generations_kept']}")
+            if "ready_s_rounds" in k:
+                lines.append(f"          kill -9 ready s per round {k['ready_s_rounds']}, clean "
+                             f"re-attach s {c['reattach_s_rounds']}")
+            lines.append("          RssAnon/RssFile MiB after attach / clean / kill -9: " + " / ".join(
+                f"{x['rss']['RssAnon'] / MIB:.1f}/{x['rss']['RssFile'] / MIB:.1f}"
+                for x in (r["attached"], c, k)))
+    return lines
 
 
 def summary(doc):
@@ -210,6 +276,7 @@ def summary(doc):
         rng = doc["ratio_range"].get(k)
         extra = f"  [{rng[0]:.2f} .. {rng[1]:.2f}]" if rng and several else ""
         lines.append(f"  {k:55s} {v:6.2f}{extra}")
+    lines += durable_lines(doc.get("durable_cbt"))
     lines += ["", "targets:"]
     for t in doc["targets"]:
         mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]

@@ -233,7 +233,8 @@ class Lab:
                 out["image"] = f"nbd+unix:///image?socket={sock}"
         return p, out
 
-    def daemon(self, extra=(), tag="d", env=None):
+    def daemon_cmd(self, extra=(), tag="d"):
+        """blksnapd's command line with its files in SCRATCH/tag; sets self.ctl."""
         d = os.path.join(SCRATCH, tag)
         os.makedirs(d, exist_ok=True)
         self.ctl = os.path.join(d, "control.sock")
@@ -241,8 +242,10 @@ class Lab:
                "--nbd-unix", os.path.join(d, "nbd.sock"), "--log-level", "warn",
                "--log-file", os.path.join(d, "log")]
         cmd += ["--fuse-dir", os.path.join(d, "fuse")] if self.root else ["--no-fuse"]
-        cmd += list(extra)
-        p = spawn(cmd, env=dict(os.environ, **(env or {})))
+        return cmd + list(extra)
+
+    def daemon(self, extra=(), tag="d", env=None):
+        p = spawn(self.daemon_cmd(extra, tag), env=dict(os.environ, **(env or {})))
         wait_for(lambda: sock_ready(self.ctl), "blksnapd")
         return p
 
