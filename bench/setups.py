@@ -245,6 +245,14 @@ class Lab:
         return cmd + list(extra)
 
     def daemon(self, extra=(), tag="d", env=None):
+        """A blksnapd with no devices: a clean stop keeps the device records (and the next start
+        would re-attach them), so the records and CBT state of an earlier setup go first."""
+        d = os.path.join(SCRATCH, tag)
+        for f in (os.path.join(d, "devices.json"), os.path.join(d, "cbt")):
+            if os.path.isdir(f):
+                shutil.rmtree(f)
+            elif os.path.exists(f):
+                os.unlink(f)
         p = spawn(self.daemon_cmd(extra, tag), env=dict(os.environ, **(env or {})))
         wait_for(lambda: sock_ready(self.ctl), "blksnapd")
         return p
