@@ -217,8 +217,15 @@ TEST_F(DurableCbtTest, TakeFailsWhenItsNumbersCannotBeMadeDurable) {
   ASSERT_TRUE(id.ok());
   ASSERT_OK(engine_->AddDevice(*id, "vol"));
   files_->FailNextSyncs(1);  // the header's sync after the take
-  auto taken = engine_->Take(*id);
+  int frozen = 0;            // a failing take still thaws the file system it froze
+  auto taken = engine_->Take(*id, {.freeze =
+                                       [&] {
+                                         ++frozen;
+                                         return Status::Ok();
+                                       },
+                                   .thaw = [&] { --frozen; }});
   ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(frozen, 0) << "the take failed with the file system frozen";
   EXPECT_NE(taken.status().message().find("cannot be made durable"), std::string::npos)
       << taken.status().ToString();
   EXPECT_EQ(engine_->FindSnapshot(*id)->state(), SnapshotState::kCreated);

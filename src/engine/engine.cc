@@ -289,26 +289,23 @@ class EngineImpl final : public Engine {
     }
     for (auto& m : members) m.tracker->gate().Open();
     const auto hold_end = Clock::now();
-    // The new snap numbers durable before the take returns: the power-loss recovery relies on
-    // it. If they cannot be, the take fails and is undone (the tool keeps its old number; the
-    // CBT numbers moved on, which only over-reports against it).
-    for (auto& m : members) {
-      Status s = m.tracker->cbt().CommitTake();
-      if (s.ok()) continue;
-      for (auto& u : members) {
-        u.tracker->gate().Close();
-        u.tracker->set_area(nullptr);
-        u.tracker->gate().Open();
-      }
-      for (auto& u : members) u.area->Shutdown();
-      return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
-                                           "' cannot be made durable: " + std::string(s.message()));
-    }
     if (hooks.thaw) hooks.thaw();
     stats.held = std::chrono::duration_cast<std::chrono::microseconds>(hold_end - hold_start);
     if (hooks.freeze) {
       stats.frozen =
           std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - freeze_start);
+    }
+    // The new snap numbers durable before the take returns (after the thaw: the file system
+    // does not wait for the sync): the power-loss recovery relies on it. If they cannot be, the
+    // take fails and is undone (the tool keeps its old number; the CBT numbers moved on, which
+    // only over-reports against it).
+    for (auto& m : members) {
+      Status s = m.tracker->cbt().CommitTake();
+      if (s.ok()) continue;
+      DetachAreas(members);
+      for (auto& u : members) u.area->Shutdown();
+      return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
+                                           "' cannot be made durable: " + std::string(s.message()));
     }
     for (auto& m : members) m.image = std::make_shared<SnapImage>(m.area, m.tracker);
     snapshot->SetTaken(std::move(members));
@@ -331,14 +328,8 @@ class EngineImpl final : public Engine {
     for (auto& m : members) {
       if (m.area) m.area->StopImageIo();
     }
-    for (auto& m : members) {
-      if (m.area) {
-        m.tracker->gate().Close();
-        m.tracker->set_area(nullptr);
-        m.tracker->gate().Open();
-      }
-      m.tracker->set_snapshot({});
-    }
+    DetachAreas(members);
+    for (auto& m : members) m.tracker->set_snapshot({});
     for (auto& m : members) {
       if (m.area) m.area->Shutdown();
     }
@@ -407,6 +398,16 @@ class EngineImpl final : public Engine {
                          "device and could deadlock its write path"));
     }
     return Status::Ok();
+  }
+
+  // Each tracker stops copying into its area (writers held around the change).
+  static void DetachAreas(const std::vector<SnapshotImpl::Member>& members) {
+    for (const auto& m : members) {
+      if (!m.area) continue;
+      m.tracker->gate().Close();
+      m.tracker->set_area(nullptr);
+      m.tracker->gate().Open();
+    }
   }
 
   std::vector<std::shared_ptr<TrackerImpl>> TrackerImpls() const EXCLUDES(mu_) {
