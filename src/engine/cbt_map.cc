@@ -132,19 +132,21 @@ Status CbtMap::CommitTake() {
   return s;
 }
 
-Status CbtMap::Checkpoint() {
-  MutexLock lock(mu_);
+Status CbtMap::CheckpointLocked() {
   Status s = store_->Checkpoint();
   if (!s.ok()) JournalFailed();
   return s;
 }
 
+Status CbtMap::Checkpoint() {
+  MutexLock lock(mu_);
+  return CheckpointLocked();
+}
+
 Status CbtMap::CheckpointIfWritten() {
   MutexLock lock(mu_);
   if (!journal_ || !journal_->noted_since_switch()) return Status::Ok();
-  Status s = store_->Checkpoint();
-  if (!s.ok()) JournalFailed();
-  return s;
+  return CheckpointLocked();
 }
 
 void CbtMap::SetCorrupted() {

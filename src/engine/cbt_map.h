@@ -92,6 +92,7 @@ class CbtMap {
   // A sync of the state file failed (journal, checkpoint or header): flag it in the header for
   // the rest of the run (after a power loss this generation cannot continue).
   void JournalFailed() REQUIRES(mu_);
+  Status CheckpointLocked() REQUIRES(mu_);  // a failure is JournalFailed()
 
   const Config config_;
   mutable Mutex mu_;

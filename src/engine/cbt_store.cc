@@ -79,11 +79,8 @@ Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
   if (!store->JournalEmpty()) {
     // The maps (with whatever the journal added) are durable before the journal is emptied.
     BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
-    for (int which : {0, 1}) {
-      std::memset(store->base() + CbtJournalOffset(store->header_.block_count,
-                                                   store->header_.journal_regions, which),
-                  0, store->header_.journal_regions);
-    }
+    for (int which : {0, 1})
+      std::memset(store->journal_area(which), 0, store->header_.journal_regions);
   }
   // From here on the file says "open, not stopped cleanly, by this boot".
   store->header_.flags &= ~(kCbtFlagSealed | kCbtFlagJournalFailed);
@@ -118,20 +115,20 @@ void CbtStore::MakeMemory(const CbtGeometry& geometry) {
   memory_ = std::make_unique<uint8_t[]>(CbtFileSize(geometry));  // zeroed
 }
 
+uint8_t* CbtStore::journal_area(int which) {
+  return base() + CbtJournalOffset(header_.block_count, header_.journal_regions, which);
+}
+
 void CbtStore::MakeJournal() {
-  const uint64_t blocks = header_.block_count, regions = header_.journal_regions;
+  const uint64_t size = CbtAlign(header_.journal_regions);
   journal_ = std::make_unique<CbtJournal>(
       header_.journal_shift, header_.capacity,
-      std::array<uint8_t*, 2>{base() + CbtJournalOffset(blocks, regions, 0),
-                              base() + CbtJournalOffset(blocks, regions, 1)},
-      [this, blocks, regions](int which) {
-        return file_->SyncRange(CbtJournalOffset(blocks, regions, which), CbtAlign(regions));
-      });
+      std::array<uint8_t*, 2>{journal_area(0), journal_area(1)},
+      [this, size](int which) { return file_->SyncRange(journal_area(which) - base(), size); });
 }
 
 bool CbtStore::JournalEmpty() {
-  const uint8_t* journal =
-      base() + CbtJournalOffset(header_.block_count, header_.journal_regions, 0);
+  const uint8_t* journal = journal_area(0);  // both areas, one after the other
   return std::all_of(journal, journal + CbtAlign(header_.journal_regions) * 2,
                      [](uint8_t b) { return b == 0; });
 }
@@ -146,8 +143,8 @@ void CbtStore::RecoverFromJournal() {
   uint8_t* write = write_map();
   const uint8_t newest = *std::max_element(write, write + h.block_count);
   const uint8_t active = std::max(h.active, newest);
-  const uint8_t* area0 = base() + CbtJournalOffset(h.block_count, h.journal_regions, 0);
-  const uint8_t* area1 = area0 + CbtAlign(h.journal_regions);
+  const uint8_t* area0 = journal_area(0);
+  const uint8_t* area1 = journal_area(1);
   const uint32_t per_region = h.journal_shift - h.block_shift;
   for (uint64_t r = 0; r < h.journal_regions; ++r) {
     if (!area0[r] && !area1[r]) continue;

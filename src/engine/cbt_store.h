@@ -111,6 +111,7 @@ class CbtStore {
  private:
   CbtStore() = default;
   uint8_t* base() { return file_ ? file_->data() : memory_.get(); }
+  uint8_t* journal_area(int which);  // 0 or 1, in the mapping
   Status MakeFile(const CbtGeometry& geometry);
   void MakeMemory(const CbtGeometry& geometry);
   void NewGeneration(const CbtGeometry& geometry, const std::string& reason);
