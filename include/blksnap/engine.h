@@ -67,6 +67,24 @@ class Tracker : public BlockDevice, public CbtSource {
 enum class SnapshotState { kCreated, kTaken, kCorrupted, kDestroyed };
 const char* ToString(SnapshotState state);  // "created", "taken", "corrupted", "destroyed"
 
+// What a taken snapshot survives (docs/durable-snapshots.md), chosen per snapshot as LVM chooses
+// a persistent or transient exception store. The rule of the durable modes: the original chunk is
+// overwritten only after its preserved copy and the record that locates it are in the difference
+// storage (written to the kernel for kCrash; synced, one sync per batch, for kPower).
+enum class SnapshotDurability {
+  kMemory,  // nothing: the snapshot dies with the process (an unnamed temporary storage file)
+  kCrash,   // a daemon crash or restart (kill -9, upgrade); not a power loss
+  kPower,   // a power loss too (the default)
+};
+const char* ToString(SnapshotDurability durability);  // "memory", "crash", "power"
+// EINVAL with a one-line message for anything but those three words.
+Result<SnapshotDurability> ParseSnapshotDurability(std::string_view text);
+
+// How a recovered snapshot was found (Snapshot::recovered_from); "" when created by this run.
+inline constexpr char kSnapshotRecoveredCleanStop[] = "clean-stop";      // CloseSnapshot
+inline constexpr char kSnapshotRecoveredDaemonCrash[] = "daemon-crash";  // same boot
+inline constexpr char kSnapshotRecoveredPowerLoss[] = "power-loss";      // the machine rebooted
+
 struct SnapshotEvent {
   enum class Type { kCorrupted, kNoSpace };
   Type type = Type::kCorrupted;
@@ -84,7 +102,10 @@ struct SnapshotEventRecord {
 };
 
 struct StorageInfo {
-  std::string path;
+  std::string path;  // as given (a directory, a file or a block device)
+  // The file or device that holds the data, to recover the snapshot from: path itself, or the
+  // file made in the directory path for a durable snapshot; "" for an unnamed temporary file.
+  std::string file;
   uint64_t capacity = 0;  // bytes usable now (file size minus header)
   uint64_t used = 0;      // bytes holding preserved chunks
   uint64_t limit = 0;
@@ -106,6 +127,9 @@ class Snapshot {
   // storage holds; ENODEV once destroyed.
   virtual Status SetStorageLimit(uint64_t limit) = 0;
   virtual std::vector<SnapshotDeviceInfo> devices() const = 0;
+  virtual SnapshotDurability durability() const = 0;
+  // kSnapshotRecovered* for a snapshot RecoverSnapshot brought back, "" otherwise.
+  virtual std::string recovered_from() const = 0;
   // The image of one of its devices: null unless the snapshot is taken. Reads give the data
   // at the take; writes land in the difference storage, never on the original. Once the
   // snapshot is corrupted, image I/O fails with EIO; once destroyed, with ENODEV.
@@ -162,6 +186,26 @@ struct SnapshotOptions {
   // Optional: use this already opened device as the storage (fixed size; tests and embedders
   // use it to stack a FaultDevice). storage_path then only names it in reports.
   std::shared_ptr<BlockDevice> storage_device;
+  // kCrash and kPower: a directory storage_path gets a named file, blksnap-<id>.diff, removed
+  // when the snapshot is destroyed (kMemory: an unnamed temporary file).
+  SnapshotDurability durability = SnapshotDurability::kPower;
+};
+
+// Brings back a durable snapshot from its difference storage after a restart (CloseSnapshot,
+// a crash or a power loss). Its devices must be attached again first, with the capacities the
+// storage records.
+struct RecoverSnapshotOptions {
+  std::string storage_file;  // StorageInfo::file of the snapshot
+  Uuid id;                   // the snapshot the storage must belong to
+  std::shared_ptr<BlockDevice> storage_device;  // instead of storage_file (tests)
+  // The machine went down since the snapshot was written (the daemon knows it from the boot id):
+  // a kCrash snapshot cannot be trusted and comes back corrupted. Also inferred from a member
+  // device whose CBT was recovered from a power loss.
+  bool power_lost = false;
+  // Each member's CBT must have continued across the restart (a new generation means writes
+  // blksnap could not see, e.g. while the daemon was down): otherwise the snapshot comes back
+  // corrupted with that reason. false only for tests with CBT in memory.
+  bool check_originals = true;
 };
 
 // Hooks around the switch in Take(), e.g. to freeze file systems on the devices' fronts.
@@ -204,6 +248,20 @@ class Engine {
   virtual Result<TakeStats> Take(const Uuid& id, const TakeHooks& hooks = {}) = 0;
   // Safe while I/O to originals and images is in flight. ENOENT unknown.
   virtual Status Destroy(const Uuid& id) = 0;
+  // The clean stop of a durable snapshot (the daemon stops; RecoverSnapshot brings it back):
+  // image I/O stops, every preserved chunk and the state are made durable, the devices leave the
+  // snapshot and the storage is closed, not released. Call once no writer of the originals is
+  // left (the fronts are gone): a write after it is not preserved. EINVAL for a kMemory or a
+  // created (not taken) snapshot; ENOENT unknown.
+  virtual Status CloseSnapshot(const Uuid& id) = 0;
+  // See RecoverSnapshotOptions. Validates the storage (header, checksums, id, devices and their
+  // capacities) before anything changes; rebuilds the chunk tables from the storage's chunk log
+  // and puts the snapshot back in the state it was (taken or corrupted) under the same id.
+  // ENOENT (and the storage released) for a snapshot that was never taken; EINVAL/EPROTO for a
+  // storage that is not this snapshot's or fails its checks (nothing is served from it); ENODEV
+  // for a missing device; EBUSY for a device already in a snapshot.
+  virtual Result<std::shared_ptr<Snapshot>> RecoverSnapshot(
+      const RecoverSnapshotOptions& options) = 0;
   virtual std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const = 0;
   virtual std::vector<std::shared_ptr<Snapshot>> snapshots() const = 0;
 

@@ -372,7 +372,7 @@ Status DiffStorage::SetLimit(uint64_t limit) {
 
 StorageInfo DiffStorage::info() const {
   MutexLock lock(mu_);
-  return StorageInfo{path_, reserved_, used_, limit_};
+  return StorageInfo{path_, file_, reserved_, used_, limit_};
 }
 
 }  // namespace blksnap

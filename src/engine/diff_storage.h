@@ -114,6 +114,7 @@ class DiffStorage {
   const uint64_t step_;
   EventFn events_;
   const std::string path_;
+  std::string file_;  // StorageInfo::file
   StorageIdentity identity_;
   std::function<void()> on_release_;  // removes a file Open created (destructor)
 

@@ -209,7 +209,8 @@ class EngineImpl final : public Engine {
             : DiffStorage::Open(options.storage_path, options.limit, config_.diff_storage_minimum,
                                 id, push, config_.env, checks);
     if (!storage.ok()) return std::move(storage).status();
-    auto snapshot = std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events);
+    auto snapshot = std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events,
+                                                   options.durability);
     MutexLock lock(mu_);
     snapshots_[id] = snapshot;
     return id;
@@ -335,6 +336,15 @@ class EngineImpl final : public Engine {
     }
     snapshot->ReleaseStorage();
     return Status::Ok();
+  }
+
+  Status CloseSnapshot(const Uuid& id) override {
+    return Status::Error(ENOTSUP, "snapshot " + id.ToString() + ": not built yet");
+  }
+
+  Result<std::shared_ptr<Snapshot>> RecoverSnapshot(
+      const RecoverSnapshotOptions& options) override {
+    return Status::Error(ENOTSUP, "snapshot " + options.id.ToString() + ": not built yet");
   }
 
   std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const override {

@@ -17,9 +17,34 @@ const char* ToString(SnapshotState state) {
   return "unknown";
 }
 
+const char* ToString(SnapshotDurability durability) {
+  switch (durability) {
+    case SnapshotDurability::kMemory:
+      return "memory";
+    case SnapshotDurability::kCrash:
+      return "crash";
+    case SnapshotDurability::kPower:
+      return "power";
+  }
+  return "unknown";
+}
+
+Result<SnapshotDurability> ParseSnapshotDurability(std::string_view text) {
+  for (auto d : {SnapshotDurability::kMemory, SnapshotDurability::kCrash,
+                 SnapshotDurability::kPower}) {
+    if (text == ToString(d)) return d;
+  }
+  return Status::Error(EINVAL, "durability '" + std::string(text) +
+                                   "' is not one of memory, crash, power");
+}
+
 SnapshotImpl::SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage,
-                           std::shared_ptr<EventLog> events)
-    : id_(id), events_(std::move(events)) {
+                           std::shared_ptr<EventLog> events, SnapshotDurability durability,
+                           std::string recovered_from)
+    : id_(id),
+      events_(std::move(events)),
+      durability_(durability),
+      recovered_from_(std::move(recovered_from)) {
   MutexLock lock(mu_);
   storage_ = std::move(storage);
   last_storage_info_ = storage_->info();

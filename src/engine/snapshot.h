@@ -32,13 +32,16 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
     int errnum = 0;
   };
 
-  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventLog> events);
+  SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage, std::shared_ptr<EventLog> events,
+               SnapshotDurability durability, std::string recovered_from = "");
 
   const Uuid& id() const override { return id_; }
   SnapshotState state() const override;
   StorageInfo storage_info() const override;
   Status SetStorageLimit(uint64_t limit) override EXCLUDES(mu_);
   std::vector<SnapshotDeviceInfo> devices() const override;
+  SnapshotDurability durability() const override { return durability_; }
+  std::string recovered_from() const override { return recovered_from_; }
   std::shared_ptr<BlockDevice> image(const std::string& device) const override;
   Result<SnapshotEventRecord> WaitEvent(uint64_t after,
                                         std::chrono::milliseconds timeout) override {
@@ -66,6 +69,8 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
  private:
   const Uuid id_;
   const std::shared_ptr<EventLog> events_;
+  const SnapshotDurability durability_;
+  const std::string recovered_from_;
 
   mutable Mutex mu_;
   // Released by ReleaseStorage (after the areas are shut down).
