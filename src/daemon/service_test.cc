@@ -34,6 +34,7 @@ struct FrontLog {
   int thaws = 0;
   std::function<void()> on_freeze;               // runs inside Freeze (e.g. to block it)
   std::map<std::string, ExposeOptions> options;  // each name's last Expose
+  std::vector<int> orphans_removed;              // RemoveOrphanUblk's dev_ids
 };
 
 class FakeFront final : public Front {
@@ -103,7 +104,11 @@ class FakeFronts final : public Fronts {
                                        ublk_dev_id));
     return e;
   }
-  Status RemoveOrphanUblk(int, uint64_t, uint32_t) override { return Status::Ok(); }
+  Status RemoveOrphanUblk(int dev_id, uint64_t, uint32_t) override {
+    std::lock_guard lock(log_->mu);
+    log_->orphans_removed.push_back(dev_id);
+    return Status::Ok();
+  }
   Result<std::function<void()>> Freeze(const std::vector<uint64_t>& rdevs) override {
     std::function<void()> hook;
     {
@@ -553,6 +558,57 @@ TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
             EEXIST);
   EXPECT_OK(service_->Detach("vol", false));
   EXPECT_TRUE(service_->Attach({.path = MakeFile("new2.img"), .name = "vol"}).ok());
+}
+
+// A crash's records name a durable snapshot (with a ublk image device) whose storage file is gone:
+// the start reports it (restart.snapshots_failed), removes its ublk image device, drops its
+// record and serves the devices all the same. An image device of a snapshot that is not recorded
+// is removed as before.
+TEST_F(ServiceTest, ARecordedSnapshotThatCannotBeRecoveredIsReportedAndDropped) {
+  Start(true, /*durable_cbt=*/true);
+  std::string path = MakeFile("vol.img");
+  ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
+  service_.reset();
+  const std::string id = "0e5d2c1b-1111-4222-8333-944455556666";
+  const std::string gone = "1e5d2c1b-1111-4222-8333-944455556666";
+  const std::string file = (dir_ / "storage" / ("blksnap-" + id + ".diff")).string();
+  RecordStore store(*Env::Default(), (dir_ / "state").string());
+  Records crashed = (*store.Load())->records;
+  crashed.clean_stop = false;
+  crashed.snapshots.push_back({.id = id,
+                               .storage = (dir_ / "storage").string(),
+                               .storage_file = file,
+                               .ublk = true,
+                               .devices = {"vol"}});
+  crashed.images.push_back({id, "vol", 21, 64ull << 20, 512});
+  crashed.images.push_back({gone, "vol", 22, 64ull << 20, 512});
+  ASSERT_OK(store.Save(crashed));
+
+  Start(true, /*durable_cbt=*/true);
+  ASSERT_EQ(service_->Devices().size(), 1u) << "the devices come back all the same";
+  EXPECT_TRUE(service_->Snapshots().empty());
+  auto restart = service_->restart();
+  ASSERT_TRUE(restart.has_value());
+  EXPECT_TRUE(restart->snapshots.empty());
+  ASSERT_EQ(restart->snapshots_failed.size(), 1u);
+  EXPECT_EQ(restart->snapshots_failed[0].id, id);
+  EXPECT_EQ(restart->snapshots_failed[0].storage_file, file);
+  EXPECT_FALSE(restart->snapshots_failed[0].error.empty());
+  EXPECT_EQ(restart->snapshots_failed[0].error.find('\n'), std::string::npos);
+  {
+    std::lock_guard lock(log_->mu);
+    std::set<int> removed(log_->orphans_removed.begin(), log_->orphans_removed.end());
+    EXPECT_EQ(removed, (std::set<int>{21, 22})) << "both image devices are removed";
+  }
+  auto now = (*store.Load())->records;
+  EXPECT_TRUE(now.snapshots.empty()) << "the record is dropped";
+  EXPECT_TRUE(now.images.empty());
+  EXPECT_EQ(now.devices.size(), 1u);
+  // Still serving: a new snapshot of the device can be made.
+  auto snap =
+      service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"vol"}});
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_OK(service_->DestroySnapshot(*snap, false));
 }
 
 TEST(ServiceMemoryEnvTest, AttachSnapshotAndRecordsWithoutADisk) {
