@@ -419,8 +419,9 @@ void Service::Shutdown() {
     if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());
   }
   for (auto& [id, entry] : snapshots_) {
+    const std::string text = id.ToString();
     auto rec = std::find_if(kept.snapshots.begin(), kept.snapshots.end(),
-                            [&](const SnapshotRecord& r) { return r.id == id.ToString(); });
+                            [&text](const SnapshotRecord& r) { return r.id == text; });
     if (rec != kept.snapshots.end()) {
       Status closed = engine_->CloseSnapshot(id);
       if (closed.ok()) {
