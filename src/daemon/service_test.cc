@@ -32,9 +32,10 @@ struct FrontLog {
   std::set<std::string> fail;     // names whose Expose fails
   std::vector<uint64_t> frozen;   // rdevs of the last freeze
   int thaws = 0;
-  std::function<void()> on_freeze;               // runs inside Freeze (e.g. to block it)
-  std::map<std::string, ExposeOptions> options;  // each name's last Expose
-  std::vector<int> orphans_removed;              // RemoveOrphanUblk's dev_ids
+  std::function<void()> on_freeze;                    // runs inside Freeze (e.g. to block it)
+  std::map<std::string, ExposeOptions> options;       // each name's last Expose
+  std::vector<int> orphans_removed;                   // RemoveOrphanUblk's dev_ids
+  std::function<void(const std::string&)> on_remove;  // runs in Remove (outside mu)
 };
 
 class FakeFront final : public Front {
@@ -63,8 +64,13 @@ class FakeFront final : public Front {
   Status Remove() override {
     if (removed_) return Status::Ok();
     removed_ = true;
-    std::lock_guard lock(log_->mu);
-    log_->exposed.erase(name_);
+    std::function<void(const std::string&)> hook;
+    {
+      std::lock_guard lock(log_->mu);
+      log_->exposed.erase(name_);
+      hook = log_->on_remove;
+    }
+    if (hook) hook(name_);
     return Status::Ok();
   }
 
@@ -558,6 +564,28 @@ TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
             EEXIST);
   EXPECT_OK(service_->Detach("vol", false));
   EXPECT_TRUE(service_->Attach({.path = MakeFile("new2.img"), .name = "vol"}).ok());
+}
+
+// A clean stop removes every front (the images' and the devices') before it closes or destroys
+// a snapshot: no writer of an original and no reader of an image is left when the engine makes
+// the snapshot durable (Engine::CloseSnapshot).
+TEST_F(ServiceTest, ACleanStopRemovesTheFrontsBeforeTheSnapshotsGo) {
+  Start(true, /*durable_cbt=*/true);
+  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol", .loop = true}).ok());
+  auto id = service_->CreateSnapshot(
+      {.storage = (dir_ / "storage").string(), .limit = 16ull << 20, .devices = {"vol"}});
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  ASSERT_TRUE(service_->Take(*id).ok());
+  std::map<std::string, size_t> snapshots_at_removal;
+  Engine* engine = engine_;
+  log_->on_remove = [&snapshots_at_removal, engine](const std::string& name) {
+    snapshots_at_removal[name] = engine->snapshots().size();
+  };
+  service_.reset();
+  log_->on_remove = nullptr;
+  ASSERT_EQ(snapshots_at_removal.size(), 2u);
+  EXPECT_EQ(snapshots_at_removal["vol"], 1u) << "the device's fronts went while the snapshot lived";
+  EXPECT_EQ(snapshots_at_removal["vol@" + id->ToString()], 1u);
 }
 
 // A crash's records name a durable snapshot (with a ublk image device) whose storage file is gone:
