@@ -1,192 +1,20 @@
 // Service tests: the daemon's typed operations over a real engine on small sparse files, with
-// fake fronts (FakeFronts) that record what was exposed, frozen and removed, and can be made
-// busy, slow or failing. What the old service did only in integration tests is checked here:
-// all-or-nothing requests, the records' life cycle, take without the service lock, events.
+// fake fronts (service_test_fixture.h). What the old service did only in integration tests is
+// checked here: all-or-nothing requests, the records' life cycle, take without the service lock,
+// events. Durable snapshots across a stop or a crash: service_durable_test.cc.
 #include "daemon/service.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <atomic>
-#include <filesystem>
-#include <fstream>
 #include <future>
-#include <map>
-#include <set>
-#include <thread>
 
-#include "blksnap/env.h"
-#include "engine/engine_test_util.h"
+#include "daemon/service_test_fixture.h"
 
 namespace blksnap::daemon {
 namespace {
 
+using namespace fixture;  // NOLINT: the fixture
 namespace fs = std::filesystem;
-
-// What the fake fronts did, shared with the test.
-struct FrontLog {
-  std::mutex mu;
-  std::set<std::string> exposed;  // names with live fronts
-  std::set<std::string> busy;     // names whose fronts report EBUSY
-  std::set<std::string> fail;     // names whose Expose fails
-  std::vector<uint64_t> frozen;   // rdevs of the last freeze
-  int thaws = 0;
-  std::function<void()> on_freeze;                    // runs inside Freeze (e.g. to block it)
-  std::map<std::string, ExposeOptions> options;       // each name's last Expose
-  std::vector<int> orphans_removed;                   // RemoveOrphanUblk's dev_ids
-  std::function<void(const std::string&)> on_remove;  // runs in Remove (outside mu)
-};
-
-class FakeFront final : public Front {
- public:
-  FakeFront(std::shared_ptr<FrontLog> log, std::string name, uint64_t rdev, int ublk_dev_id = -1)
-      : log_(std::move(log)), name_(std::move(name)), rdev_(rdev), ublk_dev_id_(ublk_dev_id) {
-    std::lock_guard lock(log_->mu);
-    log_->exposed.insert(name_);
-  }
-  ~FakeFront() override { Remove().IgnoreError(); }
-  const char* kind() const override { return "fake"; }
-  void Describe(FrontAddresses& out) const override {
-    if (removed_) return;
-    out.nbd = "fake://" + name_;
-    if (ublk_dev_id_ >= 0) {
-      out.ublk = "/dev/ublkb" + std::to_string(ublk_dev_id_);
-      out.ublk_dev_id = ublk_dev_id_;
-    }
-  }
-  uint64_t rdev() const override { return removed_ ? 0 : rdev_; }
-  Status CheckIdle() const override {
-    std::lock_guard lock(log_->mu);
-    if (log_->busy.count(name_)) return Status::Error(EBUSY, "fake front " + name_ + " is open");
-    return Status::Ok();
-  }
-  Status Remove() override {
-    if (removed_) return Status::Ok();
-    removed_ = true;
-    std::function<void(const std::string&)> hook;
-    {
-      std::lock_guard lock(log_->mu);
-      log_->exposed.erase(name_);
-      hook = log_->on_remove;
-    }
-    if (hook) hook(name_);
-    return Status::Ok();
-  }
-
- private:
-  std::shared_ptr<FrontLog> log_;
-  const std::string name_;
-  const uint64_t rdev_;
-  const int ublk_dev_id_;
-  bool removed_ = false;
-};
-
-class FakeFronts final : public Fronts {
- public:
-  explicit FakeFronts(std::shared_ptr<FrontLog> log) : log_(std::move(log)) {
-    info_.nbd = true;
-    info_.fuse = true;
-    info_.ublk = true;  // a "ublk" front is a fake one with a dev_id
-    info_.block_frontend = "fuse-loop";
-  }
-  const FrontsInfo& info() const override { return info_; }
-  Result<std::unique_ptr<Exposure>> Expose(const std::string& name, std::shared_ptr<BlockDevice>,
-                                           std::shared_ptr<const CbtSource>,
-                                           const ExposeOptions& options) override {
-    {
-      std::lock_guard lock(log_->mu);
-      if (log_->fail.count(name)) return Status::Error(EIO, "fake expose failure");
-      log_->options[name] = options;
-    }
-    auto e = std::make_unique<Exposure>();
-    // A "loop" front gets a fake device number, so a take has something to freeze; a "ublk"
-    // one a dev_id (the recovered one, else a new one).
-    int ublk_dev_id = -1;
-    if (options.ublk) {
-      ublk_dev_id = options.ublk_recover_id >= 0 ? options.ublk_recover_id : next_ublk_id_++;
-    }
-    e->Add(std::make_unique<FakeFront>(log_, name, options.loop ? 0x7000 + next_rdev_++ : 0,
-                                       ublk_dev_id));
-    return e;
-  }
-  Status RemoveOrphanUblk(int dev_id, uint64_t, uint32_t) override {
-    std::lock_guard lock(log_->mu);
-    log_->orphans_removed.push_back(dev_id);
-    return Status::Ok();
-  }
-  Result<std::function<void()>> Freeze(const std::vector<uint64_t>& rdevs) override {
-    std::function<void()> hook;
-    {
-      std::lock_guard lock(log_->mu);
-      log_->frozen = rdevs;
-      hook = log_->on_freeze;
-    }
-    if (hook) hook();
-    auto log = log_;
-    return std::function<void()>([log] {
-      std::lock_guard lock(log->mu);
-      ++log->thaws;
-    });
-  }
-  void Stop() override {}
-
- private:
-  std::shared_ptr<FrontLog> log_;
-  FrontsInfo info_;
-  uint64_t next_rdev_ = 1;
-  int next_ublk_id_ = 10;
-};
-
-class ServiceTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("blksnap-service-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_ / "state");
-    fs::create_directories(dir_ / "storage");
-    log_ = std::make_shared<FrontLog>();
-  }
-  void TearDown() override {
-    service_.reset();
-    fs::remove_all(dir_);
-  }
-
-  std::string MakeFile(const std::string& name, uint64_t size = 64ull << 20) {
-    std::string path = (dir_ / name).string();
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
-    EXPECT_GE(fd, 0);
-    EXPECT_EQ(::ftruncate(fd, static_cast<off_t>(size)), 0);
-    ::close(fd);
-    return path;
-  }
-
-  void Start(bool with_state = true, bool durable_cbt = false) {
-    Config config;
-    auto engine = Engine::Create(config);
-    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
-    engine_ = engine->get();
-    ServiceInfo info;
-    if (with_state) info.state_dir = (dir_ / "state").string();
-    info.durable_cbt = durable_cbt;
-    info.control_path = "/nonexistent/control.sock";
-    service_ = std::make_unique<Service>(std::move(engine).value(),
-                                         std::make_unique<FakeFronts>(log_), info);
-    service_->Restore();
-  }
-
-  bool Exposed(const std::string& name) {
-    std::lock_guard lock(log_->mu);
-    return log_->exposed.count(name) > 0;
-  }
-
-  fs::path dir_;
-  std::shared_ptr<FrontLog> log_;
-  Engine* engine_ = nullptr;
-  std::unique_ptr<Service> service_;
-};
 
 TEST_F(ServiceTest, AttachListsTheDeviceWithItsFronts) {
   Start();
@@ -433,11 +261,6 @@ TEST_F(ServiceTest, RecordsFollowTheDevicesAndACrashedRunIsRestored) {
   EXPECT_FALSE(fs::exists(records));
 }
 
-std::string ReadText(const fs::path& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 // A clean stop keeps the devices recorded ("clean_stop": true, ublk dev_ids dropped), and the
 // next start attaches them again with new fronts as asked (no ublk Recover) and the CBT
 // generation continued; detach is what forgets a device, the last one removes the file.
@@ -564,79 +387,6 @@ TEST_F(ServiceTest, ARecordThatCannotBeReattachedIsKeptAndCanBeDropped) {
             EEXIST);
   EXPECT_OK(service_->Detach("vol", false));
   EXPECT_TRUE(service_->Attach({.path = MakeFile("new2.img"), .name = "vol"}).ok());
-}
-
-// A clean stop removes every front (the images' and the devices') before it closes or destroys
-// a snapshot: no writer of an original and no reader of an image is left when the engine makes
-// the snapshot durable (Engine::CloseSnapshot).
-TEST_F(ServiceTest, ACleanStopRemovesTheFrontsBeforeTheSnapshotsGo) {
-  Start(true, /*durable_cbt=*/true);
-  ASSERT_TRUE(service_->Attach({.path = MakeFile("vol.img"), .name = "vol", .loop = true}).ok());
-  auto id = service_->CreateSnapshot(
-      {.storage = (dir_ / "storage").string(), .limit = 16ull << 20, .devices = {"vol"}});
-  ASSERT_TRUE(id.ok()) << id.status().ToString();
-  ASSERT_TRUE(service_->Take(*id).ok());
-  std::map<std::string, size_t> snapshots_at_removal;
-  Engine* engine = engine_;
-  log_->on_remove = [&snapshots_at_removal, engine](const std::string& name) {
-    snapshots_at_removal[name] = engine->snapshots().size();
-  };
-  service_.reset();
-  log_->on_remove = nullptr;
-  ASSERT_EQ(snapshots_at_removal.size(), 2u);
-  EXPECT_EQ(snapshots_at_removal["vol"], 1u) << "the device's fronts went while the snapshot lived";
-  EXPECT_EQ(snapshots_at_removal["vol@" + id->ToString()], 1u);
-}
-
-// A crash's records name a durable snapshot (with a ublk image device) whose storage file is gone:
-// the start reports it (restart.snapshots_failed), removes its ublk image device, drops its
-// record and serves the devices all the same. An image device of a snapshot that is not recorded
-// is removed as before.
-TEST_F(ServiceTest, ARecordedSnapshotThatCannotBeRecoveredIsReportedAndDropped) {
-  Start(true, /*durable_cbt=*/true);
-  std::string path = MakeFile("vol.img");
-  ASSERT_TRUE(service_->Attach({.path = path, .name = "vol"}).ok());
-  service_.reset();
-  const std::string id = "0e5d2c1b-1111-4222-8333-944455556666";
-  const std::string gone = "1e5d2c1b-1111-4222-8333-944455556666";
-  const std::string file = (dir_ / "storage" / ("blksnap-" + id + ".diff")).string();
-  RecordStore store(*Env::Default(), (dir_ / "state").string());
-  Records crashed = (*store.Load())->records;
-  crashed.clean_stop = false;
-  crashed.snapshots.push_back({.id = id,
-                               .storage = (dir_ / "storage").string(),
-                               .storage_file = file,
-                               .ublk = true,
-                               .devices = {"vol"}});
-  crashed.images.push_back({id, "vol", 21, 64ull << 20, 512});
-  crashed.images.push_back({gone, "vol", 22, 64ull << 20, 512});
-  ASSERT_OK(store.Save(crashed));
-
-  Start(true, /*durable_cbt=*/true);
-  ASSERT_EQ(service_->Devices().size(), 1u) << "the devices come back all the same";
-  EXPECT_TRUE(service_->Snapshots().empty());
-  auto restart = service_->restart();
-  ASSERT_TRUE(restart.has_value());
-  EXPECT_TRUE(restart->snapshots.empty());
-  ASSERT_EQ(restart->snapshots_failed.size(), 1u);
-  EXPECT_EQ(restart->snapshots_failed[0].id, id);
-  EXPECT_EQ(restart->snapshots_failed[0].storage_file, file);
-  EXPECT_FALSE(restart->snapshots_failed[0].error.empty());
-  EXPECT_EQ(restart->snapshots_failed[0].error.find('\n'), std::string::npos);
-  {
-    std::lock_guard lock(log_->mu);
-    std::set<int> removed(log_->orphans_removed.begin(), log_->orphans_removed.end());
-    EXPECT_EQ(removed, (std::set<int>{21, 22})) << "both image devices are removed";
-  }
-  auto now = (*store.Load())->records;
-  EXPECT_TRUE(now.snapshots.empty()) << "the record is dropped";
-  EXPECT_TRUE(now.images.empty());
-  EXPECT_EQ(now.devices.size(), 1u);
-  // Still serving: a new snapshot of the device can be made.
-  auto snap =
-      service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"vol"}});
-  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
-  EXPECT_OK(service_->DestroySnapshot(*snap, false));
 }
 
 TEST(ServiceMemoryEnvTest, AttachSnapshotAndRecordsWithoutADisk) {
