@@ -79,7 +79,7 @@ struct SnapshotRecord {
   std::string storage;       // as given to snapshot create (a directory, file or block device)
   std::string storage_file;  // StorageInfo::file: what RecoverSnapshot opens
   SnapshotDurability durability = SnapshotDurability::kPower;  // kCrash or kPower
-  uint64_t limit = 0;
+  uint64_t limit = 0;  // StorageInfo::limit when written (for reports: the storage keeps its own)
   bool loop = false, ublk = false;   // image fronts asked for at create
   std::vector<std::string> devices;  // member device names
   bool operator==(const SnapshotRecord&) const = default;

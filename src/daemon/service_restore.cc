@@ -193,12 +193,6 @@ void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
                               (entry.ublk != rec.ublk ? "ublk" : "loop") +
                               " devices: that front is not available any more");
   }
-  // The limit the records hold, if the storage came back with a lower one (set-limit).
-  const StorageInfo storage = entry.snapshot->storage_info();
-  if (rec.limit > storage.limit && storage.limit != 0) {
-    Status s = entry.snapshot->SetStorageLimit(rec.limit);
-    if (!s.ok()) spdlog::warn("snapshot {}: restoring its limit: {}", rec.id, s.ToString());
-  }
   std::map<std::string, int> ublk_ids;  // after a crash: the image devices waiting for recovery
   if (!clean_stop) {
     for (const auto& img : images) {
