@@ -280,9 +280,10 @@ class Service {
   // Restart: brings back one recorded durable snapshot, or reports why not.
   void RecoverRecordedSnapshot(const SnapshotRecord& rec, const std::vector<ImageRecord>& images,
                                bool clean_stop, bool power_lost) EXCLUDES(mu_);
-  // Removes the ublk image devices a crashed run left for this snapshot.
-  void RemoveOrphanImagesLocked(const std::string& snapshot, const std::vector<ImageRecord>& images)
-      REQUIRES(mu_);
+  // Removes the ublk image devices a crashed run left for this snapshot, except those of the
+  // images `recovered` exposes again.
+  void RemoveOrphanImagesLocked(const std::string& snapshot, const std::vector<ImageRecord>& images,
+                                const SnapshotEntry* recovered = nullptr) REQUIRES(mu_);
   std::optional<RestartView> RestartLocked() const REQUIRES(mu_);
 
   const ServiceInfo info_;

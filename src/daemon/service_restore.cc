@@ -152,9 +152,11 @@ void Service::RestoreImagesLocked(const Records& records) {
 }
 
 void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
-                                       const std::vector<ImageRecord>& images) {
+                                       const std::vector<ImageRecord>& images,
+                                       const SnapshotEntry* recovered) {
   for (const auto& img : images) {
     if (img.snapshot != snapshot || img.ublk_dev_id < 0) continue;
+    if (recovered && recovered->images.count(img.device)) continue;  // exposed again
     Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
     std::string note = "snapshot " + snapshot + " image of '" + img.device + "' on /dev/ublkb" +
                        std::to_string(img.ublk_dev_id) + " is gone" +
@@ -205,6 +207,9 @@ void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
   for (const auto& [device, exposure] : entry.images) {
     if (exposure->addresses().ublk_recovered) ++restart_->ublk_recovered;
   }
+  // A crash's ublk image device nobody took over (the image not exposed: corrupted, or its
+  // fronts failed) is removed, or its readers would wait for ever.
+  if (!clean_stop) RemoveOrphanImagesLocked(rec.id, images, &entry);
   const std::string from = entry.snapshot->recovered_from();
   const SnapshotState state = entry.snapshot->state();
   restart_->snapshots.push_back({*id, from, state});

@@ -192,21 +192,6 @@ void Service::ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>*
       eo.ublk_recover_id = r->second;
     }
     auto exposure = fronts_->Expose(front, image, tracker, eo);
-    if (!exposure.ok() && eo.ublk_recover_id >= 0) {
-      // The crash's ublk image device could not be recovered: remove it (its readers see an
-      // error) and give the image a new one.
-      const std::string lost = "/dev/ublkb" + std::to_string(eo.ublk_recover_id);
-      Status removed =
-          fronts_->RemoveOrphanUblk(eo.ublk_recover_id, image->size(), image->logical_block_size());
-      warnings->push_back(
-          "image of '" + d.name + "': cannot recover " + lost + " (" +
-          exposure.status().ToString() + "); " +
-          (removed.ok() ? "removed it" : "cannot remove it: " + removed.ToString()) +
-          ", a new ublk device instead");
-      spdlog::warn("snapshot {}: {}", id, warnings->back());
-      eo.ublk_recover_id = -1;
-      exposure = fronts_->Expose(front, image, tracker, eo);
-    }
     if (!exposure.ok()) {
       warnings->push_back("image of '" + d.name + "': " + exposure.status().ToString());
       spdlog::warn("snapshot {}: exposing image of '{}': {}", id, d.name,
