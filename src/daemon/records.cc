@@ -36,12 +36,11 @@ class EntryReader {
     *out = s;
   }
 
-  // A required, non-empty list of non-empty strings.
+  // A required list of non-empty strings.
   void StringList(const char* key, std::vector<std::string>* out) {
     const json* v = Find(key, /*required=*/true);
     if (!v) return;
     if (!v->is_array()) return Fail(key, "is not a list");
-    if (v->empty()) return Fail(key, "is empty");
     for (const auto& item : *v) {
       if (!item.is_string() || item.get_ref<const std::string&>().empty()) {
         return Fail(key, "holds something that is not a non-empty string");
@@ -176,6 +175,7 @@ void ReadSnapshot(EntryReader& r, SnapshotRecord* snap) {
   r.String("storage", &snap->storage);
   r.String("storage_file", &snap->storage_file);
   r.Durability("durability", &snap->durability);
+  r.Bool("taken", &snap->taken);
   r.Uint64("limit", &snap->limit);
   r.Bool("loop", &snap->loop);
   r.Bool("ublk", &snap->ublk);
@@ -286,6 +286,7 @@ std::string SerializeRecords(const Records& records) {
                            {"storage", snap.storage},
                            {"storage_file", snap.storage_file},
                            {"durability", ToString(snap.durability)},
+                           {"taken", snap.taken},
                            {"limit", snap.limit},
                            {"loop", snap.loop},
                            {"ublk", snap.ublk},

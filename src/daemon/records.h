@@ -14,15 +14,16 @@
 //    "images":  [{"snapshot": uuid str, "device": str, "ublk_dev_id": int, "size": uint64,
 //                 "logical_block_size": uint32}, ...],
 //    "snapshots": [{"id": uuid str, "storage": str, "storage_file": str,
-//                   "durability": "crash"|"power", "limit": uint64, "loop": bool, "ublk": bool,
-//                   "devices": [str, ...]}, ...] (only when there is one),
+//                   "durability": "crash"|"power", "taken": bool, "limit": uint64, "loop": bool,
+//                   "ublk": bool, "devices": [str, ...]}, ...] (only when there is one),
 //    "pid": int64, "version": 1}
 //
-// "snapshots" (issue 15, durable snapshots) lists each taken (or corrupted) snapshot of
-// durability crash or power whose storage has a file: what the next start hands to
-// Engine::RecoverSnapshot (storage_file, id) and the image fronts it exposes again (NBD and FUSE
-// always, loop and ublk as asked at create; a crash's ublk image devices are in "images"). A
-// reader that does not know the list ignores it: the file stays version 1. "boot_id" (the
+// "snapshots" (issue 15, durable snapshots) lists each snapshot of durability crash or power
+// whose storage has a file: what the next start hands to Engine::RecoverSnapshot (storage_file,
+// id) and the image fronts it exposes again (NBD and FUSE always, loop and ublk as asked at
+// create; a crash's ublk image devices are in "images"). "taken" false: created, not taken when
+// written (after a crash the engine releases its storage, or finds it taken after all). A reader
+// that does not know the list ignores it: the file stays version 1. "boot_id" (the
 // kernel's boot id when the records were written) tells a crash from a power loss.
 //
 // Reading never throws, whatever the bytes. The document must be an object with "version": 1
@@ -33,7 +34,7 @@
 // in 512..64 KiB) is skipped and named in ParsedRecords::problems. A bad "pid", a non-bool
 // "clean_stop" or a non-list "images" is a problem too (pid reads as 0, clean_stop as false — a
 // crash, the cautious reading —, no images). Snapshots: an entry lacking id (a UUID), storage,
-// storage_file, or devices (a non-empty list of non-empty strings), or whose durability is not
+// storage_file, or devices (a list of non-empty strings), or whose durability is not
 // "crash" or "power", is skipped and named; a non-list "snapshots" or a non-string "boot_id" is
 // a problem (no snapshots; boot id unknown). Optional fields take the defaults below;
 // unknown fields are ignored. Names and paths are checked further by the daemon, not here.
@@ -79,6 +80,7 @@ struct SnapshotRecord {
   std::string storage;       // as given to snapshot create (a directory, file or block device)
   std::string storage_file;  // StorageInfo::file: what RecoverSnapshot opens
   SnapshotDurability durability = SnapshotDurability::kPower;  // kCrash or kPower
+  bool taken = true;                                           // false: created, not yet taken
   uint64_t limit = 0;  // StorageInfo::limit when written (for reports: the storage keeps its own)
   bool loop = false, ublk = false;   // image fronts asked for at create
   std::vector<std::string> devices;  // member device names

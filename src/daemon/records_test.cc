@@ -159,6 +159,7 @@ TEST(RecordsTest, SnapshotsRoundTripAndAreOptional) {
       "loop": true,
       "storage": "/var/tmp",
       "storage_file": "/var/tmp/blksnap-0e5d2c1b-1111-4222-8333-944455556666.diff",
+      "taken": true,
       "ublk": false
     }
   ],
@@ -176,6 +177,7 @@ TEST(RecordsTest, SnapshotsRoundTripAndAreOptional) {
   EXPECT_EQ(snap.limit, 16ull << 20);
   EXPECT_TRUE(snap.loop);
   EXPECT_FALSE(snap.ublk);
+  EXPECT_TRUE(snap.taken);
   EXPECT_EQ(snap.devices, std::vector<std::string>{"d0"});
   EXPECT_FALSE(parsed.records.empty());
   EXPECT_EQ(SerializeRecords(parsed.records), text);
@@ -197,6 +199,13 @@ TEST(RecordsTest, SnapshotsRoundTripAndAreOptional) {
   ParsedRecords minimal = MustParse(
       R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
       R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":["a"]}]})");
+  // A created snapshot may have no devices yet.
+  ParsedRecords created = MustParse(
+      R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+      R"("storage":"/s","storage_file":"/s/f","durability":"crash","taken":false,"devices":[]}]})");
+  ASSERT_EQ(created.records.snapshots.size(), 1u);
+  EXPECT_FALSE(created.records.snapshots[0].taken);
+  EXPECT_TRUE(created.records.snapshots[0].devices.empty());
   ASSERT_EQ(minimal.records.snapshots.size(), 1u);
   EXPECT_EQ(minimal.records.snapshots[0],
             (SnapshotRecord{.id = "0e5d2c1b-1111-4222-8333-944455556666",
@@ -307,8 +316,8 @@ TEST(RecordsTest, BadEntriesAreSkippedAndReported) {
        R"("storage":"/s","storage_file":"/s/f","devices":["a"]}]})",
        "durability is missing"},
       {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
-       R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":[]}]})",
-       "devices is empty"},
+       R"("storage":"/s","storage_file":"/s/f","durability":"crash","taken":0,"devices":[]}]})",
+       "taken is not true or false"},
       {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
        R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":["a",5]}]})",
        "devices holds something that is not a non-empty string"},

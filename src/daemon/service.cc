@@ -422,7 +422,9 @@ void Service::Shutdown() {
     const std::string text = id.ToString();
     auto rec = std::find_if(kept.snapshots.begin(), kept.snapshots.end(),
                             [&text](const SnapshotRecord& r) { return r.id == text; });
-    if (rec != kept.snapshots.end()) {
+    if (rec != kept.snapshots.end() && !rec->taken) {
+      kept.snapshots.erase(rec);  // nothing to keep: destroyed below
+    } else if (rec != kept.snapshots.end()) {
       Status closed = engine_->CloseSnapshot(id);
       if (closed.ok()) {
         spdlog::info("closed snapshot {}: kept in {} for the next start", id.ToString(),

@@ -268,8 +268,8 @@ class Service {
   // ublk_recover_ids: device name -> the ublk image device a crashed run left (restart only).
   void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings,
                           const std::map<std::string, int>& ublk_recover_ids = {}) REQUIRES(mu_);
-  // The record of a durable snapshot the next start can recover, or nullopt (memory
-  // durability, not taken, busy, or no storage file).
+  // The record of a durable snapshot the next start can recover (or release, if not taken), or
+  // nullopt (memory durability, or no storage file).
   std::optional<SnapshotRecord> SnapshotRecordLocked(const SnapshotEntry& entry) const
       REQUIRES(mu_);
   // The records of the current state (devices, failed records, ublk images), not clean_stop.

@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
+
 #include "daemon/service.h"
 #include "daemon/service_test_fixture.h"
 
@@ -177,25 +179,34 @@ TEST_F(ServiceTest, ADurableSnapshotSurvivesACleanStop) {
   EXPECT_TRUE((*store.Load())->records.snapshots.empty());
 }
 
-// Guarantee 2 of issue 15 (daemon crash): a child process takes the snapshot and exits without a
-// stop (its records, storage and CBT state as a kill -9 leaves them); the next start brings the
-// snapshot back, its ublk image device through ublk Recover, the image identical.
+// Runs `run` in a child process that then exits without a stop (a crash: no Shutdown, no
+// destructor; records, storage and CBT state as a kill -9 leaves them). The child's exit status
+// is run's result: 0 done, 3 the engine keeps no durable snapshots (the test skips), else failed.
+int RunThenCrash(const std::function<int()>& run) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) ::_exit(run());
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+constexpr int kNoDurableSnapshots = 3;
+
+// Guarantee 2 of issue 15 (daemon crash): a child process takes the snapshot and crashes; the
+// next start brings the snapshot back, its ublk image device through ublk Recover, the image
+// identical.
 TEST_F(ServiceTest, ADurableSnapshotSurvivesADaemonCrash) {
   const std::string path = MakeFile("vol.img");
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  const int crashed_run = RunThenCrash([&] {
     Start(true, /*durable_cbt=*/true);
     auto id = TakeDurableSnapshot(*service_, *engine_, path, (dir_ / "storage").string());
-    if (!id.ok()) ::_exit(id.status().errnum() == ENOTSUP ? 3 : 1);
+    if (!id.ok()) return id.status().errnum() == ENOTSUP ? kNoDurableSnapshots : 1;
     std::ofstream(dir_ / "id") << id->ToString();
-    ::_exit(0);  // the crash: no Shutdown, no destructor
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 3) GTEST_SKIP() << "the engine keeps no durable snapshots yet";
-  ASSERT_EQ(WEXITSTATUS(status), 0) << "the crashing run failed";
+    return 0;
+  });
+  if (crashed_run == kNoDurableSnapshots) GTEST_SKIP() << "the engine keeps no durable snapshots";
+  ASSERT_EQ(crashed_run, 0) << "the crashing run failed";
   const auto id = Uuid::Parse(ReadText(dir_ / "id"));
   ASSERT_TRUE(id.has_value());
   RecordStore store(*Env::Default(), (dir_ / "state").string());
@@ -214,6 +225,42 @@ TEST_F(ServiceTest, ADurableSnapshotSurvivesADaemonCrash) {
     EXPECT_TRUE(log_->orphans_removed.empty());
   }
   EXPECT_OK(service_->DestroySnapshot(*id, false));
+}
+
+// Guarantee 5 of issue 15 (nothing leaks): a durable snapshot created but not taken when the
+// daemon crashed is recorded as such; the next start has the engine release its storage file,
+// notes it, and reports no failure.
+TEST_F(ServiceTest, ACreatedDurableSnapshotIsReleasedAfterACrash) {
+  const std::string path = MakeFile("vol.img");
+  const int crashed_run = RunThenCrash([&] {
+    Start(true, /*durable_cbt=*/true);
+    if (!service_->Attach({.path = path, .name = "vol"}).ok()) return 1;
+    auto id =
+        service_->CreateSnapshot({.storage = (dir_ / "storage").string(), .devices = {"vol"}});
+    if (!id.ok()) return 1;
+    const std::string file = engine_->FindSnapshot(*id)->storage_info().file;
+    if (file.empty()) return kNoDurableSnapshots;
+    std::ofstream(dir_ / "file") << file;
+    return 0;
+  });
+  if (crashed_run == kNoDurableSnapshots) GTEST_SKIP() << "the engine keeps no durable snapshots";
+  ASSERT_EQ(crashed_run, 0) << "the crashing run failed";
+  const std::string file = ReadText(dir_ / "file");
+  RecordStore store(*Env::Default(), (dir_ / "state").string());
+  auto crashed = (*store.Load())->records;
+  ASSERT_EQ(crashed.snapshots.size(), 1u);
+  EXPECT_FALSE(crashed.snapshots[0].taken);
+
+  Start(true, /*durable_cbt=*/true);
+  EXPECT_TRUE(service_->Snapshots().empty());
+  auto restart = service_->restart();
+  ASSERT_TRUE(restart.has_value());
+  EXPECT_TRUE(restart->snapshots.empty());
+  EXPECT_TRUE(restart->snapshots_failed.empty()) << restart->snapshots_failed[0].error;
+  ASSERT_EQ(restart->notes.size(), 1u);
+  EXPECT_NE(restart->notes[0].find("created but not taken"), std::string::npos);
+  EXPECT_FALSE(fs::exists(file)) << "its storage is released";
+  EXPECT_TRUE((*store.Load())->records.snapshots.empty());
 }
 
 }  // namespace

@@ -13,17 +13,19 @@
 // A record keeps its ublk dev_id only while that ublk device may still wait for recovery (a
 // crash's record, kept through a clean stop if it failed to re-attach).
 //
-// Durable snapshots (issue 15): each taken snapshot of durability crash or power with a storage
-// file is recorded ("snapshots": id, storage, storage_file, durability, limit, image fronts,
-// devices), rewritten at take, set-limit and destroy. A clean stop closes them
-// (Engine::CloseSnapshot, service.cc). After the devices are re-attached, Restore() hands each
-// record to Engine::RecoverSnapshot (power_lost when the records come from a crashed run of
-// another boot) and, on success, re-creates the snapshot's entry and exposes its images exactly
-// as a take does: the same NBD export names and FUSE files, new loop devices, and ublk image
-// devices recovered after a crash ("images" of that snapshot) or created anew after a clean
-// stop. A snapshot that does not come back is logged, reported (restart.snapshots_failed), its
-// crash's ublk image devices removed and its record dropped; its storage file is left alone.
-// Snapshots of memory durability die with the daemon, as before.
+// Durable snapshots (issue 15): each snapshot of durability crash or power with a storage file is
+// recorded ("snapshots": id, storage, storage_file, durability, taken, limit, image fronts,
+// devices), rewritten at create, add, take, set-limit and destroy. A clean stop closes the taken
+// ones (Engine::CloseSnapshot, service.cc) and destroys the others. A created snapshot's record
+// lets the start after a crash release its storage (RecoverSnapshot: ENOENT, a note), or recover
+// it if the crash came after its take but before the record said so. After the devices are
+// re-attached, Restore() hands each record to Engine::RecoverSnapshot (power_lost when the records
+// come from a crashed run of another boot) and, on success, re-creates the snapshot's entry and
+// exposes its images exactly as a take does: the same NBD export names and FUSE files, new loop
+// devices, and ublk image devices recovered after a crash ("images" of that snapshot) or created
+// anew after a clean stop. A snapshot that does not come back is logged, reported
+// (restart.snapshots_failed), its crash's ublk image devices removed and its record dropped; its
+// storage file is left alone. Snapshots of memory durability die with the daemon, as before.
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -73,8 +75,7 @@ void Service::WriteRecordsLocked(const Records& records) {
 std::optional<SnapshotRecord> Service::SnapshotRecordLocked(const SnapshotEntry& entry) const {
   const Snapshot& snap = *entry.snapshot;
   const SnapshotState state = snap.state();
-  if (entry.busy || snap.durability() == SnapshotDurability::kMemory ||
-      (state != SnapshotState::kTaken && state != SnapshotState::kCorrupted)) {
+  if (snap.durability() == SnapshotDurability::kMemory || state == SnapshotState::kDestroyed) {
     return std::nullopt;
   }
   const StorageInfo storage = snap.storage_info();
@@ -84,6 +85,7 @@ std::optional<SnapshotRecord> Service::SnapshotRecordLocked(const SnapshotEntry&
   r.storage = entry.storage;
   r.storage_file = storage.file;
   r.durability = snap.durability();
+  r.taken = state != SnapshotState::kCreated;
   r.limit = storage.limit;
   r.loop = entry.loop;
   r.ublk = entry.ublk;
@@ -176,6 +178,14 @@ void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
         {.storage_file = rec.storage_file, .id = *id, .power_lost = power_lost});
   }
   MutexLock lock(mu_);
+  if (!snap.ok() && !rec.taken && snap.status().errnum() == ENOENT) {
+    // Created, never taken (the crash came first): the engine released its storage.
+    std::string note = "snapshot " + rec.id + " was created but not taken before the restart: " +
+                       "its storage is released";
+    spdlog::info("{}", note);
+    restart_->notes.push_back(note);
+    return;
+  }
   if (!snap.ok()) {
     spdlog::error("cannot recover snapshot {} from {}: {}", rec.id, rec.storage_file,
                   snap.status().ToString());

@@ -77,6 +77,7 @@ Result<Uuid> Service::CreateSnapshot(const SnapshotRequest& request) {
   entry.ublk = ublk;
   entry.snapshot = std::move(snap);
   snapshots_.emplace(*id, std::move(entry));
+  SaveRecordsLocked();  // a durable snapshot's storage file is released after a crash
   spdlog::info("created snapshot {} with storage {} (limit {}, durability {}) of {} device(s)",
                id->ToString(), storage, request.limit, ToString(request.durability),
                devices.size());
@@ -94,6 +95,7 @@ Status Service::AddDevice(const Uuid& id, const std::string& device) {
   }
   Status s = engine_->AddDevice(id, device);
   if (!s.ok()) return Annotate(s, "cannot add device '" + device + "' to " + id.ToString());
+  SaveRecordsLocked();
   spdlog::info("snapshot {}: added '{}'", id.ToString(), device);
   return Status::Ok();
 }
