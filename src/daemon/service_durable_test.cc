@@ -174,6 +174,8 @@ TEST_F(ServiceTest, ADurableSnapshotSurvivesACleanStop) {
     EXPECT_EQ(log_->options[image].ublk_recover_id, -1) << "a new ublk image device";
   }
   EXPECT_EQ(service_->GetSnapshot(*id)->storage.file, file);
+  EXPECT_EQ(service_->GetSnapshot(*id)->storage.path, (dir_ / "storage").string())
+      << "the storage path as given at create";
   EXPECT_OK(service_->DestroySnapshot(*id, false));
   EXPECT_FALSE(fs::exists(file)) << "destroy frees the storage";
   EXPECT_TRUE((*store.Load())->records.snapshots.empty());
