@@ -144,13 +144,17 @@ void Service::RestoreImagesLocked(const Records& records) {
                     [&](const SnapshotRecord& s) { return s.id == img.snapshot; })) {
       continue;
     }
-    Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
-    std::string note = "snapshot " + img.snapshot + " image of '" + img.device + "' on /dev/ublkb" +
-                       std::to_string(img.ublk_dev_id) + " is gone" +
-                       (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
-    spdlog::warn("{}", note);
-    restart_->notes.push_back(note);
+    RemoveOrphanImageLocked(img);
   }
+}
+
+void Service::RemoveOrphanImageLocked(const ImageRecord& img) {
+  Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
+  std::string note = "snapshot " + img.snapshot + " image of '" + img.device + "' on /dev/ublkb" +
+                     std::to_string(img.ublk_dev_id) + " is gone" +
+                     (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
+  spdlog::warn("{}", note);
+  restart_->notes.push_back(note);
 }
 
 void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
@@ -159,12 +163,7 @@ void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
   for (const auto& img : images) {
     if (img.snapshot != snapshot || img.ublk_dev_id < 0) continue;
     if (recovered && recovered->images.count(img.device)) continue;  // exposed again
-    Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
-    std::string note = "snapshot " + snapshot + " image of '" + img.device + "' on /dev/ublkb" +
-                       std::to_string(img.ublk_dev_id) + " is gone" +
-                       (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
-    spdlog::warn("{}", note);
-    restart_->notes.push_back(note);
+    RemoveOrphanImageLocked(img);
   }
 }
 
