@@ -259,9 +259,7 @@ void Service::Restore() {
     recorded.snapshots = parsed.records.snapshots;
     recorded.images = parsed.records.images;
     recorded.clean_stop = parsed.records.clean_stop;
-    // A crashed run of another boot: the machine went down (a clean stop made everything durable).
-    power_lost = !recorded.clean_stop && !parsed.records.boot_id.empty() && !boot_id_.empty() &&
-                 parsed.records.boot_id != boot_id_;
+    power_lost = WrittenBeforeAPowerLoss(parsed.records, boot_id_);
   }
   for (const auto& rec : devices) {
     std::string name = rec.name;
