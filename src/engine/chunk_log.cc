@@ -40,7 +40,8 @@ Result<std::unique_ptr<ChunkLog>> ChunkLog::Start(DiffStorage* storage, const Uu
 }
 
 Result<uint64_t> ChunkLog::WriteCompact(DiffStorage* storage, const Uuid& id, bool sync,
-                                        uint64_t epoch, const std::vector<LogRecord>& records) {
+                                        uint64_t epoch, const std::vector<LogRecord>& records,
+                                        uint64_t* pages) {
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<ChunkLog> log, Start(storage, id, sync));
   MutexLock write(log->write_mu_);
   log->cursor_.epoch = epoch;
@@ -48,6 +49,7 @@ Result<uint64_t> ChunkLog::WriteCompact(DiffStorage* storage, const Uuid& id, bo
   if (sync) BLKSNAP_RETURN_IF_ERROR(device.Flush());
   BLKSNAP_RETURN_IF_ERROR(log->AppendPages(records));
   if (sync) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  *pages = log->cursor_.next_seq - 1;
   return log->start();
 }
 
@@ -152,6 +154,11 @@ Status ChunkLog::AppendPages(const std::vector<LogRecord>& batch) {
   return Status::Ok();
 }
 
+uint64_t ChunkLog::last_seq() const {
+  MutexLock write(write_mu_);
+  return cursor_.next_seq - 1;
+}
+
 uint64_t ChunkLog::pages_since_compaction() const {
   MutexLock write(write_mu_);
   return pages_since_compaction_;
@@ -191,10 +198,12 @@ Status ChunkLog::CompactIfDue(bool* durable) {
     return s;
   }
   const uint64_t epoch = cursor_.epoch;
+  const uint64_t sealed = cursor_.next_seq - 1;
   // From here a failure is fatal: the header may or may not point at the new chain.
   BLKSNAP_RETURN_IF_ERROR(storage_->UpdateHeader([&](DiffStorageHeader& h) {
     h.log_start = first;
     h.log_epoch = epoch;
+    h.log_sealed = sealed;
   }));
   last_compaction_pages_ = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
   pages_since_compaction_ = 0;
@@ -204,7 +213,7 @@ Status ChunkLog::CompactIfDue(bool* durable) {
 }
 
 Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint64_t start,
-                                      uint64_t header_epoch) {
+                                      uint64_t header_epoch, uint64_t sealed) {
   Scan scan;
   scan.cursor.next_page = start;
   scan.cursor.segment_end = start + kLogSegmentSize;
@@ -236,13 +245,15 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
         // The end of the log — unless the next commit follows: a commit is written only once
         // the one before it returned (for power: synced), so this page was committed and is
         // now damaged. Then records are missing: the snapshot must not be served.
-        scan.damaged = next_commit_at(at + kLogPageSize, scan.cursor.next_seq);
+        scan.damaged = scan.cursor.next_seq <= sealed ||
+                       next_commit_at(at + kLogPageSize, scan.cursor.next_seq);
         return scan;
       }
       const uint64_t here = offset + at;
       const bool last_in_segment = here + kLogPageSize == segment_end;
       if (last_in_segment ? page->next + kLogSegmentSize > device.size()
                           : page->next != here + kLogPageSize) {
+        scan.damaged = scan.cursor.next_seq <= sealed;
         return scan;  // not where we put the next page: not a page we wrote
       }
       for (const LogRecord& r : page->records) {
@@ -264,6 +275,7 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
     }
     if (!jumped) offset += whole;
   }
+  scan.damaged = scan.cursor.next_seq <= sealed;  // ended (short device) inside the sealed part
   return scan;
 }
 

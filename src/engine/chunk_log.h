@@ -84,14 +84,18 @@ class ChunkLog {
   static Result<std::unique_ptr<ChunkLog>> Start(DiffStorage* storage, const Uuid& id, bool sync);
   // Follows the chain from `start` (see the top of this file). Never fails on content: a bad
   // page ends the log. Fails only on a read error.
+  // `sealed`: pages 1..sealed are known durable (DiffStorageHeader::log_sealed): ending
+  // before it is damage.
   static Result<Scan> Read(BlockDevice& device, const Uuid& id, uint64_t start,
-                           uint64_t header_epoch);
+                           uint64_t header_epoch, uint64_t sealed);
 
   // A compacted log (a clean stop): `records` packed 125 to a page in a new chain starting in a
   // new segment, with `epoch`; returns once written (and flushed for power). The caller then
   // points the header at it. The old chain's space is not reused.
+  // Returns the new chain's start; *pages: its pages.
   static Result<uint64_t> WriteCompact(DiffStorage* storage, const Uuid& id, bool sync,
-                                       uint64_t epoch, const std::vector<LogRecord>& records);
+                                       uint64_t epoch, const std::vector<LogRecord>& records,
+                                       uint64_t* pages);
 
   // Commits one record (see the top of this file); blocks until it is.
   Status Commit(const LogRecord& record) EXCLUDES(mu_);
@@ -99,6 +103,8 @@ class ChunkLog {
   // in progress.
   void SetCompaction(Collector collector, uint64_t compact_pages) EXCLUDES(write_mu_);
   uint64_t start() const { return start_; }
+  // The seq of the last page written (0 if none).
+  uint64_t last_seq() const EXCLUDES(write_mu_);
   // Pages written (or, for a recovered log, read) since the chain began.
   uint64_t pages_since_compaction() const EXCLUDES(write_mu_);
   void set_pages_since_compaction(uint64_t pages) EXCLUDES(write_mu_);

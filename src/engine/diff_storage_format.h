@@ -40,15 +40,18 @@ inline constexpr size_t kHeaderSizeOffset = 20, kHeaderSizeSize = 4;
 inline constexpr size_t kSnapshotIdOffset = 24, kSnapshotIdSize = 16;
 inline constexpr size_t kCreatedOffset = 40, kCreatedSize = 8;
 inline constexpr size_t kLimitOffset = 48, kLimitSize = 8;
-inline constexpr size_t kSeqOffset = 56;           // u64: which write of the header this is
-inline constexpr size_t kDurabilityOffset = 64;    // u32: 0 memory, 1 crash, 2 power
-inline constexpr size_t kStateOffset = 68;         // u32: kStorageState*
-inline constexpr size_t kErrnoOffset = 72;         // u32: why corrupted
-inline constexpr size_t kFlagsOffset = 76;         // u32: kStorageFlag*
-inline constexpr size_t kLogStartOffset = 80;      // u64: the first log page (0: none)
-inline constexpr size_t kLogEpochOffset = 88;      // u64: the epoch new log pages carry
-inline constexpr size_t kDeviceCountOffset = 96;   // u32
-inline constexpr size_t kReservedOffset = 100;     // zero up to the device table
+inline constexpr size_t kSeqOffset = 56;          // u64: which write of the header this is
+inline constexpr size_t kDurabilityOffset = 64;   // u32: 0 memory, 1 crash, 2 power
+inline constexpr size_t kStateOffset = 68;        // u32: kStorageState*
+inline constexpr size_t kErrnoOffset = 72;        // u32: why corrupted
+inline constexpr size_t kFlagsOffset = 76;        // u32: kStorageFlag*
+inline constexpr size_t kLogStartOffset = 80;     // u64: the first log page (0: none)
+inline constexpr size_t kLogEpochOffset = 88;     // u64: the epoch new log pages carry
+inline constexpr size_t kDeviceCountOffset = 96;  // u32
+inline constexpr size_t kReservedOffset = 100;    // zero up to kLogSealedOffset
+// u64: the log's pages 1..this are known written and durable (a compaction, a clean close): a
+// bad page among them is damage, not a torn tail. 0: nothing known.
+inline constexpr size_t kLogSealedOffset = 104;
 inline constexpr size_t kDeviceTableOffset = 128;  // kDeviceEntrySize bytes per device
 inline constexpr size_t kDeviceEntrySize = 144;
 inline constexpr size_t kDeviceCapacityOffset = 0;  // u64, in an entry
@@ -112,6 +115,7 @@ struct DiffStorageHeader {
   uint32_t flags = 0;
   uint64_t log_start = 0;
   uint64_t log_epoch = 0;
+  uint64_t log_sealed = 0;  // kLogSealedOffset
   std::vector<StorageDevice> devices;
   bool operator==(const DiffStorageHeader&) const = default;
 };

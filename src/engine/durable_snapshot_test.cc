@@ -445,6 +445,30 @@ TEST(DurableSnapshotTest, ADamagedCommittedPageIsReportedNotServed) {
   }
 }
 
+// A clean close seals its log: even its last page damaged is reported, not taken for a torn
+// tail (the header says how many pages are durable).
+TEST(DurableSnapshotTest, ADamagedPageOfASealedLogIsReported) {
+  Machine m(false);
+  auto engine = Engine::Create(TestConfig()).value();
+  auto id = TakeSnapshot(*engine, m, SnapshotDurability::kPower).value();
+  ASSERT_OK(WritePattern(*engine->FindTracker("d"), 0, kDeviceSize / 2, 2));
+  ASSERT_OK(engine->CloseSnapshot(id));
+  std::vector<uint8_t> slots(2 * kDiffStorageHeaderBlockSize);
+  ASSERT_OK(m.storage_disk->Read(0, slots));
+  const DiffStorageHeader h = ParseDiffStorageHeaderSlots(slots).value();
+  EXPECT_GT(h.log_sealed, 0u);
+  std::vector<uint8_t> page(4096);
+  const uint64_t last = h.log_start + (h.log_sealed - 1) * 4096;  // compacted: one segment
+  ASSERT_OK(m.storage_disk->Read(last, page));
+  page[200] ^= 1;
+  ASSERT_OK(m.storage_disk->Write(last, page));
+  auto snap = engine->RecoverSnapshot(
+      {.id = id, .storage_device = m.storage_disk, .check_originals = false});
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ((*snap)->state(), SnapshotState::kCorrupted);
+  EXPECT_EQ((*snap)->devices().front().errnum, EUCLEAN);
+}
+
 // Recovered after a clean stop, then a crash: "daemon-crash" (the closed flag is cleared at
 // recovery, corrupted or not); a second clean stop without writes does not grow the storage.
 TEST(DurableSnapshotTest, CloseRecoverCloseKeepsSizeAndCrashIsACrash) {

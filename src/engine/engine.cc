@@ -403,20 +403,28 @@ class EngineImpl final : public Engine {
     Status s = storage->device().Flush();
     uint64_t log_start = storage->header().log_start;
     const uint64_t epoch = storage->header().log_epoch + 1;
+    // Every page written is durable now (the storers are idle, the flush above): sealed.
+    uint64_t sealed = storage->log() ? storage->log()->last_seq() : 0;
     if (s.ok() && state == SnapshotState::kTaken && storage->log()) {
       std::vector<LogRecord> records;
       for (auto& m : members) m.area->CollectRecords(&records);
       // Not when it is compact already (a start and a stop without much written): no growth.
       const uint64_t packed = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
       if (storage->log()->pages_since_compaction() > packed + 16) {
-        auto compact = ChunkLog::WriteCompact(storage.get(), id, /*sync=*/true, epoch, records);
-        if (compact.ok()) log_start = *compact;  // else the old log stays: correct, slower
+        uint64_t pages = 0;
+        auto compact =
+            ChunkLog::WriteCompact(storage.get(), id, /*sync=*/true, epoch, records, &pages);
+        if (compact.ok()) {  // else the old log stays: correct, slower
+          log_start = *compact;
+          sealed = pages;
+        }
       }
     }
     if (s.ok()) {
       s = storage->UpdateHeader([&](DiffStorageHeader& h) {
         if (h.log_start != log_start) h.log_epoch = epoch;
         h.log_start = log_start;
+        h.log_sealed = sealed;
         h.flags |= kStorageFlagClosed;
       });
     }
@@ -640,8 +648,8 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
     trackers.push_back(std::move(tracker));
     geometries.push_back(g);
   }
-  BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan,
-                           ChunkLog::Read(storage->device(), id, h.log_start, h.log_epoch));
+  BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan, ChunkLog::Read(storage->device(), id, h.log_start,
+                                                               h.log_epoch, h.log_sealed));
   for (const LogRecord& r : scan.records) {
     const bool bad =
         r.device >= geometries.size() || r.chunk >= geometries[r.device].count ||
