@@ -322,7 +322,7 @@ class Lab:
             # blksnap-psync: the same daemon with its I/O engine forced to psync (evidence for
             # docs/performance.md: buffered io_uring writes are punted to io-wq workers).
             env = {"BLKSNAP_IO_ENGINE": "psync"} if name.endswith("-psync") else None
-            extra = ("--chunk-minimum-shift", "16", "--nbd-workers", "32")
+            extra = ("--chunk-minimum-shift", "16")
             if name.endswith("-memcbt"):
                 extra += ("--cbt-in-memory",)
             durability = next((d for d in ("memory", "crash") if name.endswith("-" + d)), None)
