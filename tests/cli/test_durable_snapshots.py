@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""Durable snapshots through the real daemon (issue 15, guarantees 1, 2, 4, 5; docs/durable-
+snapshots.md). Each phase runs its own daemon on its own state dir; data is the self-checking
+sector pattern (blksnap-pattern), the oracle of an image is the original's bytes at the take.
+
+Algorithm:
+* clean restart (guarantee 1): a 64 MiB device stamped with generation A (seq 1); a snapshot
+  with --durability power, storage in a directory (the file blksnap-<id>.diff there), images on
+  NBD, FUSE and (with FUSE) a loop device, taken; generation B over the first half of the
+  original. The image verifies as A through every front; SIGTERM, start again: the same id is
+  listed with the same state, limit, storage path and file, durability power, recovered_from
+  "clean-stop", the same NBD export name and FUSE file, a loop device again; the image verifies
+  as A again with the same SHA-256 through each front; generation C over the second half of the
+  original: the recovered snapshot still preserves (the image is still A). Destroy removes the
+  storage file.
+* kill -9 rounds (guarantee 2): a 32 MiB device stamped with seq 1. Each round: create and take
+  (durability default = power, or crash), the oracle = the original read through NBD; a writer
+  of 64 KiB random writes of a new generation (seq round+2, bytes precomputed by blksnap-pattern
+  into a scratch file) on the original — through NBD (libnbd: logged once the server replied)
+  or, every other round, through the original's loop front opened O_DIRECT|O_SYNC; kill -9 of
+  the daemon at a random instant after the first acknowledged write; start again. Checks: the
+  snapshot is listed, taken, recovered_from "daemon-crash", its durability kept; the image
+  (through NBD, or its loop device on loop rounds) has the oracle's SHA-256 (round 0: verifies
+  as seq 1); every logged 64 KiB write is on the original byte for byte; destroy removes the
+  storage file. BLKSNAP_DSNAP_ROUNDS (default 20) sets the rounds.
+* memory durability: a snapshot created --durability memory (no storage file: an unnamed
+  temporary file) is gone after a clean stop and after a kill -9 (not listed, info says not
+  found), nothing is left in its storage directory, and its device can join a new snapshot.
+* corrupted persists (guarantee 4): a 4M limit overflowed by 16 MiB of writes: corrupted; after
+  a clean stop and start, and after a kill -9 and start, it is listed corrupted with the same
+  device error, its image reads fail (NBD and FUSE), the original holds the writes; destroy
+  works and removes the storage file.
+* storage vanished (guarantee 5): a taken durable snapshot, SIGTERM, its storage file removed,
+  start: the daemon runs, the restart report names the snapshot as failed, the snapshot is not
+  listed, the device is attached again (its fronts, its data) and can join a new snapshot.
+
+Without root, /dev/fuse and /dev/loop-control the loop and FUSE parts are skipped and the test
+exits 77 (skipped) even if every other check passed.
+"""
+import hashlib
+import json
+import mmap
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blksnap_cli_lib import SKIP, Daemon, Failures, fuse_possible, parse_args, wait_state, \
+    write_front
+
+MiB = 1 << 20
+CLEAN_SIZE = 64 * MiB
+KILL_SIZE = 32 * MiB
+BLOCK = 64 << 10  # the writer's I/O: a new chunk per write right after the take
+ROUNDS = int(os.environ.get("BLKSNAP_DSNAP_ROUNDS", "20"))
+MAX_WRITE_TIME = 0.2  # the kill comes this long at most after the first acknowledged write
+NOT_FOUND = 3  # src/cli/exit_codes.h
+
+# argv: NBD URI, log, the round's data file (the whole device in the round's generation), size.
+NBD_WRITER = r'''
+import nbd, random, sys
+uri, log, data_path, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = open(data_path, "rb").read()
+h = nbd.NBD()
+h.connect_uri(uri)
+with open(log, "a", buffering=1) as f:
+    while True:
+        off = random.randrange(0, size // %d) * %d
+        h.pwrite(data[off:off + %d], off)
+        f.write("%%d\n" %% off)
+''' % (BLOCK, BLOCK, BLOCK)
+
+# O_DIRECT needs an aligned buffer: an anonymous mapping is page-aligned.
+LOOP_WRITER = r'''
+import mmap, os, random, sys
+path, log, data_path, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = open(data_path, "rb").read()
+fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_SYNC)
+buf = mmap.mmap(-1, %d)
+with open(log, "a", buffering=1) as f:
+    while True:
+        off = random.randrange(0, size // %d) * %d
+        buf.seek(0)
+        buf.write(data[off:off + %d])
+        try:
+            if os.pwrite(fd, buf, off) != %d:
+                break
+        except OSError:
+            break
+        f.write("%%d\n" %% off)
+''' % (BLOCK, BLOCK, BLOCK, BLOCK, BLOCK)
+
+
+# ---- reading and checking data ----
+
+def read_nbd(uri, size):
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    data = b"".join(h.pread(min(4 * MiB, size - pos), pos) for pos in range(0, size, 4 * MiB))
+    h.shutdown()
+    return data
+
+
+def read_path(path, size):
+    """Reads a loop device with O_DIRECT (no stale page cache), a FUSE file with plain reads."""
+    if not path.startswith("/dev/"):
+        with open(path, "rb") as f:
+            return f.read(size)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, 4 * MiB)
+        parts = []
+        for pos in range(0, size, 4 * MiB):
+            n = os.preadv(fd, [buf], pos)
+            parts.append(buf[:n])
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def pattern_on_bytes(d, data, *args):
+    """Runs blksnap-pattern verify/inspect on data placed at offset 0 of a scratch file."""
+    scratch = os.path.join(d.tmp, "scratch-pattern")
+    with open(scratch, "wb") as f:
+        f.write(data)
+    p = subprocess.run([d.args["pattern"], args[0], scratch] + list(args[1:]),
+                       capture_output=True, text=True)
+    os.unlink(scratch)
+    return p
+
+
+def verifies(d, data, seq, what, offset=0, length=None):
+    """True if [offset, offset+length) of data (placed at offset 0) holds pattern seq."""
+    length = len(data) - offset if length is None else length
+    p = pattern_on_bytes(d, data, "verify", "--seq", str(seq), "--offset", str(offset),
+                         "--length", str(length))
+    if p.returncode != 0:
+        print("    %s: %s" % (what, p.stderr.strip()))
+    return p.returncode == 0
+
+
+def explain_difference(d, want, got):
+    """Prints the pattern runs of the oracle and of what was read (first differing lines)."""
+    a = pattern_on_bytes(d, want, "inspect").stdout.splitlines()
+    b = pattern_on_bytes(d, got, "inspect").stdout.splitlines()
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else "-"
+        y = b[i] if i < len(b) else "-"
+        if x != y:
+            print("    at the take: %s | now: %s" % (x, y))
+            break
+
+
+# ---- the daemon's view ----
+
+def create(d, storage, limit, names, durability=None, loop=False):
+    """Creates and takes a snapshot; returns its id."""
+    argv = ["snapshot", "create", "--storage", storage, "--limit", limit]
+    if durability:
+        argv += ["--durability", durability]
+    if loop:
+        argv.append("--loop")
+    sid = d.cli_json(*argv, *names)["id"]
+    d.cli_json("snapshot", "take", sid)
+    return sid
+
+
+def info(d, sid):
+    return d.cli_json("snapshot", "info", sid)
+
+
+def listed(d, sid):
+    return [s for s in d.cli_json("snapshot", "list")["snapshots"] if s["id"] == sid]
+
+
+def device(d, name):
+    return [x for x in d.cli_json("devices")["devices"] if x["name"] == name][0]
+
+
+def restart_report(d):
+    return d.cli_json("status")["daemon"]["restart"] or {}
+
+
+def kill9(d):
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    d.proc = None
+
+
+def storage_file(d, storage, sid):
+    return os.path.join(storage, "blksnap-%s.diff" % sid)
+
+
+def check_gone(d, t, sid, storage, what):
+    """After a destroy or a lost snapshot: not listed, info not found, no storage file."""
+    rc, _, err = d.cli("snapshot", "info", sid)
+    t.check(not listed(d, sid) and rc == NOT_FOUND,
+            "%s: not listed, info: not found (exit %d, %r)" % (what, rc, err.strip()))
+    t.check(not os.path.exists(storage_file(d, storage, sid)),
+            "%s: %s is gone (dir: %r)" % (what, storage_file(d, storage, sid),
+                                          sorted(os.listdir(storage))))
+
+
+def image_fronts(image):
+    """The image's addresses to read through: (what, uri or path)."""
+    fronts = [("nbd", image["nbd"])]
+    for key in ("fuse", "loop"):
+        if image.get(key):
+            fronts.append((key, image[key]))
+    return fronts
+
+
+def read_front(what, address, size):
+    return read_nbd(address, size) if what == "nbd" else read_path(address, size)
+
+
+# ---- 1. clean restart ----
+
+def clean_restart(d, t, fuse):
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    half = CLEAN_SIZE // 2
+    dev = d.cli_json("attach", d.make_image("cv.img", CLEAN_SIZE), "--name", "cv")
+    write_front(d, dev, 0, CLEAN_SIZE, 1)
+    sid = create(d, storage, "96M", ["cv"], durability="power", loop=fuse)
+    before = info(d, sid)
+    t.check(before["durability"] == "power" and before["recovered_from"] == "" and
+            before["storage"]["file"] == storage_file(d, storage, sid) and
+            os.path.exists(storage_file(d, storage, sid)),
+            "clean: a power snapshot in a directory: file %r, recovered_from %r" %
+            (before["storage"].get("file"), before.get("recovered_from")))
+    write_front(d, dev, 0, half, 2)
+    image = before["devices"][0]["image"]
+    sums = {}
+    for what, address in image_fronts(image):
+        data = read_front(what, address, CLEAN_SIZE)
+        sums[what] = sha(data)
+        t.check(verifies(d, data, 1, what), "clean: before the stop the image through %s is "
+                "generation A" % what)
+    if fuse:
+        t.check(set(sums) == {"nbd", "fuse", "loop"}, "clean: NBD, FUSE and loop images (%r)" %
+                sorted(sums))
+    before = info(d, sid)  # used: after the writes
+
+    rc = d.stop()
+    t.check(rc == 0, "clean: SIGTERM stops the daemon (exit %s)" % rc)
+    t.check(os.path.exists(storage_file(d, storage, sid)), "clean: the storage file is kept")
+    d.start()
+    t.check(len(listed(d, sid)) == 1, "clean: the same id is listed after the start")
+    after = info(d, sid)
+    for key in ("state", "durability"):
+        t.check(after[key] == before[key], "clean: same %s (%r, was %r)" %
+                (key, after[key], before[key]))
+    for key in ("path", "file", "limit", "used"):
+        t.check(after["storage"][key] == before["storage"][key], "clean: same storage %s (%r, "
+                "was %r)" % (key, after["storage"][key], before["storage"][key]))
+    t.check(after["recovered_from"] == "clean-stop",
+            "clean: recovered_from %r (want 'clean-stop')" % after["recovered_from"])
+    new_image = after["devices"][0]["image"]
+    t.check(new_image["nbd"] == image["nbd"] and new_image["fuse"] == image["fuse"],
+            "clean: the same NBD export and FUSE file (%r %r)" %
+            (new_image["nbd"], new_image["fuse"]))
+    if fuse:
+        t.check((new_image.get("loop") or "").startswith("/dev/loop"),
+                "clean: a loop device on the image again (%r)" % new_image.get("loop"))
+    for what, address in image_fronts(new_image):
+        data = read_front(what, address, CLEAN_SIZE)
+        t.check(sums.get(what) == sha(data) and verifies(d, data, 1, what),
+                "clean: after the start the image through %s is generation A, the same bytes" %
+                what)
+    original = read_nbd(device(d, "cv")["nbd"], CLEAN_SIZE)
+    t.check(verifies(d, original, 2, "original", 0, half) and
+            verifies(d, original, 1, "original", half),
+            "clean: the original is generation B, then A (its writes survived the restart)")
+    write_front(d, device(d, "cv"), half, half, 3)
+    data = read_nbd(new_image["nbd"], CLEAN_SIZE)
+    t.check(sha(data) == sums["nbd"], "clean: generation C over the second half of the original "
+            "after the start: the recovered snapshot preserved it (the image is still A)")
+
+    d.cli_json("snapshot", "destroy", sid)
+    check_gone(d, t, sid, storage, "clean: destroyed after the restart")
+    d.cli_json("detach", "cv")
+
+
+# ---- 2. kill -9 rounds ----
+
+def start_writer(d, script, address, log, data_path):
+    writer = subprocess.Popen([sys.executable, "-c", script, address, log, data_path,
+                               str(KILL_SIZE)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(log) and os.path.getsize(log) > 0):
+        if writer.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the writer on %s wrote nothing (exit %s)" %
+                               (address, writer.poll()))
+        time.sleep(0.005)
+    return writer
+
+
+def kill_round(d, t, r, storage, fuse):
+    loop = fuse and r % 2 == 1
+    durability = None if (r // 2) % 2 == 0 else "crash"
+    want_durability = durability or "power"
+    what = "kill -9 round %d (%s writer, %s)" % (r, "loop" if loop else "NBD", want_durability)
+    dev = device(d, "kv")
+    oracle = read_nbd(dev["nbd"], KILL_SIZE)
+    sid = create(d, storage, "64M", ["kv"], durability=durability, loop=loop)
+    seq = r + 2
+    data_path = os.path.join(d.tmp, "gen.data")
+    if os.path.exists(data_path):
+        os.unlink(data_path)
+    with open(data_path, "wb") as f:
+        f.truncate(KILL_SIZE)
+    subprocess.run([d.args["pattern"], "write", data_path, "--seq", str(seq)], check=True)
+    log = os.path.join(d.tmp, "writes-%d.log" % r)
+    script, address = (LOOP_WRITER, dev["loop"]) if loop else (NBD_WRITER, dev["nbd"])
+    writer = start_writer(d, script, address, log, data_path)
+    time.sleep(random.uniform(0, MAX_WRITE_TIME))
+    kill9(d)
+    writer.wait(30)
+    d.start()
+
+    ok = True
+    found = listed(d, sid)
+    ok &= t.check(len(found) == 1, "%s: the snapshot is listed after the start" % what)
+    if not found:
+        return False
+    s = info(d, sid)
+    ok &= t.check(s["state"] == "taken" and s["recovered_from"] == "daemon-crash" and
+                  s["durability"] == want_durability,
+                  "%s: state %r, recovered_from %r, durability %r" %
+                  (what, s["state"], s["recovered_from"], s["durability"]))
+    image = s["devices"][0]["image"]
+    fronts = [("loop", image.get("loop"))] if loop else [("nbd", image["nbd"])]
+    for front, address in fronts:
+        got = read_front(front, address or "", KILL_SIZE) if address else b""
+        same = sha(got) == sha(oracle)
+        if not same and got:
+            explain_difference(d, oracle, got)
+        if r == 0:
+            same = same and verifies(d, got, 1, "image")
+        ok &= t.check(same, "%s: the image through %s is the take's data byte for byte" %
+                      (what, front))
+    with open(log) as f:
+        offsets = sorted(set(int(x) for x in f.read().split()))
+    with open(data_path, "rb") as f:
+        written = f.read()
+    now = read_nbd(device(d, "kv")["nbd"], KILL_SIZE)
+    missing = [o for o in offsets if now[o:o + BLOCK] != written[o:o + BLOCK]]
+    ok &= t.check(not missing, "%s: the original holds every one of %d acknowledged writes "
+                  "(missing %d)" % (what, len(offsets), len(missing)))
+    d.cli_json("snapshot", "destroy", sid)
+    ok &= t.check(not listed(d, sid) and not os.path.exists(storage_file(d, storage, sid)),
+                  "%s: destroy removes the storage file" % what)
+    return ok
+
+
+def kill_rounds(d, t, fuse):
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    argv = ["attach", d.make_image("kv.img", KILL_SIZE), "--name", "kv"]
+    dev = d.cli_json(*(argv + (["--loop"] if fuse else [])))
+    write_front(d, dev, 0, KILL_SIZE, 1)
+    started = time.monotonic()
+    bad = sum(0 if kill_round(d, t, r, storage, fuse) else 1 for r in range(ROUNDS))
+    t.check(bad == 0, "kill -9: %d rounds in %.0f s, %d bad" %
+            (ROUNDS, time.monotonic() - started, bad))
+
+
+# ---- 3. memory durability ----
+
+def memory_durability(d, t):
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    dev = d.cli_json("attach", d.make_image("mv.img", 16 * MiB), "--name", "mv")
+    write_front(d, dev, 0, 16 * MiB, 1)
+    for how in ("clean stop", "kill -9"):
+        sid = create(d, storage, "32M", ["mv"], durability="memory")
+        s = info(d, sid)
+        t.check(s["durability"] == "memory" and s["storage"]["file"] == "" and
+                os.listdir(storage) == [],
+                "memory: no named storage file (%r, dir %r)" % (s["storage"].get("file"),
+                                                               os.listdir(storage)))
+        write_front(d, device(d, "mv"), 0, 4 * MiB, 2)
+        if how == "clean stop":
+            rc = d.stop()
+            t.check(rc == 0, "memory: clean stop (exit %s)" % rc)
+        else:
+            kill9(d)
+        d.start()
+        check_gone(d, t, sid, storage, "memory, after a %s" % how)
+        t.check(os.listdir(storage) == [], "memory, after a %s: the storage dir is empty (%r)" %
+                (how, os.listdir(storage)))
+        dev = device(d, "mv")
+        t.check(dev["snapshot"] is None, "memory, after a %s: the device is in no snapshot (%r)"
+                % (how, dev["snapshot"]))
+    sid = create(d, storage, "32M", ["mv"])
+    t.check(info(d, sid)["state"] == "taken", "memory: the device joins a new snapshot")
+    d.cli_json("snapshot", "destroy", sid)
+
+
+# ---- 4. corrupted persists ----
+
+def corrupted_persists(d, t, fuse):
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    dev = d.cli_json("attach", d.make_image("xv.img", 32 * MiB), "--name", "xv")
+    write_front(d, dev, 0, 16 * MiB, 1)
+    sid = create(d, storage, "4M", ["xv"], durability="power")
+    write_front(d, dev, 0, 16 * MiB, 2)
+    state = wait_state(d, sid, "corrupted")
+    t.check(state == "corrupted", "corrupted: 16 MiB of writes overflow a 4M limit (%s)" % state)
+    before = info(d, sid)
+    for how in ("clean stop", "kill -9"):
+        if how == "clean stop":
+            rc = d.stop()
+            t.check(rc == 0, "corrupted: clean stop (exit %s)" % rc)
+        else:
+            kill9(d)
+        d.start()
+        found = listed(d, sid)
+        t.check(len(found) == 1 and found[0]["state"] == "corrupted",
+                "corrupted, after a %s: listed corrupted (%r)" % (how, found))
+        if not found:
+            return
+        s = info(d, sid)
+        want = "clean-stop" if how == "clean stop" else "daemon-crash"
+        t.check(s["recovered_from"] == want and
+                s["devices"][0]["error"] == before["devices"][0]["error"] != 0,
+                "corrupted, after a %s: recovered_from %r, device error %r (was %r)" %
+                (how, s["recovered_from"], s["devices"][0]["error"],
+                 before["devices"][0]["error"]))
+        image = s["devices"][0]["image"]
+        for what, address in image_fronts(image):
+            try:
+                read_front(what, address, 1 * MiB)
+                failed = False
+            except Exception as e:  # nbd.Error, OSError
+                failed = True
+                print("    %s read: %s" % (what, e))
+            t.check(failed, "corrupted, after a %s: an image read through %s fails" % (how, what))
+    original = read_nbd(device(d, "xv")["nbd"], 16 * MiB)
+    t.check(verifies(d, original, 2, "original"), "corrupted: the original holds the writes")
+    d.cli_json("snapshot", "destroy", sid)
+    check_gone(d, t, sid, storage, "corrupted: destroyed after the restarts")
+
+
+# ---- 5. storage vanished ----
+
+def failed_entries(report):
+    """Every entry of a list under a key with "failed" in its name, anywhere in the report."""
+    out = []
+    if isinstance(report, dict):
+        for k, v in report.items():
+            if "failed" in k and isinstance(v, list):
+                out += v
+            out += failed_entries(v)
+    elif isinstance(report, list):
+        for v in report:
+            out += failed_entries(v)
+    return out
+
+
+def storage_vanished(d, t, fuse):
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    argv = ["attach", d.make_image("sv.img", 16 * MiB), "--name", "sv"]
+    dev = d.cli_json(*(argv + (["--loop"] if fuse else [])))
+    write_front(d, dev, 0, 16 * MiB, 1)
+    sid = create(d, storage, "32M", ["sv"], loop=fuse)
+    write_front(d, dev, 0, 4 * MiB, 2)
+    path = info(d, sid)["storage"]["file"]
+    rc = d.stop()
+    t.check(rc == 0 and path == storage_file(d, storage, sid) and os.path.exists(path),
+            "vanished: clean stop (exit %s), the storage file %r kept" % (rc, path))
+    if os.path.exists(path):
+        os.unlink(path)
+    d.start()
+    report = restart_report(d)
+    failed = [f for f in failed_entries(report) if sid in json.dumps(f)]
+    t.check(len(failed) == 1, "vanished: the restart report names the snapshot as failed (%s)" %
+            json.dumps(report)[:600])
+    t.check(d.alive(), "vanished: the daemon runs")
+    check_gone(d, t, sid, storage, "vanished")
+    dev = device(d, "sv")
+    t.check(dev["restored"] is True and dev["snapshot"] is None and dev["nbd"] and
+            (not fuse or (dev.get("loop") or "").startswith("/dev/loop")),
+            "vanished: the device is attached again with its fronts, in no snapshot (%r)" % dev)
+    original = read_nbd(dev["nbd"], 16 * MiB)
+    t.check(verifies(d, original, 2, "original", 0, 4 * MiB) and
+            verifies(d, original, 1, "original", 4 * MiB),
+            "vanished: the device's data is as written")
+    sid2 = create(d, storage, "32M", ["sv"])
+    t.check(info(d, sid2)["state"] == "taken", "vanished: the device joins a new snapshot")
+    d.cli_json("snapshot", "destroy", sid2)
+
+
+def main():
+    args = parse_args(sys.argv)
+    try:
+        import nbd  # noqa: F401
+    except ImportError:
+        print("SKIP: needs python3-libnbd")
+        sys.exit(SKIP)
+    t = Failures()
+    fuse = fuse_possible()
+    if not fuse:
+        t.skip("FUSE and loop fronts (images, loop writer)", "needs root, /dev/fuse, "
+               "/dev/loop-control")
+    phases = [("clean restart", lambda d: clean_restart(d, t, fuse)),
+              ("kill -9 rounds", lambda d: kill_rounds(d, t, fuse)),
+              ("memory durability", lambda d: memory_durability(d, t)),
+              ("corrupted persists", lambda d: corrupted_persists(d, t, fuse)),
+              ("storage vanished", lambda d: storage_vanished(d, t, fuse))]
+    only = os.environ.get("BLKSNAP_DSNAP_ONLY")  # a phase name, to run one while debugging
+    for name, phase in phases:
+        if only and only not in name:
+            continue
+        d = Daemon(args, fuse=fuse)
+        started = time.monotonic()
+        try:
+            d.start()
+            phase(d)
+            t.check(d.alive(), "%s: the daemon still runs (%.1f s)" %
+                    (name, time.monotonic() - started))
+        except Exception as e:
+            t.check(False, "%s: unexpected exception: %r\n%s" % (name, e, d.log_text()))
+        finally:
+            d.cleanup()
+    if t.skipped and not t.failed:
+        print("%d checks passed, %d skipped: SKIP" % (t.passed, t.skipped))
+        sys.exit(SKIP)
+    t.done()
+
+
+if __name__ == "__main__":
+    main()
