@@ -502,6 +502,17 @@ def storage_vanished(d, t, fuse):
     d.cli_json("snapshot", "destroy", sid2)
 
 
+def loops_left(d):
+    """Loop devices still bound to a file of this daemon's (autoclear may take a moment)."""
+    deadline = time.monotonic() + 5
+    while True:
+        out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        left = [x for x in out.splitlines() if d.tmp in x]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
 def main():
     args = parse_args(sys.argv)
     try:
@@ -530,6 +541,9 @@ def main():
             phase(d)
             t.check(d.alive(), "%s: the daemon still runs (%.1f s)" %
                     (name, time.monotonic() - started))
+            d.stop()
+            left = loops_left(d)
+            t.check(not left, "%s: no loop device left after the stop (%r)" % (name, left))
         except Exception as e:
             t.check(False, "%s: unexpected exception: %r\n%s" % (name, e, d.log_text()))
         finally:
