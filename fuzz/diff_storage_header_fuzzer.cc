@@ -1,6 +1,7 @@
-// libFuzzer target: ParseDiffStorageHeader (src/engine/diff_storage_format.h) on arbitrary
-// bytes, as found at a difference-storage path. It must never read out of bounds; whatever it
-// accepts must serialize back to the same first block (the format has one encoding).
+// libFuzzer target: the difference-storage parsers (src/engine/diff_storage_format.h) on
+// arbitrary bytes, as found at a difference-storage path: ParseDiffStorageHeader,
+// ParseDiffStorageHeaderSlots and ParseLogPage (chunk-log pages). They must never read out of
+// bounds; whatever they accept must serialize back to the same fields (one encoding).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -11,13 +12,17 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace blksnap;
-  auto parsed = ParseDiffStorageHeader(std::span<const uint8_t>(data, size));
-  if (!parsed.ok()) return 0;
-  // Accepted: a full block whose reserved bytes may be anything the checksum covers; the
-  // fields must round-trip.
-  const auto block = SerializeDiffStorageHeader(*parsed);
-  auto again = ParseDiffStorageHeader(block);
-  if (!again.ok() || !(*again == *parsed)) std::abort();
-  if (std::memcmp(block.data(), data, kReservedOffset) != 0) std::abort();
+  const std::span<const uint8_t> bytes(data, size);
+  (void)ParseDiffStorageHeaderSlots(bytes);
+  if (auto parsed = ParseDiffStorageHeader(bytes); parsed.ok()) {
+    const auto block = SerializeDiffStorageHeader(*parsed);
+    auto again = ParseDiffStorageHeader(block);
+    if (!again.ok() || !(*again == *parsed)) std::abort();
+    if (std::memcmp(block.data(), data, kReservedOffset) != 0) std::abort();
+  }
+  if (auto page = ParseLogPage(bytes); page.ok()) {
+    auto again = ParseLogPage(SerializeLogPage(*page));
+    if (!again.ok() || !(*again == *page)) std::abort();
+  }
   return 0;
 }

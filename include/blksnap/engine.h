@@ -195,8 +195,8 @@ struct SnapshotOptions {
 // a crash or a power loss). Its devices must be attached again first, with the capacities the
 // storage records.
 struct RecoverSnapshotOptions {
-  std::string storage_file;  // StorageInfo::file of the snapshot
-  Uuid id;                   // the snapshot the storage must belong to
+  std::string storage_file;                     // StorageInfo::file of the snapshot
+  Uuid id;                                      // the snapshot the storage must belong to
   std::shared_ptr<BlockDevice> storage_device;  // instead of storage_file (tests)
   // The machine went down since the snapshot was written (the daemon knows it from the boot id):
   // a kCrash snapshot cannot be trusted and comes back corrupted. Also inferred from a member

@@ -59,6 +59,9 @@ class FaultDevice : public ForwardingDevice {
   // a power loss would.
   void SetBufferUnflushed(bool enabled);
   void DropUnflushed();
+  // A power cut that the disk's cache survived in part: each unflushed write (overlay segment)
+  // reaches the device below or is lost, chosen by `seed`, whatever the order it came in.
+  void DropUnflushedKeepingSome(uint64_t seed);
   // Clears every fault.
   void Reset();
 

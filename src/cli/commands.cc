@@ -14,6 +14,7 @@
 #include <fstream>
 #include <utility>
 
+#include "blksnap/engine.h"
 #include "cli/fiemap.h"
 #include "control/protocol.h"
 
@@ -185,10 +186,17 @@ void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<st
 
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
                        const BlockFronts& fronts, const std::vector<std::string>& devices,
-                       bool force) {
+                       bool force, const std::string& durability) {
   uint64_t bytes = ParseSizeArg("--limit", limit);
   json params = {{"storage", Absolute(storage)}, {"limit", bytes}, {"devices", devices}};
   if (force) params["force"] = true;
+  if (!durability.empty()) {
+    // Checked here too, so a bad word is a usage error and nothing is asked of the daemon.
+    if (!ParseSnapshotDurability(durability).ok()) {
+      Usage("--durability: '" + durability.substr(0, 32) + "' is not one of memory, crash, power");
+    }
+    params["durability"] = durability;
+  }
   fronts.AddTo(params);
   ShowSnapshotCreated(ctx.output, ctx.Call("snapshot-create", params));
 }

@@ -66,9 +66,11 @@ void CmdCbtChanges(Context& ctx, const std::string& name, const std::string& sin
 // st_dev is the front's st_rdev), or FIEMAP's offsets would mark another device's blocks.
 void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<std::string>& ranges,
                      const std::string& file, bool force);
+// durability: "memory", "crash" or "power" (checked here: a usage error otherwise); "" sends
+// none (the daemon's default, power).
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
                        const BlockFronts& fronts, const std::vector<std::string>& devices,
-                       bool force);
+                       bool force, const std::string& durability);
 void CmdSnapshotAdd(Context& ctx, const std::string& id, const std::string& device);
 void CmdSnapshotTake(Context& ctx, const std::string& id);
 // force: even while a client uses one of its images (the daemon answers EBUSY otherwise).

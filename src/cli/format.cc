@@ -109,6 +109,16 @@ void PrintRestart(const json& restart) {
               << " (retried at the next start; `blksnap detach " << Str(f.value("name", json()))
               << "` drops it)\n";
   }
+  for (const auto& s : restart.value("snapshots", json::array())) {
+    std::cout << "recovered snapshot " << Str(s.value("id", json())) << " ("
+              << Str(s.value("state", json())) << ", after "
+              << Str(s.value("recovered_from", json())) << ")\n";
+  }
+  for (const auto& f : restart.value("snapshots_failed", json::array())) {
+    std::cout << "FAILED to recover snapshot " << Str(f.value("id", json())) << " from "
+              << Str(f.value("storage_file", json())) << ": " << Str(f.value("error", json()))
+              << " (its record is dropped; the storage file is left as it is)\n";
+  }
 }
 
 // Prints a JSON {} for --json, else the human line.
@@ -325,14 +335,16 @@ void ShowSnapshotList(const Output& out, json r) {
     std::cout << "no snapshots\n";
     return;
   }
-  std::vector<std::vector<std::string>> rows = {{"ID", "STATE", "DEVICES"}};
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "STATE", "DURABILITY", "RECOVERED", "DEVICES"}};
   for (const auto& s : r["snapshots"]) {
     std::string devices;
     for (const auto& d : s.value("devices", json::array())) {
       if (!devices.empty()) devices += ',';
       devices += Str(d);
     }
-    rows.push_back({Str(s["id"]), Str(s["state"]), devices.empty() ? "-" : devices});
+    rows.push_back({Str(s["id"]), Str(s["state"]), Str(s.value("durability", json())),
+                    Str(s.value("recovered_from", json())), devices.empty() ? "-" : devices});
   }
   PrintTable(rows);
 }
@@ -349,6 +361,12 @@ void ShowSnapshotInfo(const Output& out, json r) {
             << (st["limit"].is_number() && st["limit"].get<uint64_t>() == 0 ? std::string("none")
                                                                             : SizeText(st["limit"]))
             << ")\n";
+  if (!st.value("file", json()).is_null())
+    std::cout << "  storage file: " << Str(st["file"]) << "\n";
+  std::cout << "  durability: " << Str(r.value("durability", json())) << "\n";
+  if (!r.value("recovered_from", json()).is_null()) {
+    std::cout << "  recovered from: " << Str(r["recovered_from"]) << " (brought back at start)\n";
+  }
   for (const auto& d : r["devices"]) {
     std::cout << "  device " << Str(d["name"]);
     if (d.value("error", 0) != 0) {
@@ -424,7 +442,7 @@ void ShowStatus(const Output& out, json r) {
     std::cout << "  (none)\n";
   } else {
     std::vector<std::vector<std::string>> rows = {
-        {"  ID", "STATE", "DEVICES", "STORAGE", "USED", "CAPACITY", "LIMIT"}};
+        {"  ID", "STATE", "DURABILITY", "DEVICES", "STORAGE", "USED", "CAPACITY", "LIMIT"}};
     for (const auto& s : r["snapshots"]) {
       std::string devices;
       for (const auto& dev : s["devices"]) {
@@ -433,9 +451,9 @@ void ShowStatus(const Output& out, json r) {
         if (dev.value("error", 0) != 0) devices += "(failed)";
       }
       const json& st = s["storage"];
-      rows.push_back({"  " + Str(s["id"]), Str(s["state"]), devices.empty() ? "-" : devices,
-                      Str(st["path"]), SizeText(st["used"]), SizeText(st["capacity"]),
-                      st["limit"] == 0 ? "none" : SizeText(st["limit"])});
+      rows.push_back({"  " + Str(s["id"]), Str(s["state"]), Str(s.value("durability", json())),
+                      devices.empty() ? "-" : devices, Str(st["path"]), SizeText(st["used"]),
+                      SizeText(st["capacity"]), st["limit"] == 0 ? "none" : SizeText(st["limit"])});
     }
     PrintTable(rows);
   }

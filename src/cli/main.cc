@@ -109,9 +109,8 @@ int Main(int argc, char** argv) {
   cbt_mark->add_flag("--force", cbt_mark_force,
                      "with --file: skip that check (a file system mounted from NAME's NBD "
                      "export through the kernel NBD client, which blksnapd cannot see)");
-  cbt_mark->callback([&] {
-    run([&] { CmdCbtMarkDirty(ctx, cbt_name, cbt_ranges, cbt_file, cbt_mark_force); });
-  });
+  cbt_mark->callback(
+      [&] { run([&] { CmdCbtMarkDirty(ctx, cbt_name, cbt_ranges, cbt_file, cbt_mark_force); }); });
 
   auto* snap = app.add_subcommand("snapshot", "snapshots");
   snap->require_subcommand(1);
@@ -131,10 +130,15 @@ int Main(int argc, char** argv) {
   create->add_flag("--force", snap_force,
                    "use a storage that holds a file-system or partition signature or other data "
                    "(it is overwritten)");
+  std::string snap_durability;
+  create->add_option("--durability", snap_durability,
+                     "what a taken snapshot survives: memory (nothing: it dies with blksnapd), "
+                     "crash (a daemon crash or restart), power (a power loss too; the default)");
   create->add_option("DEVICE", snap_devices, "device names")->required();
   create->callback([&] {
     run([&] {
-      CmdSnapshotCreate(ctx, snap_storage, snap_limit, snap_fronts, snap_devices, snap_force);
+      CmdSnapshotCreate(ctx, snap_storage, snap_limit, snap_fronts, snap_devices, snap_force,
+                        snap_durability);
     });
   });
   auto* add = snap->add_subcommand("add", "add a device before take");

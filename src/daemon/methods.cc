@@ -74,12 +74,25 @@ json RestartJson(const std::optional<RestartView>& r) {
     failed.push_back(
         {{"name", f.name}, {"path", f.path}, {"ublk_dev_id", f.ublk_dev_id}, {"error", f.error}});
   }
+  json snapshots = json::array();
+  for (const auto& s : r->snapshots) {
+    snapshots.push_back({{"id", s.id.ToString()},
+                         {"recovered_from", OrNull(s.recovered_from)},
+                         {"state", ToString(s.state)}});
+  }
+  json snapshots_failed = json::array();
+  for (const auto& f : r->snapshots_failed) {
+    snapshots_failed.push_back(
+        {{"id", f.id}, {"storage_file", f.storage_file}, {"error", f.error}});
+  }
   return json{{"time", EpochMs(r->time)},
               {"after", r->clean_stop ? "clean-stop" : "crash"},
               {"message", RestartNote(r->clean_stop)},
               {"ublk_recovered", r->ublk_recovered},
               {"notes", r->notes},
-              {"failed", failed}};
+              {"failed", failed},
+              {"snapshots", snapshots},
+              {"snapshots_failed", snapshots_failed}};
 }
 
 json EventJson(const SnapshotEventRecord& r) {
@@ -113,8 +126,11 @@ json SnapshotJson(const SnapshotView& s) {
   }
   return json{{"id", s.id.ToString()},
               {"state", ToString(s.state)},
+              {"durability", ToString(s.durability)},
+              {"recovered_from", OrNull(s.recovered_from)},
               {"storage",
                {{"path", s.storage.path},
+                {"file", OrNull(s.storage.file)},
                 {"capacity", s.storage.capacity},
                 {"used", s.storage.used},
                 {"limit", s.storage.limit}}},
@@ -244,6 +260,13 @@ Result<json> SnapshotCreate(Service& service, const json& params, const Cancelle
   r.ublk = GetBool(params, "ublk");
   r.blockdev = GetBool(params, "blockdev");
   r.force = GetBool(params, "force");
+  if (auto word = GetOptionalString(params, "durability")) {
+    auto durability = ParseSnapshotDurability(*word);
+    if (!durability.ok()) return durability.status();
+    r.durability = *durability;
+  } else if (params.contains("durability")) {
+    return Status::Error(EINVAL, "'durability' must be a string: memory, crash or power");
+  }
   if (params.contains("devices")) {
     if (!params["devices"].is_array()) return Status::Error(EINVAL, "'devices' must be a list");
     for (const auto& d : params["devices"]) {
@@ -288,7 +311,11 @@ Result<json> SnapshotDestroy(Service& service, const json& params, const Cancell
 Result<json> SnapshotList(Service& service, const json&, const Cancelled&) {
   json list = json::array();
   for (const auto& s : service.Snapshots()) {
-    list.push_back({{"id", s.id.ToString()}, {"state", ToString(s.state)}, {"devices", s.devices}});
+    list.push_back({{"id", s.id.ToString()},
+                    {"state", ToString(s.state)},
+                    {"durability", ToString(s.durability)},
+                    {"recovered_from", OrNull(s.recovered_from)},
+                    {"devices", s.devices}});
   }
   return json{{"snapshots", list}};
 }

@@ -4,8 +4,9 @@
 // of every value before reading it, so no get<> can throw. Each entry is read by an EntryReader
 // that stops at the first bad field and remembers why; the entry is then skipped with one problem
 // line "devices[2] (\"vol0\"): size is not an unsigned integer". Serialising builds the same
-// json the daemon always wrote (plus "clean_stop": true after a clean stop) and dumps it with
-// invalid UTF-8 replaced, so it cannot throw.
+// json the daemon always wrote (plus "clean_stop": true after a clean stop, "boot_id" when known
+// and "snapshots" when there is one) and dumps it with invalid UTF-8 replaced, so it cannot
+// throw.
 #include "daemon/records.h"
 
 #include <climits>
@@ -33,6 +34,35 @@ class EntryReader {
     const auto& s = v->get_ref<const std::string&>();
     if (s.empty()) return Fail(key, "is empty");
     *out = s;
+  }
+
+  // A required list of non-empty strings.
+  void StringList(const char* key, std::vector<std::string>* out) {
+    const json* v = Find(key, /*required=*/true);
+    if (!v) return;
+    if (!v->is_array()) return Fail(key, "is not a list");
+    for (const auto& item : *v) {
+      if (!item.is_string() || item.get_ref<const std::string&>().empty()) {
+        return Fail(key, "holds something that is not a non-empty string");
+      }
+      out->push_back(item.get<std::string>());
+    }
+  }
+
+  // A required string that Uuid::Parse accepts.
+  void UuidText(const char* key, std::string* out) {
+    String(key, out);
+    if (ok() && !Uuid::Parse(*out)) Fail(key, "is not a UUID");
+  }
+
+  // "crash" or "power": a memory snapshot is never recorded.
+  void Durability(const char* key, SnapshotDurability* out) {
+    std::string word;
+    String(key, &word);
+    if (!ok()) return;
+    auto d = ParseSnapshotDurability(word);
+    if (!d.ok() || *d == SnapshotDurability::kMemory) return Fail(key, "is not crash or power");
+    *out = *d;
   }
 
   void Bool(const char* key, bool* out) {
@@ -140,6 +170,18 @@ void ReadImage(EntryReader& r, ImageRecord* img) {
   r.BlockSize("logical_block_size", &img->logical_block_size);
 }
 
+void ReadSnapshot(EntryReader& r, SnapshotRecord* snap) {
+  r.UuidText("id", &snap->id);
+  r.String("storage", &snap->storage);
+  r.String("storage_file", &snap->storage_file);
+  r.Durability("durability", &snap->durability);
+  r.Bool("taken", &snap->taken);
+  r.Uint64("limit", &snap->limit);
+  r.Bool("loop", &snap->loop);
+  r.Bool("ublk", &snap->ublk);
+  r.StringList("devices", &snap->devices);
+}
+
 }  // namespace
 
 Result<ParsedRecords> ParseRecords(std::string_view text) {
@@ -180,6 +222,15 @@ Result<ParsedRecords> ParseRecords(std::string_view text) {
                                 clean_stop->type_name() + ")");
     }
   }
+  auto boot_id = doc.find("boot_id");
+  if (boot_id != doc.end()) {
+    if (boot_id->is_string()) {
+      parsed.records.boot_id = boot_id->get<std::string>();
+    } else {
+      parsed.problems.push_back(std::string("boot_id is not a string (") + boot_id->type_name() +
+                                ")");
+    }
+  }
   ReadList(*devices, "devices", "name", ReadDevice, &parsed.records.devices, &parsed.problems);
   auto images = doc.find("images");
   if (images != doc.end()) {
@@ -187,6 +238,16 @@ Result<ParsedRecords> ParseRecords(std::string_view text) {
       ReadList(*images, "images", "device", ReadImage, &parsed.records.images, &parsed.problems);
     } else {
       parsed.problems.push_back(std::string("images is not a list (") + images->type_name() + ")");
+    }
+  }
+  auto snapshots = doc.find("snapshots");
+  if (snapshots != doc.end()) {
+    if (snapshots->is_array()) {
+      ReadList(*snapshots, "snapshots", "id", ReadSnapshot, &parsed.records.snapshots,
+               &parsed.problems);
+    } else {
+      parsed.problems.push_back(std::string("snapshots is not a list (") + snapshots->type_name() +
+                                ")");
     }
   }
   return parsed;
@@ -217,6 +278,22 @@ std::string SerializeRecords(const Records& records) {
               {"images", std::move(images)}};
   // Only when true, so a running daemon's records are what blksnapd has always written.
   if (records.clean_stop) doc["clean_stop"] = true;
+  if (!records.boot_id.empty()) doc["boot_id"] = records.boot_id;
+  if (!records.snapshots.empty()) {
+    json snapshots = json::array();
+    for (const auto& snap : records.snapshots) {
+      snapshots.push_back({{"id", snap.id},
+                           {"storage", snap.storage},
+                           {"storage_file", snap.storage_file},
+                           {"durability", ToString(snap.durability)},
+                           {"taken", snap.taken},
+                           {"limit", snap.limit},
+                           {"loop", snap.loop},
+                           {"ublk", snap.ublk},
+                           {"devices", snap.devices}});
+    }
+    doc["snapshots"] = std::move(snapshots);
+  }
   return doc.dump(2, ' ', /*ensure_ascii=*/false, json::error_handler_t::replace) + "\n";
 }
 

@@ -7,12 +7,24 @@
 // images removed). Format (version 1, the one blksnapd has always written, plus the optional
 // "clean_stop"; keys sorted, two-space indent, final newline):
 //
-//   {"clean_stop": true (only when true),
+//   {"boot_id": str (only when known),
+//    "clean_stop": true (only when true),
 //    "devices": [{"name": str, "path": str, "loop": bool, "ublk": bool, "ublk_dev_id": int,
 //                 "size": uint64, "logical_block_size": uint32}, ...],
 //    "images":  [{"snapshot": uuid str, "device": str, "ublk_dev_id": int, "size": uint64,
 //                 "logical_block_size": uint32}, ...],
+//    "snapshots": [{"id": uuid str, "storage": str, "storage_file": str,
+//                   "durability": "crash"|"power", "taken": bool, "limit": uint64, "loop": bool,
+//                   "ublk": bool, "devices": [str, ...]}, ...] (only when there is one),
 //    "pid": int64, "version": 1}
+//
+// "snapshots" (issue 15, durable snapshots) lists each snapshot of durability crash or power
+// whose storage has a file: what the next start hands to Engine::RecoverSnapshot (storage_file,
+// id) and the image fronts it exposes again (NBD and FUSE always, loop and ublk as asked at
+// create; a crash's ublk image devices are in "images"). "taken" false: created, not taken when
+// written (after a crash the engine releases its storage, or finds it taken after all). A reader
+// that does not know the list ignores it: the file stays version 1. "boot_id" (the
+// kernel's boot id when the records were written) tells a crash from a power loss.
 //
 // Reading never throws, whatever the bytes. The document must be an object with "version": 1
 // (an integer) and a "devices" list; anything else is an error (EINVAL). Inside, each entry is
@@ -21,7 +33,10 @@
 // of the wrong type or out of range (ublk_dev_id -1..INT_MAX; logical_block_size a power of two
 // in 512..64 KiB) is skipped and named in ParsedRecords::problems. A bad "pid", a non-bool
 // "clean_stop" or a non-list "images" is a problem too (pid reads as 0, clean_stop as false — a
-// crash, the cautious reading —, no images). Optional fields take the defaults below;
+// crash, the cautious reading —, no images). Snapshots: an entry lacking id (a UUID), storage,
+// storage_file, or devices (a list of non-empty strings), or whose durability is not
+// "crash" or "power", is skipped and named; a non-list "snapshots" or a non-string "boot_id" is
+// a problem (no snapshots; boot id unknown). Optional fields take the defaults below;
 // unknown fields are ignored. Names and paths are checked further by the daemon, not here.
 //
 // Thread safety: the functions are pure; a RecordStore is used under its owner's lock.
@@ -33,6 +48,7 @@
 #include <string_view>
 #include <vector>
 
+#include "blksnap/engine.h"
 #include "blksnap/env.h"
 #include "blksnap/status.h"
 
@@ -58,14 +74,29 @@ struct ImageRecord {
   bool operator==(const ImageRecord&) const = default;
 };
 
+// A durable snapshot to recover at the next start (see the top of this file).
+struct SnapshotRecord {
+  std::string id;            // the snapshot's UUID, as text
+  std::string storage;       // as given to snapshot create (a directory, file or block device)
+  std::string storage_file;  // StorageInfo::file: what RecoverSnapshot opens
+  SnapshotDurability durability = SnapshotDurability::kPower;  // kCrash or kPower
+  bool taken = true;                                           // false: created, not yet taken
+  uint64_t limit = 0;  // StorageInfo::limit when written (for reports: the storage keeps its own)
+  bool loop = false, ublk = false;   // image fronts asked for at create
+  std::vector<std::string> devices;  // member device names
+  bool operator==(const SnapshotRecord&) const = default;
+};
+
 struct Records {
-  int64_t pid = 0;  // the daemon that wrote them
+  int64_t pid = 0;      // the daemon that wrote them
+  std::string boot_id;  // the boot they were written in; "" unknown
   // Written by a clean stop (Service::Shutdown): the devices were detached with their CBT sealed
   // and their fronts removed. false: the records of a running daemon (after a crash).
   bool clean_stop = false;
   std::vector<DeviceRecord> devices;
   std::vector<ImageRecord> images;
-  bool empty() const { return devices.empty() && images.empty(); }
+  std::vector<SnapshotRecord> snapshots;
+  bool empty() const { return devices.empty() && images.empty() && snapshots.empty(); }
   bool operator==(const Records&) const = default;
 };
 

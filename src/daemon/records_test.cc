@@ -19,6 +19,15 @@ Records Sample() {
   r.devices.push_back({"vol0", "/dev/sdb", false, true, 3, 8ull << 30, 4096});
   r.devices.push_back({"img", "/srv/img.raw", true, false, -1, 1ull << 20, 512});
   r.images.push_back({"6f1c0a6e-8d7b-4a44-9c61-2f3a1b5c7d90", "vol0", 7, 8ull << 30, 4096});
+  r.boot_id = "0f9e8d7c-6b5a-4938-a271-605f4e3d2c1b";
+  r.snapshots.push_back(
+      {.id = "6f1c0a6e-8d7b-4a44-9c61-2f3a1b5c7d90",
+       .storage = "/var/tmp",
+       .storage_file = "/var/tmp/blksnap-6f1c0a6e-8d7b-4a44-9c61-2f3a1b5c7d90.diff",
+       .durability = SnapshotDurability::kCrash,
+       .limit = 1ull << 30,
+       .ublk = true,
+       .devices = {"vol0", "img"}});
   return r;
 }
 
@@ -119,6 +128,93 @@ TEST(RecordsTest, CleanStopRoundTripsAndDefaultsToFalse) {
   ASSERT_EQ(bad.problems.size(), 1u);
 }
 
+// Durable snapshots (issue 15): the optional "snapshots" list and "boot_id", as the daemon writes
+// them; a file without them (every file before) reads with none, and one without snapshots is
+// written without the key, byte for byte as before.
+TEST(RecordsTest, SnapshotsRoundTripAndAreOptional) {
+  const std::string text = R"({
+  "boot_id": "b00710ad-0000-4000-8000-000000000001",
+  "clean_stop": true,
+  "devices": [
+    {
+      "logical_block_size": 512,
+      "loop": false,
+      "name": "d0",
+      "path": "/tmp/x.img",
+      "size": 67108864,
+      "ublk": false,
+      "ublk_dev_id": -1
+    }
+  ],
+  "images": [],
+  "pid": 99,
+  "snapshots": [
+    {
+      "devices": [
+        "d0"
+      ],
+      "durability": "power",
+      "id": "0e5d2c1b-1111-4222-8333-944455556666",
+      "limit": 16777216,
+      "loop": true,
+      "storage": "/var/tmp",
+      "storage_file": "/var/tmp/blksnap-0e5d2c1b-1111-4222-8333-944455556666.diff",
+      "taken": true,
+      "ublk": false
+    }
+  ],
+  "version": 1
+}
+)";
+  ParsedRecords parsed = MustParse(text);
+  EXPECT_TRUE(parsed.problems.empty());
+  EXPECT_EQ(parsed.records.boot_id, "b00710ad-0000-4000-8000-000000000001");
+  ASSERT_EQ(parsed.records.snapshots.size(), 1u);
+  const SnapshotRecord& snap = parsed.records.snapshots[0];
+  EXPECT_EQ(snap.id, "0e5d2c1b-1111-4222-8333-944455556666");
+  EXPECT_EQ(snap.storage, "/var/tmp");
+  EXPECT_EQ(snap.durability, SnapshotDurability::kPower);
+  EXPECT_EQ(snap.limit, 16ull << 20);
+  EXPECT_TRUE(snap.loop);
+  EXPECT_FALSE(snap.ublk);
+  EXPECT_TRUE(snap.taken);
+  EXPECT_EQ(snap.devices, std::vector<std::string>{"d0"});
+  EXPECT_FALSE(parsed.records.empty());
+  EXPECT_EQ(SerializeRecords(parsed.records), text);
+
+  Records only_snapshots;
+  only_snapshots.snapshots = parsed.records.snapshots;
+  EXPECT_FALSE(only_snapshots.empty()) << "a recorded snapshot keeps the file";
+  EXPECT_EQ(MustParse(SerializeRecords(only_snapshots)).records, only_snapshots);
+
+  ParsedRecords old = MustParse(R"({"version":1,"devices":[]})");
+  EXPECT_TRUE(old.records.snapshots.empty());
+  EXPECT_TRUE(old.records.boot_id.empty());
+  Records none = Sample();
+  none.snapshots.clear();
+  none.boot_id.clear();
+  EXPECT_EQ(SerializeRecords(none).find("snapshots"), std::string::npos);
+  EXPECT_EQ(SerializeRecords(none).find("boot_id"), std::string::npos);
+  // Optional snapshot fields take their defaults.
+  ParsedRecords minimal = MustParse(
+      R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+      R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":["a"]}]})");
+  // A created snapshot may have no devices yet.
+  ParsedRecords created = MustParse(
+      R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+      R"("storage":"/s","storage_file":"/s/f","durability":"crash","taken":false,"devices":[]}]})");
+  ASSERT_EQ(created.records.snapshots.size(), 1u);
+  EXPECT_FALSE(created.records.snapshots[0].taken);
+  EXPECT_TRUE(created.records.snapshots[0].devices.empty());
+  ASSERT_EQ(minimal.records.snapshots.size(), 1u);
+  EXPECT_EQ(minimal.records.snapshots[0],
+            (SnapshotRecord{.id = "0e5d2c1b-1111-4222-8333-944455556666",
+                            .storage = "/s",
+                            .storage_file = "/s/f",
+                            .durability = SnapshotDurability::kCrash,
+                            .devices = {"a"}}));
+}
+
 TEST(RecordsTest, OptionalFieldsTakeDefaults) {
   ParsedRecords p = MustParse(R"({"version":1,"devices":[{"name":"a","path":"/a","x":[1]}]})");
   ASSERT_EQ(p.records.devices.size(), 1u);
@@ -195,6 +291,45 @@ TEST(RecordsTest, BadEntriesAreSkippedAndReported) {
       {R"({"version":1,"devices":[],"images":[{"snapshot":"s","device":"d","ublk_dev_id":-1}]})",
        "ublk_dev_id is out of range"},
       {R"({"version":1,"devices":[{"name":"a\nb","path":5}]})", "(\"a\\nb\")"},
+      {R"({"version":1,"devices":[],"boot_id":5})", "boot_id is not a string"},
+      {R"({"version":1,"devices":[],"snapshots":{}})", "snapshots is not a list"},
+      {R"({"version":1,"devices":[],"snapshots":[3]})", "snapshots[0] is not an object"},
+      {R"({"version":1,"devices":[],"snapshots":[{"storage":"/s","storage_file":"/s/f",)"
+       R"("durability":"power","devices":["a"]}]})",
+       "snapshots[0]: id is missing"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"nope","storage":"/s",)"
+       R"("storage_file":"/s/f","durability":"power","devices":["a"]}]})",
+       "(\"nope\"): id is not a UUID"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","durability":"power","devices":["a"]}]})",
+       "storage_file is missing"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"","durability":"power","devices":["a"]}]})",
+       "storage_file is empty"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"memory","devices":["a"]}]})",
+       "durability is not crash or power"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"fast","devices":["a"]}]})",
+       "durability is not crash or power"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","devices":["a"]}]})",
+       "durability is missing"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"crash","taken":0,"devices":[]}]})",
+       "taken is not true or false"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":["a",5]}]})",
+       "devices holds something that is not a non-empty string"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":"a"}]})",
+       "devices is not a list"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":["a"],"limit":-1}]})",
+       "limit is not an unsigned integer"},
+      {R"({"version":1,"devices":[],"snapshots":[{"id":"0e5d2c1b-1111-4222-8333-944455556666",)"
+       R"("storage":"/s","storage_file":"/s/f","durability":"crash","devices":["a"],"ublk":"y"}]})",
+       "ublk is not true or false"},
   };
   const std::string good = R"({"name":"ok","path":"/ok"})";
   for (const auto& c : cases) {

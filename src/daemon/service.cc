@@ -24,22 +24,28 @@ Status Annotate(const Status& s, const std::string& prefix) {
   return Status::Error(s.errnum(), prefix + ": " + std::string(s.message()));
 }
 
+std::string BootIdOf(const std::shared_ptr<MappedFiles>& files) {
+  return (files ? files : PosixMappedFiles())->BootId();
+}
+
 }  // namespace
 
 const char* const kRestartNote =
-    "blksnapd restarted after a crash: snapshots from before the restart are gone; CBT goes on "
-    "in the same generation where its state file allows (else a new generation: see "
-    "cbt.generation_reason)";
+    "blksnapd restarted after a crash: snapshots from before the restart are gone unless durable "
+    "(crash or power: recovered, see restart.snapshots); CBT goes on in the same generation where "
+    "its state file allows (else a new generation: see cbt.generation_reason)";
 
 const char* const kCleanRestartNote =
-    "blksnapd restarted after a clean stop: devices re-attached; durable CBT continues from its "
-    "sealed state (see cbt.generation_reason and cbt.recovered_from)";
+    "blksnapd restarted after a clean stop: devices re-attached, durable snapshots recovered (see "
+    "restart.snapshots); durable CBT continues from its sealed state (see cbt.generation_reason "
+    "and cbt.recovered_from)";
 
 const char* RestartNote(bool clean_stop) { return clean_stop ? kCleanRestartNote : kRestartNote; }
 
 Service::Service(std::unique_ptr<Engine> engine, std::unique_ptr<Fronts> fronts, ServiceInfo info)
     : info_(std::move(info)),
       env_(info_.env ? *info_.env : *Env::Default()),
+      boot_id_(BootIdOf(info_.mapped_files)),
       engine_(std::move(engine)),
       fronts_(std::move(fronts)) {
   if (!info_.state_dir.empty()) records_ = std::make_unique<RecordStore>(env_, info_.state_dir);
@@ -395,23 +401,46 @@ void Service::Shutdown() {
   MutexLock lock(mu_);
   if (shut_down_) return;
   shut_down_ = true;
+  // The devices and durable snapshots as they are recorded now, without ublk dev_ids: the ublk
+  // devices (of devices and images) are removed below, and the next start creates new ones.
+  Records kept = CollectRecordsLocked();
+  for (auto& r : kept.devices) {
+    if (devices_.count(r.name)) r.ublk_dev_id = -1;
+  }
+  kept.images.clear();
+  kept.clean_stop = true;
+  // Fronts first: once no client reads an image and no writer of an original is left, a closed
+  // snapshot holds every change (Engine::CloseSnapshot).
   for (auto& [id, entry] : snapshots_) {
     for (auto& [device, exposure] : entry.images) exposure->Remove().IgnoreError();
+  }
+  for (auto& [name, d] : devices_) {
+    Status s = d.fronts->Remove();
+    if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());
+  }
+  for (auto& [id, entry] : snapshots_) {
+    const std::string text = id.ToString();
+    auto rec = std::find_if(kept.snapshots.begin(), kept.snapshots.end(),
+                            [&text](const SnapshotRecord& r) { return r.id == text; });
+    if (rec != kept.snapshots.end() && !rec->taken) {
+      kept.snapshots.erase(rec);  // nothing to keep: destroyed below
+    } else if (rec != kept.snapshots.end()) {
+      Status closed = engine_->CloseSnapshot(id);
+      if (closed.ok()) {
+        spdlog::info("closed snapshot {}: kept in {} for the next start", id.ToString(),
+                     rec->storage_file);
+        continue;
+      }
+      spdlog::warn("cannot close snapshot {} ({}): destroying it", id.ToString(),
+                   closed.ToString());
+      kept.snapshots.erase(rec);
+    }
     Status s = engine_->Destroy(id);
     if (!s.ok()) spdlog::warn("destroying snapshot {}: {}", id.ToString(), s.ToString());
     spdlog::info("destroyed snapshot {}", id.ToString());
   }
   snapshots_.clear();
-  // The devices as they are recorded now, without their ublk dev_ids: the ublk devices are
-  // removed below, and the next start creates new ones.
-  Records kept = CollectRecordsLocked();
-  for (auto& r : kept.devices) {
-    if (devices_.count(r.name)) r.ublk_dev_id = -1;
-  }
-  kept.clean_stop = true;
   for (auto& [name, d] : devices_) {
-    Status s = d.fronts->Remove();
-    if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());
     // A clean stop seals durable CBT: attaching the device again continues its generation.
     DetachOptions options;
     options.keep_cbt = !CbtPath(name).empty();
@@ -419,15 +448,16 @@ void Service::Shutdown() {
       auto identity = StatCbtIdentity(d.path);
       if (identity.ok()) options.identity = *identity;
     }
-    s = engine_->Detach(name, options);
+    Status s = engine_->Detach(name, options);
     if (!s.ok()) spdlog::warn("detaching '{}': {}", name, s.ToString());
     spdlog::info("detached '{}' ({})", name,
                  options.keep_cbt ? "its CBT is sealed in " + CbtPath(name)
                                   : std::string("its CBT is lost: CBT lives in memory only"));
   }
   devices_.clear();
-  // Clean stop: the devices stay recorded (and the records that failed to re-attach), so the
-  // next start attaches them again; `detach` is how a device is forgotten.
+  // Clean stop: the devices stay recorded (and the records that failed to re-attach, and the
+  // closed snapshots), so the next start brings them back; `detach` is how a device is
+  // forgotten.
   WriteRecordsLocked(kept);
   fronts_->Stop();
 }

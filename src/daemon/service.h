@@ -8,6 +8,11 @@
 // Exposures of its images). The engine is the source of truth for snapshot states, events and
 // CBT; the service adds names, paths, fronts and the records of STATE_DIR/devices.json.
 //
+// Durable snapshots (issue 15, docs/durable-snapshots.md): a taken snapshot of durability crash
+// or power is recorded (records.h "snapshots") while it lives; a clean stop closes it
+// (Engine::CloseSnapshot) instead of destroying it, and the next start brings it back
+// (Engine::RecoverSnapshot) with its images exposed under the same names.
+//
 // Locking: mu_ guards the maps. It is held for bookkeeping, never across a freeze, a take, the
 // creation of a ublk device or an event wait: attach reserves its name (pending_) and builds
 // the device without mu_; a take marks its snapshot busy, freezes and switches without mu_ and
@@ -60,6 +65,18 @@ struct FailedRecordView {
   int ublk_dev_id = -1;
 };
 
+// A recorded durable snapshot the start brought back.
+struct RecoveredSnapshotView {
+  Uuid id;
+  std::string recovered_from;  // kSnapshotRecovered*
+  SnapshotState state = SnapshotState::kTaken;
+};
+
+// A recorded durable snapshot the start could not bring back (its record is dropped).
+struct FailedSnapshotView {
+  std::string id, storage_file, error;
+};
+
 // What the last start found of a previous run's records (null in status when there were none:
 // a first start, or the previous run had no device when it stopped).
 struct RestartView {
@@ -68,6 +85,8 @@ struct RestartView {
   size_t ublk_recovered = 0;
   std::vector<std::string> notes;
   std::vector<FailedRecordView> failed;
+  std::vector<RecoveredSnapshotView> snapshots;
+  std::vector<FailedSnapshotView> snapshots_failed;
 };
 
 struct AttachRequest {
@@ -93,6 +112,7 @@ struct SnapshotRequest {
   uint64_t limit = 0;
   bool loop = false, ublk = false, blockdev = false;
   bool force = false;  // a storage holding a signature or data may be overwritten
+  SnapshotDurability durability = SnapshotDurability::kPower;
   std::vector<std::string> devices;
 };
 
@@ -106,6 +126,8 @@ struct TakeView {
 struct SnapshotSummary {
   Uuid id;
   SnapshotState state = SnapshotState::kCreated;
+  SnapshotDurability durability = SnapshotDurability::kPower;
+  std::string recovered_from;  // Snapshot::recovered_from(): "" unless brought back at start
   std::vector<std::string> devices;
 };
 
@@ -118,6 +140,8 @@ struct SnapshotDeviceView {
 struct SnapshotView {
   Uuid id;
   SnapshotState state = SnapshotState::kCreated;
+  SnapshotDurability durability = SnapshotDurability::kPower;
+  std::string recovered_from;  // Snapshot::recovered_from(): "" unless brought back at start
   StorageInfo storage;
   std::vector<SnapshotDeviceView> devices;
   std::vector<SnapshotEventRecord> events;  // recent ones
@@ -179,17 +203,22 @@ class Service {
                                   const std::function<bool()>& cancelled) EXCLUDES(mu_);
   StatusView GetStatus() EXCLUDES(mu_);
 
-  // Destroys every snapshot, removes every front (ublk devices stopped and deleted), detaches
-  // every device (durable CBT sealed), stops the fronts and rewrites the device records of the
-  // state dir as a clean stop's: every device (with the fronts it asked for, no ublk dev_id) and
-  // the records that failed to re-attach, so the next start attaches them again. Only `detach`
-  // forgets a device.
+  // Removes every front (images' and devices'; ublk devices stopped and deleted), then closes
+  // every recorded durable snapshot (Engine::CloseSnapshot: kept for the next start) and destroys
+  // the others (memory durability, not taken, or failing to close), detaches every device
+  // (durable CBT sealed), stops the fronts and rewrites the records of the state dir as a clean
+  // stop's: every device (with the fronts it asked for, no ublk dev_id), the records that failed
+  // to re-attach, and the closed snapshots, so the next start brings them back. Only `detach`
+  // forgets a device, only `snapshot destroy` a snapshot.
   void Shutdown() EXCLUDES(mu_);
 
-  // Daemon start: re-attaches every device recorded in STATE_DIR/devices.json. After a crash,
-  // ublk fronts come back through ublk Recover (their I/O resumes) and ublk image devices whose
-  // snapshot is gone are removed; after a clean stop, the fronts are created anew. Remembers
-  // what failed, and which kind of restart it was, for `status`. Call once, before serving.
+  // Daemon start: re-attaches every device recorded in STATE_DIR/devices.json, then recovers
+  // every recorded durable snapshot (Engine::RecoverSnapshot) and exposes its images as a take
+  // does. After a crash, ublk fronts (of devices and of recovered images) come back through ublk
+  // Recover (their I/O resumes) and ublk image devices whose snapshot is gone are removed; after
+  // a clean stop, the fronts are created anew. A snapshot that cannot be recovered is logged,
+  // reported (restart.snapshots_failed) and its record dropped. Remembers what failed, and which
+  // kind of restart it was, for `status`. Call once, before serving.
   void Restore() EXCLUDES(mu_);
 
  private:
@@ -236,16 +265,30 @@ class Service {
   Result<SnapshotEntry*> FindSnapshotLocked(const Uuid& id) REQUIRES(mu_);
   DeviceView DeviceViewLocked(const DeviceEntry& d) const REQUIRES(mu_);
   SnapshotView SnapshotViewLocked(const SnapshotEntry& s) const REQUIRES(mu_);
-  void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings) REQUIRES(mu_);
+  // ublk_recover_ids: device name -> the ublk image device a crashed run left (restart only).
+  void ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings,
+                          const std::map<std::string, int>& ublk_recover_ids = {}) REQUIRES(mu_);
+  // The record of a durable snapshot the next start can recover (or release, if not taken), or
+  // nullopt (memory durability, or no storage file).
+  std::optional<SnapshotRecord> SnapshotRecordLocked(const SnapshotEntry& entry) const
+      REQUIRES(mu_);
   // The records of the current state (devices, failed records, ublk images), not clean_stop.
   Records CollectRecordsLocked() const REQUIRES(mu_);
   void SaveRecordsLocked() REQUIRES(mu_) { WriteRecordsLocked(CollectRecordsLocked()); }
   void WriteRecordsLocked(const Records& records) REQUIRES(mu_);
   void RestoreImagesLocked(const Records& records) REQUIRES(mu_);
+  // Restart: brings back one recorded durable snapshot, or reports why not.
+  void RecoverRecordedSnapshot(const SnapshotRecord& rec, const std::vector<ImageRecord>& images,
+                               bool clean_stop, bool power_lost) EXCLUDES(mu_);
+  // Removes the ublk image devices a crashed run left for this snapshot, except those of the
+  // images `recovered` exposes again.
+  void RemoveOrphanImagesLocked(const std::string& snapshot, const std::vector<ImageRecord>& images,
+                                const SnapshotEntry* recovered = nullptr) REQUIRES(mu_);
   std::optional<RestartView> RestartLocked() const REQUIRES(mu_);
 
   const ServiceInfo info_;
   Env& env_;
+  const std::string boot_id_;  // this boot's (MappedFiles::BootId), recorded to tell a power loss
   std::unique_ptr<RecordStore> records_;  // null without a state dir
   const std::unique_ptr<Engine> engine_;
   const std::unique_ptr<Fronts> fronts_;

@@ -11,10 +11,25 @@
 //     systems on them never see an error), the image devices are removed (their snapshots died
 //     with the daemon) and durable CBT continues where its state file allows.
 // A record keeps its ublk dev_id only while that ublk device may still wait for recovery (a
-// crash's record, kept through a clean stop if it failed to re-attach). Snapshots are in memory
-// only: none survives a restart.
+// crash's record, kept through a clean stop if it failed to re-attach).
+//
+// Durable snapshots (issue 15): each snapshot of durability crash or power with a storage file is
+// recorded ("snapshots": id, storage, storage_file, durability, taken, limit, image fronts,
+// devices), rewritten at create, add, take, set-limit and destroy. A clean stop closes the taken
+// ones (Engine::CloseSnapshot, service.cc) and destroys the others. A created snapshot's record
+// lets the start after a crash release its storage (RecoverSnapshot: ENOENT, a note), or recover
+// it if the crash came after its take but before the record said so. After the devices are
+// re-attached, Restore() hands each record to Engine::RecoverSnapshot (power_lost when the records
+// come from a crashed run of another boot) and, on success, re-creates the snapshot's entry and
+// exposes its images exactly as a take does: the same NBD export names and FUSE files, new loop
+// devices, and ublk image devices recovered after a crash ("images" of that snapshot) or created
+// anew after a clean stop. A snapshot that does not come back is logged, reported
+// (restart.snapshots_failed), its crash's ublk image devices removed and its record dropped; its
+// storage file is left alone. Snapshots of memory durability die with the daemon, as before.
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include "daemon/service.h"
 #include "util/block_topology.h"
@@ -57,9 +72,31 @@ void Service::WriteRecordsLocked(const Records& records) {
   if (!s.ok()) spdlog::error("cannot write {}: {}", records_->path(), s.ToString());
 }
 
+std::optional<SnapshotRecord> Service::SnapshotRecordLocked(const SnapshotEntry& entry) const {
+  const Snapshot& snap = *entry.snapshot;
+  const SnapshotState state = snap.state();
+  if (snap.durability() == SnapshotDurability::kMemory || state == SnapshotState::kDestroyed) {
+    return std::nullopt;
+  }
+  const StorageInfo storage = snap.storage_info();
+  if (storage.file.empty()) return std::nullopt;  // nothing to recover from
+  SnapshotRecord r;
+  r.id = entry.id.ToString();
+  r.storage = entry.storage;
+  r.storage_file = storage.file;
+  r.durability = snap.durability();
+  r.taken = state != SnapshotState::kCreated;
+  r.limit = storage.limit;
+  r.loop = entry.loop;
+  r.ublk = entry.ublk;
+  for (const auto& d : snap.devices()) r.devices.push_back(d.name);
+  return r;
+}
+
 Records Service::CollectRecordsLocked() const {
   Records records;
   records.pid = ::getpid();
+  records.boot_id = boot_id_;
   for (const auto& [name, d] : devices_) {
     DeviceRecord r;
     r.name = name;
@@ -85,6 +122,7 @@ Records Service::CollectRecordsLocked() const {
       r.logical_block_size = d->second.tracker->logical_block_size();
       records.images.push_back(std::move(r));
     }
+    if (auto r = SnapshotRecordLocked(entry)) records.snapshots.push_back(std::move(*r));
   }
   return records;
 }
@@ -101,6 +139,11 @@ std::optional<RestartView> Service::RestartLocked() const {
 void Service::RestoreImagesLocked(const Records& records) {
   for (const auto& img : records.images) {
     if (img.ublk_dev_id < 0) continue;
+    // A recorded durable snapshot's image: recovered with it, or removed if it does not come back.
+    if (std::any_of(records.snapshots.begin(), records.snapshots.end(),
+                    [&](const SnapshotRecord& s) { return s.id == img.snapshot; })) {
+      continue;
+    }
     Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
     std::string note = "snapshot " + img.snapshot + " image of '" + img.device + "' on /dev/ublkb" +
                        std::to_string(img.ublk_dev_id) + " is gone" +
@@ -110,8 +153,85 @@ void Service::RestoreImagesLocked(const Records& records) {
   }
 }
 
+void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
+                                       const std::vector<ImageRecord>& images,
+                                       const SnapshotEntry* recovered) {
+  for (const auto& img : images) {
+    if (img.snapshot != snapshot || img.ublk_dev_id < 0) continue;
+    if (recovered && recovered->images.count(img.device)) continue;  // exposed again
+    Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
+    std::string note = "snapshot " + snapshot + " image of '" + img.device + "' on /dev/ublkb" +
+                       std::to_string(img.ublk_dev_id) + " is gone" +
+                       (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
+    spdlog::warn("{}", note);
+    restart_->notes.push_back(note);
+  }
+}
+
+void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
+                                      const std::vector<ImageRecord>& images, bool clean_stop,
+                                      bool power_lost) {
+  const auto id = Uuid::Parse(rec.id);  // the parser checked it
+  Result<std::shared_ptr<Snapshot>> snap = Status::Error(EINVAL, "bad snapshot id");
+  if (id) {
+    snap = engine_->RecoverSnapshot(
+        {.storage_file = rec.storage_file, .id = *id, .power_lost = power_lost});
+  }
+  MutexLock lock(mu_);
+  if (!snap.ok() && !rec.taken && snap.status().errnum() == ENOENT) {
+    // Created, never taken (the crash came first): the engine released its storage.
+    std::string note = "snapshot " + rec.id + " was created but not taken before the restart: " +
+                       "its storage is released";
+    spdlog::info("{}", note);
+    restart_->notes.push_back(note);
+    return;
+  }
+  if (!snap.ok()) {
+    spdlog::error("cannot recover snapshot {} from {}: {}", rec.id, rec.storage_file,
+                  snap.status().ToString());
+    restart_->snapshots_failed.push_back(
+        {rec.id, rec.storage_file, std::string(snap.status().message())});
+    RemoveOrphanImagesLocked(rec.id, images);
+    return;
+  }
+  SnapshotEntry entry;
+  entry.id = *id;
+  entry.storage = rec.storage;
+  entry.loop = rec.loop && fronts_->info().fuse;
+  entry.ublk = rec.ublk && fronts_->info().ublk;
+  entry.snapshot = *snap;
+  if (entry.loop != rec.loop || entry.ublk != rec.ublk) {
+    restart_->notes.push_back("snapshot " + rec.id + ": its images get no " +
+                              (entry.ublk != rec.ublk ? "ublk" : "loop") +
+                              " devices: that front is not available any more");
+  }
+  std::map<std::string, int> ublk_ids;  // after a crash: the image devices waiting for recovery
+  if (!clean_stop) {
+    for (const auto& img : images) {
+      if (img.snapshot == rec.id && img.ublk_dev_id >= 0) ublk_ids[img.device] = img.ublk_dev_id;
+    }
+  }
+  std::vector<std::string> warnings;
+  ExposeImagesLocked(entry, &warnings, ublk_ids);
+  for (auto& w : warnings) restart_->notes.push_back("snapshot " + rec.id + ": " + w);
+  for (const auto& [device, exposure] : entry.images) {
+    if (exposure->addresses().ublk_recovered) ++restart_->ublk_recovered;
+  }
+  // A crash's ublk image device nobody took over (the image not exposed: corrupted, or its
+  // fronts failed) is removed, or its readers would wait for ever.
+  if (!clean_stop) RemoveOrphanImagesLocked(rec.id, images, &entry);
+  const std::string from = entry.snapshot->recovered_from();
+  const SnapshotState state = entry.snapshot->state();
+  restart_->snapshots.push_back({*id, from, state});
+  spdlog::info("recovered snapshot {} ({}, after {}) from {}", rec.id, ToString(state),
+               from.empty() ? "?" : from, rec.storage_file);
+  snapshots_.emplace(*id, std::move(entry));
+}
+
 void Service::Restore() {
   std::vector<DeviceRecord> devices;
+  Records recorded;  // the snapshots and images to recover, and how the last run ended
+  bool power_lost = false;
   {
     MutexLock lock(mu_);
     if (!records_ || records_loaded_) return;
@@ -137,6 +257,12 @@ void Service::Restore() {
                 parsed.records.pid, records_->path());
     RestoreImagesLocked(parsed.records);  // none after a clean stop
     devices = parsed.records.devices;
+    recorded.snapshots = parsed.records.snapshots;
+    recorded.images = parsed.records.images;
+    recorded.clean_stop = parsed.records.clean_stop;
+    // A crashed run of another boot: the machine went down (a clean stop made everything durable).
+    power_lost = !recorded.clean_stop && !parsed.records.boot_id.empty() && !boot_id_.empty() &&
+                 parsed.records.boot_id != boot_id_;
   }
   for (const auto& rec : devices) {
     std::string name = rec.name;
@@ -159,9 +285,16 @@ void Service::Restore() {
       failed_[name] = FailedRecord{rec, std::string(s.message())};
     }
   }
+  // Snapshots after every device: RecoverSnapshot needs its members attached.
+  for (const auto& rec : recorded.snapshots) {
+    RecoverRecordedSnapshot(rec, recorded.images, recorded.clean_stop, power_lost);
+  }
   MutexLock lock(mu_);
-  spdlog::warn("restored {} device(s), {} ublk front(s) recovered, {} failed", devices_.size(),
-               restart_->ublk_recovered, failed_.size());
+  spdlog::warn(
+      "restored {} device(s), {} ublk front(s) recovered, {} failed; {} snapshot(s) recovered, {} "
+      "failed",
+      devices_.size(), restart_->ublk_recovered, failed_.size(), restart_->snapshots.size(),
+      restart_->snapshots_failed.size());
   SaveRecordsLocked();
 }
 

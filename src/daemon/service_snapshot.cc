@@ -56,8 +56,10 @@ Result<Uuid> Service::CreateSnapshot(const SnapshotRequest& request) {
           EBUSY, "device '" + devices[i] + "' is already in snapshot " + snap->id().ToString());
     }
   }
-  auto id = engine_->CreateSnapshot(
-      {.storage_path = storage, .limit = request.limit, .force = request.force});
+  auto id = engine_->CreateSnapshot({.storage_path = storage,
+                                     .limit = request.limit,
+                                     .force = request.force,
+                                     .durability = request.durability});
   if (!id.ok()) return Annotate(id.status(), "cannot create snapshot");
   for (const auto& d : devices) {
     Status s = engine_->AddDevice(*id, d);
@@ -75,8 +77,10 @@ Result<Uuid> Service::CreateSnapshot(const SnapshotRequest& request) {
   entry.ublk = ublk;
   entry.snapshot = std::move(snap);
   snapshots_.emplace(*id, std::move(entry));
-  spdlog::info("created snapshot {} with storage {} (limit {}) of {} device(s)", id->ToString(),
-               storage, request.limit, devices.size());
+  SaveRecordsLocked();  // a durable snapshot's storage file is released after a crash
+  spdlog::info("created snapshot {} with storage {} (limit {}, durability {}) of {} device(s)",
+               id->ToString(), storage, request.limit, ToString(request.durability),
+               devices.size());
   return *id;
 }
 
@@ -91,6 +95,7 @@ Status Service::AddDevice(const Uuid& id, const std::string& device) {
   }
   Status s = engine_->AddDevice(id, device);
   if (!s.ok()) return Annotate(s, "cannot add device '" + device + "' to " + id.ToString());
+  SaveRecordsLocked();
   spdlog::info("snapshot {}: added '{}'", id.ToString(), device);
   return Status::Ok();
 }
@@ -105,6 +110,10 @@ Result<uint64_t> Service::SetStorageLimit(const Uuid& id, uint64_t limit) {
   Status s = snap->SetStorageLimit(limit);
   if (!s.ok()) return Annotate(s, "cannot set the storage limit of " + id.ToString());
   spdlog::info("snapshot {}: storage limit raised to {} bytes", id.ToString(), limit);
+  {
+    MutexLock lock(mu_);
+    SaveRecordsLocked();  // a durable snapshot's record holds its limit
+  }
   return snap->storage_info().limit;
 }
 
@@ -167,7 +176,8 @@ Result<TakeView> Service::Take(const Uuid& id) {
   return view;
 }
 
-void Service::ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings) {
+void Service::ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>* warnings,
+                                 const std::map<std::string, int>& ublk_recover_ids) {
   const std::string id = entry.id.ToString();
   for (const auto& d : entry.snapshot->devices()) {
     auto image = entry.snapshot->image(d.name);
@@ -180,6 +190,9 @@ void Service::ExposeImagesLocked(SnapshotEntry& entry, std::vector<std::string>*
     eo.ublk = entry.ublk;
     eo.description = "blksnap image of " + d.name + " at snapshot " + id;
     eo.ro_name = front + ":ro";
+    if (auto r = ublk_recover_ids.find(d.name); entry.ublk && r != ublk_recover_ids.end()) {
+      eo.ublk_recover_id = r->second;
+    }
     auto exposure = fronts_->Expose(front, image, tracker, eo);
     if (!exposure.ok()) {
       warnings->push_back("image of '" + d.name + "': " + exposure.status().ToString());
@@ -235,6 +248,8 @@ std::vector<SnapshotSummary> Service::Snapshots() {
     SnapshotSummary s;
     s.id = id;
     s.state = entry.snapshot->state();
+    s.durability = entry.snapshot->durability();
+    s.recovered_from = entry.snapshot->recovered_from();
     for (const auto& d : entry.snapshot->devices()) s.devices.push_back(d.name);
     list.push_back(std::move(s));
   }
@@ -245,6 +260,8 @@ SnapshotView Service::SnapshotViewLocked(const SnapshotEntry& s) const {
   SnapshotView v;
   v.id = s.id;
   v.state = s.snapshot->state();
+  v.durability = s.snapshot->durability();
+  v.recovered_from = s.snapshot->recovered_from();
   v.storage = s.snapshot->storage_info();
   if (v.storage.path.empty()) v.storage.path = s.storage;
   for (const auto& d : s.snapshot->devices()) {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "util/crc32c.h"
+
 namespace blksnap {
 namespace {
 
@@ -30,13 +32,16 @@ bool IsAllZero(const uint8_t* p, size_t n) {
 }  // namespace
 
 DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
-                   ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt)
+                   ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt,
+                   ChunkLog* log, uint16_t device_index)
     : original_(std::move(original)),
       storage_(std::move(storage)),
       geometry_(geometry),
       config_(config),
       on_corrupt_(std::move(on_corrupt)),
       pool_(geometry.size(), config.chunk_maximum_in_queue),
+      log_(log),
+      device_index_(device_index),
       cache_(config.chunk_maximum_in_cache),
       storer_(config, [this](uint64_t index, Chunk* chunk) { StoreChunk(index, chunk); }) {}
 
@@ -58,10 +63,53 @@ void DiffArea::Shutdown() {
 }
 
 void DiffArea::Corrupt(int errnum) {
+  MutexLock lock(corrupt_mu_);  // later callers wait until the first is recorded
   int expected = 0;
   if (!corrupt_errno_.compare_exchange_strong(expected, errnum ? errnum : EIO)) return;
   storer_.Fail();  // release throttled writers
   if (on_corrupt_) on_corrupt_(errnum ? errnum : EIO);
+}
+
+void DiffArea::SetCorrupted(int errnum) {
+  MutexLock lock(corrupt_mu_);
+  corrupt_errno_.store(errnum ? errnum : EIO);
+  storer_.Fail();
+}
+
+void DiffArea::RestoreChunk(uint64_t index, uint64_t offset) {
+  Shard& shard = ShardOf(index);
+  {
+    MutexLock lock(shard.mu);
+    auto [it, inserted] = shard.chunks.try_emplace(index);
+    it->second.state = ChunkState::kStored;
+    if (inserted) chunks_touched_.fetch_add(1, std::memory_order_relaxed);
+    MutexLock data(DataMu(index));  // not live yet: the order does not matter here
+    it->second.storage_offset = offset;
+  }
+  (offset == kZeroChunk ? chunks_zero_ : chunks_stored_).fetch_add(1, std::memory_order_relaxed);
+}
+
+Chunk* DiffArea::WaitStored(uint64_t index, Chunk* chunk) {
+  Shard& shard = ShardOf(index);
+  MutexLock lock(shard.mu);
+  while (chunk->state == ChunkState::kCopying || chunk->state == ChunkState::kInMemory)
+    shard.cv.Wait(shard.mu);
+  return chunk->state == ChunkState::kFailed ? nullptr : chunk;
+}
+
+Status DiffArea::CommitRecord(uint64_t index, uint64_t offset, const uint8_t* data,
+                              uint64_t length) {
+  LogRecord record;
+  record.chunk = index;
+  record.device = device_index_;
+  if (offset == kZeroChunk) {
+    record.flags = kRecordFlagZero;
+  } else {
+    record.offset = offset;
+    record.length = static_cast<uint32_t>(length);
+    record.crc = data ? Crc32c(data, length) : 0;
+  }
+  return log_->Commit(record);
 }
 
 void DiffArea::SetState(uint64_t index, Chunk* chunk, ChunkState state) {
@@ -71,15 +119,19 @@ void DiffArea::SetState(uint64_t index, Chunk* chunk, ChunkState state) {
   shard.cv.SignalAll();
 }
 
-Chunk* DiffArea::Preserve(uint64_t index) {
+Chunk* DiffArea::Preserve(uint64_t index, bool original_write) {
   Shard& shard = ShardOf(index);
   Chunk* chunk;
+  const bool wait_stored = original_write && log_;
   {
     MutexLock lock(shard.mu);
     auto [it, inserted] = shard.chunks.try_emplace(index);
     chunk = &it->second;
     if (!inserted) {
-      while (chunk->state == ChunkState::kCopying) shard.cv.Wait(shard.mu);
+      while (chunk->state == ChunkState::kCopying ||
+             (wait_stored && chunk->state == ChunkState::kInMemory)) {
+        shard.cv.Wait(shard.mu);
+      }
       return chunk->state == ChunkState::kFailed ? nullptr : chunk;
     }
   }
@@ -111,25 +163,34 @@ Chunk* DiffArea::Preserve(uint64_t index) {
       chunk->storage_offset = kZeroChunk;
     }
     chunks_zero_.fetch_add(1, std::memory_order_relaxed);
-    SetState(index, chunk, ChunkState::kStored);
-    storer_.ReleaseSlot();
-    return chunk;
-  }
-  {
+    if (!log_) {
+      SetState(index, chunk, ChunkState::kStored);
+      storer_.ReleaseSlot();
+      return chunk;
+    }
+    // Durable: a zero chunk needs its record too (a storer commits it).
+  } else {
     MutexLock data(DataMu(index));
     chunk->buffer = buffer;
   }
   SetState(index, chunk, ChunkState::kInMemory);
   storer_.Enqueue(index, chunk);
-  return chunk;
+  return wait_stored ? WaitStored(index, chunk) : chunk;
 }
 
 void DiffArea::PreserveForOriginalWrite(uint64_t offset, uint64_t length) {
-  if (length == 0 || corrupted() || offset >= geometry_.capacity) return;
+  if (length == 0 || offset >= geometry_.capacity) return;
+  if (corrupted()) {
+    MutexLock wait(corrupt_mu_);  // the corruption is recorded before the original changes
+    return;
+  }
   const uint64_t end = std::min(geometry_.capacity, offset + length);
   const uint64_t last = geometry_.index(end - 1);
   for (uint64_t index = geometry_.index(offset); index <= last; ++index) {
-    if (!Preserve(index) && corrupted()) return;
+    if (!Preserve(index, true) && corrupted()) {
+      MutexLock wait(corrupt_mu_);
+      return;
+    }
   }
 }
 
@@ -144,11 +205,24 @@ void DiffArea::StoreChunk(uint64_t index, Chunk* chunk) {
     const uint64_t length = geometry_.length(index);
     Status s = corrupted() ? Status::Error(corrupt_errno(), "snapshot corrupted") : Status::Ok();
     uint64_t offset = kChunkNotStored;
+    if (s.ok() && chunk->storage_offset != kChunkNotStored) {
+      // Durable zero chunk: its record (an image write may have given it storage meanwhile,
+      // and committed that record itself).
+      if (chunk->storage_offset == kZeroChunk) s = CommitRecord(index, kZeroChunk, nullptr, 0);
+      if (!s.ok()) {
+        Corrupt(s.errnum());
+        SetState(index, chunk, ChunkState::kFailed);
+      } else {
+        SetState(index, chunk, ChunkState::kStored);
+      }
+      return;
+    }
     if (s.ok()) {
       auto allocated = storage_->Allocate(length);
       if (allocated.ok()) {
         offset = *allocated;
         s = storage_->device().Write(offset, std::span<const uint8_t>(chunk->buffer, length));
+        if (s.ok() && log_) s = CommitRecord(index, offset, chunk->buffer, length);
       } else {
         s = allocated.status();
       }
@@ -226,7 +300,7 @@ Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uin
 }
 
 Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data) {
-  Chunk* chunk = Preserve(index);
+  Chunk* chunk = Preserve(index, false);
   if (!chunk) return Status::Error(EIO, "snapshot corrupted");
   MutexLock guard(DataMu(index));
   if (chunk->storage_offset == kZeroChunk)
@@ -245,6 +319,10 @@ Status DiffArea::MaterializeZeroChunk(uint64_t index, Chunk* chunk) {
   // Allocated space may hold old data (a block-device storage): zero it, keeping it allocated.
   // On failure the chunk stays a zero chunk and only this image write fails.
   BLKSNAP_RETURN_IF_ERROR(storage_->device().WriteZeroes(offset, length, kZeroNoHole));
+  if (log_) {
+    std::vector<uint8_t> zeroes(length, 0);
+    BLKSNAP_RETURN_IF_ERROR(CommitRecord(index, offset, zeroes.data(), length));
+  }
   chunk->storage_offset = offset;
   chunks_stored_.fetch_add(1, std::memory_order_relaxed);
   return Status::Ok();

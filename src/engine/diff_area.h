@@ -27,6 +27,14 @@
 // Failure: any error while preserving marks the area corrupted (errno recorded, callback fired
 // once); from then on writes to the original skip copy-on-write entirely and image I/O fails
 // with EIO. Shutdown() (destroy) waits for in-flight image I/O and fails later calls with ENODEV.
+// The callback runs before any original write that the failure concerns proceeds (writers that
+// find the area corrupted wait for it): a durable snapshot records its corruption first.
+//
+// Durable snapshots (a ChunkLog given): a write to the original waits until each chunk it
+// touches is STORED, and STORED then means the data and its record are committed to the chunk
+// log (chunk_log.h): the write-ordering rule. A zero chunk gets a record without data. Image
+// writes do not wait (they change the snapshot, not the original); an image write that gives a
+// zero chunk storage commits a record for it. RestoreChunk rebuilds the table at recovery.
 #pragma once
 
 #include <array>
@@ -62,8 +70,11 @@ class DiffArea {
  public:
   using CorruptFn = std::function<void(int errnum)>;
 
+  // `log` (null: kMemory) is the storage's chunk log, `device_index` this device's index in the
+  // storage's device table.
   DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
-           ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt);
+           ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt,
+           ChunkLog* log = nullptr, uint16_t device_index = 0);
   ~DiffArea();
   DiffArea(const DiffArea&) = delete;
   DiffArea& operator=(const DiffArea&) = delete;
@@ -82,6 +93,12 @@ class DiffArea {
   // StopImageIo(), then stops the storer and releases memory and the storage. Call only once no
   // writer of the original can reach this area any more.
   void Shutdown();
+
+  // Recovery, before the area is installed: chunk `index` is STORED at `offset` (kZeroChunk: a
+  // zero chunk). A later call for the same chunk replaces the earlier one.
+  void RestoreChunk(uint64_t index, uint64_t offset);
+  // Recovery of a snapshot recorded as corrupted: corrupted without the callback.
+  void SetCorrupted(int errnum);
 
   const ChunkGeometry& geometry() const { return geometry_; }
   bool corrupted() const { return corrupt_errno_.load() != 0; }
@@ -102,7 +119,13 @@ class DiffArea {
   Mutex& DataMu(uint64_t index) { return data_mu_[index % kDataStripes]; }
   Shard& ShardOf(uint64_t index) { return shards_[index % kShards]; }
   // Makes sure chunk `index` is preserved; returns it (null if the area is corrupted/failed).
-  Chunk* Preserve(uint64_t index);
+  // `original_write`: the caller will overwrite the original (a durable area then waits for
+  // STORED).
+  Chunk* Preserve(uint64_t index, bool original_write);
+  // Waits until the chunk leaves IN_MEMORY (durable original writes); null if it FAILED.
+  Chunk* WaitStored(uint64_t index, Chunk* chunk);
+  // Commits the record of a chunk stored at `offset` (or a zero chunk); requires its stripe.
+  Status CommitRecord(uint64_t index, uint64_t offset, const uint8_t* data, uint64_t length);
   void SetState(uint64_t index, Chunk* chunk, ChunkState state);
   void Corrupt(int errnum);
   // The store function of storer_: writes a queued chunk to the difference storage.
@@ -129,6 +152,9 @@ class DiffArea {
   std::array<Mutex, kDataStripes> data_mu_;
   BufferPool pool_;
   std::atomic<int> corrupt_errno_{0};
+  Mutex corrupt_mu_;  // held while the first failure is recorded (on_corrupt_)
+  ChunkLog* const log_;
+  const uint16_t device_index_;
   IoGate image_gate_;
   ChunkCache cache_;
   std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0}, chunks_zero_{0};

@@ -80,6 +80,26 @@ Status CheckContent(StorageFile& file, const std::string& path, bool force,
   return Status::Ok();
 }
 
+StorageIdentity IdentityOf(const std::string& path, const FileStat& st) {
+  StorageIdentity identity;
+  identity.path = path;
+  identity.is_block_device = st.kind == FileKind::kBlockDevice;
+  identity.rdev = identity.is_block_device ? st.rdev : 0;
+  identity.dev = identity.is_block_device ? 0 : st.dev;
+  identity.ino = identity.is_block_device ? 0 : st.ino;
+  return identity;
+}
+
+// Removes the file at path if it is still the one opened (not replaced meanwhile).
+std::function<void()> RemoverOf(Env* env, const std::string& path, const FileStat& st) {
+  return [env, path, dev = st.dev, ino = st.ino] {
+    auto now = env->Stat(path);
+    if (now.ok() && now->exists && now->dev == dev && now->ino == ino) {
+      env->RemoveFile(path).IgnoreError();
+    }
+  };
+}
+
 }  // namespace
 
 std::string DetectForeignSignature(std::span<const uint8_t> head) {
@@ -102,12 +122,14 @@ std::string DetectForeignSignature(std::span<const uint8_t> head) {
 }
 
 DiffStorage::DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit,
-                         uint64_t step, EventFn events, std::string path)
+                         uint64_t step, EventFn events, std::string path,
+                         SnapshotDurability durability)
     : device_(std::move(device)),
       grow_(std::move(grow)),
       step_(step),
       events_(std::move(events)),
       path_(std::move(path)),
+      durability_(durability),
       limit_(limit) {}
 
 DiffStorage::~DiffStorage() {
@@ -123,22 +145,30 @@ DiffStorage::~DiffStorage() {
 Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDevice> device,
                                                          GrowFn grow, uint64_t limit, uint64_t step,
                                                          const Uuid& id, EventFn events,
-                                                         std::string path) {
+                                                         std::string path,
+                                                         SnapshotDurability durability) {
   if (device->size() <= kDiffStorageHeaderSize + kMiB) {
     return Status::Error(ENOSPC, "difference storage smaller than its 2 MiB header plus 1 MiB");
   }
   const uint64_t usable = device->size() - kDiffStorageHeaderSize;
   if (limit == 0 || limit > usable) limit = usable;
   std::shared_ptr<DiffStorage> storage(new DiffStorage(std::move(device), std::move(grow), limit,
-                                                       step, std::move(events), std::move(path)));
+                                                       step, std::move(events), std::move(path),
+                                                       durability));
   // Not shared yet: the locks below cost nothing and let the analysis check the fields.
   DiffStorage* raw = storage.get();
-  raw->id_ = id;
-  raw->created_ = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
-                                            std::chrono::system_clock::now().time_since_epoch())
-                                            .count());
   {
     MutexLock lock(raw->mu_);
+    raw->header_.snapshot_id = id;
+    raw->header_.durability = static_cast<uint32_t>(durability);
+    raw->header_.created =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count());
+    // Slot 1 is cleared first: a reused storage may hold a stale header of another snapshot
+    // there, with a higher seq than this one's first.
+    std::vector<uint8_t> zero(kDiffStorageHeaderBlockSize, 0);
+    BLKSNAP_RETURN_IF_ERROR(raw->device_->Write(kDiffStorageHeaderBlockSize, zero));
     BLKSNAP_RETURN_IF_ERROR(raw->WriteHeader());
   }
   // The first step is reserved now, so that a storage without room fails at creation.
@@ -153,7 +183,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
       MutexLock lock(raw->mu_);
       raw->reserved_ = first;
     }
-    storage->grower_ = std::thread([raw] { raw->GrowerLoop(); });
+    storage->StartGrower();
   } else {
     MutexLock lock(raw->mu_);
     raw->reserved_ = limit;  // fixed-size devices are reserved whole
@@ -161,11 +191,24 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Create(std::shared_ptr<BlockDe
   return storage;
 }
 
-Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, uint64_t limit,
+void DiffStorage::StartGrower() {
+  grower_ = std::thread([this] { GrowerLoop(); });
+}
+
+Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& given, uint64_t limit,
                                                        uint64_t step, const Uuid& id,
                                                        EventFn events, Env* env,
-                                                       const Checks& checks) {
+                                                       const Checks& checks,
+                                                       SnapshotDurability durability) {
   if (env == nullptr) env = Env::Default();
+  // A durable snapshot must be found again after a restart: a named file, not O_TMPFILE.
+  std::string path = given;
+  if (durability != SnapshotDurability::kMemory) {
+    auto st = env->Stat(given);
+    if (st.ok() && st->kind == FileKind::kDirectory) {
+      path = given + (given.ends_with('/') ? "" : "/") + "blksnap-" + id.ToString() + ".diff";
+    }
+  }
   // O_DIRECT for every kind of storage, as the kernel module writes its difference storage with
   // bios: a page cache would only add a copy per chunk and dirty throttling to copy-on-write
   // (docs/performance-vm.md: cow64k 0.34-0.51x -> 0.83-0.93x of dm-snapshot in the VM;
@@ -180,12 +223,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
   // A file this open created goes again if anything below fails, and when the storage goes.
   std::function<void()> remove_created;
   if (file->created()) {
-    remove_created = [env, path, dev = st.dev, ino = st.ino] {
-      auto now = env->Stat(path);
-      if (now.ok() && now->exists && now->dev == dev && now->ino == ino) {
-        env->RemoveFile(path).IgnoreError();
-      }
-    };
+    remove_created = RemoverOf(env, path, st);
   }
   struct Cleanup {
     std::function<void()>* fn;
@@ -194,12 +232,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
     }
   } cleanup{&remove_created};
 
-  StorageIdentity identity;
-  identity.path = path;
-  identity.is_block_device = st.kind == FileKind::kBlockDevice;
-  identity.rdev = identity.is_block_device ? st.rdev : 0;
-  identity.dev = identity.is_block_device ? 0 : st.dev;
-  identity.ino = identity.is_block_device ? 0 : st.ino;
+  const StorageIdentity identity = IdentityOf(path, st);
   if (checks.placement) BLKSNAP_RETURN_IF_ERROR(checks.placement(identity));
   BLKSNAP_RETURN_IF_ERROR(CheckContent(*file, path, checks.force, env->SysfsRoot()));
   BLKSNAP_RETURN_IF_ERROR(CheckLimit(limit));
@@ -214,8 +247,8 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
                                       " bytes exceeds the " + std::to_string(usable) +
                                       " bytes usable on " + path + " after its 2 MiB header");
     }
-    BLKSNAP_ASSIGN_OR_RETURN(
-        storage, Create(std::move(device), nullptr, limit, step, id, std::move(events), path));
+    BLKSNAP_ASSIGN_OR_RETURN(storage, Create(std::move(device), nullptr, limit, step, id,
+                                             std::move(events), given, durability));
   } else {
     if (limit == 0) {
       BLKSNAP_ASSIGN_OR_RETURN(uint64_t free, file->FreeBytes());
@@ -235,23 +268,151 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& path, 
       return file->Reserve(offset, length);
     };
     BLKSNAP_ASSIGN_OR_RETURN(storage, Create(std::move(device), std::move(grow), limit, step, id,
-                                             std::move(events), path));
+                                             std::move(events), given, durability));
   }
   storage->set_identity(identity);
   if (!identity.is_block_device) {
     storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
   }
+  // Unnamed temporary files have no name to find them by again.
+  auto now = env->Stat(path);
+  storage->file_ = now.ok() && now->kind == FileKind::kDirectory ? "" : path;
+  if (file->created() && durability != SnapshotDurability::kMemory) {
+    MutexLock lock(storage->mu_);
+    storage->header_.flags |= kStorageFlagOwnsFile;
+    BLKSNAP_RETURN_IF_ERROR(storage->WriteHeader());
+  }
   storage->on_release_ = std::exchange(remove_created, nullptr);
   return storage;
 }
 
+Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string& path,
+                                                               std::shared_ptr<BlockDevice> device,
+                                                               const Uuid& id, uint64_t step,
+                                                               EventFn events, Env* env) {
+  if (env == nullptr) env = Env::Default();
+  std::vector<uint8_t> slots(2 * kDiffStorageHeaderBlockSize, 0);
+  std::shared_ptr<StorageFile> file;
+  FileStat st;
+  if (device) {
+    if (device->size() < kDiffStorageHeaderSize)
+      return Status::Error(EINVAL, "difference storage " + path + " is smaller than its header");
+    BLKSNAP_RETURN_IF_ERROR(device->Read(0, slots));
+  } else {
+    StorageFileOptions options;
+    options.direct = true;
+    options.exclusive = true;
+    BLKSNAP_ASSIGN_OR_RETURN(file, env->OpenStorageFile(path, options));
+    st = file->stat();
+    if (file->created()) {  // it was not there: remove the empty file this open made
+      env->RemoveFile(path).IgnoreError();
+      return Status::Error(ENOENT, "difference storage " + path + " is gone");
+    }
+    BLKSNAP_ASSIGN_OR_RETURN(size_t n, file->ReadAt(0, slots));
+    slots.resize(n);
+  }
+  auto parsed = ParseDiffStorageHeaderSlots(slots);
+  if (!parsed.ok()) {
+    return Status::Error(parsed.status().errnum(),
+                         path + ": " + std::string(parsed.status().message()));
+  }
+  if (parsed->snapshot_id != id) {
+    return Status::Error(EINVAL, path + " is the difference storage of snapshot " +
+                                     parsed->snapshot_id.ToString() + ", not " + id.ToString());
+  }
+  if (parsed->durability == static_cast<uint32_t>(SnapshotDurability::kMemory)) {
+    return Status::Error(EINVAL, path + " is the storage of a snapshot kept in memory only");
+  }
+  GrowFn grow;
+  if (!device) {
+    BLKSNAP_ASSIGN_OR_RETURN(device, file->OpenDevice());
+    if (st.kind != FileKind::kBlockDevice) {
+      grow = [file](uint64_t offset, uint64_t length) { return file->Reserve(offset, length); };
+    }
+  }
+  const uint64_t usable =
+      device->size() > kDiffStorageHeaderSize ? device->size() - kDiffStorageHeaderSize : 0;
+  if (!grow && parsed->limit > usable) {
+    return Status::Error(EINVAL, path + " is smaller than the limit its header records");
+  }
+  std::shared_ptr<DiffStorage> storage(
+      new DiffStorage(std::move(device), std::move(grow), parsed->limit, step, std::move(events),
+                      path, static_cast<SnapshotDurability>(parsed->durability)));
+  {
+    MutexLock lock(storage->mu_);
+    storage->header_ = *parsed;
+  }
+  storage->file_ = path;
+  if (file) {
+    const StorageIdentity identity = IdentityOf(path, st);
+    storage->set_identity(identity);
+    if (!identity.is_block_device) {
+      storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
+    }
+    if (parsed->flags & kStorageFlagOwnsFile) {
+      storage->on_release_ = RemoverOf(env, path, st);
+    }
+  }
+  return storage;
+}
+
+Status DiffStorage::Resume(uint64_t end, const ChunkLog::Cursor& cursor, bool continue_log) {
+  Uuid id;
+  bool sync;
+  ChunkLog::Cursor next = cursor;
+  {
+    MutexLock lock(mu_);
+    used_ = std::min(limit_, end > kDiffStorageHeaderSize ? end - kDiffStorageHeaderSize : 0);
+    reserved_ = grow_ ? used_ : limit_;
+    if (continue_log) {
+      // Pages written from now on carry a new epoch, recorded before the first of them.
+      next.epoch = std::max(header_.log_epoch, cursor.epoch) + 1;
+      const DiffStorageHeader old = header_;
+      header_.log_epoch = next.epoch;
+      header_.flags &= ~kStorageFlagClosed;
+      ++header_.seq;
+      Status s = WriteHeader();
+      if (!s.ok()) {
+        header_ = old;
+        return s;
+      }
+    }
+    id = header_.snapshot_id;
+    sync = durability_ == SnapshotDurability::kPower;
+  }
+  if (continue_log) log_ = std::make_unique<ChunkLog>(this, id, sync, next);
+  if (grow_) StartGrower();
+  return Status::Ok();
+}
+
 Status DiffStorage::WriteHeader() {
-  DiffStorageHeader header;
-  header.snapshot_id = id_;
-  header.created = created_;
-  header.limit = limit_;
-  const auto block = SerializeDiffStorageHeader(header);
-  return device_->Write(0, block);
+  header_.limit = limit_;
+  const auto block = SerializeDiffStorageHeader(header_);
+  const uint64_t slot = (header_.seq % 2) * kDiffStorageHeaderBlockSize;
+  BLKSNAP_RETURN_IF_ERROR(device_->Write(slot, block));
+  if (durability_ != SnapshotDurability::kMemory) BLKSNAP_RETURN_IF_ERROR(device_->Flush());
+  return Status::Ok();
+}
+
+DiffStorageHeader DiffStorage::header() const {
+  MutexLock lock(mu_);
+  return header_;
+}
+
+Status DiffStorage::UpdateHeader(const std::function<void(DiffStorageHeader&)>& change) {
+  MutexLock lock(mu_);
+  const DiffStorageHeader old = header_;
+  change(header_);
+  ++header_.seq;
+  Status s = WriteHeader();
+  if (!s.ok()) header_ = old;
+  return s;
+}
+
+Status DiffStorage::StartLog() {
+  BLKSNAP_ASSIGN_OR_RETURN(
+      log_, ChunkLog::Start(this, header().snapshot_id, durability_ == SnapshotDurability::kPower));
+  return Status::Ok();
 }
 
 Result<uint64_t> DiffStorage::Allocate(uint64_t bytes) {
@@ -353,8 +514,10 @@ Status DiffStorage::SetLimit(uint64_t limit) {
   }
   const uint64_t old_limit = limit_;
   limit_ = limit;
+  ++header_.seq;
   Status header = WriteHeader();
   if (!header.ok()) {
+    --header_.seq;
     limit_ = old_limit;
     if (!resize_) reserved_ = old_limit;
     return Status::Error(header.errnum(),

@@ -37,6 +37,7 @@
 #include "blksnap/block_device.h"
 #include "blksnap/engine.h"
 #include "blksnap/uuid.h"
+#include "engine/chunk_log.h"
 #include "engine/diff_storage_format.h"
 #include "util/mutex.h"
 
@@ -74,15 +75,28 @@ class DiffStorage {
   using EventFn = std::function<void(SnapshotEvent)>;
 
   // Opens or creates the storage at path for snapshot `id` (see SnapshotOptions), through env
-  // (null: Env::Default()).
-  static Result<std::shared_ptr<DiffStorage>> Open(const std::string& path, uint64_t limit,
-                                                   uint64_t step, const Uuid& id, EventFn events,
-                                                   Env* env = nullptr, const Checks& checks = {});
+  // (null: Env::Default()). A durable snapshot on a directory gets the named file
+  // blksnap-<id>.diff in it (removed at release); kMemory an unnamed temporary file.
+  static Result<std::shared_ptr<DiffStorage>> Open(
+      const std::string& path, uint64_t limit, uint64_t step, const Uuid& id, EventFn events,
+      Env* env = nullptr, const Checks& checks = {},
+      SnapshotDurability durability = SnapshotDurability::kMemory);
   // Storage on any device (tests): usable space is device size minus header, capped by limit.
-  static Result<std::shared_ptr<DiffStorage>> Create(std::shared_ptr<BlockDevice> device,
-                                                     GrowFn grow, uint64_t limit, uint64_t step,
-                                                     const Uuid& id, EventFn events,
-                                                     std::string path = "");
+  static Result<std::shared_ptr<DiffStorage>> Create(
+      std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit, uint64_t step,
+      const Uuid& id, EventFn events, std::string path = "",
+      SnapshotDurability durability = SnapshotDurability::kMemory);
+  // The storage of a durable snapshot found after a restart (RecoverSnapshot): the file (or
+  // `device` when given) is opened without any write; its header (the valid slot with the higher
+  // seq) must belong to snapshot `id`. The chunk log is read by the caller (ChunkLog::Read), who
+  // then calls Resume. A file the header marks as ours is removed at release.
+  static Result<std::shared_ptr<DiffStorage>> OpenExisting(const std::string& path,
+                                                           std::shared_ptr<BlockDevice> device,
+                                                           const Uuid& id, uint64_t step,
+                                                           EventFn events, Env* env = nullptr);
+  // After OpenExisting and the log scan: allocation continues at `end`; a log continues at
+  // `cursor` with the next epoch (recorded in the header before the log writes again).
+  Status Resume(uint64_t end, const ChunkLog::Cursor& cursor, bool continue_log) EXCLUDES(mu_);
   ~DiffStorage();
   DiffStorage(const DiffStorage&) = delete;
   DiffStorage& operator=(const DiffStorage&) = delete;
@@ -91,6 +105,17 @@ class DiffStorage {
   Result<uint64_t> Allocate(uint64_t bytes) EXCLUDES(mu_);
 
   BlockDevice& device() { return *device_; }
+  // The header as last written (OpenExisting: as found).
+  DiffStorageHeader header() const EXCLUDES(mu_);
+  // Changes the header and writes it to the other slot with the next seq, then flushes it
+  // (except for kMemory). On failure the header in memory is unchanged.
+  Status UpdateHeader(const std::function<void(DiffStorageHeader&)>& change) EXCLUDES(mu_);
+  // Durable snapshots: starts the chunk log (allocates its first segment). Once.
+  Status StartLog() EXCLUDES(mu_);
+  ChunkLog* log() { return log_.get(); }  // null for kMemory or before StartLog/Resume
+  SnapshotDurability durability() const { return durability_; }
+  // The clean stop of a durable snapshot: the file stays when the storage is released.
+  void KeepFile() { on_release_ = nullptr; }
   StorageInfo info() const EXCLUDES(mu_);
   // Raises the limit of a live storage (blksnap's append-storage, Veeam's stretch_snapshot):
   // a file is resized, a block device allows up to its size. A no_space event already raised
@@ -103,8 +128,11 @@ class DiffStorage {
 
  private:
   DiffStorage(std::shared_ptr<BlockDevice> device, GrowFn grow, uint64_t limit, uint64_t step,
-              EventFn events, std::string path);
+              EventFn events, std::string path, SnapshotDurability durability);
+  // Writes header_ (with limit_) to the slot of its seq; flushes unless kMemory.
   Status WriteHeader() REQUIRES(mu_);
+  // Starts the grower thread of a file storage.
+  void StartGrower();
   void GrowerLoop() EXCLUDES(mu_);
   void RaiseNoSpace(uint64_t requested) REQUIRES(mu_);
 
@@ -117,11 +145,12 @@ class DiffStorage {
   std::string file_;  // StorageInfo::file
   StorageIdentity identity_;
   std::function<void()> on_release_;  // removes a file Open created (destructor)
+  const SnapshotDurability durability_;
+  std::unique_ptr<ChunkLog> log_;  // set once (StartLog, Resume) before the log is shared
 
   mutable Mutex mu_;
   CondVar cv_;
-  Uuid id_;
-  uint64_t created_ = 0;                   // seconds since the epoch, for the header
+  DiffStorageHeader header_ GUARDED_BY(mu_);
   uint64_t limit_ GUARDED_BY(mu_);         // usable bytes after the header
   uint64_t reserved_ GUARDED_BY(mu_) = 0;  // usable bytes reserved so far
   uint64_t used_ GUARDED_BY(mu_) = 0;

@@ -1,4 +1,5 @@
-// The difference-storage header: see diff_storage_format.h and docs/diff-storage-format.md.
+// The difference-storage header slots and chunk-log pages: see diff_storage_format.h and
+// docs/diff-storage-format.md.
 #include "engine/diff_storage_format.h"
 
 #include <cstring>
@@ -21,18 +22,53 @@ T GetLe(const uint8_t* in) {
   return value;
 }
 
+Uuid GetUuid(const uint8_t* in) {
+  std::array<uint8_t, kSnapshotIdSize> id{};
+  std::memcpy(id.data(), in, kSnapshotIdSize);
+  return Uuid(id);
+}
+
+// Checks the CRC-32C stored at `at` over bytes [0, at).
+Status CheckCrc(const uint8_t* p, size_t at, const char* what) {
+  const uint32_t stored = GetLe<uint32_t>(p + at);
+  const uint32_t crc = Crc32c(p, at);
+  if (stored == crc) return Status::Ok();
+  return Status::Error(EINVAL, std::string(what) + " checksum mismatch (stored " +
+                                   std::to_string(stored) + ", computed " + std::to_string(crc) +
+                                   ")");
+}
+
 }  // namespace
 
 std::array<uint8_t, kDiffStorageHeaderBlockSize> SerializeDiffStorageHeader(
     const DiffStorageHeader& header) {
   std::array<uint8_t, kDiffStorageHeaderBlockSize> block{};
-  std::memcpy(block.data() + kMagicOffset, kDiffStorageMagic, kMagicSize);
-  PutLe<uint32_t>(block.data() + kVersionOffset, header.version);
-  PutLe<uint32_t>(block.data() + kHeaderSizeOffset, header.header_size);
-  std::memcpy(block.data() + kSnapshotIdOffset, header.snapshot_id.bytes().data(), kSnapshotIdSize);
-  PutLe<uint64_t>(block.data() + kCreatedOffset, header.created);
-  PutLe<uint64_t>(block.data() + kLimitOffset, header.limit);
-  PutLe<uint32_t>(block.data() + kChecksumOffset, Crc32c(block.data(), kChecksumOffset));
+  uint8_t* p = block.data();
+  std::memcpy(p + kMagicOffset, kDiffStorageMagic, kMagicSize);
+  PutLe<uint32_t>(p + kVersionOffset, header.version);
+  PutLe<uint32_t>(p + kHeaderSizeOffset, header.header_size);
+  std::memcpy(p + kSnapshotIdOffset, header.snapshot_id.bytes().data(), kSnapshotIdSize);
+  PutLe<uint64_t>(p + kCreatedOffset, header.created);
+  PutLe<uint64_t>(p + kLimitOffset, header.limit);
+  PutLe<uint64_t>(p + kSeqOffset, header.seq);
+  PutLe<uint32_t>(p + kDurabilityOffset, header.durability);
+  PutLe<uint32_t>(p + kStateOffset, header.state);
+  PutLe<uint32_t>(p + kErrnoOffset, header.errnum);
+  PutLe<uint32_t>(p + kFlagsOffset, header.flags);
+  PutLe<uint64_t>(p + kLogStartOffset, header.log_start);
+  PutLe<uint64_t>(p + kLogEpochOffset, header.log_epoch);
+  const size_t count = std::min<size_t>(header.devices.size(), kMaxStorageDevices);
+  PutLe<uint32_t>(p + kDeviceCountOffset, static_cast<uint32_t>(count));
+  for (size_t i = 0; i < count; ++i) {
+    const StorageDevice& d = header.devices[i];
+    uint8_t* e = p + kDeviceTableOffset + i * kDeviceEntrySize;
+    PutLe<uint64_t>(e + kDeviceCapacityOffset, d.capacity);
+    PutLe<uint32_t>(e + kDeviceShiftOffset, d.chunk_shift);
+    const size_t len = std::min(d.name.size(), kDeviceNameSize);
+    PutLe<uint16_t>(e + kDeviceNameLenOffset, static_cast<uint16_t>(len));
+    std::memcpy(e + kDeviceNameOffset, d.name.data(), len);
+  }
+  PutLe<uint32_t>(p + kChecksumOffset, Crc32c(p, kChecksumOffset));
   return block;
 }
 
@@ -45,36 +81,141 @@ Result<DiffStorageHeader> ParseDiffStorageHeader(std::span<const uint8_t> bytes)
   const uint8_t* p = bytes.data();
   if (std::memcmp(p + kMagicOffset, kDiffStorageMagic, kMagicSize) != 0)
     return Status::Error(EINVAL, "not a blksnap difference storage (bad magic)");
-  const uint32_t stored_crc = GetLe<uint32_t>(p + kChecksumOffset);
-  const uint32_t crc = Crc32c(p, kChecksumOffset);
-  if (stored_crc != crc) {
-    return Status::Error(EINVAL, "difference storage header checksum mismatch (stored " +
-                                     std::to_string(stored_crc) + ", computed " +
-                                     std::to_string(crc) + ")");
-  }
   DiffStorageHeader header;
   header.version = GetLe<uint32_t>(p + kVersionOffset);
   if (header.version != kDiffStorageFormatVersion) {
+    // Checked before the checksum: version 1 had a 4 KiB header, summed over its own length.
     return Status::Error(EPROTO, "difference storage format version " +
                                      std::to_string(header.version) + " is not supported (only " +
                                      std::to_string(kDiffStorageFormatVersion) + ")");
   }
+  BLKSNAP_RETURN_IF_ERROR(CheckCrc(p, kChecksumOffset, "difference storage header"));
   header.header_size = GetLe<uint32_t>(p + kHeaderSizeOffset);
   if (header.header_size != kDiffStorageHeaderSize) {
     return Status::Error(EINVAL,
                          "difference storage header area of " + std::to_string(header.header_size) +
-                             " bytes (version 1: " + std::to_string(kDiffStorageHeaderSize) + ")");
+                             " bytes (version 2: " + std::to_string(kDiffStorageHeaderSize) + ")");
   }
-  std::array<uint8_t, kSnapshotIdSize> id{};
-  std::memcpy(id.data(), p + kSnapshotIdOffset, kSnapshotIdSize);
-  header.snapshot_id = Uuid(id);
+  header.snapshot_id = GetUuid(p + kSnapshotIdOffset);
   header.created = GetLe<uint64_t>(p + kCreatedOffset);
   header.limit = GetLe<uint64_t>(p + kLimitOffset);
   if (header.limit == 0 || header.limit > UINT64_MAX - kDiffStorageHeaderSize) {
     return Status::Error(EINVAL, "difference storage limit of " + std::to_string(header.limit) +
                                      " bytes is out of range");
   }
+  header.seq = GetLe<uint64_t>(p + kSeqOffset);
+  header.durability = GetLe<uint32_t>(p + kDurabilityOffset);
+  header.state = GetLe<uint32_t>(p + kStateOffset);
+  header.errnum = GetLe<uint32_t>(p + kErrnoOffset);
+  header.flags = GetLe<uint32_t>(p + kFlagsOffset);
+  header.log_start = GetLe<uint64_t>(p + kLogStartOffset);
+  header.log_epoch = GetLe<uint64_t>(p + kLogEpochOffset);
+  if (header.durability > 2) {
+    return Status::Error(EINVAL,
+                         "difference storage durability " + std::to_string(header.durability));
+  }
+  if (header.state > kStorageStateCorrupted) {
+    return Status::Error(EINVAL, "difference storage state " + std::to_string(header.state));
+  }
+  if (header.flags & ~(kStorageFlagOwnsFile | kStorageFlagClosed)) {
+    return Status::Error(EINVAL, "difference storage flags " + std::to_string(header.flags));
+  }
+  if (header.log_start % kAllocationAlign != 0 ||
+      (header.log_start != 0 && header.log_start < kDiffStorageHeaderSize)) {
+    return Status::Error(EINVAL, "difference storage log start " +
+                                     std::to_string(header.log_start) + " is misplaced");
+  }
+  const uint32_t count = GetLe<uint32_t>(p + kDeviceCountOffset);
+  if (count > kMaxStorageDevices) {
+    return Status::Error(EINVAL, "difference storage lists " + std::to_string(count) +
+                                     " devices (at most " + std::to_string(kMaxStorageDevices) +
+                                     ")");
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint8_t* e = p + kDeviceTableOffset + i * kDeviceEntrySize;
+    StorageDevice d;
+    d.capacity = GetLe<uint64_t>(e + kDeviceCapacityOffset);
+    d.chunk_shift = GetLe<uint32_t>(e + kDeviceShiftOffset);
+    const uint16_t len = GetLe<uint16_t>(e + kDeviceNameLenOffset);
+    if (len == 0 || len > kDeviceNameSize || d.capacity == 0 || d.chunk_shift < 9 ||
+        d.chunk_shift > 40) {
+      return Status::Error(
+          EINVAL, "difference storage device entry " + std::to_string(i) + " is malformed");
+    }
+    d.name.assign(reinterpret_cast<const char*>(e + kDeviceNameOffset), len);
+    header.devices.push_back(std::move(d));
+  }
   return header;
+}
+
+Result<DiffStorageHeader> ParseDiffStorageHeaderSlots(std::span<const uint8_t> bytes) {
+  auto first = ParseDiffStorageHeader(bytes);
+  auto second = bytes.size() >= 2 * kDiffStorageHeaderBlockSize
+                    ? ParseDiffStorageHeader(bytes.subspan(kDiffStorageHeaderBlockSize))
+                    : Result<DiffStorageHeader>(Status::Error(EINVAL, "no second header slot"));
+  if (first.ok() && second.ok()) return first->seq >= second->seq ? first : second;
+  if (second.ok()) return second;
+  return first;
+}
+
+std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page) {
+  std::array<uint8_t, kLogPageSize> block{};
+  uint8_t* p = block.data();
+  std::memcpy(p + kPageMagicOffset, kLogPageMagic, sizeof(kLogPageMagic));
+  std::memcpy(p + kPageIdOffset, page.snapshot_id.bytes().data(), kSnapshotIdSize);
+  PutLe<uint64_t>(p + kPageSeqOffset, page.seq);
+  PutLe<uint64_t>(p + kPageEpochOffset, page.epoch);
+  PutLe<uint64_t>(p + kPageNextOffset, page.next);
+  const size_t count = std::min<size_t>(page.records.size(), kLogRecordsPerPage);
+  PutLe<uint32_t>(p + kPageCountOffset, static_cast<uint32_t>(count));
+  for (size_t i = 0; i < count; ++i) {
+    const LogRecord& r = page.records[i];
+    uint8_t* e = p + kPageRecordsOffset + i * kLogRecordSize;
+    PutLe<uint64_t>(e + kRecordChunkOffset, r.chunk);
+    PutLe<uint64_t>(e + kRecordStorageOffset, r.offset);
+    PutLe<uint16_t>(e + kRecordDeviceOffset, r.device);
+    PutLe<uint16_t>(e + kRecordFlagsOffset, r.flags);
+    PutLe<uint32_t>(e + kRecordLengthOffset, r.length);
+    PutLe<uint32_t>(e + kRecordCrcOffset, r.crc);
+  }
+  PutLe<uint32_t>(p + kPageChecksumOffset, Crc32c(p, kPageChecksumOffset));
+  return block;
+}
+
+Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes) {
+  if (bytes.size() < kLogPageSize) return Status::Error(EINVAL, "chunk log page truncated");
+  const uint8_t* p = bytes.data();
+  if (std::memcmp(p + kPageMagicOffset, kLogPageMagic, sizeof(kLogPageMagic)) != 0)
+    return Status::Error(EINVAL, "not a chunk log page (bad magic)");
+  BLKSNAP_RETURN_IF_ERROR(CheckCrc(p, kPageChecksumOffset, "chunk log page"));
+  LogPage page;
+  page.snapshot_id = GetUuid(p + kPageIdOffset);
+  page.seq = GetLe<uint64_t>(p + kPageSeqOffset);
+  page.epoch = GetLe<uint64_t>(p + kPageEpochOffset);
+  page.next = GetLe<uint64_t>(p + kPageNextOffset);
+  const uint32_t count = GetLe<uint32_t>(p + kPageCountOffset);
+  if (count > kLogRecordsPerPage)
+    return Status::Error(EINVAL, "chunk log page holds " + std::to_string(count) + " records");
+  if (page.next % kAllocationAlign != 0 || page.next < kDiffStorageHeaderSize)
+    return Status::Error(EINVAL, "chunk log page points to " + std::to_string(page.next));
+  for (uint32_t i = 0; i < count; ++i) {
+    const uint8_t* e = p + kPageRecordsOffset + i * kLogRecordSize;
+    LogRecord r;
+    r.chunk = GetLe<uint64_t>(e + kRecordChunkOffset);
+    r.offset = GetLe<uint64_t>(e + kRecordStorageOffset);
+    r.device = GetLe<uint16_t>(e + kRecordDeviceOffset);
+    r.flags = GetLe<uint16_t>(e + kRecordFlagsOffset);
+    r.length = GetLe<uint32_t>(e + kRecordLengthOffset);
+    r.crc = GetLe<uint32_t>(e + kRecordCrcOffset);
+    const bool zero = r.flags & kRecordFlagZero;
+    if ((r.flags & ~kRecordFlagZero) ||
+        (!zero && (r.offset % kAllocationAlign != 0 || r.offset < kDiffStorageHeaderSize ||
+                   r.length == 0))) {
+      return Status::Error(EINVAL, "chunk log record " + std::to_string(i) + " is malformed");
+    }
+    page.records.push_back(r);
+  }
+  return page;
 }
 
 }  // namespace blksnap

@@ -19,6 +19,13 @@ DiffStorageHeader Sample() {
   h.snapshot_id = Uuid::Random();
   h.created = 1764489600;
   h.limit = (8ull << 30) + 12345;
+  h.seq = 7;
+  h.durability = 2;
+  h.state = kStorageStateTaken;
+  h.flags = kStorageFlagOwnsFile;
+  h.log_start = kDiffStorageHeaderSize;
+  h.log_epoch = 3;
+  h.devices = {{"vol0", 1ull << 30, 16}, {std::string(128, 'x'), 4096, 12}};
   return h;
 }
 
@@ -45,13 +52,15 @@ TEST(DiffStorageFormatTest, GoodHeaderRoundTripsInTheDocumentedLayout) {
   // The layout of docs/diff-storage-format.md, byte by byte where it is fixed.
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(block.data()), 16),
             std::string("BLKSNAP-DIFFSTO\0", 16));
-  EXPECT_EQ(block[16], 1);  // version, little-endian
+  EXPECT_EQ(block[16], 2);  // version, little-endian
   EXPECT_EQ(block[20], 0);  // header area 2 MiB = 0x200000, little-endian
   EXPECT_EQ(block[21], 0);
   EXPECT_EQ(block[22], 0x20);
   EXPECT_EQ(block[23], 0);
   EXPECT_EQ(block[48], 12345 & 0xff);
-  for (size_t i = kReservedOffset; i < kChecksumOffset; ++i) ASSERT_EQ(block[i], 0) << i;
+  for (size_t i = kReservedOffset; i < kDeviceTableOffset; ++i) ASSERT_EQ(block[i], 0) << i;
+  for (size_t i = kDeviceTableOffset + 2 * kDeviceEntrySize; i < kChecksumOffset; ++i)
+    ASSERT_EQ(block[i], 0) << i;
   // A longer buffer (the whole header area) parses the same.
   std::vector<uint8_t> area(kDiffStorageHeaderSize, 0xaa);
   std::copy(block.begin(), block.end(), area.begin());
@@ -89,9 +98,22 @@ TEST(DiffStorageFormatTest, EachCorruptionIsRefusedWithAClearMessage) {
   ExpectRefused(block, EINVAL, "checksum mismatch");
 
   block = good;
-  block[kVersionOffset] = 2;
+  block[kVersionOffset] = 1;  // an older blksnapd's storage: refused before its checksum
+  ExpectRefused(block, EPROTO, "version 1 is not supported");
+
+  block = good;
+  block[kStateOffset] = 9;
   Reseal(block);
-  ExpectRefused(block, EPROTO, "version 2 is not supported");
+  ExpectRefused(block, EINVAL, "state");
+  block = good;
+  block[kDeviceCountOffset] = kMaxStorageDevices + 1;
+  Reseal(block);
+  ExpectRefused(block, EINVAL, "devices");
+  block = good;
+  block[kDeviceTableOffset + kDeviceNameLenOffset] = 0;  // an empty name
+  block[kDeviceTableOffset + kDeviceNameLenOffset + 1] = 0;
+  Reseal(block);
+  ExpectRefused(block, EINVAL, "device entry 0");
 
   block = good;
   block[kHeaderSizeOffset + 1] = 0x10;  // 0x201000
@@ -105,6 +127,55 @@ TEST(DiffStorageFormatTest, EachCorruptionIsRefusedWithAClearMessage) {
   for (size_t i = 0; i < kLimitSize; ++i) block[kLimitOffset + i] = 0xff;
   Reseal(block);
   ExpectRefused(block, EINVAL, "limit");
+}
+
+TEST(DiffStorageFormatTest, TheValidSlotWithTheHigherSeqIsTheHeader) {
+  DiffStorageHeader a = Sample(), b = Sample();
+  b.seq = a.seq + 1;
+  b.state = kStorageStateCorrupted;
+  std::vector<uint8_t> area(2 * kDiffStorageHeaderBlockSize);
+  auto put = [&](const DiffStorageHeader& h, size_t slot) {
+    const auto block = SerializeDiffStorageHeader(h);
+    std::copy(block.begin(), block.end(), area.begin() + slot * kDiffStorageHeaderBlockSize);
+  };
+  put(a, 0);
+  put(b, 1);
+  EXPECT_EQ(ParseDiffStorageHeaderSlots(area).value(), b);
+  area[kDiffStorageHeaderBlockSize + 200] ^= 1;  // slot 1 torn: slot 0 stands
+  EXPECT_EQ(ParseDiffStorageHeaderSlots(area).value(), a);
+  area[200] ^= 1;  // both torn: the error of slot 0
+  EXPECT_EQ(ParseDiffStorageHeaderSlots(area).status().errnum(), EINVAL);
+}
+
+TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
+  LogPage page;
+  page.snapshot_id = Uuid::Random();
+  page.seq = 42;
+  page.epoch = 2;
+  page.next = kDiffStorageHeaderSize + 8 * kLogPageSize;
+  for (uint32_t i = 0; i < kLogRecordsPerPage; ++i) {
+    LogRecord r;
+    r.chunk = i * 3;
+    r.device = static_cast<uint16_t>(i % 4);
+    if (i % 5 == 0) {
+      r.flags = kRecordFlagZero;
+    } else {
+      r.offset = kDiffStorageHeaderSize + (i + 1) * 65536;
+      r.length = 65536;
+      r.crc = 0x12345678u + i;
+    }
+    page.records.push_back(r);
+  }
+  auto bytes = SerializeLogPage(page);
+  EXPECT_EQ(ParseLogPage(bytes).value(), page);
+  EXPECT_EQ(kLogRecordsPerPage, 125u);
+  auto torn = bytes;
+  std::fill(torn.begin() + 2048, torn.end(), 0);  // half a page reached the disk
+  EXPECT_NE(ParseLogPage(torn).status().ToString().find("checksum"), std::string::npos);
+  EXPECT_EQ(ParseLogPage(std::span(bytes).first(100)).status().errnum(), EINVAL);
+  page.records[1].offset = 12345;  // not aligned, not after the header
+  EXPECT_NE(ParseLogPage(SerializeLogPage(page)).status().ToString().find("malformed"),
+            std::string::npos);
 }
 
 }  // namespace

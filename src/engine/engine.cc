@@ -205,12 +205,13 @@ class EngineImpl final : public Engine {
     auto storage =
         options.storage_device
             ? DiffStorage::Create(options.storage_device, nullptr, options.limit,
-                                  config_.diff_storage_minimum, id, push, options.storage_path)
+                                  config_.diff_storage_minimum, id, push, options.storage_path,
+                                  options.durability)
             : DiffStorage::Open(options.storage_path, options.limit, config_.diff_storage_minimum,
-                                id, push, config_.env, checks);
+                                id, push, config_.env, checks, options.durability);
     if (!storage.ok()) return std::move(storage).status();
-    auto snapshot = std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events,
-                                                   options.durability);
+    auto snapshot =
+        std::make_shared<SnapshotImpl>(id, std::move(storage).value(), events, options.durability);
     MutexLock lock(mu_);
     snapshots_[id] = snapshot;
     return id;
@@ -265,16 +266,22 @@ class EngineImpl final : public Engine {
     if (members.empty())
       return Status::Error(ENODEV, "snapshot " + id.ToString() + " has no devices");
     auto storage = snapshot->storage();
+    const bool durable = snapshot->durability() != SnapshotDurability::kMemory;
+    if (durable) {
+      if (members.size() > kMaxStorageDevices) {
+        return Status::Error(EINVAL, "a durable snapshot holds at most " +
+                                         std::to_string(kMaxStorageDevices) + " devices");
+      }
+      if (!storage->log()) BLKSNAP_RETURN_IF_ERROR(storage->StartLog());
+    }
 
-    std::weak_ptr<SnapshotImpl> weak = snapshot;
+    std::vector<StorageDevice> table;  // the storage's device table: members in this order
     for (auto& m : members) {
       const uint64_t capacity = m.tracker->original()->size();
       const uint32_t io_size = std::max(m.tracker->logical_block_size(), 512u);
-      m.area = std::make_shared<DiffArea>(m.tracker->original(), storage,
-                                          ComputeChunkGeometry(capacity, io_size, config_), config_,
-                                          [weak, name = m.tracker->name()](int errnum) {
-                                            if (auto s = weak.lock()) s->OnCorrupt(name, errnum);
-                                          });
+      const ChunkGeometry geometry = ComputeChunkGeometry(capacity, io_size, config_);
+      m.area = MakeArea(snapshot, m.tracker, geometry, static_cast<uint16_t>(table.size()));
+      table.push_back({m.tracker->name(), capacity, geometry.shift});
     }
     std::sort(members.begin(), members.end(),
               [](const auto& a, const auto& b) { return a.tracker.get() < b.tracker.get(); });
@@ -308,6 +315,22 @@ class EngineImpl final : public Engine {
       return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
                                            "' cannot be made durable: " + std::string(s.message()));
     }
+    // A durable snapshot exists once its storage says taken (a crash before that drops it: the
+    // take never returned).
+    if (durable) {
+      Status s = storage->UpdateHeader([&](DiffStorageHeader& h) {
+        if (h.state != kStorageStateCorrupted) h.state = kStorageStateTaken;
+        h.devices = table;
+        h.log_start = storage->log()->start();
+        h.log_epoch = 1;
+      });
+      if (!s.ok()) {
+        DetachAreas(members);
+        for (auto& u : members) u.area->Shutdown();
+        return Status::Error(s.errnum(), "cannot record the take in the difference storage: " +
+                                             std::string(s.message()));
+      }
+    }
     for (auto& m : members) m.image = std::make_shared<SnapImage>(m.area, m.tracker);
     snapshot->SetTaken(std::move(members));
     return stats;
@@ -334,18 +357,53 @@ class EngineImpl final : public Engine {
     for (auto& m : members) {
       if (m.area) m.area->Shutdown();
     }
+    // A storage that outlives the snapshot (a block device, a file given by path) no longer
+    // says taken: a stale record of it recovers nothing.
+    if (auto storage = snapshot->storage();
+        storage && storage->durability() != SnapshotDurability::kMemory) {
+      storage
+          ->UpdateHeader([](DiffStorageHeader& h) {
+            h.state = kStorageStateCreated;
+            h.flags &= ~kStorageFlagClosed;
+          })
+          .IgnoreError();
+    }
     snapshot->ReleaseStorage();
     return Status::Ok();
   }
 
   Status CloseSnapshot(const Uuid& id) override {
-    return Status::Error(ENOTSUP, "snapshot " + id.ToString() + ": not built yet");
+    MutexLock take(take_mu_);
+    std::shared_ptr<SnapshotImpl> snapshot;
+    BLKSNAP_RETURN_IF_ERROR(Find(id, &snapshot));
+    const SnapshotState state = snapshot->state();
+    if (snapshot->durability() == SnapshotDurability::kMemory || state == SnapshotState::kCreated) {
+      return Status::Error(EINVAL, "snapshot " + id.ToString() +
+                                       (state == SnapshotState::kCreated
+                                            ? " is not taken: nothing to keep"
+                                            : " is kept in memory only: destroy it instead"));
+    }
+    {
+      MutexLock lock(mu_);
+      snapshots_.erase(id);
+    }
+    auto storage = snapshot->storage();
+    std::vector<SnapshotImpl::Member> members = snapshot->MarkDestroyed();
+    for (auto& m : members) m.area->StopImageIo();
+    DetachAreas(members);  // in-flight writers finish: their chunks are stored first
+    for (auto& m : members) m.area->WaitStored();
+    for (auto& m : members) m.tracker->set_snapshot({});
+    Status s = storage->device().Flush();
+    if (s.ok()) {
+      s = storage->UpdateHeader([](DiffStorageHeader& h) { h.flags |= kStorageFlagClosed; });
+    }
+    storage->KeepFile();
+    for (auto& m : members) m.area->Shutdown();
+    snapshot->ReleaseStorage();
+    return s;
   }
 
-  Result<std::shared_ptr<Snapshot>> RecoverSnapshot(
-      const RecoverSnapshotOptions& options) override {
-    return Status::Error(ENOTSUP, "snapshot " + options.id.ToString() + ": not built yet");
-  }
+  Result<std::shared_ptr<Snapshot>> RecoverSnapshot(const RecoverSnapshotOptions& options) override;
 
   std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const override {
     MutexLock lock(mu_);
@@ -410,6 +468,21 @@ class EngineImpl final : public Engine {
     return Status::Ok();
   }
 
+  // The DiffArea of one member: corruption goes to the snapshot (which records it in a durable
+  // storage before the failing write proceeds).
+  std::shared_ptr<DiffArea> MakeArea(const std::shared_ptr<SnapshotImpl>& snapshot,
+                                     const std::shared_ptr<TrackerImpl>& tracker,
+                                     const ChunkGeometry& geometry, uint16_t index) {
+    std::weak_ptr<SnapshotImpl> weak = snapshot;
+    auto storage = snapshot->storage();
+    return std::make_shared<DiffArea>(
+        tracker->original(), storage, geometry, config_,
+        [weak, name = tracker->name()](int errnum) {
+          if (auto s = weak.lock()) s->OnCorrupt(name, errnum);
+        },
+        storage->log(), index);
+  }
+
   // Each tracker stops copying into its area (writers held around the change).
   static void DetachAreas(const std::vector<SnapshotImpl::Member>& members) {
     for (const auto& m : members) {
@@ -463,6 +536,125 @@ class EngineImpl final : public Engine {
   bool stopping_ GUARDED_BY(stop_mu_) = false;
   std::thread checkpointer_;  // CheckpointLoop
 };
+
+// Recovery of a durable snapshot (see RecoverSnapshotOptions and docs/durable-snapshots.md):
+// everything is validated before the first write; the header is then rewritten (a new log
+// epoch, or the corruption found) and the areas installed as a take would.
+Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
+    const RecoverSnapshotOptions& options) {
+  const Uuid& id = options.id;
+  const std::string name =
+      options.storage_file.empty() ? "difference storage" : options.storage_file;
+  MutexLock take(take_mu_);
+  if (FindSnapshot(id)) return Status::Error(EEXIST, "snapshot " + id.ToString() + " exists");
+  auto events = std::make_shared<EventLog>();
+  auto push = [events](SnapshotEvent e) { events->Push(std::move(e)); };
+  BLKSNAP_ASSIGN_OR_RETURN(
+      std::shared_ptr<DiffStorage> storage,
+      DiffStorage::OpenExisting(name, options.storage_device, id, config_.diff_storage_minimum,
+                                push, config_.env));
+  const DiffStorageHeader h = storage->header();
+  if (h.state == kStorageStateCreated) {
+    // Released when `storage` goes (a file blksnap made is removed).
+    return Status::Error(ENOENT, "snapshot " + id.ToString() +
+                                     " was not taken when it was last written; its storage is "
+                                     "released");
+  }
+  if (h.log_start == 0 || h.devices.empty())
+    return Status::Error(EINVAL, name + " records a taken snapshot without a chunk log");
+  // The devices, as the storage lists them.
+  std::vector<std::shared_ptr<TrackerImpl>> trackers;
+  std::vector<ChunkGeometry> geometries;
+  for (const StorageDevice& d : h.devices) {
+    std::shared_ptr<TrackerImpl> tracker;
+    {
+      MutexLock lock(mu_);
+      auto it = trackers_.find(d.name);
+      if (it != trackers_.end()) tracker = it->second;
+    }
+    if (!tracker) {
+      return Status::Error(
+          ENODEV, "snapshot " + id.ToString() + ": device '" + d.name + "' is not attached");
+    }
+    if (tracker->original()->size() != d.capacity) {
+      return Status::Error(EINVAL, "snapshot " + id.ToString() + ": device '" + d.name + "' has " +
+                                       std::to_string(tracker->original()->size()) +
+                                       " bytes, the snapshot " + std::to_string(d.capacity));
+    }
+    if (auto other = tracker->snapshot_impl()) {
+      return Status::Error(EBUSY,
+                           "device '" + d.name + "' is in snapshot " + other->id().ToString());
+    }
+    ChunkGeometry g;
+    g.shift = d.chunk_shift;
+    g.capacity = d.capacity;
+    g.count = (d.capacity + g.size() - 1) >> g.shift;
+    trackers.push_back(std::move(tracker));
+    geometries.push_back(g);
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan,
+                           ChunkLog::Read(storage->device(), id, h.log_start, h.log_epoch));
+  for (const LogRecord& r : scan.records) {
+    const bool bad =
+        r.device >= geometries.size() || r.chunk >= geometries[r.device].count ||
+        (!(r.flags & kRecordFlagZero) && (r.length != geometries[r.device].length(r.chunk) ||
+                                          r.offset + r.length > storage->device().size()));
+    if (bad) return Status::Error(EINVAL, name + ": a chunk log record is out of range");
+  }
+  // How it was found, and whether it can be trusted.
+  bool power_lost = options.power_lost;
+  for (const auto& t : trackers) {
+    if (t->cbt_info().recovered_from == kCbtRecoveredPowerLoss) power_lost = true;
+  }
+  std::string from = (h.flags & kStorageFlagClosed) ? kSnapshotRecoveredCleanStop
+                     : power_lost                   ? kSnapshotRecoveredPowerLoss
+                                                    : kSnapshotRecoveredDaemonCrash;
+  int corrupt =
+      h.state == kStorageStateCorrupted ? (h.errnum ? static_cast<int>(h.errnum) : EIO) : 0;
+  const auto durability = static_cast<SnapshotDurability>(h.durability);
+  if (!corrupt && power_lost && durability == SnapshotDurability::kCrash) corrupt = ESTALE;
+  if (!corrupt && options.check_originals) {
+    for (const auto& t : trackers) {
+      if (t->cbt_info().recovered_from.empty()) corrupt = ESTALE;  // changes unknown
+    }
+  }
+  if (corrupt && h.state != kStorageStateCorrupted) {
+    BLKSNAP_RETURN_IF_ERROR(storage->UpdateHeader([corrupt](DiffStorageHeader& hd) {
+      hd.state = kStorageStateCorrupted;
+      hd.errnum = static_cast<uint32_t>(corrupt);
+    }));
+  }
+  BLKSNAP_RETURN_IF_ERROR(storage->Resume(scan.end, scan.cursor, /*continue_log=*/!corrupt));
+
+  auto snapshot = std::make_shared<SnapshotImpl>(id, storage, events, durability, from);
+  std::vector<SnapshotImpl::Member> members;
+  for (size_t i = 0; i < trackers.size(); ++i) {
+    snapshot->AddMember(trackers[i]);
+    SnapshotImpl::Member m;
+    m.tracker = trackers[i];
+    m.area = MakeArea(snapshot, trackers[i], geometries[i], static_cast<uint16_t>(i));
+    members.push_back(std::move(m));
+  }
+  for (const LogRecord& r : scan.records) {
+    members[r.device].area->RestoreChunk(r.chunk,
+                                         (r.flags & kRecordFlagZero) ? kZeroChunk : r.offset);
+  }
+  for (auto& m : members) {
+    if (corrupt) m.area->SetCorrupted(corrupt);
+    m.tracker->set_snapshot(snapshot);
+    m.tracker->gate().Close();
+    m.tracker->set_area(m.area);
+    m.tracker->gate().Open();
+    m.image = std::make_shared<SnapImage>(m.area, m.tracker);
+  }
+  snapshot->SetTaken(members);
+  if (corrupt) snapshot->OnCorrupt(members.front().tracker->name(), corrupt);
+  {
+    MutexLock lock(mu_);
+    snapshots_[id] = snapshot;
+  }
+  return std::shared_ptr<Snapshot>(snapshot);
+}
 
 }  // namespace
 

@@ -44,8 +44,10 @@ class EngineTest : public ::testing::Test {
     ASSERT_OK(WritePattern(*tracker_, 0, kDevSize, 1));
   }
 
-  Uuid NewSnapshot(std::shared_ptr<BlockDevice> storage = nullptr) {
+  Uuid NewSnapshot(std::shared_ptr<BlockDevice> storage = nullptr,
+                   SnapshotDurability durability = SnapshotDurability::kPower) {
     SnapshotOptions opts;
+    opts.durability = durability;
     opts.storage_path = "memory";
     opts.storage_device = storage ? storage : MakeMemoryDevice(2 * kMiB + 64 * kMiB);
     auto id = engine_->CreateSnapshot(opts);
@@ -53,8 +55,9 @@ class EngineTest : public ::testing::Test {
     return *id;
   }
 
-  Uuid TakeSnapshot(std::shared_ptr<BlockDevice> storage = nullptr) {
-    Uuid id = NewSnapshot(storage);
+  Uuid TakeSnapshot(std::shared_ptr<BlockDevice> storage = nullptr,
+                    SnapshotDurability durability = SnapshotDurability::kPower) {
+    Uuid id = NewSnapshot(storage, durability);
     EXPECT_OK(engine_->AddDevice(id, "vol"));
     auto stats = engine_->Take(id);
     EXPECT_TRUE(stats.ok()) << stats.status().ToString();
@@ -139,7 +142,7 @@ TEST_F(EngineTest, ImageWritesStayInTheImage) {
 
 TEST_F(EngineTest, ZeroChunksArePreservedWithoutStorage) {
   ASSERT_OK(tracker_->WriteZeroes(20 * kChunk, 10 * kChunk, 0));  // chunks 20..29 all zeroes
-  Uuid id = TakeSnapshot();
+  Uuid id = TakeSnapshot(nullptr, SnapshotDurability::kMemory);   // used: chunk data only
   auto image = Image(id);
   auto snapshot = engine_->FindSnapshot(id);
   for (uint64_t c = 18; c < 32; ++c) ASSERT_OK(WritePattern(*tracker_, c * kChunk, 4096, 2));
@@ -171,7 +174,8 @@ TEST_F(EngineTest, ZeroChunksArePreservedWithoutStorage) {
 TEST_F(EngineTest, ImageWriteIntoZeroChunkWithFullStorageFailsAlone) {
   ASSERT_OK(tracker_->WriteZeroes(0, 40 * kChunk, 0));
   // Room for a few chunks only (as in StorageOverflowCorruptsSnapshot...).
-  Uuid id = TakeSnapshot(MakeMemoryDevice(2 * kMiB + 4 * kChunk + kMiB));
+  Uuid id =
+      TakeSnapshot(MakeMemoryDevice(2 * kMiB + 4 * kChunk + kMiB), SnapshotDurability::kMemory);
   auto image = Image(id);
   auto snapshot = engine_->FindSnapshot(id);
   // 40 zero chunks preserved through original writes: no storage needed, nothing lost.
@@ -268,7 +272,8 @@ TEST_F(EngineTest, CbtThroughTheEngine) {
 
 TEST_F(EngineTest, StorageOverflowCorruptsSnapshotButOriginalKeepsEveryWrite) {
   // Room for 4 chunks only.
-  Uuid id = TakeSnapshot(MakeMemoryDevice(2 * kMiB + 4 * kChunk + kMiB));
+  Uuid id =
+      TakeSnapshot(MakeMemoryDevice(2 * kMiB + 4 * kChunk + kMiB), SnapshotDurability::kMemory);
   auto snapshot = engine_->FindSnapshot(id);
   // Storage is header + 5 MiB of which limit allows... fill far beyond it.
   for (uint64_t c = 0; c < 200; ++c) ASSERT_OK(WritePattern(*tracker_, c * kChunk, kChunk, 2));
@@ -505,6 +510,7 @@ TEST(EngineScaleTest, FreshSnapshotOfHugeDeviceTouchesNoChunks) {
   SnapshotOptions opts;
   opts.storage_device = MakeMemoryDevice(64 * kMiB);
   opts.storage_path = "memory";
+  opts.durability = SnapshotDurability::kMemory;  // no chunk log: nothing allocated at all
   Uuid id = engine->CreateSnapshot(opts).value();
   ASSERT_OK(engine->AddDevice(id, "huge"));
   ASSERT_TRUE(engine->Take(id).ok());
@@ -558,7 +564,8 @@ TEST_F(EngineFileTest, DirectoryStorageGrowsAndImageStaysExact) {
   ASSERT_OK(WritePattern(*tracker_, 0, 32 * kMiB, 1));
   const std::string storage_dir = dir_ + "/storage";
   ASSERT_EQ(mkdir(storage_dir.c_str(), 0700), 0);
-  auto id = engine_->CreateSnapshot({.storage_path = storage_dir, .limit = 64 * kMiB});
+  auto id = engine_->CreateSnapshot(
+      {.storage_path = storage_dir, .limit = 64 * kMiB, .durability = SnapshotDurability::kMemory});
   ASSERT_TRUE(id.ok()) << id.status().ToString();
   ASSERT_OK(engine_->AddDevice(*id, "vol"));
   ASSERT_TRUE(engine_->Take(*id).ok());

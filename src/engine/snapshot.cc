@@ -30,12 +30,12 @@ const char* ToString(SnapshotDurability durability) {
 }
 
 Result<SnapshotDurability> ParseSnapshotDurability(std::string_view text) {
-  for (auto d : {SnapshotDurability::kMemory, SnapshotDurability::kCrash,
-                 SnapshotDurability::kPower}) {
+  for (auto d :
+       {SnapshotDurability::kMemory, SnapshotDurability::kCrash, SnapshotDurability::kPower}) {
     if (text == ToString(d)) return d;
   }
-  return Status::Error(EINVAL, "durability '" + std::string(text) +
-                                   "' is not one of memory, crash, power");
+  return Status::Error(EINVAL,
+                       "durability '" + std::string(text) + "' is not one of memory, crash, power");
 }
 
 SnapshotImpl::SnapshotImpl(Uuid id, std::shared_ptr<DiffStorage> storage,
@@ -121,6 +121,7 @@ void SnapshotImpl::SetTaken(std::vector<Member> members) {
 }
 
 void SnapshotImpl::OnCorrupt(const std::string& device, int errnum) {
+  std::shared_ptr<DiffStorage> storage;
   {
     MutexLock lock(mu_);
     if (state_ == SnapshotState::kDestroyed) return;
@@ -128,6 +129,19 @@ void SnapshotImpl::OnCorrupt(const std::string& device, int errnum) {
       if (m.tracker->name() == device && m.errnum == 0) m.errnum = errnum;
     }
     state_ = SnapshotState::kCorrupted;
+    storage = storage_;
+  }
+  // A durable snapshot records it before the write that failed to be preserved proceeds (the
+  // caller holds it): after a restart it is still corrupted. If the storage cannot be written,
+  // neither can its chunk log, and recovery fails on it (reported, never served).
+  if (storage && durability_ != SnapshotDurability::kMemory) {
+    storage
+        ->UpdateHeader([errnum](DiffStorageHeader& h) {
+          if (h.state == kStorageStateCorrupted) return;
+          h.state = kStorageStateCorrupted;
+          h.errnum = static_cast<uint32_t>(errnum);
+        })
+        .IgnoreError();
   }
   SnapshotEvent event;
   event.type = SnapshotEvent::Type::kCorrupted;

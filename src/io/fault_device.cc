@@ -222,6 +222,19 @@ void FaultDevice::DropUnflushed() {
   state_->overlay.clear();
 }
 
+void FaultDevice::DropUnflushedKeepingSome(uint64_t seed) {
+  WriterLock lock(state_->overlay_mu);
+  uint64_t x = seed | 1;
+  for (auto it = state_->overlay.begin(); it != state_->overlay.end();) {
+    x ^= x << 13;  // xorshift64: a fixed, seedable choice per segment
+    x ^= x >> 7;
+    x ^= x << 17;
+    it = (x & 1) ? std::next(it) : state_->overlay.erase(it);
+  }
+  state_->WriteBack(*next()).IgnoreError();
+  state_->overlay.clear();
+}
+
 void FaultDevice::Reset() {
   {
     MutexLock lock(state_->mu);

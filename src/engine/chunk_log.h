@@ -1,0 +1,96 @@
+// ChunkLog: the records that locate a durable snapshot's preserved chunks in its difference
+// storage (docs/diff-storage-format.md, "chunk log"; docs/durable-snapshots.md).
+//
+// A record (device, chunk index, storage offset, length, CRC of the data) is committed once its
+// chunk's data is in the storage: Commit() returns when the page holding it is written (to the
+// kernel: durability crash) or synced together with the data before it (durability power: one
+// flush of the data written so far, the pages, one flush). The original chunk may be overwritten
+// only after that (the write-ordering rule), so a record found at recovery always locates data
+// that is there, and a record lost to a crash belongs to a chunk whose original was never
+// overwritten.
+//
+// Group commit: callers queue their record and wait; whoever finds no batch being written
+// becomes the writer of everything queued so far (one or a few pages, two flushes for power),
+// so N storers in flight cost one commit, not N (dm-snapshot's persistent store pays a data write
+// and a FUA metadata write per commit). Pages are never rewritten: each batch starts a new page.
+//
+// Pages are chained: each says where the next page goes (the next 4 KiB of its 1 MiB segment,
+// or a new segment allocated from the storage when the segment is full), is numbered (seq 1, 2,
+// ...) and carries the epoch of the run that wrote it. Read() follows the chain from the header's
+// log start and stops at the first page that is not the expected next one (bad CRC, other
+// snapshot, seq not +1, epoch lower than its predecessor's or above the header's): a torn batch
+// ends the log, and a stale page left behind a torn batch by an earlier run is never taken for a
+// new one, because a recovered log continues with the next epoch.
+//
+// Errors are sticky: after a failed commit every later Commit() fails (the snapshot is then
+// corrupted by its caller). Locking: mu_ guards the queue and the counters; the writer holds
+// write_mu_ (the cursor) while it writes without mu_.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "blksnap/status.h"
+#include "blksnap/uuid.h"
+#include "engine/diff_storage_format.h"
+#include "util/mutex.h"
+
+namespace blksnap {
+
+class BlockDevice;
+class DiffStorage;
+
+class ChunkLog {
+ public:
+  // Where a log continues: the next page's offset, the end of its segment, its seq and epoch.
+  struct Cursor {
+    uint64_t next_page = 0;
+    uint64_t segment_end = 0;
+    uint64_t next_seq = 1;
+    uint64_t epoch = 1;
+  };
+  struct Scan {
+    std::vector<LogRecord> records;  // in log order: a later record of a chunk replaces one before
+    Cursor cursor;                   // where the log continues (epoch: the last page's)
+    uint64_t end = 0;                // the first byte past every record's data and the log
+    uint64_t pages = 0;
+  };
+
+  ChunkLog(DiffStorage* storage, const Uuid& id, bool sync, Cursor cursor);
+  ChunkLog(const ChunkLog&) = delete;
+  ChunkLog& operator=(const ChunkLog&) = delete;
+
+  // A new log: allocates its first segment from the storage.
+  static Result<std::unique_ptr<ChunkLog>> Start(DiffStorage* storage, const Uuid& id, bool sync);
+  // Follows the chain from `start` (see the top of this file). Never fails on content: a bad
+  // page ends the log. Fails only on a read error.
+  static Result<Scan> Read(BlockDevice& device, const Uuid& id, uint64_t start,
+                           uint64_t header_epoch);
+
+  // Commits one record (see the top of this file); blocks until it is.
+  Status Commit(const LogRecord& record) EXCLUDES(mu_);
+  uint64_t start() const { return start_; }
+  uint64_t commits() const EXCLUDES(mu_);  // batches written (for tests and stats)
+
+ private:
+  Status WriteBatch(const std::vector<LogRecord>& batch) REQUIRES(write_mu_);
+
+  DiffStorage* const storage_;
+  const Uuid id_;
+  const bool sync_;
+  const uint64_t start_;
+
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::vector<LogRecord> pending_ GUARDED_BY(mu_);
+  uint64_t submitted_ GUARDED_BY(mu_) = 0;
+  uint64_t committed_ GUARDED_BY(mu_) = 0;
+  uint64_t batches_ GUARDED_BY(mu_) = 0;
+  bool writing_ GUARDED_BY(mu_) = false;
+  Status failed_ GUARDED_BY(mu_);
+
+  Mutex write_mu_ ACQUIRED_AFTER(mu_);
+  Cursor cursor_ GUARDED_BY(write_mu_);
+};
+
+}  // namespace blksnap
