@@ -7,10 +7,11 @@ Algorithm:
 * clean restart (guarantee 1): a 64 MiB device stamped with generation A (seq 1); a snapshot
   with --durability power, storage in a directory (the file blksnap-<id>.diff there), images on
   NBD, FUSE and (with FUSE) a loop device, taken; generation B over the first half of the
-  original. The image verifies as A through every front; SIGTERM, start again: the same id is
-  listed with the same state, limit, storage path and file, durability power, recovered_from
-  "clean-stop", the same NBD export name and FUSE file, a loop device again; the image verifies
-  as A again with the same SHA-256 through each front; generation C over the second half of the
+  original, generation D over the image's last 4 MiB (through its NBD export), set-limit. The
+  image verifies as A (D at its end) through every front; SIGTERM, start again: the same id is
+  listed with the same state, limit (the one set), storage path and file, durability power,
+  recovered_from "clean-stop", the same NBD export name and FUSE file, a loop device again; the
+  image verifies as before with the same SHA-256 through each front; generation C over the second half of the
   original: the recovered snapshot still preserves (the image is still A); kill -9 and start:
   recovered_from "daemon-crash", the image the same. Destroy removes the storage file.
 * kill -9 rounds (guarantee 2): a 32 MiB device stamped with seq 1. Each round: create and take
@@ -60,6 +61,7 @@ from blksnap_cli_lib import SKIP, Daemon, Failures, fuse_possible, parse_args, w
 
 MiB = 1 << 20
 CLEAN_SIZE = 64 * MiB
+IMAGE_WRITE = 4 * MiB  # written through the image in the clean phase
 KILL_SIZE = 32 * MiB
 BLOCK = 64 << 10  # the writer's I/O: a new chunk per write right after the take
 ROUNDS = int(os.environ.get("BLKSNAP_DSNAP_ROUNDS", "40"))
@@ -243,6 +245,12 @@ def read_front(what, address, size):
 
 # ---- 1. clean restart ----
 
+def image_as_written(d, data, what):
+    """The clean phase's image: generation A, and D (seq 4) in its last IMAGE_WRITE bytes."""
+    return (verifies(d, data, 1, what, 0, CLEAN_SIZE - IMAGE_WRITE) and
+            verifies(d, data, 4, what, CLEAN_SIZE - IMAGE_WRITE))
+
+
 def clean_restart(d, t, fuse):
     storage = os.path.join(d.tmp, "storage")
     os.mkdir(storage)
@@ -258,12 +266,15 @@ def clean_restart(d, t, fuse):
             (before["storage"].get("file"), before.get("recovered_from")))
     write_front(d, dev, 0, half, 2)
     image = before["devices"][0]["image"]
+    # An image write (a journal replay of a mounted image does that) is part of the snapshot.
+    write_front(d, {"nbd": image["nbd"]}, CLEAN_SIZE - IMAGE_WRITE, IMAGE_WRITE, 4)
+    d.cli_json("snapshot", "set-limit", sid, "112M")
     sums = {}
     for what, address in image_fronts(image):
         data = read_front(what, address, CLEAN_SIZE)
         sums[what] = sha(data)
-        t.check(verifies(d, data, 1, what), "clean: before the stop the image through %s is "
-                "generation A" % what)
+        t.check(image_as_written(d, data, what), "clean: before the stop the image through %s "
+                "is generation A, and D where it was written" % what)
     if fuse:
         t.check(set(sums) == {"nbd", "fuse", "loop"}, "clean: NBD, FUSE and loop images (%r)" %
                 sorted(sums))
@@ -293,11 +304,12 @@ def clean_restart(d, t, fuse):
     if fuse:
         t.check((new_image.get("loop") or "").startswith("/dev/loop"),
                 "clean: a loop device on the image again (%r)" % new_image.get("loop"))
+    t.check(after["storage"]["limit"] == 112 * MiB, "clean: the limit set after the take is kept")
     for what, address in image_fronts(new_image):
         data = read_front(what, address, CLEAN_SIZE)
-        t.check(sums.get(what) == sha(data) and verifies(d, data, 1, what),
-                "clean: after the start the image through %s is generation A, the same bytes" %
-                what)
+        t.check(sums.get(what) == sha(data) and image_as_written(d, data, what),
+                "clean: after the start the image through %s is generation A (and D), the same "
+                "bytes" % what)
     original = read_nbd(device(d, "cv")["nbd"], CLEAN_SIZE)
     t.check(verifies(d, original, 2, "original", 0, half) and
             verifies(d, original, 1, "original", half),
