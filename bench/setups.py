@@ -10,6 +10,8 @@ Design note. Setups (each on a fresh copy of the same prefilled master image):
                   snapshot-access node: front = cbw node, image = snapshot-access node
     blksnap       blksnapd, front export, no snapshot
     blksnap-snap  blksnapd, snapshot taken: front export for writes, NAME@ID for image reads
+                  (durability power, the default); blksnap-snap-memory and blksnap-snap-crash
+                  the same with --durability memory / crash (issue 15: the price of durability)
     blksnap-psync blksnapd with BLKSNAP_IO_ENGINE=psync (not a peer: evidence for a fix);
                   blksnap-fuse-psync the same through FUSE+loop
   FUSE + loop (/dev/loopN with direct I/O):
@@ -262,7 +264,7 @@ class Lab:
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     def blksnap_setup(self, img, *, snap=False, loop=False, extra=("--chunk-minimum-shift", "16"),
-                      env=None):
+                      env=None, durability=None):
         p = self.daemon(extra, env=env)
         dev = self.cli_json("attach", img, "--name", "dev", *(["--loop"] if loop else []))
         out = {"front": dev["loop"] if loop else dev["nbd"]}
@@ -270,6 +272,7 @@ class Lab:
             os.makedirs(os.path.join(SCRATCH, "diff"), exist_ok=True)
             sid = self.cli_json("snapshot", "create", "--storage", os.path.join(SCRATCH, "diff"),
                                 "--limit", str(2 * self.size + GIB),
+                                *(["--durability", durability] if durability else []),
                                 *(["--loop"] if loop else []), "dev")["id"]
             take = self.cli_json("snapshot", "take", sid)
             info = self.cli_json("snapshot", "info", sid)
@@ -283,7 +286,7 @@ class Lab:
 
     def setups(self):
         s = [("raw", "nbd"), ("nbdkit", "nbd"), ("qsd", "nbd"), ("blksnap", "nbd"),
-             ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd")]
+             ("qsd-cbw", "nbd"), ("blksnap-snap", "nbd"), ("blksnap-snap-memory", "nbd")]
         if self.root:
             s += [("raw-loop", "loop"), ("qsd-fuse", "loop"), ("blksnap-fuse", "loop"),
                   ("qsd-cbw-fuse", "loop"), ("blksnap-snap-fuse", "loop")]
@@ -293,8 +296,11 @@ class Lab:
         s += [("blksnap-psync", "nbd")] + ([("blksnap-fuse-psync", "loop")] if self.root else [])
         # CBT in memory only (--cbt-in-memory): the control for the cost of durable CBT.
         s += [("blksnap-memcbt", "nbd")]
+        # Durability crash: between memory and power; on request.
+        s += [("blksnap-snap-crash", "nbd")]
         keep = self.only.split(",") if self.only else [
-            x[0] for x in s if "-psync" not in x[0] and "-memcbt" not in x[0]]
+            x[0] for x in s
+            if "-psync" not in x[0] and "-memcbt" not in x[0] and "-crash" not in x[0]]
         return [x for x in s if x[0] in keep]
 
     def start(self, name, img):
@@ -319,7 +325,9 @@ class Lab:
             extra = ("--chunk-minimum-shift", "16")
             if name.endswith("-memcbt"):
                 extra += ("--cbt-in-memory",)
-            p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse, env=env, extra=extra)
+            durability = next((d for d in ("memory", "crash") if name.endswith("-" + d)), None)
+            p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse, env=env, extra=extra,
+                                        durability=durability)
             return [p], [], out
         raise ValueError(name)
 

@@ -253,6 +253,11 @@ Result<ParsedRecords> ParseRecords(std::string_view text) {
   return parsed;
 }
 
+bool WrittenBeforeAPowerLoss(const Records& records, std::string_view boot_id) {
+  return !records.clean_stop && !records.boot_id.empty() && !boot_id.empty() &&
+         records.boot_id != boot_id;
+}
+
 std::string SerializeRecords(const Records& records) {
   json devices = json::array();
   for (const auto& d : records.devices) {

@@ -107,6 +107,10 @@ struct ParsedRecords {
 
 // See the top of this file. Never throws.
 Result<ParsedRecords> ParseRecords(std::string_view text);
+// The records of a run that crashed in another boot than `boot_id` (the machine went down: a
+// power loss for the snapshots they hold). false after a clean stop (everything was made durable)
+// or when either boot id is unknown.
+bool WrittenBeforeAPowerLoss(const Records& records, std::string_view boot_id);
 // Pretty JSON (as above) + "\n", version 1. Strings that are not valid UTF-8 have their bad
 // bytes replaced with U+FFFD (JSON cannot carry them). Never throws.
 std::string SerializeRecords(const Records& records);

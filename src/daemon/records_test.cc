@@ -215,6 +215,20 @@ TEST(RecordsTest, SnapshotsRoundTripAndAreOptional) {
                             .devices = {"a"}}));
 }
 
+// A crash's records of another boot are a power loss; a clean stop's never; unknown ids never.
+TEST(RecordsTest, APowerLossIsACrashInAnotherBoot) {
+  Records r;
+  r.boot_id = "boot-1";
+  EXPECT_FALSE(WrittenBeforeAPowerLoss(r, "boot-1")) << "a daemon crash";
+  EXPECT_TRUE(WrittenBeforeAPowerLoss(r, "boot-2"));
+  EXPECT_FALSE(WrittenBeforeAPowerLoss(r, "")) << "this boot unknown";
+  r.clean_stop = true;
+  EXPECT_FALSE(WrittenBeforeAPowerLoss(r, "boot-2")) << "a clean stop, then a reboot";
+  r.clean_stop = false;
+  r.boot_id.clear();
+  EXPECT_FALSE(WrittenBeforeAPowerLoss(r, "boot-2")) << "records from before boot ids";
+}
+
 TEST(RecordsTest, OptionalFieldsTakeDefaults) {
   ParsedRecords p = MustParse(R"({"version":1,"devices":[{"name":"a","path":"/a","x":[1]}]})");
   ASSERT_EQ(p.records.devices.size(), 1u);

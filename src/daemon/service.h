@@ -280,6 +280,8 @@ class Service {
   // Restart: brings back one recorded durable snapshot, or reports why not.
   void RecoverRecordedSnapshot(const SnapshotRecord& rec, const std::vector<ImageRecord>& images,
                                bool clean_stop, bool power_lost) EXCLUDES(mu_);
+  // Removes a ublk image device a crashed run left (a restart note says so).
+  void RemoveOrphanImageLocked(const ImageRecord& img) REQUIRES(mu_);
   // Removes the ublk image devices a crashed run left for this snapshot, except those of the
   // images `recovered` exposes again.
   void RemoveOrphanImagesLocked(const std::string& snapshot, const std::vector<ImageRecord>& images,

@@ -144,13 +144,17 @@ void Service::RestoreImagesLocked(const Records& records) {
                     [&](const SnapshotRecord& s) { return s.id == img.snapshot; })) {
       continue;
     }
-    Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
-    std::string note = "snapshot " + img.snapshot + " image of '" + img.device + "' on /dev/ublkb" +
-                       std::to_string(img.ublk_dev_id) + " is gone" +
-                       (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
-    spdlog::warn("{}", note);
-    restart_->notes.push_back(note);
+    RemoveOrphanImageLocked(img);
   }
+}
+
+void Service::RemoveOrphanImageLocked(const ImageRecord& img) {
+  Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
+  std::string note = "snapshot " + img.snapshot + " image of '" + img.device + "' on /dev/ublkb" +
+                     std::to_string(img.ublk_dev_id) + " is gone" +
+                     (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
+  spdlog::warn("{}", note);
+  restart_->notes.push_back(note);
 }
 
 void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
@@ -159,12 +163,7 @@ void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
   for (const auto& img : images) {
     if (img.snapshot != snapshot || img.ublk_dev_id < 0) continue;
     if (recovered && recovered->images.count(img.device)) continue;  // exposed again
-    Status s = fronts_->RemoveOrphanUblk(img.ublk_dev_id, img.size, img.logical_block_size);
-    std::string note = "snapshot " + snapshot + " image of '" + img.device + "' on /dev/ublkb" +
-                       std::to_string(img.ublk_dev_id) + " is gone" +
-                       (s.ok() ? ": device removed" : ": cannot remove it: " + s.ToString());
-    spdlog::warn("{}", note);
-    restart_->notes.push_back(note);
+    RemoveOrphanImageLocked(img);
   }
 }
 
@@ -260,9 +259,7 @@ void Service::Restore() {
     recorded.snapshots = parsed.records.snapshots;
     recorded.images = parsed.records.images;
     recorded.clean_stop = parsed.records.clean_stop;
-    // A crashed run of another boot: the machine went down (a clean stop made everything durable).
-    power_lost = !recorded.clean_stop && !parsed.records.boot_id.empty() && !boot_id_.empty() &&
-                 parsed.records.boot_id != boot_id_;
+    power_lost = WrittenBeforeAPowerLoss(parsed.records, boot_id_);
   }
   for (const auto& rec : devices) {
     std::string name = rec.name;

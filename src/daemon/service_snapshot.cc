@@ -263,7 +263,8 @@ SnapshotView Service::SnapshotViewLocked(const SnapshotEntry& s) const {
   v.durability = s.snapshot->durability();
   v.recovered_from = s.snapshot->recovered_from();
   v.storage = s.snapshot->storage_info();
-  if (v.storage.path.empty()) v.storage.path = s.storage;
+  // As given at create, also for a recovered snapshot (the engine knows it by its file then).
+  if (!s.storage.empty()) v.storage.path = s.storage;
   for (const auto& d : s.snapshot->devices()) {
     SnapshotDeviceView dv;
     dv.name = d.name;

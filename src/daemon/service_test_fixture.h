@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "blksnap/env.h"
+#include "blksnap/mapped_file.h"
 #include "daemon/service.h"
 #include "engine/engine_test_util.h"
 
@@ -163,7 +164,9 @@ class ServiceTest : public ::testing::Test {
     return path;
   }
 
-  void Start(bool with_state = true, bool durable_cbt = false) {
+  // files: the state files' seam (its boot id); null: the kernel's.
+  void Start(bool with_state = true, bool durable_cbt = false,
+             std::shared_ptr<MappedFiles> files = nullptr) {
     Config config;
     auto engine = Engine::Create(config);
     ASSERT_TRUE(engine.ok()) << engine.status().ToString();
@@ -172,6 +175,7 @@ class ServiceTest : public ::testing::Test {
     if (with_state) info.state_dir = (dir_ / "state").string();
     info.durable_cbt = durable_cbt;
     info.control_path = "/nonexistent/control.sock";
+    info.mapped_files = std::move(files);
     service_ = std::make_unique<Service>(std::move(engine).value(),
                                          std::make_unique<FakeFronts>(log_), info);
     service_->Restore();

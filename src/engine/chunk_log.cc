@@ -39,6 +39,15 @@ Result<std::unique_ptr<ChunkLog>> ChunkLog::Start(DiffStorage* storage, const Uu
   return std::make_unique<ChunkLog>(storage, id, sync, cursor);
 }
 
+Result<uint64_t> ChunkLog::WriteCompact(DiffStorage* storage, const Uuid& id, bool sync,
+                                        uint64_t epoch, const std::vector<LogRecord>& records) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<ChunkLog> log, Start(storage, id, sync));
+  MutexLock write(log->write_mu_);
+  log->cursor_.epoch = epoch;
+  BLKSNAP_RETURN_IF_ERROR(log->WriteBatch(records));
+  return log->start();
+}
+
 uint64_t ChunkLog::commits() const {
   MutexLock lock(mu_);
   return batches_;
@@ -94,7 +103,9 @@ Status ChunkLog::WriteBatch(const std::vector<LogRecord>& batch) {
     page.seq = cursor_.next_seq;
     page.epoch = cursor_.epoch;
     const uint64_t offset = cursor_.next_page;
-    if (offset + kLogPageSize >= cursor_.segment_end) {
+    // The last page of a segment points to a new one (which may happen to follow it).
+    const bool last_in_segment = offset + kLogPageSize >= cursor_.segment_end;
+    if (last_in_segment) {
       BLKSNAP_ASSIGN_OR_RETURN(uint64_t segment, storage_->Allocate(kLogSegmentSize));
       page.next = segment;
     } else {
@@ -106,7 +117,7 @@ Status ChunkLog::WriteBatch(const std::vector<LogRecord>& batch) {
     const auto bytes = SerializeLogPage(page);
     std::memcpy(buffer.get() + run_pages * kLogPageSize, bytes.data(), kLogPageSize);
     ++run_pages;
-    const bool jump = page.next != offset + kLogPageSize;
+    const bool jump = last_in_segment;
     if (jump || i + 1 == pages) {
       BLKSNAP_RETURN_IF_ERROR(device.Write(
           run_start, std::span<const uint8_t>(buffer.get(), run_pages * kLogPageSize)));
@@ -147,8 +158,11 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
         return scan;  // the end of the log
       }
       const uint64_t here = offset + at;
-      if (page->next != here + kLogPageSize && page->next + kLogSegmentSize > device.size())
-        return scan;  // points outside the storage: not a page we wrote
+      const bool last_in_segment = here + kLogPageSize == segment_end;
+      if (last_in_segment ? page->next + kLogSegmentSize > device.size()
+                          : page->next != here + kLogPageSize) {
+        return scan;  // not where we put the next page: not a page we wrote
+      }
       for (const LogRecord& r : page->records) {
         if (!(r.flags & kRecordFlagZero))
           scan.end = std::max(scan.end, r.offset + RoundUp(r.length));
@@ -158,7 +172,7 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
       scan.cursor.next_seq = page->seq + 1;
       scan.cursor.epoch = page->epoch;
       scan.cursor.next_page = page->next;
-      if (page->next != here + kLogPageSize) {
+      if (last_in_segment) {
         scan.cursor.segment_end = page->next + kLogSegmentSize;
         scan.end = std::max(scan.end, scan.cursor.segment_end);
         offset = page->next;

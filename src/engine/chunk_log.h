@@ -67,6 +67,12 @@ class ChunkLog {
   static Result<Scan> Read(BlockDevice& device, const Uuid& id, uint64_t start,
                            uint64_t header_epoch);
 
+  // A compacted log (a clean stop): `records` packed 125 to a page in a new chain starting in a
+  // new segment, with `epoch`; returns once written (and flushed for power). The caller then
+  // points the header at it. The old chain's space is not reused.
+  static Result<uint64_t> WriteCompact(DiffStorage* storage, const Uuid& id, bool sync,
+                                       uint64_t epoch, const std::vector<LogRecord>& records);
+
   // Commits one record (see the top of this file); blocks until it is.
   Status Commit(const LogRecord& record) EXCLUDES(mu_);
   uint64_t start() const { return start_; }

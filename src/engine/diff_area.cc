@@ -89,6 +89,25 @@ void DiffArea::RestoreChunk(uint64_t index, uint64_t offset) {
   (offset == kZeroChunk ? chunks_zero_ : chunks_stored_).fetch_add(1, std::memory_order_relaxed);
 }
 
+void DiffArea::CollectRecords(std::vector<LogRecord>* out) {
+  for (Shard& shard : shards_) {
+    MutexLock lock(shard.mu);
+    for (const auto& [index, chunk] : shard.chunks) {
+      if (chunk.state != ChunkState::kStored) continue;
+      LogRecord r;
+      r.chunk = index;
+      r.device = device_index_;
+      if (chunk.storage_offset == kZeroChunk) {
+        r.flags = kRecordFlagZero;
+      } else {
+        r.offset = chunk.storage_offset;  // no data stripe needed: nothing changes any more
+        r.length = static_cast<uint32_t>(geometry_.length(index));
+      }
+      out->push_back(r);
+    }
+  }
+}
+
 Chunk* DiffArea::WaitStored(uint64_t index, Chunk* chunk) {
   Shard& shard = ShardOf(index);
   MutexLock lock(shard.mu);

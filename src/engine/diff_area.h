@@ -97,6 +97,9 @@ class DiffArea {
   // Recovery, before the area is installed: chunk `index` is STORED at `offset` (kZeroChunk: a
   // zero chunk). A later call for the same chunk replaces the earlier one.
   void RestoreChunk(uint64_t index, uint64_t offset);
+  // A record per STORED chunk (the compaction of the chunk log at a clean stop); call once no
+  // chunk can change (storers idle, no writer, no image I/O).
+  void CollectRecords(std::vector<LogRecord>* out);
   // Recovery of a snapshot recorded as corrupted: corrupted without the callback.
   void SetCorrupted(int errnum);
 

@@ -393,9 +393,23 @@ class EngineImpl final : public Engine {
     DetachAreas(members);  // in-flight writers finish: their chunks are stored first
     for (auto& m : members) m.area->WaitStored();
     for (auto& m : members) m.tracker->set_snapshot({});
+    // The chunk log compacted (125 records a page), so the next start reads a few MiB, not
+    // one page per commit; the header then points at it. A crash before that keeps the old log.
     Status s = storage->device().Flush();
+    uint64_t log_start = storage->header().log_start;
+    const uint64_t epoch = storage->header().log_epoch + 1;
+    if (s.ok() && state == SnapshotState::kTaken) {
+      std::vector<LogRecord> records;
+      for (auto& m : members) m.area->CollectRecords(&records);
+      auto compact = ChunkLog::WriteCompact(storage.get(), id, /*sync=*/true, epoch, records);
+      if (compact.ok()) log_start = *compact;  // else the old log stays: correct, slower
+    }
     if (s.ok()) {
-      s = storage->UpdateHeader([](DiffStorageHeader& h) { h.flags |= kStorageFlagClosed; });
+      s = storage->UpdateHeader([&](DiffStorageHeader& h) {
+        if (h.log_start != log_start) h.log_epoch = epoch;
+        h.log_start = log_start;
+        h.flags |= kStorageFlagClosed;
+      });
     }
     storage->KeepFile();
     for (auto& m : members) m.area->Shutdown();

@@ -99,8 +99,9 @@ def run(args, t, daemons):
     generation = d4.cli_json("cbt", "info", "v")["generation_id"]
     storage = os.path.join(d4.tmp, "storage")
     os.mkdir(storage)
+    # A memory snapshot: SIGTERM destroys it (durable ones: test_durable_snapshots.py).
     sid = d4.cli_json("snapshot", "create", "--storage", storage, "--limit", "16M",
-                      *(["--loop"] if loop else []), "v")["id"]
+                      "--durability", "memory", *(["--loop"] if loop else []), "v")["id"]
     d4.cli_json("snapshot", "take", sid)
     img = d4.cli_json("snapshot", "info", sid)["devices"][0]["image"]
     loops = [x for x in (dev.get("loop"), img.get("loop")) if x]

@@ -31,7 +31,9 @@ log "vol on $DEV, generation $GEN"
 mkfs.ext4 -q "$DEV" || fail "mkfs.ext4"
 mount -t ext4 "$DEV" "$WORK/mnt" || fail "mount"
 
-ID=$(bs snapshot create --storage "$WORK/storage" --limit 0 --ublk vol) || fail "snapshot create"
+# A memory snapshot: its image device is removed at the restart (durable ones come back).
+ID=$(bs snapshot create --storage "$WORK/storage" --limit 0 --ublk --durability memory vol) ||
+  fail "snapshot create"
 bs snapshot take "$ID" >/dev/null || fail "take"
 IMG=$(jget "$(bs --json snapshot info "$ID")" 'j["devices"][0]["image"]["ublk"]')
 [ -b "$IMG" ] || fail "no image ublk device"
