@@ -289,9 +289,14 @@ def clean_restart(d, t, fuse):
     for key in ("state", "durability"):
         t.check(after[key] == before[key], "clean: same %s (%r, was %r)" %
                 (key, after[key], before[key]))
-    for key in ("path", "file", "limit", "used"):
+    for key in ("path", "file", "limit"):
         t.check(after["storage"][key] == before["storage"][key], "clean: same storage %s (%r, "
                 "was %r)" % (key, after["storage"][key], before["storage"][key]))
+    # A restart must not eat storage: one that did would overflow a limited snapshot after
+    # enough restarts with no write at all.
+    t.check(after["storage"]["used"] == before["storage"]["used"],
+            "clean: the restart used no storage (used %r, was %r)" %
+            (after["storage"]["used"], before["storage"]["used"]))
     t.check(after["recovered_from"] == "clean-stop",
             "clean: recovered_from %r (want 'clean-stop')" % after["recovered_from"])
     reported = restart_entries(d, "snapshots", sid)
