@@ -39,6 +39,8 @@ Algorithm:
 * storage vanished (guarantee 5): a taken durable snapshot, SIGTERM, its storage file removed,
   start: the daemon runs, the restart report names the snapshot as failed, the snapshot is not
   listed, the device is attached again (its fronts, its data) and can join a new snapshot.
+* two devices: a crash snapshot of two devices (seq 1 and 2, then 3 over half of each) comes back
+  after a kill -9 and after a clean stop with both members, each image its own take.
 
 Without root, /dev/fuse and /dev/loop-control the loop and FUSE parts are skipped and the test
 exits 77 (skipped) even if every other check passed.
@@ -595,6 +597,37 @@ def loops_left(d):
         time.sleep(0.1)
 
 
+# ---- 6. a snapshot of two devices ----
+
+def two_devices(d, t):
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    size = 16 * MiB
+    for seq, name in enumerate(("ta", "tb"), 1):
+        write_front(d, d.cli_json("attach", d.make_image(name + ".img", size), "--name", name),
+                    0, size, seq)
+    sid = create(d, storage, "64M", ["ta", "tb"], durability="crash")
+    for name in ("ta", "tb"):
+        write_front(d, device(d, name), 0, size // 2, 3)
+    for how in ("kill -9", "clean stop"):
+        if how == "kill -9":
+            kill9(d)
+        else:
+            d.stop()
+        d.start()
+        s = info(d, sid)
+        t.check(s["state"] == "taken" and [x["name"] for x in s["devices"]] == ["ta", "tb"],
+                "two devices, after a %s: taken, both members (%s, %r)" %
+                (how, s["state"], [x["name"] for x in s["devices"]]))
+        for seq, member in enumerate(s["devices"], 1):
+            data = read_nbd(member["image"]["nbd"], size)
+            t.check(verifies(d, data, seq, member["name"]),
+                    "two devices, after a %s: the image of %s is its take (seq %d)" %
+                    (how, member["name"], seq))
+    d.cli_json("snapshot", "destroy", sid)
+    check_gone(d, t, sid, storage, "two devices: destroyed")
+
+
 def main():
     args = parse_args(sys.argv)
     try:
@@ -613,7 +646,8 @@ def main():
               ("simulated reboot", lambda d: simulated_reboot(d, t, fuse, boot_id_file)),
               ("memory durability", lambda d: memory_durability(d, t)),
               ("corrupted persists", lambda d: corrupted_persists(d, t, fuse)),
-              ("storage vanished", lambda d: storage_vanished(d, t, fuse))]
+              ("storage vanished", lambda d: storage_vanished(d, t, fuse)),
+              ("two devices", lambda d: two_devices(d, t))]
     only = os.environ.get("BLKSNAP_DSNAP_ONLY")  # a phase name, to run one while debugging
     for name, phase in phases:
         if only and only not in name:
