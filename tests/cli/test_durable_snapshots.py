@@ -45,6 +45,9 @@ Algorithm:
   chunk-log page of a clean-closed power snapshot (offsets from docs/diff-storage-format.md),
   then in both header slots of another: at the start each is reported failed or comes back
   corrupted, or its image is the take's byte for byte: never served wrong.
+* interrupted stop: SIGTERM then SIGKILL within 30 ms (during the clean stop's close), 6 rounds
+  with every chunk of a 32 MiB device preserved: the next start serves the take's image or
+  reports the snapshot, never serves it wrong.
 
 Without root, /dev/fuse and /dev/loop-control the loop and FUSE parts are skipped and the test
 exits 77 (skipped) even if every other check passed.
@@ -53,6 +56,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +74,7 @@ IMAGE_WRITE = 4 * MiB  # written through the image in the clean phase
 KILL_SIZE = 32 * MiB
 BLOCK = 64 << 10  # the writer's I/O: a new chunk per write right after the take
 ROUNDS = int(os.environ.get("BLKSNAP_DSNAP_ROUNDS", "40"))
+STOP_ROUNDS = 6  # SIGTERM then SIGKILL
 MAX_WRITE_TIME = 0.2  # the kill comes this long at most after the first acknowledged write
 
 # argv: NBD URI, log, the round's data file (the whole device in the round's generation), size.
@@ -514,6 +519,40 @@ def damaged_storage(d, t):
                 "damaged %s: afterwards the device is in no snapshot" % what)
 
 
+# ---- 8. a clean stop cut short ----
+
+def interrupted_stop(d, t):
+    """SIGTERM, then SIGKILL at a random instant of the clean stop (while CloseSnapshot compacts
+    the log): each start serves the take (clean-stop or daemon-crash) or reports the snapshot."""
+    storage = os.path.join(d.tmp, "storage")
+    os.mkdir(storage)
+    size = 32 * MiB
+    write_front(d, d.cli_json("attach", d.make_image("iv.img", size), "--name", "iv"), 0, size, 1)
+    bad = 0
+    for r in range(STOP_ROUNDS):
+        sid = create(d, storage, "0", ["iv"])
+        write_front(d, device(d, "iv"), 0, size, r + 2)  # every chunk preserved
+        oracle = sha(read_nbd(info(d, sid)["devices"][0]["image"]["nbd"], size))
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(random.uniform(0, 0.03))
+        kill9(d)
+        d.start()
+        failed = restart_entries(d, "snapshots_failed", sid)
+        s = info(d, sid) if listed(d, sid) else {}
+        same = (s.get("state") == "taken" and
+                sha(read_nbd(s["devices"][0]["image"]["nbd"], size)) == oracle)
+        if not t.check(failed or s.get("state") == "corrupted" or same,
+                       "interrupted stop %d: %s, recovered_from %r, image the take's: %r" %
+                       (r, "reported failed" if failed else "state %r" % s.get("state"),
+                        s.get("recovered_from"), same)):
+            bad += 1
+        if s:
+            d.cli_json("snapshot", "destroy", sid, "--force")
+        elif os.path.exists(storage_file(d, storage, sid)):
+            os.unlink(storage_file(d, storage, sid))
+    t.check(bad == 0, "interrupted stop: %d rounds, %d served wrong" % (STOP_ROUNDS, bad))
+
+
 def main():
     args = parse_args(sys.argv)
     try:
@@ -534,7 +573,8 @@ def main():
               ("corrupted persists", lambda d: corrupted_persists(d, t, fuse)),
               ("storage vanished", lambda d: storage_vanished(d, t, fuse)),
               ("two devices", lambda d: two_devices(d, t)),
-              ("damaged storage", lambda d: damaged_storage(d, t))]
+              ("damaged storage", lambda d: damaged_storage(d, t)),
+              ("interrupted stop", lambda d: interrupted_stop(d, t))]
     only = os.environ.get("BLKSNAP_DSNAP_ONLY")  # a phase name, to run one while debugging
     for name, phase in phases:
         if only and only not in name:
