@@ -60,8 +60,7 @@ Config BenchConfig() {
   if (!disk.ok()) Die("open", disk.status());
   auto tracker = engine->Attach("d", *disk);
   if (!tracker.ok()) Die("attach", tracker.status());
-  auto id = engine->CreateSnapshot(
-      {.storage_path = dir, .durability = SnapshotDurability::kCrash});
+  auto id = engine->CreateSnapshot({.storage_path = dir, .durability = SnapshotDurability::kCrash});
   if (!id.ok()) Die("create", id.status());
   if (Status s = engine->AddDevice(*id, "d"); !s.ok()) Die("add", s);
   if (auto t = engine->Take(*id); !t.ok()) Die("take", t.status());
@@ -82,8 +81,8 @@ Config BenchConfig() {
   if (clean) {
     if (Status s = engine->CloseSnapshot(*id); !s.ok()) Die("close", s);
   }
-  const std::string line = id->ToString() + " " + file + " " + std::to_string(n) + " " +
-                           std::to_string(rss) + "\n";
+  const std::string line =
+      id->ToString() + " " + file + " " + std::to_string(n) + " " + std::to_string(rss) + "\n";
   if (write(out_fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) _exit(1);
   _exit(0);  // crash: no destructor runs, nothing is closed
 }

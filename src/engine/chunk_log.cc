@@ -44,7 +44,10 @@ Result<uint64_t> ChunkLog::WriteCompact(DiffStorage* storage, const Uuid& id, bo
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<ChunkLog> log, Start(storage, id, sync));
   MutexLock write(log->write_mu_);
   log->cursor_.epoch = epoch;
-  BLKSNAP_RETURN_IF_ERROR(log->WriteBatch(records));
+  BlockDevice& device = storage->device();
+  if (sync) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  BLKSNAP_RETURN_IF_ERROR(log->AppendPages(records));
+  if (sync) BLKSNAP_RETURN_IF_ERROR(device.Flush());
   return log->start();
 }
 
@@ -92,14 +95,26 @@ Status ChunkLog::WriteBatch(const std::vector<LogRecord>& batch) {
   // Power: the data of every record of the batch (written before it was queued) is durable
   // before any page that locates it can be.
   if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  BLKSNAP_RETURN_IF_ERROR(AppendPages(batch));
+  if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  return CompactIfDue();
+}
+
+Status ChunkLog::AppendPages(const std::vector<LogRecord>& batch) {
+  BlockDevice& device = storage_->device();
   const size_t pages = (batch.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
-  AlignedBuffer buffer = AllocateAligned(pages * kLogPageSize);
+  // At most a segment's worth of pages is written at once (they are consecutive only within
+  // a segment), from one buffer.
+  const size_t buffer_pages = std::min<size_t>(pages, kLogSegmentSize / kLogPageSize);
+  AlignedBuffer buffer = AllocateAligned(std::max<size_t>(buffer_pages, 1) * kLogPageSize);
   if (!buffer) return Status::Error(ENOMEM, "no memory for chunk log pages");
   uint64_t run_start = cursor_.next_page;  // consecutive pages are written with one write
   size_t run_pages = 0;
+  const uint64_t batch_first = cursor_.next_seq;
   for (size_t i = 0; i < pages; ++i) {
     LogPage page;
     page.snapshot_id = id_;
+    page.batch_first = batch_first;
     page.seq = cursor_.next_seq;
     page.epoch = cursor_.epoch;
     const uint64_t offset = cursor_.next_page;
@@ -117,19 +132,67 @@ Status ChunkLog::WriteBatch(const std::vector<LogRecord>& batch) {
     const auto bytes = SerializeLogPage(page);
     std::memcpy(buffer.get() + run_pages * kLogPageSize, bytes.data(), kLogPageSize);
     ++run_pages;
-    const bool jump = last_in_segment;
-    if (jump || i + 1 == pages) {
+    if (last_in_segment || i + 1 == pages || run_pages == buffer_pages) {
       BLKSNAP_RETURN_IF_ERROR(device.Write(
           run_start, std::span<const uint8_t>(buffer.get(), run_pages * kLogPageSize)));
       run_start = page.next;
-      // The pages written so far are reused from the start of the buffer.
-      run_pages = 0;
+      run_pages = 0;  // the buffer is reused from its start
     }
     cursor_.next_page = page.next;
-    if (jump) cursor_.segment_end = page.next + kLogSegmentSize;
+    if (last_in_segment) cursor_.segment_end = page.next + kLogSegmentSize;
     ++cursor_.next_seq;
+    ++pages_since_compaction_;
   }
+  return Status::Ok();
+}
+
+uint64_t ChunkLog::pages_since_compaction() const {
+  MutexLock write(write_mu_);
+  return pages_since_compaction_;
+}
+
+void ChunkLog::set_pages_since_compaction(uint64_t pages) {
+  MutexLock write(write_mu_);
+  pages_since_compaction_ = pages;
+}
+
+void ChunkLog::SetCompaction(Collector collector, uint64_t compact_pages) {
+  MutexLock write(write_mu_);
+  collector_ = std::move(collector);
+  compact_pages_ = compact_pages;
+}
+
+Status ChunkLog::CompactIfDue() {
+  if (!collector_ || pages_since_compaction_ < compact_pages_ ||
+      pages_since_compaction_ < 2 * last_compaction_pages_) {
+    return Status::Ok();
+  }
+  std::vector<LogRecord> records;
+  collector_(&records);
+  BlockDevice& device = storage_->device();
+  // Power: the data of every collected record is durable before a page that locates it.
   if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  const Cursor old = cursor_;
+  BLKSNAP_ASSIGN_OR_RETURN(uint64_t first, storage_->Allocate(kLogSegmentSize));
+  cursor_.next_page = first;
+  cursor_.segment_end = first + kLogSegmentSize;
+  cursor_.next_seq = 1;
+  cursor_.epoch = storage_->header().log_epoch + 1;
+  Status s = AppendPages(records);
+  if (s.ok() && sync_) s = device.Flush();
+  if (!s.ok()) {
+    cursor_ = old;  // the header still points at the old chain, complete
+    return s;
+  }
+  const uint64_t epoch = cursor_.epoch;
+  // From here a failure is fatal: the header may or may not point at the new chain.
+  BLKSNAP_RETURN_IF_ERROR(storage_->UpdateHeader([&](DiffStorageHeader& h) {
+    h.log_start = first;
+    h.log_epoch = epoch;
+  }));
+  last_compaction_pages_ = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
+  pages_since_compaction_ = 0;
+  compactions_.fetch_add(1);
   return Status::Ok();
 }
 
@@ -151,11 +214,23 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
     const uint64_t whole = length / kLogPageSize * kLogPageSize;
     BLKSNAP_RETURN_IF_ERROR(device.Read(offset, std::span(buffer.get(), whole)));
     bool jumped = false;
+    // A page of this log at `at` that starts the commit after `seq`'s.
+    auto next_commit_at = [&](uint64_t at, uint64_t seq) {
+      if (at + kLogPageSize > whole) return false;
+      auto page = ParseLogPage(std::span<const uint8_t>(buffer.get() + at, kLogPageSize));
+      return page.ok() && page->snapshot_id == id && page->seq == seq + 1 &&
+             page->batch_first == page->seq && page->epoch >= scan.cursor.epoch &&
+             page->epoch <= header_epoch;
+    };
     for (uint64_t at = 0; at < whole; at += kLogPageSize) {
       auto page = ParseLogPage(std::span<const uint8_t>(buffer.get() + at, kLogPageSize));
       if (!page.ok() || page->snapshot_id != id || page->seq != scan.cursor.next_seq ||
           page->epoch < scan.cursor.epoch || page->epoch > header_epoch) {
-        return scan;  // the end of the log
+        // The end of the log — unless the next commit follows: a commit is written only once
+        // the one before it returned (for power: synced), so this page was committed and is
+        // now damaged. Then records are missing: the snapshot must not be served.
+        scan.damaged = next_commit_at(at + kLogPageSize, scan.cursor.next_seq);
+        return scan;
       }
       const uint64_t here = offset + at;
       const bool last_in_segment = here + kLogPageSize == segment_end;

@@ -22,12 +22,23 @@
 // ends the log, and a stale page left behind a torn batch by an earlier run is never taken for a
 // new one, because a recovered log continues with the next epoch.
 //
+// Compaction: once the log has grown by compact_pages pages and by twice the pages of the last
+// compaction, the writer of a commit (after its batch) asks the collector for a record of every
+// chunk whose data is written (the chunk tables: see DiffArea::CollectRecords), writes them 125
+// to a page in a new chain with the next epoch (flushed first and after for power), and points
+// the header at it; commits then continue on the new chain. Commits wait meanwhile. A crash
+// before the header write keeps the old chain, complete; after it, the new one holds every
+// committed record (and maybe some about to be: their data is written, so they are right).
+//
 // Errors are sticky: after a failed commit every later Commit() fails (the snapshot is then
 // corrupted by its caller). Locking: mu_ guards the queue and the counters; the writer holds
 // write_mu_ (the cursor) while it writes without mu_.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "blksnap/status.h"
@@ -54,7 +65,13 @@ class ChunkLog {
     Cursor cursor;                   // where the log continues (epoch: the last page's)
     uint64_t end = 0;                // the first byte past every record's data and the log
     uint64_t pages = 0;
+    // A page that was committed is damaged (a commit written after it is intact): records are
+    // lost. Detected within a segment only.
+    bool damaged = false;
   };
+
+  // Appends a record of every chunk whose data is written (for a compaction).
+  using Collector = std::function<void(std::vector<LogRecord>* out)>;
 
   ChunkLog(DiffStorage* storage, const Uuid& id, bool sync, Cursor cursor);
   ChunkLog(const ChunkLog&) = delete;
@@ -75,11 +92,22 @@ class ChunkLog {
 
   // Commits one record (see the top of this file); blocks until it is.
   Status Commit(const LogRecord& record) EXCLUDES(mu_);
+  // Enables compaction (null disables it: before the chunk tables go). Waits for a compaction
+  // in progress.
+  void SetCompaction(Collector collector, uint64_t compact_pages) EXCLUDES(write_mu_);
   uint64_t start() const { return start_; }
+  // Pages written (or, for a recovered log, read) since the chain began.
+  uint64_t pages_since_compaction() const EXCLUDES(write_mu_);
+  void set_pages_since_compaction(uint64_t pages) EXCLUDES(write_mu_);
   uint64_t commits() const EXCLUDES(mu_);  // batches written (for tests and stats)
+  uint64_t compactions() const { return compactions_.load(); }  // for tests and stats
 
  private:
+  // Writes `batch` as pages at cursor_ (no flush).
+  Status AppendPages(const std::vector<LogRecord>& batch) REQUIRES(write_mu_);
+  // A commit: flush (power), pages, flush (power).
   Status WriteBatch(const std::vector<LogRecord>& batch) REQUIRES(write_mu_);
+  Status CompactIfDue() REQUIRES(write_mu_);
 
   DiffStorage* const storage_;
   const Uuid id_;
@@ -92,11 +120,16 @@ class ChunkLog {
   uint64_t submitted_ GUARDED_BY(mu_) = 0;
   uint64_t committed_ GUARDED_BY(mu_) = 0;
   uint64_t batches_ GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> compactions_{0};
   bool writing_ GUARDED_BY(mu_) = false;
   Status failed_ GUARDED_BY(mu_);
 
-  Mutex write_mu_ ACQUIRED_AFTER(mu_);
+  mutable Mutex write_mu_ ACQUIRED_AFTER(mu_);
   Cursor cursor_ GUARDED_BY(write_mu_);
+  Collector collector_ GUARDED_BY(write_mu_);
+  uint64_t compact_pages_ GUARDED_BY(write_mu_) = 0;
+  uint64_t pages_since_compaction_ GUARDED_BY(write_mu_) = 0;
+  uint64_t last_compaction_pages_ GUARDED_BY(write_mu_) = 0;
 };
 
 }  // namespace blksnap

@@ -44,6 +44,8 @@ Status Config::Validate(std::vector<std::string>* warnings) {
     return OutOfRange("chunk_maximum_in_queue", chunk_maximum_in_queue, 1, 65536);
   if (chunk_storer_threads < 1 || chunk_storer_threads > 64)
     return OutOfRange("chunk_storer_threads", chunk_storer_threads, 1, 64);
+  if (chunk_log_compact_pages < 1)
+    return OutOfRange("chunk_log_compact_pages", chunk_log_compact_pages, 1, UINT32_MAX);
   if (chunk_maximum_in_cache > 1u << 20)
     return OutOfRange("chunk_maximum_in_cache", chunk_maximum_in_cache, 0, 1u << 20);
   constexpr uint64_t kMiB = 1ull << 20;

@@ -93,7 +93,12 @@ void DiffArea::CollectRecords(std::vector<LogRecord>* out) {
   for (Shard& shard : shards_) {
     MutexLock lock(shard.mu);
     for (const auto& [index, chunk] : shard.chunks) {
-      if (chunk.state != ChunkState::kStored) continue;
+      // STORED, or IN_MEMORY with its data written and its record committed or about to be
+      // (the offset is set before the commit): either way the record is right.
+      const bool located =
+          chunk.state == ChunkState::kStored ||
+          (chunk.state == ChunkState::kInMemory && chunk.storage_offset != kChunkNotStored);
+      if (!located) continue;
       LogRecord r;
       r.chunk = index;
       r.device = device_index_;
@@ -129,6 +134,12 @@ Status DiffArea::CommitRecord(uint64_t index, uint64_t offset, const uint8_t* da
     record.crc = data ? Crc32c(data, length) : 0;
   }
   return log_->Commit(record);
+}
+
+void DiffArea::SetOffset(uint64_t index, Chunk* chunk, uint64_t offset) {
+  Shard& shard = ShardOf(index);
+  MutexLock lock(shard.mu);
+  chunk->storage_offset = offset;
 }
 
 void DiffArea::SetState(uint64_t index, Chunk* chunk, ChunkState state) {
@@ -241,7 +252,12 @@ void DiffArea::StoreChunk(uint64_t index, Chunk* chunk) {
       if (allocated.ok()) {
         offset = *allocated;
         s = storage_->device().Write(offset, std::span<const uint8_t>(chunk->buffer, length));
-        if (s.ok() && log_) s = CommitRecord(index, offset, chunk->buffer, length);
+        if (s.ok() && log_) {
+          // Located before the commit: a compaction of the log meanwhile includes it (its data
+          // is written). Under the shard mutex too, where CollectRecords reads it.
+          SetOffset(index, chunk, offset);
+          s = CommitRecord(index, offset, chunk->buffer, length);
+        }
       } else {
         s = allocated.status();
       }
@@ -252,7 +268,7 @@ void DiffArea::StoreChunk(uint64_t index, Chunk* chunk) {
       SetState(index, chunk, ChunkState::kFailed);
       return;
     }
-    chunk->storage_offset = offset;
+    SetOffset(index, chunk, offset);
     SetState(index, chunk, ChunkState::kStored);
     chunks_stored_.fetch_add(1, std::memory_order_relaxed);
     if (cache_.capacity() == 0) {
@@ -338,11 +354,15 @@ Status DiffArea::MaterializeZeroChunk(uint64_t index, Chunk* chunk) {
   // Allocated space may hold old data (a block-device storage): zero it, keeping it allocated.
   // On failure the chunk stays a zero chunk and only this image write fails.
   BLKSNAP_RETURN_IF_ERROR(storage_->device().WriteZeroes(offset, length, kZeroNoHole));
+  SetOffset(index, chunk, offset);  // zeroes either way, if a compaction records it early
   if (log_) {
     std::vector<uint8_t> zeroes(length, 0);
-    BLKSNAP_RETURN_IF_ERROR(CommitRecord(index, offset, zeroes.data(), length));
+    Status s = CommitRecord(index, offset, zeroes.data(), length);
+    if (!s.ok()) {
+      SetOffset(index, chunk, kZeroChunk);
+      return s;
+    }
   }
-  chunk->storage_offset = offset;
   chunks_stored_.fetch_add(1, std::memory_order_relaxed);
   return Status::Ok();
 }

@@ -97,8 +97,9 @@ class DiffArea {
   // Recovery, before the area is installed: chunk `index` is STORED at `offset` (kZeroChunk: a
   // zero chunk). A later call for the same chunk replaces the earlier one.
   void RestoreChunk(uint64_t index, uint64_t offset);
-  // A record per STORED chunk (the compaction of the chunk log at a clean stop); call once no
-  // chunk can change (storers idle, no writer, no image I/O).
+  // A record per chunk whose data is written (STORED, or IN_MEMORY with its storage_offset
+  // set): the compactions of the chunk log. Takes the shard mutexes only, so it may run while
+  // storers wait for a commit.
   void CollectRecords(std::vector<LogRecord>* out);
   // Recovery of a snapshot recorded as corrupted: corrupted without the callback.
   void SetCorrupted(int errnum);
@@ -130,6 +131,9 @@ class DiffArea {
   // Commits the record of a chunk stored at `offset` (or a zero chunk); requires its stripe.
   Status CommitRecord(uint64_t index, uint64_t offset, const uint8_t* data, uint64_t length);
   void SetState(uint64_t index, Chunk* chunk, ChunkState state);
+  // Sets storage_offset under the shard mutex as well as the data stripe (held by the caller),
+  // so CollectRecords may read it.
+  void SetOffset(uint64_t index, Chunk* chunk, uint64_t offset);
   void Corrupt(int errnum);
   // The store function of storer_: writes a queued chunk to the difference storage.
   void StoreChunk(uint64_t index, Chunk* chunk);

@@ -356,7 +356,8 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
   return storage;
 }
 
-Status DiffStorage::Resume(uint64_t end, const ChunkLog::Cursor& cursor, bool continue_log) {
+Status DiffStorage::Resume(uint64_t end, const ChunkLog::Cursor& cursor, uint64_t pages,
+                           bool continue_log) {
   Uuid id;
   bool sync;
   ChunkLog::Cursor next = cursor;
@@ -364,11 +365,11 @@ Status DiffStorage::Resume(uint64_t end, const ChunkLog::Cursor& cursor, bool co
     MutexLock lock(mu_);
     used_ = std::min(limit_, end > kDiffStorageHeaderSize ? end - kDiffStorageHeaderSize : 0);
     reserved_ = grow_ ? used_ : limit_;
-    if (continue_log) {
+    if (continue_log || (header_.flags & kStorageFlagClosed)) {
       // Pages written from now on carry a new epoch, recorded before the first of them.
       next.epoch = std::max(header_.log_epoch, cursor.epoch) + 1;
       const DiffStorageHeader old = header_;
-      header_.log_epoch = next.epoch;
+      if (continue_log) header_.log_epoch = next.epoch;
       header_.flags &= ~kStorageFlagClosed;
       ++header_.seq;
       Status s = WriteHeader();
@@ -380,7 +381,10 @@ Status DiffStorage::Resume(uint64_t end, const ChunkLog::Cursor& cursor, bool co
     id = header_.snapshot_id;
     sync = durability_ == SnapshotDurability::kPower;
   }
-  if (continue_log) log_ = std::make_unique<ChunkLog>(this, id, sync, next);
+  if (continue_log) {
+    log_ = std::make_unique<ChunkLog>(this, id, sync, next);
+    log_->set_pages_since_compaction(pages);
+  }
   if (grow_) StartGrower();
   return Status::Ok();
 }

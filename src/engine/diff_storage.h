@@ -96,7 +96,9 @@ class DiffStorage {
                                                            EventFn events, Env* env = nullptr);
   // After OpenExisting and the log scan: allocation continues at `end`; a log continues at
   // `cursor` with the next epoch (recorded in the header before the log writes again).
-  Status Resume(uint64_t end, const ChunkLog::Cursor& cursor, bool continue_log) EXCLUDES(mu_);
+  // The closed flag is cleared in any case (a crash after this start is not a clean stop).
+  Status Resume(uint64_t end, const ChunkLog::Cursor& cursor, uint64_t pages, bool continue_log)
+      EXCLUDES(mu_);
   ~DiffStorage();
   DiffStorage(const DiffStorage&) = delete;
   DiffStorage& operator=(const DiffStorage&) = delete;

@@ -166,6 +166,7 @@ std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page) {
   PutLe<uint64_t>(p + kPageSeqOffset, page.seq);
   PutLe<uint64_t>(p + kPageEpochOffset, page.epoch);
   PutLe<uint64_t>(p + kPageNextOffset, page.next);
+  PutLe<uint64_t>(p + kPageBatchOffset, page.batch_first);
   const size_t count = std::min<size_t>(page.records.size(), kLogRecordsPerPage);
   PutLe<uint32_t>(p + kPageCountOffset, static_cast<uint32_t>(count));
   for (size_t i = 0; i < count; ++i) {
@@ -193,9 +194,12 @@ Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes) {
   page.seq = GetLe<uint64_t>(p + kPageSeqOffset);
   page.epoch = GetLe<uint64_t>(p + kPageEpochOffset);
   page.next = GetLe<uint64_t>(p + kPageNextOffset);
+  page.batch_first = GetLe<uint64_t>(p + kPageBatchOffset);
   const uint32_t count = GetLe<uint32_t>(p + kPageCountOffset);
   if (count > kLogRecordsPerPage)
     return Status::Error(EINVAL, "chunk log page holds " + std::to_string(count) + " records");
+  if (page.batch_first == 0 || page.batch_first > page.seq)
+    return Status::Error(EINVAL, "chunk log page of a commit that starts after it");
   if (page.next % kAllocationAlign != 0 || page.next < kDiffStorageHeaderSize)
     return Status::Error(EINVAL, "chunk log page points to " + std::to_string(page.next));
   for (uint32_t i = 0; i < count; ++i) {

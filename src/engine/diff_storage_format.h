@@ -77,6 +77,7 @@ inline constexpr size_t kPageSeqOffset = 24;    // u64: 1, 2, 3, ... along the c
 inline constexpr size_t kPageEpochOffset = 32;  // u64: never decreases along the chain
 inline constexpr size_t kPageNextOffset = 40;   // u64: where the next page goes
 inline constexpr size_t kPageCountOffset = 48;  // u32: records in this page
+inline constexpr size_t kPageBatchOffset = 56;  // u64: seq of the first page of its commit
 inline constexpr size_t kPageRecordsOffset = 64;
 inline constexpr size_t kLogRecordSize = 32;
 inline constexpr size_t kPageChecksumOffset = kLogPageSize - 4;
@@ -130,6 +131,7 @@ struct LogPage {
   uint64_t seq = 0;
   uint64_t epoch = 0;
   uint64_t next = 0;
+  uint64_t batch_first = 0;        // seq of the first page written with this one (one commit)
   std::vector<LogRecord> records;  // at most kLogRecordsPerPage
   bool operator==(const LogPage&) const = default;
 };

@@ -151,6 +151,7 @@ TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
   LogPage page;
   page.snapshot_id = Uuid::Random();
   page.seq = 42;
+  page.batch_first = 40;
   page.epoch = 2;
   page.next = kDiffStorageHeaderSize + 8 * kLogPageSize;
   for (uint32_t i = 0; i < kLogRecordsPerPage; ++i) {
@@ -173,6 +174,9 @@ TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
   std::fill(torn.begin() + 2048, torn.end(), 0);  // half a page reached the disk
   EXPECT_NE(ParseLogPage(torn).status().ToString().find("checksum"), std::string::npos);
   EXPECT_EQ(ParseLogPage(std::span(bytes).first(100)).status().errnum(), EINVAL);
+  page.batch_first = 43;  // a commit cannot start after its page
+  EXPECT_EQ(ParseLogPage(SerializeLogPage(page)).status().errnum(), EINVAL);
+  page.batch_first = 40;
   page.records[1].offset = 12345;  // not aligned, not after the header
   EXPECT_NE(ParseLogPage(SerializeLogPage(page)).status().ToString().find("malformed"),
             std::string::npos);

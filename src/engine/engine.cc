@@ -283,6 +283,7 @@ class EngineImpl final : public Engine {
       m.area = MakeArea(snapshot, m.tracker, geometry, static_cast<uint16_t>(table.size()));
       table.push_back({m.tracker->name(), capacity, geometry.shift});
     }
+    if (durable) EnableCompaction(*storage, members);
     std::sort(members.begin(), members.end(),
               [](const auto& a, const auto& b) { return a.tracker.get() < b.tracker.get(); });
 
@@ -311,6 +312,7 @@ class EngineImpl final : public Engine {
       Status s = m.tracker->cbt().CommitTake();
       if (s.ok()) continue;
       DetachAreas(members);
+      DisableCompaction(*storage);
       for (auto& u : members) u.area->Shutdown();
       return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
                                            "' cannot be made durable: " + std::string(s.message()));
@@ -326,6 +328,7 @@ class EngineImpl final : public Engine {
       });
       if (!s.ok()) {
         DetachAreas(members);
+        DisableCompaction(*storage);
         for (auto& u : members) u.area->Shutdown();
         return Status::Error(s.errnum(), "cannot record the take in the difference storage: " +
                                              std::string(s.message()));
@@ -354,6 +357,7 @@ class EngineImpl final : public Engine {
     }
     DetachAreas(members);
     for (auto& m : members) m.tracker->set_snapshot({});
+    if (auto storage = snapshot->storage()) DisableCompaction(*storage);
     for (auto& m : members) {
       if (m.area) m.area->Shutdown();
     }
@@ -393,16 +397,21 @@ class EngineImpl final : public Engine {
     DetachAreas(members);  // in-flight writers finish: their chunks are stored first
     for (auto& m : members) m.area->WaitStored();
     for (auto& m : members) m.tracker->set_snapshot({});
+    DisableCompaction(*storage);
     // The chunk log compacted (125 records a page), so the next start reads a few MiB, not
     // one page per commit; the header then points at it. A crash before that keeps the old log.
     Status s = storage->device().Flush();
     uint64_t log_start = storage->header().log_start;
     const uint64_t epoch = storage->header().log_epoch + 1;
-    if (s.ok() && state == SnapshotState::kTaken) {
+    if (s.ok() && state == SnapshotState::kTaken && storage->log()) {
       std::vector<LogRecord> records;
       for (auto& m : members) m.area->CollectRecords(&records);
-      auto compact = ChunkLog::WriteCompact(storage.get(), id, /*sync=*/true, epoch, records);
-      if (compact.ok()) log_start = *compact;  // else the old log stays: correct, slower
+      // Not when it is compact already (a start and a stop without much written): no growth.
+      const uint64_t packed = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
+      if (storage->log()->pages_since_compaction() > packed + 16) {
+        auto compact = ChunkLog::WriteCompact(storage.get(), id, /*sync=*/true, epoch, records);
+        if (compact.ok()) log_start = *compact;  // else the old log stays: correct, slower
+      }
     }
     if (s.ok()) {
       s = storage->UpdateHeader([&](DiffStorageHeader& h) {
@@ -495,6 +504,31 @@ class EngineImpl final : public Engine {
           if (auto s = weak.lock()) s->OnCorrupt(name, errnum);
         },
         storage->log(), index);
+  }
+
+  // Durable snapshots: the chunk log compacts itself from the members' chunk tables.
+  void EnableCompaction(DiffStorage& storage, const std::vector<SnapshotImpl::Member>& members) {
+    std::vector<std::weak_ptr<DiffArea>> areas;
+    for (const auto& m : members) areas.push_back(m.area);
+    storage.log()->SetCompaction(
+        [areas](std::vector<LogRecord>* out) {
+          std::vector<std::shared_ptr<DiffArea>> live;
+          size_t touched = 0;
+          for (const auto& weak : areas) {
+            if (auto area = weak.lock()) {
+              touched += area->stats().chunks_touched;
+              live.push_back(std::move(area));
+            }
+          }
+          // One allocation of the right size (large: mmap, given back when freed), not a
+          // doubling series that the allocator's arenas would keep after each compaction.
+          out->reserve(touched + 1024);
+          for (const auto& area : live) area->CollectRecords(out);
+        },
+        config_.chunk_log_compact_pages);
+  }
+  static void DisableCompaction(DiffStorage& storage) {
+    if (storage.log()) storage.log()->SetCompaction(nullptr, 0);
   }
 
   // Each tracker stops copying into its area (writers held around the change).
@@ -627,6 +661,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
       h.state == kStorageStateCorrupted ? (h.errnum ? static_cast<int>(h.errnum) : EIO) : 0;
   const auto durability = static_cast<SnapshotDurability>(h.durability);
   if (!corrupt && power_lost && durability == SnapshotDurability::kCrash) corrupt = ESTALE;
+  if (!corrupt && scan.damaged) corrupt = EUCLEAN;  // a committed page is damaged
   if (!corrupt && options.check_originals) {
     for (const auto& t : trackers) {
       if (t->cbt_info().recovered_from.empty()) corrupt = ESTALE;  // changes unknown
@@ -638,7 +673,8 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
       hd.errnum = static_cast<uint32_t>(corrupt);
     }));
   }
-  BLKSNAP_RETURN_IF_ERROR(storage->Resume(scan.end, scan.cursor, /*continue_log=*/!corrupt));
+  BLKSNAP_RETURN_IF_ERROR(
+      storage->Resume(scan.end, scan.cursor, scan.pages, /*continue_log=*/!corrupt));
 
   auto snapshot = std::make_shared<SnapshotImpl>(id, storage, events, durability, from);
   std::vector<SnapshotImpl::Member> members;
@@ -653,6 +689,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
     members[r.device].area->RestoreChunk(r.chunk,
                                          (r.flags & kRecordFlagZero) ? kZeroChunk : r.offset);
   }
+  if (storage->log()) EnableCompaction(*storage, members);
   for (auto& m : members) {
     if (corrupt) m.area->SetCorrupted(corrupt);
     m.tracker->set_snapshot(snapshot);
