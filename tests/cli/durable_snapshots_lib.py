@@ -1,17 +1,54 @@
-# Helpers of test_durable_snapshots.py (not a test itself): reading images and devices through
-# NBD, loop devices and FUSE files, checking bytes with blksnap-pattern, the daemon's view of a
-# snapshot (info, list, the restart report), and the storage format's offsets for the damaged-
-# storage phase (docs/diff-storage-format.md).
+# Helpers of test_durable_snapshots.py (not a test itself): the kill rounds' writers (64 KiB
+# writes through NBD or a loop device, each offset logged once acknowledged), reading images and
+# devices through NBD, loop devices and FUSE files, checking bytes with blksnap-pattern, the
+# daemon's view of a snapshot (info, list, the restart report), and the storage format's offsets
+# for the damaged-storage phase (docs/diff-storage-format.md).
 import hashlib
 import mmap
 import os
 import signal
 import struct
 import subprocess
+import sys
 import time
 
 MiB = 1 << 20
 NOT_FOUND = 3  # src/cli/exit_codes.h
+BLOCK = 64 << 10  # the kill rounds' writers' I/O: a new chunk per write right after the take
+
+# argv: NBD URI, log, the round's data file (the whole device in the round's generation), size.
+NBD_WRITER = r'''
+import nbd, random, sys
+uri, log, data_path, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = open(data_path, "rb").read()
+h = nbd.NBD()
+h.connect_uri(uri)
+with open(log, "a", buffering=1) as f:
+    while True:
+        off = random.randrange(0, size // %d) * %d
+        h.pwrite(data[off:off + %d], off)
+        f.write("%%d\n" %% off)
+''' % (BLOCK, BLOCK, BLOCK)
+
+# O_DIRECT needs an aligned buffer: an anonymous mapping is page-aligned.
+LOOP_WRITER = r'''
+import mmap, os, random, sys
+path, log, data_path, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data = open(data_path, "rb").read()
+fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_SYNC)
+buf = mmap.mmap(-1, %d)
+with open(log, "a", buffering=1) as f:
+    while True:
+        off = random.randrange(0, size // %d) * %d
+        buf.seek(0)
+        buf.write(data[off:off + %d])
+        try:
+            if os.pwrite(fd, buf, off) != %d:
+                break
+        except OSError:
+            break
+        f.write("%%d\n" %% off)
+''' % (BLOCK, BLOCK, BLOCK, BLOCK, BLOCK)
 
 
 def read_nbd(uri, size):
@@ -190,3 +227,27 @@ def flip_byte(path, offset):
 
 def dev_free(d, name):
     return device(d, name)["snapshot"] is None
+
+
+def start_writer(script, address, log, data_path, size):
+    """Starts a writer; returns once its first write is acknowledged (logged)."""
+    writer = subprocess.Popen([sys.executable, "-c", script, address, log, data_path,
+                               str(size)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(log) and os.path.getsize(log) > 0):
+        if writer.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the writer on %s wrote nothing (exit %s)" %
+                               (address, writer.poll()))
+        time.sleep(0.005)
+    return writer
+
+
+def new_generation(d, seq, size):
+    """The whole device in generation seq, in a data file the writer copies blocks from."""
+    path = os.path.join(d.tmp, "gen.data")
+    if os.path.exists(path):
+        os.unlink(path)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    subprocess.run([d.args["pattern"], "write", path, "--seq", str(seq)], check=True)
+    return path

@@ -58,7 +58,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,51 +65,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from blksnap_cli_lib import SKIP, Daemon, Failures, fuse_possible, parse_args, wait_state, \
     write_front
-from durable_snapshots_lib import MiB, check_gone, create, dev_free, device, explain_difference, \
-    first_log_page, flip_byte, image_fronts, image_unreadable, info, kill9, listed, loops_left, \
-    read_front, read_nbd, restart_entries, restart_report, sha, storage_file, verifies
+from durable_snapshots_lib import BLOCK, LOOP_WRITER, NBD_WRITER, MiB, check_gone, create, \
+    dev_free, device, explain_difference, first_log_page, flip_byte, image_fronts, \
+    image_unreadable, info, kill9, listed, loops_left, new_generation, read_front, read_nbd, restart_entries, restart_report, sha, start_writer, \
+    storage_file, verifies
 
 CLEAN_SIZE = 64 * MiB
 IMAGE_WRITE = 4 * MiB  # written through the image in the clean phase
 KILL_SIZE = 32 * MiB
-BLOCK = 64 << 10  # the writer's I/O: a new chunk per write right after the take
 ROUNDS = int(os.environ.get("BLKSNAP_DSNAP_ROUNDS", "40"))
 STOP_ROUNDS = 6  # SIGTERM then SIGKILL
 MAX_WRITE_TIME = 0.2  # the kill comes this long at most after the first acknowledged write
-
-# argv: NBD URI, log, the round's data file (the whole device in the round's generation), size.
-NBD_WRITER = r'''
-import nbd, random, sys
-uri, log, data_path, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-data = open(data_path, "rb").read()
-h = nbd.NBD()
-h.connect_uri(uri)
-with open(log, "a", buffering=1) as f:
-    while True:
-        off = random.randrange(0, size // %d) * %d
-        h.pwrite(data[off:off + %d], off)
-        f.write("%%d\n" %% off)
-''' % (BLOCK, BLOCK, BLOCK)
-
-# O_DIRECT needs an aligned buffer: an anonymous mapping is page-aligned.
-LOOP_WRITER = r'''
-import mmap, os, random, sys
-path, log, data_path, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-data = open(data_path, "rb").read()
-fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_SYNC)
-buf = mmap.mmap(-1, %d)
-with open(log, "a", buffering=1) as f:
-    while True:
-        off = random.randrange(0, size // %d) * %d
-        buf.seek(0)
-        buf.write(data[off:off + %d])
-        try:
-            if os.pwrite(fd, buf, off) != %d:
-                break
-        except OSError:
-            break
-        f.write("%%d\n" %% off)
-''' % (BLOCK, BLOCK, BLOCK, BLOCK, BLOCK)
 
 
 # ---- 1. clean restart ----
@@ -220,29 +185,6 @@ def clean_restart(d, t, fuse):
 
 # ---- 2. kill -9 rounds ----
 
-def start_writer(d, script, address, log, data_path):
-    writer = subprocess.Popen([sys.executable, "-c", script, address, log, data_path,
-                               str(KILL_SIZE)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not (os.path.exists(log) and os.path.getsize(log) > 0):
-        if writer.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the writer on %s wrote nothing (exit %s)" %
-                               (address, writer.poll()))
-        time.sleep(0.005)
-    return writer
-
-
-def new_generation(d, seq):
-    """The whole device in generation seq, in a data file the writer copies blocks from."""
-    path = os.path.join(d.tmp, "gen.data")
-    if os.path.exists(path):
-        os.unlink(path)
-    with open(path, "wb") as f:
-        f.truncate(KILL_SIZE)
-    subprocess.run([d.args["pattern"], "write", path, "--seq", str(seq)], check=True)
-    return path
-
-
 def check_image(d, t, what, image, loop, oracle, first):
     """The image through its loop device (loop rounds) or NBD equals the oracle byte for byte."""
     front, address = ("loop", image.get("loop")) if loop else ("nbd", image["nbd"])
@@ -266,10 +208,10 @@ def kill_round(d, t, r, storage, loop, durability, boot_id_file=None):
     dev = device(d, "kv")
     oracle = read_nbd(dev["nbd"], KILL_SIZE)
     sid = create(d, storage, "64M", ["kv"], durability=durability, loop=loop)
-    data_path = new_generation(d, r + 2)
+    data_path = new_generation(d, r + 2, KILL_SIZE)
     log = os.path.join(d.tmp, "writes-%d.log" % r)
     script, address = (LOOP_WRITER, dev["loop"]) if loop else (NBD_WRITER, dev["nbd"])
-    writer = start_writer(d, script, address, log, data_path)
+    writer = start_writer(script, address, log, data_path, KILL_SIZE)
     time.sleep(random.uniform(0, MAX_WRITE_TIME))
     kill9(d)
     writer.wait(30)
