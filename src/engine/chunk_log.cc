@@ -66,38 +66,44 @@ Status ChunkLog::Commit(const LogRecord& record) {
       cv_.Wait(mu_);
       continue;
     }
-    // Become the writer of everything queued so far.
+    // Become the writer of everything queued so far (a round).
     writing_ = true;
     std::vector<LogRecord> batch;
     batch.swap(pending_);
-    const uint64_t last = submitted_;
+    const uint64_t last = submitted_;   // the batch's tickets end here
+    const uint64_t written = written_;  // pages written by the last round, not yet flushed
     mu_.Unlock();
     Status s;
+    bool durable = false;
     {
       MutexLock write(write_mu_);
-      s = WriteBatch(batch);
+      s = WriteRound(batch, &durable);
     }
     mu_.Lock();
     writing_ = false;
     ++batches_;
-    if (s.ok()) {
-      committed_ = last;
-    } else {
+    if (!s.ok()) {
       failed_ = s;
+    } else if (!sync_ || durable) {
+      committed_ = written_ = last;
+    } else {
+      committed_ = std::max(committed_, written);  // this round's flush made them durable
+      written_ = last;
     }
     cv_.SignalAll();
   }
   return committed_ >= ticket ? Status::Ok() : failed_;
 }
 
-Status ChunkLog::WriteBatch(const std::vector<LogRecord>& batch) {
+Status ChunkLog::WriteRound(const std::vector<LogRecord>& batch, bool* durable) {
   BlockDevice& device = storage_->device();
-  // Power: the data of every record of the batch (written before it was queued) is durable
-  // before any page that locates it can be.
+  // Power: one flush makes the data of this batch (written before it was queued) and the pages
+  // of the last round durable. Only then are this batch's pages written: a page that locates
+  // data never reaches the disk before the data, and the next round's flush commits it.
   if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  if (batch.empty()) return Status::Ok();
   BLKSNAP_RETURN_IF_ERROR(AppendPages(batch));
-  if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
-  return CompactIfDue();
+  return CompactIfDue(durable);
 }
 
 Status ChunkLog::AppendPages(const std::vector<LogRecord>& batch) {
@@ -162,7 +168,7 @@ void ChunkLog::SetCompaction(Collector collector, uint64_t compact_pages) {
   compact_pages_ = compact_pages;
 }
 
-Status ChunkLog::CompactIfDue() {
+Status ChunkLog::CompactIfDue(bool* durable) {
   if (!collector_ || pages_since_compaction_ < compact_pages_ ||
       pages_since_compaction_ < 2 * last_compaction_pages_) {
     return Status::Ok();
@@ -192,6 +198,7 @@ Status ChunkLog::CompactIfDue() {
   }));
   last_compaction_pages_ = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
   pages_since_compaction_ = 0;
+  *durable = true;  // flushed after the pages written before it (power)
   compactions_.fetch_add(1);
   return Status::Ok();
 }

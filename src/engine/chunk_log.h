@@ -9,10 +9,13 @@
 // that is there, and a record lost to a crash belongs to a chunk whose original was never
 // overwritten.
 //
-// Group commit: callers queue their record and wait; whoever finds no batch being written
-// becomes the writer of everything queued so far (one or a few pages, two flushes for power),
-// so N storers in flight cost one commit, not N (dm-snapshot's persistent store pays a data write
-// and a FUA metadata write per commit). Pages are never rewritten: each batch starts a new page.
+// Group commit: callers queue their record and wait; whoever finds no round being written
+// becomes the writer of everything queued so far, so N storers in flight cost one commit, not N
+// (dm-snapshot's persistent store pays a data write and a FUA metadata write per commit). For
+// power the rounds are pipelined: a round is one flush (the data of its batch and the pages of
+// the round before, which it thereby commits) and then its own pages; so each round costs one
+// flush, and a record is committed by the flush of the round after its own (a lone writer
+// leads that round itself). Pages are never rewritten: each batch starts a new page.
 //
 // Pages are chained: each says where the next page goes (the next 4 KiB of its 1 MiB segment,
 // or a new segment allocated from the storage when the segment is full), is numbered (seq 1, 2,
@@ -105,9 +108,10 @@ class ChunkLog {
  private:
   // Writes `batch` as pages at cursor_ (no flush).
   Status AppendPages(const std::vector<LogRecord>& batch) REQUIRES(write_mu_);
-  // A commit: flush (power), pages, flush (power).
-  Status WriteBatch(const std::vector<LogRecord>& batch) REQUIRES(write_mu_);
-  Status CompactIfDue() REQUIRES(write_mu_);
+  // A round of commits: flush (power: this batch's data, the last round's pages), this batch's
+  // pages. *durable: a compaction made these pages durable too.
+  Status WriteRound(const std::vector<LogRecord>& batch, bool* durable) REQUIRES(write_mu_);
+  Status CompactIfDue(bool* durable) REQUIRES(write_mu_);
 
   DiffStorage* const storage_;
   const Uuid id_;
@@ -119,6 +123,7 @@ class ChunkLog {
   std::vector<LogRecord> pending_ GUARDED_BY(mu_);
   uint64_t submitted_ GUARDED_BY(mu_) = 0;
   uint64_t committed_ GUARDED_BY(mu_) = 0;
+  uint64_t written_ GUARDED_BY(mu_) = 0;  // power: pages written, flushed by the next round
   uint64_t batches_ GUARDED_BY(mu_) = 0;
   std::atomic<uint64_t> compactions_{0};
   bool writing_ GUARDED_BY(mu_) = false;
