@@ -350,7 +350,9 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
       storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
     }
     if (parsed->flags & kStorageFlagOwnsFile) {
-      storage->on_release_ = RemoverOf(env, path, st);
+      // Armed by the caller once recovery succeeded (or found nothing to recover): a failed
+      // recovery must leave the storage where it is.
+      storage->remover_ = RemoverOf(env, path, st);
     }
   }
   return storage;

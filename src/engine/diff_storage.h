@@ -118,6 +118,9 @@ class DiffStorage {
   SnapshotDurability durability() const { return durability_; }
   // The clean stop of a durable snapshot: the file stays when the storage is released.
   void KeepFile() { on_release_ = nullptr; }
+  // OpenExisting: from now on a file blksnap created is removed when the storage is released
+  // (after a recovery, or for a snapshot that was never taken). Until then it stays.
+  void ArmRemoval() { on_release_ = std::exchange(remover_, nullptr); }
   StorageInfo info() const EXCLUDES(mu_);
   // Raises the limit of a live storage (blksnap's append-storage, Veeam's stretch_snapshot):
   // a file is resized, a block device allows up to its size. A no_space event already raised
@@ -147,6 +150,7 @@ class DiffStorage {
   std::string file_;  // StorageInfo::file
   StorageIdentity identity_;
   std::function<void()> on_release_;  // removes a file Open created (destructor)
+  std::function<void()> remover_;     // OpenExisting: on_release_ once ArmRemoval() is called
   const SnapshotDurability durability_;
   std::unique_ptr<ChunkLog> log_;  // set once (StartLog, Resume) before the log is shared
 

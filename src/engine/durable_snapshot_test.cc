@@ -7,6 +7,7 @@
 // The oracle is the self-checking sector pattern: the original holds generation 1 at the take,
 // writers stamp later generations; the recovered image must hold generation 1 in every sector.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <random>
@@ -506,6 +507,46 @@ TEST(DurableSnapshotTest, CloseRecoverCloseKeepsSizeAndCrashIsACrash) {
 }
 
 TEST(DurableSnapshotTest, ALogOfAdjacentSegmentsIsReadWhole) { RecoverAFullLog(true); }
+
+}  // namespace
+}  // namespace blksnap
+
+namespace blksnap {
+namespace {
+
+// A recovery that fails (its device is not attached yet) leaves the storage file blksnap made
+// where it is; once it succeeds, destroy removes the file as before.
+TEST(DurableSnapshotTest, AFailedRecoveryKeepsTheStorageFile) {
+  char tmpl[] = "/tmp/blksnap-durable-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  auto original = MakeMemoryDevice(kDeviceSize);
+  std::string file;
+  Uuid id;
+  {
+    auto engine = Engine::Create(TestConfig()).value();
+    auto tracker = engine->Attach("d", original).value();
+    ASSERT_OK(WritePattern(*tracker, 0, kDeviceSize, 1));
+    id = engine->CreateSnapshot({.storage_path = dir, .limit = 64 * kMiB}).value();
+    ASSERT_OK(engine->AddDevice(id, "d"));
+    ASSERT_TRUE(engine->Take(id).ok());
+    ASSERT_OK(WritePattern(*tracker, 0, kDeviceSize / 2, 2));
+    file = engine->FindSnapshot(id)->storage_info().file;
+    EXPECT_EQ(file, dir + "/blksnap-" + id.ToString() + ".diff");
+    ASSERT_OK(engine->CloseSnapshot(id));
+  }
+  auto engine = Engine::Create(TestConfig()).value();
+  auto missing = engine->RecoverSnapshot({.storage_file = file, .id = id});
+  EXPECT_EQ(missing.status().errnum(), ENODEV) << missing.status().ToString();
+  EXPECT_EQ(access(file.c_str(), F_OK), 0) << "a failed recovery removed " << file;
+  ASSERT_TRUE(engine->Attach("d", original).ok());
+  auto snap = engine->RecoverSnapshot({.storage_file = file, .id = id, .check_originals = false});
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  ASSERT_OK(VerifyPattern(*(*snap)->image("d"), 0, kDeviceSize, 1));
+  ASSERT_OK(engine->Destroy(id));
+  EXPECT_NE(access(file.c_str(), F_OK), 0) << file << " outlived its snapshot";
+  rmdir(dir.c_str());
+}
 
 }  // namespace
 }  // namespace blksnap

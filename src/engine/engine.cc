@@ -283,7 +283,6 @@ class EngineImpl final : public Engine {
       m.area = MakeArea(snapshot, m.tracker, geometry, static_cast<uint16_t>(table.size()));
       table.push_back({m.tracker->name(), capacity, geometry.shift});
     }
-    if (durable) EnableCompaction(*storage, members);
     std::sort(members.begin(), members.end(),
               [](const auto& a, const auto& b) { return a.tracker.get() < b.tracker.get(); });
 
@@ -312,7 +311,6 @@ class EngineImpl final : public Engine {
       Status s = m.tracker->cbt().CommitTake();
       if (s.ok()) continue;
       DetachAreas(members);
-      DisableCompaction(*storage);
       for (auto& u : members) u.area->Shutdown();
       return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
                                            "' cannot be made durable: " + std::string(s.message()));
@@ -328,11 +326,13 @@ class EngineImpl final : public Engine {
       });
       if (!s.ok()) {
         DetachAreas(members);
-        DisableCompaction(*storage);
         for (auto& u : members) u.area->Shutdown();
         return Status::Error(s.errnum(), "cannot record the take in the difference storage: " +
                                              std::string(s.message()));
       }
+      // Only now: a compaction moves the header's log start, which the take header above
+      // must not overwrite with the first chain's.
+      EnableCompaction(*storage, members);
     }
     for (auto& m : members) m.image = std::make_shared<SnapImage>(m.area, m.tracker);
     snapshot->SetTaken(std::move(members));
@@ -355,14 +355,9 @@ class EngineImpl final : public Engine {
     for (auto& m : members) {
       if (m.area) m.area->StopImageIo();
     }
-    DetachAreas(members);
-    for (auto& m : members) m.tracker->set_snapshot({});
-    if (auto storage = snapshot->storage()) DisableCompaction(*storage);
-    for (auto& m : members) {
-      if (m.area) m.area->Shutdown();
-    }
-    // A storage that outlives the snapshot (a block device, a file given by path) no longer
-    // says taken: a stale record of it recovers nothing.
+    // A durable storage no longer says taken before the originals stop being preserved: a
+    // crash from here on (or a stale record, or a storage that outlives the snapshot: a block
+    // device, a file given by path) recovers nothing.
     if (auto storage = snapshot->storage();
         storage && storage->durability() != SnapshotDurability::kMemory) {
       storage
@@ -371,6 +366,12 @@ class EngineImpl final : public Engine {
             h.flags &= ~kStorageFlagClosed;
           })
           .IgnoreError();
+    }
+    DetachAreas(members);
+    for (auto& m : members) m.tracker->set_snapshot({});
+    if (auto storage = snapshot->storage()) DisableCompaction(*storage);
+    for (auto& m : members) {
+      if (m.area) m.area->Shutdown();
     }
     snapshot->ReleaseStorage();
     return Status::Ok();
@@ -405,7 +406,9 @@ class EngineImpl final : public Engine {
     const uint64_t epoch = storage->header().log_epoch + 1;
     // Every page written is durable now (the storers are idle, the flush above): sealed.
     uint64_t sealed = storage->log() ? storage->log()->last_seq() : 0;
-    if (s.ok() && state == SnapshotState::kTaken && storage->log()) {
+    bool drained_ok = true;
+    for (auto& m : members) drained_ok = drained_ok && !m.area->corrupted();
+    if (s.ok() && state == SnapshotState::kTaken && drained_ok && storage->log()) {
       std::vector<LogRecord> records;
       for (auto& m : members) m.area->CollectRecords(&records);
       // Not when it is compact already (a start and a stop without much written): no growth.
@@ -420,12 +423,22 @@ class EngineImpl final : public Engine {
         }
       }
     }
+    // A copy that failed while the writers drained (after MarkDestroyed, so OnCorrupt did not
+    // record it): the snapshot is corrupted, whatever the header says.
+    int drained_errno = 0;
+    for (auto& m : members) {
+      if (m.area->corrupted() && !drained_errno) drained_errno = m.area->corrupt_errno();
+    }
     if (s.ok()) {
       s = storage->UpdateHeader([&](DiffStorageHeader& h) {
         if (h.log_start != log_start) h.log_epoch = epoch;
         h.log_start = log_start;
         h.log_sealed = sealed;
         h.flags |= kStorageFlagClosed;
+        if (drained_errno && h.state != kStorageStateCorrupted) {
+          h.state = kStorageStateCorrupted;
+          h.errnum = static_cast<uint32_t>(drained_errno);
+        }
       });
     }
     storage->KeepFile();
@@ -611,7 +624,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
                                 push, config_.env));
   const DiffStorageHeader h = storage->header();
   if (h.state == kStorageStateCreated) {
-    // Released when `storage` goes (a file blksnap made is removed).
+    storage->ArmRemoval();  // released when `storage` goes (a file blksnap made is removed)
     return Status::Error(ENOENT, "snapshot " + id.ToString() +
                                      " was not taken when it was last written; its storage is "
                                      "released");
@@ -622,6 +635,10 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   std::vector<std::shared_ptr<TrackerImpl>> trackers;
   std::vector<ChunkGeometry> geometries;
   for (const StorageDevice& d : h.devices) {
+    for (const auto& t : trackers) {
+      if (t->name() == d.name)
+        return Status::Error(EINVAL, name + " lists device '" + d.name + "' twice");
+    }
     std::shared_ptr<TrackerImpl> tracker;
     {
       MutexLock lock(mu_);
@@ -653,8 +670,9 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   for (const LogRecord& r : scan.records) {
     const bool bad =
         r.device >= geometries.size() || r.chunk >= geometries[r.device].count ||
-        (!(r.flags & kRecordFlagZero) && (r.length != geometries[r.device].length(r.chunk) ||
-                                          r.offset + r.length > storage->device().size()));
+        (!(r.flags & kRecordFlagZero) &&
+         (r.length != geometries[r.device].length(r.chunk) || r.offset > storage->device().size() ||
+          r.length > storage->device().size() - r.offset));
     if (bad) return Status::Error(EINVAL, name + ": a chunk log record is out of range");
   }
   // How it was found, and whether it can be trusted.
@@ -683,6 +701,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   }
   BLKSNAP_RETURN_IF_ERROR(
       storage->Resume(scan.end, scan.cursor, scan.pages, /*continue_log=*/!corrupt));
+  storage->ArmRemoval();  // recovered: destroy removes a file blksnap made, as before
 
   auto snapshot = std::make_shared<SnapshotImpl>(id, storage, events, durability, from);
   std::vector<SnapshotImpl::Member> members;
