@@ -165,6 +165,10 @@ struct AttachOptions {
   // last clean stop to detect writes made while nobody tracked it. Unknown: not compared.
   CbtIdentity identity;
   std::shared_ptr<MappedFiles> mapped_files;  // null: PosixMappedFiles() (tests: memory)
+  // Writes wait until RecoverSnapshot brings back a snapshot holding this device, or
+  // ReleaseWrites(name): a daemon restarting re-attaches a recorded snapshot's devices (and
+  // their fronts) before the snapshot, and no write may reach such an original unpreserved.
+  bool hold_writes = false;
 };
 
 struct DetachOptions {
@@ -238,6 +242,8 @@ class Engine {
   // with the device detached all the same (an unsealed file then recovers as after a crash).
   virtual Status Detach(const std::string& name, const DetachOptions& options = {}) = 0;
   virtual std::shared_ptr<Tracker> FindTracker(const std::string& name) const = 0;
+  // Lets the writes of a device attached with hold_writes in (idempotent; ENOENT unknown).
+  virtual Status ReleaseWrites(const std::string& name) = 0;
   virtual std::vector<std::shared_ptr<Tracker>> trackers() const = 0;
 
   virtual Result<Uuid> CreateSnapshot(const SnapshotOptions& options) = 0;

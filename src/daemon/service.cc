@@ -129,7 +129,8 @@ std::string Service::CbtPath(const std::string& name) const {
 
 Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const std::string& path,
                                                   const FileStat& st, bool loop, bool ublk,
-                                                  int ublk_recover_id, bool restored) {
+                                                  int ublk_recover_id, bool restored,
+                                                  bool hold_writes) {
   const bool is_block = st.kind == FileKind::kBlockDevice;
   // A block device is opened with O_DIRECT: its page cache would only hold a second copy of what
   // the fronts' own caches (the file system above ublk/loop, the NBD client) already hold, and
@@ -141,6 +142,7 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   auto original = env_.OpenDevice(path, {.direct = is_block, .exclusive = true});
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   AttachOptions ao{.path = path};
+  ao.hold_writes = hold_writes;
   ao.cbt_path = CbtPath(name);
   ao.mapped_files = info_.mapped_files;
   if (!ao.cbt_path.empty()) {
@@ -186,8 +188,8 @@ Result<FileStat> Service::StatOriginal(const std::string& path) {
 }
 
 Result<DeviceView> Service::AttachReserved(const std::string& name, const std::string& path,
-                                           bool loop, bool ublk, int ublk_recover_id,
-                                           bool restored) {
+                                           bool loop, bool ublk, int ublk_recover_id, bool restored,
+                                           bool hold_writes) {
   BLKSNAP_ASSIGN_OR_RETURN(FileStat st, StatOriginal(path));
   {
     MutexLock lock(mu_);
@@ -203,7 +205,7 @@ Result<DeviceView> Service::AttachReserved(const std::string& name, const std::s
     pending_.insert(name);
   }
   // Opening, attaching and exposing (a ublk device takes a while to appear) run without mu_.
-  auto built = BuildDevice(name, path, st, loop, ublk, ublk_recover_id, restored);
+  auto built = BuildDevice(name, path, st, loop, ublk, ublk_recover_id, restored, hold_writes);
   MutexLock lock(mu_);
   pending_.erase(name);
   if (!built.ok()) return built.status();

@@ -252,15 +252,17 @@ class Service {
   // st: the original as AttachReserved found it (StatOriginal).
   Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path,
                                   const FileStat& st, bool loop, bool ublk, int ublk_recover_id,
-                                  bool restored) EXCLUDES(mu_);
+                                  bool restored, bool hold_writes = false) EXCLUDES(mu_);
   // STATE_DIR/cbt/NAME.cbt, or "" when CBT is not durable.
   std::string CbtPath(const std::string& name) const;
   // EINVAL if the state dir lies on a tracked device or its fronts (engine CheckNotOnTracked),
   // or, with ublk_recover_id >= 0, on that ublk device (about to be recovered). Before each use
   // of the state dir: an attach (its CBT state file), a rewrite of the records.
   Status CheckStateDir(int ublk_recover_id = -1) const;
+  // hold_writes: AttachOptions::hold_writes (a recorded snapshot's member, at a restart).
   Result<DeviceView> AttachReserved(const std::string& name, const std::string& path, bool loop,
-                                    bool ublk, int ublk_recover_id, bool restored) EXCLUDES(mu_);
+                                    bool ublk, int ublk_recover_id, bool restored,
+                                    bool hold_writes = false) EXCLUDES(mu_);
   Result<std::shared_ptr<Tracker>> FindTrackerLocked(const std::string& name) const REQUIRES(mu_);
   Result<SnapshotEntry*> FindSnapshotLocked(const Uuid& id) REQUIRES(mu_);
   DeviceView DeviceViewLocked(const DeviceEntry& d) const REQUIRES(mu_);

@@ -261,6 +261,13 @@ void Service::Restore() {
     recorded.clean_stop = parsed.records.clean_stop;
     power_lost = WrittenBeforeAPowerLoss(parsed.records, boot_id_);
   }
+  // The members of a recorded taken snapshot are attached with their writes held (their fronts,
+  // a recovered ublk device replaying queued writes above all, would otherwise write the
+  // original before the snapshot preserves it) until the snapshots are recovered.
+  std::set<std::string> held;
+  for (const auto& snap : recorded.snapshots) {
+    if (snap.taken) held.insert(snap.devices.begin(), snap.devices.end());
+  }
   for (const auto& rec : devices) {
     std::string name = rec.name;
     Status s = ValidateDeviceName(name);
@@ -271,8 +278,8 @@ void Service::Restore() {
       s = Status::Error(ENOTSUP, "ublk is not available any more");
     }
     if (s.ok()) {
-      auto v =
-          AttachReserved(name, rec.path, rec.loop, rec.ublk, rec.ublk ? rec.ublk_dev_id : -1, true);
+      auto v = AttachReserved(name, rec.path, rec.loop, rec.ublk, rec.ublk ? rec.ublk_dev_id : -1,
+                              true, held.count(name) > 0);
       if (!v.ok()) s = v.status();
     }
     if (!s.ok()) {
@@ -286,6 +293,9 @@ void Service::Restore() {
   for (const auto& rec : recorded.snapshots) {
     RecoverRecordedSnapshot(rec, recorded.images, recorded.clean_stop, power_lost);
   }
+  // A recovered snapshot let its devices' writes in; the others' are let in now (a snapshot
+  // that could not be recovered is reported and gone).
+  for (const auto& name : held) engine_->ReleaseWrites(name).IgnoreError();
   MutexLock lock(mu_);
   spdlog::warn(
       "restored {} device(s), {} ublk front(s) recovered, {} failed; {} snapshot(s) recovered, {} "

@@ -550,3 +550,43 @@ TEST(DurableSnapshotTest, AFailedRecoveryKeepsTheStorageFile) {
 
 }  // namespace
 }  // namespace blksnap
+
+namespace blksnap {
+namespace {
+
+// Attached with hold_writes (a daemon restarting), a device's writes wait until its snapshot is
+// recovered, so the snapshot preserves them; ReleaseWrites lets them in without one.
+TEST(DurableSnapshotTest, HeldWritesWaitForTheRecoveredSnapshot) {
+  Machine m(false);
+  Uuid id;
+  {
+    auto engine = Engine::Create(TestConfig()).value();
+    id = TakeSnapshot(*engine, m, SnapshotDurability::kPower).value();
+    ASSERT_OK(engine->CloseSnapshot(id));
+  }
+  auto engine = Engine::Create(TestConfig()).value();
+  auto tracker = engine->Attach("d", m.original_disk, {.hold_writes = true}).value();
+  std::atomic<bool> written{false};
+  std::thread writer([&] {
+    EXPECT_OK(WritePattern(*tracker, 0, kDeviceSize, 2));  // waits for the recovery
+    written = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(written.load()) << "a held write went through before the recovery";
+  auto snap = engine->RecoverSnapshot(
+      {.id = id, .storage_device = m.storage_disk, .check_originals = false});
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  writer.join();
+  ASSERT_OK(VerifyPattern(*(*snap)->image("d"), 0, kDeviceSize, 1));
+  ASSERT_OK(VerifyPattern(*tracker, 0, kDeviceSize, 2));
+  ASSERT_OK(engine->Destroy(id));
+  // Without a snapshot to recover: ReleaseWrites.
+  auto other = engine->Attach("e", MakeMemoryDevice(kDeviceSize), {.hold_writes = true}).value();
+  std::thread second([&] { EXPECT_OK(WritePattern(*other, 0, 4096, 3)); });
+  ASSERT_OK(engine->ReleaseWrites("e"));
+  second.join();
+  EXPECT_EQ(engine->ReleaseWrites("nope").errnum(), ENOENT);
+}
+
+}  // namespace
+}  // namespace blksnap

@@ -153,6 +153,7 @@ class EngineImpl final : public Engine {
     if (!cbt.ok()) return std::move(cbt).status();
     auto tracker =
         std::make_shared<TrackerImpl>(name, std::move(original), options, std::move(cbt).value());
+    if (options.hold_writes) tracker->gate().Close();  // no writer yet: returns at once
     trackers_[name] = tracker;
     return std::shared_ptr<Tracker>(tracker);
   }
@@ -183,6 +184,18 @@ class EngineImpl final : public Engine {
     MutexLock lock(mu_);
     auto it = trackers_.find(name);
     return it == trackers_.end() ? nullptr : it->second;
+  }
+
+  Status ReleaseWrites(const std::string& name) override {
+    std::shared_ptr<TrackerImpl> tracker;
+    {
+      MutexLock lock(mu_);
+      auto it = trackers_.find(name);
+      if (it == trackers_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
+      tracker = it->second;
+    }
+    tracker->gate().Open();
+    return Status::Ok();
   }
 
   std::vector<std::shared_ptr<Tracker>> trackers() const override {
