@@ -20,6 +20,8 @@
 // CreateSnapshot holds take_mu_, so no device is attached between the check and the snapshot;
 // AddDevice repeats the tracker check for a device attached later. CheckNotOnTracked applies
 // the tracker half of it to any path (the daemon's state dir).
+// The placement checks are in placement.h; the close and recovery steps that need no engine
+// state in snapshot_recovery.h.
 #include "blksnap/engine.h"
 
 #include <algorithm>
@@ -30,7 +32,9 @@
 
 #include "blksnap/env.h"
 #include "engine/diff_storage.h"
+#include "engine/placement.h"
 #include "engine/snapshot.h"
+#include "engine/snapshot_recovery.h"
 #include "engine/tracker.h"
 #include "util/block_topology.h"
 #include "util/mutex.h"
@@ -39,79 +43,6 @@ namespace blksnap {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-StorageIdentity ToIdentity(const topology::Node& n) {
-  StorageIdentity id;
-  id.path = n.path;
-  id.is_block_device = !n.is_file;
-  id.rdev = n.rdev;
-  id.dev = n.dev;
-  id.ino = n.ino;
-  return id;
-}
-
-topology::Node ToNode(const StorageIdentity& id) {
-  topology::Node n;
-  n.is_file = !id.is_block_device;
-  n.rdev = id.rdev;
-  n.dev = id.dev;
-  n.ino = id.ino;
-  n.path = id.path;
-  return n;
-}
-
-std::string Describe(const topology::Node& n) {
-  if (!n.path.empty()) return n.path;
-  if (n.is_file) return "file " + topology::DevName(n.dev) + " inode " + std::to_string(n.ino);
-  return "block device " + topology::DevName(n.rdev);
-}
-
-// EINVAL if a node of `below` (the resolved stack of `start`, called `what`) is the tracker or
-// one of its aliases (fronts): `what` is on the tracked device. No I/O (Holds is in memory).
-Status CheckOnTracker(const TrackerImpl& tracker, const std::string& what,
-                      const topology::Node& start, const std::vector<topology::Node>& below,
-                      const char* why) {
-  for (const auto& node : below) {
-    if (tracker.Holds(ToIdentity(node))) {
-      std::string via = node.SameAs(start) ? "" : " (through " + Describe(node) + ")";
-      return Status::Error(
-          EINVAL, what + " is on tracked device '" + tracker.name() + "'" + via + "; " + why);
-    }
-  }
-  return Status::Ok();
-}
-
-// EINVAL if the storage (with `below`, its resolved stack) is on or under the tracker.
-Status CheckStorageOn(const TrackerImpl& tracker, const StorageIdentity& storage,
-                      const std::vector<topology::Node>& below, const std::string& sysfs) {
-  const std::string what = "difference storage " + storage.path;
-  BLKSNAP_RETURN_IF_ERROR(
-      CheckOnTracker(tracker, what, ToNode(storage), below, "writing it would bypass the tracker"));
-  topology::Node original, shared;
-  if (!tracker.path().empty() && topology::NodeForPath(tracker.path(), &original) &&
-      topology::Overlaps(below, topology::ResolveLower(sysfs, original), &shared)) {
-    return Status::Error(EINVAL, what + " shares " + Describe(shared) + " with tracked device '" +
-                                     tracker.name() + "'; writing it would harm the original");
-  }
-  return Status::Ok();
-}
-
-// EBUSY if a loop device is bound to the tracked file: writes through it bypass the tracker, so
-// a snapshot would silently miss them. (The daemon's own loop front is bound to its FUSE file.)
-Status CheckNoLoopOnFile(const TrackerImpl& tracker, const std::string& sysfs) {
-  topology::Node node;
-  if (tracker.path().empty() || sysfs.empty() || !topology::NodeForPath(tracker.path(), &node) ||
-      !node.is_file) {
-    return Status::Ok();
-  }
-  const auto loops = topology::LoopsBoundTo(sysfs, node.dev, node.ino);
-  if (loops.empty()) return Status::Ok();
-  return Status::Error(EBUSY, loops.front().device + " is bound to " + tracker.path() +
-                                  ", the file of device '" + tracker.name() +
-                                  "': writes through it would bypass the tracker and be missing "
-                                  "from the snapshot (losetup -d " +
-                                  loops.front().device + ")");
-}
 
 class EngineImpl final : public Engine {
  public:
@@ -412,48 +343,9 @@ class EngineImpl final : public Engine {
     for (auto& m : members) m.area->WaitStored();
     for (auto& m : members) m.tracker->set_snapshot({});
     DisableCompaction(*storage);
-    // The chunk log compacted (125 records a page), so the next start reads a few MiB, not
-    // one page per commit; the header then points at it. A crash before that keeps the old log.
-    Status s = storage->device().Flush();
-    uint64_t log_start = storage->header().log_start;
-    const uint64_t epoch = storage->header().log_epoch + 1;
-    // Every page written is durable now (the storers are idle, the flush above): sealed.
-    uint64_t sealed = storage->log() ? storage->log()->last_seq() : 0;
-    bool drained_ok = true;
-    for (auto& m : members) drained_ok = drained_ok && !m.area->corrupted();
-    if (s.ok() && state == SnapshotState::kTaken && drained_ok && storage->log()) {
-      std::vector<LogRecord> records;
-      for (auto& m : members) m.area->CollectRecords(&records);
-      // Not when it is compact already (a start and a stop without much written): no growth.
-      const uint64_t packed = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
-      if (storage->log()->pages_since_compaction() > packed + 16) {
-        uint64_t pages = 0;
-        auto compact =
-            ChunkLog::WriteCompact(storage.get(), id, /*sync=*/true, epoch, records, &pages);
-        if (compact.ok()) {  // else the old log stays: correct, slower
-          log_start = *compact;
-          sealed = pages;
-        }
-      }
-    }
-    // A copy that failed while the writers drained (after MarkDestroyed, so OnCorrupt did not
-    // record it): the snapshot is corrupted, whatever the header says.
-    int drained_errno = 0;
-    for (auto& m : members) {
-      if (m.area->corrupted() && !drained_errno) drained_errno = m.area->corrupt_errno();
-    }
-    if (s.ok()) {
-      s = storage->UpdateHeader([&](DiffStorageHeader& h) {
-        if (h.log_start != log_start) h.log_epoch = epoch;
-        h.log_start = log_start;
-        h.log_sealed = sealed;
-        h.flags |= kStorageFlagClosed;
-        if (drained_errno && h.state != kStorageStateCorrupted) {
-          h.state = kStorageStateCorrupted;
-          h.errnum = static_cast<uint32_t>(drained_errno);
-        }
-      });
-    }
+    std::vector<std::shared_ptr<DiffArea>> areas;
+    for (auto& m : members) areas.push_back(m.area);
+    Status s = SealClosedStorage(*storage, id, state == SnapshotState::kTaken, areas);
     storage->KeepFile();
     for (auto& m : members) m.area->Shutdown();
     snapshot->ReleaseStorage();
@@ -680,14 +572,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   }
   BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan, ChunkLog::Read(storage->device(), id, h.log_start,
                                                                h.log_epoch, h.log_sealed));
-  for (const LogRecord& r : scan.records) {
-    const bool bad =
-        r.device >= geometries.size() || r.chunk >= geometries[r.device].count ||
-        (!(r.flags & kRecordFlagZero) &&
-         (r.length != geometries[r.device].length(r.chunk) || r.offset > storage->device().size() ||
-          r.length > storage->device().size() - r.offset));
-    if (bad) return Status::Error(EINVAL, name + ": a chunk log record is out of range");
-  }
+  BLKSNAP_RETURN_IF_ERROR(CheckLogRecords(scan, geometries, storage->device().size(), name));
   // How it was found, and whether it can be trusted.
   bool power_lost = options.power_lost;
   for (const auto& t : trackers) {
@@ -748,21 +633,6 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
 }
 
 }  // namespace
-
-Status ValidateDeviceName(std::string_view name) {
-  if (name.empty()) return Status::Error(EINVAL, "device name is empty");
-  if (name.size() > 128) return Status::Error(EINVAL, "device name longer than 128 characters");
-  for (char c : name) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '-' || c == '_' || c == '.';
-    if (!ok) {
-      return Status::Error(EINVAL, "device name '" + std::string(name) +
-                                       "' may only hold letters, digits, '-', '_' and '.'");
-    }
-  }
-  if (name == "." || name == "..") return Status::Error(EINVAL, "device name is reserved");
-  return Status::Ok();
-}
 
 Result<std::unique_ptr<Engine>> Engine::Create(Config config) {
   BLKSNAP_RETURN_IF_ERROR(config.Validate());

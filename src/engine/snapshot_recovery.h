@@ -1,0 +1,32 @@
+// The steps of closing and recovering a durable snapshot that need no engine state
+// (docs/durable-snapshots.md; the engine's CloseSnapshot and RecoverSnapshot call them).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blksnap/status.h"
+#include "blksnap/uuid.h"
+#include "engine/chunk.h"
+#include "engine/chunk_log.h"
+#include "engine/diff_area.h"
+#include "engine/diff_storage.h"
+
+namespace blksnap {
+
+// The end of a clean close, once the areas are detached and their storers idle: flushes the
+// storage, compacts the chunk log (125 records a page, unless it is compact already: no growth
+// per restart) so the next start reads a few MiB, and writes the header closed with the log's
+// pages sealed. A copy that failed while the writers drained (after the snapshot was marked
+// destroyed, so OnCorrupt did not record it) makes the header say corrupted. A crash before the
+// header write keeps the old log.
+Status SealClosedStorage(DiffStorage& storage, const Uuid& id, bool taken,
+                         const std::vector<std::shared_ptr<DiffArea>>& areas);
+
+// EINVAL unless every record of the scan names a device of the table, a chunk of it, and (with
+// data) the chunk's length at an offset within the storage's `storage_size` bytes.
+Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeometry>& geometries,
+                       uint64_t storage_size, const std::string& name);
+
+}  // namespace blksnap
