@@ -44,6 +44,11 @@ struct Config {
   // (docs/durable-snapshots.md).
   uint32_t chunk_log_compact_pages = 16384;
 
+  // Difference storage in a regular file goes through the page cache (true): chunk writes are
+  // copies the kernel writes back, image reads of preserved chunks are served from memory while
+  // it holds them. false: O_DIRECT, as block-device storage always is (docs/design.md).
+  bool diff_storage_page_cache = true;
+
   // Difference storage grows in steps of this many bytes.
   uint64_t diff_storage_minimum = 1ull << 30;
 

@@ -104,6 +104,10 @@ std::vector<Tunable> Tunables() {
        Setter(&Config::chunk_maximum_in_cache)},
       {"chunk-storer-threads", "threads writing chunks to the difference storage (default 16)",
        Setter(&Config::chunk_storer_threads)},
+      {"diff-storage-page-cache",
+       "1: difference storage in a regular file through the page cache; 0: O_DIRECT (block "
+       "devices always are) (default 1)",
+       Setter(&Config::diff_storage_page_cache)},
       {"diff-storage-minimum", "difference storage growth step, a size (default 1G)",
        Setter(&Config::diff_storage_minimum)},
       {"cbt-checkpoint-interval-ms",

@@ -22,6 +22,24 @@ namespace {
 constexpr const auto& kMagic = kDiffStorageMagic;  // diff_storage_format.h
 constexpr uint64_t kMiB = 1ull << 20;
 
+// How the storage at path is opened. A regular file (or one about to be created) goes through
+// the page cache when page_cache is set: chunk writes are copies into the cache that the kernel
+// writes back, image reads of recently preserved chunks come from memory (as QEMU's fleecing
+// file does; docs/performance.md, "Durable snapshots"), crash durability is a write to the
+// kernel and power durability a flush per commit round either way. A block device is written
+// with O_DIRECT like the kernel module's bios: a RAM disk or an LV would otherwise hold every
+// chunk twice and throttle copy-on-write on dirty pages (docs/performance-vm.md).
+StorageFileOptions StorageOptionsFor(Env* env, const std::string& path, bool page_cache) {
+  StorageFileOptions options;
+  options.exclusive = true;
+  options.direct = true;
+  if (page_cache) {
+    auto st = env->Stat(path);
+    options.direct = st.ok() && st->exists && st->kind == FileKind::kBlockDevice;
+  }
+  return options;
+}
+
 // The largest limit any storage can have: header + limit must fit in an off_t.
 constexpr uint64_t kMaxLimit = (uint64_t{1} << 63) - 1 - kDiffStorageHeaderSize;
 
@@ -209,15 +227,10 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& given,
       path = given + (given.ends_with('/') ? "" : "/") + "blksnap-" + id.ToString() + ".diff";
     }
   }
-  // O_DIRECT for every kind of storage, as the kernel module writes its difference storage with
-  // bios: a page cache would only add a copy per chunk and dirty throttling to copy-on-write
-  // (docs/performance-vm.md: cow64k 0.34-0.51x -> 0.83-0.93x of dm-snapshot in the VM;
-  // docs/performance.md finding 8 for files). Chunks are allocated 4 KiB-aligned; unaligned image
-  // I/O is bounced by the file device. A directory gets an unnamed temporary file (env.h).
+  // Chunks are allocated 4 KiB-aligned so that O_DIRECT storage needs no bounce; unaligned
+  // image I/O is bounced by the file device. A directory gets an unnamed temporary file (env.h).
   // Block devices are claimed (O_EXCL) only when the data path opens, after every check.
-  StorageFileOptions options;
-  options.direct = true;
-  options.exclusive = true;
+  const StorageFileOptions options = StorageOptionsFor(env, path, checks.page_cache);
   BLKSNAP_ASSIGN_OR_RETURN(std::shared_ptr<StorageFile> file, env->OpenStorageFile(path, options));
   const FileStat st = file->stat();
   // A file this open created goes again if anything below fails, and when the storage goes.
@@ -289,7 +302,8 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& given,
 Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string& path,
                                                                std::shared_ptr<BlockDevice> device,
                                                                const Uuid& id, uint64_t step,
-                                                               EventFn events, Env* env) {
+                                                               EventFn events, Env* env,
+                                                               bool page_cache) {
   if (env == nullptr) env = Env::Default();
   std::vector<uint8_t> slots(2 * kDiffStorageHeaderBlockSize, 0);
   std::shared_ptr<StorageFile> file;
@@ -299,10 +313,8 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
       return Status::Error(EINVAL, "difference storage " + path + " is smaller than its header");
     BLKSNAP_RETURN_IF_ERROR(device->Read(0, slots));
   } else {
-    StorageFileOptions options;
-    options.direct = true;
-    options.exclusive = true;
-    BLKSNAP_ASSIGN_OR_RETURN(file, env->OpenStorageFile(path, options));
+    BLKSNAP_ASSIGN_OR_RETURN(file,
+                             env->OpenStorageFile(path, StorageOptionsFor(env, path, page_cache)));
     st = file->stat();
     if (file->created()) {  // it was not there: remove the empty file this open made
       env->RemoveFile(path).IgnoreError();

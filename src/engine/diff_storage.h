@@ -61,6 +61,9 @@ struct StorageIdentity {
 // What DiffStorage::Open checks before it writes (see the top of this file).
 struct DiffStorageChecks {
   bool force = false;  // SnapshotOptions::force
+  // A regular file goes through the page cache (Config::diff_storage_page_cache); block devices
+  // and a false here: O_DIRECT.
+  bool page_cache = true;
   // Refuses a storage placed where it would harm data (non-OK: Open fails with it, unchanged).
   std::function<Status(const StorageIdentity&)> placement;
 };
@@ -93,7 +96,8 @@ class DiffStorage {
   static Result<std::shared_ptr<DiffStorage>> OpenExisting(const std::string& path,
                                                            std::shared_ptr<BlockDevice> device,
                                                            const Uuid& id, uint64_t step,
-                                                           EventFn events, Env* env = nullptr);
+                                                           EventFn events, Env* env = nullptr,
+                                                           bool page_cache = true);
   // After OpenExisting and the log scan: allocation continues at `end`; a log continues at
   // `cursor` with the next epoch (recorded in the header before the log writes again).
   // The closed flag is cleared in any case (a crash after this start is not a clean stop).

@@ -1,5 +1,6 @@
 #include "engine/diff_storage.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -7,6 +8,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "blksnap/env.h"
@@ -191,6 +193,39 @@ TEST_F(DiffStorageFileTest, RegularFileIsReservedWithFallocate) {
   for (int i = 0; i < 20; ++i) ASSERT_TRUE((*storage)->Allocate(kMiB).ok()) << i;
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
   EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, 20 * kMiB);
+}
+
+// The open flags (fdinfo "flags:", octal) of every descriptor of this process open on path.
+std::vector<unsigned> OpenFlagsOf(const std::string& path) {
+  std::vector<unsigned> flags;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(e.path(), ec) != path) continue;
+    std::ifstream info("/proc/self/fdinfo/" + e.path().filename().string());
+    std::string key;
+    unsigned value = 0;
+    while (info >> key)
+      if (key == "flags:" && (info >> std::oct >> value)) flags.push_back(value);
+  }
+  return flags;
+}
+
+TEST_F(DiffStorageFileTest, RegularFileStorageUsesThePageCacheUnlessTold) {
+  // Config::diff_storage_page_cache: a regular file's data path is buffered (image reads from
+  // memory), or O_DIRECT when the tunable is off.
+  for (bool page_cache : {true, false}) {
+    const std::string path = dir_ + (page_cache ? "/cached" : "/direct");
+    DiffStorage::Checks checks;
+    checks.page_cache = page_cache;
+    auto storage = DiffStorage::Open(path, 8 * kMiB, 4 * kMiB, Uuid::Random(), nullptr, nullptr,
+                                     checks, SnapshotDurability::kCrash);
+    ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+    const std::vector<unsigned> flags = OpenFlagsOf(path);
+    ASSERT_FALSE(flags.empty());
+    bool direct = false;
+    for (unsigned f : flags) direct = direct || (f & O_DIRECT) != 0;
+    EXPECT_EQ(direct, !page_cache) << path;
+  }
 }
 
 TEST_F(DiffStorageFileTest, BadPathsFailClearly) {

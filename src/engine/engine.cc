@@ -145,6 +145,7 @@ class EngineImpl final : public Engine {
     MutexLock take(take_mu_);  // no attach between the placement check and the snapshot
     DiffStorageChecks checks;
     checks.force = options.force;
+    checks.page_cache = config_.diff_storage_page_cache;
     checks.placement = [this](const StorageIdentity& storage) { return CheckPlacement(storage); };
     auto storage =
         options.storage_device
@@ -526,7 +527,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   BLKSNAP_ASSIGN_OR_RETURN(
       std::shared_ptr<DiffStorage> storage,
       DiffStorage::OpenExisting(name, options.storage_device, id, config_.diff_storage_minimum,
-                                push, config_.env));
+                                push, config_.env, config_.diff_storage_page_cache));
   const DiffStorageHeader h = storage->header();
   if (h.state == kStorageStateCreated) {
     storage->ArmRemoval();  // released when `storage` goes (a file blksnap made is removed)

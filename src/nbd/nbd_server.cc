@@ -59,7 +59,11 @@
 namespace blksnap::nbd {
 namespace {
 
-constexpr int kDefaultWorkers = 8;
+// Threads start on demand, so the default costs nothing to a connection that sends one request
+// at a time; 32 lets a client at queue depth 32 have every request served at once, which a
+// durable snapshot's writers need (each waits for its chunk's record to be committed, and a
+// commit round carries the records of the writers waiting: docs/performance.md).
+constexpr int kDefaultWorkers = 32;
 constexpr int kMaxWorkers = 64;
 
 using Clock = std::chrono::steady_clock;
