@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
 #include <random>
 
 namespace blksnap::repo {
@@ -215,6 +217,26 @@ TEST(CodecTest, LengthsAreBounded) {
   auto blob = *codec.Seal(Compressible(4096), {});
   blob[8] = blob[9] = blob[10] = blob[11] = 0xff;
   EXPECT_EQ(codec.Unseal(blob, {}).status().errnum(), EBADMSG);
+}
+
+TEST(CodecTest, ReadKeyFile) {
+  const std::string path = ::testing::TempDir() + "/codec_test_key";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "passphrase\n";
+  }
+  auto key = ReadKeyFile(path);
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  EXPECT_EQ(std::string(key->begin(), key->end()), "passphrase\n");  // used as stored
+  { std::ofstream out(path, std::ios::binary | std::ios::trunc); }
+  EXPECT_EQ(ReadKeyFile(path).status().errnum(), EINVAL);  // empty
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << std::string(kMaxKeyFileSize + 1, 'k');
+  }
+  EXPECT_EQ(ReadKeyFile(path).status().errnum(), EINVAL);  // too large
+  std::remove(path.c_str());
+  EXPECT_EQ(ReadKeyFile(path).status().errnum(), ENOENT);
 }
 
 }  // namespace

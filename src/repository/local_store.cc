@@ -176,10 +176,11 @@ class LocalStore : public ObjectStore {
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + Path(name));
     if (!S_ISREG(st.st_mode)) return Status::Error(EISDIR, Path(name) + " is not a file");
+    // Objects are never written in place (Put renames a new file over the name), so the open
+    // file keeps the size fstat saw.
     std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
     size_t done = 0;
-    while (true) {
-      if (done == data.size()) data.resize(data.size() + 4096);  // the file grew: read to EOF
+    while (done < data.size()) {
       const ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
       if (n < 0) {
         if (errno == EINTR) continue;
