@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <thread>
 
 namespace blksnap::repo {
 namespace {
@@ -217,6 +218,25 @@ TEST(CodecTest, LengthsAreBounded) {
   auto blob = *codec.Seal(Compressible(4096), {});
   blob[8] = blob[9] = blob[10] = blob[11] = 0xff;
   EXPECT_EQ(codec.Unseal(blob, {}).status().errnum(), EBADMSG);
+}
+
+TEST(CodecTest, OneCodecSealsFromManyThreads) {
+  Codec codec = OpenCodec(NewConfig(true));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        const auto data = (i % 2) ? Random(20000, t * 100 + i) : Compressible(20000 + t);
+        const Digest id = codec.ChunkId(data);
+        auto blob = codec.Seal(data, Aad(id));
+        auto back = blob.ok() ? codec.Unseal(*blob, Aad(id)) : blob.status();
+        if (!back.ok() || *back != data) ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
 }
 
 TEST(CodecTest, ReadKeyFile) {

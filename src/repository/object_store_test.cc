@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -245,6 +246,53 @@ TEST_F(LocalStoreTest, LeasesConflictAcrossProcesses) {
   EXPECT_EQ(WEXITSTATUS(wstatus), 0);
   shared->reset();
   EXPECT_TRUE(store_->Lock(LockMode::kExclusive, false).ok());
+}
+
+// Put replaces an object atomically: a reader racing with the writer sees the old or the new
+// object whole, never a missing, empty or partial one.
+TEST_F(LocalStoreTest, ReadersNeverSeeAPartialObject) {
+  const std::vector<uint8_t> a(1 << 20, 'a'), b(1 << 20, 'b');
+  ASSERT_TRUE(store_->Put("config", a).ok());
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0}, reads{0};
+  std::thread reader([&] {
+    while (!done) {
+      auto got = store_->Get("config");
+      if (!got.ok() || (*got != a && *got != b)) ++bad;
+      ++reads;
+    }
+  });
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(store_->Put("config", i % 2 ? a : b).ok());
+  done = true;
+  reader.join();
+  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+}
+
+// A writer killed with SIGKILL at an arbitrary instant: every object it left is whole, and its
+// temporary (if any) is never listed.
+TEST_F(LocalStoreTest, AKilledWriterLeavesOnlyWholeObjects) {
+  auto content = [](int i) { return std::vector<uint8_t>(1 << 20, static_cast<uint8_t>(i)); };
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const pid_t child = ::fork();
+    if (child == 0) {
+      auto store = OpenLocalStore(dir_.path());
+      for (int i = 0;; i = (i + 1) % 64) {
+        if (!(*store)->Put("data/" + std::to_string(i), content(i)).ok()) ::_exit(1);
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(40 + 30 * attempt));
+    ::kill(child, SIGKILL);
+    int wstatus = 0;
+    ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
+    ASSERT_TRUE(WIFSIGNALED(wstatus)) << "the writer failed before it was killed";
+    auto names = store_->List("data/");
+    ASSERT_TRUE(names.ok());
+    ASSERT_FALSE(names->empty());
+    for (const std::string& name : *names) {
+      const int i = std::stoi(name.substr(5));
+      EXPECT_EQ(*store_->Get(name), content(i)) << name << " is torn";
+    }
+  }
 }
 
 // ---- FaultyStore
