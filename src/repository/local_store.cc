@@ -6,7 +6,8 @@
 //   Put          write ".tmp-<base>-<16 hex>" in the final directory, fsync it, rename(2) it
 //                over the name, fsync the directory.
 //   PutIfAbsent  the same temporary, then link(2) to the name (EEXIST if the name exists, even
-//                under a race with another process), unlink the temporary, fsync the directory.
+//                under a race with another process), unlink the temporary, fsync the directory;
+//                renameat2(RENAME_NOREPLACE) where the file system has no hard links.
 //   Delete       unlink, fsync the directory (a deleted manifest must not come back after a
 //                power loss once gc freed its chunks); a missing name is OK.
 // A writer killed between the temporary's creation and the rename leaves the temporary behind.
@@ -153,12 +154,16 @@ class LocalStore : public ObjectStore {
     const auto [parent, base] = SplitName(name);
     BLKSNAP_ASSIGN_OR_RETURN(Fd dir, OpenDir(parent, true));
     BLKSNAP_ASSIGN_OR_RETURN(std::string temp, WriteTemp(dir.get(), base, data, name));
-    const int linked = ::linkat(dir.get(), temp.c_str(), dir.get(), base.c_str(), 0);
-    const int link_errno = errno;
-    ::unlinkat(dir.get(), temp.c_str(), 0);
-    if (linked != 0) {
-      if (link_errno == EEXIST) return Status::Error(EEXIST, "object '" + name + "' exists");
-      errno = link_errno;
+    int done = ::linkat(dir.get(), temp.c_str(), dir.get(), base.c_str(), 0);
+    if (done != 0 && (errno == EPERM || errno == EOPNOTSUPP || errno == ENOSYS)) {
+      // A file system without hard links (some FUSE and network ones): rename without replace.
+      done = ::renameat2(dir.get(), temp.c_str(), dir.get(), base.c_str(), RENAME_NOREPLACE);
+    }
+    const int saved_errno = errno;
+    ::unlinkat(dir.get(), temp.c_str(), 0);  // after a link (or a failure); gone after a rename
+    if (done != 0) {
+      if (saved_errno == EEXIST) return Status::Error(EEXIST, "object '" + name + "' exists");
+      errno = saved_errno;
       return Status::FromErrno("link " + Path(name));
     }
     return SyncDir(dir.get(), parent);
@@ -281,7 +286,7 @@ class LocalStore : public ObjectStore {
             Fd(::openat(dir.get(), part.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       }
       if (!next.valid()) {
-        if (errno == ENOENT || errno == ENOTDIR) {
+        if (errno == ENOENT || (errno == ENOTDIR && !create)) {
           return Status::Error(ENOENT, "directory " + Path(so_far) + " not found");
         }
         return Status::FromErrno("open " + Path(so_far));

@@ -148,6 +148,13 @@ TEST_F(LocalStoreTest, OpenNeedsADirectory) {
   EXPECT_EQ(OpenLocalStore(dir_.path() + "/file").status().errnum(), ENOTDIR);
 }
 
+TEST_F(LocalStoreTest, AFileInTheWayIsNotADirectory) {
+  ASSERT_TRUE(store_->Put("config", Bytes("x")).ok());
+  EXPECT_EQ(store_->Put("config/x", Bytes("y")).errnum(), ENOTDIR);
+  EXPECT_EQ(store_->Get("config/x").status().errnum(), ENOENT);
+  EXPECT_TRUE(store_->Delete("config/x").ok());
+}
+
 TEST_F(LocalStoreTest, ObjectsAreFilesUnderTheirNames) {
   ASSERT_TRUE(store_->Put("chunks/ab/abcd", Bytes("chunk")).ok());
   std::ifstream in(dir_.path() + "/chunks/ab/abcd");
