@@ -288,7 +288,15 @@ Result<std::string> EncodeConfig(const RepoConfig& c) {
 
 Result<RepoConfig> ParseConfig(std::string_view text) {
   if (text.size() > kMaxConfigSize) return BadConfig("larger than 64 KiB");
-  json j = json::parse(text, nullptr, false);
+  // The config nests two levels; deeper input is dropped as it is parsed (the parser itself is
+  // not recursive, but dump() and the destructor are).
+  bool too_deep = false;
+  const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxConfigDepth) too_deep = true;
+    return depth <= kMaxConfigDepth;
+  };
+  json j = json::parse(text, limit_depth, false);
+  if (too_deep) return BadConfig("nested too deeply");
   if (j.is_discarded() || !j.is_object()) return BadConfig("not a JSON object");
   std::string checksum;
   BLKSNAP_RETURN_IF_ERROR(GetString(j, "checksum", checksum));

@@ -1,6 +1,7 @@
 #include "repository/codec.h"
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <cstdio>
 #include <fstream>
@@ -70,6 +71,26 @@ TEST(CodecTest, ConfigDamageIsRefused) {
   std::string edited = text;
   edited.replace(edited.find("\"zstd_level\": 3"), 15, "\"zstd_level\": 4");
   EXPECT_EQ(ParseConfig(edited).status().errnum(), EBADMSG);
+  // Deep nesting is refused while parsing, so nothing recursive (dump, destruction) runs over
+  // it: even on a 256 KiB stack.
+  static const std::string deep =
+      "{\"checksum\":\"0\",\"a\":" + std::string(30000, '[') + std::string(30000, ']') + "}";
+  static int deep_errnum = 0;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 << 10);
+  pthread_t thread;
+  ASSERT_EQ(pthread_create(
+                &thread, &attr,
+                [](void*) -> void* {
+                  deep_errnum = ParseConfig(deep).status().errnum();
+                  return nullptr;
+                },
+                nullptr),
+            0);
+  pthread_join(thread, nullptr);
+  pthread_attr_destroy(&attr);
+  EXPECT_EQ(deep_errnum, EBADMSG);
   for (std::string bad : {std::string("not json"), std::string("[]"), std::string("{}"),
                           text.substr(0, text.size() / 2), std::string(70000, ' ')}) {
     EXPECT_EQ(ParseConfig(bad).status().errnum(), EBADMSG) << bad.substr(0, 40);

@@ -41,6 +41,7 @@ inline constexpr int64_t kStaleTempSeconds = 10 * 60;
 inline constexpr std::string_view kConfigFormat = "blksnap-repository";
 inline constexpr uint32_t kConfigVersion = 1;
 inline constexpr size_t kMaxConfigSize = 64 * 1024;  // ParseConfig refuses larger input
+inline constexpr int kMaxConfigDepth = 4;            // and deeper nesting
 inline constexpr uint64_t kMinChunkSize = 64 * 1024;
 inline constexpr uint64_t kMaxChunkSize = 64ull << 20;
 inline constexpr uint64_t kDefaultChunkSize = 4ull << 20;
