@@ -1,0 +1,504 @@
+// Codec and the config object (see codec.h; formats in docs/repository-format.md sections 2-3).
+//
+// Config: JSON parsed by nlohmann without exceptions (json::parse(text, nullptr, false)); every
+// field's presence and type is checked before it is read, then ValidateConfig checks the ranges.
+// The checksum is the SHA-256 of the compact dump of the object without its "checksum" member
+// (nlohmann dumps members sorted by name, so the dump is canonical).
+//
+// Blob: Seal writes the header, compresses straight into the blob (kept raw when zstd is not
+// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. Unseal checks
+// the header, the exact blob size, the encryption flag against the repository, then the tag or
+// the CRC before it decompresses, and decompresses only a single zstd frame whose declared
+// content size is the header's plain length: a damaged blob never makes it allocate more than
+// kMaxPlainLength. Nonces are 96 random bits from RAND_bytes (2^32 blobs per key keep the
+// collision probability negligible).
+//
+// State: a Codec holds its config and the two halves of the master key (wiped with
+// OPENSSL_cleanse on destruction); no mutable state. zstd contexts are thread_local, so concurrent
+// Seal/Unseal calls on one Codec are safe.
+#include "repository/codec.h"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <cstring>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "blksnap/uuid.h"
+#include "util/crc32c.h"
+#include "util/fd.h"
+
+namespace blksnap::repo {
+namespace {
+
+using json = nlohmann::json;
+
+Status BadBlob(std::string_view why) { return Status::Error(EBADMSG, "blob: " + std::string(why)); }
+Status BadConfig(std::string_view why) {
+  return Status::Error(EBADMSG, "repository config: " + std::string(why));
+}
+
+std::string ToHex(std::span<const uint8_t> bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    hex.push_back(kHex[b >> 4]);
+    hex.push_back(kHex[b & 0xf]);
+  }
+  return hex;
+}
+
+// Exactly 2 * out.size() lowercase hex characters.
+bool FromHex(std::string_view hex, std::span<uint8_t> out) {
+  if (hex.size() != out.size() * 2) return false;
+  auto value = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < out.size(); ++i) {
+    const int high = value(hex[2 * i]);
+    const int low = value(hex[2 * i + 1]);
+    if (high < 0 || low < 0) return false;
+    out[i] = static_cast<uint8_t>(high << 4 | low);
+  }
+  return true;
+}
+
+Digest Sha256(std::span<const uint8_t> data) {
+  Digest d;
+  unsigned int length = 0;
+  if (EVP_Digest(data.data(), data.size(), d.bytes.data(), &length, EVP_sha256(), nullptr) != 1) {
+    std::abort();  // only fails on allocation failure inside OpenSSL
+  }
+  return d;
+}
+
+Digest Sha256(std::string_view text) {
+  return Sha256({reinterpret_cast<const uint8_t*>(text.data()), text.size()});
+}
+
+void PutLe32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint32_t GetLe32(const uint8_t* p) {
+  return p[0] | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
+         static_cast<uint32_t>(p[3]) << 24;
+}
+
+struct CipherCtxFree {
+  void operator()(EVP_CIPHER_CTX* ctx) const { EVP_CIPHER_CTX_free(ctx); }
+};
+
+// AES-256-GCM over `data` in place, authenticating aad1 + aad2; encrypt writes `tag`, decrypt
+// checks it. False on a tag mismatch (or an OpenSSL failure).
+bool Gcm(bool encrypt, std::span<const uint8_t> key, std::span<const uint8_t> nonce,
+         std::span<const uint8_t> aad1, std::span<const uint8_t> aad2, std::span<uint8_t> data,
+         uint8_t* tag) {
+  std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
+  if (!ctx || nonce.size() != kGcmNonceSize || key.size() != kCipherKeySize) return false;
+  if (EVP_CipherInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), nonce.data(),
+                        encrypt ? 1 : 0) != 1) {
+    return false;
+  }
+  int length = 0;
+  for (std::span<const uint8_t> aad : {aad1, aad2}) {
+    if (!aad.empty() && EVP_CipherUpdate(ctx.get(), nullptr, &length, aad.data(),
+                                         static_cast<int>(aad.size())) != 1) {
+      return false;
+    }
+  }
+  if (!data.empty() && EVP_CipherUpdate(ctx.get(), data.data(), &length, data.data(),
+                                        static_cast<int>(data.size())) != 1) {
+    return false;
+  }
+  if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kGcmTagSize, tag) != 1) {
+    return false;
+  }
+  uint8_t final_block[16];
+  if (EVP_CipherFinal_ex(ctx.get(), final_block, &length) != 1) return false;
+  if (encrypt && EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kGcmTagSize, tag) != 1) {
+    return false;
+  }
+  return true;
+}
+
+// The key-encryption key: PBKDF2-HMAC-SHA256 of the key file's bytes.
+bool DeriveKek(std::span<const uint8_t> key, const RepoConfig& config,
+               std::array<uint8_t, kCipherKeySize>& kek) {
+  return PKCS5_PBKDF2_HMAC(reinterpret_cast<const char*>(key.data()), static_cast<int>(key.size()),
+                           config.kdf_salt.data(), config.kdf_salt.size(),
+                           static_cast<int>(config.kdf_iterations), EVP_sha256(), kek.size(),
+                           kek.data()) == 1;
+}
+
+std::string WrapAad(const RepoConfig& config) { return std::string(kKeyWrapAadPrefix) + config.id; }
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+Status ValidateConfig(const RepoConfig& c) {
+  if (c.version != kConfigVersion) {
+    return Status::Error(EPROTO, "repository config version " + std::to_string(c.version) +
+                                     " is not supported (this blksnap reads version 1)");
+  }
+  if (!Uuid::Parse(c.id)) return Status::Error(EINVAL, "repository config: id is not a uuid");
+  if (c.chunk_size < kMinChunkSize || c.chunk_size > kMaxChunkSize ||
+      (c.chunk_size & (c.chunk_size - 1)) != 0) {
+    return Status::Error(EINVAL, "repository config: chunk size " + std::to_string(c.chunk_size) +
+                                     " is not a power of two from 64 KiB to 64 MiB");
+  }
+  if (c.zstd_level < kMinZstdLevel || c.zstd_level > kMaxZstdLevel) {
+    return Status::Error(EINVAL, "repository config: zstd level " + std::to_string(c.zstd_level) +
+                                     " is not in -7..22");
+  }
+  if (c.encrypted &&
+      (c.kdf_iterations < kMinKdfIterations || c.kdf_iterations > kMaxKdfIterations)) {
+    return Status::Error(EINVAL, "repository config: kdf iterations " +
+                                     std::to_string(c.kdf_iterations) + " not in 1000..10000000");
+  }
+  return Status::Ok();
+}
+
+// Reads an integer member into `out` if it is present, an integer and within [lo, hi].
+template <typename T>
+Status GetInt(const json& j, const char* key, int64_t lo, int64_t hi, T& out) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_number_integer()) {
+    return BadConfig(std::string("\"") + key + "\" is missing or not an integer");
+  }
+  if (it->is_number_unsigned() ? it->get<uint64_t>() > static_cast<uint64_t>(hi)
+                               : (it->get<int64_t>() < lo || it->get<int64_t>() > hi)) {
+    return Status::Error(EINVAL, std::string("repository config: \"") + key + "\" out of range");
+  }
+  out = static_cast<T>(it->get<int64_t>());
+  return Status::Ok();
+}
+
+Status GetString(const json& j, const char* key, std::string& out) {
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) {
+    return BadConfig(std::string("\"") + key + "\" is missing or not a string");
+  }
+  out = it->get<std::string>();
+  return Status::Ok();
+}
+
+Status GetHex(const json& j, const char* key, std::span<uint8_t> out) {
+  std::string hex;
+  BLKSNAP_RETURN_IF_ERROR(GetString(j, key, hex));
+  if (!FromHex(hex, out)) {
+    return BadConfig(std::string("\"") + key + "\" is not " + std::to_string(out.size() * 2) +
+                     " lowercase hex characters");
+  }
+  return Status::Ok();
+}
+
+Status ParseEncryption(const json& e, RepoConfig& c) {
+  if (!e.is_object()) return BadConfig("\"encryption\" is not an object or null");
+  std::string cipher, kdf;
+  BLKSNAP_RETURN_IF_ERROR(GetString(e, "cipher", cipher));
+  BLKSNAP_RETURN_IF_ERROR(GetString(e, "kdf", kdf));
+  if (cipher != kCipherName || kdf != kKdfName) {
+    return Status::Error(
+        EPROTO, "repository config: cipher " + cipher + " with kdf " + kdf + " is not supported");
+  }
+  BLKSNAP_RETURN_IF_ERROR(
+      GetInt(e, "kdf_iterations", kMinKdfIterations, kMaxKdfIterations, c.kdf_iterations));
+  BLKSNAP_RETURN_IF_ERROR(GetHex(e, "kdf_salt", c.kdf_salt));
+  BLKSNAP_RETURN_IF_ERROR(GetHex(e, "key_nonce", c.key_nonce));
+  BLKSNAP_RETURN_IF_ERROR(GetHex(e, "wrapped_key", c.wrapped_key));
+  c.encrypted = true;
+  return Status::Ok();
+}
+
+struct CCtxFree {
+  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+};
+struct DCtxFree {
+  void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+};
+ZSTD_CCtx* ThreadCCtx() {
+  thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx(ZSTD_createCCtx());
+  return ctx.get();
+}
+ZSTD_DCtx* ThreadDCtx() {
+  thread_local std::unique_ptr<ZSTD_DCtx, DCtxFree> ctx(ZSTD_createDCtx());
+  return ctx.get();
+}
+
+}  // namespace
+
+// ---- Config
+
+Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
+                                 std::optional<std::span<const uint8_t>> key) {
+  RepoConfig c;
+  c.id = Uuid::Random().ToString();
+  c.chunk_size = options.chunk_size;
+  c.zstd_level = options.zstd_level;
+  if (key) {
+    if (key->empty() || key->size() > kMaxKeyFileSize) {
+      return Status::Error(EINVAL, "key: 1 byte to 1 MiB wanted");
+    }
+    c.encrypted = true;
+    c.kdf_iterations = options.kdf_iterations;
+  }
+  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(c));
+  if (!key) return c;
+  std::array<uint8_t, kMasterKeySize> master{};
+  std::array<uint8_t, kCipherKeySize> kek{};
+  bool ok = RAND_bytes(c.kdf_salt.data(), c.kdf_salt.size()) == 1 &&
+            RAND_bytes(c.key_nonce.data(), c.key_nonce.size()) == 1 &&
+            RAND_bytes(master.data(), master.size()) == 1 && DeriveKek(*key, c, kek);
+  if (ok) {
+    std::memcpy(c.wrapped_key.data(), master.data(), master.size());
+    ok =
+        Gcm(true, kek, c.key_nonce, Bytes(WrapAad(c)), {},
+            std::span(c.wrapped_key.data(), kMasterKeySize), c.wrapped_key.data() + kMasterKeySize);
+  }
+  OPENSSL_cleanse(master.data(), master.size());
+  OPENSSL_cleanse(kek.data(), kek.size());
+  if (!ok) return Status::Error(EIO, "repository key: OpenSSL failed to make the master key");
+  return c;
+}
+
+Result<std::string> EncodeConfig(const RepoConfig& c) {
+  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(c));
+  json j = {{"format", kConfigFormat},    {"version", c.version},       {"id", c.id},
+            {"chunk_size", c.chunk_size}, {"zstd_level", c.zstd_level}, {"encryption", nullptr}};
+  if (c.encrypted) {
+    j["encryption"] = {{"cipher", kCipherName},
+                       {"kdf", kKdfName},
+                       {"kdf_iterations", c.kdf_iterations},
+                       {"kdf_salt", ToHex(c.kdf_salt)},
+                       {"key_nonce", ToHex(c.key_nonce)},
+                       {"wrapped_key", ToHex(c.wrapped_key)}};
+  }
+  j["checksum"] = Sha256(j.dump()).Hex();
+  return j.dump(2) + "\n";
+}
+
+Result<RepoConfig> ParseConfig(std::string_view text) {
+  if (text.size() > kMaxConfigSize) return BadConfig("larger than 64 KiB");
+  // The config nests two levels; deeper input is dropped as it is parsed (the parser itself is
+  // not recursive, but dump() and the destructor are).
+  bool too_deep = false;
+  const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxConfigDepth) too_deep = true;
+    return depth <= kMaxConfigDepth;
+  };
+  json j = json::parse(text, limit_depth, false);
+  if (too_deep) return BadConfig("nested too deeply");
+  if (j.is_discarded() || !j.is_object()) return BadConfig("not a JSON object");
+  std::string checksum;
+  BLKSNAP_RETURN_IF_ERROR(GetString(j, "checksum", checksum));
+  j.erase("checksum");
+  if (Sha256(j.dump(-1, ' ', false, json::error_handler_t::replace)).Hex() != checksum) {
+    return BadConfig("checksum mismatch (the config object is damaged)");
+  }
+  std::string format;
+  BLKSNAP_RETURN_IF_ERROR(GetString(j, "format", format));
+  if (format != kConfigFormat) return BadConfig("format is not \"blksnap-repository\"");
+  RepoConfig c;
+  BLKSNAP_RETURN_IF_ERROR(GetInt(j, "version", 0, UINT32_MAX, c.version));
+  if (c.version != kConfigVersion) return ValidateConfig(c);  // EPROTO: the other fields may differ
+  BLKSNAP_RETURN_IF_ERROR(GetString(j, "id", c.id));
+  BLKSNAP_RETURN_IF_ERROR(GetInt(j, "chunk_size", 0, kMaxChunkSize, c.chunk_size));
+  BLKSNAP_RETURN_IF_ERROR(GetInt(j, "zstd_level", kMinZstdLevel, kMaxZstdLevel, c.zstd_level));
+  auto e = j.find("encryption");
+  if (e == j.end()) return BadConfig("\"encryption\" is missing");
+  if (!e->is_null()) BLKSNAP_RETURN_IF_ERROR(ParseEncryption(*e, c));
+  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(c));
+  return c;
+}
+
+Result<std::vector<uint8_t>> ReadKeyFile(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open key file " + path);
+  std::vector<uint8_t> key(kMaxKeyFileSize + 1);
+  size_t done = 0;
+  while (done < key.size()) {
+    const ssize_t n = ::read(fd.get(), key.data() + done, key.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno("read key file " + path);
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  if (done == 0 || done > kMaxKeyFileSize) {
+    OPENSSL_cleanse(key.data(), key.size());
+    return Status::Error(EINVAL, "key file " + path + ": 1 byte to 1 MiB wanted");
+  }
+  key.resize(done);
+  return key;
+}
+
+// ---- Codec
+
+Result<Codec> Codec::Open(const RepoConfig& config, std::optional<std::span<const uint8_t>> key) {
+  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(config));
+  Codec codec(config);
+  if (!config.encrypted) {
+    if (key) {
+      return Status::Error(EINVAL, "repository " + config.id + " is not encrypted: no key wanted");
+    }
+    return codec;
+  }
+  if (!key) {
+    return Status::Error(EACCES, "repository " + config.id + " is encrypted: a key file is needed");
+  }
+  if (key->empty()) return Status::Error(EINVAL, "key: empty");
+  std::array<uint8_t, kCipherKeySize> kek{};
+  std::array<uint8_t, kWrappedKeySize> master = config.wrapped_key;
+  if (!DeriveKek(*key, config, kek)) return Status::Error(EIO, "repository key: PBKDF2 failed");
+  const bool ok = Gcm(false, kek, config.key_nonce, Bytes(WrapAad(config)), {},
+                      std::span(master.data(), kMasterKeySize), master.data() + kMasterKeySize);
+  OPENSSL_cleanse(kek.data(), kek.size());
+  if (ok) {
+    std::memcpy(codec.cipher_key_.data(), master.data(), kCipherKeySize);
+    std::memcpy(codec.id_key_.data(), master.data() + kCipherKeySize, codec.id_key_.size());
+  }
+  OPENSSL_cleanse(master.data(), master.size());
+  if (!ok) return Status::Error(EACCES, "wrong key for repository " + config.id);
+  return codec;
+}
+
+Codec::~Codec() {
+  OPENSSL_cleanse(cipher_key_.data(), cipher_key_.size());
+  OPENSSL_cleanse(id_key_.data(), id_key_.size());
+}
+
+std::string Codec::ChunkName(const Digest& id) {
+  const std::string hex = id.Hex();
+  return std::string(kChunksPrefix) + hex.substr(0, 2) + "/" + hex;
+}
+
+Digest Codec::ChunkId(std::span<const uint8_t> plain) const {
+  if (!config_.encrypted) return Sha256(plain);
+  Digest d;
+  unsigned int length = 0;
+  if (HMAC(EVP_sha256(), id_key_.data(), static_cast<int>(id_key_.size()), plain.data(),
+           plain.size(), d.bytes.data(), &length) == nullptr) {
+    std::abort();  // only fails on allocation failure inside OpenSSL
+  }
+  return d;
+}
+
+Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
+                                         std::span<const uint8_t> aad) const {
+  if (plain.size() > kMaxPlainLength) return Status::Error(EINVAL, "seal: larger than 65 MiB");
+  const size_t offset = kBlobHeaderSize + (config_.encrypted ? kGcmNonceSize : 0);
+  const size_t trailer = config_.encrypted ? kGcmTagSize : kBlobCrcSize;
+  const bool try_compress = config_.zstd_level != 0 && !plain.empty();
+  const size_t room =
+      try_compress ? std::max(ZSTD_compressBound(plain.size()), plain.size()) : plain.size();
+  std::vector<uint8_t> blob(offset + room + trailer);
+  uint8_t* payload = blob.data() + offset;
+  size_t payload_length = plain.size();
+  uint8_t flags = config_.encrypted ? kBlobEncrypted : 0;
+  if (try_compress) {
+    ZSTD_CCtx* cctx = ThreadCCtx();
+    if (cctx == nullptr) return Status::Error(ENOMEM, "seal: no zstd context");
+    const size_t n =
+        ZSTD_compressCCtx(cctx, payload, room, plain.data(), plain.size(), config_.zstd_level);
+    if (!ZSTD_isError(n) && n < plain.size()) {
+      payload_length = n;
+      flags |= kBlobCompressed;
+    }
+  }
+  if (!(flags & kBlobCompressed) && !plain.empty())
+    std::memcpy(payload, plain.data(), plain.size());
+  std::memcpy(blob.data(), kBlobMagic, sizeof(kBlobMagic));
+  blob[4] = kBlobVersion;
+  blob[5] = flags;
+  PutLe32(&blob[8], static_cast<uint32_t>(plain.size()));
+  PutLe32(&blob[12], static_cast<uint32_t>(payload_length));
+  const std::span<const uint8_t> header(blob.data(), kBlobHeaderSize);
+  if (config_.encrypted) {
+    const std::span<uint8_t> nonce(blob.data() + kBlobHeaderSize, kGcmNonceSize);
+    if (RAND_bytes(nonce.data(), nonce.size()) != 1 ||
+        !Gcm(true, cipher_key_, nonce, header, aad, std::span(payload, payload_length),
+             payload + payload_length)) {
+      return Status::Error(EIO, "seal: OpenSSL AES-256-GCM failed");
+    }
+  } else {
+    uint32_t crc = Crc32c(header.data(), header.size());
+    crc = Crc32c(aad.data(), aad.size(), crc);
+    crc = Crc32c(payload, payload_length, crc);
+    PutLe32(payload + payload_length, crc);
+  }
+  blob.resize(offset + payload_length + trailer);
+  return blob;
+}
+
+Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
+                                           std::span<const uint8_t> aad) const {
+  if (blob.size() < kBlobHeaderSize) return BadBlob("shorter than its header");
+  if (std::memcmp(blob.data(), kBlobMagic, sizeof(kBlobMagic)) != 0) return BadBlob("bad magic");
+  if (blob[4] != kBlobVersion) return BadBlob("version " + std::to_string(blob[4]) + " unknown");
+  const uint8_t flags = blob[5];
+  if ((flags & ~(kBlobCompressed | kBlobEncrypted)) != 0 || blob[6] != 0 || blob[7] != 0) {
+    return BadBlob("unknown flags");
+  }
+  const bool encrypted = flags & kBlobEncrypted;
+  const bool compressed = flags & kBlobCompressed;
+  if (encrypted != config_.encrypted) {
+    return BadBlob(encrypted ? "encrypted in a plain repository"
+                             : "not encrypted in an encrypted repository");
+  }
+  const uint32_t plain_length = GetLe32(&blob[8]);
+  const uint32_t payload_length = GetLe32(&blob[12]);
+  if (plain_length > kMaxPlainLength) return BadBlob("plain length over 65 MiB");
+  if (compressed ? (payload_length == 0 || payload_length >= plain_length)
+                 : payload_length != plain_length) {
+    return BadBlob("payload length does not match the plain length");
+  }
+  const size_t offset = kBlobHeaderSize + (encrypted ? kGcmNonceSize : 0);
+  const size_t trailer = encrypted ? kGcmTagSize : kBlobCrcSize;
+  if (blob.size() != uint64_t{offset} + payload_length + trailer) {
+    return BadBlob("size " + std::to_string(blob.size()) + " does not match its header");
+  }
+  const std::span<const uint8_t> header = blob.first(kBlobHeaderSize);
+  const std::span<const uint8_t> stored = blob.subspan(offset, payload_length);
+  std::vector<uint8_t> decrypted;
+  std::span<const uint8_t> payload = stored;
+  if (encrypted) {
+    decrypted.assign(stored.begin(), stored.end());
+    std::array<uint8_t, kGcmTagSize> tag;
+    std::memcpy(tag.data(), blob.data() + offset + payload_length, tag.size());
+    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad,
+             decrypted, tag.data())) {
+      return BadBlob("authentication failed (damaged, or stored under another name)");
+    }
+    if (!compressed) return decrypted;
+    payload = decrypted;
+  } else {
+    uint32_t crc = Crc32c(header.data(), header.size());
+    crc = Crc32c(aad.data(), aad.size(), crc);
+    crc = Crc32c(stored.data(), stored.size(), crc);
+    if (crc != GetLe32(blob.data() + offset + payload_length)) {
+      return BadBlob("checksum mismatch (damaged, or stored under another name)");
+    }
+    if (!compressed) return std::vector<uint8_t>(stored.begin(), stored.end());
+  }
+  if (ZSTD_getFrameContentSize(payload.data(), payload.size()) != plain_length ||
+      ZSTD_findFrameCompressedSize(payload.data(), payload.size()) != payload.size()) {
+    return BadBlob("zstd frame does not match the header");
+  }
+  ZSTD_DCtx* dctx = ThreadDCtx();
+  if (dctx == nullptr) return Status::Error(ENOMEM, "unseal: no zstd context");
+  std::vector<uint8_t> plain(plain_length);
+  const size_t n =
+      ZSTD_decompressDCtx(dctx, plain.data(), plain.size(), payload.data(), payload.size());
+  if (ZSTD_isError(n) || n != plain_length) return BadBlob("zstd frame is damaged");
+  return plain;
+}
+
+}  // namespace blksnap::repo

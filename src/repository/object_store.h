@@ -1,0 +1,110 @@
+// ObjectStore: the seam between the backup repository and where its objects live (issue 16; Ceph
+// RADOS and S3 backends come next). A store holds named, immutable-by-convention byte strings.
+//
+// Contract of every backend:
+//  - Put is whole-object and atomic: a reader sees the old object, nothing, or the whole new one,
+//    never a torn write; after Put returns OK the object is durable.
+//  - PutIfAbsent creates atomically: EEXIST if the name exists (manifests are published so).
+//  - Get: ENOENT if missing. Exists: false if missing. Delete: OK if missing (idempotent).
+//  - List(prefix): the sorted names that start with `prefix` ("" lists everything).
+//  - Lock: backups hold kShared for their whole run, gc holds kExclusive; wait=false gives EBUSY
+//    when the other kind is held. The Lease releases on destruction.
+//  - Names: ValidateObjectName ([a-z0-9._/-], '/'-separated non-empty components that do not
+//    start with '.', at most 1024 bytes); anything else is EINVAL. "lock" is reserved.
+// Every method is safe to call from several threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "blksnap/status.h"
+#include "util/mutex.h"
+#include "util/thread_annotations.h"
+
+namespace blksnap::repo {
+
+class Lease {
+ public:
+  virtual ~Lease() = default;
+};
+
+enum class LockMode { kShared, kExclusive };
+
+class ObjectStore {
+ public:
+  virtual ~ObjectStore() = default;
+  virtual Status Put(const std::string& name, std::span<const uint8_t> data) = 0;
+  virtual Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) = 0;
+  virtual Result<std::vector<uint8_t>> Get(const std::string& name) = 0;
+  virtual Result<bool> Exists(const std::string& name) = 0;
+  virtual Result<std::vector<std::string>> List(const std::string& prefix) = 0;
+  virtual Status Delete(const std::string& name) = 0;
+  virtual Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) = 0;
+};
+
+// OK for a valid object name (see above), EINVAL naming the problem otherwise.
+Status ValidateObjectName(std::string_view name);
+// A List prefix: "" or a valid name, optionally ending with '/'; a last component may be partial
+// ("chunks/a" lists chunks/ab/... and chunks/a0/...).
+Status ValidateListPrefix(std::string_view prefix);
+
+// A directory: objects are files (names may contain '/', e.g. "chunks/ab/abcd..."; directories
+// are created on demand), written to a temporary ".tmp-..." file in the final directory,
+// fsynced, renamed, the directory fsynced; PutIfAbsent by link(2); Delete fsyncs the directory;
+// Lock by flock(2) on DIR/lock, opened afresh for each Lock call. Temporaries are never listed;
+// an exclusive Lock removes those older than kStaleTempSeconds (their writer died).
+// ENOENT if `dir` does not exist, ENOTDIR if it is not a directory.
+Result<std::unique_ptr<ObjectStore>> OpenLocalStore(const std::string& dir);
+
+// For tests: objects in a map, leases counted in memory (same semantics, one process).
+std::unique_ptr<ObjectStore> NewMemoryStore();
+
+// For tests: wraps a store and fails or drops operations on demand. Thread-safe.
+enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };  // kPut: Put and PutIfAbsent
+class FaultyStore : public ObjectStore {
+ public:
+  explicit FaultyStore(std::unique_ptr<ObjectStore> base) : base_(std::move(base)) {}
+
+  // After `successes` more successful calls of `op` on names starting with `prefix`, every such
+  // call fails with `errnum` until Clear().
+  void FailAfter(StoreOp op, int successes, int errnum, std::string prefix = "") EXCLUDES(mu_);
+  // Put/PutIfAbsent of names starting with `prefix` report OK and store nothing (a lost write).
+  void DropPuts(std::string prefix) EXCLUDES(mu_);
+  void Clear() EXCLUDES(mu_);
+  // Calls of `op` seen so far (failed ones included).
+  int calls(StoreOp op) const EXCLUDES(mu_);
+  ObjectStore& base() { return *base_; }
+
+  Status Put(const std::string& name, std::span<const uint8_t> data) override;
+  Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override;
+  Result<std::vector<uint8_t>> Get(const std::string& name) override;
+  Result<bool> Exists(const std::string& name) override;
+  Result<std::vector<std::string>> List(const std::string& prefix) override;
+  Status Delete(const std::string& name) override;
+  Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override;
+
+ private:
+  static constexpr int kOps = 6;
+  struct Rule {
+    bool active = false;
+    int successes_left = 0;
+    int errnum = 0;
+    std::string prefix;
+  };
+  // Counts the call; a non-OK Status if a rule makes it fail.
+  Status Check(StoreOp op, std::string_view name) EXCLUDES(mu_);
+  bool Dropped(std::string_view name) EXCLUDES(mu_);
+
+  const std::unique_ptr<ObjectStore> base_;
+  mutable Mutex mu_;
+  Rule rules_[kOps] GUARDED_BY(mu_);
+  int calls_[kOps] GUARDED_BY(mu_) = {};
+  bool drop_ GUARDED_BY(mu_) = false;
+  std::string drop_prefix_ GUARDED_BY(mu_);
+};
+
+}  // namespace blksnap::repo
