@@ -7,7 +7,7 @@
 //           8  version  u32      kIndexVersion
 //          12  flags    u32      0 (a reader refuses any other value)
 //          16  device_size u64   bytes
-//          24  chunk_size  u64   a power of two, kMinChunkSize .. kMaxChunkSize
+//          24  chunk_size  u64   a power of two, kIndexMinChunkSize .. kIndexMaxChunkSize
 //          32  count       u64   ceil(device_size / chunk_size)
 //          40  count x 32 bytes  the digest of each chunk, all zero for a chunk of zeroes
 //     40+32*count  32 bytes      SHA-256 of every byte before it
@@ -36,12 +36,14 @@ inline constexpr size_t kChunkSize = 24;   // u64
 inline constexpr size_t kCount = 32;       // u64
 }  // namespace index_field
 
-// The chunk sizes a repository may use (the same bounds as the repository config).
-inline constexpr uint64_t kMinChunkSize = uint64_t{64} << 10;
-inline constexpr uint64_t kMaxChunkSize = uint64_t{64} << 20;
+// The chunk sizes a repository may use: the bounds of the repository config (kMinChunkSize and
+// kMaxChunkSize of repository_format.h, repeated under other names so that both headers can be
+// included together).
+inline constexpr uint64_t kIndexMinChunkSize = uint64_t{64} << 10;
+inline constexpr uint64_t kIndexMaxChunkSize = uint64_t{64} << 20;
 
 constexpr bool IsValidChunkSize(uint64_t size) {
-  return size >= kMinChunkSize && size <= kMaxChunkSize && (size & (size - 1)) == 0;
+  return size >= kIndexMinChunkSize && size <= kIndexMaxChunkSize && (size & (size - 1)) == 0;
 }
 
 // Chunks covering a device: ceil(device_size / chunk_size), without overflow.
@@ -53,8 +55,9 @@ constexpr uint64_t ChunkCount(uint64_t device_size, uint64_t chunk_size) {
 inline constexpr uint32_t kManifestVersion = 1;
 inline constexpr char kManifestChecksumField[] = "checksum";
 
-// A backup id: "yyyymmddThhmmssZ-xxxxxxxx" (UTC time of the backup, 8 lowercase hex random).
-inline constexpr size_t kBackupIdTimeLength = 16;  // "20261130T183000Z"
+// A backup id: "yyyymmddthhmmssz-xxxxxxxx" (UTC time of the backup, 8 lowercase hex random), all
+// lowercase because object names are [a-z0-9._/-] (ValidateObjectName).
+inline constexpr size_t kBackupIdTimeLength = 16;  // "20261130t183000z"
 inline constexpr size_t kBackupIdRandomLength = 8;
 inline constexpr size_t kBackupIdLength = kBackupIdTimeLength + 1 + kBackupIdRandomLength;
 

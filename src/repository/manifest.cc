@@ -250,7 +250,7 @@ std::string NewBackupId(chrono::system_clock::time_point time) {
   std::random_device random;
   const uint32_t suffix = std::uniform_int_distribution<uint32_t>()(random);
   char id[64];
-  std::snprintf(id, sizeof(id), "%04d%02u%02uT%02d%02d%02dZ-%08x", utc.year, utc.month, utc.day,
+  std::snprintf(id, sizeof(id), "%04d%02u%02ut%02d%02d%02dz-%08x", utc.year, utc.month, utc.day,
                 utc.hour, utc.minute, utc.second, suffix);
   return id;
 }
@@ -261,9 +261,9 @@ bool IsValidBackupId(std::string_view id) {
     const char c = id[i];
     bool ok;
     if (i == 8) {
-      ok = c == 'T';
+      ok = c == 't';
     } else if (i == 15) {
-      ok = c == 'Z';
+      ok = c == 'z';
     } else if (i == 16) {
       ok = c == '-';
     } else if (i > 16) {

@@ -37,7 +37,7 @@ struct BackupStats {
 };
 
 struct Manifest {
-  std::string id;              // "<UTC time yyyymmddThhmmssZ>-<8 hex random>", sortable
+  std::string id;              // "<UTC time yyyymmddthhmmssz>-<8 hex random>", sortable
   std::string device;          // the device name in the daemon, not empty
   std::string host;            // gethostname, for repositories shared by several hosts
   uint64_t device_size = 0;    // bytes
@@ -67,8 +67,9 @@ std::string EncodeManifest(const Manifest& manifest);
 // Parses and verifies a manifest (see the top of this file for the errors). Fuzzed.
 Result<Manifest> ParseManifest(std::string_view text);
 
-// "yyyymmddThhmmssZ-xxxxxxxx": the UTC time (whole seconds) and 8 random lowercase hex digits.
-// Ids of backups taken in different seconds sort as their times do.
+// "yyyymmddthhmmssz-xxxxxxxx": the UTC time (whole seconds) and 8 random lowercase hex digits.
+// Ids of backups taken in different seconds sort as their times do. All lowercase: the id is
+// part of the object name "backups/<id>", and object names are [a-z0-9._/-].
 std::string NewBackupId(std::chrono::system_clock::time_point time);
 bool IsValidBackupId(std::string_view id);
 

@@ -18,7 +18,7 @@ using std::chrono::system_clock;
 
 Manifest Sample() {
   Manifest m;
-  m.id = "20261130T183000Z-0badcafe";
+  m.id = "20261130t183000z-0badcafe";
   m.device = "vol0";
   m.host = "backup-host";
   m.device_size = (uint64_t{8} << 30) + 4096;
@@ -27,7 +27,7 @@ Manifest Sample() {
   m.full = false;
   m.cbt_generation = "6f1c0a6e-8d7b-4a44-9c61-2f3a1b5c7d90";
   m.snap_number = 7;
-  m.parent = "20261129T183000Z-12345678";
+  m.parent = "20261129t183000z-12345678";
   m.index.bytes.fill(0xab);
   m.stats = {8ull << 30, 1ull << 28, 40, 90ull << 20, 24, 1900, 12.25};
   return m;
@@ -136,7 +136,7 @@ TEST(ManifestTest, MissingOrMistypedFieldsAreRefusedWithACorrectChecksum) {
 
 TEST(ManifestTest, BrokenRulesAreRefusedWithACorrectChecksum) {
   const std::vector<std::pair<const char*, std::function<void(json&)>>> changes = {
-      {"id", [](json& o) { o["id"] = "20261130t183000z-0badcafe"; }},
+      {"id", [](json& o) { o["id"] = "20261130T183000Z-0badcafe"; }},
       {"device", [](json& o) { o["device"] = ""; }},
       {"chunk_size", [](json& o) { o["chunk_size"] = 3 << 20; }},
       {"time", [](json& o) { o["time"] = "2026-02-30T18:30:00Z"; }},
@@ -193,7 +193,9 @@ TEST(ManifestTest, BackupIdsSortByTime) {
                   std::chrono::hours(18) + std::chrono::minutes(30) +
                   std::chrono::milliseconds(999);
   const std::string id = NewBackupId(t0);
-  EXPECT_EQ(id.substr(0, 17), "20261130T183000Z-");
+  EXPECT_EQ(id.substr(0, 17), "20261130t183000z-");
+  // A valid object name component: [a-z0-9._-] (repository_format.h, ValidateObjectName).
+  for (char c : id) EXPECT_TRUE(std::islower(c) || std::isdigit(c) || c == '-') << id;
   EXPECT_TRUE(IsValidBackupId(id)) << id;
   EXPECT_NE(NewBackupId(t0), NewBackupId(t0));  // 32 random bits: equal once in 4 billion
   std::string previous;
@@ -205,8 +207,8 @@ TEST(ManifestTest, BackupIdsSortByTime) {
     previous = next;
   }
   for (std::string_view bad :
-       {"", "20261130T183000Z-0badcafe0", "20261130T183000Z-0BADCAFE", "20261130t183000z-0badcafe",
-        "2026113OT183000Z-0badcafe", "20261130T183000Z_0badcafe", "../../../../../etc/passwd"}) {
+       {"", "20261130t183000z-0badcafe0", "20261130t183000z-0BADCAFE", "20261130T183000Z-0badcafe",
+        "2026113ot183000z-0badcafe", "20261130t183000z_0badcafe", "../../../../../etc/passwd"}) {
     EXPECT_FALSE(IsValidBackupId(bad)) << bad;
   }
 }
