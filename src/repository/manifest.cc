@@ -62,7 +62,8 @@ class FieldReader {
     if (!digest.ok()) return Fail(key, "is not 64 lowercase hex digits");
     *out = *digest;
   }
-  // A nested object, read with its own reader; its problem becomes ours, prefixed.
+  // A nested object: the caller reads it with its own reader, then Adopt()s that reader's
+  // problem, prefixed with the key.
   const json* Object(const char* key) { return Find(key, &json::is_object, "an object"); }
   void Adopt(const char* key, const FieldReader& inner) {
     if (problem_.empty() && !inner.problem_.empty())
@@ -93,7 +94,7 @@ Status Bad(const std::string& what) { return Status::Error(EBADMSG, "manifest: "
 
 // The first broken rule of CheckManifest, or "".
 std::string BrokenRule(const Manifest& m) {
-  if (!IsValidBackupId(m.id)) return "id \"" + m.id.substr(0, 64) + "\" is not a backup id";
+  if (!IsValidBackupId(m.id)) return "id is not a backup id";  // not echoed: any bytes
   if (m.device.empty()) return "device is empty";
   if (!IsValidChunkSize(m.chunk_size)) return "chunk_size is not a power of two, 64 KiB..64 MiB";
   if (!ParseRfc3339(m.time).ok()) return "time is not an RFC 3339 time";
@@ -102,7 +103,8 @@ std::string BrokenRule(const Manifest& m) {
   if (!m.full && m.parent.empty()) return "incremental backup without a parent";
   if (!m.parent.empty() && !IsValidBackupId(m.parent)) return "parent is not a backup id";
   if (m.index.IsZero()) return "index digest is zero";
-  if (!std::isfinite(m.stats.seconds) || m.stats.seconds < 0) return "stats.seconds is negative";
+  if (!std::isfinite(m.stats.seconds) || m.stats.seconds < 0)
+    return "stats.seconds is negative or not finite";
   return "";
 }
 

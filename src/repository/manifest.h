@@ -64,7 +64,8 @@ Status CheckManifest(const Manifest& manifest);
 // one that does not is refused by ParseManifest.
 std::string EncodeManifest(const Manifest& manifest);
 
-// Parses and verifies a manifest (see the top of this file for the errors). Fuzzed.
+// Parses and verifies a manifest (see the top of this file for the errors). Fuzzed. The caller
+// also checks that the id is the one in the object's name "backups/<id>".
 Result<Manifest> ParseManifest(std::string_view text);
 
 // "yyyymmddthhmmssz-xxxxxxxx": the UTC time (whole seconds) and 8 random lowercase hex digits.
