@@ -170,7 +170,7 @@ Status Repository::PublishBackup(const Manifest& manifest) {
 }
 
 Result<Manifest> Repository::GetBackup(const std::string& id) {
-  if (!IsValidBackupId(id)) return Status::Error(EINVAL, "not a backup id");
+  if (!IsValidBackupId(id)) return Status::Error(EINVAL, "'" + id + "' is not a backup id");
   const std::string name = BackupName(id);
   auto blob = store_->Get(name);
   if (!blob.ok()) {
@@ -305,7 +305,10 @@ Status Repository::Mark(std::unordered_set<Digest, DigestHash>& chunks,
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<Manifest> manifests, ListBackups(&damaged));
   if (!damaged.empty()) {
     const Status& first = damaged.front().second;
-    const int errnum = first.errnum() == EIO ? EIO : EBADMSG;
+    // Damage (a bad blob or manifest, a newer version, a stray name) is EBADMSG; a store error
+    // keeps its errno.
+    const int e = first.errnum();
+    const int errnum = e == EBADMSG || e == ENOTSUP || e == EPROTO || e == EINVAL ? EBADMSG : e;
     return Status::Error(errnum, "gc refuses to run: " + std::string(first.message()) + " (" +
                                      std::to_string(damaged.size()) +
                                      " unreadable manifest(s); it might reference chunks)");

@@ -415,6 +415,28 @@ TEST_P(RepositoryGc, RefusesWithADamagedManifest) {
       << copied.status().ToString();
 }
 
+// An index that cannot be read, or a stray object under "backups/", makes gc refuse as well.
+TEST_P(RepositoryGc, RefusesWithAMissingIndexOrAStrayManifestName) {
+  Repository& repo = *repo_;
+  const std::string a = Backup(repo, {1});
+  ASSERT_TRUE(repo.PutChunk(Chunk(2)).ok());  // unreferenced
+  const std::string index = "indexes/" + repo.GetBackup(a)->index.Hex();
+  auto saved = repo.store().Get(index);
+  ASSERT_TRUE(saved.ok());
+  ASSERT_TRUE(repo.store().Delete(index).ok());
+  auto gc = repo.Gc();
+  EXPECT_EQ(gc.status().errnum(), ENOENT) << gc.status().ToString();
+  ASSERT_TRUE(repo.store().Put(index, *saved).ok());
+  ASSERT_TRUE(repo.store().Put("backups/junk", std::vector<uint8_t>{1, 2, 3}).ok());
+  gc = repo.Gc();
+  EXPECT_EQ(gc.status().errnum(), EBADMSG) << gc.status().ToString();
+  EXPECT_EQ(Names(repo.store(), "chunks/").size(), 2u);  // nothing deleted
+  ASSERT_TRUE(repo.store().Delete("backups/junk").ok());
+  gc = repo.Gc();
+  ASSERT_TRUE(gc.ok()) << gc.status().ToString();
+  EXPECT_EQ(gc->chunks_deleted, 1u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, RepositoryGc, ::testing::Bool());
 
 // A backup that dies before publishing its manifest (here: the store fails the publish) leaves
