@@ -247,6 +247,25 @@ void CmdRepoStats(Context& ctx, const RepoArgs& a) {
       static_cast<unsigned long long>(s.chunks), SizeText(s.stored_bytes).c_str(), ratio);
 }
 
+void CmdRepoServe(Context& ctx, const RepoArgs& a) {
+  if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
+  json params = {{"repo", Absolute(a.repo)}, {"backup", a.backup}, {"loop", a.loop}};
+  if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
+  json r = ctx.Call("repo-serve", params);
+  if (ctx.output.as_json) return ctx.output.Emit(r);
+  std::printf("serving backup %s of %s (%s, read-only)\n", Str(r["backup"]).c_str(),
+              Str(r["device"]).c_str(), SizeText(r["size"]).c_str());
+  for (const char* front : {"nbd", "nbd_tcp", "fuse", "loop"}) {
+    if (!r[front].is_null()) std::printf("  %-8s %s\n", front, Str(r[front]).c_str());
+  }
+}
+
+void CmdRepoUnserve(Context& ctx, const RepoArgs& a) {
+  ctx.Call("repo-unserve", {{"backup", a.backup}});
+  if (ctx.output.as_json) return ctx.output.Emit({{"backup", a.backup}});
+  std::printf("backup %s no longer served\n", a.backup.c_str());
+}
+
 }  // namespace
 
 void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
@@ -310,6 +329,15 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   auto* gc = repo->add_subcommand("gc", "delete chunks no backup references");
   repo_option(gc);
   gc->callback([&] { run([&] { CmdRepoGc(ctx, a); }); });
+  auto* serve = repo->add_subcommand(
+      "serve", "expose a backup read-only through blksnapd (NBD export, FUSE file, loop device)");
+  repo_option(serve);
+  serve->add_option("BACKUP", a.backup, "backup id")->required();
+  serve->add_flag("--loop", a.loop, "also a loop device (/dev/loopN) on its FUSE file");
+  serve->callback([&] { run([&] { CmdRepoServe(ctx, a); }); });
+  auto* unserve = repo->add_subcommand("unserve", "stop serving a backup");
+  unserve->add_option("BACKUP", a.backup, "backup id")->required();
+  unserve->callback([&] { run([&] { CmdRepoUnserve(ctx, a); }); });
   auto* stats = repo->add_subcommand("stats", "logical and stored bytes");
   repo_option(stats);
   stats->callback([&] { run([&] { CmdRepoStats(ctx, a); }); });

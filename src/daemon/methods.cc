@@ -336,6 +336,27 @@ Result<json> Backup(Service& service, const json& params, const Cancelled& cance
               {"backups", std::move(backups)}};
 }
 
+Result<json> RepoServe(Service& service, const json& params, const Cancelled&) {
+  ServeBackupRequest r;
+  BLKSNAP_ASSIGN_OR_RETURN(r.repo, GetString(params, "repo"));
+  BLKSNAP_ASSIGN_OR_RETURN(r.backup, GetString(params, "backup"));
+  r.key_file = GetOptionalString(params, "key_file").value_or("");
+  r.loop = GetBool(params, "loop");
+  BLKSNAP_ASSIGN_OR_RETURN(ServedBackupView v, service.ServeBackup(r));
+  json j = AddressesJson(v.fronts);
+  j["backup"] = v.backup;
+  j["device"] = v.device;
+  j["name"] = v.name;
+  j["size"] = v.size;
+  return j;
+}
+
+Result<json> RepoUnserve(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string backup, GetString(params, "backup"));
+  BLKSNAP_RETURN_IF_ERROR(service.UnserveBackup(backup));
+  return json::object();
+}
+
 Result<json> SnapshotDestroy(Service& service, const json& params, const Cancelled&) {
   BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
   BLKSNAP_RETURN_IF_ERROR(service.DestroySnapshot(id, GetBool(params, "force")));
@@ -431,6 +452,8 @@ constexpr std::array kMethods = {
     Method{"snapshot-set-limit", SnapshotSetLimit},
     Method{"snapshot-destroy", SnapshotDestroy},
     Method{"backup", Backup},
+    Method{"repo-serve", RepoServe},
+    Method{"repo-unserve", RepoUnserve},
     Method{"snapshot-list", SnapshotList},
     Method{"snapshot-info", SnapshotInfo},
     Method{"snapshot-wait-event", WaitEvent},

@@ -416,6 +416,8 @@ void Service::Shutdown() {
   for (auto& [id, entry] : snapshots_) {
     for (auto& [device, exposure] : entry.images) exposure->Remove().IgnoreError();
   }
+  for (auto& [id, exposure] : served_) exposure->Remove().IgnoreError();
+  served_.clear();
   for (auto& [name, d] : devices_) {
     Status s = d.fronts->Remove();
     if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());

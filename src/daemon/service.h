@@ -165,6 +165,19 @@ struct BackupView {
   std::vector<repo::Manifest> backups;  // one per device, in the request's order
 };
 
+// Service::ServeBackup: a backup point exposed read-only as "backup-<id>".
+struct ServeBackupRequest {
+  std::string repo, key_file;  // absolute
+  std::string backup;          // backup id
+  bool loop = false;           // also a loop device on its FUSE file
+};
+
+struct ServedBackupView {
+  std::string backup, device, name;  // name: the NBD export and FUSE file
+  uint64_t size = 0;
+  FrontAddresses fronts;
+};
+
 struct EventWaitView {
   bool timed_out = false;
   SnapshotEventRecord record;  // when !timed_out
@@ -219,6 +232,10 @@ class Service {
   // with ECANCELED, nothing published.
   Result<BackupView> Backup(const BackupRequest& request,
                             const std::function<bool()>& cancelled = {}) EXCLUDES(mu_);
+  // Exposes a backup point read-only on every front (EEXIST if it is served already); it stays
+  // until UnserveBackup or the daemon stops.
+  Result<ServedBackupView> ServeBackup(const ServeBackupRequest& request) EXCLUDES(mu_);
+  Status UnserveBackup(const std::string& backup) EXCLUDES(mu_);
   // The first event after `after` (without it: after the last one a cursor-less wait returned).
   // `cancelled` is polled so a wait ends when its client goes away (ECANCELED).
   Result<EventWaitView> WaitEvent(const Uuid& id, std::optional<uint64_t> after,
@@ -324,6 +341,7 @@ class Service {
   std::map<std::string, DeviceEntry> devices_ GUARDED_BY(mu_);
   std::set<std::string> pending_ GUARDED_BY(mu_);  // names being attached without mu_
   std::map<Uuid, SnapshotEntry> snapshots_ GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<Exposure>> served_ GUARDED_BY(mu_);  // backup id -> fronts
   bool shut_down_ GUARDED_BY(mu_) = false;
   // Records are written only once Restore() has read the previous ones (a start that fails
   // before must leave a crashed daemon's records alone).

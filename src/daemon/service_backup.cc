@@ -20,6 +20,7 @@
 
 #include "daemon/service.h"
 #include "repository/backup.h"
+#include "repository/backup_image.h"
 #include "repository/object_store.h"
 
 namespace blksnap::daemon {
@@ -35,21 +36,26 @@ std::optional<repo::Manifest> LastBackup(const std::vector<repo::Manifest>& all,
   return last;
 }
 
+// The repository in directory `path`, with the key in `key_file` (empty: none).
+Result<std::unique_ptr<repo::Repository>> OpenRepository(const std::string& path,
+                                                         const std::string& key_file) {
+  std::optional<std::vector<uint8_t>> key;
+  if (!key_file.empty()) {
+    BLKSNAP_ASSIGN_OR_RETURN(key, repo::ReadKeyFile(key_file));
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::ObjectStore> store, repo::OpenLocalStore(path));
+  std::optional<std::span<const uint8_t>> key_span;
+  if (key) key_span = std::span<const uint8_t>(*key);
+  return repo::Repository::Open(std::move(store), key_span);
+}
+
 }  // namespace
 
 Result<BackupView> Service::Backup(const BackupRequest& request,
                                    const std::function<bool()>& cancelled) {
   if (request.devices.empty()) return Status::Error(EINVAL, "no device to back up");
-  std::optional<std::vector<uint8_t>> key;
-  if (!request.key_file.empty()) {
-    BLKSNAP_ASSIGN_OR_RETURN(key, repo::ReadKeyFile(request.key_file));
-  }
-  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::ObjectStore> store,
-                           repo::OpenLocalStore(request.repo));
-  std::optional<std::span<const uint8_t>> key_span;
-  if (key) key_span = std::span<const uint8_t>(*key);
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> repository,
-                           repo::Repository::Open(std::move(store), key_span));
+                           OpenRepository(request.repo, request.key_file));
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<repo::Manifest> existing, repository->ListBackups());
 
   // The snapshot: given (taken, holding every device), or created and taken here.
@@ -142,6 +148,55 @@ Result<BackupView> Service::Backup(const BackupRequest& request,
     view.backups.push_back(std::move(m));
   }
   return view;
+}
+
+Result<ServedBackupView> Service::ServeBackup(const ServeBackupRequest& request) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> opened,
+                           OpenRepository(request.repo, request.key_file));
+  std::shared_ptr<repo::Repository> repository = std::move(opened);
+  BLKSNAP_ASSIGN_OR_RETURN(repo::Manifest m, repository->GetBackup(request.backup));
+  BLKSNAP_ASSIGN_OR_RETURN(repo::Index index, repository->GetIndex(m.index));
+  if (index.device_size != m.device_size) {
+    return Status::Error(EBADMSG, "backup " + m.id + ": its index does not match it");
+  }
+  ServedBackupView view;
+  view.backup = m.id;
+  view.device = m.device;
+  view.name = "backup-" + m.id;
+  view.size = m.device_size;
+  {
+    MutexLock lock(mu_);
+    if (shut_down_) return Status::Error(ESHUTDOWN, "blksnapd is stopping");
+    if (served_.count(m.id)) return Status::Error(EEXIST, "backup " + m.id + " is served already");
+  }
+  auto image = std::make_shared<repo::BackupImage>(repository, std::move(index));
+  ExposeOptions options;
+  options.read_only = true;
+  options.loop = request.loop;
+  options.description = "blksnap backup " + m.id + " of " + m.device;
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<Exposure> exposure,
+                           fronts_->Expose(view.name, image, nullptr, options));
+  view.fronts = exposure->addresses();
+  MutexLock lock(mu_);
+  if (shut_down_ || served_.count(m.id)) {
+    exposure->Remove().IgnoreError();
+    return Status::Error(EEXIST, "backup " + m.id + " is served already");
+  }
+  served_[m.id] = std::move(exposure);
+  spdlog::info("serving backup {} of {} as {}", m.id, m.device, view.name);
+  return view;
+}
+
+Status Service::UnserveBackup(const std::string& backup) {
+  std::unique_ptr<Exposure> exposure;
+  {
+    MutexLock lock(mu_);
+    auto it = served_.find(backup);
+    if (it == served_.end()) return Status::Error(ENOENT, "backup " + backup + " is not served");
+    exposure = std::move(it->second);
+    served_.erase(it);
+  }
+  return exposure->Remove();
 }
 
 }  // namespace blksnap::daemon

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "blksnap/io.h"
+#include "repository/backup_image.h"
 #include "repository/object_store.h"
 
 namespace blksnap::repo {
@@ -169,6 +170,41 @@ TEST_F(BackupTest, ATargetTooSmallIsRefusedBeforeAnyWrite) {
   const Manifest full = Full();
   auto target = MakeMemoryDevice(kSize - 512);
   EXPECT_EQ(RunRestore(*repo_, full, *target, RestoreSpec{}).errnum(), EINVAL);
+}
+
+TEST_F(BackupTest, ABackupImageReadsAsTheBackupAndReportsZeroChunksAsHoles) {
+  const std::vector<uint8_t> before = ReadAll(*image_);
+  const Manifest full = Full();
+  Scribble(*image_, 0, kSize, 99);
+  std::shared_ptr<Repository> shared(std::move(repo_));
+  BackupImage image(shared, *shared->GetIndex(full.index), 2);
+  EXPECT_EQ(image.size(), kSize);
+  EXPECT_EQ(ReadAll(image), before);
+  // Unaligned reads across chunk boundaries, through a cache of two chunks.
+  std::mt19937 rng(3);
+  for (int i = 0; i < 200; ++i) {
+    const uint64_t off = rng() % kSize;
+    const uint64_t len = std::min<uint64_t>(kSize - off, rng() % (3 * kChunk) + 1);
+    std::vector<uint8_t> got(len);
+    ASSERT_TRUE(image.Read(off, got).ok());
+    ASSERT_TRUE(std::equal(got.begin(), got.end(), before.begin() + off)) << off << "+" << len;
+  }
+  auto extents = image.BlockStatus(0, kSize);
+  ASSERT_TRUE(extents.ok());
+  ASSERT_EQ(extents->size(), 3u);  // data, the zero chunks 10..19, data
+  EXPECT_EQ((*extents)[1].offset, 10 * kChunk);
+  EXPECT_EQ((*extents)[1].length, 10 * kChunk);
+  EXPECT_EQ((*extents)[1].flags, kExtentHole | kExtentZero);
+  EXPECT_EQ(image.Write(0, std::span<const uint8_t>(before.data(), 512), 0).errnum(), EROFS);
+  // A damaged chunk fails the reads of it (EIO), never returns other bytes.
+  const std::string name = Codec::ChunkName(shared->GetIndex(full.index)->chunks[30]);
+  auto blob = store_->Get(name);
+  (*blob)[blob->size() - 1] ^= 1;
+  ASSERT_TRUE(store_->Put(name, *blob).ok());
+  BackupImage fresh(shared, *shared->GetIndex(full.index), 2);
+  std::vector<uint8_t> buf(4096);
+  EXPECT_EQ(fresh.Read(30 * kChunk + 100, buf).errnum(), EIO);
+  EXPECT_TRUE(fresh.Read(29 * kChunk, buf).ok());
 }
 
 }  // namespace

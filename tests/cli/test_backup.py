@@ -9,6 +9,8 @@ through its front, the last 8 MiB zeroes; a repository with 256 KiB chunks.
 * `backup --full` -> full ("requested") storing almost nothing new (dedup).
 * `restore` of each backup into a new file: byte-identical to its oracle (SHA-256), sparse
   (the zero tail is a hole), `--verify` passes; restore to a block device is the loop part.
+* `repo serve` of the incremental: its NBD export (and FUSE file when there is one) reads as
+  its oracle, read-only; a second serve is refused; `repo unserve` removes it.
 * `repo list` lists the three with their kinds; `repo stats` counts them.
 * An encrypted repository: a backup and a restore with the key; a wrong key is refused with a
   one-line "wrong key" error and exit status != 0; no key at all is refused.
@@ -83,6 +85,8 @@ def run(d, t):
                 "restored file is sparse (%d bytes allocated)" % (st.st_blocks * 512))
         os.unlink(out)
 
+    serve(d, t, repo, b2, o2, size)
+
     listed = d.cli_json("repo", "list", "--repo", repo)["backups"]
     t.check([b["id"] for b in listed] == [b1["id"], b2["id"], b3["id"]], "repo list: the three")
     stats = d.cli_json("repo", "stats", "--repo", repo)
@@ -137,6 +141,31 @@ def run(d, t):
     t.check(gc["indexes_deleted"] >= 1, "gc deleted the pruned indexes: %s" % gc)
     listed = d.cli_json("repo", "list", "--repo", repo)["backups"]
     t.check([b["id"] for b in listed] == [b3["id"]], "only the newest backup is left")
+
+
+def serve(d, t, repo, b, oracle, size):
+    """repo serve: the backup point read through its NBD export (and FUSE file) is the oracle."""
+    start = time.monotonic()
+    r = d.cli_json("repo", "serve", b["id"], "--repo", repo)
+    import nbd
+    h = nbd.NBD()
+    h.connect_uri(r["nbd"])
+    first = h.pread(512, 0)
+    print("repo serve: first byte %.3f s after the command" % (time.monotonic() - start))
+    t.check(h.get_size() == size and h.is_read_only(), "served backup: size, read-only")
+    digest = hashlib.sha256()
+    for off in range(0, size, 4 * MIB):
+        digest.update(h.pread(4 * MIB, off))
+    h.shutdown()
+    t.check(len(first) == 512 and digest.hexdigest() == oracle,
+            "the served backup reads as the backup (NBD %s)" % r["nbd"])
+    if r.get("fuse"):
+        t.check(sha(r["fuse"]) == oracle, "the served backup reads as the backup (FUSE)")
+    rc, _, err = d.cli("repo", "serve", b["id"], "--repo", repo)
+    t.check(rc != 0 and "served already" in err, "serving it twice is refused: %r" % err)
+    d.cli_json("repo", "unserve", b["id"])
+    rc, _, err = d.cli("repo", "unserve", b["id"])
+    t.check(rc != 0, "unserve of a backup not served fails: %r" % err)
 
 
 def restore(d, t, *argv):
