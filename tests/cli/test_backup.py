@@ -7,6 +7,8 @@ through its front, the last 8 MiB zeroes; a repository with 256 KiB chunks.
 * 1 MiB at 4 MiB rewritten (seq 2); `backup` -> incremental with the first as parent, reading
   at most 2x the changed bytes and storing new chunks only for them.
 * `backup --full` -> full ("requested") storing almost nothing new (dedup).
+* detach, a write into the file, attach (a new CBT generation, "outside-write"): `backup` ->
+  full ("generation") storing only the one chunk that changed; it restores byte-identical.
 * `restore` of each backup into a new file: byte-identical to its oracle (SHA-256), sparse
   (the zero tail is a hole), `--verify` passes; restore to a block device is the loop part.
 * `repo serve` of the incremental: its NBD export (and FUSE file when there is one) reads as
@@ -76,6 +78,25 @@ def run(d, t):
     t.check(b3["stats"]["new_chunks"] == 0 and b3["stats"]["read_bytes"] == size,
             "--full read everything and stored nothing new: %s" % b3["stats"])
 
+    # A write while the device is not tracked starts a new CBT generation: the next backup is
+    # full ("generation") and stores only the chunk that write changed.
+    d.cli_json("detach", "vm")
+    with open(img, "r+b") as f:
+        f.seek(20 * MIB)
+        f.write(b"outside the daemon")
+    d.cli_json("attach", img, "--name", "vm")
+    cbt = d.cli_json("cbt", "info", "vm")
+    b4 = d.cli_json("backup", "vm", "--repo", repo)["backups"][0]
+    t.check(b4["full"] and b4["full_reason"] == "generation" and b4["cbt_generation"] == cbt["generation_id"]
+            and b4["cbt_generation"] != b3["cbt_generation"],
+            "after an outside write: full (generation), new generation %s" % cbt.get("generation_reason"))
+    t.check(b4["stats"]["new_chunks"] == 1, "it stored only the changed chunk: %s" % b4["stats"])
+    o4 = sha(img)
+    out = os.path.join(d.tmp, "restored-b4")
+    restore(d, t, b4["id"], out, "--repo", repo)
+    t.check(sha(out) == o4, "the generation backup restores byte-identical")
+    os.unlink(out)
+
     for b, oracle in ((b1, o1), (b2, o2), (b3, o2)):
         out = os.path.join(d.tmp, "restored-" + b["id"])
         r = restore(d, t, b["id"], out, "--repo", repo, "--verify")
@@ -88,9 +109,10 @@ def run(d, t):
     serve(d, t, repo, b2, o2, size)
 
     listed = d.cli_json("repo", "list", "--repo", repo)["backups"]
-    t.check([b["id"] for b in listed] == [b1["id"], b2["id"], b3["id"]], "repo list: the three")
+    t.check([b["id"] for b in listed] == [b1["id"], b2["id"], b3["id"], b4["id"]],
+            "repo list: the four")
     stats = d.cli_json("repo", "stats", "--repo", repo)
-    t.check(stats["backups"] == 3 and stats["logical_bytes"] == 3 * size, "repo stats: %s" % stats)
+    t.check(stats["backups"] == 4 and stats["logical_bytes"] == 4 * size, "repo stats: %s" % stats)
 
     # Encrypted repository.
     key = os.path.join(d.tmp, "key")
@@ -104,7 +126,7 @@ def run(d, t):
     eb = d.cli_json("backup", "vm", "--repo", erepo, "--key-file", key)["backups"][0]
     out = os.path.join(d.tmp, "restored-enc")
     restore(d, t, eb["id"], out, "--repo", erepo, "--key-file", key)
-    t.check(sha(out) == o2, "encrypted backup restores byte-identical")
+    t.check(sha(out) == o4, "encrypted backup restores byte-identical")
     rc, _, err = d.cli("restore", eb["id"], out, "--repo", erepo, "--key-file", bad)
     t.check(rc != 0 and "wrong key" in err and err.count("\n") == 1,
             "a wrong key is refused in one line: %r" % err)
@@ -136,11 +158,12 @@ def run(d, t):
         t.check(rc != 0, "restore of an affected backup fails: %r" % err)
 
     pruned = d.cli_json("repo", "prune", "--repo", repo, "--keep-last", "1")
-    t.check(sorted(pruned["removed"]) == sorted([b1["id"], b2["id"]]), "prune keeps the newest")
+    t.check(sorted(pruned["removed"]) == sorted([b1["id"], b2["id"], b3["id"]]),
+            "prune keeps the newest")
     gc = d.cli_json("repo", "gc", "--repo", repo)
     t.check(gc["indexes_deleted"] >= 1, "gc deleted the pruned indexes: %s" % gc)
     listed = d.cli_json("repo", "list", "--repo", repo)["backups"]
-    t.check([b["id"] for b in listed] == [b3["id"]], "only the newest backup is left")
+    t.check([b["id"] for b in listed] == [b4["id"]], "only the newest backup is left")
 
 
 def serve(d, t, repo, b, oracle, size):
