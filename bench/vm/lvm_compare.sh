@@ -13,7 +13,12 @@
 #                 the snapshot LV, the COW area a linear LV of the same VG
 #   blksnap-ublk  blksnapd --chunk-minimum-shift 16 (64 KiB chunks), attach LV --ublk, snapshot
 #                 create --storage DIFF_LV --ublk: front and image are /dev/ublkbN
-#   blksnap-loop  the same daemon and device, front and image as FUSE file + loop (--loop)
+#                 (durability: the default, power: every original write waits until its
+#                 chunk's copy and record are flushed in the difference storage)
+#   blksnap-ublk-memory, blksnap-ublk-crash   the same with snapshot create --durability
+#                 memory | crash (no plain jobs: without a snapshot durability changes nothing)
+#   blksnap-loop  the same daemon and device, front and image as FUSE file + loop (--loop);
+#                 not in the default sides (BENCH_SIDES=...,blksnap-loop)
 # BENCH_BACKING=loop puts the volume group on a loop device over a file on tmpfs instead.
 # BENCH_DAEMON_ARGS="--chunk-storer-threads 2" passes tunables to blksnapd (kept in run.json).
 # BENCH_PERF=cow64k,... profiles those jobs with perf (their numbers then carry its overhead).
@@ -37,7 +42,7 @@ SIZE_MB=${BENCH_SIZE_MB:-512}
 RT=${BENCH_RUNTIME:-6}
 COW_CAP=${BENCH_COW_CAP:-90}
 BACKING=${BENCH_BACKING:-brd}
-SIDES=${BENCH_SIDES:-raw,dm-snapshot,blksnap-ublk,blksnap-loop}
+SIDES=${BENCH_SIDES:-raw,dm-snapshot,blksnap-ublk,blksnap-ublk-memory,blksnap-ublk-crash}
 DAEMON_ARGS=${BENCH_DAEMON_ARGS:-}  # extra blksnapd options (tunables), recorded in run.json
 PERF=${BENCH_PERF:-}  # workloads to profile (perf record -a, cpu-clock): SIDE.WL.perf*.txt
 DAEMON=$BUILD/src/daemon/blksnapd
@@ -179,7 +184,10 @@ if has_side dm-snapshot; then
   lvm_ lvremove -y "$VG/snap" >/dev/null || fail "lvremove"
 fi
 
-if has_side blksnap-ublk || has_side blksnap-loop; then
+BLKSNAP_SIDES=(blksnap-ublk blksnap-ublk-memory blksnap-ublk-crash blksnap-loop)
+any_blksnap=0
+for side in "${BLKSNAP_SIDES[@]}"; do has_side "$side" && any_blksnap=1; done
+if [ $any_blksnap = 1 ]; then
   lvm_ lvcreate -y -n diff -L "${COW_MB}M" "$VG" >/dev/null || fail "lvcreate diff"
   DIFF=/dev/$VG/diff
   "$DAEMON" --state-dir "$WORK/state" --control "$WORK/control.sock" --nbd-unix "$WORK/nbd.sock" \
@@ -190,16 +198,21 @@ if has_side blksnap-ublk || has_side blksnap-loop; then
   a=$(bs --json attach "$ORIGIN" --name vol --ublk --loop) || fail "attach"
   declare -A FRONT=([ublk]=$(jget "$a" 'j["ublk"]') [loop]=$(jget "$a" 'j["loop"]'))
   log "blksnapd $DAEMON_PID: front ublk ${FRONT[ublk]}, loop ${FRONT[loop]}"
-  for kind in ublk loop; do
-    side=blksnap-$kind
+  for side in "${BLKSNAP_SIDES[@]}"; do
     has_side "$side" || continue
+    kind=${side#blksnap-}; kind=${kind%%-*}
+    durability=${side#blksnap-$kind}; durability=${durability#-}  # empty: the default, power
+    dur_args=(); [ -n "$durability" ] && dur_args=(--durability "$durability")
     front=${FRONT[$kind]}
     [ -b "$front" ] || fail "$side: front '$front'"
-    plain_jobs "$side" "$front"
+    # Without a snapshot the durability changes nothing: the plain jobs run once per front.
+    [ -z "$durability" ] && plain_jobs "$side" "$front"
     for phase in cow img; do
-      id=$(bs snapshot create --storage "$DIFF" --limit 0 "--$kind" vol) || fail "$side create"
+      id=$(bs snapshot create --storage "$DIFF" --limit 0 "${dur_args[@]}" "--$kind" vol 2>"$WORK/create.err") ||
+        { cat "$WORK/create.err" >&2; fail "$side create (storage $DIFF, ${durability:-default} durability)"; }
       bs snapshot take "$id" >/dev/null || fail "$side take"
       if [ $phase = cow ]; then
+        log "$side: snapshot $id durability $(jget "$(bs --json snapshot info "$id")" 'j.get("durability")')"
         cow_jobs "$side" "$front"
       else
         img=$(jget "$(bs --json snapshot info "$id")" "j['devices'][0]['image']['$kind']")

@@ -16,7 +16,14 @@ import os
 import statistics
 import sys
 
-SIDES = ["raw", "dm-snapshot", "blksnap-ublk", "blksnap-loop"]
+SIDES = ["raw", "dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash",
+         "blksnap-loop"]
+PLAIN = ("randread4k", "randwrite4k", "randwrite64k")  # no snapshot
+# Sides whose no-snapshot workloads are another side's rows: dm-snapshot's origin without a
+# snapshot is the raw LV; blksnap-ublk-memory/-crash differ from blksnap-ublk (durability
+# power) only once a snapshot exists.
+SAME_PLAIN = {"dm-snapshot": "raw", "blksnap-ublk-memory": "blksnap-ublk",
+              "blksnap-ublk-crash": "blksnap-ublk"}
 WORKLOADS = ["randread4k", "randwrite4k", "randwrite64k", "cow64k", "fill1m", "steady64k",
              "imgread", "read1m"]
 MIB_S = {"fill1m", "imgread", "read1m"}  # reported in MiB/s; the others in IOPS
@@ -65,11 +72,11 @@ def collect(out_dir, results_path):
 
 
 def value(res, side, wl):
-    """The number a table shows: IOPS or MiB/s. dm-snapshot's no-snapshot workloads are the
-    origin LV itself, i.e. the raw side."""
+    """The number a table shows: IOPS or MiB/s. A SAME_PLAIN side's no-snapshot workloads are
+    those of the side it names."""
     r = res.get(side, {}).get(wl)
-    if r is None and side == "dm-snapshot" and wl in ("randread4k", "randwrite4k", "randwrite64k"):
-        r = res.get("raw", {}).get(wl)
+    if r is None and side in SAME_PLAIN and wl in PLAIN:
+        r = res.get(SAME_PLAIN[side], {}).get(wl)
     if r is None:
         return None
     return r["mib_s"] if wl in MIB_S else r["iops"]
@@ -84,10 +91,18 @@ def ratios(res):
     for wl in ("randread4k", "randwrite4k", "randwrite64k", "cow64k", "steady64k", "imgread"):
         out[f"{wl}: blksnap-ublk / dm-snapshot"] = ratio(value(res, "blksnap-ublk", wl),
                                                         value(res, "dm-snapshot", wl))
+    for side in ("blksnap-ublk-memory", "blksnap-ublk-crash"):  # durability's price
+        for wl in ("cow64k", "steady64k", "imgread"):
+            out[f"{wl}: {side} / dm-snapshot"] = ratio(value(res, side, wl),
+                                                       value(res, "dm-snapshot", wl))
+    for wl in ("cow64k", "steady64k", "imgread"):
+        out[f"{wl}: blksnap-ublk (power) / blksnap-ublk-memory"] = ratio(
+            value(res, "blksnap-ublk", wl), value(res, "blksnap-ublk-memory", wl))
     for wl in ("randread4k", "randwrite4k", "randwrite64k", "cow64k", "steady64k", "imgread"):
         out[f"{wl}: blksnap-ublk / blksnap-loop"] = ratio(value(res, "blksnap-ublk", wl),
                                                          value(res, "blksnap-loop", wl))
-    for side in ("dm-snapshot", "blksnap-ublk", "blksnap-loop"):
+    for side in ("dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash",
+                 "blksnap-loop"):
         out[f"steady64k / randwrite64k: {side}"] = ratio(value(res, side, "steady64k"),
                                                          value(res, side, "randwrite64k"))
     return out
@@ -108,7 +123,7 @@ def print_table(res, wls, cell, note):
 
 def speed_cell(res, side, wl):
     if res[side].get(wl) is None:
-        return "= raw" if value(res, side, wl) is not None else ""
+        return f"= {SAME_PLAIN.get(side, '?')}" if value(res, side, wl) is not None else ""
     return fmt(value(res, side, wl))
 
 
