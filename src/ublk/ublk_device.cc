@@ -139,7 +139,10 @@ struct Device::Impl {
   Status Attach() {
     BLKSNAP_ASSIGN_OR_RETURN(char_fd, OpenRetrying(CharPath(dev_id), kNodeTimeout));
     uint16_t workers = options.workers_per_queue;
-    if (workers == 0) workers = std::min<uint16_t>(info.queue_depth, 4);
+    // 16 by default: a durable snapshot's original write waits for its chunk's record to be
+    // committed, and a commit round carries the records of the writes waiting at once — with 4
+    // workers a round held about one record (docs/performance-vm.md, "Durable snapshots").
+    if (workers == 0) workers = std::min<uint16_t>(info.queue_depth, DeviceOptions::kDefaultWorkersPerQueue);
     if (options.serve_inline) workers = 0;
     for (uint16_t q = 0; q < info.nr_hw_queues; ++q) {
       auto queue = std::make_unique<Queue>(*backend, char_fd.get(), q, info.queue_depth,

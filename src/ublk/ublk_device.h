@@ -30,8 +30,10 @@ struct DeviceOptions {
   uint16_t queue_depth = 64;
   uint32_t max_io_bytes = 512 * 1024;
   bool user_recovery = true;  // UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE
-  // Worker threads per queue that call the backend; 0 picks min(queue_depth, 4).
+  // Worker threads per queue that call the backend; 0 picks min(queue_depth,
+  // kDefaultWorkersPerQueue).
   uint16_t workers_per_queue = 0;
+  static constexpr uint16_t kDefaultWorkersPerQueue = 16;
   // Serve requests on the queue thread itself, one at a time, with no worker pool. Only for
   // backends that never block (memory devices); used to measure the cost of the hand-off.
   bool serve_inline = false;
