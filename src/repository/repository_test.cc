@@ -296,6 +296,28 @@ TEST(RepositoryTest, VerifyReportsAMissingChunk) {
   EXPECT_EQ((*problems)[0].backups, std::vector<std::string>{a});
 }
 
+// Two backups of the same data share one index object; damage to it is one problem naming both.
+TEST(RepositoryTest, VerifyReportsADamagedIndexWithEveryBackupUsingIt) {
+  auto repo = MakeRepo(NewMemoryStore(), true);
+  ASSERT_NE(repo, nullptr);
+  const std::string a = Backup(*repo, {1, 2}, 2);
+  const std::string b = Backup(*repo, {1, 2}, 1);
+  const std::string c = Backup(*repo, {3});
+  const Digest index = repo->GetBackup(a)->index;
+  ASSERT_EQ(repo->GetBackup(b)->index, index);
+  FlipByte(repo->store(), "indexes/" + index.Hex(), kBlobHeaderSize + 1);
+  EXPECT_EQ(repo->GetIndex(index).status().errnum(), EBADMSG);
+  auto problems = repo->Verify({}, 2);
+  ASSERT_TRUE(problems.ok()) << problems.status().ToString();
+  ASSERT_EQ(problems->size(), 1u);
+  EXPECT_EQ((*problems)[0].chunk, index);
+  EXPECT_EQ((*problems)[0].error.errnum(), EBADMSG);
+  EXPECT_EQ((*problems)[0].backups, (std::vector<std::string>{a, b}));
+  auto only_c = repo->Verify({c}, 1);
+  ASSERT_TRUE(only_c.ok());
+  EXPECT_TRUE(only_c->empty());
+}
+
 TEST(RepositoryTest, PruneKeepLastOneRemovesOlderManifests) {
   auto repo = MakeRepo(NewMemoryStore());
   ASSERT_NE(repo, nullptr);
