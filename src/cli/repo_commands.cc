@@ -5,9 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
+#include <random>
+#include <thread>
 
 #include "blksnap/io.h"
 #include "repository/backup.h"
@@ -64,6 +68,41 @@ repo::ProgressFn Progress(const Output& out, const std::string& what) {
   };
 }
 
+// The backup request, on this connection in a thread, while a second connection polls its
+// progress (method backup-progress, by a job name chosen here) every 100 ms and shows it. Without
+// a terminal and without --json: just the request.
+json CallShowingProgress(Context& ctx, json params) {
+  repo::ProgressFn show = Progress(ctx.output, "backup");
+  if (!show) return ctx.Call("backup", params);
+  std::random_device random;
+  const std::string job = "cli-" + std::to_string(::getpid()) + "-" + std::to_string(random());
+  params["job"] = job;
+  ctx.Client();  // connected here: a missing daemon is reported before the thread starts
+  std::atomic<bool> done{false};
+  json result;
+  std::optional<CommandError> error;
+  std::thread call([&] {
+    try {
+      result = ctx.Call("backup", params);
+    } catch (const CommandError& e) {
+      error = e;
+    }
+    done = true;
+  });
+  auto poller = ControlClient::Connect(ctx.control);
+  while (!done.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (done.load() || !poller.ok()) continue;
+    auto p = (*poller)->Call("backup-progress", {{"job", job}});
+    if (!p.ok() || (*p)["total_bytes"].get<uint64_t>() == 0) continue;
+    show({(*p)["done_bytes"].get<uint64_t>(), (*p)["total_bytes"].get<uint64_t>(),
+          (*p)["read_bytes"].get<uint64_t>(), (*p)["stored_bytes"].get<uint64_t>()});
+  }
+  call.join();
+  if (error) throw *error;
+  return result;
+}
+
 void CmdBackup(Context& ctx, const RepoArgs& a) {
   if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
   json params = {
@@ -71,7 +110,7 @@ void CmdBackup(Context& ctx, const RepoArgs& a) {
   if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
   if (!a.snapshot.empty()) params["snapshot"] = a.snapshot;
   if (!a.storage.empty()) params["storage"] = Absolute(a.storage);
-  json r = ctx.Call("backup", params);
+  json r = CallShowingProgress(ctx, params);
   if (ctx.output.as_json) return ctx.output.Emit(r);
   for (const json& m : r["backups"]) {
     const json& st = m["stats"];

@@ -316,6 +316,7 @@ Result<json> Backup(Service& service, const json& params, const Cancelled& cance
   r.key_file = GetOptionalString(params, "key_file").value_or("");
   r.storage = GetOptionalString(params, "storage").value_or("");
   r.full = GetBool(params, "full");
+  r.job = GetOptionalString(params, "job").value_or("");
   if (params.contains("snapshot")) {
     BLKSNAP_ASSIGN_OR_RETURN(r.snapshot, ParseId(json{{"id", params["snapshot"]}}));
   }
@@ -334,6 +335,18 @@ Result<json> Backup(Service& service, const json& params, const Cancelled& cance
   return json{{"snapshot", view.snapshot.ToString()},
               {"took_ms", view.snapshot_took_ms},
               {"backups", std::move(backups)}};
+}
+
+Result<json> BackupProgress(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string job, GetString(params, "job"));
+  BLKSNAP_ASSIGN_OR_RETURN(BackupProgressView v, service.BackupProgress(job));
+  return json{{"device", v.device},
+              {"device_index", v.device_index},
+              {"devices", v.devices},
+              {"done_bytes", v.done_bytes},
+              {"total_bytes", v.total_bytes},
+              {"read_bytes", v.read_bytes},
+              {"stored_bytes", v.stored_bytes}};
 }
 
 Result<json> RepoServe(Service& service, const json& params, const Cancelled&) {
@@ -452,6 +465,7 @@ constexpr std::array kMethods = {
     Method{"snapshot-set-limit", SnapshotSetLimit},
     Method{"snapshot-destroy", SnapshotDestroy},
     Method{"backup", Backup},
+    Method{"backup-progress", BackupProgress},
     Method{"repo-serve", RepoServe},
     Method{"repo-unserve", RepoUnserve},
     Method{"snapshot-list", SnapshotList},

@@ -157,6 +157,14 @@ struct BackupRequest {
   std::optional<Uuid> snapshot;  // a taken snapshot to back up (left as it is); none: take one
   std::string storage;           // the storage of the snapshot taken; empty: STATE_DIR/backup
   int threads = 4;
+  std::string job;  // a name the client chose: BackupProgress(job) while it runs ("": none)
+};
+
+// Service::BackupProgress: where a running backup is (updated every 100 ms).
+struct BackupProgressView {
+  std::string device;                    // the device being backed up
+  size_t device_index = 0, devices = 0;  // its position (from 0) among the request's devices
+  uint64_t done_bytes = 0, total_bytes = 0, read_bytes = 0, stored_bytes = 0;
 };
 
 struct BackupView {
@@ -232,6 +240,8 @@ class Service {
   // with ECANCELED, nothing published.
   Result<BackupView> Backup(const BackupRequest& request,
                             const std::function<bool()>& cancelled = {}) EXCLUDES(mu_);
+  // The progress of the running backup whose request named `job`; ENOENT when none runs.
+  Result<BackupProgressView> BackupProgress(const std::string& job) EXCLUDES(progress_mu_);
   // Exposes a backup point read-only on every front (EEXIST if it is served already); it stays
   // until UnserveBackup or the daemon stops.
   Result<ServedBackupView> ServeBackup(const ServeBackupRequest& request) EXCLUDES(mu_);
@@ -342,6 +352,9 @@ class Service {
   std::set<std::string> pending_ GUARDED_BY(mu_);  // names being attached without mu_
   std::map<Uuid, SnapshotEntry> snapshots_ GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<Exposure>> served_ GUARDED_BY(mu_);  // backup id -> fronts
+  // Running backups by job name (Backup registers and removes its own).
+  mutable Mutex progress_mu_;
+  std::map<std::string, BackupProgressView> progress_ GUARDED_BY(progress_mu_);
   bool shut_down_ GUARDED_BY(mu_) = false;
   // Records are written only once Restore() has read the previous ones (a start that fails
   // before must leave a crashed daemon's records alone).

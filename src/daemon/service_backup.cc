@@ -98,6 +98,23 @@ Result<BackupView> Service::Backup(const BackupRequest& request,
     }
   } destroy_at_end{this, id, ours};
 
+  // The job's progress entry, from now until this function returns.
+  if (!request.job.empty()) {
+    MutexLock lock(progress_mu_);
+    if (!progress_.try_emplace(request.job).second) {
+      return Status::Error(EEXIST, "a backup job named '" + request.job + "' is running");
+    }
+  }
+  struct EndJob {
+    Service* service;
+    const std::string& job;
+    ~EndJob() {
+      if (job.empty()) return;
+      MutexLock lock(service->progress_mu_);
+      service->progress_.erase(job);
+    }
+  } end_job{this, request.job};
+
   std::shared_ptr<Snapshot> snapshot = engine_->FindSnapshot(id);
   if (!snapshot) return Status::Error(ENOENT, "snapshot " + id.ToString() + " is gone");
   const std::string host = repo::HostName();
@@ -115,6 +132,16 @@ Result<BackupView> Service::Backup(const BackupRequest& request,
     spec.snap_number = cbt.changes_number;
     spec.threads = request.threads;
     spec.cancelled = cancelled;
+    if (!request.job.empty()) {
+      spec.progress_interval = std::chrono::milliseconds(100);
+      const size_t position = &device - request.devices.data();
+      spec.progress = [this, &request, &device, position](const repo::TransferProgress& p) {
+        MutexLock lock(progress_mu_);
+        BackupProgressView& v = progress_[request.job];
+        v = {device,        position,     request.devices.size(), p.done_bytes,
+             p.total_bytes, p.read_bytes, p.stored_bytes};
+      };
+    }
     const std::optional<repo::Manifest> last = LastBackup(existing, device, host);
     if (request.full) {
       spec.full_reason = "requested";
@@ -148,6 +175,13 @@ Result<BackupView> Service::Backup(const BackupRequest& request,
     view.backups.push_back(std::move(m));
   }
   return view;
+}
+
+Result<BackupProgressView> Service::BackupProgress(const std::string& job) {
+  MutexLock lock(progress_mu_);
+  auto it = progress_.find(job);
+  if (it == progress_.end()) return Status::Error(ENOENT, "no backup job '" + job + "' is running");
+  return it->second;
 }
 
 Result<ServedBackupView> Service::ServeBackup(const ServeBackupRequest& request) {

@@ -63,20 +63,20 @@ def run(d, t):
     init = d.cli_json("repo", "init", repo, "--chunk-size", "256K")
     t.check(init["chunk_size"] == 256 * 1024 and not init["encrypted"], "repo init: %s" % init)
 
-    b1 = d.cli_json("backup", "vm", "--repo", repo)["backups"][0]
+    b1 = backup(d, "vm", "--repo", repo)["backups"][0]
     o1 = sha(img)
     t.check(b1["full"] and b1["full_reason"] == "first", "first backup is full (first)")
     t.check(b1["stats"]["zero_chunks"] == 32, "the zero tail is 32 zero chunks: %s" % b1["stats"])
 
     write_front(d, dev, 4 * MIB, MIB, 2)
-    b2 = d.cli_json("backup", "vm", "--repo", repo)["backups"][0]
+    b2 = backup(d, "vm", "--repo", repo)["backups"][0]
     o2 = sha(img)
     t.check(not b2["full"] and b2["parent"] == b1["id"], "second backup is incremental on the first")
     t.check(0 < b2["stats"]["read_bytes"] <= 2 * MIB,
             "incremental read %d bytes for 1 MiB changed" % b2["stats"]["read_bytes"])
     t.check(b2["stats"]["new_chunks"] == 4, "incremental stored 4 new chunks: %s" % b2["stats"])
 
-    b3 = d.cli_json("backup", "vm", "--repo", repo, "--full")["backups"][0]
+    b3 = backup(d, "vm", "--repo", repo, "--full")["backups"][0]
     t.check(b3["full"] and b3["full_reason"] == "requested", "--full is full (requested)")
     t.check(b3["stats"]["new_chunks"] == 0 and b3["stats"]["read_bytes"] == size,
             "--full read everything and stored nothing new: %s" % b3["stats"])
@@ -89,7 +89,7 @@ def run(d, t):
         f.write(b"outside the daemon")
     d.cli_json("attach", img, "--name", "vm")
     cbt = d.cli_json("cbt", "info", "vm")
-    b4 = d.cli_json("backup", "vm", "--repo", repo)["backups"][0]
+    b4 = backup(d, "vm", "--repo", repo)["backups"][0]
     t.check(b4["full"] and b4["full_reason"] == "generation" and b4["cbt_generation"] == cbt["generation_id"]
             and b4["cbt_generation"] != b3["cbt_generation"],
             "after an outside write: full (generation), new generation %s" % cbt.get("generation_reason"))
@@ -126,7 +126,7 @@ def run(d, t):
         f.write(os.urandom(32))
     erepo = os.path.join(d.tmp, "erepo")
     d.cli_json("repo", "init", erepo, "--encrypt", "--key-file", key)
-    eb = d.cli_json("backup", "vm", "--repo", erepo, "--key-file", key)["backups"][0]
+    eb = backup(d, "vm", "--repo", erepo, "--key-file", key)["backups"][0]
     out = os.path.join(d.tmp, "restored-enc")
     restore(d, t, eb["id"], out, "--repo", erepo, "--key-file", key)
     t.check(sha(out) == o4, "encrypted backup restores byte-identical")
@@ -198,6 +198,20 @@ def serve(d, t, repo, b, oracle, size):
     t.check(rc != 0, "unserve of a backup not served fails: %r" % err)
 
 
+def backup(d, *argv, progress=None):
+    """blksnap --json backup ...: any {"progress"} lines, then the result; returns the result
+    (and appends the progress objects to `progress` when given)."""
+    rc, out, err = d.cli("--json", "backup", *argv)
+    if rc != 0:
+        raise RuntimeError("blksnap backup %s failed (%d): %s" % (argv, rc, err))
+    lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+    if not all("progress" in x for x in lines[:-1]):
+        raise RuntimeError("blksnap backup: unexpected output %r" % out)
+    if progress is not None:
+        progress += [x["progress"] for x in lines[:-1]]
+    return lines[-1]
+
+
 def restore(d, t, *argv):
     """blksnap --json restore ...: {"progress"} lines, then the result; returns the result."""
     rc, out, err = d.cli("--json", "restore", *argv)
@@ -242,7 +256,7 @@ def killed_backups(d, t):
             t.check(all(b["stats"]["logical_bytes"] == size for b in listed),
                     "round %d: only complete backups are listed (%d)" % (r, len(listed)))
         stored_before = k.cli_json("repo", "stats", "--repo", repo)["chunks"]
-        b = k.cli_json("backup", "big", "--repo", repo)["backups"][0]
+        b = backup(k, "big", "--repo", repo)["backups"][0]
         t.check(b["stats"]["new_chunks"] + b["stats"]["reused_chunks"] == 32,
                 "the backup after the kills covers 32 chunks: %s" % b["stats"])
         t.check(stored_before == 0 or b["stats"]["reused_chunks"] > 0,
@@ -253,6 +267,15 @@ def killed_backups(d, t):
         os.unlink(out)
         rc, _, err = d.cli("repo", "verify", "--repo", repo)
         t.check(rc == 0, "repo verify passes after the kills: %r" % err)
+        # Progress: a backup that stores 128 MiB of random data on one thread into a new
+        # repository takes long enough for the CLI's polls (every 100 ms) to see it.
+        fresh = os.path.join(d.tmp, "krepo2")
+        k.cli_json("repo", "init", fresh)
+        progress = []
+        backup(k, "big", "--repo", fresh, "--threads", "1", progress=progress)
+        t.check(len(progress) >= 1 and all(
+            p["total_bytes"] == size and 0 < p["done_bytes"] <= size for p in progress),
+            "backup --json: %d progress line(s) with the device's bytes" % len(progress))
     finally:
         k.cleanup()
 
@@ -293,7 +316,7 @@ def ext4_files(d, t):
         before = tree_sums(mnt)
         repo = os.path.join(f.tmp, "repo")
         f.cli_json("repo", "init", repo)
-        b = f.cli_json("backup", "fs", "--repo", repo)["backups"][0]
+        b = backup(f, "fs", "--repo", repo)["backups"][0]
         # The front changes after the backup; the backup must not.
         for name in list(before)[:10]:
             os.unlink(os.path.join(mnt, name))
@@ -327,10 +350,13 @@ def two_daemons(d, t):
             x.cli_json("attach", img, "--name", "dev%d" % i)
             oracles["dev%d" % i] = sha(img)
 
-        def backup(i):
-            results[i] = daemons[i].cli("--json", "backup", "dev%d" % i, "--repo", repo)
+        def run_backup(i):
+            try:
+                results[i] = (0, backup(daemons[i], "dev%d" % i, "--repo", repo), "")
+            except RuntimeError as e:
+                results[i] = (1, None, str(e))
 
-        threads = [threading.Thread(target=backup, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=run_backup, args=(i,)) for i in range(2)]
         for th in threads:
             th.start()
         for th in threads:
@@ -339,7 +365,7 @@ def two_daemons(d, t):
             rc, out, err = results[i]
             if not t.check(rc == 0, "daemon %d backed up into the shared repository: %r" % (i, err)):
                 continue
-            b = json.loads(out)["backups"][0]
+            b = out["backups"][0]
             dest = os.path.join(d.tmp, "two-restored-%d" % i)
             restore(d, t, b["id"], dest, "--repo", repo, "--verify")
             t.check(sha(dest) == oracles["dev%d" % i], "daemon %d's backup restores" % i)
