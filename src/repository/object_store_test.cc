@@ -280,14 +280,28 @@ TEST_F(LocalStoreTest, ReadersNeverSeeAPartialObject) {
 TEST_F(LocalStoreTest, AKilledWriterLeavesOnlyWholeObjects) {
   auto content = [](int i) { return std::vector<uint8_t>(1 << 20, static_cast<uint8_t>(i)); };
   for (int attempt = 0; attempt < 3; ++attempt) {
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
     const pid_t child = ::fork();
     if (child == 0) {
+      ::close(ready[0]);
       auto store = OpenLocalStore(dir_.path());
       for (int i = 0;; i = (i + 1) % 64) {
         if (!(*store)->Put("data/" + std::to_string(i), content(i)).ok()) ::_exit(1);
+        if (i == 0 && ready[1] >= 0) {  // the first object is whole: the parent may kill now
+          (void)!::write(ready[1], "x", 1);
+          ::close(ready[1]);
+          ready[1] = -1;
+        }
       }
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(40 + 30 * attempt));
+    ::close(ready[1]);
+    char byte;
+    // Waits for the first whole object however slow the machine (a sanitizer build under load
+    // took longer than a fixed 40 ms), then kills at some instant of the following writes.
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the writer failed before its first object";
+    ::close(ready[0]);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5 + 30 * attempt));
     ::kill(child, SIGKILL);
     int wstatus = 0;
     ASSERT_EQ(::waitpid(child, &wstatus, 0), child);
