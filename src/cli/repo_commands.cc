@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -214,7 +215,28 @@ void CmdRepoList(Context& ctx, const RepoArgs& a) {
 
 void CmdRepoVerify(Context& ctx, const RepoArgs& a) {
   auto repository = OpenRepo(a);
-  const auto problems = Check(repository->Verify(a.backups, a.threads));
+  std::vector<std::string> ids = a.backups;
+  if (!a.since.empty()) {
+    // Backups made at or after TIME (RFC 3339, or a date yyyy-mm-dd meaning its midnight UTC).
+    const std::string text = a.since.size() == 10 ? a.since + "T00:00:00Z" : a.since;
+    auto since = repo::ParseRfc3339(text);
+    if (!since.ok()) Usage("--since: '" + a.since + "' is not a time like 2026-11-30T18:00:00Z");
+    for (const repo::Manifest& m : Check(repository->ListBackups())) {
+      auto t = repo::ParseRfc3339(m.time);
+      if (t.ok() && *t >= *since &&
+          (a.backups.empty() ||
+           std::find(a.backups.begin(), a.backups.end(), m.id) != a.backups.end())) {
+        ids.push_back(m.id);
+      }
+    }
+    if (!a.backups.empty()) ids.erase(ids.begin(), ids.begin() + a.backups.size());
+    if (ids.empty()) {
+      if (ctx.output.as_json) return ctx.output.Emit({{"ok", true}, {"problems", json::array()}});
+      std::printf("no backup since %s\n", a.since.c_str());
+      return;
+    }
+  }
+  const auto problems = Check(repository->Verify(ids, a.threads));
   json list = json::array();
   for (const auto& p : problems) {
     list.push_back({{"chunk", p.chunk.Hex()},
@@ -356,6 +378,8 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   repo_option(verify);
   threads(verify);
   verify->add_option("BACKUP", a.backups, "backup ids (default: all)");
+  verify->add_option("--since", a.since,
+                     "only backups made at or after TIME (RFC 3339 or yyyy-mm-dd)");
   verify->callback([&] { run([&] { CmdRepoVerify(ctx, a); }); });
   auto* prune = repo->add_subcommand("prune", "remove backups the retention policy does not keep");
   repo_option(prune);

@@ -24,7 +24,7 @@ struct RepoArgs {
   bool full = false, encrypt = false, verify = false, dry_run = false, loop = false;
   int threads = 4;
   int keep_last = 0, keep_daily = 0, keep_weekly = 0, keep_monthly = 0;
-  std::string device;
+  std::string device, since;
 };
 
 // Adds `backup`, `restore` and `repo ...` to app; run() records the action as main.cc does.

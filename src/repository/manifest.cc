@@ -312,6 +312,8 @@ Result<chrono::system_clock::time_point> ParseRfc3339(std::string_view text) {
   const chrono::year_month_day ymd{chrono::year(year), chrono::month(unsigned(month)),
                                    chrono::day(unsigned(mday))};
   if (!ymd.ok() || hour > 23 || minute > 59 || second > 60) return bad;
+  // system_clock counts nanoseconds in 64 bits: 1678..2261 only (beyond, the time would wrap).
+  if (year < 1678 || year > 2261) return bad;
   chrono::nanoseconds fraction{0};
   if (Expect(text, &pos, '.')) {
     int64_t nanos = 0, scale = 100000000;

@@ -74,7 +74,8 @@ Result<Manifest> ParseManifest(std::string_view text);
 std::string NewBackupId(std::chrono::system_clock::time_point time);
 bool IsValidBackupId(std::string_view id);
 
-// RFC 3339 in UTC with milliseconds: "2026-11-30T18:30:00.000Z" (years 0000-9999).
+// RFC 3339 in UTC with milliseconds: "2026-11-30T18:30:00.000Z". ParseRfc3339 accepts years
+// 1678..2261 only (system_clock nanoseconds; beyond, a time would wrap).
 std::string FormatRfc3339(std::chrono::system_clock::time_point time);
 // Accepts "YYYY-MM-DDTHH:MM:SS", an optional fraction of a second (its first 9 digits are used)
 // and "Z" or "+hh:mm"/"-hh:mm" ('t' and 'z' too); EINVAL on anything else or an invalid date.

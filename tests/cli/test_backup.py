@@ -153,6 +153,8 @@ def run(d, t):
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0x40]))
+    rc, out, err = d.cli("--json", "repo", "verify", "--repo", repo, "--since", "2200-01-01")
+    t.check(rc == 0 and json.loads(out)["ok"], "verify --since a future date checks nothing: %r" % out)
     rc, out, err = d.cli("--json", "repo", "verify", "--repo", repo)
     res = json.loads(out.splitlines()[0]) if out else {}
     problems = res.get("problems", [])
