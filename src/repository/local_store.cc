@@ -208,6 +208,19 @@ class LocalStore : public ObjectStore {
     return S_ISREG(st.st_mode);
   }
 
+  Result<uint64_t> Size(const std::string& name) override {
+    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    struct stat st {};
+    if (::fstatat(dir_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT || errno == ENOTDIR) {
+        return Status::Error(ENOENT, "object '" + name + "' not found");
+      }
+      return Status::FromErrno("stat " + Path(name));
+    }
+    if (!S_ISREG(st.st_mode)) return Status::Error(ENOENT, "object '" + name + "' not found");
+    return static_cast<uint64_t>(st.st_size);
+  }
+
   Result<std::vector<std::string>> List(const std::string& prefix) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateListPrefix(prefix));
     const size_t slash = prefix.rfind('/');

@@ -69,6 +69,14 @@ class MemoryStore : public ObjectStore {
     return objects_.contains(name);
   }
 
+  Result<uint64_t> Size(const std::string& name) override {
+    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    MutexLock lock(mu_);
+    auto it = objects_.find(name);
+    if (it == objects_.end()) return Status::Error(ENOENT, "object '" + name + "' not found");
+    return uint64_t{it->second.size()};
+  }
+
   Result<std::vector<std::string>> List(const std::string& prefix) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateListPrefix(prefix));
     std::vector<std::string> names;

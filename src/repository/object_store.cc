@@ -121,6 +121,11 @@ Result<bool> FaultyStore::Exists(const std::string& name) {
   return base_->Exists(name);
 }
 
+Result<uint64_t> FaultyStore::Size(const std::string& name) {
+  BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kExists, name));
+  return base_->Size(name);
+}
+
 Result<std::vector<std::string>> FaultyStore::List(const std::string& prefix) {
   BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kList, prefix));
   return base_->List(prefix);

@@ -6,6 +6,7 @@
 //    never a torn write; after Put returns OK the object is durable.
 //  - PutIfAbsent creates atomically: EEXIST if the name exists (manifests are published so).
 //  - Get: ENOENT if missing. Exists: false if missing. Delete: OK if missing (idempotent).
+//  - Size: the object's length in bytes; ENOENT if missing.
 //  - List(prefix): the sorted names that start with `prefix` ("" lists everything).
 //  - Lock: backups hold kShared for their whole run, gc holds kExclusive; wait=false gives EBUSY
 //    when the other kind is held. The Lease releases on destruction.
@@ -41,6 +42,7 @@ class ObjectStore {
   virtual Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) = 0;
   virtual Result<std::vector<uint8_t>> Get(const std::string& name) = 0;
   virtual Result<bool> Exists(const std::string& name) = 0;
+  virtual Result<uint64_t> Size(const std::string& name) = 0;
   virtual Result<std::vector<std::string>> List(const std::string& prefix) = 0;
   virtual Status Delete(const std::string& name) = 0;
   virtual Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) = 0;
@@ -64,7 +66,8 @@ Result<std::unique_ptr<ObjectStore>> OpenLocalStore(const std::string& dir);
 std::unique_ptr<ObjectStore> NewMemoryStore();
 
 // For tests: wraps a store and fails or drops operations on demand. Thread-safe.
-enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };  // kPut: Put and PutIfAbsent
+// kPut: Put and PutIfAbsent; kExists: Exists and Size.
+enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };
 class FaultyStore : public ObjectStore {
  public:
   explicit FaultyStore(std::unique_ptr<ObjectStore> base) : base_(std::move(base)) {}
@@ -83,6 +86,7 @@ class FaultyStore : public ObjectStore {
   Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override;
   Result<std::vector<uint8_t>> Get(const std::string& name) override;
   Result<bool> Exists(const std::string& name) override;
+  Result<uint64_t> Size(const std::string& name) override;
   Result<std::vector<std::string>> List(const std::string& prefix) override;
   Status Delete(const std::string& name) override;
   Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override;

@@ -1,0 +1,390 @@
+// Repository (layer 3 of issue 16): chunks, indexes and manifests on an ObjectStore, and the
+// operations on them — verify, prune, gc, stats. See repository.h for the contract and the
+// locking, docs/repository-format.md section 7 for the order of writes and why it is crash-safe.
+//
+// Every stored object is sealed by the Codec. Chunks and indexes are content-addressed (their
+// name is the Codec's ChunkId of the plain bytes) and checked on read by hashing what was
+// unsealed; manifests are named by their backup id and sealed with the object name as AAD, so a
+// manifest copied under another name fails to open.
+//
+// Verify and Gc both start from the manifests. Verify collects, for every distinct chunk, the
+// backups referencing it, then `threads` workers pull chunks from a shared counter; problems and
+// the progress callback go through a local mutex. Gc marks (sets of digests) and sweeps (List,
+// Delete) under the exclusive lease.
+#include "repository/repository.h"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "repository/repository_format.h"
+
+namespace blksnap::repo {
+namespace {
+
+std::span<const uint8_t> IdBytes(const Digest& id) { return id.bytes; }
+
+std::span<const uint8_t> TextBytes(std::string_view text) {
+  return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
+}
+
+std::string IndexName(const Digest& id) { return std::string(kIndexesPrefix) + id.Hex(); }
+std::string BackupName(const std::string& id) { return std::string(kBackupsPrefix) + id; }
+
+// "<prefix>: <message>" with the same errno.
+Status Prefixed(const Status& status, const std::string& prefix) {
+  return Status::Error(status.errnum(), prefix + ": " + std::string(status.message()));
+}
+
+// The digest of a chunk object's name "chunks/XX/<hex>", or nothing for a name gc does not own.
+std::optional<Digest> ChunkIdOfName(const std::string& name) {
+  const size_t prefix = kChunksPrefix.size();
+  if (name.size() != prefix + 3 + 64 || name[prefix + 2] != '/') return std::nullopt;
+  auto id = Digest::FromHex(std::string_view(name).substr(prefix + 3));
+  if (!id.ok() || Codec::ChunkName(*id) != name) return std::nullopt;
+  return *id;
+}
+
+std::optional<Digest> IndexIdOfName(const std::string& name) {
+  auto id = Digest::FromHex(std::string_view(name).substr(kIndexesPrefix.size()));
+  if (!id.ok()) return std::nullopt;
+  return *id;
+}
+
+}  // namespace
+
+Status Repository::Init(ObjectStore& store, const NewRepoOptions& options,
+                        std::optional<std::span<const uint8_t>> key) {
+  BLKSNAP_ASSIGN_OR_RETURN(RepoConfig config, NewRepoConfig(options, key));
+  BLKSNAP_ASSIGN_OR_RETURN(std::string text, EncodeConfig(config));
+  Status status = store.PutIfAbsent(std::string(kConfigObject), TextBytes(text));
+  if (status.errnum() == EEXIST) {
+    return Status::Error(EEXIST, "a repository exists in this store (object 'config')");
+  }
+  return status;
+}
+
+Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
+                                                     std::optional<std::span<const uint8_t>> key) {
+  auto bytes = store->Get(std::string(kConfigObject));
+  if (!bytes.ok()) {
+    if (bytes.status().errnum() == ENOENT) {
+      return Status::Error(ENOENT, "no repository in this store (object 'config' is missing)");
+    }
+    return Prefixed(bytes.status(), "read config");
+  }
+  const std::string_view text(reinterpret_cast<const char*>(bytes->data()), bytes->size());
+  auto config = ParseConfig(text);
+  if (!config.ok()) return Prefixed(config.status(), "config");
+  BLKSNAP_ASSIGN_OR_RETURN(Codec codec, Codec::Open(*config, key));
+  return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(codec)));
+}
+
+Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain) {
+  Put put;
+  put.id = codec_.ChunkId(plain);
+  {
+    MutexLock lock(mu_);
+    while (in_flight_.contains(put.id)) put_done_.Wait(mu_);
+    in_flight_.insert(put.id);
+  }
+  auto store = [&]() -> Status {
+    const std::string name = Codec::ChunkName(put.id);
+    BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
+    if (exists) return Status::Ok();
+    BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, codec_.Seal(plain, IdBytes(put.id)));
+    BLKSNAP_RETURN_IF_ERROR(store_->Put(name, blob));
+    put.stored = true;
+    put.stored_bytes = blob.size();
+    return Status::Ok();
+  };
+  Status status = store();
+  {
+    MutexLock lock(mu_);
+    in_flight_.erase(put.id);
+  }
+  put_done_.SignalAll();
+  if (!status.ok()) return Prefixed(status, "chunk " + put.id.Hex());
+  return put;
+}
+
+Result<std::vector<uint8_t>> Repository::GetSealed(const std::string& name, const Digest& id,
+                                                   const char* what) {
+  const std::string label = std::string(what) + " " + id.Hex();
+  auto blob = store_->Get(name);
+  if (!blob.ok()) {
+    if (blob.status().errnum() == ENOENT) return Status::Error(ENOENT, label + " is missing");
+    return Prefixed(blob.status(), label);
+  }
+  auto plain = codec_.Unseal(*blob, IdBytes(id));
+  if (!plain.ok()) return Prefixed(plain.status(), label);
+  if (codec_.ChunkId(*plain) != id) {
+    return Status::Error(EBADMSG, label + ": the content does not match its id");
+  }
+  return plain;
+}
+
+Result<std::vector<uint8_t>> Repository::GetChunk(const Digest& id) {
+  return GetSealed(Codec::ChunkName(id), id, "chunk");
+}
+
+Result<Digest> Repository::PutIndex(const Index& index) {
+  BLKSNAP_RETURN_IF_ERROR(CheckIndex(index));
+  const std::vector<uint8_t> encoded = EncodeIndex(index);
+  const Digest id = codec_.ChunkId(encoded);
+  const std::string name = IndexName(id);
+  BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
+  if (exists) return id;
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, codec_.Seal(encoded, IdBytes(id)));
+  BLKSNAP_RETURN_IF_ERROR(store_->Put(name, blob));
+  return id;
+}
+
+Result<Index> Repository::GetIndex(const Digest& id) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> encoded, GetSealed(IndexName(id), id, "index"));
+  auto index = ParseIndex(encoded);
+  if (!index.ok()) return Prefixed(index.status(), "index " + id.Hex());
+  return index;
+}
+
+Status Repository::PublishBackup(const Manifest& manifest) {
+  BLKSNAP_RETURN_IF_ERROR(CheckManifest(manifest));
+  if (manifest.chunk_size != chunk_size()) {
+    return Status::Error(EINVAL, "backup " + manifest.id + ": chunk size " +
+                                     std::to_string(manifest.chunk_size) +
+                                     " is not the repository's " + std::to_string(chunk_size()));
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(bool index_exists, store_->Exists(IndexName(manifest.index)));
+  if (!index_exists) {
+    return Status::Error(
+        ENOENT, "backup " + manifest.id + ": index " + manifest.index.Hex() + " is missing");
+  }
+  const std::string name = BackupName(manifest.id);
+  const std::string text = EncodeManifest(manifest);
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob,
+                           codec_.Seal(TextBytes(text), TextBytes(name)));
+  Status status = store_->PutIfAbsent(name, blob);
+  if (status.errnum() == EEXIST) return Status::Error(EEXIST, "backup " + manifest.id + " exists");
+  return status;
+}
+
+Result<Manifest> Repository::GetBackup(const std::string& id) {
+  if (!IsValidBackupId(id)) return Status::Error(EINVAL, "'" + id + "' is not a backup id");
+  const std::string name = BackupName(id);
+  auto blob = store_->Get(name);
+  if (!blob.ok()) {
+    if (blob.status().errnum() == ENOENT)
+      return Status::Error(ENOENT, "backup " + id + " not found");
+    return Prefixed(blob.status(), "backup " + id);
+  }
+  auto plain = codec_.Unseal(*blob, TextBytes(name));
+  if (!plain.ok()) return Prefixed(plain.status(), "backup " + id);
+  auto manifest =
+      ParseManifest(std::string_view(reinterpret_cast<const char*>(plain->data()), plain->size()));
+  if (!manifest.ok()) return Prefixed(manifest.status(), "backup " + id);
+  if (manifest->id != id) {
+    return Status::Error(EBADMSG, "backup " + id + ": the manifest names another backup");
+  }
+  return manifest;
+}
+
+Result<std::vector<Manifest>> Repository::ListBackups(
+    std::vector<std::pair<std::string, Status>>* damaged) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> names,
+                           store_->List(std::string(kBackupsPrefix)));
+  std::vector<Manifest> manifests;
+  for (const std::string& name : names) {
+    const std::string id = name.substr(kBackupsPrefix.size());
+    auto manifest = GetBackup(id);
+    if (manifest.ok()) {
+      manifests.push_back(std::move(*manifest));
+    } else if (manifest.status().errnum() != ENOENT && damaged != nullptr) {
+      damaged->emplace_back(id, manifest.status());
+    }
+  }
+  return manifests;  // List is sorted and ids sort as names do
+}
+
+Result<std::vector<Repository::VerifyProblem>> Repository::Verify(
+    const std::vector<std::string>& backup_ids, int threads,
+    std::function<void(uint64_t done, uint64_t total)> progress) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease, store_->Lock(LockMode::kShared, true));
+  std::vector<VerifyProblem> problems;
+  std::vector<Manifest> manifests;
+  if (backup_ids.empty()) {
+    std::vector<std::pair<std::string, Status>> damaged;
+    BLKSNAP_ASSIGN_OR_RETURN(manifests, ListBackups(&damaged));
+    for (auto& [id, error] : damaged) problems.push_back({Digest{}, std::move(error), {id}});
+  } else {
+    for (const std::string& id : backup_ids) {
+      auto manifest = GetBackup(id);
+      if (manifest.ok()) {
+        manifests.push_back(std::move(*manifest));
+      } else if (manifest.status().errnum() == ENOENT || manifest.status().errnum() == EINVAL) {
+        return manifest.status();
+      } else {
+        problems.push_back({Digest{}, manifest.status(), {id}});
+      }
+    }
+  }
+
+  // Indexes first (each once), then every distinct chunk with the backups referencing it.
+  std::map<Digest, std::vector<std::string>> index_users;
+  for (const Manifest& m : manifests) index_users[m.index].push_back(m.id);
+  std::map<Digest, std::vector<std::string>> chunk_users;
+  for (const auto& [index_id, users] : index_users) {
+    auto index = GetIndex(index_id);
+    if (!index.ok()) {
+      problems.push_back({index_id, index.status(), users});
+      continue;
+    }
+    for (const std::string& user : users) {
+      for (const Digest& chunk : index->chunks) {
+        if (chunk.IsZero()) continue;
+        auto& list = chunk_users[chunk];
+        if (list.empty() || list.back() != user) list.push_back(user);
+      }
+    }
+  }
+
+  std::vector<const std::pair<const Digest, std::vector<std::string>>*> work;
+  work.reserve(chunk_users.size());
+  for (const auto& entry : chunk_users) work.push_back(&entry);
+  const uint64_t total = work.size();
+  std::atomic<size_t> next{0};
+  Mutex mu;
+  uint64_t done = 0;
+  std::vector<VerifyProblem> found;
+  auto worker = [&] {
+    for (size_t i = next++; i < work.size(); i = next++) {
+      auto chunk = GetChunk(work[i]->first);
+      MutexLock lock(mu);
+      if (!chunk.ok()) found.push_back({work[i]->first, chunk.status(), work[i]->second});
+      ++done;
+      if (progress) progress(done, total);
+    }
+  };
+  const int workers = std::clamp(threads, 1, 64);
+  std::vector<std::thread> pool;
+  for (int i = 1; i < workers && static_cast<uint64_t>(i) < total; ++i) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+
+  MutexLock lock(mu);
+  for (VerifyProblem& problem : found) problems.push_back(std::move(problem));
+  for (VerifyProblem& problem : problems) std::sort(problem.backups.begin(), problem.backups.end());
+  std::stable_sort(
+      problems.begin(), problems.end(),
+      [](const VerifyProblem& a, const VerifyProblem& b) { return a.chunk < b.chunk; });
+  return problems;
+}
+
+Result<std::vector<std::string>> Repository::Prune(const RetentionPolicy& policy, bool dry_run) {
+  if (policy.empty())
+    return Status::Error(EINVAL, "an empty retention policy would keep every backup");
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<Manifest> manifests, ListBackups());
+  std::vector<RetentionItem> items;
+  for (const Manifest& m : manifests) {
+    BLKSNAP_ASSIGN_OR_RETURN(auto time, ParseRfc3339(m.time));
+    items.push_back({m.id, m.device, time});
+  }
+  const std::vector<std::string> kept = SelectKept(std::move(items), policy);
+  std::vector<std::string> removed;
+  for (const Manifest& m : manifests) {
+    if (std::binary_search(kept.begin(), kept.end(), m.id)) continue;
+    if (!dry_run) BLKSNAP_RETURN_IF_ERROR(store_->Delete(BackupName(m.id)));
+    removed.push_back(m.id);
+  }
+  return removed;
+}
+
+Status Repository::Mark(std::unordered_set<Digest, DigestHash>& chunks,
+                        std::unordered_set<Digest, DigestHash>& indexes) {
+  std::vector<std::pair<std::string, Status>> damaged;
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<Manifest> manifests, ListBackups(&damaged));
+  if (!damaged.empty()) {
+    const Status& first = damaged.front().second;
+    // Damage (a bad blob or manifest, a newer version, a stray name) is EBADMSG; a store error
+    // keeps its errno.
+    const int e = first.errnum();
+    const int errnum = e == EBADMSG || e == ENOTSUP || e == EPROTO || e == EINVAL ? EBADMSG : e;
+    return Status::Error(errnum, "gc refuses to run: " + std::string(first.message()) + " (" +
+                                     std::to_string(damaged.size()) +
+                                     " unreadable manifest(s); it might reference chunks)");
+  }
+  for (const Manifest& m : manifests) {
+    if (!indexes.insert(m.index).second) continue;
+    auto index = GetIndex(m.index);
+    if (!index.ok()) return Prefixed(index.status(), "gc refuses to run: backup " + m.id);
+    for (const Digest& chunk : index->chunks) {
+      if (!chunk.IsZero()) chunks.insert(chunk);
+    }
+  }
+  return Status::Ok();
+}
+
+Result<Repository::GcResult> Repository::Gc() {
+  auto lease = store_->Lock(LockMode::kExclusive, false);
+  if (!lease.ok()) {
+    if (lease.status().errnum() == EBUSY) {
+      return Status::Error(EBUSY, "a backup is running on the repository");
+    }
+    return lease.status();
+  }
+  std::unordered_set<Digest, DigestHash> chunks, indexes;
+  BLKSNAP_RETURN_IF_ERROR(Mark(chunks, indexes));
+
+  GcResult result;
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> chunk_names,
+                           store_->List(std::string(kChunksPrefix)));
+  for (const std::string& name : chunk_names) {
+    const std::optional<Digest> id = ChunkIdOfName(name);
+    if (!id) continue;  // not a chunk object: not ours to delete
+    if (chunks.contains(*id)) {
+      ++result.chunks_kept;
+      continue;
+    }
+    auto size = store_->Size(name);
+    if (!size.ok() && size.status().errnum() != ENOENT) return size.status();
+    BLKSNAP_RETURN_IF_ERROR(store_->Delete(name));
+    ++result.chunks_deleted;
+    result.bytes_freed += size.ok() ? *size : 0;
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> index_names,
+                           store_->List(std::string(kIndexesPrefix)));
+  for (const std::string& name : index_names) {
+    const std::optional<Digest> id = IndexIdOfName(name);
+    if (!id || indexes.contains(*id)) continue;
+    auto size = store_->Size(name);
+    if (!size.ok() && size.status().errnum() != ENOENT) return size.status();
+    BLKSNAP_RETURN_IF_ERROR(store_->Delete(name));
+    ++result.indexes_deleted;
+    result.bytes_freed += size.ok() ? *size : 0;
+  }
+  return result;
+}
+
+Result<Repository::Stats> Repository::GetStats() {
+  Stats stats;
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<Manifest> manifests, ListBackups());
+  stats.backups = manifests.size();
+  for (const Manifest& m : manifests) stats.logical_bytes += m.device_size;
+  for (std::string_view prefix : {kChunksPrefix, kIndexesPrefix}) {
+    BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> names, store_->List(std::string(prefix)));
+    for (const std::string& name : names) {
+      auto size = store_->Size(name);
+      if (!size.ok() && size.status().errnum() == ENOENT) continue;  // deleted by gc meanwhile
+      if (!size.ok()) return size.status();
+      stats.stored_bytes += *size;
+      if (prefix == kChunksPrefix) ++stats.chunks;
+    }
+  }
+  return stats;
+}
+
+Result<std::unique_ptr<Lease>> Repository::BackupLease() {
+  return store_->Lock(LockMode::kShared, true);
+}
+
+}  // namespace blksnap::repo

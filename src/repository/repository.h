@@ -1,0 +1,146 @@
+// Repository: the backup repository of issue 16 (layer 3), built on an ObjectStore (layer 1: the
+// objects, the Codec) and the catalog (layer 2: Index, Manifest, retention). Formats and the order
+// of operations: docs/repository-format.md (section 7 for what this file does).
+//
+// Objects: "config" (written once by Init with PutIfAbsent), "chunks/XX/<hex>" (a sealed chunk,
+// AAD = the 32 id bytes), "indexes/<hex>" (a sealed encoded Index, hex = ChunkId of the encoded
+// bytes, AAD = the id bytes), "backups/<id>" (a sealed manifest, AAD = the object name's bytes,
+// published with PutIfAbsent LAST by a backup: a backup killed before that leaves only
+// unreferenced chunks and indexes, which the next backup reuses and gc frees).
+//
+// Concurrency: backups hold BackupLease() (the store's kShared lock) for their whole run; Gc takes
+// kExclusive without waiting and refuses (EBUSY) while any backup runs, so it never frees a chunk
+// that a running backup found present and did not store again. Verify holds a shared lease too.
+// Prune only deletes manifests and needs no lease.
+//
+// Thread safety: every method may be called from many threads at once. The Codec is immutable
+// and the store is thread-safe; the only mutable state is in_flight_ (mu_), the ids of chunks
+// being stored right now, so that two threads storing the same chunk store it once (the second
+// waits for the first and reports stored=false). No lock is held across store I/O.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "blksnap/status.h"
+#include "repository/codec.h"
+#include "repository/digest.h"
+#include "repository/index.h"
+#include "repository/manifest.h"
+#include "repository/object_store.h"
+#include "repository/retention.h"
+#include "util/mutex.h"
+#include "util/thread_annotations.h"
+
+namespace blksnap::repo {
+
+class Repository {
+ public:
+  // Writes "config" with PutIfAbsent (EEXIST "a repository exists in this store"); a key makes
+  // the repository encrypted.
+  static Status Init(ObjectStore& store, const NewRepoOptions& options,
+                     std::optional<std::span<const uint8_t>> key);
+  // Reads and checks "config" (ENOENT "no repository in this store"), opens the Codec (EACCES for
+  // a wrong or missing key, EINVAL for a key given to a plain repository).
+  static Result<std::unique_ptr<Repository>> Open(std::unique_ptr<ObjectStore> store,
+                                                  std::optional<std::span<const uint8_t>> key);
+
+  Repository(const Repository&) = delete;
+  Repository& operator=(const Repository&) = delete;
+
+  const Codec& codec() const { return codec_; }
+  uint64_t chunk_size() const { return codec_.config().chunk_size; }
+  ObjectStore& store() { return *store_; }
+
+  struct Put {
+    Digest id;
+    bool stored = false;        // a new blob was written (false: the chunk was present)
+    uint64_t stored_bytes = 0;  // the new blob's size
+  };
+  // Stores a chunk unless an object of its id exists (dedup). The caller skips zero chunks.
+  Result<Put> PutChunk(std::span<const uint8_t> plain) EXCLUDES(mu_);
+  // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
+  // when the blob does not unseal or its content does not hash to the id.
+  Result<std::vector<uint8_t>> GetChunk(const Digest& id);
+
+  // Stores an index (CheckIndex first: EINVAL) as "indexes/<hex>"; returns its id.
+  Result<Digest> PutIndex(const Index& index);
+  // ENOENT "index <hex> is missing", EBADMSG "index <hex>: ..." like GetChunk, then ParseIndex.
+  Result<Index> GetIndex(const Digest& id);
+
+  // Publishes a manifest as "backups/<id>" (PutIfAbsent: EEXIST if the id is taken). EINVAL if it
+  // fails CheckManifest or its chunk size is not the repository's; ENOENT if its index object is
+  // missing. A backup calls this LAST, after every chunk and its index are stored.
+  Status PublishBackup(const Manifest& manifest);
+  // EINVAL for an invalid id, ENOENT "backup <id> not found", EBADMSG "backup <id>: ..." for a
+  // damaged object or one whose manifest names another id.
+  Result<Manifest> GetBackup(const std::string& id);
+  // Every readable backup, sorted by id (time). A manifest that cannot be read or parsed (any
+  // error but ENOENT, which means it was just deleted) is skipped and, when `damaged` is given,
+  // reported there as (id, error); a name under "backups/" that is not a valid id counts too.
+  Result<std::vector<Manifest>> ListBackups(
+      std::vector<std::pair<std::string, Status>>* damaged = nullptr);
+
+  struct VerifyProblem {
+    Digest chunk;  // the chunk or index; zero for a manifest that cannot be read
+    Status error;
+    std::vector<std::string> backups;  // every given backup it affects, sorted
+  };
+  // Re-reads and re-hashes every chunk and index the given backups reference (all backups if
+  // empty; a named backup that does not exist is ENOENT), each chunk once, `threads` at a time.
+  // `progress` (done, total) counts chunks; it is called from the workers, one call at a time.
+  // Problems are sorted by digest. The result is an error only when verification could not run.
+  Result<std::vector<VerifyProblem>> Verify(
+      const std::vector<std::string>& backup_ids, int threads,
+      std::function<void(uint64_t done, uint64_t total)> progress = {});
+
+  // Deletes the manifests SelectKept does not keep (EINVAL for an empty policy); returns the ids
+  // removed (or that would be, when dry_run), sorted. Damaged manifests are left alone.
+  Result<std::vector<std::string>> Prune(const RetentionPolicy& policy, bool dry_run);
+
+  struct GcResult {
+    uint64_t chunks_deleted = 0, bytes_freed = 0, indexes_deleted = 0, chunks_kept = 0;
+  };
+  // Takes the exclusive lease without waiting (EBUSY "a backup is running on the repository"),
+  // marks every chunk and index referenced by a manifest and deletes the rest. A manifest or an
+  // index that cannot be read makes gc refuse (EBADMSG, or the read's error) and delete nothing.
+  Result<GcResult> Gc();
+
+  struct Stats {
+    uint64_t backups = 0;        // readable manifests
+    uint64_t logical_bytes = 0;  // sum of their device sizes
+    uint64_t chunks = 0;         // chunk objects
+    uint64_t stored_bytes = 0;   // sum of the sizes of every chunk and index object
+  };
+  Result<Stats> GetStats();
+
+  // The shared lease a backup holds for its whole run: take it before reading a parent's index.
+  // Waits while gc runs.
+  Result<std::unique_ptr<Lease>> BackupLease();
+
+ private:
+  Repository(std::unique_ptr<ObjectStore> store, Codec codec)
+      : store_(std::move(store)), codec_(std::move(codec)) {}
+
+  // Reads "what <hex>" at `name`, unseals it (AAD = id bytes) and checks ChunkId == id.
+  Result<std::vector<uint8_t>> GetSealed(const std::string& name, const Digest& id,
+                                         const char* what);
+  // Marks every referenced chunk and index; an unreadable manifest or index is an error.
+  Status Mark(std::unordered_set<Digest, DigestHash>& chunks,
+              std::unordered_set<Digest, DigestHash>& indexes);
+
+  const std::unique_ptr<ObjectStore> store_;
+  const Codec codec_;
+  Mutex mu_;
+  CondVar put_done_;  // signalled when an id leaves in_flight_
+  std::unordered_set<Digest, DigestHash> in_flight_ GUARDED_BY(mu_);
+};
+
+}  // namespace blksnap::repo
