@@ -22,21 +22,12 @@ namespace blksnap::cli {
 
 using nlohmann::json;
 
-namespace {
-
-[[noreturn]] void Fail(const Status& status) {
+void Fail(const Status& status) {
   throw CommandError{ExitCodeForErrno(status.errnum()), status.errnum(),
                      std::string(status.message())};
 }
-[[noreturn]] void Usage(const std::string& message) {
-  throw CommandError{kExitUsage, EINVAL, message};
-}
+void Usage(const std::string& message) { throw CommandError{kExitUsage, EINVAL, message}; }
 
-template <typename T>
-T Check(Result<T> r) {
-  if (!r.ok()) Fail(r.status());
-  return std::move(r).value();
-}
 void Check(const Status& s) {
   if (!s.ok()) Fail(s);
 }
@@ -60,8 +51,6 @@ uint64_t ParseNumberArg(const std::string& what, const std::string& text, uint64
   if (v > max) Usage(what + ": " + text + " is out of range (0.." + std::to_string(max) + ")");
   return v;
 }
-
-}  // namespace
 
 ControlClient& Context::Client() {
   if (!client) {

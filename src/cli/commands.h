@@ -32,6 +32,20 @@ struct CommandError {
   std::string message;
 };
 
+// Helpers of every command file: throw the CommandError of a failed Status / Result, or of a
+// usage error; make a client-side path absolute; parse a size or a number argument.
+[[noreturn]] void Fail(const Status& status);
+[[noreturn]] void Usage(const std::string& message);
+void Check(const Status& s);
+template <typename T>
+T Check(Result<T> r) {
+  if (!r.ok()) Fail(r.status());
+  return std::move(r).value();
+}
+std::string Absolute(const std::string& path);
+uint64_t ParseSizeArg(const std::string& what, const std::string& text);
+uint64_t ParseNumberArg(const std::string& what, const std::string& text, uint64_t max);
+
 // What every command needs: the control socket (connected at the first request) and the output.
 struct Context {
   std::string control;

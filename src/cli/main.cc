@@ -22,6 +22,7 @@
 
 #include "cli/commands.h"
 #include "cli/exit_codes.h"
+#include "cli/repo_commands.h"
 #include "control/protocol.h"
 
 namespace blksnap::cli {
@@ -177,6 +178,9 @@ int Main(int argc, char** argv) {
   app.add_subcommand("status", "devices, snapshots, storage use and events")->callback([&] {
     run([&] { CmdStatus(ctx); });
   });
+
+  RepoArgs repo_args;
+  AddRepoCommands(app, ctx, repo_args, run);
 
   try {
     app.parse(argc, argv);

@@ -302,6 +302,40 @@ Result<json> SnapshotTake(Service& service, const json& params, const Cancelled&
               {"warnings", v.warnings}};
 }
 
+// backup: the manifests as the repository stores them (docs/repository-format.md), one per
+// device, plus the snapshot used.
+Result<json> Backup(Service& service, const json& params, const Cancelled& cancelled) {
+  BackupRequest r;
+  if (!params.contains("devices") || !params["devices"].is_array() || params["devices"].empty())
+    return Status::Error(EINVAL, "'devices' must be a non-empty list of names");
+  for (const auto& d : params["devices"]) {
+    if (!d.is_string()) return Status::Error(EINVAL, "'devices' must be a list of names");
+    r.devices.push_back(d.get<std::string>());
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(r.repo, GetString(params, "repo"));
+  r.key_file = GetOptionalString(params, "key_file").value_or("");
+  r.storage = GetOptionalString(params, "storage").value_or("");
+  r.full = GetBool(params, "full");
+  if (params.contains("snapshot")) {
+    BLKSNAP_ASSIGN_OR_RETURN(r.snapshot, ParseId(json{{"id", params["snapshot"]}}));
+  }
+  if (params.contains("threads")) {
+    BLKSNAP_ASSIGN_OR_RETURN(uint64_t threads, GetUint(params, "threads"));
+    if (threads < 1 || threads > 64) return Status::Error(EINVAL, "'threads' must be 1 to 64");
+    r.threads = static_cast<int>(threads);
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(BackupView view, service.Backup(r, cancelled));
+  json backups = json::array();
+  for (const repo::Manifest& m : view.backups) {
+    json j = json::parse(repo::EncodeManifest(m), nullptr, false);
+    j.erase("checksum");
+    backups.push_back(std::move(j));
+  }
+  return json{{"snapshot", view.snapshot.ToString()},
+              {"took_ms", view.snapshot_took_ms},
+              {"backups", std::move(backups)}};
+}
+
 Result<json> SnapshotDestroy(Service& service, const json& params, const Cancelled&) {
   BLKSNAP_ASSIGN_OR_RETURN(Uuid id, ParseId(params));
   BLKSNAP_RETURN_IF_ERROR(service.DestroySnapshot(id, GetBool(params, "force")));
@@ -396,6 +430,7 @@ constexpr std::array kMethods = {
     Method{"snapshot-take", SnapshotTake},
     Method{"snapshot-set-limit", SnapshotSetLimit},
     Method{"snapshot-destroy", SnapshotDestroy},
+    Method{"backup", Backup},
     Method{"snapshot-list", SnapshotList},
     Method{"snapshot-info", SnapshotInfo},
     Method{"snapshot-wait-event", WaitEvent},

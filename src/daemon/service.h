@@ -34,6 +34,7 @@
 #include "blksnap/mapped_file.h"
 #include "daemon/fronts.h"
 #include "daemon/records.h"
+#include "repository/manifest.h"
 #include "util/mutex.h"
 
 namespace blksnap::daemon {
@@ -147,6 +148,23 @@ struct SnapshotView {
   std::vector<SnapshotEventRecord> events;  // recent ones
 };
 
+// Service::Backup (service_backup.cc): the devices of one snapshot into a repository.
+struct BackupRequest {
+  std::vector<std::string> devices;
+  std::string repo;              // the repository directory, absolute
+  std::string key_file;          // absolute; empty: a plain repository
+  bool full = false;             // read everything even if an incremental backup is possible
+  std::optional<Uuid> snapshot;  // a taken snapshot to back up (left as it is); none: take one
+  std::string storage;           // the storage of the snapshot taken; empty: STATE_DIR/backup
+  int threads = 4;
+};
+
+struct BackupView {
+  Uuid snapshot;
+  double snapshot_took_ms = 0;          // 0 when the snapshot was given
+  std::vector<repo::Manifest> backups;  // one per device, in the request's order
+};
+
 struct EventWaitView {
   bool timed_out = false;
   SnapshotEventRecord record;  // when !timed_out
@@ -196,6 +214,11 @@ class Service {
   Status DestroySnapshot(const Uuid& id, bool force) EXCLUDES(mu_);
   std::vector<SnapshotSummary> Snapshots() EXCLUDES(mu_);
   Result<SnapshotView> GetSnapshot(const Uuid& id) EXCLUDES(mu_);
+  // Runs on the caller's thread for as long as the backup takes; mu_ only for the snapshot's
+  // create, take and destroy. cancelled (polled between chunks; may be empty): true ends it
+  // with ECANCELED, nothing published.
+  Result<BackupView> Backup(const BackupRequest& request,
+                            const std::function<bool()>& cancelled = {}) EXCLUDES(mu_);
   // The first event after `after` (without it: after the last one a cursor-less wait returned).
   // `cancelled` is polled so a wait ends when its client goes away (ECANCELED).
   Result<EventWaitView> WaitEvent(const Uuid& id, std::optional<uint64_t> after,

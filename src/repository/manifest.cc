@@ -250,7 +250,13 @@ Result<Manifest> ParseManifest(std::string_view text) {
 std::string NewBackupId(chrono::system_clock::time_point time) {
   const UtcFields utc = Utc(time);
   std::random_device random;
-  const uint32_t suffix = std::uniform_int_distribution<uint32_t>()(random);
+  // The first three hex digits are the milliseconds (000..3e7), so that backups taken in one
+  // second still sort by time; the other five are random.
+  const auto ms =
+      chrono::duration_cast<chrono::milliseconds>(time - chrono::floor<chrono::seconds>(time))
+          .count();
+  const uint32_t suffix = static_cast<uint32_t>(ms) << 20 |
+                          (std::uniform_int_distribution<uint32_t>()(random) & 0xfffff);
   char id[64];
   std::snprintf(id, sizeof(id), "%04d%02u%02ut%02d%02d%02dz-%08x", utc.year, utc.month, utc.day,
                 utc.hour, utc.minute, utc.second, suffix);
@@ -280,9 +286,12 @@ bool IsValidBackupId(std::string_view id) {
 
 std::string FormatRfc3339(chrono::system_clock::time_point time) {
   const UtcFields utc = Utc(time);
+  const auto ms =
+      chrono::duration_cast<chrono::milliseconds>(time - chrono::floor<chrono::seconds>(time))
+          .count();
   char text[64];
-  std::snprintf(text, sizeof(text), "%04d-%02u-%02uT%02d:%02d:%02dZ", utc.year, utc.month, utc.day,
-                utc.hour, utc.minute, utc.second);
+  std::snprintf(text, sizeof(text), "%04d-%02u-%02uT%02d:%02d:%02d.%03dZ", utc.year, utc.month,
+                utc.day, utc.hour, utc.minute, utc.second, static_cast<int>(ms));
   return text;
 }
 

@@ -68,13 +68,13 @@ std::string EncodeManifest(const Manifest& manifest);
 // also checks that the id is the one in the object's name "backups/<id>".
 Result<Manifest> ParseManifest(std::string_view text);
 
-// "yyyymmddthhmmssz-xxxxxxxx": the UTC time (whole seconds) and 8 random lowercase hex digits.
-// Ids of backups taken in different seconds sort as their times do. All lowercase: the id is
+// "yyyymmddthhmmssz-mmmxxxxx": the UTC time (whole seconds), then 3 hex digits of milliseconds
+// and 5 random lowercase hex digits. Ids sort as their times do (to the millisecond). All lowercase: the id is
 // part of the object name "backups/<id>", and object names are [a-z0-9._/-].
 std::string NewBackupId(std::chrono::system_clock::time_point time);
 bool IsValidBackupId(std::string_view id);
 
-// RFC 3339 in UTC with whole seconds: "2026-11-30T18:30:00Z" (years 0000-9999).
+// RFC 3339 in UTC with milliseconds: "2026-11-30T18:30:00.000Z" (years 0000-9999).
 std::string FormatRfc3339(std::chrono::system_clock::time_point time);
 // Accepts "YYYY-MM-DDTHH:MM:SS", an optional fraction of a second (its first 9 digits are used)
 // and "Z" or "+hh:mm"/"-hh:mm" ('t' and 'z' too); EINVAL on anything else or an invalid date.

@@ -197,7 +197,10 @@ TEST(ManifestTest, BackupIdsSortByTime) {
   // A valid object name component: [a-z0-9._-] (repository_format.h, ValidateObjectName).
   for (char c : id) EXPECT_TRUE(std::islower(c) || std::isdigit(c) || c == '-') << id;
   EXPECT_TRUE(IsValidBackupId(id)) << id;
-  EXPECT_NE(NewBackupId(t0), NewBackupId(t0));  // 32 random bits: equal once in 4 billion
+  EXPECT_EQ(id.substr(17, 3), "3e7");           // 999 ms
+  EXPECT_NE(NewBackupId(t0), NewBackupId(t0));  // 20 random bits: equal once in a million
+  // Within one second, ids sort by the millisecond.
+  EXPECT_LT(NewBackupId(t0 - std::chrono::milliseconds(998)), NewBackupId(t0));
   std::string previous;
   for (int step = 0; step < 400; ++step) {
     const auto t = t0 + std::chrono::seconds(1) * (int64_t{step} * step * 9973);
@@ -217,8 +220,10 @@ TEST(ManifestTest, Rfc3339) {
   using std::chrono::sys_days;
   const auto t = sys_days(std::chrono::year(2024) / 2 / 29) + std::chrono::hours(23) +
                  std::chrono::minutes(59) + std::chrono::seconds(58);
-  EXPECT_EQ(FormatRfc3339(t + std::chrono::milliseconds(700)), "2024-02-29T23:59:58Z");
-  EXPECT_EQ(FormatRfc3339(system_clock::time_point{}), "1970-01-01T00:00:00Z");
+  EXPECT_EQ(FormatRfc3339(t + std::chrono::milliseconds(700)), "2024-02-29T23:59:58.700Z");
+  EXPECT_EQ(FormatRfc3339(system_clock::time_point{}), "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(*ParseRfc3339(FormatRfc3339(t + std::chrono::milliseconds(7))),
+            t + std::chrono::milliseconds(7));
   auto parsed = ParseRfc3339("2024-02-29T23:59:58Z");
   ASSERT_TRUE(parsed.ok());
   EXPECT_EQ(*parsed, t);

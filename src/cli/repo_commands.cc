@@ -1,0 +1,318 @@
+// The backup commands: see repo_commands.h.
+#include "cli/repo_commands.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "blksnap/io.h"
+#include "repository/backup.h"
+#include "repository/object_store.h"
+
+namespace blksnap::cli {
+namespace {
+
+using nlohmann::json;
+
+std::optional<std::vector<uint8_t>> Key(const RepoArgs& a) {
+  if (a.key_file.empty()) return std::nullopt;
+  return Check(repo::ReadKeyFile(Absolute(a.key_file)));
+}
+
+std::unique_ptr<repo::Repository> OpenRepo(const RepoArgs& a) {
+  if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
+  auto store = Check(repo::OpenLocalStore(Absolute(a.repo)));
+  const auto key = Key(a);
+  std::optional<std::span<const uint8_t>> span;
+  if (key) span = std::span<const uint8_t>(*key);
+  return Check(repo::Repository::Open(std::move(store), span));
+}
+
+json ManifestJson(const repo::Manifest& m) {
+  json j = json::parse(repo::EncodeManifest(m), nullptr, false);
+  j.erase("checksum");
+  return j;
+}
+
+// Progress on a terminal (stderr, rewritten in place) or as JSON lines; nothing otherwise.
+repo::ProgressFn Progress(const Output& out, const std::string& what) {
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  if (!out.as_json && !tty) return {};
+  const auto start = std::chrono::steady_clock::now();
+  return [&out, what, start, tty](const repo::TransferProgress& p) {
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double rate = s > 0 ? p.done_bytes / s : 0;
+    const double eta = rate > 0 ? (p.total_bytes - p.done_bytes) / rate : 0;
+    if (out.as_json) {
+      out.Emit({{"progress",
+                 {{"what", what},
+                  {"done_bytes", p.done_bytes},
+                  {"total_bytes", p.total_bytes},
+                  {"bytes_per_second", static_cast<uint64_t>(rate)},
+                  {"eta_seconds", eta}}}});
+    } else if (tty) {
+      std::fprintf(stderr, "\r%s: %s / %s  %s/s  ETA %.0f s   ", what.c_str(),
+                   SizeText(p.done_bytes).c_str(), SizeText(p.total_bytes).c_str(),
+                   SizeText(static_cast<uint64_t>(rate)).c_str(), eta);
+      if (p.done_bytes == p.total_bytes) std::fprintf(stderr, "\n");
+    }
+  };
+}
+
+void CmdBackup(Context& ctx, const RepoArgs& a) {
+  if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
+  json params = {
+      {"devices", a.devices}, {"repo", Absolute(a.repo)}, {"full", a.full}, {"threads", a.threads}};
+  if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
+  if (!a.snapshot.empty()) params["snapshot"] = a.snapshot;
+  if (!a.storage.empty()) params["storage"] = Absolute(a.storage);
+  json r = ctx.Call("backup", params);
+  if (ctx.output.as_json) return ctx.output.Emit(r);
+  for (const json& m : r["backups"]) {
+    const json& st = m["stats"];
+    std::printf("backup %s of %s: %s (%s), %s read, %s new in %s chunks, %s reused, %.1f s\n",
+                Str(m["id"]).c_str(), Str(m["device"]).c_str(),
+                m["full"].get<bool>() ? "full" : "incremental",
+                m["full"].get<bool>() ? Str(m["full_reason"]).c_str()
+                                      : ("parent " + Str(m["parent"])).c_str(),
+                SizeText(st["read_bytes"]).c_str(), SizeText(st["new_bytes_stored"]).c_str(),
+                Str(st["new_chunks"]).c_str(), Str(st["reused_chunks"]).c_str(),
+                st["seconds"].get<double>());
+  }
+}
+
+void CmdRestore(Context& ctx, const RepoArgs& a) {
+  auto repository = OpenRepo(a);
+  const repo::Manifest m = Check(repository->GetBackup(a.backup));
+  const std::string target = Absolute(a.target);
+  struct stat st {};
+  const bool exists = ::stat(target.c_str(), &st) == 0;
+  const bool block = exists && S_ISBLK(st.st_mode);
+  if (exists && !block && !S_ISREG(st.st_mode)) {
+    Usage("restore target " + target + " is neither a regular file nor a block device");
+  }
+  if (!block) {
+    // A new or emptied file of the backup's size: zero chunks stay holes.
+    const int fd = ::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) Fail(Status::FromErrno("creating " + target));
+    const int rc = ::ftruncate(fd, static_cast<off_t>(m.device_size));
+    ::close(fd);
+    if (rc != 0) Fail(Status::FromErrno("sizing " + target));
+  }
+  FileOpenOptions o;
+  o.exclusive = true;  // a mounted block device is refused (EBUSY)
+  auto device = Check(OpenFileDevice(target, o));
+  repo::RestoreSpec spec;
+  spec.threads = a.threads;
+  spec.target_is_zeroed = !block;
+  spec.verify = a.verify;
+  spec.progress = Progress(ctx.output, "restore");
+  const auto start = std::chrono::steady_clock::now();
+  Check(repo::RunRestore(*repository, m, *device, spec));
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (ctx.output.as_json) {
+    return ctx.output.Emit({{"backup", m.id},
+                            {"target", target},
+                            {"bytes", m.device_size},
+                            {"seconds", s},
+                            {"verified", a.verify}});
+  }
+  std::printf("restored backup %s (%s of %s) to %s in %.1f s%s\n", m.id.c_str(),
+              SizeText(m.device_size).c_str(), m.device.c_str(), target.c_str(), s,
+              a.verify ? ", verified" : "");
+}
+
+void CmdRepoInit(Context& ctx, const RepoArgs& a) {
+  const std::string path = Absolute(a.target);
+  if (a.encrypt == a.key_file.empty()) {
+    Usage(a.encrypt ? "--encrypt needs --key-file F" : "--key-file needs --encrypt at init");
+  }
+  repo::NewRepoOptions o;
+  if (!a.chunk_size.empty()) o.chunk_size = ParseSizeArg("--chunk-size", a.chunk_size);
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    Fail(Status::FromErrno("creating " + path));
+  }
+  auto store = Check(repo::OpenLocalStore(path));
+  const auto key = Key(a);
+  std::optional<std::span<const uint8_t>> span;
+  if (key) span = std::span<const uint8_t>(*key);
+  Check(repo::Repository::Init(*store, o, span));
+  if (ctx.output.as_json) {
+    return ctx.output.Emit(
+        {{"repo", path}, {"chunk_size", o.chunk_size}, {"encrypted", a.encrypt}});
+  }
+  std::printf("repository %s: chunks of %s, %s\n", path.c_str(), SizeText(o.chunk_size).c_str(),
+              a.encrypt ? "encrypted (AES-256-GCM)" : "not encrypted");
+}
+
+void CmdRepoList(Context& ctx, const RepoArgs& a) {
+  auto repository = OpenRepo(a);
+  std::vector<std::pair<std::string, Status>> damaged;
+  const auto all = Check(repository->ListBackups(&damaged));
+  json list = json::array();
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "DEVICE", "HOST", "TIME", "KIND", "SIZE", "NEW", "GEN/SNAP", "PARENT"}};
+  for (const repo::Manifest& m : all) {
+    if (!a.device.empty() && m.device != a.device) continue;
+    list.push_back(ManifestJson(m));
+    rows.push_back({m.id, m.device, m.host, m.time, m.full ? "full:" + m.full_reason : "incr",
+                    SizeText(m.device_size), SizeText(m.stats.new_bytes_stored),
+                    m.cbt_generation.substr(0, 8) + "/" + std::to_string(m.snap_number),
+                    m.parent.empty() ? "-" : m.parent});
+  }
+  for (const auto& [id, status] : damaged) {
+    std::fprintf(stderr, "blksnap: warning: backup %s is unreadable: %s\n", id.c_str(),
+                 std::string(status.message()).c_str());
+  }
+  if (ctx.output.as_json) return ctx.output.Emit({{"backups", list}});
+  PrintTable(rows);
+}
+
+void CmdRepoVerify(Context& ctx, const RepoArgs& a) {
+  auto repository = OpenRepo(a);
+  const auto problems = Check(repository->Verify(a.backups, a.threads));
+  json list = json::array();
+  for (const auto& p : problems) {
+    list.push_back({{"chunk", p.chunk.Hex()},
+                    {"errno", p.error.errnum()},
+                    {"message", std::string(p.error.message())},
+                    {"backups", p.backups}});
+    if (!ctx.output.as_json) {
+      std::string affected;
+      for (const auto& b : p.backups) affected += " " + b;
+      std::fprintf(stderr, "blksnap: error: %s; affects backups:%s\n",
+                   std::string(p.error.message()).c_str(), affected.c_str());
+    }
+  }
+  if (ctx.output.as_json) {
+    ctx.output.Emit({{"ok", problems.empty()}, {"problems", list}});
+  } else if (problems.empty()) {
+    std::printf("verified: every chunk readable and matching its digest\n");
+  }
+  if (!problems.empty()) {
+    throw CommandError{kExitError, EBADMSG,
+                       std::to_string(problems.size()) + " damaged or missing chunk(s)"};
+  }
+}
+
+void CmdRepoPrune(Context& ctx, const RepoArgs& a) {
+  auto repository = OpenRepo(a);
+  repo::RetentionPolicy policy;
+  policy.keep_last = a.keep_last;
+  policy.keep_daily = a.keep_daily;
+  policy.keep_weekly = a.keep_weekly;
+  policy.keep_monthly = a.keep_monthly;
+  const auto removed = Check(repository->Prune(policy, a.dry_run));
+  if (ctx.output.as_json) return ctx.output.Emit({{"removed", removed}, {"dry_run", a.dry_run}});
+  for (const auto& id : removed)
+    std::printf("%s %s\n", a.dry_run ? "would remove" : "removed", id.c_str());
+  std::printf("%zu backup(s) %s; run `blksnap repo gc` to free their chunks\n", removed.size(),
+              a.dry_run ? "would be removed" : "removed");
+}
+
+void CmdRepoGc(Context& ctx, const RepoArgs& a) {
+  auto repository = OpenRepo(a);
+  const auto r = Check(repository->Gc());
+  if (ctx.output.as_json) {
+    return ctx.output.Emit({{"chunks_deleted", r.chunks_deleted},
+                            {"bytes_freed", r.bytes_freed},
+                            {"indexes_deleted", r.indexes_deleted},
+                            {"chunks_kept", r.chunks_kept}});
+  }
+  std::printf("gc: %llu chunk(s) and %llu index(es) deleted, %s freed, %llu chunk(s) kept\n",
+              static_cast<unsigned long long>(r.chunks_deleted),
+              static_cast<unsigned long long>(r.indexes_deleted), SizeText(r.bytes_freed).c_str(),
+              static_cast<unsigned long long>(r.chunks_kept));
+}
+
+void CmdRepoStats(Context& ctx, const RepoArgs& a) {
+  auto repository = OpenRepo(a);
+  const auto s = Check(repository->GetStats());
+  const double ratio = s.stored_bytes ? static_cast<double>(s.logical_bytes) / s.stored_bytes : 0;
+  if (ctx.output.as_json) {
+    return ctx.output.Emit({{"backups", s.backups},
+                            {"logical_bytes", s.logical_bytes},
+                            {"chunks", s.chunks},
+                            {"stored_bytes", s.stored_bytes},
+                            {"ratio", ratio}});
+  }
+  std::printf(
+      "%llu backup(s), %s logical, %llu chunk(s), %s stored: %.1fx (dedup and compression)\n",
+      static_cast<unsigned long long>(s.backups), SizeText(s.logical_bytes).c_str(),
+      static_cast<unsigned long long>(s.chunks), SizeText(s.stored_bytes).c_str(), ratio);
+}
+
+}  // namespace
+
+void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
+                     const std::function<void(std::function<void()>)>& run) {
+  auto repo_option = [&a](CLI::App* c) {
+    c->add_option("--repo", a.repo, "repository directory ($BLKSNAP_REPO)")
+        ->envname("BLKSNAP_REPO");
+    c->add_option("--key-file", a.key_file, "key of an encrypted repository ($BLKSNAP_KEY_FILE)")
+        ->envname("BLKSNAP_KEY_FILE");
+  };
+  auto threads = [&a](CLI::App* c) {
+    c->add_option("--threads", a.threads, "chunks in flight")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+  };
+
+  auto* backup =
+      app.add_subcommand("backup", "back devices up into a repository (through blksnapd)");
+  repo_option(backup);
+  threads(backup);
+  backup->add_flag("--full", a.full, "read everything even when CBT allows an incremental backup");
+  backup->add_option("--snapshot", a.snapshot, "back up this taken snapshot instead of taking one");
+  backup->add_option("--storage", a.storage,
+                     "storage of the snapshot taken (default STATE_DIR/backup)");
+  backup->add_option("DEVICE", a.devices, "device names")->required();
+  backup->callback([&] { run([&] { CmdBackup(ctx, a); }); });
+
+  auto* restore = app.add_subcommand("restore", "write a backup to a file or block device");
+  repo_option(restore);
+  threads(restore);
+  restore->add_option("BACKUP", a.backup, "backup id (repo list)")->required();
+  restore->add_option("TARGET", a.target, "file (created, sparse) or block device")->required();
+  restore->add_flag("--verify", a.verify, "re-read the target and check every chunk");
+  restore->callback([&] { run([&] { CmdRestore(ctx, a); }); });
+
+  auto* repo = app.add_subcommand("repo", "backup repositories");
+  repo->require_subcommand(1);
+  auto* init = repo->add_subcommand("init", "create a repository");
+  init->add_option("PATH", a.target, "directory (created)")->required();
+  init->add_flag("--encrypt", a.encrypt, "AES-256-GCM under a key derived from --key-file");
+  init->add_option("--key-file", a.key_file, "key file (any bytes, e.g. 32 random ones)");
+  init->add_option("--chunk-size", a.chunk_size, "chunk size (64K..64M, power of two; default 4M)");
+  init->callback([&] { run([&] { CmdRepoInit(ctx, a); }); });
+  auto* list = repo->add_subcommand("list", "backups in the repository");
+  repo_option(list);
+  list->add_option("DEVICE", a.device, "only this device's");
+  list->callback([&] { run([&] { CmdRepoList(ctx, a); }); });
+  auto* verify = repo->add_subcommand("verify", "re-read and re-hash every chunk of backups");
+  repo_option(verify);
+  threads(verify);
+  verify->add_option("BACKUP", a.backups, "backup ids (default: all)");
+  verify->callback([&] { run([&] { CmdRepoVerify(ctx, a); }); });
+  auto* prune = repo->add_subcommand("prune", "remove backups the retention policy does not keep");
+  repo_option(prune);
+  prune->add_option("--keep-last", a.keep_last, "the newest N of each device");
+  prune->add_option("--keep-daily", a.keep_daily, "the newest of each of the last N days");
+  prune->add_option("--keep-weekly", a.keep_weekly, "the newest of each of the last N weeks");
+  prune->add_option("--keep-monthly", a.keep_monthly, "the newest of each of the last N months");
+  prune->add_flag("--dry-run", a.dry_run, "only say what would be removed");
+  prune->callback([&] { run([&] { CmdRepoPrune(ctx, a); }); });
+  auto* gc = repo->add_subcommand("gc", "delete chunks no backup references");
+  repo_option(gc);
+  gc->callback([&] { run([&] { CmdRepoGc(ctx, a); }); });
+  auto* stats = repo->add_subcommand("stats", "logical and stored bytes");
+  repo_option(stats);
+  stats->callback([&] { run([&] { CmdRepoStats(ctx, a); }); });
+}
+
+}  // namespace blksnap::cli

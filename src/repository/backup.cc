@@ -1,0 +1,276 @@
+// RunBackup and RunRestore: see backup.h.
+//
+// Both run one loop (ParallelChunks): `threads` workers take chunk indexes from one atomic
+// counter, each with its own chunk-sized buffer; the first error stops every worker and is
+// returned. Counters are atomics; the progress callback is called by whichever worker passes the
+// interval first (a try-lock), so no extra thread is needed.
+#include "repository/backup.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+namespace blksnap::repo {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+bool IsAllZero(const uint8_t* p, size_t n) {
+  static const uint8_t kZero[4096] = {};
+  while (n > 0) {
+    const size_t k = std::min(n, sizeof kZero);
+    if (std::memcmp(p, kZero, k) != 0) return false;
+    p += k;
+    n -= k;
+  }
+  return true;
+}
+
+struct Counters {
+  std::atomic<uint64_t> done{0}, read{0}, stored{0};
+};
+
+class Reporter {
+ public:
+  Reporter(const ProgressFn& fn, std::chrono::milliseconds interval, uint64_t total,
+           const Counters& c)
+      : fn_(fn), interval_(interval), total_(total), c_(c), last_(Clock::now()) {}
+  void Maybe() {
+    if (!fn_) return;
+    std::unique_lock lock(mu_, std::try_to_lock);
+    if (!lock.owns_lock() || Clock::now() - last_ < interval_) return;
+    last_ = Clock::now();
+    fn_(Snapshot());
+  }
+  void Final() {
+    if (!fn_) return;
+    std::lock_guard lock(mu_);
+    fn_(Snapshot());
+  }
+
+ private:
+  TransferProgress Snapshot() const {
+    return {c_.done.load(), total_, c_.read.load(), c_.stored.load()};
+  }
+  const ProgressFn fn_;  // a copy: callers may pass a temporary
+  const std::chrono::milliseconds interval_;
+  const uint64_t total_;
+  const Counters& c_;
+  std::mutex mu_;  // only serializes the callback (never held while waiting for anything)
+  Clock::time_point last_;
+};
+
+// Runs fn(index, buffer) for every chunk index in [0, count) on `threads` workers.
+Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter& reporter,
+                      const std::function<Status(uint64_t, std::vector<uint8_t>&)>& fn) {
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex error_mu;
+  Status first_error;
+  auto worker = [&] {
+    std::vector<uint8_t> buffer(buffer_size);
+    for (;;) {
+      if (stop.load(std::memory_order_relaxed)) return;
+      const uint64_t index = next.fetch_add(1);
+      if (index >= count) return;
+      Status s = fn(index, buffer);
+      if (!s.ok()) {
+        std::lock_guard lock(error_mu);
+        if (first_error.ok()) first_error = std::move(s);
+        stop = true;
+        return;
+      }
+      reporter.Maybe();
+    }
+  };
+  const int n = static_cast<int>(std::clamp<uint64_t>(threads, 1, std::max<uint64_t>(count, 1)));
+  std::vector<std::thread> workers;
+  for (int i = 1; i < n; ++i) workers.emplace_back(worker);
+  worker();
+  for (auto& t : workers) t.join();
+  if (first_error.ok()) reporter.Final();
+  return first_error;
+}
+
+uint64_t ChunkCount(uint64_t size, uint64_t chunk) { return (size + chunk - 1) / chunk; }
+
+// The chunks an incremental backup must read: those the changed extents touch.
+std::vector<bool> ChunksToRead(const std::vector<ByteExtent>& changed, uint64_t size,
+                               uint64_t chunk) {
+  std::vector<bool> need(ChunkCount(size, chunk), false);
+  for (const ByteExtent& e : changed) {
+    if (e.length == 0 || e.offset >= size) continue;
+    const uint64_t end = std::min(size, e.offset + std::min(e.length, size - e.offset));
+    for (uint64_t i = e.offset / chunk; i <= (end - 1) / chunk; ++i) need[i] = true;
+  }
+  return need;
+}
+
+}  // namespace
+
+std::string HostName() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
+}
+
+Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpec& spec) {
+  const auto started = Clock::now();
+  const uint64_t size = image.size();
+  const uint64_t chunk = repo.chunk_size();
+  if (size == 0) return Status::Error(EINVAL, "device " + spec.device + " is empty");
+  const bool incremental = spec.parent.has_value();
+  if (incremental) {
+    const Index& p = spec.parent_index;
+    if (p.device_size != size || p.chunk_size != chunk ||
+        p.chunks.size() != ChunkCount(size, chunk)) {
+      return Status::Error(EINVAL, "backup " + spec.parent->id + " does not match device " +
+                                       spec.device + " (size or chunk size changed)");
+    }
+  }
+  // Backups hold the shared lease for their whole run: gc cannot free a chunk this backup
+  // found in the repository and relies on.
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease, repo.BackupLease());
+
+  Index index;
+  index.device_size = size;
+  index.chunk_size = chunk;
+  index.chunks.resize(ChunkCount(size, chunk));
+  std::vector<bool> need;
+  if (incremental) need = ChunksToRead(spec.changed, size, chunk);
+
+  Counters c;
+  std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
+  Reporter reporter(spec.progress, spec.progress_interval, size, c);
+  Status s =
+      ParallelChunks(index.chunks.size(), spec.threads, chunk, reporter,
+                     [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+                       if (spec.cancelled && spec.cancelled()) {
+                         return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
+                       }
+                       const uint64_t offset = i * chunk;
+                       const uint64_t length = std::min(chunk, size - offset);
+                       if (incremental && !need[i]) {
+                         index.chunks[i] = spec.parent_index.chunks[i];  // unchanged: not read
+                         c.done += length;
+                         return Status::Ok();
+                       }
+                       std::span<uint8_t> data(buf.data(), length);
+                       Status r = image.Read(offset, data);
+                       if (!r.ok()) {
+                         return Status::Error(r.errnum(), "reading " + spec.device + " at " +
+                                                              std::to_string(offset) + ": " +
+                                                              std::string(r.message()));
+                       }
+                       c.read += length;
+                       if (IsAllZero(data.data(), data.size())) {
+                         index.chunks[i] = Digest{};
+                         ++zeroes;
+                       } else {
+                         BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data));
+                         index.chunks[i] = put.id;
+                         if (put.stored) {
+                           ++new_chunks;
+                           c.stored += put.stored_bytes;
+                         } else {
+                           ++reused;
+                         }
+                       }
+                       c.done += length;
+                       return Status::Ok();
+                     });
+  BLKSNAP_RETURN_IF_ERROR(s);
+  if (incremental) {
+    for (size_t i = 0; i < index.chunks.size(); ++i) {
+      if (!need[i]) index.chunks[i].IsZero() ? ++zeroes : ++reused;
+    }
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(Digest index_id, repo.PutIndex(index));
+
+  Manifest m;
+  const auto now = std::chrono::system_clock::now();
+  m.id = NewBackupId(now);
+  m.device = spec.device;
+  m.host = spec.host.empty() ? HostName() : spec.host;
+  m.device_size = size;
+  m.chunk_size = chunk;
+  m.time = FormatRfc3339(now);
+  m.full = !incremental;
+  m.full_reason = incremental ? "" : spec.full_reason;
+  m.cbt_generation = spec.cbt_generation;
+  m.snap_number = spec.snap_number;
+  m.parent = incremental ? spec.parent->id : "";
+  m.index = index_id;
+  m.stats.logical_bytes = size;
+  m.stats.read_bytes = c.read;
+  m.stats.new_chunks = new_chunks;
+  m.stats.new_bytes_stored = c.stored;
+  m.stats.reused_chunks = reused;
+  m.stats.zero_chunks = zeroes;
+  m.stats.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  BLKSNAP_RETURN_IF_ERROR(repo.PublishBackup(m));
+  return m;
+}
+
+Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
+                  const RestoreSpec& spec) {
+  BLKSNAP_ASSIGN_OR_RETURN(Index index, repo.GetIndex(backup.index));
+  const uint64_t size = index.device_size;
+  const uint64_t chunk = index.chunk_size;
+  if (size != backup.device_size || index.chunks.size() != ChunkCount(size, chunk)) {
+    return Status::Error(EBADMSG, "backup " + backup.id + ": its index does not match it");
+  }
+  if (target.size() < size) {
+    return Status::Error(EINVAL, "the target (" + std::to_string(target.size()) +
+                                     " bytes) is smaller than backup " + backup.id + " (" +
+                                     std::to_string(size) + " bytes)");
+  }
+  Counters c;
+  Reporter reporter(spec.progress, spec.progress_interval, size, c);
+  BLKSNAP_RETURN_IF_ERROR(ParallelChunks(
+      index.chunks.size(), spec.threads, 0, reporter,
+      [&](uint64_t i, std::vector<uint8_t>&) -> Status {
+        const uint64_t offset = i * chunk;
+        const uint64_t length = std::min(chunk, size - offset);
+        if (index.chunks[i].IsZero()) {
+          if (!spec.target_is_zeroed) BLKSNAP_RETURN_IF_ERROR(target.WriteZeroes(offset, length));
+          c.done += length;
+          return Status::Ok();
+        }
+        BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> data, repo.GetChunk(index.chunks[i]));
+        if (data.size() != length) {
+          return Status::Error(EBADMSG, "backup " + backup.id + ": chunk " + index.chunks[i].Hex() +
+                                            " has " + std::to_string(data.size()) + " bytes, not " +
+                                            std::to_string(length));
+        }
+        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, data));
+        c.read += length;
+        c.done += length;
+        return Status::Ok();
+      }));
+  BLKSNAP_RETURN_IF_ERROR(target.Flush());
+  if (!spec.verify) return Status::Ok();
+
+  Counters v;
+  Reporter quiet(ProgressFn{}, spec.progress_interval, size, v);
+  return ParallelChunks(
+      index.chunks.size(), spec.threads, chunk, quiet,
+      [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+        const uint64_t offset = i * chunk;
+        std::span<uint8_t> data(buf.data(), std::min(chunk, size - offset));
+        BLKSNAP_RETURN_IF_ERROR(target.Read(offset, data));
+        const bool ok = index.chunks[i].IsZero() ? IsAllZero(data.data(), data.size())
+                                                 : repo.codec().ChunkId(data) == index.chunks[i];
+        if (!ok) {
+          return Status::Error(EIO, "verify: the target differs from backup " + backup.id +
+                                        " in the chunk at offset " + std::to_string(offset));
+        }
+        return Status::Ok();
+      });
+}
+
+}  // namespace blksnap::repo

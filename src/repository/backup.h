@@ -1,0 +1,82 @@
+// RunBackup and RunRestore: moving a device's bytes into a repository and back (issue 16).
+//
+// A backup reads the image (a snapshot image, or any BlockDevice that does not change while it
+// is read) chunk by chunk (the repository's chunk size), `threads` chunks at a time: a chunk of
+// zeroes becomes the zero digest and is not stored; any other chunk is named by the codec and
+// stored unless the repository has it (Repository::PutChunk). An incremental backup (a parent
+// backup of the same device, size and chunk size, plus the byte extents changed since the
+// parent's snap number) reads only the chunks those extents touch and takes every other digest
+// from the parent's index without reading it. The index is stored, then the manifest is published
+// last: a backup that fails or is killed leaves no manifest, only chunks that the next backup
+// reuses (and gc frees if none does).
+//
+// A restore writes every chunk of a backup's index to a target at least as large as the device,
+// `threads` chunks at a time; GetChunk checks each chunk's digest, so a damaged or missing chunk
+// fails the restore with that chunk's error. Zero chunks are skipped when the target already
+// reads as zeroes (a new or truncated sparse file: they stay holes), else written as zeroes.
+// `verify` then re-reads the target and checks every chunk against the index.
+//
+// Progress is reported through a callback, from the worker threads, at most every
+// `progress_interval` (and once at the end); it must be thread-safe and quick.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blksnap/block_device.h"
+#include "blksnap/cbt.h"
+#include "blksnap/status.h"
+#include "repository/index.h"
+#include "repository/manifest.h"
+#include "repository/repository.h"
+
+namespace blksnap::repo {
+
+struct TransferProgress {
+  uint64_t done_bytes = 0;    // of the device, read, skipped or written
+  uint64_t total_bytes = 0;   // the device's size
+  uint64_t read_bytes = 0;    // backup: read from the image; restore: fetched chunk bytes
+  uint64_t stored_bytes = 0;  // backup: new blob bytes stored
+};
+using ProgressFn = std::function<void(const TransferProgress&)>;
+
+struct BackupSpec {
+  std::string device;  // the device's name (manifest)
+  std::string host;    // empty: gethostname
+  std::string cbt_generation;
+  uint64_t snap_number = 0;
+  // Incremental: the parent backup, its index and the extents changed since its snap number.
+  std::optional<Manifest> parent;
+  Index parent_index;
+  std::vector<ByteExtent> changed;
+  // Full (no parent): why ("first", "generation", "requested").
+  std::string full_reason = "first";
+  int threads = 4;
+  ProgressFn progress;
+  std::chrono::milliseconds progress_interval{250};
+  // Polled between chunks: true stops the backup with ECANCELED (nothing is published).
+  std::function<bool()> cancelled;
+};
+
+// This machine's name, as backups record it (gethostname; "unknown" if it fails).
+std::string HostName();
+
+// The published manifest. EINVAL when the parent does not match the image (size, chunk size).
+Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpec& spec);
+
+struct RestoreSpec {
+  int threads = 4;
+  bool target_is_zeroed = false;  // a new or truncated file: zero chunks are left as holes
+  bool verify = false;            // re-read the target afterwards and check every chunk
+  ProgressFn progress;
+  std::chrono::milliseconds progress_interval{250};
+};
+
+Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
+                  const RestoreSpec& spec);
+
+}  // namespace blksnap::repo
