@@ -98,16 +98,54 @@ Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter&
 
 uint64_t ChunkCount(uint64_t size, uint64_t chunk) { return (size + chunk - 1) / chunk; }
 
-// The chunks an incremental backup must read: those the changed extents touch.
-std::vector<bool> ChunksToRead(const std::vector<ByteExtent>& changed, uint64_t size,
-                               uint64_t chunk) {
-  std::vector<bool> need(ChunkCount(size, chunk), false);
+// An incremental backup's view of one chunk: the changed byte ranges inside it (absolute
+// offsets, sorted). Chunks with none are unchanged.
+using ChangedPieces = std::vector<std::vector<ByteExtent>>;
+
+ChangedPieces PiecesByChunk(const std::vector<ByteExtent>& changed, uint64_t size, uint64_t chunk) {
+  ChangedPieces pieces(ChunkCount(size, chunk));
   for (const ByteExtent& e : changed) {
     if (e.length == 0 || e.offset >= size) continue;
-    const uint64_t end = std::min(size, e.offset + std::min(e.length, size - e.offset));
-    for (uint64_t i = e.offset / chunk; i <= (end - 1) / chunk; ++i) need[i] = true;
+    const uint64_t end = e.offset + std::min(e.length, size - e.offset);
+    for (uint64_t pos = e.offset; pos < end;) {
+      const uint64_t i = pos / chunk;
+      const uint64_t piece_end = std::min(end, (i + 1) * chunk);
+      pieces[i].push_back({pos, piece_end - pos});
+      pos = piece_end;
+    }
   }
-  return need;
+  return pieces;
+}
+
+// Fills `data` (the chunk at `offset`) for an incremental backup. When at most half the chunk
+// changed and the parent's version of it reads back fine (a zero chunk, or GetChunk with its
+// digest checked), only the changed pieces are read from the image, over the parent's data:
+// the device is read for what changed, not for whole chunks. Otherwise the whole chunk is read.
+// *read: bytes read from the image.
+Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
+                        std::span<uint8_t> data, const Digest& parent,
+                        const std::vector<ByteExtent>& pieces, uint64_t* read) {
+  uint64_t changed = 0;
+  for (const ByteExtent& p : pieces) changed += p.length;
+  bool base = false;
+  if (changed <= data.size() / 2) {
+    if (parent.IsZero()) {
+      std::memset(data.data(), 0, data.size());
+      base = true;
+    } else if (auto old = repo.GetChunk(parent); old.ok() && old->size() == data.size()) {
+      std::memcpy(data.data(), old->data(), data.size());
+      base = true;
+    }  // else: the parent's chunk is damaged or missing: read it all from the image
+  }
+  if (!base) {
+    *read = data.size();
+    return image.Read(offset, data);
+  }
+  *read = changed;
+  for (const ByteExtent& p : pieces) {
+    BLKSNAP_RETURN_IF_ERROR(image.Read(p.offset, data.subspan(p.offset - offset, p.length)));
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -140,53 +178,56 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   index.device_size = size;
   index.chunk_size = chunk;
   index.chunks.resize(ChunkCount(size, chunk));
-  std::vector<bool> need;
-  if (incremental) need = ChunksToRead(spec.changed, size, chunk);
+  ChangedPieces pieces;
+  if (incremental) pieces = PiecesByChunk(spec.changed, size, chunk);
 
   Counters c;
   std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
-  Status s =
-      ParallelChunks(index.chunks.size(), spec.threads, chunk, reporter,
-                     [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
-                       if (spec.cancelled && spec.cancelled()) {
-                         return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
-                       }
-                       const uint64_t offset = i * chunk;
-                       const uint64_t length = std::min(chunk, size - offset);
-                       if (incremental && !need[i]) {
-                         index.chunks[i] = spec.parent_index.chunks[i];  // unchanged: not read
-                         c.done += length;
-                         return Status::Ok();
-                       }
-                       std::span<uint8_t> data(buf.data(), length);
-                       Status r = image.Read(offset, data);
-                       if (!r.ok()) {
-                         return Status::Error(r.errnum(), "reading " + spec.device + " at " +
-                                                              std::to_string(offset) + ": " +
-                                                              std::string(r.message()));
-                       }
-                       c.read += length;
-                       if (IsAllZero(data.data(), data.size())) {
-                         index.chunks[i] = Digest{};
-                         ++zeroes;
-                       } else {
-                         BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data));
-                         index.chunks[i] = put.id;
-                         if (put.stored) {
-                           ++new_chunks;
-                           c.stored += put.stored_bytes;
-                         } else {
-                           ++reused;
-                         }
-                       }
-                       c.done += length;
-                       return Status::Ok();
-                     });
+  Status s = ParallelChunks(
+      index.chunks.size(), spec.threads, chunk, reporter,
+      [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+        if (spec.cancelled && spec.cancelled()) {
+          return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
+        }
+        const uint64_t offset = i * chunk;
+        const uint64_t length = std::min(chunk, size - offset);
+        if (incremental && pieces[i].empty()) {
+          index.chunks[i] = spec.parent_index.chunks[i];  // unchanged: not read
+          c.done += length;
+          return Status::Ok();
+        }
+        std::span<uint8_t> data(buf.data(), length);
+        uint64_t read = length;
+        Status r = incremental ? FillChangedChunk(repo, image, offset, data,
+                                                  spec.parent_index.chunks[i], pieces[i], &read)
+                               : image.Read(offset, data);
+        if (!r.ok()) {
+          return Status::Error(r.errnum(), "reading " + spec.device + " at " +
+                                               std::to_string(offset) + ": " +
+                                               std::string(r.message()));
+        }
+        c.read += read;
+        if (IsAllZero(data.data(), data.size())) {
+          index.chunks[i] = Digest{};
+          ++zeroes;
+        } else {
+          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data));
+          index.chunks[i] = put.id;
+          if (put.stored) {
+            ++new_chunks;
+            c.stored += put.stored_bytes;
+          } else {
+            ++reused;
+          }
+        }
+        c.done += length;
+        return Status::Ok();
+      });
   BLKSNAP_RETURN_IF_ERROR(s);
   if (incremental) {
     for (size_t i = 0; i < index.chunks.size(); ++i) {
-      if (!need[i]) index.chunks[i].IsZero() ? ++zeroes : ++reused;
+      if (pieces[i].empty()) index.chunks[i].IsZero() ? ++zeroes : ++reused;
     }
   }
   BLKSNAP_ASSIGN_OR_RETURN(Digest index_id, repo.PutIndex(index));

@@ -126,11 +126,33 @@ TEST_F(BackupTest, IncrementalReadsOnlyChangedChunksAndRestoresEachPoint) {
   const Manifest inc = Incremental(full, changed);
   EXPECT_FALSE(inc.full);
   EXPECT_EQ(inc.parent, full.id);
-  EXPECT_EQ(inc.stats.read_bytes, 3 * kChunk + (kSize - 64 * kChunk));  // chunks 3, 30, 31, 64
+  // Chunks 3, 30, 31 and 64 changed by a few bytes each: only those bytes are read from the
+  // image, the rest of each chunk comes from the parent's version in the repository.
+  EXPECT_EQ(inc.stats.read_bytes, 225u);
   EXPECT_EQ(inc.stats.new_chunks, 4u);
   const std::vector<uint8_t> at_inc = ReadAll(*image_);
   EXPECT_EQ(Restored(full, true), at_full);
   EXPECT_EQ(Restored(inc, true), at_inc);
+
+  // A chunk more than half rewritten is read whole; a zero chunk (12) gets its changed bytes
+  // over zeroes; a chunk whose parent version is damaged (40) is read whole, and still right.
+  Scribble(*image_, 5 * kChunk, kChunk, 4);
+  Scribble(*image_, 12 * kChunk + 7, 9, 5);
+  Scribble(*image_, 40 * kChunk + 1, 1, 6);
+  auto index = repo_->GetIndex(inc.index);
+  const std::string name = Codec::ChunkName(index->chunks[40]);
+  auto blob = store_->Get(name);
+  (*blob)[blob->size() / 2] ^= 0x10;
+  ASSERT_TRUE(store_->Put(name, *blob).ok());
+  const Manifest inc2 =
+      Incremental(inc, {{5 * kChunk, kChunk}, {12 * kChunk + 7, 9}, {40 * kChunk + 1, 1}});
+  EXPECT_EQ(inc2.stats.read_bytes, kChunk + 9 + kChunk);
+  const std::vector<uint8_t> at_inc2 = ReadAll(*image_);
+  auto target = MakeMemoryDevice(kSize);
+  RestoreSpec spec;
+  spec.target_is_zeroed = true;
+  ASSERT_TRUE(RunRestore(*repo_, inc2, *target, spec).ok());
+  EXPECT_EQ(ReadAll(*target), at_inc2);
 }
 
 TEST_F(BackupTest, AnIncrementalThatMissesAChangeIsWrongSoTheExtentsMatter) {
