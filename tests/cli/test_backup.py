@@ -270,9 +270,10 @@ def killed_backups(d, t):
         rc, _, err = d.cli("repo", "verify", "--repo", repo)
         t.check(rc == 0, "repo verify passes after the kills: %r" % err)
         # Progress: a backup that stores 128 MiB of random data on one thread into a new
-        # repository takes long enough for the CLI's polls (every 100 ms) to see it.
+        # repository of 64 KiB chunks (2048 objects, each written and fsynced) takes long
+        # enough for the CLI's polls (every 100 ms) to see it.
         fresh = os.path.join(d.tmp, "krepo2")
-        k.cli_json("repo", "init", fresh)
+        k.cli_json("repo", "init", fresh, "--chunk-size", "64K")
         progress = []
         backup(k, "big", "--repo", fresh, "--threads", "1", progress=progress)
         t.check(len(progress) >= 1 and all(
