@@ -26,7 +26,8 @@ Design note. One sequence, every tool on the same image file and the same change
              every write. "changed bytes" = the rewritten files' sizes.
   4. incr    blksnap `backup` (incremental: its stats.read_bytes is the bytes it read), then
              restic and borg of the image file again (both re-read all of it: its mtime changed).
-  5. restore blksnap `restore` of the incremental to a file, `restic restore latest`, `borg
+  5. restore blksnap `restore` of the incremental to a file (then `repo serve` of it: seconds
+             from the command to its first 512 bytes read over NBD), `restic restore latest`, `borg
              extract` of the second archive; each result is compared with the image (cmp,
              untimed) and removed.
   6. cpu     openssl's SHA-256 and zstd -b3 speeds on this machine (one core each), the limit
@@ -61,6 +62,7 @@ TARGETS = (  # name, key in ratios, comparison, target
     ("bytes read / bytes changed", "read_vs_changed", "<=", 2.0),
     ("restore blksnap/restic", "restore_vs_restic", ">=", 2.0),
     ("restore GiB/s (page-cached repo)", "restore_gibps", ">=", 1.0),
+    ("repo serve: first byte, s", "serve_first_byte_s", "<=", 1.0),
 )
 
 
@@ -193,6 +195,19 @@ class Blksnap:
                      timeout=1800)
         return s, target
 
+    def serve_first_byte(self):
+        """Seconds from `repo serve` of the last backup to its first 512 bytes read over NBD."""
+        import nbd
+        t0 = time.monotonic()
+        r = self.lab.cli_json("repo", "serve", self.last, "--repo", self.repo)
+        h = nbd.NBD()
+        h.connect_uri(r["nbd"])
+        h.pread(512, 0)
+        s = time.monotonic() - t0
+        h.shutdown()
+        self.lab.cli_json("repo", "unserve", self.last)
+        return s
+
     def finish(self):
         stop(self.proc)
 
@@ -291,6 +306,7 @@ def summarize(size, changed, tools):
         "restore_vs_restic": ratio(b["restore_MBps"], r["restore_MBps"]),
         "restore_vs_borg": ratio(b["restore_MBps"], g["restore_MBps"]),
         "restore_gibps": round(size / GIB / b["restore_s"], 2),
+        "serve_first_byte_s": b.get("serve_first_byte_s"),
     }
     targets = {}
     for name, key, op, want in TARGETS:
@@ -368,6 +384,8 @@ def main():
                 (shutil.rmtree if os.path.isdir(p) else os.unlink)(p) \
                     if os.path.lexists(p) else None
         if "blksnap" in only:
+            log("blksnap: repo serve, first byte over NBD")
+            tools["blksnap"]["serve_first_byte_s"] = round(runners[0].serve_first_byte(), 3)
             runners[0].finish()
         sample = os.path.join(SCRATCH, "sample")
         run(["dd", f"if={img}", f"of={sample}", "bs=1M", f"count={min(256, size // MIB)}"])
