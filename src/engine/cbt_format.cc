@@ -4,22 +4,10 @@
 #include <cstring>
 
 #include "util/crc32c.h"
+#include "util/little_endian.h"
 
 namespace blksnap {
 namespace {
-
-template <typename T>
-void PutLe(uint8_t* out, T value) {
-  using U = std::make_unsigned_t<T>;
-  for (size_t i = 0; i < sizeof(T); ++i) out[i] = static_cast<uint8_t>(U(value) >> (8 * i));
-}
-
-template <typename T>
-T GetLe(const uint8_t* in) {
-  std::make_unsigned_t<T> value = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) value |= static_cast<decltype(value)>(in[i]) << (8 * i);
-  return static_cast<T>(value);
-}
 
 void PutText(uint8_t* out, size_t field, const std::string& text) {
   std::memcpy(out, text.data(), std::min(text.size(), field - 1));  // the rest stays NUL

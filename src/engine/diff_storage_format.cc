@@ -6,21 +6,10 @@
 #include <string>
 
 #include "util/crc32c.h"
+#include "util/little_endian.h"
 
 namespace blksnap {
 namespace {
-
-template <typename T>
-void PutLe(uint8_t* out, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-
-template <typename T>
-T GetLe(const uint8_t* in) {
-  T value = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) value |= static_cast<T>(in[i]) << (8 * i);
-  return value;
-}
 
 Uuid GetUuid(const uint8_t* in) {
   std::array<uint8_t, kSnapshotIdSize> id{};

@@ -33,6 +33,7 @@
 #include "blksnap/uuid.h"
 #include "util/crc32c.h"
 #include "util/fd.h"
+#include "util/little_endian.h"
 
 namespace blksnap::repo {
 namespace {
@@ -42,55 +43,6 @@ using json = nlohmann::json;
 Status BadBlob(std::string_view why) { return Status::Error(EBADMSG, "blob: " + std::string(why)); }
 Status BadConfig(std::string_view why) {
   return Status::Error(EBADMSG, "repository config: " + std::string(why));
-}
-
-std::string ToHex(std::span<const uint8_t> bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string hex;
-  hex.reserve(bytes.size() * 2);
-  for (uint8_t b : bytes) {
-    hex.push_back(kHex[b >> 4]);
-    hex.push_back(kHex[b & 0xf]);
-  }
-  return hex;
-}
-
-// Exactly 2 * out.size() lowercase hex characters.
-bool FromHex(std::string_view hex, std::span<uint8_t> out) {
-  if (hex.size() != out.size() * 2) return false;
-  auto value = [](char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  for (size_t i = 0; i < out.size(); ++i) {
-    const int high = value(hex[2 * i]);
-    const int low = value(hex[2 * i + 1]);
-    if (high < 0 || low < 0) return false;
-    out[i] = static_cast<uint8_t>(high << 4 | low);
-  }
-  return true;
-}
-
-Digest Sha256(std::span<const uint8_t> data) {
-  Digest d;
-  unsigned int length = 0;
-  if (EVP_Digest(data.data(), data.size(), d.bytes.data(), &length, EVP_sha256(), nullptr) != 1) {
-    std::abort();  // only fails on allocation failure inside OpenSSL
-  }
-  return d;
-}
-
-Digest Sha256(std::string_view text) {
-  return Sha256({reinterpret_cast<const uint8_t*>(text.data()), text.size()});
-}
-
-void PutLe32(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t GetLe32(const uint8_t* p) {
-  return p[0] | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
-         static_cast<uint32_t>(p[3]) << 24;
 }
 
 struct CipherCtxFree {
@@ -418,8 +370,8 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
   std::memcpy(blob.data(), kBlobMagic, sizeof(kBlobMagic));
   blob[4] = kBlobVersion;
   blob[5] = flags;
-  PutLe32(&blob[8], static_cast<uint32_t>(plain.size()));
-  PutLe32(&blob[12], static_cast<uint32_t>(payload_length));
+  PutLe<uint32_t>(&blob[8], static_cast<uint32_t>(plain.size()));
+  PutLe<uint32_t>(&blob[12], static_cast<uint32_t>(payload_length));
   const std::span<const uint8_t> header(blob.data(), kBlobHeaderSize);
   if (config_.encrypted) {
     const std::span<uint8_t> nonce(blob.data() + kBlobHeaderSize, kGcmNonceSize);
@@ -432,7 +384,7 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
     uint32_t crc = Crc32c(header.data(), header.size());
     crc = Crc32c(aad.data(), aad.size(), crc);
     crc = Crc32c(payload, payload_length, crc);
-    PutLe32(payload + payload_length, crc);
+    PutLe<uint32_t>(payload + payload_length, crc);
   }
   blob.resize(offset + payload_length + trailer);
   return blob;
@@ -453,8 +405,8 @@ Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
     return BadBlob(encrypted ? "encrypted in a plain repository"
                              : "not encrypted in an encrypted repository");
   }
-  const uint32_t plain_length = GetLe32(&blob[8]);
-  const uint32_t payload_length = GetLe32(&blob[12]);
+  const uint32_t plain_length = GetLe<uint32_t>(&blob[8]);
+  const uint32_t payload_length = GetLe<uint32_t>(&blob[12]);
   if (plain_length > kMaxPlainLength) return BadBlob("plain length over 65 MiB");
   if (compressed ? (payload_length == 0 || payload_length >= plain_length)
                  : payload_length != plain_length) {
@@ -483,7 +435,7 @@ Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
     uint32_t crc = Crc32c(header.data(), header.size());
     crc = Crc32c(aad.data(), aad.size(), crc);
     crc = Crc32c(stored.data(), stored.size(), crc);
-    if (crc != GetLe32(blob.data() + offset + payload_length)) {
+    if (crc != GetLe<uint32_t>(blob.data() + offset + payload_length)) {
       return BadBlob("checksum mismatch (damaged, or stored under another name)");
     }
     if (!compressed) return std::vector<uint8_t>(stored.begin(), stored.end());

@@ -11,6 +11,7 @@
 #include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -31,5 +32,15 @@ struct Digest {  // SHA-256 or HMAC-SHA-256, 32 bytes
 struct DigestHash {  // for unordered_set / unordered_map
   size_t operator()(const Digest& digest) const;
 };
+
+// Lowercase hex of any bytes, and back (exactly 2 * out.size() lowercase hex characters).
+std::string ToHex(std::span<const uint8_t> bytes);
+bool FromHex(std::string_view hex, std::span<uint8_t> out);
+
+// SHA-256 (OpenSSL EVP): chunk names of plain repositories, the index's and the manifest's and
+// config's checksums. Aborts only when OpenSSL cannot allocate (an encoder without a checksum
+// would write an object that never parses).
+Digest Sha256(std::span<const uint8_t> data);
+Digest Sha256(std::string_view text);
 
 }  // namespace blksnap::repo

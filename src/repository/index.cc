@@ -6,46 +6,20 @@
 // it allocate count entries. Every check fails with EBADMSG and its own message.
 #include "repository/index.h"
 
-#include <openssl/evp.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "repository/catalog_format.h"
+#include "util/little_endian.h"
 
 namespace blksnap::repo {
 namespace {
 
-template <typename T>
-void PutLe(uint8_t* out, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-
-template <typename T>
-T GetLe(const uint8_t* in) {
-  T value = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) value |= static_cast<T>(in[i]) << (8 * i);
-  return value;
-}
-
 Status Bad(const std::string& what) { return Status::Error(EBADMSG, "index: " + what); }
 
 }  // namespace
-
-// EVP_Digest fails only when OpenSSL cannot allocate: nothing sensible can continue then, and an
-// encoder without a checksum would write an object that never parses.
-Digest CatalogSha256(std::span<const uint8_t> data) {
-  Digest out;
-  unsigned int length = 0;
-  if (EVP_Digest(data.data(), data.size(), out.bytes.data(), &length, EVP_sha256(), nullptr) != 1 ||
-      length != out.bytes.size()) {
-    std::fputs("blksnap: SHA-256 failed (OpenSSL out of memory)\n", stderr);
-    std::abort();
-  }
-  return out;
-}
 
 Status CheckIndex(const Index& index) {
   if (!IsValidChunkSize(index.chunk_size)) {
@@ -74,7 +48,7 @@ std::vector<uint8_t> EncodeIndex(const Index& index) {
     std::memcpy(entry, digest.bytes.data(), kIndexEntrySize);
     entry += kIndexEntrySize;
   }
-  const Digest sum = CatalogSha256(std::span<const uint8_t>(out.data(), body));
+  const Digest sum = Sha256(std::span<const uint8_t>(out.data(), body));
   std::memcpy(out.data() + body, sum.bytes.data(), sum.bytes.size());
   return out;
 }
@@ -107,7 +81,7 @@ Result<Index> ParseIndex(std::span<const uint8_t> bytes) {
     return Bad("object of " + std::to_string(bytes.size()) + " bytes, expected " +
                std::to_string(body + kIndexChecksumSize));
   }
-  const Digest sum = CatalogSha256(bytes.first(body));
+  const Digest sum = Sha256(bytes.first(body));
   if (std::memcmp(sum.bytes.data(), in + body, sum.bytes.size()) != 0)
     return Bad("checksum mismatch");
   index.chunks.resize(count);

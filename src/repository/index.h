@@ -34,10 +34,6 @@ Status CheckIndex(const Index& index);
 // refused by ParseIndex.
 std::vector<uint8_t> EncodeIndex(const Index& index);
 
-// SHA-256 of data (OpenSSL EVP): the index's checksum, also the manifest's. Aborts only when
-// OpenSSL cannot allocate.
-Digest CatalogSha256(std::span<const uint8_t> data);
-
 // Parses an encoded index; EBADMSG on any damage (fuzzed: never throws, never trusts a length).
 Result<Index> ParseIndex(std::span<const uint8_t> bytes);
 

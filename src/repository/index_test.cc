@@ -34,7 +34,7 @@ void PutU64(std::vector<uint8_t>& bytes, size_t offset, uint64_t value) {
 // Rewrites the trailing checksum so that only the field checks can catch a change.
 void Reseal(std::vector<uint8_t>& bytes) {
   const size_t body = bytes.size() - kIndexChecksumSize;
-  const Digest sum = CatalogSha256(std::span<const uint8_t>(bytes.data(), body));
+  const Digest sum = Sha256(std::span<const uint8_t>(bytes.data(), body));
   std::memcpy(bytes.data() + body, sum.bytes.data(), sum.bytes.size());
 }
 

@@ -31,7 +31,7 @@ std::string CanonicalDump(const json& object) {
 
 std::string ChecksumOf(const json& object_without_checksum) {
   const std::string text = CanonicalDump(object_without_checksum);
-  return CatalogSha256(std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size())).Hex();
+  return Sha256(text).Hex();
 }
 
 // Reads the fields of the manifest object; the first problem is kept and later reads do nothing.

@@ -40,8 +40,7 @@ std::string Edited(const std::function<void(json&)>& change, bool reseal) {
   if (reseal) {
     object.erase("checksum");
     const std::string text = object.dump();
-    object["checksum"] =
-        CatalogSha256(std::span(reinterpret_cast<const uint8_t*>(text.data()), text.size())).Hex();
+    object["checksum"] = Sha256(text).Hex();
   }
   return object.dump(2);
 }
