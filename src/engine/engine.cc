@@ -36,7 +36,6 @@
 #include "engine/snapshot.h"
 #include "engine/snapshot_recovery.h"
 #include "engine/tracker.h"
-#include "util/block_topology.h"
 #include "util/mutex.h"
 
 namespace blksnap {
@@ -187,9 +186,7 @@ class EngineImpl final : public Engine {
                            "device '" + device + "' holds this snapshot's difference storage");
     }
     if (storage && !storage->identity().path.empty()) {
-      const std::string sysfs = env()->SysfsRoot();
-      const auto below = topology::ResolveLower(sysfs, ToNode(storage->identity()));
-      Status s = CheckStorageOn(*tracker, storage->identity(), below, sysfs);
+      Status s = CheckStoragePlacement(storage->identity(), {tracker}, {}, env()->SysfsRoot());
       if (!s.ok()) {
         return Status::Error(
             EINVAL, "device '" + device + "' holds this snapshot's " + std::string(s.message()));
@@ -381,41 +378,18 @@ class EngineImpl final : public Engine {
 
   // DiffStorage::Open's placement check (see the top of this file). take_mu_ is held.
   Status CheckPlacement(const StorageIdentity& storage) EXCLUDES(mu_) {
-    const std::string sysfs = env()->SysfsRoot();
-    const auto below = topology::ResolveLower(sysfs, ToNode(storage));
-    for (const auto& tracker : TrackerImpls()) {
-      BLKSNAP_RETURN_IF_ERROR(CheckStorageOn(*tracker, storage, below, sysfs));
-    }
+    std::vector<std::pair<Uuid, StorageIdentity>> others;
     for (const auto& s : snapshots()) {
-      auto other = static_cast<SnapshotImpl&>(*s).storage();
-      if (!other) continue;
-      const StorageIdentity& o = other->identity();
-      const bool same = storage.is_block_device ? o.is_block_device && o.rdev == storage.rdev
-                                                : !o.is_block_device && o.ino != 0 &&
-                                                      o.dev == storage.dev && o.ino == storage.ino;
-      if (same) {
-        return Status::Error(EBUSY, "difference storage " + storage.path +
-                                        " is already the storage of snapshot " +
-                                        s->id().ToString());
+      if (auto other = static_cast<SnapshotImpl&>(*s).storage()) {
+        others.emplace_back(s->id(), other->identity());
       }
     }
-    return Status::Ok();
+    return CheckStoragePlacement(storage, TrackerImpls(), others, env()->SysfsRoot());
   }
 
-  // The trackers' side only (not the overlap with each original, which costs a sysfs walk per
-  // device): one walk below `path`, then a lookup per tracker.
   Status CheckNotOnTracked(const std::string& path, const std::string& what) override
       EXCLUDES(mu_) {
-    topology::Node node;
-    if (!topology::NodeForPath(path, &node)) return Status::Ok();  // nothing there yet
-    const auto below = topology::ResolveLower(env()->SysfsRoot(), node);
-    for (const auto& tracker : TrackerImpls()) {
-      BLKSNAP_RETURN_IF_ERROR(
-          CheckOnTracker(*tracker, what, node, below,
-                         "the daemon's writes there would be tracked as changes of that "
-                         "device and could deadlock its write path"));
-    }
-    return Status::Ok();
+    return CheckNotOnTrackers(path, what, TrackerImpls(), env()->SysfsRoot());
   }
 
   // The DiffArea of one member: corruption goes to the snapshot (which records it in a durable
@@ -437,22 +411,8 @@ class EngineImpl final : public Engine {
   void EnableCompaction(DiffStorage& storage, const std::vector<SnapshotImpl::Member>& members) {
     std::vector<std::weak_ptr<DiffArea>> areas;
     for (const auto& m : members) areas.push_back(m.area);
-    storage.log()->SetCompaction(
-        [areas](std::vector<LogRecord>* out) {
-          std::vector<std::shared_ptr<DiffArea>> live;
-          size_t touched = 0;
-          for (const auto& weak : areas) {
-            if (auto area = weak.lock()) {
-              touched += area->stats().chunks_touched;
-              live.push_back(std::move(area));
-            }
-          }
-          // One allocation of the right size (large: mmap, given back when freed), not a
-          // doubling series that the allocator's arenas would keep after each compaction.
-          out->reserve(touched + 1024);
-          for (const auto& area : live) area->CollectRecords(out);
-        },
-        config_.chunk_log_compact_pages);
+    storage.log()->SetCompaction(CompactionCollector(std::move(areas)),
+                                 config_.chunk_log_compact_pages);
   }
   static void DisableCompaction(DiffStorage& storage) {
     if (storage.log()) storage.log()->SetCompaction(nullptr, 0);

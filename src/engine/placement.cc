@@ -76,4 +76,39 @@ Status CheckNoLoopOnFile(const TrackerImpl& tracker, const std::string& sysfs) {
                                   loops.front().device + ")");
 }
 
+Status CheckStoragePlacement(const StorageIdentity& storage,
+                             const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
+                             const std::vector<std::pair<Uuid, StorageIdentity>>& others,
+                             const std::string& sysfs) {
+  const auto below = topology::ResolveLower(sysfs, ToNode(storage));
+  for (const auto& tracker : trackers) {
+    BLKSNAP_RETURN_IF_ERROR(CheckStorageOn(*tracker, storage, below, sysfs));
+  }
+  for (const auto& [id, o] : others) {
+    const bool same = storage.is_block_device ? o.is_block_device && o.rdev == storage.rdev
+                                              : !o.is_block_device && o.ino != 0 &&
+                                                    o.dev == storage.dev && o.ino == storage.ino;
+    if (same) {
+      return Status::Error(EBUSY, "difference storage " + storage.path +
+                                      " is already the storage of snapshot " + id.ToString());
+    }
+  }
+  return Status::Ok();
+}
+
+Status CheckNotOnTrackers(const std::string& path, const std::string& what,
+                          const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
+                          const std::string& sysfs) {
+  topology::Node node;
+  if (!topology::NodeForPath(path, &node)) return Status::Ok();  // nothing there yet
+  const auto below = topology::ResolveLower(sysfs, node);
+  for (const auto& tracker : trackers) {
+    BLKSNAP_RETURN_IF_ERROR(
+        CheckOnTracker(*tracker, what, node, below,
+                       "the daemon's writes there would be tracked as changes of that "
+                       "device and could deadlock its write path"));
+  }
+  return Status::Ok();
+}
+
 }  // namespace blksnap

@@ -4,10 +4,13 @@
 // aliases (fronts). The engine runs them before a storage's first write (engine.cc).
 #pragma once
 
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "blksnap/status.h"
+#include "blksnap/uuid.h"
 #include "engine/diff_storage.h"
 #include "engine/tracker.h"
 #include "util/block_topology.h"
@@ -27,6 +30,17 @@ Status CheckOnTracker(const TrackerImpl& tracker, const std::string& what,
 // EINVAL if the storage (with `below`, its resolved stack) is on or under the tracker.
 Status CheckStorageOn(const TrackerImpl& tracker, const StorageIdentity& storage,
                       const std::vector<topology::Node>& below, const std::string& sysfs);
+// Before a storage's first write: EINVAL if it is on or under any tracker, EBUSY if it is
+// already the storage of a snapshot in `others` (id, its storage).
+Status CheckStoragePlacement(const StorageIdentity& storage,
+                             const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
+                             const std::vector<std::pair<Uuid, StorageIdentity>>& others,
+                             const std::string& sysfs);
+// EINVAL if `path` (called `what`) is on a tracked device: the trackers' side only (not the
+// overlap with each original, which costs a sysfs walk per device). Nothing at path: OK.
+Status CheckNotOnTrackers(const std::string& path, const std::string& what,
+                          const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
+                          const std::string& sysfs);
 // EBUSY if a loop device is bound to the tracked file: writes through it bypass the tracker.
 Status CheckNoLoopOnFile(const TrackerImpl& tracker, const std::string& sysfs);
 

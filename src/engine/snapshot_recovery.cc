@@ -57,4 +57,21 @@ Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeomet
   return Status::Ok();
 }
 
+ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> areas) {
+  return [areas = std::move(areas)](std::vector<LogRecord>* out) {
+    std::vector<std::shared_ptr<DiffArea>> live;
+    size_t touched = 0;
+    for (const auto& weak : areas) {
+      if (auto area = weak.lock()) {
+        touched += area->stats().chunks_touched;
+        live.push_back(std::move(area));
+      }
+    }
+    // One allocation of the right size (large: mmap, given back when freed), not a doubling
+    // series that the allocator's arenas would keep after each compaction.
+    out->reserve(touched + 1024);
+    for (const auto& area : live) area->CollectRecords(out);
+  };
+}
+
 }  // namespace blksnap

@@ -1,4 +1,4 @@
-// The steps of closing and recovering a durable snapshot that need no engine state
+// The steps of closing, compacting and recovering a durable snapshot that need no engine state
 // (docs/durable-snapshots.md; the engine's CloseSnapshot and RecoverSnapshot call them).
 #pragma once
 
@@ -23,6 +23,10 @@ namespace blksnap {
 // header write keeps the old log.
 Status SealClosedStorage(DiffStorage& storage, const Uuid& id, bool taken,
                          const std::vector<std::shared_ptr<DiffArea>>& areas);
+
+// The chunk log's compaction source for a durable snapshot: every preserved chunk's record of
+// the member areas still alive.
+ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> areas);
 
 // EINVAL unless every record of the scan names a device of the table, a chunk of it, and (with
 // data) the chunk's length at an offset within the storage's `storage_size` bytes.
