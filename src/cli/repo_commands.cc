@@ -30,11 +30,8 @@ std::optional<std::vector<uint8_t>> Key(const RepoArgs& a) {
 
 std::unique_ptr<repo::Repository> OpenRepo(const RepoArgs& a) {
   if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
-  auto store = Check(repo::OpenLocalStore(Absolute(a.repo)));
-  const auto key = Key(a);
-  std::optional<std::span<const uint8_t>> span;
-  if (key) span = std::span<const uint8_t>(*key);
-  return Check(repo::Repository::Open(std::move(store), span));
+  return Check(repo::Repository::OpenLocal(Absolute(a.repo),
+                                           a.key_file.empty() ? "" : Absolute(a.key_file)));
 }
 
 json ManifestJson(const repo::Manifest& m) {

@@ -36,26 +36,13 @@ std::optional<repo::Manifest> LastBackup(const std::vector<repo::Manifest>& all,
   return last;
 }
 
-// The repository in directory `path`, with the key in `key_file` (empty: none).
-Result<std::unique_ptr<repo::Repository>> OpenRepository(const std::string& path,
-                                                         const std::string& key_file) {
-  std::optional<std::vector<uint8_t>> key;
-  if (!key_file.empty()) {
-    BLKSNAP_ASSIGN_OR_RETURN(key, repo::ReadKeyFile(key_file));
-  }
-  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::ObjectStore> store, repo::OpenLocalStore(path));
-  std::optional<std::span<const uint8_t>> key_span;
-  if (key) key_span = std::span<const uint8_t>(*key);
-  return repo::Repository::Open(std::move(store), key_span);
-}
-
 }  // namespace
 
 Result<BackupView> Service::Backup(const BackupRequest& request,
                                    const std::function<bool()>& cancelled) {
   if (request.devices.empty()) return Status::Error(EINVAL, "no device to back up");
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> repository,
-                           OpenRepository(request.repo, request.key_file));
+                           repo::Repository::OpenLocal(request.repo, request.key_file));
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<repo::Manifest> existing, repository->ListBackups());
 
   // The snapshot: given (taken, holding every device), or created and taken here.
@@ -186,7 +173,7 @@ Result<BackupProgressView> Service::BackupProgress(const std::string& job) {
 
 Result<ServedBackupView> Service::ServeBackup(const ServeBackupRequest& request) {
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> opened,
-                           OpenRepository(request.repo, request.key_file));
+                           repo::Repository::OpenLocal(request.repo, request.key_file));
   std::shared_ptr<repo::Repository> repository = std::move(opened);
   BLKSNAP_ASSIGN_OR_RETURN(repo::Manifest m, repository->GetBackup(request.backup));
   BLKSNAP_ASSIGN_OR_RETURN(repo::Index index, repository->GetIndex(m.index));

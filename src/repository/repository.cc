@@ -65,6 +65,18 @@ Status Repository::Init(ObjectStore& store, const NewRepoOptions& options,
   return status;
 }
 
+Result<std::unique_ptr<Repository>> Repository::OpenLocal(const std::string& dir,
+                                                          const std::string& key_file) {
+  std::optional<std::vector<uint8_t>> key;
+  if (!key_file.empty()) {
+    BLKSNAP_ASSIGN_OR_RETURN(key, ReadKeyFile(key_file));
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<ObjectStore> store, OpenLocalStore(dir));
+  std::optional<std::span<const uint8_t>> key_span;
+  if (key) key_span = std::span<const uint8_t>(*key);
+  return Open(std::move(store), key_span);
+}
+
 Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore> store,
                                                      std::optional<std::span<const uint8_t>> key) {
   auto bytes = store->Get(std::string(kConfigObject));
