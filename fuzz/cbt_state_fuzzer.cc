@@ -2,7 +2,8 @@
 // (src/engine/cbt_store.h).
 //
 // The input is a whole state file. ParseCbtState must never crash and never read past the input;
-// a header it accepts must serialise back to the same bytes (no field is silently dropped).
+// a header it accepts must serialise back to the same bytes of the slot it came from (no field is
+// silently dropped).
 // Then the file is placed in a MemoryMappedFiles and opened as the state of a 64 KiB device with
 // 4 KiB blocks: CbtStore::Open must succeed, and continue the generation only with the maps found
 // in the file (exactly after a clean stop or a crash of this boot; after a power loss, with every
@@ -19,10 +20,13 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace blksnap;
   const std::vector<uint8_t> bytes(data, data + size);
-  auto parsed = ParseCbtState(bytes);
+  int slot = -1;
+  auto parsed = ParseCbtState(bytes, &slot);
+  if (slot != 0 && slot != 1) std::abort();
   if (parsed.ok()) {
     const auto block = SerializeCbtHeader(*parsed);
-    if (std::memcmp(block.data(), bytes.data(), block.size()) != 0) std::abort();
+    if (std::memcmp(block.data(), bytes.data() + slot * kCbtHeaderSize, block.size()) != 0)
+      std::abort();
   }
 
   auto files = std::make_shared<MemoryMappedFiles>();
@@ -36,12 +40,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool continued = parsed.ok() && h.generation == parsed->generation;
   if (continued && (*store)->recovered_from() == kCbtRecoveredPowerLoss) {
     for (size_t i = 0; i < 16; ++i) {
-      if ((*store)->write_map()[i] < data[kCbtHeaderSize + i]) std::abort();  // a mark lost
+      if ((*store)->write_map()[i] < data[kCbtMapsOffset + i]) std::abort();  // a mark lost
       if ((*store)->read_map()[i] != (*store)->write_map()[i]) std::abort();
       if ((*store)->write_map()[i] > h.active) std::abort();
     }
   } else if (continued) {
-    if (std::memcmp((*store)->write_map(), data + kCbtHeaderSize, 16) != 0) std::abort();
+    if (std::memcmp((*store)->write_map(), data + kCbtMapsOffset, 16) != 0) std::abort();
     if (std::memcmp((*store)->read_map(), data + CbtReadMapOffset(16), 16) != 0) std::abort();
   } else if (h.reason.empty() || h.reason == kCbtReasonNew) {
     std::abort();

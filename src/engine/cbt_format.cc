@@ -48,7 +48,7 @@ std::array<uint8_t, kCbtHeaderSize> SerializeCbtHeader(const CbtHeader& h) {
   p[f::kActive] = h.active;
   p[f::kPrevious] = h.previous;
   PutLe<uint64_t>(p + f::kCheckpointTime, h.checkpoint_time_ns);
-  PutLe<uint64_t>(p + f::kWriteMapOffset, kCbtHeaderSize);
+  PutLe<uint64_t>(p + f::kWriteMapOffset, kCbtMapsOffset);
   PutLe<uint64_t>(p + f::kReadMapOffset, CbtReadMapOffset(h.block_count));
   PutLe<uint32_t>(p + f::kIdentityKind, h.identity.kind);
   PutLe<uint32_t>(p + f::kJournalShift, h.journal_shift);
@@ -66,11 +66,11 @@ std::array<uint8_t, kCbtHeaderSize> SerializeCbtHeader(const CbtHeader& h) {
   return block;
 }
 
-Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file) {
+namespace {
+
+Result<CbtHeader> ParseSlot(std::span<const uint8_t> file, int slot) {
   namespace f = cbt_field;
-  if (file.size() < kCbtHeaderSize)
-    return Bad("file of " + std::to_string(file.size()) + " bytes, shorter than its header");
-  const uint8_t* p = file.data();
+  const uint8_t* p = file.data() + static_cast<size_t>(slot) * kCbtHeaderSize;
   if (std::memcmp(p + f::kMagic, kCbtMagic, sizeof(kCbtMagic)) != 0) return Bad("bad magic");
   if (GetLe<uint32_t>(p + f::kChecksum) != Crc32c(p, f::kChecksum))
     return Bad("header checksum mismatch");
@@ -103,7 +103,7 @@ Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file) {
   for (size_t i = f::kPrevious + 1; i < f::kCheckpointTime; ++i) {
     if (p[i] != 0) return Bad("reserved bytes not zero");
   }
-  if (GetLe<uint64_t>(p + f::kWriteMapOffset) != kCbtHeaderSize ||
+  if (GetLe<uint64_t>(p + f::kWriteMapOffset) != kCbtMapsOffset ||
       GetLe<uint64_t>(p + f::kReadMapOffset) != CbtReadMapOffset(h.block_count))
     return Bad("map offsets");
   h.journal_shift = GetLe<uint32_t>(p + f::kJournalShift);
@@ -139,6 +139,19 @@ Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file) {
     if (p[i] != 0) return Bad("reserved bytes not zero");
   }
   return h;
+}
+
+}  // namespace
+
+Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file, int* slot) {
+  if (slot) *slot = 0;
+  if (file.size() < kCbtMapsOffset)
+    return Bad("file of " + std::to_string(file.size()) + " bytes, shorter than its header");
+  Result<CbtHeader> first = ParseSlot(file, 0);
+  Result<CbtHeader> second = ParseSlot(file, 1);
+  const bool use_second = second.ok() && (!first.ok() || second->sequence > first->sequence);
+  if (slot) *slot = use_second ? 1 : 0;
+  return use_second ? std::move(second) : std::move(first);
 }
 
 }  // namespace blksnap

@@ -1,17 +1,23 @@
-// The CBT state file, format version 2: every constant of it, in one place. The format is
+// The CBT state file, format version 3: every constant of it, in one place. The format is
 // described in docs/cbt-format.md; keep the two in step.
 //
-// Layout: a header block of kCbtHeaderSize bytes (4 KiB) at offset 0, then the write map (one
-// byte per tracking block) at kCbtHeaderSize, then the read map at the next multiple of 4 KiB,
+// Layout: two header slots of kCbtHeaderSize bytes (4 KiB) each at offsets 0 and 4096, then the
+// write map (one byte per tracking block) at kCbtMapsOffset (8 KiB), then the read map at the
+// next multiple of 4 KiB,
 // then the two areas of the write-intent journal (one byte per journal region, each area
 // starting at a multiple of 4 KiB); the file ends at the next multiple of 4 KiB after the
 // second area. All integers little-endian. The maps and the journal are used in place through a
 // shared mapping (engine/cbt_store.h, engine/cbt_journal.h).
 //
+// The header slots: a header write goes to the slot that does not hold the last durable header,
+// so a header torn by a power cut mid-write (or by write-back racing the stores) leaves the
+// previous one intact; the valid slot with the higher sequence number is the header.
+//
 // ParseCbtState reads untrusted bytes (a file found in the state directory): it checks every
-// length before it reads and refuses anything but a valid version-2 header of a file of exactly
-// the size the header implies, with EINVAL (EPROTO for a valid header of another version) and a
-// message naming what is wrong. It never allocates in proportion to the input.
+// length before it reads and accepts only a file with at least one valid version-3 header slot
+// whose fields imply exactly the file's size; otherwise EINVAL (EPROTO for a valid header of
+// another version) with a message naming what is wrong in slot 0. It never allocates in
+// proportion to the input.
 #pragma once
 
 #include <array>
@@ -26,9 +32,11 @@
 
 namespace blksnap {
 
-inline constexpr size_t kCbtHeaderSize = 4096;
+inline constexpr size_t kCbtHeaderSize = 4096;  // one header slot
+inline constexpr int kCbtHeaderSlots = 2;
+inline constexpr uint64_t kCbtMapsOffset = kCbtHeaderSize * kCbtHeaderSlots;  // the write map
 inline constexpr uint64_t kCbtMapAlign = 4096;
-inline constexpr uint32_t kCbtFormatVersion = 2;
+inline constexpr uint32_t kCbtFormatVersion = 3;
 inline constexpr char kCbtMagic[16] = "BLKSNAP-CBTSTAT";  // 15 characters and a NUL
 inline constexpr uint32_t kCbtMinimumShift = 9, kCbtMaximumShift = 40;
 // Journal regions: at least 64 MiB (and at least one tracking block), at most 16384 of them per
@@ -36,7 +44,7 @@ inline constexpr uint32_t kCbtMinimumShift = 9, kCbtMaximumShift = 40;
 inline constexpr uint32_t kCbtJournalMinimumShift = 26;
 inline constexpr uint64_t kCbtJournalMaximumRegions = 16384;
 
-// Field offsets in the header block.
+// Field offsets in a header slot.
 namespace cbt_field {
 inline constexpr size_t kMagic = 0;            // 16 bytes
 inline constexpr size_t kVersion = 16;         // u32
@@ -50,7 +58,7 @@ inline constexpr size_t kBlockCount = 64;      // u64
 inline constexpr size_t kActive = 72;          // u8
 inline constexpr size_t kPrevious = 73;        // u8; 74..79 zero
 inline constexpr size_t kCheckpointTime = 80;  // u64, ns since the epoch of the last checkpoint
-inline constexpr size_t kWriteMapOffset = 88;  // u64
+inline constexpr size_t kWriteMapOffset = 88;  // u64, = kCbtMapsOffset
 inline constexpr size_t kReadMapOffset = 96;   // u64
 inline constexpr size_t kIdentityKind = 104;   // u32 (CbtIdentity::Kind)
 inline constexpr size_t kJournalShift = 108;   // u32, log2 of the journal region size
@@ -100,11 +108,11 @@ inline uint64_t CbtAlign(uint64_t n) {
   return (n + kCbtMapAlign - 1) / kCbtMapAlign * kCbtMapAlign;
 }
 inline uint64_t CbtReadMapOffset(uint64_t block_count) {
-  return kCbtHeaderSize + CbtAlign(block_count);
+  return kCbtMapsOffset + CbtAlign(block_count);
 }
 // which = 0 or 1
 inline uint64_t CbtJournalOffset(uint64_t block_count, uint64_t regions, int which) {
-  return kCbtHeaderSize + 2 * CbtAlign(block_count) +
+  return kCbtMapsOffset + 2 * CbtAlign(block_count) +
          static_cast<uint64_t>(which) * CbtAlign(regions);
 }
 inline uint64_t CbtFileSize(uint64_t block_count, uint64_t regions) {
@@ -122,13 +130,14 @@ inline uint32_t CbtJournalShift(uint64_t capacity, uint32_t block_shift) {
   return shift;
 }
 
-// The header block: magic, fields, zero reserved bytes, CRC. Strings longer than their field
-// are cut.
+// A header slot: magic, fields, zero reserved bytes, CRC. Strings longer than their field are
+// cut.
 std::array<uint8_t, kCbtHeaderSize> SerializeCbtHeader(const CbtHeader& header);
 
-// Validates and decodes the header at the start of `file`, which must be the whole state file:
-// its size must be CbtFileSize(block_count, journal_regions), the journal geometry the one
-// CbtJournalShift gives.
-Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file);
+// Validates and decodes the header of `file`, which must be the whole state file: the valid slot
+// with the higher sequence (slot 0 on a tie), whose size must be CbtFileSize(block_count,
+// journal_regions), the journal geometry the one CbtJournalShift gives. *slot (if not null)
+// says which slot it was.
+Result<CbtHeader> ParseCbtState(std::span<const uint8_t> file, int* slot = nullptr);
 
 }  // namespace blksnap

@@ -203,7 +203,7 @@ TEST(CbtJournalTest, PowerCutWhileWritersAndCheckpointsRace) {
     files->set_boot_id("after-the-cut");
     auto again = OpenMap(files);
     ASSERT_TRUE(again);
-    ASSERT_EQ(again->info().generation_id, generation);
+    ASSERT_EQ(again->info().generation_id, generation) << again->info().generation_reason;
     again->SwitchForTake(kCapacity);
     const std::vector<bool> changed = ChangedBlocks(*again, 1);
     size_t count = 0;

@@ -59,11 +59,13 @@ Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
     reason = options.expected ? kCbtReasonStateLost : kCbtReasonNew;
   } else {
     std::unique_ptr<MappedFile> file = std::move(existing).value();
-    auto parsed = ParseCbtState({file->data(), static_cast<size_t>(file->size())});
+    int slot = 0;
+    auto parsed = ParseCbtState({file->data(), static_cast<size_t>(file->size())}, &slot);
     reason = CbtRecoveryReason(parsed, geometry, options.identity, boot_id);
     if (reason.empty()) {
       store->header_ = std::move(parsed).value();
       store->file_ = std::move(file);
+      store->durable_slot_ = slot;  // once synced below
       const CbtHeader& h = store->header_;
       store->recovered_from_ = (h.flags & kCbtFlagSealed)                 ? kCbtRecoveredCleanStop
                                : !boot_id.empty() && h.boot_id == boot_id ? kCbtRecoveredDaemonCrash
@@ -76,11 +78,14 @@ Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
   }
   store->MakeJournal();
   if (store->recovered_from_ == kCbtRecoveredPowerLoss) store->RecoverFromJournal();
-  if (!store->JournalEmpty()) {
-    // The maps (with whatever the journal added) are durable before the journal is emptied.
-    BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
-    for (int which : {0, 1})
-      std::memset(store->journal_area(which), 0, store->header_.journal_regions);
+  if (reason.empty()) {
+    // The header found and the maps (with whatever the journal added) are durable before the
+    // journal is emptied and before the other header slot is written.
+    BLKSNAP_RETURN_IF_ERROR(store->SyncFile());
+    if (!store->JournalEmpty()) {
+      for (int which : {0, 1})
+        std::memset(store->journal_area(which), 0, store->header_.journal_regions);
+    }
   }
   // From here on the file says "open, not stopped cleanly, by this boot".
   store->header_.flags &= ~(kCbtFlagSealed | kCbtFlagJournalFailed);
@@ -91,7 +96,7 @@ Result<std::unique_ptr<CbtStore>> CbtStore::Open(const CbtGeometry& geometry,
   // already empty only if the maps were synced first).
   store->header_.checkpoint_time_ns = NowNs();
   store->Publish();
-  BLKSNAP_RETURN_IF_ERROR(store->file_->Sync());
+  BLKSNAP_RETURN_IF_ERROR(store->SyncFile());
   return store;
 }
 
@@ -108,6 +113,8 @@ CbtStore::~CbtStore() = default;
 Status CbtStore::MakeFile(const CbtGeometry& geometry) {
   file_.reset();
   BLKSNAP_ASSIGN_OR_RETURN(file_, files_->Create(path_, CbtFileSize(geometry)));
+  durable_slot_ = 1;  // both slots zero: the first header goes to slot 0
+  published_ = false;
   return Status::Ok();
 }
 
@@ -190,8 +197,10 @@ void CbtStore::Publish() {
   ++header_.sequence;
   const auto block = SerializeCbtHeader(header_);
   // Byte stores that a concurrent reader of the whole mapping (write-back, a journal writer's
-  // sync in MemoryMappedFiles) may observe half done: the header CRC covers that.
-  uint8_t* out = base();
+  // sync in MemoryMappedFiles) may observe half done: the header CRC covers that, and the
+  // durable header is in the other slot.
+  uint8_t* out = base() + (1 - durable_slot_) * kCbtHeaderSize;
+  published_ = true;
   for (size_t i = 0; i < block.size(); ++i)
     std::atomic_ref<uint8_t>(out[i]).store(block[i], std::memory_order_relaxed);
 }
@@ -204,7 +213,7 @@ Status CbtStore::Checkpoint() {
   // Every writer of the old epoch has stored its marks once Switch returns; the sync makes them
   // durable (under the header of the last checkpoint); only then may their journal go.
   const int old = journal_->Switch();
-  BLKSNAP_RETURN_IF_ERROR(file_->Sync());
+  BLKSNAP_RETURN_IF_ERROR(SyncFile());
   BLKSNAP_RETURN_IF_ERROR(journal_->Clear(old));
   header_.checkpoint_time_ns = NowNs();
   return SyncHeader();
@@ -213,7 +222,18 @@ Status CbtStore::Checkpoint() {
 Status CbtStore::SyncHeader() {
   Publish();
   if (!durable_) return Status::Ok();
-  return file_->SyncRange(0, kCbtHeaderSize);
+  const int slot = 1 - durable_slot_;
+  BLKSNAP_RETURN_IF_ERROR(file_->SyncRange(slot * kCbtHeaderSize, kCbtHeaderSize));
+  durable_slot_ = slot;
+  published_ = false;
+  return Status::Ok();
+}
+
+Status CbtStore::SyncFile() {
+  BLKSNAP_RETURN_IF_ERROR(file_->Sync());
+  if (published_) durable_slot_ = 1 - durable_slot_;
+  published_ = false;
+  return Status::Ok();
 }
 
 Status CbtStore::Close(const CbtIdentity& identity) {

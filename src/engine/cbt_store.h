@@ -22,6 +22,11 @@
 // write is let through, the header is rewritten unsealed with this boot's id and the
 // attach-time identity, and synced.
 //
+// Header slots (cbt_format.h): Publish() always writes the slot that does not hold the last
+// header made durable; a sync of that slot (or of the whole file) makes it the durable one. A
+// continued generation's header is synced where it is before the first Publish (in the page
+// cache after a daemon crash, it may not be on the disk yet).
+//
 // Checkpoint() = switch the journal's epoch, sync the maps, clear the old epoch's journal area,
 // then write the header (sequence + 1, checkpoint time) and sync it. SyncHeader() after a take
 // makes its snap numbers durable before the take returns (recovery relies on it: a power loss
@@ -83,7 +88,7 @@ class CbtStore {
   CbtStore(const CbtStore&) = delete;
   CbtStore& operator=(const CbtStore&) = delete;
 
-  uint8_t* write_map() { return base() + kCbtHeaderSize; }
+  uint8_t* write_map() { return base() + kCbtMapsOffset; }
   uint8_t* read_map() { return base() + CbtReadMapOffset(header_.block_count); }
   // The fields; Publish() puts them into the file.
   CbtHeader& header() { return header_; }
@@ -97,7 +102,8 @@ class CbtStore {
   // maps move (writers must be held). If the file cannot be remade, the store falls back to
   // memory (durable() turns false) after removing the old file, which must not be continued.
   void Reset(const CbtGeometry& geometry, const std::string& reason);
-  // Writes the header into the mapping (sequence + 1, CRC); no sync: a kill -9 keeps it.
+  // Writes the header into the mapping (sequence + 1, CRC) — into the slot that does not hold
+  // the last durable header, so a torn write of it leaves that one; no sync: a kill -9 keeps it.
   void Publish();
   // Maps, then journal cleared, then header, made durable; no-op in memory.
   Status Checkpoint();
@@ -118,6 +124,8 @@ class CbtStore {
   void MakeJournal();
   void RecoverFromJournal();
   bool JournalEmpty();
+  // Syncs the whole file; a header published since the last sync becomes the durable one.
+  Status SyncFile();
 
   CbtHeader header_;
   bool durable_ = false;
@@ -127,6 +135,8 @@ class CbtStore {
   std::unique_ptr<uint8_t[]> memory_;    // memory only
   std::unique_ptr<CbtJournal> journal_;  // durable
   std::string recovered_from_;
+  int durable_slot_ = 1;    // the header slot last made durable; Publish writes the other one
+  bool published_ = false;  // the other slot holds a header not yet synced
 };
 
 }  // namespace blksnap
