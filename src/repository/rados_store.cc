@@ -1,9 +1,15 @@
 // RadosStore: the ObjectStore of a RADOS pool (see rados_store.h for the URL and the semantics).
 //
-// State: a Connection (librados::Rados, connected, and the pool's IoCtx set to the namespace),
-// shared by the store and every lease it handed out, so a lease may outlive the store; it shuts
-// the cluster handle down when the last of them goes. librados is thread-safe for operations on
-// one IoCtx, so the store itself has no mutable state and no lock.
+// librados's C API (librados.h): its C++ header does not compile under clang in C++20 (an
+// ambiguous operator== in buffer.h of Ceph 16), and the C calls return -errno, never throw.
+// State: a Connection (the rados_t handle, connected, and the pool's rados_ioctx_t set to the
+// namespace), shared by the store and every lease it handed out, so a lease may outlive the
+// store; the last of them shuts the handle down. librados is thread-safe for operations on one
+// ioctx, so the store itself has no mutable state and no lock.
+//
+// Get is one read operation {stat, read(0, capacity)}: the size and the bytes come from the same
+// version of the object, so a concurrent Put is never half seen; if the object is larger than
+// the capacity (first kFirstReadBytes), the operation is repeated with the size it reported.
 //
 // Leases: lock_shared / lock_exclusive (cls_lock on the OSD) of the lock "blksnap" on the object
 // "lock" (a reserved name, never listed), with a random cookie per lease and a duration of
@@ -17,12 +23,12 @@
 // one), and name the configuration path and user only where the connection failed.
 #include "repository/rados_store.h"
 
+#include <rados/librados.h>
 #include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <rados/librados.hpp>
 #include <thread>
 
 #include "repository/repository_format.h"
@@ -33,9 +39,10 @@ namespace blksnap::repo {
 namespace {
 
 constexpr char kScheme[] = "rados://";
-constexpr char kLockName[] = "blksnap";  // the cls_lock name on the lock object
+constexpr char kLockName[] = "blksnap";                  // the cls_lock name on the lock object
+const char* const kLockObjectName = kLockObject.data();  // "lock" (a literal: NUL-terminated)
 constexpr char kSharedTag[] = "blksnap";
-constexpr size_t kListBatch = 1024;
+constexpr size_t kFirstReadBytes = 1 << 20;
 constexpr auto kFirstBackoff = std::chrono::milliseconds(10);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(1000);
 
@@ -92,16 +99,18 @@ std::string RandomCookie() {
 
 std::string Quoted(const std::string& name) { return "'" + name + "'"; }
 
-// The cluster handle and the pool's IoCtx; shut down when the store and its last lease are gone.
+// The cluster handle and the pool's ioctx; shut down when the store and its last lease are gone.
 struct Connection {
-  librados::Rados rados;
-  librados::IoCtx ioctx;
+  rados_t cluster = nullptr;
+  rados_ioctx_t io = nullptr;
   std::string where;  // rados://POOL[/NS]
-  bool connected = false;
 
+  Connection() = default;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
   ~Connection() {
-    ioctx.close();
-    if (connected) rados.shutdown();
+    if (io != nullptr) rados_ioctx_destroy(io);
+    if (cluster != nullptr) rados_shutdown(cluster);
   }
 
   // A librados result (-errno) as a Status: "what in rados://pool: strerror".
@@ -128,19 +137,20 @@ class RadosLease : public Lease {
     wake_.SignalAll();
     renewer_.join();
     // ENOENT if it expired meanwhile: nothing to release then.
-    conn_->ioctx.unlock(std::string(kLockObject), kLockName, cookie_);
+    rados_unlock(conn_->io, kLockObjectName, kLockName, cookie_.c_str());
   }
 
   // lock_shared / lock_exclusive with this lease's cookie; -EBUSY if the other kind is held.
-  static int Take(librados::IoCtx& ioctx, LockMode mode, const std::string& cookie, int seconds,
+  static int Take(rados_ioctx_t io, LockMode mode, const std::string& cookie, int seconds,
                   uint8_t flags) {
     timeval duration{seconds, 0};
-    const std::string oid(kLockObject);
     static const std::string description = "blksnap pid " + std::to_string(::getpid());
     if (mode == LockMode::kShared) {
-      return ioctx.lock_shared(oid, kLockName, cookie, kSharedTag, description, &duration, flags);
+      return rados_lock_shared(io, kLockObjectName, kLockName, cookie.c_str(), kSharedTag,
+                               description.c_str(), &duration, flags);
     }
-    return ioctx.lock_exclusive(oid, kLockName, cookie, description, &duration, flags);
+    return rados_lock_exclusive(io, kLockObjectName, kLockName, cookie.c_str(), description.c_str(),
+                                &duration, flags);
   }
 
  private:
@@ -153,7 +163,7 @@ class RadosLease : public Lease {
       }
       // A failure (the cluster unreachable for a while, or another holder took the lock after
       // it expired) is retried at the next period; the lease cannot report it to its holder.
-      Take(conn_->ioctx, mode_, cookie_, seconds_, LIBRADOS_LOCK_FLAG_MAY_RENEW);
+      Take(conn_->io, mode_, cookie_, seconds_, LIBRADOS_LOCK_FLAG_MAY_RENEW);
     }
   }
 
@@ -174,18 +184,19 @@ class RadosStore : public ObjectStore {
 
   Status Put(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
-    librados::bufferlist bl = ToBufferlist(data);
-    const int r = conn_->ioctx.write_full(name, bl);
+    const int r = rados_write_full(conn_->io, name.c_str(),
+                                   reinterpret_cast<const char*>(data.data()), data.size());
     if (r < 0) return conn_->Error(r, "write " + Quoted(name));
     return Status::Ok();
   }
 
   Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
-    librados::ObjectWriteOperation op;
-    op.create(true);
-    op.write_full(ToBufferlist(data));
-    const int r = conn_->ioctx.operate(name, &op);
+    rados_write_op_t op = rados_create_write_op();
+    rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
+    rados_write_op_write_full(op, reinterpret_cast<const char*>(data.data()), data.size());
+    const int r = rados_write_op_operate(op, conn_->io, name.c_str(), nullptr, 0);
+    rados_release_write_op(op);
     if (r == -EEXIST) return Status::Error(EEXIST, "object " + Quoted(name) + " exists");
     if (r < 0) return conn_->Error(r, "create " + Quoted(name));
     return Status::Ok();
@@ -193,21 +204,35 @@ class RadosStore : public ObjectStore {
 
   Result<std::vector<uint8_t>> Get(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
-    librados::bufferlist bl;
-    // Length 0 reads the whole object, in one operation (never half of an old and a new one).
-    const int r = conn_->ioctx.read(name, bl, 0, 0);
-    if (r == -ENOENT) return NotFound(name);
-    if (r < 0) return conn_->Error(r, "read " + Quoted(name));
-    std::vector<uint8_t> data(bl.length());
-    if (!data.empty()) bl.begin().copy(bl.length(), reinterpret_cast<char*>(data.data()));
-    return data;
+    size_t capacity = kFirstReadBytes;
+    while (true) {
+      std::vector<uint8_t> data(capacity);
+      uint64_t size = 0;
+      size_t done = 0;
+      int stat_rval = 0, read_rval = 0;
+      rados_read_op_t op = rados_create_read_op();
+      time_t mtime = 0;
+      rados_read_op_stat(op, &size, &mtime, &stat_rval);
+      rados_read_op_read(op, 0, capacity, reinterpret_cast<char*>(data.data()), &done, &read_rval);
+      int r = rados_read_op_operate(op, conn_->io, name.c_str(), 0);
+      rados_release_read_op(op);
+      if (r == 0) r = stat_rval < 0 ? stat_rval : read_rval;
+      if (r == -ENOENT) return NotFound(name);
+      if (r < 0) return conn_->Error(r, "read " + Quoted(name));
+      if (size <= capacity) {
+        if (done != size) return conn_->Error(-EIO, "short read of " + Quoted(name));
+        data.resize(done);
+        return data;
+      }
+      capacity = size;  // larger than the first guess: once more, with the size it has
+    }
   }
 
   Result<bool> Exists(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     uint64_t size = 0;
     time_t mtime = 0;
-    const int r = conn_->ioctx.stat(name, &size, &mtime);
+    const int r = rados_stat(conn_->io, name.c_str(), &size, &mtime);
     if (r == -ENOENT) return false;
     if (r < 0) return conn_->Error(r, "stat " + Quoted(name));
     return true;
@@ -217,7 +242,7 @@ class RadosStore : public ObjectStore {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     uint64_t size = 0;
     time_t mtime = 0;
-    const int r = conn_->ioctx.stat(name, &size, &mtime);
+    const int r = rados_stat(conn_->io, name.c_str(), &size, &mtime);
     if (r == -ENOENT) return NotFound(name);
     if (r < 0) return conn_->Error(r, "stat " + Quoted(name));
     return size;
@@ -226,29 +251,27 @@ class RadosStore : public ObjectStore {
   Result<std::vector<std::string>> List(const std::string& prefix) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateListPrefix(prefix));
     std::vector<std::string> names;
-    librados::IoCtx& ioctx = conn_->ioctx;
-    librados::ObjectCursor cursor = ioctx.object_list_begin();
-    const librados::ObjectCursor end = ioctx.object_list_end();
-    while (!ioctx.object_list_is_end(cursor)) {
-      std::vector<librados::ObjectItem> items;
-      librados::ObjectCursor next;
-      const int r = ioctx.object_list(cursor, end, kListBatch, {}, &items, &next);
-      if (r < 0) return conn_->Error(r, "list objects");
-      for (const librados::ObjectItem& item : items) {
-        // The lock object and anything that is not a store name (a foreign object) are skipped.
-        if (item.oid.starts_with(prefix) && ValidateObjectName(item.oid).ok()) {
-          names.push_back(item.oid);
-        }
-      }
-      cursor = next;
+    rados_list_ctx_t list = nullptr;
+    int r = rados_nobjects_list_open(conn_->io, &list);
+    if (r < 0) return conn_->Error(r, "list objects");
+    while (true) {
+      const char* entry = nullptr;
+      size_t entry_size = 0;
+      r = rados_nobjects_list_next2(list, &entry, nullptr, nullptr, &entry_size, nullptr, nullptr);
+      if (r < 0) break;
+      const std::string_view oid(entry, entry_size);
+      // The lock object and anything that is not a store name (a foreign object) are skipped.
+      if (oid.starts_with(prefix) && ValidateObjectName(oid).ok()) names.emplace_back(oid);
     }
+    rados_nobjects_list_close(list);
+    if (r != -ENOENT) return conn_->Error(r, "list objects");
     std::sort(names.begin(), names.end());
     return names;
   }
 
   Status Delete(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
-    const int r = conn_->ioctx.remove(name);
+    const int r = rados_remove(conn_->io, name.c_str());
     if (r < 0 && r != -ENOENT) return conn_->Error(r, "remove " + Quoted(name));
     return Status::Ok();
   }
@@ -257,7 +280,7 @@ class RadosStore : public ObjectStore {
     const std::string cookie = RandomCookie();
     auto backoff = kFirstBackoff;
     while (true) {
-      const int r = RadosLease::Take(conn_->ioctx, mode, cookie, lease_seconds_, 0);
+      const int r = RadosLease::Take(conn_->io, mode, cookie, lease_seconds_, 0);
       if (r == 0) break;
       if (r != -EBUSY) return conn_->Error(r, "lock " + Quoted(std::string(kLockObject)));
       if (!wait) {
@@ -272,12 +295,6 @@ class RadosStore : public ObjectStore {
   }
 
  private:
-  static librados::bufferlist ToBufferlist(std::span<const uint8_t> data) {
-    librados::bufferlist bl;
-    bl.append(reinterpret_cast<const char*>(data.data()), data.size());
-    return bl;
-  }
-
   Status NotFound(const std::string& name) const {
     return Status::Error(ENOENT, "object " + Quoted(name) + " not found in " + conn_->where);
   }
@@ -287,11 +304,11 @@ class RadosStore : public ObjectStore {
 };
 
 // Sets a librados option only where the configuration left it at `default_value`.
-void SetIfDefault(librados::Rados& rados, const char* option, const char* default_value,
-                  int value) {
-  std::string current;
-  if (rados.conf_get(option, current) == 0 && current == default_value) {
-    rados.conf_set(option, std::to_string(value).c_str());
+void SetIfDefault(rados_t cluster, const char* option, const char* default_value, int value) {
+  char current[64] = {};
+  if (rados_conf_get(cluster, option, current, sizeof(current)) == 0 &&
+      std::string_view(current) == default_value) {
+    rados_conf_set(cluster, option, std::to_string(value).c_str());
   }
 }
 
@@ -365,18 +382,21 @@ Result<std::unique_ptr<ObjectStore>> OpenRadosStore(const RadosUrl& url,
   auto conn = std::make_shared<Connection>();
   conn->where = url.Display();
   const std::string who = "client." + url.id + " (conf " + url.conf + ")";
-  int r = conn->rados.init(url.id.c_str());
-  if (r < 0) return Status::Error(-r, "librados init for " + who);
-  r = conn->rados.conf_read_file(url.conf.c_str());
+  int r = rados_create(&conn->cluster, url.id.c_str());
+  if (r < 0) {
+    conn->cluster = nullptr;
+    return Status::Error(-r, "librados init for " + who);
+  }
+  r = rados_conf_read_file(conn->cluster, url.conf.c_str());
   if (r < 0) return Status::Error(-r, "read the Ceph configuration " + url.conf);
   if (!url.keyring.empty()) {
-    r = conn->rados.conf_set("keyring", url.keyring.c_str());
+    r = rados_conf_set(conn->cluster, "keyring", url.keyring.c_str());
     if (r < 0) return Status::Error(-r, "set the keyring " + url.keyring);
   }
-  SetIfDefault(conn->rados, "client_mount_timeout", "300", options.connect_timeout_seconds);
-  SetIfDefault(conn->rados, "rados_mon_op_timeout", "0", options.connect_timeout_seconds);
-  SetIfDefault(conn->rados, "rados_osd_op_timeout", "0", options.op_timeout_seconds);
-  r = conn->rados.connect();
+  SetIfDefault(conn->cluster, "client_mount_timeout", "300", options.connect_timeout_seconds);
+  SetIfDefault(conn->cluster, "rados_mon_op_timeout", "0", options.connect_timeout_seconds);
+  SetIfDefault(conn->cluster, "rados_osd_op_timeout", "0", options.op_timeout_seconds);
+  r = rados_connect(conn->cluster);
   if (r < 0) {
     std::string hint;
     if (r == -ENOENT) hint = " (no keyring found for this user)";
@@ -384,11 +404,13 @@ Result<std::unique_ptr<ObjectStore>> OpenRadosStore(const RadosUrl& url,
     if (r == -ETIMEDOUT) hint = " (no monitor answered)";
     return Status::Error(-r, "connect to the Ceph cluster as " + who + hint);
   }
-  conn->connected = true;
-  r = conn->rados.ioctx_create(url.pool.c_str(), conn->ioctx);
-  if (r == -ENOENT) return Status::Error(ENOENT, "no such pool '" + url.pool + "'");
-  if (r < 0) return Status::Error(-r, "open pool '" + url.pool + "' as " + who);
-  conn->ioctx.set_namespace(url.ns);
+  r = rados_ioctx_create(conn->cluster, url.pool.c_str(), &conn->io);
+  if (r < 0) {
+    conn->io = nullptr;
+    if (r == -ENOENT) return Status::Error(ENOENT, "no such pool '" + url.pool + "'");
+    return Status::Error(-r, "open pool '" + url.pool + "' as " + who);
+  }
+  rados_ioctx_set_namespace(conn->io, url.ns.c_str());
   return std::unique_ptr<ObjectStore>(new RadosStore(std::move(conn), options.lease_seconds));
 }
 

@@ -220,6 +220,39 @@ TEST_F(RadosStoreTest, ConcurrentCreatesHaveOneWinner) {
   EXPECT_EQ(store_->List("chunks/")->size(), 10u);
 }
 
+// Get reads a first MiB with the size in one operation and repeats for larger objects: sizes
+// around that boundary, and a reader racing with a writer that swaps a small and a large object.
+TEST_F(RadosStoreTest, ObjectsOfAnySizeReadWhole) {
+  for (size_t size :
+       {size_t{0}, size_t{1}, size_t{1} << 20, (size_t{1} << 20) + 1, size_t{5} << 20}) {
+    std::vector<uint8_t> data(size);
+    for (size_t i = 0; i < size; ++i) data[i] = static_cast<uint8_t>(i * 7 + size);
+    ASSERT_TRUE(store_->Put("data", data).ok()) << size;
+    auto got = store_->Get("data");
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_TRUE(*got == data) << size;
+    EXPECT_EQ(*store_->Size("data"), size);
+  }
+  const std::vector<uint8_t> small(512 << 10, 's'), large(3 << 20, 'l');
+  ASSERT_TRUE(store_->Put("config", small).ok());
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0}, reads{0}, failed_puts{0};
+  std::thread reader([&] {
+    while (!done) {
+      auto got = store_->Get("config");
+      if (!got.ok() || (*got != small && *got != large)) ++bad;
+      ++reads;
+    }
+  });
+  for (int i = 0; i < 40; ++i) {
+    if (!store_->Put("config", i % 2 ? small : large).ok()) ++failed_puts;
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(failed_puts.load(), 0);
+  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+}
+
 TEST_F(RadosStoreTest, LeasesConflictAcrossClients) {
   auto other = OpenRadosStore(url_);  // another connection: another RADOS client
   ASSERT_TRUE(other.ok()) << other.status().ToString();
