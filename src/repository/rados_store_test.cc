@@ -233,24 +233,8 @@ TEST_F(RadosStoreTest, ObjectsOfAnySizeReadWhole) {
     EXPECT_TRUE(*got == data) << size;
     EXPECT_EQ(*store_->Size("data"), size);
   }
-  const std::vector<uint8_t> small(512 << 10, 's'), large(3 << 20, 'l');
-  ASSERT_TRUE(store_->Put("config", small).ok());
-  std::atomic<bool> done{false};
-  std::atomic<int> bad{0}, reads{0}, failed_puts{0};
-  std::thread reader([&] {
-    while (!done) {
-      auto got = store_->Get("config");
-      if (!got.ok() || (*got != small && *got != large)) ++bad;
-      ++reads;
-    }
-  });
-  for (int i = 0; i < 40; ++i) {
-    if (!store_->Put("config", i % 2 ? small : large).ok()) ++failed_puts;
-  }
-  done = true;
-  reader.join();
-  EXPECT_EQ(failed_puts.load(), 0);
-  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+  ExpectReadersSeeWholeObjects(*store_, std::vector<uint8_t>(512 << 10, 's'),
+                               std::vector<uint8_t>(3 << 20, 'l'), 40);
 }
 
 TEST_F(RadosStoreTest, LeasesConflictAcrossClients) {

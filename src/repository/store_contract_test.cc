@@ -28,6 +28,27 @@ void StoreContractTest::TearDown() {
   if (!dir_.empty()) std::filesystem::remove_all(dir_);
 }
 
+void ExpectReadersSeeWholeObjects(ObjectStore& store, const std::vector<uint8_t>& a,
+                                  const std::vector<uint8_t>& b, int puts) {
+  ASSERT_TRUE(store.Put("config", a).ok());
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0}, reads{0}, failed_puts{0};
+  std::thread reader([&] {
+    while (!done) {
+      auto got = store.Get("config");
+      if (!got.ok() || (*got != a && *got != b)) ++bad;
+      ++reads;
+    }
+  });
+  for (int i = 0; i < puts; ++i) {
+    if (!store.Put("config", i % 2 ? a : b).ok()) ++failed_puts;
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(failed_puts.load(), 0);
+  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+}
+
 namespace {
 
 std::vector<uint8_t> Bytes(std::string_view s) { return {s.begin(), s.end()}; }
@@ -114,24 +135,8 @@ TEST_P(StoreContractTest, SharedLeasesExcludeAnExclusiveOne) {
 // Put replaces an object atomically: a reader racing with the writer sees the old or the new
 // object whole, never a missing, empty or partial one.
 TEST_P(StoreContractTest, ReadersNeverSeeAPartialObject) {
-  const std::vector<uint8_t> a(1 << 20, 'a'), b(1 << 20, 'b');
-  ASSERT_TRUE(store_->Put("config", a).ok());
-  std::atomic<bool> done{false};
-  std::atomic<int> bad{0}, reads{0}, failed_puts{0};
-  std::thread reader([&] {
-    while (!done) {
-      auto got = store_->Get("config");
-      if (!got.ok() || (*got != a && *got != b)) ++bad;
-      ++reads;
-    }
-  });
-  for (int i = 0; i < 100; ++i) {
-    if (!store_->Put("config", i % 2 ? a : b).ok()) ++failed_puts;
-  }
-  done = true;
-  reader.join();
-  EXPECT_EQ(failed_puts.load(), 0);
-  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+  ExpectReadersSeeWholeObjects(*store_, std::vector<uint8_t>(1 << 20, 'a'),
+                               std::vector<uint8_t>(1 << 20, 'b'), 100);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "repository/object_store.h"
 
@@ -27,6 +28,11 @@ inline void PrintTo(const StoreBackend& backend, std::ostream* os) { *os << back
 
 // For INSTANTIATE_TEST_SUITE_P: names the instances after their backend.
 std::string StoreBackendName(const ::testing::TestParamInfo<StoreBackend>& info);
+
+// Puts `a` and `b` alternately (`puts` times) to "config" while a thread reads it: every read
+// must be one of them whole (Put is atomic).
+void ExpectReadersSeeWholeObjects(ObjectStore& store, const std::vector<uint8_t>& a,
+                                  const std::vector<uint8_t>& b, int puts);
 
 class StoreContractTest : public ::testing::TestWithParam<StoreBackend> {
  protected:
