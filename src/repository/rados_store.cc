@@ -144,7 +144,7 @@ class RadosLease : public Lease {
   static int Take(rados_ioctx_t io, LockMode mode, const std::string& cookie, int seconds,
                   uint8_t flags) {
     timeval duration{seconds, 0};
-    static const std::string description = "blksnap pid " + std::to_string(::getpid());
+    const std::string description = "blksnap pid " + std::to_string(::getpid());  // rados lock info
     if (mode == LockMode::kShared) {
       return rados_lock_shared(io, kLockObjectName, kLockName, cookie.c_str(), kSharedTag,
                                description.c_str(), &duration, flags);
