@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "repository/repository_format.h"
+#include "repository/store_contract_test.h"
 
 namespace blksnap::repo {
 namespace {
@@ -31,103 +32,16 @@ class TempDir {
   std::string path_;
 };
 
-// The common contract, run against both backends.
-class StoreContractTest : public ::testing::TestWithParam<bool> {
- protected:
-  void SetUp() override {
-    if (GetParam()) {
-      auto store = OpenLocalStore(dir_.path());
-      ASSERT_TRUE(store.ok()) << store.status().ToString();
-      store_ = std::move(*store);
-    } else {
-      store_ = NewMemoryStore();
-    }
-  }
-  TempDir dir_;
-  std::unique_ptr<ObjectStore> store_;
-};
-
-TEST_P(StoreContractTest, PutGetExistsDelete) {
-  ObjectStore& s = *store_;
-  EXPECT_EQ(s.Get("config").status().errnum(), ENOENT);
-  EXPECT_EQ(s.Get("chunks/ab/abcd").status().errnum(), ENOENT);
-  EXPECT_FALSE(*s.Exists("config"));
-  ASSERT_TRUE(s.Put("config", Bytes("one")).ok());
-  ASSERT_TRUE(s.Put("chunks/ab/abcd", Bytes("chunk")).ok());
-  ASSERT_TRUE(s.Put("empty", {}).ok());
-  EXPECT_EQ(*s.Get("config"), Bytes("one"));
-  EXPECT_EQ(*s.Get("chunks/ab/abcd"), Bytes("chunk"));
-  EXPECT_TRUE(s.Get("empty")->empty());
-  EXPECT_TRUE(*s.Exists("chunks/ab/abcd"));
-  EXPECT_FALSE(*s.Exists("chunks/ab"));  // a directory is not an object
-  EXPECT_FALSE(*s.Exists("config/x"));
-  ASSERT_TRUE(s.Put("config", Bytes("two")).ok());  // replaces
-  EXPECT_EQ(*s.Get("config"), Bytes("two"));
-  ASSERT_TRUE(s.Delete("config").ok());
-  ASSERT_TRUE(s.Delete("config").ok());  // idempotent
-  ASSERT_TRUE(s.Delete("nowhere/at/all").ok());
-  EXPECT_EQ(s.Get("config").status().errnum(), ENOENT);
-}
-
-TEST_P(StoreContractTest, PutIfAbsentRefusesAnExistingName) {
-  ASSERT_TRUE(store_->PutIfAbsent("backups/b1", Bytes("first")).ok());
-  auto again = store_->PutIfAbsent("backups/b1", Bytes("second"));
-  EXPECT_EQ(again.errnum(), EEXIST);
-  EXPECT_EQ(*store_->Get("backups/b1"), Bytes("first"));
-}
-
-TEST_P(StoreContractTest, ListIsSortedByPrefix) {
-  for (const char* name : {"indexes/ff", "chunks/ab/ab02", "chunks/01/0100", "chunks/ab/ab01",
-                           "config", "backups/20261130t1-aa", "chunks/ac/ac00"}) {
-    ASSERT_TRUE(store_->Put(name, Bytes(name)).ok());
-  }
-  using V = std::vector<std::string>;
-  EXPECT_EQ(*store_->List("chunks/"),
-            (V{"chunks/01/0100", "chunks/ab/ab01", "chunks/ab/ab02", "chunks/ac/ac00"}));
-  EXPECT_EQ(*store_->List("chunks/a"), (V{"chunks/ab/ab01", "chunks/ab/ab02", "chunks/ac/ac00"}));
-  EXPECT_EQ(*store_->List("chunks/ab/ab02"), (V{"chunks/ab/ab02"}));
-  EXPECT_EQ(*store_->List("backups/"), (V{"backups/20261130t1-aa"}));
-  EXPECT_EQ(store_->List("")->size(), 7u);
-  EXPECT_EQ(store_->List("")->front(), "backups/20261130t1-aa");
-  EXPECT_TRUE(store_->List("nothing/")->empty());
-  EXPECT_EQ(store_->List("/abs").status().errnum(), EINVAL);
-}
-
-TEST_P(StoreContractTest, NamesAreValidated) {
-  for (const char* bad : {"", "/abs", "a//b", "a/", "../x", "a/../b", "a/./b", ".hidden",
-                          "chunks/.tmp-x", "UPPER", "sp ace", "lock", "a\\b"}) {
-    EXPECT_EQ(store_->Put(bad, Bytes("x")).errnum(), EINVAL) << bad;
-    EXPECT_EQ(store_->Get(bad).status().errnum(), EINVAL) << bad;
-  }
-  EXPECT_EQ(store_->Put(std::string(256, 'a'), Bytes("x")).errnum(), EINVAL);
-  EXPECT_TRUE(store_->Put("a-b_c.d/0-9", Bytes("x")).ok());
-}
-
-TEST_P(StoreContractTest, SharedLeasesExcludeAnExclusiveOne) {
-  auto shared1 = store_->Lock(LockMode::kShared, false);
-  auto shared2 = store_->Lock(LockMode::kShared, false);
-  ASSERT_TRUE(shared1.ok() && shared2.ok());
-  auto exclusive = store_->Lock(LockMode::kExclusive, false);
-  ASSERT_FALSE(exclusive.ok());
-  EXPECT_EQ(exclusive.status().errnum(), EBUSY);
-  shared1->reset();
-  EXPECT_EQ(store_->Lock(LockMode::kExclusive, false).status().errnum(), EBUSY);
-  shared2->reset();
-  exclusive = store_->Lock(LockMode::kExclusive, false);
-  ASSERT_TRUE(exclusive.ok()) << exclusive.status().ToString();
-  EXPECT_EQ(store_->Lock(LockMode::kShared, false).status().errnum(), EBUSY);
-  // A waiter gets the lease once the holder lets go.
-  std::thread release([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    exclusive->reset();
-  });
-  auto waited = store_->Lock(LockMode::kShared, true);
-  release.join();
-  EXPECT_TRUE(waited.ok()) << waited.status().ToString();
-}
-
-INSTANTIATE_TEST_SUITE_P(Backends, StoreContractTest, ::testing::Values(false, true),
-                         [](const auto& info) { return info.param ? "Local" : "Memory"; });
+// The common contract (store_contract_test.cc), run against both embedded backends.
+INSTANTIATE_TEST_SUITE_P(
+    Backends, StoreContractTest,
+    ::testing::Values(StoreBackend{"Memory",
+                                   [](const std::string&) -> Result<std::unique_ptr<ObjectStore>> {
+                                     return NewMemoryStore();
+                                   }},
+                      StoreBackend{"Local",
+                                   [](const std::string& dir) { return OpenLocalStore(dir); }}),
+    StoreBackendName);
 
 // ---- Local store only
 
@@ -253,26 +167,6 @@ TEST_F(LocalStoreTest, LeasesConflictAcrossProcesses) {
   EXPECT_EQ(WEXITSTATUS(wstatus), 0);
   shared->reset();
   EXPECT_TRUE(store_->Lock(LockMode::kExclusive, false).ok());
-}
-
-// Put replaces an object atomically: a reader racing with the writer sees the old or the new
-// object whole, never a missing, empty or partial one.
-TEST_F(LocalStoreTest, ReadersNeverSeeAPartialObject) {
-  const std::vector<uint8_t> a(1 << 20, 'a'), b(1 << 20, 'b');
-  ASSERT_TRUE(store_->Put("config", a).ok());
-  std::atomic<bool> done{false};
-  std::atomic<int> bad{0}, reads{0};
-  std::thread reader([&] {
-    while (!done) {
-      auto got = store_->Get("config");
-      if (!got.ok() || (*got != a && *got != b)) ++bad;
-      ++reads;
-    }
-  });
-  for (int i = 0; i < 100; ++i) ASSERT_TRUE(store_->Put("config", i % 2 ? a : b).ok());
-  done = true;
-  reader.join();
-  EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
 }
 
 // A writer killed with SIGKILL at an arbitrary instant: every object it left is whole, and its
