@@ -17,6 +17,7 @@
 #include "blksnap/io.h"
 #include "repository/backup.h"
 #include "repository/object_store.h"
+#include "repository/store_url.h"
 
 namespace blksnap::cli {
 namespace {
@@ -28,10 +29,15 @@ std::optional<std::vector<uint8_t>> Key(const RepoArgs& a) {
   return Check(repo::ReadKeyFile(Absolute(a.key_file)));
 }
 
+// A repository location as the daemon and the stores take it: paths absolute, URLs as given.
+std::string Location(const std::string& repo) {
+  return repo::IsStoreUrl(repo) ? repo : Absolute(repo);
+}
+
 std::unique_ptr<repo::Repository> OpenRepo(const RepoArgs& a) {
-  if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
-  return Check(repo::Repository::OpenLocal(Absolute(a.repo),
-                                           a.key_file.empty() ? "" : Absolute(a.key_file)));
+  if (a.repo.empty()) Usage("no repository: give --repo PATH|URL or set BLKSNAP_REPO");
+  return Check(
+      repo::Repository::OpenAt(Location(a.repo), a.key_file.empty() ? "" : Absolute(a.key_file)));
 }
 
 json ManifestJson(const repo::Manifest& m) {
@@ -102,9 +108,9 @@ json CallShowingProgress(Context& ctx, json params) {
 }
 
 void CmdBackup(Context& ctx, const RepoArgs& a) {
-  if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
+  if (a.repo.empty()) Usage("no repository: give --repo PATH|URL or set BLKSNAP_REPO");
   json params = {
-      {"devices", a.devices}, {"repo", Absolute(a.repo)}, {"full", a.full}, {"threads", a.threads}};
+      {"devices", a.devices}, {"repo", Location(a.repo)}, {"full", a.full}, {"threads", a.threads}};
   if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
   if (!a.snapshot.empty()) params["snapshot"] = a.snapshot;
   if (!a.storage.empty()) params["storage"] = Absolute(a.storage);
@@ -165,16 +171,13 @@ void CmdRestore(Context& ctx, const RepoArgs& a) {
 }
 
 void CmdRepoInit(Context& ctx, const RepoArgs& a) {
-  const std::string path = Absolute(a.target);
+  const std::string path = Location(a.target);
   if (a.encrypt == a.key_file.empty()) {
     Usage(a.encrypt ? "--encrypt needs --key-file F" : "--key-file needs --encrypt at init");
   }
   repo::NewRepoOptions o;
   if (!a.chunk_size.empty()) o.chunk_size = ParseSizeArg("--chunk-size", a.chunk_size);
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    Fail(Status::FromErrno("creating " + path));
-  }
-  auto store = Check(repo::OpenLocalStore(path));
+  auto store = Check(repo::OpenStore(path, /*create=*/true));
   const auto key = Key(a);
   std::optional<std::span<const uint8_t>> span;
   if (key) span = std::span<const uint8_t>(*key);
@@ -306,8 +309,8 @@ void CmdRepoStats(Context& ctx, const RepoArgs& a) {
 }
 
 void CmdRepoServe(Context& ctx, const RepoArgs& a) {
-  if (a.repo.empty()) Usage("no repository: give --repo PATH or set BLKSNAP_REPO");
-  json params = {{"repo", Absolute(a.repo)}, {"backup", a.backup}, {"loop", a.loop}};
+  if (a.repo.empty()) Usage("no repository: give --repo PATH|URL or set BLKSNAP_REPO");
+  json params = {{"repo", Location(a.repo)}, {"backup", a.backup}, {"loop", a.loop}};
   if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
   json r = ctx.Call("repo-serve", params);
   if (ctx.output.as_json) return ctx.output.Emit(r);
@@ -329,7 +332,8 @@ void CmdRepoUnserve(Context& ctx, const RepoArgs& a) {
 void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
                      const std::function<void(std::function<void()>)>& run) {
   auto repo_option = [&a](CLI::App* c) {
-    c->add_option("--repo", a.repo, "repository directory ($BLKSNAP_REPO)")
+    c->add_option("--repo", a.repo,
+                  "repository: directory, rados://... or s3://... ($BLKSNAP_REPO)")
         ->envname("BLKSNAP_REPO");
     c->add_option("--key-file", a.key_file, "key of an encrypted repository ($BLKSNAP_KEY_FILE)")
         ->envname("BLKSNAP_KEY_FILE");
@@ -362,7 +366,10 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   auto* repo = app.add_subcommand("repo", "backup repositories");
   repo->require_subcommand(1);
   auto* init = repo->add_subcommand("init", "create a repository");
-  init->add_option("PATH", a.target, "directory (created)")->required();
+  init->add_option(
+          "PATH", a.target,
+          "directory (created), rados://POOL[/NS]?... or s3://BUCKET[/PREFIX]?... (bucket created)")
+      ->required();
   init->add_flag("--encrypt", a.encrypt, "AES-256-GCM under a key derived from --key-file");
   init->add_option("--key-file", a.key_file, "key file (any bytes, e.g. 32 random ones)");
   init->add_option("--chunk-size", a.chunk_size, "chunk size (64K..64M, power of two; default 4M)");

@@ -42,7 +42,7 @@ Result<BackupView> Service::Backup(const BackupRequest& request,
                                    const std::function<bool()>& cancelled) {
   if (request.devices.empty()) return Status::Error(EINVAL, "no device to back up");
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> repository,
-                           repo::Repository::OpenLocal(request.repo, request.key_file));
+                           repo::Repository::OpenAt(request.repo, request.key_file));
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<repo::Manifest> existing, repository->ListBackups());
 
   // The snapshot: given (taken, holding every device), or created and taken here.
@@ -173,7 +173,7 @@ Result<BackupProgressView> Service::BackupProgress(const std::string& job) {
 
 Result<ServedBackupView> Service::ServeBackup(const ServeBackupRequest& request) {
   BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<repo::Repository> opened,
-                           repo::Repository::OpenLocal(request.repo, request.key_file));
+                           repo::Repository::OpenAt(request.repo, request.key_file));
   std::shared_ptr<repo::Repository> repository = std::move(opened);
   BLKSNAP_ASSIGN_OR_RETURN(repo::Manifest m, repository->GetBackup(request.backup));
   BLKSNAP_ASSIGN_OR_RETURN(repo::Index index, repository->GetIndex(m.index));

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "repository/repository_format.h"
+#include "repository/store_url.h"
 
 namespace blksnap::repo {
 namespace {
@@ -65,13 +66,13 @@ Status Repository::Init(ObjectStore& store, const NewRepoOptions& options,
   return status;
 }
 
-Result<std::unique_ptr<Repository>> Repository::OpenLocal(const std::string& dir,
-                                                          const std::string& key_file) {
+Result<std::unique_ptr<Repository>> Repository::OpenAt(const std::string& location,
+                                                       const std::string& key_file) {
   std::optional<std::vector<uint8_t>> key;
   if (!key_file.empty()) {
     BLKSNAP_ASSIGN_OR_RETURN(key, ReadKeyFile(key_file));
   }
-  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<ObjectStore> store, OpenLocalStore(dir));
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<ObjectStore> store, OpenStore(location));
   std::optional<std::span<const uint8_t>> key_span;
   if (key) key_span = std::span<const uint8_t>(*key);
   return Open(std::move(store), key_span);

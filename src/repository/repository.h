@@ -51,9 +51,10 @@ class Repository {
   // a wrong or missing key, EINVAL for a key given to a plain repository).
   static Result<std::unique_ptr<Repository>> Open(std::unique_ptr<ObjectStore> store,
                                                   std::optional<std::span<const uint8_t>> key);
-  // The repository in local directory `dir`, with the key read from `key_file` ("": none).
-  static Result<std::unique_ptr<Repository>> OpenLocal(const std::string& dir,
-                                                       const std::string& key_file);
+  // The repository at `location` (a directory, rados:// or s3://: store_url.h), with the key
+  // read from `key_file` ("": none).
+  static Result<std::unique_ptr<Repository>> OpenAt(const std::string& location,
+                                                    const std::string& key_file);
 
   Repository(const Repository&) = delete;
   Repository& operator=(const Repository&) = delete;

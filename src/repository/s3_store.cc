@@ -19,7 +19,6 @@
 namespace blksnap::repo {
 namespace {
 
-constexpr char kLockDir[] = ".lock/";
 constexpr char kExclusive[] = ".lock/exclusive";
 constexpr char kSharedPrefix[] = ".lock/shared-";
 
