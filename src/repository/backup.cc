@@ -253,6 +253,13 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   m.stats.reused_chunks = reused;
   m.stats.zero_chunks = zeroes;
   m.stats.seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  // A lease that lapsed (the store unreachable for longer than half its duration) may have let a
+  // gc run beside this backup and free chunks it found present: such a backup is not published.
+  if (lease->Lapsed()) {
+    return Status::Error(EAGAIN, "backup of " + spec.device +
+                                     " not published: its repository lease lapsed while the "
+                                     "store was unreachable (a gc may have run); run it again");
+  }
   BLKSNAP_RETURN_IF_ERROR(repo.PublishBackup(m));
   return m;
 }

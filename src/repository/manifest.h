@@ -69,8 +69,8 @@ std::string EncodeManifest(const Manifest& manifest);
 Result<Manifest> ParseManifest(std::string_view text);
 
 // "yyyymmddthhmmssz-mmmxxxxx": the UTC time (whole seconds), then 3 hex digits of milliseconds
-// and 5 random lowercase hex digits. Ids sort as their times do (to the millisecond). All lowercase: the id is
-// part of the object name "backups/<id>", and object names are [a-z0-9._/-].
+// and 5 random lowercase hex digits. Ids sort as their times do (to the millisecond). All
+// lowercase: the id is part of the object name "backups/<id>", and object names are [a-z0-9._/-].
 std::string NewBackupId(std::chrono::system_clock::time_point time);
 bool IsValidBackupId(std::string_view id);
 

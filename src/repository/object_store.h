@@ -31,6 +31,10 @@ namespace blksnap::repo {
 class Lease {
  public:
   virtual ~Lease() = default;
+  // True if the lease may have expired at some moment since it was taken (a store whose leases
+  // live by renewal, and a renewal failed or came too late: lease_clock.h). Others may have held
+  // the other kind meanwhile, so a backup must not publish what it found present then.
+  virtual bool Lapsed() const { return false; }
 };
 
 enum class LockMode { kShared, kExclusive };

@@ -31,6 +31,7 @@
 #include <chrono>
 #include <thread>
 
+#include "repository/lease_clock.h"
 #include "repository/repository_format.h"
 #include "util/mutex.h"
 #include "util/thread_annotations.h"
@@ -125,9 +126,15 @@ struct Connection {
 class RadosLease : public Lease {
  public:
   RadosLease(std::shared_ptr<Connection> conn, LockMode mode, std::string cookie, int seconds)
-      : conn_(std::move(conn)), mode_(mode), cookie_(std::move(cookie)), seconds_(seconds) {
+      : conn_(std::move(conn)),
+        mode_(mode),
+        cookie_(std::move(cookie)),
+        seconds_(seconds),
+        clock_(std::chrono::milliseconds(seconds * 1000 / 2)) {
     renewer_ = std::thread([this] { RenewLoop(); });
   }
+
+  bool Lapsed() const override { return clock_.Lapsed(); }
 
   ~RadosLease() override {
     {
@@ -162,8 +169,9 @@ class RadosLease : public Lease {
         if (wake_.WaitFor(mu_, period, [this]() REQUIRES(mu_) { return stop_; })) return;
       }
       // A failure (the cluster unreachable for a while, or another holder took the lock after
-      // it expired) is retried at the next period; the lease cannot report it to its holder.
-      Take(conn_->io, mode_, cookie_, seconds_, LIBRADOS_LOCK_FLAG_MAY_RENEW);
+      // it expired) is retried at the next period; Lapsed() tells the holder.
+      if (Take(conn_->io, mode_, cookie_, seconds_, LIBRADOS_LOCK_FLAG_MAY_RENEW) == 0)
+        clock_.Renewed();
     }
   }
 
@@ -171,6 +179,7 @@ class RadosLease : public Lease {
   const LockMode mode_;
   const std::string cookie_;
   const int seconds_;
+  LeaseClock clock_;
   Mutex mu_;
   CondVar wake_;
   bool stop_ GUARDED_BY(mu_) = false;

@@ -265,6 +265,16 @@ TEST_F(RadosStoreTest, ALiveHoldersLeaseIsRenewed) {
   EXPECT_TRUE(store_->Lock(LockMode::kShared, false).ok());
 }
 
+// The only OSD stopped for longer than half the lease: the renewals stall, the lease lapsed.
+TEST_F(RadosStoreTest, ALeaseLapsesWhileTheOsdStalls) {
+  RadosStoreOptions short_lease;
+  short_lease.lease_seconds = 3;
+  auto holder = OpenRadosStore(url_, short_lease);
+  ASSERT_TRUE(holder.ok()) << holder.status().ToString();
+  const std::string conf = std::getenv(kConfVariable);
+  ExpectLeaseLapsesWhileStopped(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid", **holder);
+}
+
 // Run only as a child of ACrashedHoldersLeaseExpires: takes an exclusive lease with a short
 // duration in the namespace it is given, says so on stdout and waits to be killed.
 TEST(RadosHolder, DISABLED_HoldExclusiveUntilKilled) {

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "repository/digest.h"
+#include "repository/lease_clock.h"
 #include "repository/s3_client.h"
 #include "util/mutex.h"
 
@@ -201,17 +202,23 @@ class S3Store final : public ObjectStore {
 class S3Lease final : public Lease {
  public:
   S3Lease(std::shared_ptr<S3Client> client, std::string key, std::string id, int ttl_seconds)
-      : client_(std::move(client)), key_(std::move(key)), id_(std::move(id)) {
+      : client_(std::move(client)),
+        key_(std::move(key)),
+        id_(std::move(id)),
+        clock_(std::chrono::milliseconds(ttl_seconds * 1000 / 2)) {
     refresher_ = std::thread([this, ttl_seconds] {
       MutexLock lock(mu_);
-      while (!cv_.WaitFor(mu_, std::chrono::seconds(std::max(1, ttl_seconds / 3)),
+      while (!cv_.WaitFor(mu_, std::chrono::milliseconds(std::max(300, ttl_seconds * 1000 / 3)),
                           [this]() REQUIRES(mu_) { return stop_; })) {
-        // A failed refresh: the next one, or the ttl expires and the lease is a dead holder's.
-        (void)client_->Request("PUT", key_, "",
-                               {reinterpret_cast<const uint8_t*>(id_.data()), id_.size()});
+        // A failed refresh: the next one, or the ttl expires and the lease is a dead holder's;
+        // Lapsed() tells the holder.
+        auto r = client_->Request("PUT", key_, "",
+                                  {reinterpret_cast<const uint8_t*>(id_.data()), id_.size()});
+        if (r.ok() && r->status == 200) clock_.Renewed();
       }
     });
   }
+  bool Lapsed() const override { return clock_.Lapsed(); }
   ~S3Lease() override {
     {
       MutexLock lock(mu_);
@@ -226,6 +233,7 @@ class S3Lease final : public Lease {
   const std::shared_ptr<S3Client> client_;
   const std::string key_;
   const std::string id_;
+  LeaseClock clock_;
   Mutex mu_;
   CondVar cv_;
   bool stop_ GUARDED_BY(mu_) = false;

@@ -10,6 +10,7 @@
 #include "repository/s3_store.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -216,6 +217,14 @@ TEST(S3StoreTest, LeasesAreRefreshedAndADeadHoldersExpire) {
   std::this_thread::sleep_for(std::chrono::seconds(kTtl + 2));
   auto after = (*store)->Lock(LockMode::kExclusive, false);
   EXPECT_TRUE(after.ok()) << after.status().ToString();
+}
+
+TEST(S3StoreTest, ALeaseLapsesWhileTheGatewayStalls) {
+  auto store = OpenTestStore(UniquePrefix(), /*ttl=*/3);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  auto dir = ClusterDir();
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
+  ExpectLeaseLapsesWhileStopped(*dir + "/run/rgw.gw.pid", **store);
 }
 
 }  // namespace

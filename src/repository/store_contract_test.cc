@@ -2,10 +2,12 @@
 // once per StoreBackend that a test binary instantiates.
 #include "repository/store_contract_test.h"
 
+#include <signal.h>
 #include <stdlib.h>
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 namespace blksnap::repo {
@@ -47,6 +49,21 @@ void ExpectReadersSeeWholeObjects(ObjectStore& store, const std::vector<uint8_t>
   reader.join();
   EXPECT_EQ(failed_puts.load(), 0);
   EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
+}
+
+void ExpectLeaseLapsesWhileStopped(const std::string& pid_file, ObjectStore& store) {
+  std::ifstream in(pid_file);
+  pid_t pid = 0;
+  ASSERT_TRUE(in >> pid) << pid_file << ": no pid";
+  auto lease = store.Lock(LockMode::kShared, false);
+  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_FALSE((*lease)->Lapsed()) << "a lease renewed in time says it lapsed";
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  ASSERT_EQ(::kill(pid, SIGCONT), 0);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_TRUE((*lease)->Lapsed()) << "the lease did not notice its stalled renewals";
 }
 
 namespace {
