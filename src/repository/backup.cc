@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -64,26 +66,41 @@ class Reporter {
   Clock::time_point last_;
 };
 
-// Runs fn(index, buffer) for every chunk index in [0, count) on `threads` workers.
+// A chunk-sized buffer aligned for O_DIRECT (a target opened so writes it without a bounce).
+constexpr size_t kBufferAlignment = 4096;
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<uint8_t[], FreeDeleter>;
+AlignedBuffer NewAlignedBuffer(size_t size) {
+  const size_t rounded = (size + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
+  return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(kBufferAlignment, rounded)));
+}
+
+using ChunkFn = std::function<Status(uint64_t, std::span<uint8_t>)>;
+
+// Runs fn(index, buffer) for every chunk index in [0, count) on `threads` workers, each with its
+// own aligned buffer of buffer_size bytes.
 Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter& reporter,
-                      const std::function<Status(uint64_t, std::vector<uint8_t>&)>& fn) {
+                      const ChunkFn& fn) {
   std::atomic<uint64_t> next{0};
   std::atomic<bool> stop{false};
   std::mutex error_mu;
   Status first_error;
+  auto fail = [&](Status s) {
+    std::lock_guard lock(error_mu);
+    if (first_error.ok()) first_error = std::move(s);
+    stop = true;
+  };
   auto worker = [&] {
-    std::vector<uint8_t> buffer(buffer_size);
+    AlignedBuffer buffer = NewAlignedBuffer(std::max<size_t>(buffer_size, 1));
+    if (!buffer) return fail(Status::Error(ENOMEM, "no memory for a chunk buffer"));
     for (;;) {
       if (stop.load(std::memory_order_relaxed)) return;
       const uint64_t index = next.fetch_add(1);
       if (index >= count) return;
-      Status s = fn(index, buffer);
-      if (!s.ok()) {
-        std::lock_guard lock(error_mu);
-        if (first_error.ok()) first_error = std::move(s);
-        stop = true;
-        return;
-      }
+      Status s = fn(index, std::span<uint8_t>(buffer.get(), buffer_size));
+      if (!s.ok()) return fail(std::move(s));
       reporter.Maybe();
     }
   };
@@ -186,7 +203,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   Status s = ParallelChunks(
       index.chunks.size(), spec.threads, chunk, reporter,
-      [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
         if (spec.cancelled && spec.cancelled()) {
           return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
         }
@@ -197,7 +214,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           c.done += length;
           return Status::Ok();
         }
-        std::span<uint8_t> data(buf.data(), length);
+        std::span<uint8_t> data = buf.first(length);
         uint64_t read = length;
         Status r = incremental ? FillChangedChunk(repo, image, offset, data,
                                                   spec.parent_index.chunks[i], pieces[i], &read)
@@ -273,8 +290,8 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Counters c;
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   BLKSNAP_RETURN_IF_ERROR(ParallelChunks(
-      index.chunks.size(), spec.threads, 0, reporter,
-      [&](uint64_t i, std::vector<uint8_t>&) -> Status {
+      index.chunks.size(), spec.threads, chunk, reporter,
+      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
         const uint64_t offset = i * chunk;
         const uint64_t length = std::min(chunk, size - offset);
         if (index.chunks[i].IsZero()) {
@@ -282,13 +299,13 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
           c.done += length;
           return Status::Ok();
         }
-        BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> data, repo.GetChunk(index.chunks[i]));
-        if (data.size() != length) {
+        BLKSNAP_ASSIGN_OR_RETURN(size_t got, repo.ReadChunk(index.chunks[i], buf));
+        if (got != length) {
           return Status::Error(EBADMSG, "backup " + backup.id + ": chunk " + index.chunks[i].Hex() +
-                                            " has " + std::to_string(data.size()) + " bytes, not " +
+                                            " has " + std::to_string(got) + " bytes, not " +
                                             std::to_string(length));
         }
-        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, data));
+        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, buf.first(length)));
         c.read += length;
         c.done += length;
         return Status::Ok();
@@ -300,9 +317,9 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Reporter quiet(ProgressFn{}, spec.progress_interval, size, v);
   return ParallelChunks(
       index.chunks.size(), spec.threads, chunk, quiet,
-      [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
         const uint64_t offset = i * chunk;
-        std::span<uint8_t> data(buf.data(), std::min(chunk, size - offset));
+        std::span<uint8_t> data = buf.first(std::min(chunk, size - offset));
         BLKSNAP_RETURN_IF_ERROR(target.Read(offset, data));
         const bool ok = index.chunks[i].IsZero() ? IsAllZero(data.data(), data.size())
                                                  : repo.codec().ChunkId(data) == index.chunks[i];

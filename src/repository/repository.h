@@ -72,6 +72,9 @@ class Repository {
   // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
   // when the blob does not unseal or its content does not hash to the id.
   Result<std::vector<uint8_t>> GetChunk(const Digest& id);
+  // GetChunk into a caller's buffer (no allocation of the plain bytes): the chunk's length, with
+  // the same checks and errors; EBADMSG also when the chunk is longer than out.size().
+  Result<size_t> ReadChunk(const Digest& id, std::span<uint8_t> out);
 
   // Stores an index (CheckIndex first: EINVAL) as "indexes/<hex>"; returns its id.
   Result<Digest> PutIndex(const Index& index);
@@ -132,6 +135,8 @@ class Repository {
   Repository(std::unique_ptr<ObjectStore> store, Codec codec)
       : store_(std::move(store)), codec_(std::move(codec)) {}
 
+  // The blob at `name`; ENOENT "<label> is missing", other errors prefixed with the label.
+  Result<std::vector<uint8_t>> FetchBlob(const std::string& name, const std::string& label);
   // Reads "what <hex>" at `name`, unseals it (AAD = id bytes) and checks ChunkId == id.
   Result<std::vector<uint8_t>> GetSealed(const std::string& name, const Digest& id,
                                          const char* what);
