@@ -135,10 +135,10 @@ ChangedPieces PiecesByChunk(const std::vector<ByteExtent>& changed, uint64_t siz
 }
 
 // Fills `data` (the chunk at `offset`) for an incremental backup. When at most half the chunk
-// changed and the parent's version of it reads back fine (a zero chunk, or GetChunk with its
-// digest checked), only the changed pieces are read from the image, over the parent's data:
-// the device is read for what changed, not for whole chunks. Otherwise the whole chunk is read.
-// *read: bytes read from the image.
+// changed and the parent's version of it reads back fine (a zero chunk, or ReadChunk, straight
+// into `data`, with its digest checked), only the changed pieces are read from the image, over the
+// parent's data: the device is read for what changed, not for whole chunks. Otherwise the whole
+// chunk is read. *read: bytes read from the image.
 Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
                         std::span<uint8_t> data, const Digest& parent,
                         const std::vector<ByteExtent>& pieces, uint64_t* read) {
@@ -149,8 +149,7 @@ Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
     if (parent.IsZero()) {
       std::memset(data.data(), 0, data.size());
       base = true;
-    } else if (auto old = repo.GetChunk(parent); old.ok() && old->size() == data.size()) {
-      std::memcpy(data.data(), old->data(), data.size());
+    } else if (auto old = repo.ReadChunk(parent, data); old.ok() && *old == data.size()) {
       base = true;
     }  // else: the parent's chunk is damaged or missing: read it all from the image
   }
@@ -198,6 +197,8 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   ChangedPieces pieces;
   if (incremental) pieces = PiecesByChunk(spec.changed, size, chunk);
 
+  // New chunks go through one batch, committed (durable) before the index is stored.
+  std::unique_ptr<PutBatch> batch = repo.NewChunkBatch();
   Counters c;
   std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
@@ -229,7 +230,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           index.chunks[i] = Digest{};
           ++zeroes;
         } else {
-          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data));
+          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data, batch.get()));
           index.chunks[i] = put.id;
           if (put.stored) {
             ++new_chunks;
@@ -241,7 +242,10 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
         c.done += length;
         return Status::Ok();
       });
+  // Committed even after a failure: what was stored is there for the next backup to reuse.
+  const Status committed = batch->Commit();
   BLKSNAP_RETURN_IF_ERROR(s);
+  BLKSNAP_RETURN_IF_ERROR(committed);
   if (incremental) {
     for (size_t i = 0; i < index.chunks.size(); ++i) {
       if (pieces[i].empty()) index.chunks[i].IsZero() ? ++zeroes : ++reused;

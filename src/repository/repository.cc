@@ -93,7 +93,7 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore
   return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(codec)));
 }
 
-Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain) {
+Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, PutBatch* batch) {
   Put put;
   put.id = codec_.ChunkId(plain);
   {
@@ -103,10 +103,11 @@ Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain) {
   }
   auto store = [&]() -> Status {
     const std::string name = Codec::ChunkName(put.id);
+    if (batch != nullptr && batch->Contains(name)) return Status::Ok();
     BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
     if (exists) return Status::Ok();
     BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, codec_.Seal(plain, IdBytes(put.id)));
-    BLKSNAP_RETURN_IF_ERROR(store_->Put(name, blob));
+    BLKSNAP_RETURN_IF_ERROR(batch != nullptr ? batch->Put(name, blob) : store_->Put(name, blob));
     put.stored = true;
     put.stored_bytes = blob.size();
     return Status::Ok();

@@ -68,7 +68,10 @@ class Repository {
     uint64_t stored_bytes = 0;  // the new blob's size
   };
   // Stores a chunk unless an object of its id exists (dedup). The caller skips zero chunks.
-  Result<Put> PutChunk(std::span<const uint8_t> plain) EXCLUDES(mu_);
+  // Through `batch` (NewChunkBatch; a chunk it holds counts as present), the chunk is durable
+  // only once batch->Commit() returns: a backup commits before it stores its index.
+  Result<Put> PutChunk(std::span<const uint8_t> plain, PutBatch* batch = nullptr) EXCLUDES(mu_);
+  std::unique_ptr<PutBatch> NewChunkBatch() { return store_->NewPutBatch(); }
   // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
   // when the blob does not unseal or its content does not hash to the id.
   Result<std::vector<uint8_t>> GetChunk(const Digest& id);
