@@ -41,7 +41,8 @@ enum class LockMode { kShared, kExclusive };
 // every so many objects). Contains(name): put through this batch and not yet visible. Commit
 // returns once every object put before it is durable and visible; a crash before that leaves
 // each of them absent or whole, never torn. A batch destroyed without Commit may leave its
-// objects absent (a local store's temporaries stay for gc). Thread-safe.
+// objects absent (a local store's temporaries stay for gc). Thread-safe; must not outlive its
+// store.
 class PutBatch {
  public:
   virtual ~PutBatch() = default;
