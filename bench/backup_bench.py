@@ -7,7 +7,8 @@ Run (root: loop mounts and FUSE), after a release build (bench/run builds build-
 blksnap_cli`):
     sudo /usr/bin/python3 bench/backup_bench.py [--quick] [--build DIR] [--size BYTES]
 --quick uses a 512 MiB image; otherwise BENCH_BACKUP_SIZE (default 4G). Results go to
-bench/results/backup-<git tree>[-quick].json; method and figures: docs/performance.md,
+bench/results/backup-<git tree>[-quick][-chunkSIZE].json (--chunk-size: blksnap's repository chunk
+size, default 4M); method and figures: docs/performance.md,
 section "Backup (issue 16)". Not part of bench/run's default run.
 
 Design note. One sequence, every tool on the same image file and the same changes:
@@ -173,12 +174,13 @@ def rewrite(front, mnt, files, img=None):
 class Blksnap:
     name = "blksnap"
 
-    def __init__(self, lab, img):
+    def __init__(self, lab, img, chunk_size=None):
         self.lab, self.img = lab, img
         self.repo = os.path.join(SCRATCH, "repo-blksnap")
         self.proc = lab.daemon()
         self.front = lab.cli_json("attach", img, "--name", "img", "--loop")["loop"]
-        run([lab.cli, "repo", "init", self.repo])
+        run([lab.cli, "repo", "init", self.repo] +
+            (["--chunk-size", chunk_size] if chunk_size else []))
         self.last = None
 
     def backup(self):
@@ -336,6 +338,7 @@ def main():
     ap.add_argument("--size", help="image size (default BENCH_BACKUP_SIZE or 4G)")
     ap.add_argument("--build", default=os.path.join(ROOT, "build-release"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    ap.add_argument("--chunk-size", help="blksnap's repository chunk size (repo init; default 4M)")
     ap.add_argument("--only", default="blksnap,restic,borg",
                     help="tools, comma-separated (debugging; ratios need all three)")
     a = ap.parse_args()
@@ -352,8 +355,8 @@ def main():
     try:
         files, filled = make_image(img, size, mnt)
         only = a.only.split(",")
-        runners = [c(lab, img) if c is Blksnap else c(img) for c in (Blksnap, Restic, Borg)
-                   if c.name in only]
+        runners = [c(lab, img, a.chunk_size) if c is Blksnap else c(img)
+                   for c in (Blksnap, Restic, Borg) if c.name in only]
         for t in runners:
             warm(img)
             log(f"{t.name}: full backup")
@@ -396,6 +399,7 @@ def main():
                         "tree": tree.stdout.strip(), "image_bytes": size,
                         "filled_bytes": filled, "files": len(files), "rewritten_files": n,
                         "changed_bytes": changed, "quick": a.quick, "cpus": os.cpu_count(),
+                        "chunk_size": a.chunk_size or "4M", "build": a.build,
                         "loadavg_end": loadavg(),
                         "seconds": round(time.monotonic() - started, 1),
                         "restic": run(["restic", "version"]).stdout.strip(),
@@ -407,7 +411,8 @@ def main():
     print(f"\nCPU (one core): SHA-256 {doc['cpu'].get('sha256_MBps')} MB/s, zstd -3 "
           f"{doc['cpu'].get('zstd3_compress_MBps')} MB/s compress, "
           f"{doc['cpu'].get('zstd3_decompress_MBps')} MB/s decompress")
-    name = f"backup-{doc['meta']['tree']}{'-quick' if a.quick else ''}.json"
+    name = (f"backup-{doc['meta']['tree']}{'-quick' if a.quick else ''}"
+            f"{'-chunk' + a.chunk_size if a.chunk_size else ''}.json")
     path = os.path.join(ROOT, "bench", "results", name)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

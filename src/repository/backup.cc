@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -64,26 +66,41 @@ class Reporter {
   Clock::time_point last_;
 };
 
-// Runs fn(index, buffer) for every chunk index in [0, count) on `threads` workers.
+// A chunk-sized buffer aligned for O_DIRECT (a target opened so writes it without a bounce).
+constexpr size_t kBufferAlignment = 4096;
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<uint8_t[], FreeDeleter>;
+AlignedBuffer NewAlignedBuffer(size_t size) {
+  const size_t rounded = (size + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
+  return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(kBufferAlignment, rounded)));
+}
+
+using ChunkFn = std::function<Status(uint64_t, std::span<uint8_t>)>;
+
+// Runs fn(index, buffer) for every chunk index in [0, count) on `threads` workers, each with its
+// own aligned buffer of buffer_size bytes.
 Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter& reporter,
-                      const std::function<Status(uint64_t, std::vector<uint8_t>&)>& fn) {
+                      const ChunkFn& fn) {
   std::atomic<uint64_t> next{0};
   std::atomic<bool> stop{false};
   std::mutex error_mu;
   Status first_error;
+  auto fail = [&](Status s) {
+    std::lock_guard lock(error_mu);
+    if (first_error.ok()) first_error = std::move(s);
+    stop = true;
+  };
   auto worker = [&] {
-    std::vector<uint8_t> buffer(buffer_size);
+    AlignedBuffer buffer = NewAlignedBuffer(std::max<size_t>(buffer_size, 1));
+    if (!buffer) return fail(Status::Error(ENOMEM, "no memory for a chunk buffer"));
     for (;;) {
       if (stop.load(std::memory_order_relaxed)) return;
       const uint64_t index = next.fetch_add(1);
       if (index >= count) return;
-      Status s = fn(index, buffer);
-      if (!s.ok()) {
-        std::lock_guard lock(error_mu);
-        if (first_error.ok()) first_error = std::move(s);
-        stop = true;
-        return;
-      }
+      Status s = fn(index, std::span<uint8_t>(buffer.get(), buffer_size));
+      if (!s.ok()) return fail(std::move(s));
       reporter.Maybe();
     }
   };
@@ -118,10 +135,10 @@ ChangedPieces PiecesByChunk(const std::vector<ByteExtent>& changed, uint64_t siz
 }
 
 // Fills `data` (the chunk at `offset`) for an incremental backup. When at most half the chunk
-// changed and the parent's version of it reads back fine (a zero chunk, or GetChunk with its
-// digest checked), only the changed pieces are read from the image, over the parent's data:
-// the device is read for what changed, not for whole chunks. Otherwise the whole chunk is read.
-// *read: bytes read from the image.
+// changed and the parent's version of it reads back fine (a zero chunk, or ReadChunk, straight
+// into `data`, with its digest checked), only the changed pieces are read from the image, over the
+// parent's data: the device is read for what changed, not for whole chunks. Otherwise the whole
+// chunk is read. *read: bytes read from the image.
 Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
                         std::span<uint8_t> data, const Digest& parent,
                         const std::vector<ByteExtent>& pieces, uint64_t* read) {
@@ -132,8 +149,7 @@ Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
     if (parent.IsZero()) {
       std::memset(data.data(), 0, data.size());
       base = true;
-    } else if (auto old = repo.GetChunk(parent); old.ok() && old->size() == data.size()) {
-      std::memcpy(data.data(), old->data(), data.size());
+    } else if (auto old = repo.ReadChunk(parent, data); old.ok() && *old == data.size()) {
       base = true;
     }  // else: the parent's chunk is damaged or missing: read it all from the image
   }
@@ -181,12 +197,14 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   ChangedPieces pieces;
   if (incremental) pieces = PiecesByChunk(spec.changed, size, chunk);
 
+  // New chunks go through one batch, committed (durable) before the index is stored.
+  std::unique_ptr<PutBatch> batch = repo.NewChunkBatch();
   Counters c;
   std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   Status s = ParallelChunks(
       index.chunks.size(), spec.threads, chunk, reporter,
-      [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
         if (spec.cancelled && spec.cancelled()) {
           return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
         }
@@ -197,7 +215,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           c.done += length;
           return Status::Ok();
         }
-        std::span<uint8_t> data(buf.data(), length);
+        std::span<uint8_t> data = buf.first(length);
         uint64_t read = length;
         Status r = incremental ? FillChangedChunk(repo, image, offset, data,
                                                   spec.parent_index.chunks[i], pieces[i], &read)
@@ -212,7 +230,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           index.chunks[i] = Digest{};
           ++zeroes;
         } else {
-          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data));
+          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data, batch.get()));
           index.chunks[i] = put.id;
           if (put.stored) {
             ++new_chunks;
@@ -224,7 +242,10 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
         c.done += length;
         return Status::Ok();
       });
+  // Committed even after a failure: what was stored is there for the next backup to reuse.
+  const Status committed = batch->Commit();
   BLKSNAP_RETURN_IF_ERROR(s);
+  BLKSNAP_RETURN_IF_ERROR(committed);
   if (incremental) {
     for (size_t i = 0; i < index.chunks.size(); ++i) {
       if (pieces[i].empty()) index.chunks[i].IsZero() ? ++zeroes : ++reused;
@@ -280,8 +301,8 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Counters c;
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   BLKSNAP_RETURN_IF_ERROR(ParallelChunks(
-      index.chunks.size(), spec.threads, 0, reporter,
-      [&](uint64_t i, std::vector<uint8_t>&) -> Status {
+      index.chunks.size(), spec.threads, chunk, reporter,
+      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
         const uint64_t offset = i * chunk;
         const uint64_t length = std::min(chunk, size - offset);
         if (index.chunks[i].IsZero()) {
@@ -289,13 +310,13 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
           c.done += length;
           return Status::Ok();
         }
-        BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> data, repo.GetChunk(index.chunks[i]));
-        if (data.size() != length) {
+        BLKSNAP_ASSIGN_OR_RETURN(size_t got, repo.ReadChunk(index.chunks[i], buf));
+        if (got != length) {
           return Status::Error(EBADMSG, "backup " + backup.id + ": chunk " + index.chunks[i].Hex() +
-                                            " has " + std::to_string(data.size()) + " bytes, not " +
+                                            " has " + std::to_string(got) + " bytes, not " +
                                             std::to_string(length));
         }
-        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, data));
+        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, buf.first(length)));
         c.read += length;
         c.done += length;
         return Status::Ok();
@@ -307,9 +328,9 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Reporter quiet(ProgressFn{}, spec.progress_interval, size, v);
   return ParallelChunks(
       index.chunks.size(), spec.threads, chunk, quiet,
-      [&](uint64_t i, std::vector<uint8_t>& buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
         const uint64_t offset = i * chunk;
-        std::span<uint8_t> data(buf.data(), std::min(chunk, size - offset));
+        std::span<uint8_t> data = buf.first(std::min(chunk, size - offset));
         BLKSNAP_RETURN_IF_ERROR(target.Read(offset, data));
         const bool ok = index.chunks[i].IsZero() ? IsAllZero(data.data(), data.size())
                                                  : repo.codec().ChunkId(data) == index.chunks[i];

@@ -3,7 +3,9 @@
 // A backup reads the image (a snapshot image, or any BlockDevice that does not change while it
 // is read) chunk by chunk (the repository's chunk size), `threads` chunks at a time: a chunk of
 // zeroes becomes the zero digest and is not stored; any other chunk is named by the codec and
-// stored unless the repository has it (Repository::PutChunk). An incremental backup (a parent
+// stored unless the repository has it (Repository::PutChunk, through one PutBatch: the store makes
+// the new chunks durable together, and the backup commits the batch before it stores the index,
+// so the manifest never references a chunk a crash could lose). An incremental backup (a parent
 // backup of the same device, size and chunk size, plus the byte extents changed since the
 // parent's snap number) reads only the chunks those extents touch and takes every other digest
 // from the parent's index without reading it. The index is stored, then the manifest is published
@@ -11,7 +13,9 @@
 // reuses (and gc frees if none does).
 //
 // A restore writes every chunk of a backup's index to a target at least as large as the device,
-// `threads` chunks at a time; GetChunk checks each chunk's digest, so a damaged or missing chunk
+// `threads` chunks at a time, each worker decoding into its own 4 KiB-aligned chunk buffer
+// (Repository::ReadChunk) and writing it from there: a target opened with O_DIRECT takes it
+// without a copy. ReadChunk checks each chunk's digest, so a damaged or missing chunk
 // fails the restore with that chunk's error. Zero chunks are skipped when the target already
 // reads as zeroes (a new or truncated sparse file: they stay holes), else written as zeroes.
 // `verify` then re-reads the target and checks every chunk against the index.

@@ -178,6 +178,47 @@ TEST_F(BackupTest, ADamagedChunkFailsTheRestoresThatUseIt) {
   EXPECT_EQ(s.errnum(), EBADMSG) << s.ToString();
 }
 
+// A backup's chunks go through a batch that the store may keep unsynced until Commit: a power
+// loss just before the index (or the manifest) is stored must not lose a chunk they reference.
+// The FaultyStore drops every batch object still uncommitted at that instant.
+TEST(BackupDurabilityTest, ChunksAreDurableBeforeTheIndexAndTheManifest) {
+  for (const char* crash_before : {"indexes/", "backups/"}) {
+    SCOPED_TRACE(crash_before);
+    auto faulty_owner = std::make_unique<FaultyStore>(NewMemoryStore());
+    FaultyStore& faulty = *faulty_owner;
+    NewRepoOptions o;
+    o.chunk_size = kChunk;
+    ASSERT_TRUE(Repository::Init(faulty, o, std::nullopt).ok());
+    auto repo = Repository::Open(std::move(faulty_owner), std::nullopt);
+    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+    auto image = MakeMemoryDevice(kSize);
+    Scribble(*image, 0, kSize, 11);
+    faulty.CrashBefore(crash_before);
+    BackupSpec spec;
+    spec.device = "vda";
+    auto m = RunBackup(**repo, *image, spec);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    auto problems = (*repo)->Verify({m->id}, 2);
+    ASSERT_TRUE(problems.ok()) << problems.status().ToString();
+    EXPECT_TRUE(problems->empty())
+        << problems->size() << " problems, the first: " << problems->front().error.ToString();
+  }
+}
+
+// A FaultyStore batch loses what it holds in a crash: the test above can fail.
+TEST(BackupDurabilityTest, AFaultyBatchLosesUncommittedObjectsInACrash) {
+  FaultyStore faulty(NewMemoryStore());
+  auto batch = faulty.NewPutBatch();
+  const std::vector<uint8_t> data = {1, 2, 3};
+  ASSERT_TRUE(batch->Put("chunks/aa/lost", data).ok());
+  faulty.CrashBefore("indexes/");
+  ASSERT_TRUE(faulty.Put("indexes/x", data).ok());
+  ASSERT_TRUE(batch->Put("chunks/aa/kept", data).ok());
+  ASSERT_TRUE(batch->Commit().ok());
+  EXPECT_FALSE(*faulty.Exists("chunks/aa/lost"));
+  EXPECT_TRUE(*faulty.Exists("chunks/aa/kept"));
+}
+
 TEST_F(BackupTest, AParentOfAnotherSizeIsRefused) {
   const Manifest full = Full();
   BackupSpec spec;

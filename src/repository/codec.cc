@@ -6,7 +6,8 @@
 // (nlohmann dumps members sorted by name, so the dump is canonical).
 //
 // Blob: Seal writes the header, compresses straight into the blob (kept raw when zstd is not
-// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. Unseal checks
+// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. Unseal (and
+// UnsealInto, which decodes into a caller's buffer: restores reuse one per worker) checks
 // the header, the exact blob size, the encryption flag against the repository, then the tag or
 // the CRC before it decompresses, and decompresses only a single zstd frame whose declared
 // content size is the header's plain length: a damaged blob never makes it allocate more than
@@ -14,8 +15,9 @@
 // collision probability negligible).
 //
 // State: a Codec holds its config and the two halves of the master key (wiped with
-// OPENSSL_cleanse on destruction); no mutable state. zstd contexts are thread_local, so concurrent
-// Seal/Unseal calls on one Codec are safe.
+// OPENSSL_cleanse on destruction); no mutable state. zstd contexts (and UnsealInto's buffer for
+// decrypted compressed payloads) are thread_local, so concurrent Seal/Unseal calls on one Codec
+// are safe.
 #include "repository/codec.h"
 
 #include <fcntl.h>
@@ -390,8 +392,7 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
   return blob;
 }
 
-Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
-                                           std::span<const uint8_t> aad) const {
+Result<Codec::BlobLayout> Codec::CheckBlob(std::span<const uint8_t> blob) const {
   if (blob.size() < kBlobHeaderSize) return BadBlob("shorter than its header");
   if (std::memcmp(blob.data(), kBlobMagic, sizeof(kBlobMagic)) != 0) return BadBlob("bad magic");
   if (blob[4] != kBlobVersion) return BadBlob("version " + std::to_string(blob[4]) + " unknown");
@@ -399,38 +400,71 @@ Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
   if ((flags & ~(kBlobCompressed | kBlobEncrypted)) != 0 || blob[6] != 0 || blob[7] != 0) {
     return BadBlob("unknown flags");
   }
-  const bool encrypted = flags & kBlobEncrypted;
-  const bool compressed = flags & kBlobCompressed;
-  if (encrypted != config_.encrypted) {
-    return BadBlob(encrypted ? "encrypted in a plain repository"
-                             : "not encrypted in an encrypted repository");
+  BlobLayout layout;
+  layout.encrypted = flags & kBlobEncrypted;
+  layout.compressed = flags & kBlobCompressed;
+  if (layout.encrypted != config_.encrypted) {
+    return BadBlob(layout.encrypted ? "encrypted in a plain repository"
+                                    : "not encrypted in an encrypted repository");
   }
-  const uint32_t plain_length = GetLe<uint32_t>(&blob[8]);
-  const uint32_t payload_length = GetLe<uint32_t>(&blob[12]);
-  if (plain_length > kMaxPlainLength) return BadBlob("plain length over 65 MiB");
-  if (compressed ? (payload_length == 0 || payload_length >= plain_length)
-                 : payload_length != plain_length) {
+  layout.plain_length = GetLe<uint32_t>(&blob[8]);
+  layout.payload_length = GetLe<uint32_t>(&blob[12]);
+  if (layout.plain_length > kMaxPlainLength) return BadBlob("plain length over 65 MiB");
+  if (layout.compressed
+          ? (layout.payload_length == 0 || layout.payload_length >= layout.plain_length)
+          : layout.payload_length != layout.plain_length) {
     return BadBlob("payload length does not match the plain length");
   }
-  const size_t offset = kBlobHeaderSize + (encrypted ? kGcmNonceSize : 0);
-  const size_t trailer = encrypted ? kGcmTagSize : kBlobCrcSize;
-  if (blob.size() != uint64_t{offset} + payload_length + trailer) {
+  layout.offset = kBlobHeaderSize + (layout.encrypted ? kGcmNonceSize : 0);
+  const size_t trailer = layout.encrypted ? kGcmTagSize : kBlobCrcSize;
+  if (blob.size() != uint64_t{layout.offset} + layout.payload_length + trailer) {
     return BadBlob("size " + std::to_string(blob.size()) + " does not match its header");
+  }
+  return layout;
+}
+
+Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
+                                           std::span<const uint8_t> aad) const {
+  BLKSNAP_ASSIGN_OR_RETURN(BlobLayout layout, CheckBlob(blob));
+  std::vector<uint8_t> plain(layout.plain_length);
+  BLKSNAP_ASSIGN_OR_RETURN(size_t length, UnsealInto(blob, aad, plain));
+  plain.resize(length);  // == plain_length
+  return plain;
+}
+
+Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const uint8_t> aad,
+                                 std::span<uint8_t> out) const {
+  BLKSNAP_ASSIGN_OR_RETURN(BlobLayout layout, CheckBlob(blob));
+  const uint32_t plain_length = layout.plain_length;
+  const uint32_t payload_length = layout.payload_length;
+  const size_t offset = layout.offset;
+  if (out.size() < plain_length) {
+    return BadBlob("plain length " + std::to_string(plain_length) + " over the " +
+                   std::to_string(out.size()) + " bytes expected");
   }
   const std::span<const uint8_t> header = blob.first(kBlobHeaderSize);
   const std::span<const uint8_t> stored = blob.subspan(offset, payload_length);
-  std::vector<uint8_t> decrypted;
   std::span<const uint8_t> payload = stored;
-  if (encrypted) {
-    decrypted.assign(stored.begin(), stored.end());
+  if (layout.encrypted) {
+    // Decrypted in place: straight into `out` when raw, else into this thread's scratch buffer,
+    // which then feeds zstd.
+    std::span<uint8_t> clear;
+    if (layout.compressed) {
+      thread_local std::vector<uint8_t> scratch;
+      if (scratch.size() < payload_length) scratch.resize(payload_length);
+      clear = std::span(scratch.data(), payload_length);
+    } else {
+      clear = out.first(payload_length);
+    }
+    if (payload_length > 0) std::memcpy(clear.data(), stored.data(), payload_length);
     std::array<uint8_t, kGcmTagSize> tag;
     std::memcpy(tag.data(), blob.data() + offset + payload_length, tag.size());
-    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad,
-             decrypted, tag.data())) {
+    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad, clear,
+             tag.data())) {
       return BadBlob("authentication failed (damaged, or stored under another name)");
     }
-    if (!compressed) return decrypted;
-    payload = decrypted;
+    if (!layout.compressed) return size_t{plain_length};
+    payload = clear;
   } else {
     uint32_t crc = Crc32c(header.data(), header.size());
     crc = Crc32c(aad.data(), aad.size(), crc);
@@ -438,7 +472,10 @@ Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
     if (crc != GetLe<uint32_t>(blob.data() + offset + payload_length)) {
       return BadBlob("checksum mismatch (damaged, or stored under another name)");
     }
-    if (!compressed) return std::vector<uint8_t>(stored.begin(), stored.end());
+    if (!layout.compressed) {
+      if (payload_length > 0) std::memcpy(out.data(), stored.data(), payload_length);
+      return size_t{plain_length};
+    }
   }
   if (ZSTD_getFrameContentSize(payload.data(), payload.size()) != plain_length ||
       ZSTD_findFrameCompressedSize(payload.data(), payload.size()) != payload.size()) {
@@ -446,11 +483,10 @@ Result<std::vector<uint8_t>> Codec::Unseal(std::span<const uint8_t> blob,
   }
   ZSTD_DCtx* dctx = ThreadDCtx();
   if (dctx == nullptr) return Status::Error(ENOMEM, "unseal: no zstd context");
-  std::vector<uint8_t> plain(plain_length);
   const size_t n =
-      ZSTD_decompressDCtx(dctx, plain.data(), plain.size(), payload.data(), payload.size());
+      ZSTD_decompressDCtx(dctx, out.data(), plain_length, payload.data(), payload.size());
   if (ZSTD_isError(n) || n != plain_length) return BadBlob("zstd frame is damaged");
-  return plain;
+  return size_t{plain_length};
 }
 
 }  // namespace blksnap::repo

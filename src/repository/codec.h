@@ -86,12 +86,24 @@ class Codec {
   // encrypted repository is damage too (it would be unauthenticated).
   Result<std::vector<uint8_t>> Unseal(std::span<const uint8_t> blob,
                                       std::span<const uint8_t> aad) const;
+  // Unseal into `out` (a caller's reused buffer): the plain length; EBADMSG as Unseal, also when
+  // the plain length is over out.size(). Bytes of `out` past the plain length are left alone.
+  Result<size_t> UnsealInto(std::span<const uint8_t> blob, std::span<const uint8_t> aad,
+                            std::span<uint8_t> out) const;
 
   // The object name of a chunk: "chunks/XX/<64 hex>".
   static std::string ChunkName(const Digest& id);
 
  private:
   explicit Codec(const RepoConfig& config) : config_(config) {}
+
+  struct BlobLayout {
+    bool encrypted = false, compressed = false;
+    uint32_t plain_length = 0, payload_length = 0;
+    size_t offset = 0;  // of the payload
+  };
+  // The header's checks (magic, version, flags, lengths, the exact size): EBADMSG on damage.
+  Result<BlobLayout> CheckBlob(std::span<const uint8_t> blob) const;
 
   RepoConfig config_;
   std::array<uint8_t, kCipherKeySize> cipher_key_{};

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -168,6 +169,34 @@ TEST(CodecTest, SealRoundTrips) {
         auto back = codec.Unseal(*blob, Aad(id));
         ASSERT_TRUE(back.ok()) << back.status().ToString();
         EXPECT_EQ(*back, data);
+      }
+    }
+  }
+}
+
+// UnsealInto decodes into the caller's buffer: the same bytes as Unseal, nothing written past
+// them, a buffer too small for the plain length refused, and damage caught as by Unseal.
+TEST(CodecTest, UnsealIntoFillsTheCallersBuffer) {
+  for (bool encrypted : {false, true}) {
+    for (int level : {0, 3}) {
+      Codec codec = OpenCodec(NewConfig(encrypted, level));
+      for (const auto& data : {Compressible(1 << 20), Random(100000), std::vector<uint8_t>()}) {
+        const Digest id = codec.ChunkId(data);
+        const auto blob = *codec.Seal(data, Aad(id));
+        std::vector<uint8_t> out(data.size() + 64, 0xaa);
+        auto n = codec.UnsealInto(blob, Aad(id), out);
+        ASSERT_TRUE(n.ok()) << n.status().ToString();
+        ASSERT_EQ(*n, data.size());
+        EXPECT_TRUE(std::equal(data.begin(), data.end(), out.begin()));
+        EXPECT_EQ(std::count(out.begin() + data.size(), out.end(), 0xaa), 64);
+        if (data.empty()) continue;
+        EXPECT_EQ(codec.UnsealInto(blob, Aad(id), std::span(out).first(data.size() - 1))
+                      .status()
+                      .errnum(),
+                  EBADMSG);
+        auto bad = blob;
+        bad[bad.size() / 2] ^= 1;
+        EXPECT_EQ(codec.UnsealInto(bad, Aad(id), out).status().errnum(), EBADMSG);
       }
     }
   }

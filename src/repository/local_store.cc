@@ -15,6 +15,15 @@
 // file); an exclusive Lock (gc) removes temporaries older than kStaleTempSeconds: backups hold a
 // shared lease while they write, so under an exclusive lease an old temporary has no writer.
 //
+// A PutBatch (a backup's chunks) pays for durability once per batch: Put writes the temporary
+// without fsync and starts its writeback (sync_file_range), and the object stays invisible;
+// Commit (also run by the Put that makes kBatchObjects pending) fdatasyncs every pending
+// temporary, renames each over its name, then fsyncs each directory it renamed into once. A name
+// thus never points at data a power loss could take, and every name is durable when Commit
+// returns, before the caller publishes anything that references it. Commits are serialized
+// (commit_mu_, held across their I/O: a second Commit must not return before the first's
+// objects are durable); the pending list and names are under mu_, never held across I/O.
+//
 // Lock: flock(2) on DIR/lock, a file opened afresh for each Lock call (flock belongs to the open
 // file description, so two leases of one process conflict like those of two processes). The
 // lease closes it. No in-process state: the store object itself has no mutable members, so
@@ -29,6 +38,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <set>
+#include <unordered_set>
 
 #include "repository/object_store.h"
 #include "repository/repository_format.h"
@@ -132,20 +143,22 @@ class LocalLease : public Lease {
   Fd fd_;
 };
 
+// Objects a batch holds before it commits on its own: bounds what a killed backup leaves as
+// temporaries (the next backup cannot reuse those) and the pending list.
+constexpr size_t kBatchObjects = 64;
+
 class LocalStore : public ObjectStore {
  public:
   LocalStore(std::string path, Fd dir) : path_(std::move(path)), dir_(std::move(dir)) {}
+
+  std::unique_ptr<PutBatch> NewPutBatch() override { return std::make_unique<Batch>(*this); }
 
   Status Put(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     const auto [parent, base] = SplitName(name);
     BLKSNAP_ASSIGN_OR_RETURN(Fd dir, OpenDir(parent, true));
-    BLKSNAP_ASSIGN_OR_RETURN(std::string temp, WriteTemp(dir.get(), base, data, name));
-    if (::renameat(dir.get(), temp.c_str(), dir.get(), base.c_str()) != 0) {
-      Status status = Status::FromErrno("rename " + Path(name));
-      ::unlinkat(dir.get(), temp.c_str(), 0);
-      return status;
-    }
+    BLKSNAP_ASSIGN_OR_RETURN(std::string temp, WriteTemp(dir.get(), base, data, name, true));
+    BLKSNAP_RETURN_IF_ERROR(RenameTemp(dir.get(), temp, base, name));
     return SyncDir(dir.get(), parent);
   }
 
@@ -153,7 +166,7 @@ class LocalStore : public ObjectStore {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     const auto [parent, base] = SplitName(name);
     BLKSNAP_ASSIGN_OR_RETURN(Fd dir, OpenDir(parent, true));
-    BLKSNAP_ASSIGN_OR_RETURN(std::string temp, WriteTemp(dir.get(), base, data, name));
+    BLKSNAP_ASSIGN_OR_RETURN(std::string temp, WriteTemp(dir.get(), base, data, name, true));
     int done = ::linkat(dir.get(), temp.c_str(), dir.get(), base.c_str(), 0);
     if (done != 0 && (errno == EPERM || errno == EOPNOTSUPP || errno == ENOSYS)) {
       // A file system without hard links (some FUSE and network ones): rename without replace.
@@ -310,21 +323,109 @@ class LocalStore : public ObjectStore {
     return dir;
   }
 
-  // Writes `data` to a new temporary in `dirfd` and fsyncs it; returns the temporary's name.
+  // Writes `data` to a new temporary in `dirfd` and fsyncs it (sync), or only starts its
+  // writeback; returns the temporary's name.
   Result<std::string> WriteTemp(int dirfd, const std::string& base, std::span<const uint8_t> data,
-                                const std::string& name) const {
+                                const std::string& name, bool sync) const {
     const std::string temp = std::string(kTempPrefix) + base + "-" + RandomHex();
     Fd fd(
         ::openat(dirfd, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
     if (!fd.valid()) return Status::FromErrno("create a temporary for " + Path(name));
     Status status = WriteAll(fd.get(), data, Path(name));
-    if (status.ok() && ::fsync(fd.get()) != 0) status = Status::FromErrno("fsync " + Path(name));
+    if (status.ok() && sync && ::fsync(fd.get()) != 0) {
+      status = Status::FromErrno("fsync " + Path(name));
+    }
     if (!status.ok()) {
       ::unlinkat(dirfd, temp.c_str(), 0);
       return status;
     }
+    if (!sync) ::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);  // advisory: a head start
     return temp;
   }
+
+  // Renames the temporary over `base` (removing the temporary if that fails).
+  Status RenameTemp(int dirfd, const std::string& temp, const std::string& base,
+                    const std::string& name) const {
+    if (::renameat(dirfd, temp.c_str(), dirfd, base.c_str()) != 0) {
+      Status status = Status::FromErrno("rename " + Path(name));
+      ::unlinkat(dirfd, temp.c_str(), 0);
+      return status;
+    }
+    return Status::Ok();
+  }
+
+  class Batch : public PutBatch {
+   public:
+    explicit Batch(const LocalStore& store) : store_(store) {}
+
+    Status Put(const std::string& name, std::span<const uint8_t> data) override EXCLUDES(mu_) {
+      BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+      auto [parent, base] = SplitName(name);
+      BLKSNAP_ASSIGN_OR_RETURN(Fd dir, store_.OpenDir(parent, true));
+      BLKSNAP_ASSIGN_OR_RETURN(std::string temp,
+                               store_.WriteTemp(dir.get(), base, data, name, false));
+      size_t pending = 0;
+      {
+        MutexLock lock(mu_);
+        pending_.push_back({name, std::move(parent), std::move(base), std::move(temp)});
+        names_.insert(name);
+        pending = pending_.size();
+      }
+      return pending >= kBatchObjects ? Commit() : Status::Ok();
+    }
+
+    bool Contains(const std::string& name) override EXCLUDES(mu_) {
+      MutexLock lock(mu_);
+      return names_.contains(name);
+    }
+
+    Status Commit() override EXCLUDES(mu_, commit_mu_) {
+      MutexLock commit(commit_mu_);
+      std::vector<Pending> pending;
+      {
+        MutexLock lock(mu_);
+        pending.swap(pending_);
+      }
+      Status status = CommitPending(pending);
+      MutexLock lock(mu_);
+      for (const Pending& p : pending) names_.erase(p.name);
+      return status;
+    }
+
+   private:
+    struct Pending {
+      std::string name, parent, base, temp;
+    };
+
+    // Every temporary's data durable, then the renames, then each directory once.
+    Status CommitPending(const std::vector<Pending>& pending) const {
+      std::vector<Fd> dirs(pending.size());
+      for (size_t i = 0; i < pending.size(); ++i) {
+        const Pending& p = pending[i];
+        BLKSNAP_ASSIGN_OR_RETURN(dirs[i], store_.OpenDir(p.parent, false));
+        Fd fd(::openat(dirs[i].get(), p.temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+        if (!fd.valid() || ::fdatasync(fd.get()) != 0) {
+          return Status::FromErrno("fdatasync " + store_.Path(p.name));
+        }
+      }
+      std::set<std::string> synced;
+      for (size_t i = 0; i < pending.size(); ++i) {
+        const Pending& p = pending[i];
+        BLKSNAP_RETURN_IF_ERROR(store_.RenameTemp(dirs[i].get(), p.temp, p.base, p.name));
+      }
+      for (size_t i = 0; i < pending.size(); ++i) {
+        if (!synced.insert(pending[i].parent).second) continue;
+        BLKSNAP_RETURN_IF_ERROR(store_.SyncDir(dirs[i].get(), pending[i].parent));
+      }
+      return Status::Ok();
+    }
+
+    const LocalStore& store_;
+    Mutex commit_mu_ ACQUIRED_BEFORE(mu_);
+    Mutex mu_;
+    std::vector<Pending> pending_ GUARDED_BY(mu_);
+    std::unordered_set<std::string> names_ GUARDED_BY(mu_);
+  };
 
   Status SyncDir(int dirfd, const std::string& rel) const {
     if (::fsync(dirfd) != 0) return Status::FromErrno("fsync directory " + Path(rel));

@@ -1,7 +1,11 @@
-// Object names (ValidateObjectName, ValidateListPrefix) and FaultyStore, the test wrapper that
-// fails or drops operations on demand. FaultyStore keeps its rules and counters under mu_; the
-// wrapped store is called without mu_ held.
+// Object names (ValidateObjectName, ValidateListPrefix), the default PutBatch (each Put straight
+// through the store) and FaultyStore, the test wrapper that fails or drops operations on demand.
+// FaultyStore keeps its rules and counters under mu_; the wrapped store is called without mu_
+// held. A FaultyStore batch holds its objects (with the crash epoch of their put) under its own
+// mutex until Commit puts those of the current epoch into the wrapped store.
 #include "repository/object_store.h"
+
+#include <map>
 
 #include "repository/repository_format.h"
 
@@ -45,7 +49,25 @@ Status CheckComponents(std::string_view name, bool allow_trailing_slash, std::st
   }
 }
 
+// The default batch: every Put is the store's (durable on return); nothing to commit.
+class DirectBatch : public PutBatch {
+ public:
+  explicit DirectBatch(ObjectStore& store) : store_(store) {}
+  Status Put(const std::string& name, std::span<const uint8_t> data) override {
+    return store_.Put(name, data);
+  }
+  bool Contains(const std::string&) override { return false; }
+  Status Commit() override { return Status::Ok(); }
+
+ private:
+  ObjectStore& store_;
+};
+
 }  // namespace
+
+std::unique_ptr<PutBatch> ObjectStore::NewPutBatch() {
+  return std::make_unique<DirectBatch>(*this);
+}
 
 Status ValidateObjectName(std::string_view name) {
   if (name == kLockObject) return Status::Error(EINVAL, "object name 'lock' is reserved");
@@ -70,12 +92,69 @@ void FaultyStore::DropPuts(std::string prefix) {
   drop_prefix_ = std::move(prefix);
 }
 
+void FaultyStore::CrashBefore(std::string prefix) {
+  MutexLock lock(mu_);
+  crash_armed_ = true;
+  crash_prefix_ = std::move(prefix);
+}
+
 void FaultyStore::Clear() {
   MutexLock lock(mu_);
   for (Rule& rule : rules_) rule = Rule{};
   drop_ = false;
   drop_prefix_.clear();
+  crash_armed_ = false;
 }
+
+uint64_t FaultyStore::CrashEpoch(std::string_view name) {
+  MutexLock lock(mu_);
+  if (crash_armed_ && name.starts_with(crash_prefix_)) {
+    crash_armed_ = false;
+    ++crash_epoch_;
+  }
+  return crash_epoch_;
+}
+
+class FaultyStore::Batch : public PutBatch {
+ public:
+  explicit Batch(FaultyStore& store) : store_(store) {}
+  Status Put(const std::string& name, std::span<const uint8_t> data) override {
+    BLKSNAP_RETURN_IF_ERROR(store_.Check(StoreOp::kPut, name));
+    if (store_.Dropped(name)) return Status::Ok();
+    const uint64_t epoch = store_.CrashEpoch(name);
+    MutexLock lock(mu_);
+    held_[name] = {epoch, std::vector<uint8_t>(data.begin(), data.end())};
+    return Status::Ok();
+  }
+  bool Contains(const std::string& name) override {
+    MutexLock lock(mu_);
+    return held_.contains(name);
+  }
+  Status Commit() override {
+    std::map<std::string, std::pair<uint64_t, std::vector<uint8_t>>> held;
+    {
+      MutexLock lock(mu_);
+      held.swap(held_);
+    }
+    uint64_t epoch = 0;
+    {
+      MutexLock lock(store_.mu_);
+      epoch = store_.crash_epoch_;
+    }
+    for (const auto& [name, entry] : held) {
+      if (entry.first != epoch) continue;  // lost in a crash
+      BLKSNAP_RETURN_IF_ERROR(store_.base_->Put(name, entry.second));
+    }
+    return Status::Ok();
+  }
+
+ private:
+  FaultyStore& store_;
+  Mutex mu_;
+  std::map<std::string, std::pair<uint64_t, std::vector<uint8_t>>> held_ GUARDED_BY(mu_);
+};
+
+std::unique_ptr<PutBatch> FaultyStore::NewPutBatch() { return std::make_unique<Batch>(*this); }
 
 int FaultyStore::calls(StoreOp op) const {
   MutexLock lock(mu_);
@@ -101,12 +180,14 @@ bool FaultyStore::Dropped(std::string_view name) {
 
 Status FaultyStore::Put(const std::string& name, std::span<const uint8_t> data) {
   BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kPut, name));
+  CrashEpoch(name);
   if (Dropped(name)) return Status::Ok();
   return base_->Put(name, data);
 }
 
 Status FaultyStore::PutIfAbsent(const std::string& name, std::span<const uint8_t> data) {
   BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kPut, name));
+  CrashEpoch(name);
   if (Dropped(name)) return Status::Ok();
   return base_->PutIfAbsent(name, data);
 }

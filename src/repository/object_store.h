@@ -39,6 +39,22 @@ class Lease {
 
 enum class LockMode { kShared, kExclusive };
 
+// Puts whose durability is settled together (a backup's chunks), so a store can pay for it once
+// per batch instead of once per object. Put returns once the object is written; it may become
+// visible under its name and durable only at Commit (a store may also commit on its own, e.g.
+// every so many objects). Contains(name): put through this batch and not yet visible. Commit
+// returns once every object put before it is durable and visible; a crash before that leaves
+// each of them absent or whole, never torn. A batch destroyed without Commit may leave its
+// objects absent (a local store's temporaries stay for gc). Thread-safe; must not outlive its
+// store.
+class PutBatch {
+ public:
+  virtual ~PutBatch() = default;
+  virtual Status Put(const std::string& name, std::span<const uint8_t> data) = 0;
+  virtual bool Contains(const std::string& name) = 0;
+  virtual Status Commit() = 0;
+};
+
 class ObjectStore {
  public:
   virtual ~ObjectStore() = default;
@@ -50,6 +66,8 @@ class ObjectStore {
   virtual Result<std::vector<std::string>> List(const std::string& prefix) = 0;
   virtual Status Delete(const std::string& name) = 0;
   virtual Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) = 0;
+  // A new batch. The default puts each object at once with Put (durable when Put returns).
+  virtual std::unique_ptr<PutBatch> NewPutBatch();
 };
 
 // OK for a valid object name (see above), EINVAL naming the problem otherwise.
@@ -61,6 +79,8 @@ Status ValidateListPrefix(std::string_view prefix);
 // A directory: objects are files (names may contain '/', e.g. "chunks/ab/abcd..."; directories
 // are created on demand), written to a temporary ".tmp-..." file in the final directory,
 // fsynced, renamed, the directory fsynced; PutIfAbsent by link(2); Delete fsyncs the directory;
+// a PutBatch writes its temporaries without fsync and, at Commit (or every kBatchObjects
+// objects), fsyncs them all, renames them and fsyncs each of their directories once;
 // Lock by flock(2) on DIR/lock, opened afresh for each Lock call. Temporaries are never listed;
 // an exclusive Lock removes those older than kStaleTempSeconds (their writer died).
 // ENOENT if `dir` does not exist, ENOTDIR if it is not a directory.
@@ -70,7 +90,10 @@ Result<std::unique_ptr<ObjectStore>> OpenLocalStore(const std::string& dir);
 std::unique_ptr<ObjectStore> NewMemoryStore();
 
 // For tests: wraps a store and fails or drops operations on demand. Thread-safe.
-// kPut: Put and PutIfAbsent; kExists: Exists and Size.
+// kPut: Put, PutIfAbsent and a batch's Put; kExists: Exists and Size. Its batches keep their
+// objects in memory until Commit, which puts them into the wrapped store; CrashBefore(prefix)
+// models a power loss just before the next put of a name under prefix: every object still held
+// by a batch is lost (their Commit stores nothing of it).
 enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };
 class FaultyStore : public ObjectStore {
  public:
@@ -81,6 +104,7 @@ class FaultyStore : public ObjectStore {
   void FailAfter(StoreOp op, int successes, int errnum, std::string prefix = "") EXCLUDES(mu_);
   // Put/PutIfAbsent of names starting with `prefix` report OK and store nothing (a lost write).
   void DropPuts(std::string prefix) EXCLUDES(mu_);
+  void CrashBefore(std::string prefix) EXCLUDES(mu_);
   void Clear() EXCLUDES(mu_);
   // Calls of `op` seen so far (failed ones included).
   int calls(StoreOp op) const EXCLUDES(mu_);
@@ -94,8 +118,10 @@ class FaultyStore : public ObjectStore {
   Result<std::vector<std::string>> List(const std::string& prefix) override;
   Status Delete(const std::string& name) override;
   Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override;
+  std::unique_ptr<PutBatch> NewPutBatch() override;
 
  private:
+  class Batch;
   static constexpr int kOps = 6;
   struct Rule {
     bool active = false;
@@ -106,6 +132,8 @@ class FaultyStore : public ObjectStore {
   // Counts the call; a non-OK Status if a rule makes it fail.
   Status Check(StoreOp op, std::string_view name) EXCLUDES(mu_);
   bool Dropped(std::string_view name) EXCLUDES(mu_);
+  // The crash rule: counts a crash when `name` matches it (and clears it); the current epoch.
+  uint64_t CrashEpoch(std::string_view name) EXCLUDES(mu_);
 
   const std::unique_ptr<ObjectStore> base_;
   mutable Mutex mu_;
@@ -113,6 +141,9 @@ class FaultyStore : public ObjectStore {
   int calls_[kOps] GUARDED_BY(mu_) = {};
   bool drop_ GUARDED_BY(mu_) = false;
   std::string drop_prefix_ GUARDED_BY(mu_);
+  bool crash_armed_ GUARDED_BY(mu_) = false;
+  std::string crash_prefix_ GUARDED_BY(mu_);
+  uint64_t crash_epoch_ GUARDED_BY(mu_) = 0;  // batch objects put before a crash are lost
 };
 
 }  // namespace blksnap::repo

@@ -86,6 +86,34 @@ TEST_F(LocalStoreTest, ObjectsAreFilesUnderTheirNames) {
   EXPECT_EQ(files, 2u);
 }
 
+// A batch's objects are temporaries (invisible, not listed) until Commit, which makes them whole
+// objects under their names; the 64th pending object commits the batch on its own.
+TEST_F(LocalStoreTest, ABatchShowsItsObjectsAtCommit) {
+  auto batch = store_->NewPutBatch();
+  ASSERT_TRUE(batch->Put("chunks/ab/abcd", Bytes("chunk")).ok());
+  ASSERT_TRUE(batch->Put("chunks/cd/cdef", Bytes("other")).ok());
+  EXPECT_TRUE(batch->Contains("chunks/ab/abcd"));
+  EXPECT_FALSE(*store_->Exists("chunks/ab/abcd"));
+  EXPECT_TRUE(store_->List("")->empty());
+  size_t temporaries = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir_.path())) {
+    if (e.path().filename().string().starts_with(".tmp-")) ++temporaries;
+  }
+  EXPECT_EQ(temporaries, 2u);
+  ASSERT_TRUE(batch->Commit().ok());
+  EXPECT_FALSE(batch->Contains("chunks/ab/abcd"));
+  EXPECT_EQ(*store_->Get("chunks/ab/abcd"), Bytes("chunk"));
+  EXPECT_EQ(*store_->List(""), (std::vector<std::string>{"chunks/ab/abcd", "chunks/cd/cdef"}));
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir_.path())) {
+    EXPECT_FALSE(e.path().filename().string().starts_with(".")) << e.path();
+  }
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(batch->Put("chunks/ef/o" + std::to_string(i), Bytes("x")).ok());
+  }
+  EXPECT_EQ(store_->List("chunks/ef/")->size(), 64u);
+  EXPECT_TRUE(batch->Commit().ok());  // nothing left: a no-op
+}
+
 TEST_F(LocalStoreTest, ListSkipsTemporariesAndForeignFiles) {
   ASSERT_TRUE(store_->Put("chunks/ab/abcd", Bytes("chunk")).ok());
   // What a writer killed before its rename leaves, and files that are not objects.

@@ -94,7 +94,7 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore
   return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(codec)));
 }
 
-Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain) {
+Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, PutBatch* batch) {
   Put put;
   put.id = codec_.ChunkId(plain);
   {
@@ -104,10 +104,11 @@ Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain) {
   }
   auto store = [&]() -> Status {
     const std::string name = Codec::ChunkName(put.id);
+    if (batch != nullptr && batch->Contains(name)) return Status::Ok();
     BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
     if (exists) return Status::Ok();
     BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, codec_.Seal(plain, IdBytes(put.id)));
-    BLKSNAP_RETURN_IF_ERROR(store_->Put(name, blob));
+    BLKSNAP_RETURN_IF_ERROR(batch != nullptr ? batch->Put(name, blob) : store_->Put(name, blob));
     put.stored = true;
     put.stored_bytes = blob.size();
     return Status::Ok();
@@ -122,15 +123,21 @@ Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain) {
   return put;
 }
 
-Result<std::vector<uint8_t>> Repository::GetSealed(const std::string& name, const Digest& id,
-                                                   const char* what) {
-  const std::string label = std::string(what) + " " + id.Hex();
+Result<std::vector<uint8_t>> Repository::FetchBlob(const std::string& name,
+                                                   const std::string& label) {
   auto blob = store_->Get(name);
   if (!blob.ok()) {
     if (blob.status().errnum() == ENOENT) return Status::Error(ENOENT, label + " is missing");
     return Prefixed(blob.status(), label);
   }
-  auto plain = codec_.Unseal(*blob, IdBytes(id));
+  return blob;
+}
+
+Result<std::vector<uint8_t>> Repository::GetSealed(const std::string& name, const Digest& id,
+                                                   const char* what) {
+  const std::string label = std::string(what) + " " + id.Hex();
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, FetchBlob(name, label));
+  auto plain = codec_.Unseal(blob, IdBytes(id));
   if (!plain.ok()) return Prefixed(plain.status(), label);
   if (codec_.ChunkId(*plain) != id) {
     return Status::Error(EBADMSG, label + ": the content does not match its id");
@@ -140,6 +147,17 @@ Result<std::vector<uint8_t>> Repository::GetSealed(const std::string& name, cons
 
 Result<std::vector<uint8_t>> Repository::GetChunk(const Digest& id) {
   return GetSealed(Codec::ChunkName(id), id, "chunk");
+}
+
+Result<size_t> Repository::ReadChunk(const Digest& id, std::span<uint8_t> out) {
+  const std::string label = "chunk " + id.Hex();
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, FetchBlob(Codec::ChunkName(id), label));
+  auto length = codec_.UnsealInto(blob, IdBytes(id), out);
+  if (!length.ok()) return Prefixed(length.status(), label);
+  if (codec_.ChunkId(out.first(*length)) != id) {
+    return Status::Error(EBADMSG, label + ": the content does not match its id");
+  }
+  return length;
 }
 
 Result<Digest> Repository::PutIndex(const Index& index) {

@@ -69,10 +69,16 @@ class Repository {
     uint64_t stored_bytes = 0;  // the new blob's size
   };
   // Stores a chunk unless an object of its id exists (dedup). The caller skips zero chunks.
-  Result<Put> PutChunk(std::span<const uint8_t> plain) EXCLUDES(mu_);
+  // Through `batch` (NewChunkBatch; a chunk it holds counts as present), the chunk is durable
+  // only once batch->Commit() returns: a backup commits before it stores its index.
+  Result<Put> PutChunk(std::span<const uint8_t> plain, PutBatch* batch = nullptr) EXCLUDES(mu_);
+  std::unique_ptr<PutBatch> NewChunkBatch() { return store_->NewPutBatch(); }
   // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
   // when the blob does not unseal or its content does not hash to the id.
   Result<std::vector<uint8_t>> GetChunk(const Digest& id);
+  // GetChunk into a caller's buffer (no allocation of the plain bytes): the chunk's length, with
+  // the same checks and errors; EBADMSG also when the chunk is longer than out.size().
+  Result<size_t> ReadChunk(const Digest& id, std::span<uint8_t> out);
 
   // Stores an index (CheckIndex first: EINVAL) as "indexes/<hex>"; returns its id.
   Result<Digest> PutIndex(const Index& index);
@@ -133,6 +139,8 @@ class Repository {
   Repository(std::unique_ptr<ObjectStore> store, Codec codec)
       : store_(std::move(store)), codec_(std::move(codec)) {}
 
+  // The blob at `name`; ENOENT "<label> is missing", other errors prefixed with the label.
+  Result<std::vector<uint8_t>> FetchBlob(const std::string& name, const std::string& label);
   // Reads "what <hex>" at `name`, unseals it (AAD = id bytes) and checks ChunkId == id.
   Result<std::vector<uint8_t>> GetSealed(const std::string& name, const Digest& id,
                                          const char* what);

@@ -281,6 +281,29 @@ TEST(RepositoryTest, GetChunkChecksTheContentAgainstTheId) {
   EXPECT_EQ(got.status().errnum(), EBADMSG);
   EXPECT_NE(got.status().message().find("does not match"), std::string_view::npos)
       << got.status().ToString();
+  std::vector<uint8_t> buffer(Chunk(1).size());
+  auto read = repo->ReadChunk(id, buffer);
+  EXPECT_EQ(read.status().errnum(), EBADMSG);
+  EXPECT_NE(read.status().message().find("does not match"), std::string_view::npos)
+      << read.status().ToString();
+}
+
+// ReadChunk: the chunk into the caller's buffer, its length returned; missing is ENOENT, a
+// buffer too small for it EBADMSG.
+TEST(RepositoryTest, ReadChunkFillsTheCallersBuffer) {
+  auto repo = MakeRepo(NewMemoryStore());
+  ASSERT_NE(repo, nullptr);
+  const std::vector<uint8_t> data = Chunk(3);
+  auto put = repo->PutChunk(data);
+  ASSERT_TRUE(put.ok()) << put.status().ToString();
+  std::vector<uint8_t> buffer(data.size() + 10, 0xaa);
+  auto n = repo->ReadChunk(put->id, buffer);
+  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  EXPECT_EQ(*n, data.size());
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), buffer.begin()));
+  EXPECT_EQ(repo->ReadChunk(put->id, std::span(buffer).first(data.size() - 1)).status().errnum(),
+            EBADMSG);
+  EXPECT_EQ(repo->ReadChunk(IdOf(*repo, 4), buffer).status().errnum(), ENOENT);
 }
 
 TEST(RepositoryTest, VerifyReportsAMissingChunk) {
