@@ -205,6 +205,31 @@ TEST(BackupDurabilityTest, ChunksAreDurableBeforeTheIndexAndTheManifest) {
   }
 }
 
+// A backup whose lease lapsed (the store unreachable; a gc may have freed chunks it found
+// present) publishes nothing and says why; the next one, with its lease held, does.
+TEST(BackupDurabilityTest, ABackupWhoseLeaseLapsedIsNotPublished) {
+  auto faulty_owner = std::make_unique<FaultyStore>(NewMemoryStore());
+  FaultyStore& faulty = *faulty_owner;
+  NewRepoOptions o;
+  o.chunk_size = kChunk;
+  ASSERT_TRUE(Repository::Init(faulty, o, std::nullopt).ok());
+  auto repo = Repository::Open(std::move(faulty_owner), std::nullopt);
+  ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+  auto image = MakeMemoryDevice(kSize);
+  Scribble(*image, 0, kSize, 12);
+  BackupSpec spec;
+  spec.device = "vda";
+  faulty.LapseLeases();
+  auto lapsed = RunBackup(**repo, *image, spec);
+  ASSERT_FALSE(lapsed.ok());
+  EXPECT_EQ(lapsed.status().errnum(), EAGAIN) << lapsed.status().ToString();
+  EXPECT_TRUE((*repo)->ListBackups()->empty());
+  faulty.Clear();
+  auto again = RunBackup(**repo, *image, spec);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ((*repo)->ListBackups()->size(), 1u);
+}
+
 // A FaultyStore batch loses what it holds in a crash: the test above can fail.
 TEST(BackupDurabilityTest, AFaultyBatchLosesUncommittedObjectsInACrash) {
   FaultyStore faulty(NewMemoryStore());

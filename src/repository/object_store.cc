@@ -104,6 +104,12 @@ void FaultyStore::Clear() {
   drop_ = false;
   drop_prefix_.clear();
   crash_armed_ = false;
+  lapse_ = false;
+}
+
+void FaultyStore::LapseLeases() {
+  MutexLock lock(mu_);
+  lapse_ = true;
 }
 
 uint64_t FaultyStore::CrashEpoch(std::string_view name) {
@@ -217,9 +223,30 @@ Status FaultyStore::Delete(const std::string& name) {
   return base_->Delete(name);
 }
 
+namespace {
+
+// A lease of the base store that says it lapsed.
+class LapsedLease final : public Lease {
+ public:
+  explicit LapsedLease(std::unique_ptr<Lease> base) : base_(std::move(base)) {}
+  bool Lapsed() const override { return true; }
+
+ private:
+  const std::unique_ptr<Lease> base_;
+};
+
+}  // namespace
+
 Result<std::unique_ptr<Lease>> FaultyStore::Lock(LockMode mode, bool wait) {
   BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kLock, ""));
-  return base_->Lock(mode, wait);
+  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease, base_->Lock(mode, wait));
+  bool lapse = false;
+  {
+    MutexLock lock(mu_);
+    lapse = lapse_;
+  }
+  if (lapse) return std::unique_ptr<Lease>(new LapsedLease(std::move(lease)));
+  return lease;
 }
 
 }  // namespace blksnap::repo

@@ -105,6 +105,8 @@ class FaultyStore : public ObjectStore {
   // Put/PutIfAbsent of names starting with `prefix` report OK and store nothing (a lost write).
   void DropPuts(std::string prefix) EXCLUDES(mu_);
   void CrashBefore(std::string prefix) EXCLUDES(mu_);
+  // Leases taken from now on say Lapsed() (their renewals were lost) until Clear().
+  void LapseLeases() EXCLUDES(mu_);
   void Clear() EXCLUDES(mu_);
   // Calls of `op` seen so far (failed ones included).
   int calls(StoreOp op) const EXCLUDES(mu_);
@@ -144,6 +146,7 @@ class FaultyStore : public ObjectStore {
   bool crash_armed_ GUARDED_BY(mu_) = false;
   std::string crash_prefix_ GUARDED_BY(mu_);
   uint64_t crash_epoch_ GUARDED_BY(mu_) = 0;  // batch objects put before a crash are lost
+  bool lapse_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace blksnap::repo
