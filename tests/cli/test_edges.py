@@ -16,6 +16,7 @@
 """
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,11 +30,21 @@ MiB = 1 << 20
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nothing listens on, below the kernel's ephemeral range (32768-60999) and below
+    scripts/ceph-cluster's (20000-59999): a port the kernel handed out would be free again the
+    moment it is closed, and an outgoing connection of a test running beside this one could take
+    it before the daemon binds it (seen once with the Ceph tests running alongside)."""
+    for _ in range(100):
+        port = random.randrange(10000, 20000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in 10000-19999")
 
 
 def bad_state_files(args, t):
