@@ -26,7 +26,9 @@ Design note. One sequence, on one throw-away cluster:
   5. restic   `restic -r s3:RGW/restic-bench` (keys from s3.credentials in the environment):
               init, backup of the image file, restore latest; compared and removed.
   6. ratios   blksnap backup / rados bench write and restore / rados bench seq at the same T
-              (target >= 0.7), blksnap / restic (target >= 2), printed as a table.
+              (target >= 0.7), blksnap / restic (target >= 2), printed as a table, each beside
+              what a CPU-bound machine predicts (the inverse ratio of total CPU s per GB);
+              openssl SHA-256 and zstd -3 speeds of the image's bytes (one core) as context.
 Timing: wall seconds of each command (the CLI's round trip). MB/s = 10^6 bytes/s of the image
 size (rados bench's "MB/sec" is MiB/s and is converted). CPU: user+system seconds of blksnapd
 (backups run in the daemon), of the child commands (restore runs in the CLI; restic), and of
@@ -50,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import MIB, ROOT, SCRATCH, loadavg, log, run  # noqa: E402
 from setups import Lab, cleanup, stop  # noqa: E402
+from backup_bench import cpu_speeds  # noqa: E402
 
 CLUSTER = os.path.join(SCRATCH, "ceph")
 CEPH_SCRIPT = os.path.join(ROOT, "scripts", "ceph-cluster")
@@ -104,7 +107,16 @@ class Meter:
 
     def result(self, nbytes):
         return {"s": round(self.seconds, 2), "MBps": round(nbytes / 1e6 / self.seconds, 1),
-                "cpu_s": self.cpu, "load1": self.load}
+                "cpu_s": self.cpu, "cpu_s_per_GB": per_gb(self.cpu, nbytes), "load1": self.load}
+
+
+def per_gb(cpu, nbytes):
+    """CPU seconds per 10^9 bytes moved: the client (blksnapd + waited-for commands), the OSD,
+    radosgw, and all of them."""
+    client = cpu.get("blksnapd", 0) + cpu.get("children", 0)
+    out = {"client": client, "osd": cpu.get("osd.0", 0), "rgw": cpu.get("rgw.gw", 0)}
+    out["total"] = sum(out.values())
+    return {k: round(v / (nbytes / 1e9), 2) for k, v in out.items()}
 
 
 def ceph_daemons():
@@ -167,6 +179,8 @@ def rados_bench(threads, daemons):
         with Meter(daemons) as m:
             r = rados("bench", str(BENCH_SECONDS), mode, "-t", str(threads), *extra)
         res[mode] = dict(parse_rados_bench(r.stdout), cpu_s=m.cpu, load1=m.load)
+        moved = res[mode].get("objects", 0) * OBJECT
+        res[mode]["cpu_s_per_GB"] = per_gb(m.cpu, moved) if moved else None
     rados("cleanup")
     return res
 
@@ -238,7 +252,7 @@ def ratio(a, b):
 def summarize(doc):
     """Ratios and targets: each blksnap backend/thread count against rados bench at the same
     thread count and against restic."""
-    rat, targets = {}, {}
+    rat, targets, model = {}, {}, {}
     rest = doc["restic"]
     for key, r in doc["blksnap"].items():  # key = "rados-t4", "s3-t16", ...
         t = key.split("-t")[1]
@@ -248,28 +262,36 @@ def summarize(doc):
             rat[f"{key} {op} vs rados bench {bench_mode}"] = ratio(
                 mine, ceil.get(bench_mode, {}).get("MBps"))
             rat[f"{key} {op} vs restic"] = ratio(mine, rest[op]["MBps"])
+            # What a CPU-bound run predicts: the ratio of total CPU seconds per GB.
+            cb = (ceil.get(bench_mode) or {}).get("cpu_s_per_GB") or {}
+            model[f"{key} {op} vs rados bench {bench_mode}"] = ratio(
+                cb.get("total"), r[op]["cpu_s_per_GB"]["total"])
     for name, v in rat.items():
         want = 0.7 if "rados bench" in name else 2.0
-        targets[name] = {"value": v, "target": f">= {want:g}", "met": v is not None and v >= want}
+        targets[name] = {"value": v, "target": f">= {want:g}", "met": v is not None and v >= want,
+                         "cpu_model": model.get(name)}
     return rat, targets
 
 
 def table(doc):
-    lines = ["| | backup MB/s | restore MB/s | backup CPU s (client/osd/rgw) |",
-             "|---|---:|---:|---|"]
-    for t, rb in doc["rados_bench"].items():
-        lines.append(f"| rados bench -t {t[1:]} (write / seq) | {rb['write'].get('MBps')} | "
-                     f"{rb['seq'].get('MBps')} | -/{rb['write']['cpu_s'].get('osd.0')}/- |")
-    rows = [(f"blksnap {k}", v) for k, v in doc["blksnap"].items()] + [("restic s3",
-                                                                       doc["restic"])]
+    def cpu(c):
+        return "/".join(str(c.get(k)) for k in ("client", "osd", "rgw")) if c else "-"
+
+    lines = ["| | backup MB/s | restore MB/s | CPU s/GB backup (client/osd/rgw) | restore |",
+             "|---|---:|---:|---|---|"]
+    rows = [(f"rados bench -t {t[1:]} (write / seq)", {"backup": rb["write"],
+                                                       "restore": rb["seq"]})
+            for t, rb in doc["rados_bench"].items()]
+    rows += [(f"blksnap {k}", v) for k, v in doc["blksnap"].items()] + [("restic s3",
+                                                                        doc["restic"])]
     for name, v in rows:
-        c = v["backup"]["cpu_s"]
-        client = c.get("blksnapd", 0) + c.get("children", 0)
-        lines.append(f"| {name} | {v['backup']['MBps']} | {v['restore']['MBps']} | "
-                     f"{client:.1f}/{c.get('osd.0')}/{c.get('rgw.gw')} |")
-    lines += ["", "| ratio | value | wanted | met |", "|---|---:|---|---|"]
+        b, r = v["backup"], v["restore"]
+        lines.append(f"| {name} | {b.get('MBps')} | {r.get('MBps')} | "
+                     f"{cpu(b.get('cpu_s_per_GB'))} | {cpu(r.get('cpu_s_per_GB'))} |")
+    lines += ["", "| ratio | value | wanted | met | CPU-bound model |", "|---|---:|---|---|---:|"]
     for name, v in doc["targets"].items():
-        lines.append(f"| {name} | {v['value']} | {v['target']} | {'yes' if v['met'] else 'NO'} |")
+        lines.append(f"| {name} | {v['value']} | {v['target']} | {'yes' if v['met'] else 'NO'} "
+                     f"| {v['cpu_model'] if v['cpu_model'] is not None else ''} |")
     return "\n".join(lines)
 
 
@@ -320,6 +342,9 @@ def main():
         log("restic s3: backup, restore")
         doc["restic"] = restic_round(img, size, daemons)
         rat, targets = summarize(doc)
+        sample = os.path.join(SCRATCH, "sample")
+        run(["dd", f"if={img}", f"of={sample}", "bs=1M", f"count={min(256, size // MIB)}"])
+        doc["cpu"] = cpu_speeds(sample)  # SHA-256 and zstd -3 of this random data, one core
         tree = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=False)
         doc = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "tree": tree.stdout.strip(), "image_bytes": size, "quick": a.quick,
@@ -338,6 +363,10 @@ def main():
                 log(f"cluster destroy failed: {r.stderr.strip()}")
         cleanup(remove=not a.keep)
     print(table(doc))
+    c = doc.get("cpu", {})
+    print(f"\nCPU (one core, this data): SHA-256 {c.get('sha256_MBps')} MB/s, zstd -3 "
+          f"{c.get('zstd3_compress_MBps')} MB/s compress; load {doc['meta']['loadavg_start']} "
+          f"-> {doc['meta']['loadavg_end']}")
     name = f"ceph-{doc['meta']['tree']}{'-quick' if a.quick else ''}.json"
     path = os.path.join(ROOT, "bench", "results", name)
     with open(path, "w") as f:
