@@ -220,11 +220,12 @@ TEST_F(RadosStoreTest, ConcurrentCreatesHaveOneWinner) {
   EXPECT_EQ(store_->List("chunks/")->size(), 10u);
 }
 
-// Get reads a first MiB with the size in one operation and repeats for larger objects: sizes
-// around that boundary, and a reader racing with a writer that swaps a small and a large object.
+// Get reads a first 4 MiB + 64 KiB with the size in one operation and repeats for larger objects:
+// sizes around that boundary, and a reader racing with a writer that swaps a small and a large
+// object.
 TEST_F(RadosStoreTest, ObjectsOfAnySizeReadWhole) {
-  for (size_t size :
-       {size_t{0}, size_t{1}, size_t{1} << 20, (size_t{1} << 20) + 1, size_t{5} << 20}) {
+  for (size_t size : {size_t{0}, size_t{1}, size_t{1} << 20, (size_t{4} << 20) + (64 << 10),
+                      (size_t{4} << 20) + (64 << 10) + 1, size_t{9} << 20}) {
     std::vector<uint8_t> data(size);
     for (size_t i = 0; i < size; ++i) data[i] = static_cast<uint8_t>(i * 7 + size);
     ASSERT_TRUE(store_->Put("data", data).ok()) << size;
@@ -234,7 +235,7 @@ TEST_F(RadosStoreTest, ObjectsOfAnySizeReadWhole) {
     EXPECT_EQ(*store_->Size("data"), size);
   }
   ExpectReadersSeeWholeObjects(*store_, std::vector<uint8_t>(512 << 10, 's'),
-                               std::vector<uint8_t>(3 << 20, 'l'), 40);
+                               std::vector<uint8_t>(6 << 20, 'l'), 40);
 }
 
 TEST_F(RadosStoreTest, LeasesConflictAcrossClients) {
