@@ -13,6 +13,8 @@ Algorithm, for each of rados:// and s3:// (a fresh namespace / key prefix per ru
   `backup` -> incremental on it; both restored with --verify, byte-identical to their oracles
   (SHA-256 of the original right after each backup); `repo verify` passes; `repo list` lists 2.
 * rados:// only: `repo serve` of the incremental reads as its oracle over NBD.
+* A missing pool, a missing bucket, wrong S3 keys and a URL carrying a secret: `repo list`
+  fails with one line that names the problem and never shows the secret.
 * The cluster's only OSD stopped (SIGSTOP) for 4 s during a 64 MiB backup into each, then
   continued: the backup succeeds and restores byte-identical (or fails with one line); only
   complete backups are listed; verify passes.
@@ -216,8 +218,28 @@ def osd_stall(d, t, repo, name):
     d.cli_json("detach", name)
 
 
+def bad_locations(d, t, rados, s3):
+    """A missing pool or bucket, wrong S3 keys, a URL with a secret: one line, exit != 0."""
+    base = os.path.dirname(os.environ["BLKSNAP_TEST_CEPH_CONF"])
+    wrong = os.path.join(d.tmp, "wrong.credentials")
+    with open(wrong, "w") as f:
+        f.write("[default]\naws_access_key_id = NOPE\naws_secret_access_key = sekrit\n")
+    cases = [
+        ("no such pool", rados.replace("rados://blksnap/", "rados://no-such-pool/", 1), "no such pool"),
+        ("no such bucket", s3.replace("s3://blksnap-e2e/", "s3://blksnap-missing/", 1), "no such bucket"),
+        ("wrong S3 keys", s3.replace(os.path.join(base, "s3.credentials"), wrong), "access denied"),
+        ("a secret in the URL", s3 + "&secret=sekrit", "unknown parameter"),
+    ]
+    for what, url, says in cases:
+        rc, out, err = d.cli("repo", "list", "--repo", url)
+        lines = err.strip().splitlines()
+        t.check(rc != 0 and len(lines) == 1 and says in err and "sekrit" not in err + out,
+                "%s: one line, no secret: %r" % (what, err))
+
+
 def run(d, t):
     rados, s3 = cluster()
+    bad_locations(d, t, rados, s3)
     round_trip(d, t, rados, "rados", serve=True)
     round_trip(d, t, s3, "s3")
     osd_stall(d, t, rados, "rados-stall")
