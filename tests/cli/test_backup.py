@@ -294,9 +294,10 @@ def tree_sums(root):
     return sums
 
 
-def ext4_files(d, t):
+def ext4_files(d, t, repo=None):
     """Files on ext4 on a tracked loop front, backed up while mounted; the served backup
-    mounted read-only (repo serve --loop) holds every file with its checksum at the backup."""
+    mounted read-only (repo serve --loop) holds every file with its checksum at the backup.
+    repo: the repository to make and use (a path or URL); default a directory of the test."""
     f = Daemon(d.args, fuse=True, tmp=os.path.join(d.tmp, "ext4"))
     os.makedirs(f.tmp, exist_ok=True)
     f.start()
@@ -317,7 +318,7 @@ def ext4_files(d, t):
                 out.write(bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(1, 200000))))
         os.sync()
         before = tree_sums(mnt)
-        repo = os.path.join(f.tmp, "repo")
+        repo = repo or os.path.join(f.tmp, "repo")
         f.cli_json("repo", "init", repo)
         b = backup(f, "fs", "--repo", repo)["backups"][0]
         # The front changes after the backup; the backup must not.

@@ -12,7 +12,9 @@ Algorithm, for each of rados:// and s3:// (a fresh namespace / key prefix per ru
 * `repo init URL`; a 32 MiB device, 24 MiB stamped (seq 1); `backup` -> full; 1 MiB rewritten;
   `backup` -> incremental on it; both restored with --verify, byte-identical to their oracles
   (SHA-256 of the original right after each backup); `repo verify` passes; `repo list` lists 2.
-* rados:// only: `repo serve` of the incremental reads as its oracle over NBD.
+* rados:// only: `repo serve` of the incremental reads as its oracle over NBD; ext4 on a loop
+  front backed up into rados:// while mounted, served with `repo serve --loop` and mounted
+  read-only: every file with its checksum at the backup (test_backup.ext4_files).
 * A missing pool, a missing bucket, wrong S3 keys and a URL carrying a secret: `repo list`
   fails with one line that names the problem and never shows the secret.
 * The cluster's only OSD stopped (SIGSTOP) for 4 s during a 64 MiB backup into each, then
@@ -34,8 +36,8 @@ import sys
 import threading
 import time
 
-from blksnap_cli_lib import Daemon, daemon_test_main, write_front
-from test_backup import backup, random_image, restore, sha
+from blksnap_cli_lib import Daemon, daemon_test_main, fuse_possible, write_front
+from test_backup import backup, ext4_files, random_image, restore, sha
 
 MIB = 1 << 20
 
@@ -242,6 +244,8 @@ def run(d, t):
     bad_locations(d, t, rados, s3)
     round_trip(d, t, rados, "rados", serve=True)
     round_trip(d, t, s3, "s3")
+    if t.check(fuse_possible(), "FUSE and loop devices are available (root, /dev/fuse)"):
+        ext4_files(d, t, repo=rados.replace("?", "-ext4?", 1))
     osd_stall(d, t, rados, "rados-stall")
     osd_stall(d, t, s3, "s3-stall")
     hosts(d, t, rados.replace("?", "-hosts?", 1))
