@@ -178,19 +178,26 @@ TEST_F(BackupTest, ADamagedChunkFailsTheRestoresThatUseIt) {
   EXPECT_EQ(s.errnum(), EBADMSG) << s.ToString();
 }
 
+// A repository of kChunk chunks on a FaultyStore over memory; *faulty = that store.
+Result<std::unique_ptr<Repository>> OpenFaultyRepository(FaultyStore** faulty) {
+  auto owner = std::make_unique<FaultyStore>(NewMemoryStore());
+  *faulty = owner.get();
+  NewRepoOptions o;
+  o.chunk_size = kChunk;
+  BLKSNAP_RETURN_IF_ERROR(Repository::Init(*owner, o, std::nullopt));
+  return Repository::Open(std::move(owner), std::nullopt);
+}
+
 // A backup's chunks go through a batch that the store may keep unsynced until Commit: a power
 // loss just before the index (or the manifest) is stored must not lose a chunk they reference.
 // The FaultyStore drops every batch object still uncommitted at that instant.
 TEST(BackupDurabilityTest, ChunksAreDurableBeforeTheIndexAndTheManifest) {
   for (const char* crash_before : {"indexes/", "backups/"}) {
     SCOPED_TRACE(crash_before);
-    auto faulty_owner = std::make_unique<FaultyStore>(NewMemoryStore());
-    FaultyStore& faulty = *faulty_owner;
-    NewRepoOptions o;
-    o.chunk_size = kChunk;
-    ASSERT_TRUE(Repository::Init(faulty, o, std::nullopt).ok());
-    auto repo = Repository::Open(std::move(faulty_owner), std::nullopt);
+    FaultyStore* faulty_ptr = nullptr;
+    auto repo = OpenFaultyRepository(&faulty_ptr);
     ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+    FaultyStore& faulty = *faulty_ptr;
     auto image = MakeMemoryDevice(kSize);
     Scribble(*image, 0, kSize, 11);
     faulty.CrashBefore(crash_before);
@@ -208,13 +215,10 @@ TEST(BackupDurabilityTest, ChunksAreDurableBeforeTheIndexAndTheManifest) {
 // A backup whose lease lapsed (the store unreachable; a gc may have freed chunks it found
 // present) publishes nothing and says why; the next one, with its lease held, does.
 TEST(BackupDurabilityTest, ABackupWhoseLeaseLapsedIsNotPublished) {
-  auto faulty_owner = std::make_unique<FaultyStore>(NewMemoryStore());
-  FaultyStore& faulty = *faulty_owner;
-  NewRepoOptions o;
-  o.chunk_size = kChunk;
-  ASSERT_TRUE(Repository::Init(faulty, o, std::nullopt).ok());
-  auto repo = Repository::Open(std::move(faulty_owner), std::nullopt);
+  FaultyStore* faulty_ptr = nullptr;
+  auto repo = OpenFaultyRepository(&faulty_ptr);
   ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+  FaultyStore& faulty = *faulty_ptr;
   auto image = MakeMemoryDevice(kSize);
   Scribble(*image, 0, kSize, 12);
   BackupSpec spec;
