@@ -43,6 +43,9 @@ Status ValidateDeviceName(std::string_view name);
 // A tracked device: a BlockDevice layer over the original that records every change (CBT) and,
 // while a snapshot is taken, preserves each chunk's old content before its first overwrite.
 // All writes to the original must go through it.
+// The taken snapshots one device may be in at once (issue 18).
+inline constexpr size_t kMaxSnapshotsPerDevice = 16;
+
 class Tracker : public BlockDevice, public CbtSource {
  public:
   virtual const std::string& name() const = 0;
@@ -55,8 +58,11 @@ class Tracker : public BlockDevice, public CbtSource {
   // Marks [offset, offset + length) changed: write map = active, read map = previous.
   virtual Status MarkDirty(uint64_t offset, uint64_t length) = 0;
 
-  // The snapshot this device is in (created or taken), or null.
+  // The newest snapshot this device is in (created or taken), or null.
   virtual std::shared_ptr<Snapshot> snapshot() const = 0;
+  // Every snapshot this device is in, oldest first: several taken ones (at most
+  // kMaxSnapshotsPerDevice) and at most one not yet taken.
+  virtual std::vector<std::shared_ptr<Snapshot>> snapshots() const = 0;
 
   // Devices that alias this one (e.g. a loop device on its front), as st_rdev values, so the
   // engine can refuse difference storage placed on them.
@@ -128,6 +134,9 @@ class Snapshot {
   virtual Status SetStorageLimit(uint64_t limit) = 0;
   virtual std::vector<SnapshotDeviceInfo> devices() const = 0;
   virtual SnapshotDurability durability() const = 0;
+  // When it was taken, in ns since the epoch (0: not taken, or recovered from a storage written
+  // before the field existed). Orders the snapshots of a device.
+  virtual uint64_t taken_at() const = 0;
   // kSnapshotRecovered* for a snapshot RecoverSnapshot brought back, "" otherwise.
   virtual std::string recovered_from() const = 0;
   // The image of one of its devices: null unless the snapshot is taken. Reads give the data

@@ -1,6 +1,7 @@
 // DiffArea: see diff_area.h for the chunk table, the copy-on-write decisions and the locking.
 #include "engine/diff_area.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -31,10 +32,11 @@ bool IsAllZero(const uint8_t* p, size_t n) {
 
 }  // namespace
 
-DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
-                   ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt,
-                   ChunkLog* log, uint16_t device_index)
+DiffArea::DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<AreaChain> chain,
+                   std::shared_ptr<DiffStorage> storage, ChunkGeometry geometry,
+                   const Config& config, CorruptFn on_corrupt, ChunkLog* log, uint16_t device_index)
     : original_(std::move(original)),
+      chain_(std::move(chain)),
       storage_(std::move(storage)),
       geometry_(geometry),
       config_(config),
@@ -49,6 +51,7 @@ DiffArea::~DiffArea() { Shutdown(); }
 
 void DiffArea::Shutdown() {
   image_gate_.Shutdown();
+  chain_gate_.Shutdown();
   if (!storer_.Stop()) return;
   cache_.Clear();
   // No image I/O, storer or copy-on-write can run any more: free without the data stripes.
@@ -95,9 +98,10 @@ void DiffArea::CollectRecords(std::vector<LogRecord>* out) {
     for (const auto& [index, chunk] : shard.chunks) {
       // STORED, or IN_MEMORY with its data written and its record committed or about to be
       // (the offset is set before the commit): either way the record is right.
+      // (A STORED chunk without an offset is one whose store failed: kept in memory only.)
       const bool located =
-          chunk.state == ChunkState::kStored ||
-          (chunk.state == ChunkState::kInMemory && chunk.storage_offset != kChunkNotStored);
+          (chunk.state == ChunkState::kStored || chunk.state == ChunkState::kInMemory) &&
+          chunk.storage_offset != kChunkNotStored;
       if (!located) continue;
       LogRecord r;
       r.chunk = index;
@@ -179,7 +183,8 @@ Chunk* DiffArea::Preserve(uint64_t index, bool original_write) {
     storer_.ReleaseSlot();
     return fail(ENOMEM);
   }
-  Status s = original_->Read(geometry_.offset(index), std::span(buffer, length));
+  // The take-time data: the newer areas' copies, else the original (area_chain.h).
+  Status s = chain_->ReadNewer(this, index, 0, std::span(buffer, length));
   if (!s.ok()) {
     pool_.Put(buffer);
     storer_.ReleaseSlot();
@@ -208,20 +213,80 @@ Chunk* DiffArea::Preserve(uint64_t index, bool original_write) {
   return wait_stored ? WaitStored(index, chunk) : chunk;
 }
 
-void DiffArea::PreserveForOriginalWrite(uint64_t offset, uint64_t length) {
-  if (length == 0 || offset >= geometry_.capacity) return;
+bool DiffArea::PreserveForOriginalWrite(uint64_t offset, uint64_t length) {
+  if (length == 0 || offset >= geometry_.capacity) return true;
   if (corrupted()) {
     MutexLock wait(corrupt_mu_);  // the corruption is recorded before the original changes
-    return;
+    return false;
   }
   const uint64_t end = std::min(geometry_.capacity, offset + length);
   const uint64_t last = geometry_.index(end - 1);
   for (uint64_t index = geometry_.index(offset); index <= last; ++index) {
     if (!Preserve(index, true) && corrupted()) {
       MutexLock wait(corrupt_mu_);
-      return;
+      return false;
     }
   }
+  // A store that failed meanwhile kept its buffer (older areas read through it), but this
+  // area is corrupted: the next older one preserves too.
+  return !corrupted();
+}
+
+DiffArea::Copy DiffArea::ReadCopy(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf,
+                                  Status* status) {
+  GateGuard guard(chain_gate_);
+  if (!guard.entered()) return Copy::kGone;
+  Shard& shard = ShardOf(index);
+  Chunk* chunk;
+  {
+    MutexLock lock(shard.mu);
+    auto it = shard.chunks.find(index);
+    if (it == shard.chunks.end()) return Copy::kAbsent;
+    chunk = &it->second;
+    while (chunk->state == ChunkState::kCopying) shard.cv.Wait(shard.mu);
+    if (chunk->state == ChunkState::kFailed) return Copy::kAbsent;
+  }
+  MutexLock data(DataMu(index));
+  if (chunk->buffer) {
+    std::memcpy(buf.data(), chunk->buffer + in_chunk, buf.size());
+  } else if (chunk->storage_offset == kZeroChunk) {
+    std::memset(buf.data(), 0, buf.size());
+  } else if (chunk->storage_offset != kChunkNotStored) {
+    *status = storage_->device().Read(chunk->storage_offset + in_chunk, buf);
+  } else {
+    return Copy::kAbsent;  // failed meanwhile, before its data was read
+  }
+  return Copy::kRead;
+}
+
+bool DiffArea::HasCopy(uint64_t index) {
+  GateGuard guard(chain_gate_);
+  if (!guard.entered()) return false;
+  Shard& shard = ShardOf(index);
+  MutexLock lock(shard.mu);
+  auto it = shard.chunks.find(index);
+  return it != shard.chunks.end() &&
+         (it->second.state == ChunkState::kInMemory || it->second.state == ChunkState::kStored);
+}
+
+Status DiffArea::PreserveChunk(uint64_t index, bool wait_stored) {
+  GateGuard guard(chain_gate_);
+  if (!guard.entered()) return Status::Ok();  // leaving: nothing reads through it any more
+  if (Preserve(index, wait_stored)) return Status::Ok();
+  return Status::Error(corrupted() ? corrupt_errno() : EIO, "cannot preserve a chunk");
+}
+
+std::vector<uint64_t> DiffArea::CopiedChunks() {
+  std::vector<uint64_t> out;
+  for (Shard& shard : shards_) {
+    MutexLock lock(shard.mu);
+    for (const auto& [index, chunk] : shard.chunks) {
+      if (chunk.state == ChunkState::kInMemory || chunk.state == ChunkState::kStored)
+        out.push_back(index);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 void DiffArea::FreeBuffer(Chunk* chunk) {
@@ -263,9 +328,12 @@ void DiffArea::StoreChunk(uint64_t index, Chunk* chunk) {
       }
     }
     if (!s.ok()) {
+      // The original may already hold new data: the buffer is the only copy of the take-time
+      // data, which older snapshots of the device may read through this area. Kept (STORED
+      // without an offset) until the area is shut down; this area serves no image any more.
       Corrupt(s.errnum());
-      FreeBuffer(chunk);
-      SetState(index, chunk, ChunkState::kFailed);
+      if (offset != kChunkNotStored) SetOffset(index, chunk, kChunkNotStored);
+      SetState(index, chunk, ChunkState::kStored);
       return;
     }
     SetOffset(index, chunk, offset);
@@ -294,7 +362,6 @@ Status DiffArea::CheckImageIo() const {
 
 Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf) {
   Shard& shard = ShardOf(index);
-  const uint64_t offset = geometry_.offset(index) + in_chunk;
   for (;;) {
     Chunk* chunk = nullptr;
     {
@@ -310,10 +377,11 @@ Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uin
       }
     }
     if (!chunk) {
-      BLKSNAP_RETURN_IF_ERROR(original_->Read(offset, buf));
+      BLKSNAP_RETURN_IF_ERROR(chain_->ReadNewer(this, index, in_chunk, buf));
       MutexLock lock(shard.mu);
       auto it = shard.chunks.find(index);
-      // The original changes only after a chunk leaves COPYING: what we read is take-time data.
+      // The original changes only after a chunk leaves COPYING: what we read is take-time data
+      // (and ReadNewer re-checked the newer areas).
       if (it == shard.chunks.end() || it->second.state == ChunkState::kCopying) {
         return Status::Ok();
       }
@@ -335,6 +403,8 @@ Status DiffArea::ReadChunkRange(uint64_t index, uint64_t in_chunk, std::span<uin
 }
 
 Status DiffArea::WriteChunkRange(uint64_t index, uint64_t in_chunk, std::span<const uint8_t> data) {
+  // The older snapshots that read this chunk through this area keep its take-time data.
+  BLKSNAP_RETURN_IF_ERROR(chain_->ShieldOlder(this, index, true));
   Chunk* chunk = Preserve(index, false);
   if (!chunk) return Status::Error(EIO, "snapshot corrupted");
   MutexLock guard(DataMu(index));

@@ -35,6 +35,12 @@
 // log (chunk_log.h): the write-ordering rule. A zero chunk gets a record without data. Image
 // writes do not wait (they change the snapshot, not the original); an image write that gives a
 // zero chunk storage commits a record for it. RestoreChunk rebuilds the table at recovery.
+//
+// Several snapshots of one device (area_chain.h): the areas of a device form a chain, oldest
+// first. A copy is read from the newer areas (and the original last) instead of the original
+// alone; an image write first gives the nearest older area its own copy (ShieldOlder). A chunk
+// whose store fails keeps its buffer (STORED without storage, the area corrupted): the older
+// areas may read through it, and destroy shields them from it.
 #pragma once
 
 #include <array>
@@ -47,6 +53,7 @@
 
 #include "blksnap/block_device.h"
 #include "blksnap/config.h"
+#include "engine/area_chain.h"
 #include "engine/buffer_pool.h"
 #include "engine/chunk.h"
 #include "engine/chunk_cache.h"
@@ -70,18 +77,33 @@ class DiffArea {
  public:
   using CorruptFn = std::function<void(int errnum)>;
 
-  // `log` (null: kMemory) is the storage's chunk log, `device_index` this device's index in the
-  // storage's device table.
-  DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<DiffStorage> storage,
-           ChunkGeometry geometry, const Config& config, CorruptFn on_corrupt,
-           ChunkLog* log = nullptr, uint16_t device_index = 0);
+  // `chain`: the device's areas (this one is added to it by the engine). `log` (null: kMemory)
+  // is the storage's chunk log, `device_index` this device's index in the storage's device
+  // table.
+  DiffArea(std::shared_ptr<BlockDevice> original, std::shared_ptr<AreaChain> chain,
+           std::shared_ptr<DiffStorage> storage, ChunkGeometry geometry, const Config& config,
+           CorruptFn on_corrupt, ChunkLog* log = nullptr, uint16_t device_index = 0);
   ~DiffArea();
   DiffArea(const DiffArea&) = delete;
   DiffArea& operator=(const DiffArea&) = delete;
 
   // Before a write, trim or write-zeroes reaches [offset, offset + length) of the original.
   // Never fails: a failure to preserve corrupts the snapshot and the original write goes on.
-  void PreserveForOriginalWrite(uint64_t offset, uint64_t length);
+  // False if the area is corrupted (the next older area of the chain preserves instead).
+  bool PreserveForOriginalWrite(uint64_t offset, uint64_t length);
+
+  // The chain (area_chain.h). ReadCopy reads this area's usable copy of a chunk (IN_MEMORY or
+  // STORED, corrupted area or not); kGone once StopChainReads ran.
+  enum class Copy { kAbsent, kRead, kGone };
+  Copy ReadCopy(uint64_t index, uint64_t in_chunk, std::span<uint8_t> buf, Status* status);
+  bool HasCopy(uint64_t index);
+  // Gives chunk `index` a copy of its take-time data if it has none (an older area shielded
+  // from a newer one's change); `wait_stored`: committed first when durable.
+  Status PreserveChunk(uint64_t index, bool wait_stored);
+  // Chunks with a usable copy (destroy shields the older areas from each).
+  std::vector<uint64_t> CopiedChunks();
+  // Waits for chain reads in this area; later ones get kGone. Idempotent.
+  void StopChainReads() { chain_gate_.Shutdown(); }
 
   Status ImageRead(uint64_t offset, std::span<uint8_t> buf);
   Status ImageWrite(uint64_t offset, std::span<const uint8_t> data);
@@ -90,8 +112,8 @@ class DiffArea {
 
   // Waits for in-flight image I/O; later image I/O fails with ENODEV. Idempotent.
   void StopImageIo() { image_gate_.Shutdown(); }
-  // StopImageIo(), then stops the storer and releases memory and the storage. Call only once no
-  // writer of the original can reach this area any more.
+  // StopImageIo() and StopChainReads(), then stops the storer and releases memory and the storage.
+  // Call only once no writer of the original can reach this area any more.
   void Shutdown();
 
   // Recovery, before the area is installed: chunk `index` is STORED at `offset` (kZeroChunk: a
@@ -148,6 +170,7 @@ class DiffArea {
   Status ForEachChunk(uint64_t offset, uint64_t length, Fn fn);
 
   const std::shared_ptr<BlockDevice> original_;
+  const std::shared_ptr<AreaChain> chain_;
   std::shared_ptr<DiffStorage> storage_;  // reset by Shutdown (after the gate is shut)
   const ChunkGeometry geometry_;
   const Config config_;
@@ -163,6 +186,7 @@ class DiffArea {
   ChunkLog* const log_;
   const uint16_t device_index_;
   IoGate image_gate_;
+  IoGate chain_gate_;  // reads of this area's copies by older areas (ReadCopy, HasCopy)
   ChunkCache cache_;
   std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0}, chunks_zero_{0};
   // Last: its first thread starts in the constructor and may call StoreChunk.

@@ -47,6 +47,7 @@ std::array<uint8_t, kDiffStorageHeaderBlockSize> SerializeDiffStorageHeader(
   PutLe<uint64_t>(p + kLogStartOffset, header.log_start);
   PutLe<uint64_t>(p + kLogEpochOffset, header.log_epoch);
   PutLe<uint64_t>(p + kLogSealedOffset, header.log_sealed);
+  PutLe<uint64_t>(p + kTakenOffset, header.taken);
   const size_t count = std::min<size_t>(header.devices.size(), kMaxStorageDevices);
   PutLe<uint32_t>(p + kDeviceCountOffset, static_cast<uint32_t>(count));
   for (size_t i = 0; i < count; ++i) {
@@ -101,6 +102,7 @@ Result<DiffStorageHeader> ParseDiffStorageHeader(std::span<const uint8_t> bytes)
   header.log_start = GetLe<uint64_t>(p + kLogStartOffset);
   header.log_epoch = GetLe<uint64_t>(p + kLogEpochOffset);
   header.log_sealed = GetLe<uint64_t>(p + kLogSealedOffset);
+  header.taken = GetLe<uint64_t>(p + kTakenOffset);
   if (header.durability > 2) {
     return Status::Error(EINVAL,
                          "difference storage durability " + std::to_string(header.durability));

@@ -52,6 +52,9 @@ inline constexpr size_t kReservedOffset = 100;    // zero up to kLogSealedOffset
 // u64: the log's pages 1..this are known written and durable (a compaction, a clean close): a
 // bad page among them is damage, not a torn tail. 0: nothing known.
 inline constexpr size_t kLogSealedOffset = 104;
+// u64: when the snapshot was taken (ns since the epoch; 0 in storages written before it): the
+// order of the snapshots of a device (area_chain.h). Bytes up to kDeviceTableOffset were zero.
+inline constexpr size_t kTakenOffset = 112;
 inline constexpr size_t kDeviceTableOffset = 128;  // kDeviceEntrySize bytes per device
 inline constexpr size_t kDeviceEntrySize = 144;
 inline constexpr size_t kDeviceCapacityOffset = 0;  // u64, in an entry
@@ -116,6 +119,7 @@ struct DiffStorageHeader {
   uint64_t log_start = 0;
   uint64_t log_epoch = 0;
   uint64_t log_sealed = 0;  // kLogSealedOffset
+  uint64_t taken = 0;       // kTakenOffset: ns since the epoch
   std::vector<StorageDevice> devices;
   bool operator==(const DiffStorageHeader&) const = default;
 };

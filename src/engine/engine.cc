@@ -95,7 +95,7 @@ class EngineImpl final : public Engine {
       MutexLock lock(mu_);
       auto it = trackers_.find(name);
       if (it == trackers_.end()) return Status::Error(ENOENT, "no device named '" + name + "'");
-      if (auto snap = it->second->snapshot_impl()) {
+      if (auto snap = it->second->snapshot()) {
         return Status::Error(EBUSY,
                              "device '" + name + "' is in snapshot " + snap->id().ToString());
       }
@@ -174,12 +174,7 @@ class EngineImpl final : public Engine {
     }
     if (snapshot->state() != SnapshotState::kCreated)
       return Status::Error(EBUSY, "snapshot " + id.ToString() + " is already taken");
-    if (auto current = tracker->snapshot_impl()) {
-      if (current == snapshot)
-        return Status::Error(EALREADY, "device '" + device + "' is already in this snapshot");
-      return Status::Error(EBUSY,
-                           "device '" + device + "' is in snapshot " + current->id().ToString());
-    }
+    BLKSNAP_RETURN_IF_ERROR(tracker->CheckCanJoin(*snapshot));
     auto storage = snapshot->storage();
     if (storage && tracker->Holds(storage->identity())) {
       return Status::Error(EINVAL,
@@ -193,7 +188,7 @@ class EngineImpl final : public Engine {
       }
     }
     BLKSNAP_RETURN_IF_ERROR(CheckNoLoopOnFile(*tracker, env()->SysfsRoot()));
-    tracker->set_snapshot(snapshot);
+    tracker->AddSnapshot(snapshot);
     snapshot->AddMember(std::move(tracker));
     return Status::Ok();
   }
@@ -221,7 +216,11 @@ class EngineImpl final : public Engine {
     for (auto& m : members) {
       const uint64_t capacity = m.tracker->original()->size();
       const uint32_t io_size = std::max(m.tracker->logical_block_size(), 512u);
-      const ChunkGeometry geometry = ComputeChunkGeometry(capacity, io_size, config_);
+      // One geometry per device chain (area_chain.h): the newest area's, if any.
+      const auto chain = m.tracker->chain()->list();
+      const ChunkGeometry geometry = chain->empty()
+                                         ? ComputeChunkGeometry(capacity, io_size, config_)
+                                         : chain->back()->geometry();
       m.area = MakeArea(snapshot, m.tracker, geometry, static_cast<uint16_t>(table.size()));
       table.push_back({m.tracker->name(), capacity, geometry.shift});
     }
@@ -235,8 +234,9 @@ class EngineImpl final : public Engine {
     for (auto& m : members) m.tracker->gate().Close();
     for (auto& m : members) {
       m.tracker->cbt().SwitchForTake(m.tracker->original()->size());
-      m.tracker->set_area(m.area);
+      m.tracker->InsertArea(m.area, m.tracker->areas().size());
     }
+    snapshot->set_taken_at(NowNs());
     for (auto& m : members) m.tracker->gate().Open();
     const auto hold_end = Clock::now();
     if (hooks.thaw) hooks.thaw();
@@ -252,7 +252,7 @@ class EngineImpl final : public Engine {
     for (auto& m : members) {
       Status s = m.tracker->cbt().CommitTake();
       if (s.ok()) continue;
-      DetachAreas(members);
+      RemoveAreas(members);
       for (auto& u : members) u.area->Shutdown();
       return Status::Error(s.errnum(), "the CBT state of '" + m.tracker->name() +
                                            "' cannot be made durable: " + std::string(s.message()));
@@ -265,9 +265,10 @@ class EngineImpl final : public Engine {
         h.devices = table;
         h.log_start = storage->log()->start();
         h.log_epoch = 1;
+        h.taken = snapshot->taken_at();
       });
       if (!s.ok()) {
-        DetachAreas(members);
+        RemoveAreas(members);
         for (auto& u : members) u.area->Shutdown();
         return Status::Error(s.errnum(), "cannot record the take in the difference storage: " +
                                              std::string(s.message()));
@@ -299,19 +300,32 @@ class EngineImpl final : public Engine {
     }
     // A durable storage no longer says taken before the originals stop being preserved: a
     // crash from here on (or a stale record, or a storage that outlives the snapshot: a block
-    // device, a file given by path) recovers nothing.
-    if (auto storage = snapshot->storage();
-        storage && storage->durability() != SnapshotDurability::kMemory) {
+    // device, a file given by path) recovers nothing. With older snapshots of a member device
+    // it says corrupted (ECANCELED) instead until their copies are in their storage: they
+    // read through its records until then (area_chain.h).
+    auto storage = snapshot->storage();
+    const bool durable = storage && storage->durability() != SnapshotDurability::kMemory;
+    bool older = false;
+    for (auto& m : members)
+      older = older || (m.area && !m.tracker->chain()->OlderThan(m.area.get()).empty());
+    auto release_header = [&storage](bool keep_records) {
       storage
-          ->UpdateHeader([](DiffStorageHeader& h) {
-            h.state = kStorageStateCreated;
+          ->UpdateHeader([keep_records](DiffStorageHeader& h) {
+            if (keep_records) {
+              h.state = kStorageStateCorrupted;
+              h.errnum = ECANCELED;
+            } else {
+              h.state = kStorageStateCreated;
+            }
             h.flags &= ~kStorageFlagClosed;
           })
           .IgnoreError();
-    }
-    DetachAreas(members);
-    for (auto& m : members) m.tracker->set_snapshot({});
-    if (auto storage = snapshot->storage()) DisableCompaction(*storage);
+    };
+    if (durable) release_header(older);
+    RemoveAreas(members);
+    if (durable && older) release_header(false);
+    for (auto& m : members) m.tracker->RemoveSnapshot(snapshot.get());
+    if (storage) DisableCompaction(*storage);
     for (auto& m : members) {
       if (m.area) m.area->Shutdown();
     }
@@ -330,6 +344,14 @@ class EngineImpl final : public Engine {
                                             ? " is not taken: nothing to keep"
                                             : " is kept in memory only: destroy it instead"));
     }
+    // Older snapshots of a member device read through this one: they are closed first (the
+    // next start recovers the chain in take order).
+    for (const auto& m : snapshot->members()) {
+      if (!m.tracker->chain()->OlderThan(m.area.get()).empty()) {
+        return Status::Error(
+            EBUSY, "an older snapshot of '" + m.tracker->name() + "' is open: close it first");
+      }
+    }
     {
       MutexLock lock(mu_);
       snapshots_.erase(id);
@@ -337,9 +359,10 @@ class EngineImpl final : public Engine {
     auto storage = snapshot->storage();
     std::vector<SnapshotImpl::Member> members = snapshot->MarkDestroyed();
     for (auto& m : members) m.area->StopImageIo();
-    DetachAreas(members);  // in-flight writers finish: their chunks are stored first
+    // In-flight writers finish: their chunks are stored first. No older area to shield.
+    for (auto& m : members) m.tracker->RemoveArea(m.area, false);
     for (auto& m : members) m.area->WaitStored();
-    for (auto& m : members) m.tracker->set_snapshot({});
+    for (auto& m : members) m.tracker->RemoveSnapshot(snapshot.get());
     DisableCompaction(*storage);
     std::vector<std::shared_ptr<DiffArea>> areas;
     for (auto& m : members) areas.push_back(m.area);
@@ -400,7 +423,7 @@ class EngineImpl final : public Engine {
     std::weak_ptr<SnapshotImpl> weak = snapshot;
     auto storage = snapshot->storage();
     return std::make_shared<DiffArea>(
-        tracker->original(), storage, geometry, config_,
+        tracker->original(), tracker->chain(), storage, geometry, config_,
         [weak, name = tracker->name()](int errnum) {
           if (auto s = weak.lock()) s->OnCorrupt(name, errnum);
         },
@@ -418,14 +441,18 @@ class EngineImpl final : public Engine {
     if (storage.log()) storage.log()->SetCompaction(nullptr, 0);
   }
 
-  // Each tracker stops copying into its area (writers held around the change).
-  static void DetachAreas(const std::vector<SnapshotImpl::Member>& members) {
+  // Each tracker stops copying into its area (writers held around the change); the older
+  // areas of its chain get their own copies of what it holds (area_chain.h).
+  static void RemoveAreas(const std::vector<SnapshotImpl::Member>& members) {
     for (const auto& m : members) {
-      if (!m.area) continue;
-      m.tracker->gate().Close();
-      m.tracker->set_area(nullptr);
-      m.tracker->gate().Open();
+      if (m.area) m.tracker->RemoveArea(m.area, true);
     }
+  }
+
+  static uint64_t NowNs() {
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count());
   }
 
   std::vector<std::shared_ptr<TrackerImpl>> TrackerImpls() const EXCLUDES(mu_) {
@@ -500,37 +527,14 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   // The devices, as the storage lists them.
   std::vector<std::shared_ptr<TrackerImpl>> trackers;
   std::vector<ChunkGeometry> geometries;
-  for (const StorageDevice& d : h.devices) {
-    for (const auto& t : trackers) {
-      if (t->name() == d.name)
-        return Status::Error(EINVAL, name + " lists device '" + d.name + "' twice");
-    }
-    std::shared_ptr<TrackerImpl> tracker;
-    {
-      MutexLock lock(mu_);
-      auto it = trackers_.find(d.name);
-      if (it != trackers_.end()) tracker = it->second;
-    }
-    if (!tracker) {
-      return Status::Error(
-          ENODEV, "snapshot " + id.ToString() + ": device '" + d.name + "' is not attached");
-    }
-    if (tracker->original()->size() != d.capacity) {
-      return Status::Error(EINVAL, "snapshot " + id.ToString() + ": device '" + d.name + "' has " +
-                                       std::to_string(tracker->original()->size()) +
-                                       " bytes, the snapshot " + std::to_string(d.capacity));
-    }
-    if (auto other = tracker->snapshot_impl()) {
-      return Status::Error(EBUSY,
-                           "device '" + d.name + "' is in snapshot " + other->id().ToString());
-    }
-    ChunkGeometry g;
-    g.shift = d.chunk_shift;
-    g.capacity = d.capacity;
-    g.count = (d.capacity + g.size() - 1) >> g.shift;
-    trackers.push_back(std::move(tracker));
-    geometries.push_back(g);
-  }
+  BLKSNAP_RETURN_IF_ERROR(ResolveRecoveredDevices(
+      h, id, name,
+      [this](const std::string& device) -> std::shared_ptr<TrackerImpl> {
+        MutexLock lock(mu_);
+        auto it = trackers_.find(device);
+        return it == trackers_.end() ? nullptr : it->second;
+      },
+      &trackers, &geometries));
   BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan, ChunkLog::Read(storage->device(), id, h.log_start,
                                                                h.log_epoch, h.log_sealed));
   BLKSNAP_RETURN_IF_ERROR(CheckLogRecords(scan, geometries, storage->device().size(), name));
@@ -563,6 +567,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   storage->ArmRemoval();  // recovered: destroy removes a file blksnap made, as before
 
   auto snapshot = std::make_shared<SnapshotImpl>(id, storage, events, durability, from);
+  snapshot->set_taken_at(h.taken);
   std::vector<SnapshotImpl::Member> members;
   for (size_t i = 0; i < trackers.size(); ++i) {
     snapshot->AddMember(trackers[i]);
@@ -578,9 +583,11 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   if (storage->log()) EnableCompaction(*storage, members);
   for (auto& m : members) {
     if (corrupt) m.area->SetCorrupted(corrupt);
-    m.tracker->set_snapshot(snapshot);
+    // Its place in the device's chain: after the snapshots taken before it.
+    const size_t position = m.tracker->ChainPosition(h.taken);
+    m.tracker->AddSnapshot(snapshot);
     m.tracker->gate().Close();
-    m.tracker->set_area(m.area);
+    m.tracker->InsertArea(m.area, position);
     m.tracker->gate().Open();
     m.image = std::make_shared<SnapImage>(m.area, m.tracker);
   }

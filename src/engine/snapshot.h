@@ -9,6 +9,7 @@
 // threads and take mu_ briefly; they never call back into a DiffArea.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,6 +42,8 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
   Status SetStorageLimit(uint64_t limit) override EXCLUDES(mu_);
   std::vector<SnapshotDeviceInfo> devices() const override;
   SnapshotDurability durability() const override { return durability_; }
+  uint64_t taken_at() const override { return taken_at_.load(); }
+  void set_taken_at(uint64_t ns) { taken_at_.store(ns); }
   std::string recovered_from() const override { return recovered_from_; }
   std::shared_ptr<BlockDevice> image(const std::string& device) const override;
   Result<SnapshotEventRecord> WaitEvent(uint64_t after,
@@ -71,6 +74,7 @@ class SnapshotImpl final : public Snapshot, public std::enable_shared_from_this<
   const std::shared_ptr<EventLog> events_;
   const SnapshotDurability durability_;
   const std::string recovered_from_;
+  std::atomic<uint64_t> taken_at_{0};
 
   mutable Mutex mu_;
   // Released by ReleaseStorage (after the areas are shut down).

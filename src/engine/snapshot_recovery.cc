@@ -1,6 +1,8 @@
 // Closing and recovering a durable snapshot: see snapshot_recovery.h.
 #include "engine/snapshot_recovery.h"
 
+#include "engine/snapshot.h"
+
 namespace blksnap {
 
 Status SealClosedStorage(DiffStorage& storage, const Uuid& id, bool taken,
@@ -72,6 +74,49 @@ ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> are
     out->reserve(touched + 1024);
     for (const auto& area : live) area->CollectRecords(out);
   };
+}
+
+Status ResolveRecoveredDevices(
+    const DiffStorageHeader& h, const Uuid& id, const std::string& name,
+    const std::function<std::shared_ptr<TrackerImpl>(const std::string&)>& find,
+    std::vector<std::shared_ptr<TrackerImpl>>* trackers, std::vector<ChunkGeometry>* geometries) {
+  for (const StorageDevice& d : h.devices) {
+    for (const auto& t : *trackers) {
+      if (t->name() == d.name)
+        return Status::Error(EINVAL, name + " lists device '" + d.name + "' twice");
+    }
+    std::shared_ptr<TrackerImpl> tracker = find(d.name);
+    if (!tracker) {
+      return Status::Error(
+          ENODEV, "snapshot " + id.ToString() + ": device '" + d.name + "' is not attached");
+    }
+    if (tracker->original()->size() != d.capacity) {
+      return Status::Error(EINVAL, "snapshot " + id.ToString() + ": device '" + d.name + "' has " +
+                                       std::to_string(tracker->original()->size()) +
+                                       " bytes, the snapshot " + std::to_string(d.capacity));
+    }
+    ChunkGeometry g;
+    g.shift = d.chunk_shift;
+    g.capacity = d.capacity;
+    g.count = (d.capacity + g.size() - 1) >> g.shift;
+    for (const auto& other : tracker->snapshot_impls()) {
+      if (other->state() == SnapshotState::kCreated ||
+          tracker->snapshot_impls().size() >= kMaxSnapshotsPerDevice) {
+        return Status::Error(EBUSY,
+                             "device '" + d.name + "' is in snapshot " + other->id().ToString());
+      }
+    }
+    if (auto chain = tracker->chain()->list();
+        !chain->empty() && chain->back()->geometry().shift != g.shift) {
+      return Status::Error(EINVAL, "snapshot " + id.ToString() + ": device '" + d.name +
+                                       "' has chunks of 2^" + std::to_string(g.shift) +
+                                       " bytes, its other snapshots 2^" +
+                                       std::to_string(chain->back()->geometry().shift));
+    }
+    trackers->push_back(std::move(tracker));
+    geometries->push_back(g);
+  }
+  return Status::Ok();
 }
 
 }  // namespace blksnap

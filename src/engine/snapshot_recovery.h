@@ -2,6 +2,7 @@
 // (docs/durable-snapshots.md; the engine's CloseSnapshot and RecoverSnapshot call them).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "engine/chunk_log.h"
 #include "engine/diff_area.h"
 #include "engine/diff_storage.h"
+#include "engine/tracker.h"
 
 namespace blksnap {
 
@@ -32,5 +34,15 @@ ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> are
 // data) the chunk's length at an offset within the storage's `storage_size` bytes.
 Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeometry>& geometries,
                        uint64_t storage_size, const std::string& name);
+
+// The attached trackers of the devices a recovered storage's header lists, with their chunk
+// geometries: ENODEV for a device not attached (`find` gives null), EINVAL for a device listed
+// twice, of another size, or whose other snapshots use another chunk size (one geometry per
+// chain, area_chain.h), EBUSY for a device in a snapshot not taken yet or in
+// kMaxSnapshotsPerDevice snapshots.
+Status ResolveRecoveredDevices(
+    const DiffStorageHeader& h, const Uuid& id, const std::string& name,
+    const std::function<std::shared_ptr<TrackerImpl>(const std::string&)>& find,
+    std::vector<std::shared_ptr<TrackerImpl>>* trackers, std::vector<ChunkGeometry>* geometries);
 
 }  // namespace blksnap

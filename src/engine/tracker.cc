@@ -3,6 +3,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+
 #include "engine/snapshot.h"
 
 namespace blksnap {
@@ -12,7 +14,8 @@ TrackerImpl::TrackerImpl(std::string name, std::shared_ptr<BlockDevice> original
     : name_(std::move(name)),
       path_(options.path),
       original_(std::move(original)),
-      cbt_(std::move(cbt)) {
+      cbt_(std::move(cbt)),
+      chain_(std::make_shared<AreaChain>(original_)) {
   struct stat st {};
   if (!path_.empty() && ::stat(path_.c_str(), &st) == 0) {
     is_block_device_ = S_ISBLK(st.st_mode);
@@ -40,7 +43,10 @@ Status TrackerImpl::Modify(uint64_t offset, uint64_t length, Op op) {
   GateGuard guard(gate_);
   if (!guard.entered() || detached_.load()) return Status::Error(ENODEV, "device detached");
   cbt_->MarkWrite(offset, length);  // before the write is issued (durable CBT relies on it)
-  if (area_) area_->PreserveForOriginalWrite(offset, length);
+  // The newest area copies; a corrupted one hands over to the next older (area_chain.h).
+  for (auto it = areas_.rbegin(); it != areas_.rend(); ++it) {
+    if ((*it)->PreserveForOriginalWrite(offset, length)) break;
+  }
   return op();
 }
 
@@ -70,16 +76,85 @@ Status TrackerImpl::MarkDirty(uint64_t offset, uint64_t length) {
   return cbt_->MarkBoth(offset, length);
 }
 
-std::shared_ptr<Snapshot> TrackerImpl::snapshot() const { return snapshot_impl(); }
-
-std::shared_ptr<SnapshotImpl> TrackerImpl::snapshot_impl() const {
-  MutexLock lock(mu_);
-  return snapshot_.lock();
+void TrackerImpl::InsertArea(std::shared_ptr<DiffArea> area, size_t position) {
+  position = std::min(position, areas_.size());
+  areas_.insert(areas_.begin() + static_cast<std::ptrdiff_t>(position), area);
+  chain_->Set(areas_);
 }
 
-void TrackerImpl::set_snapshot(std::weak_ptr<SnapshotImpl> snapshot) {
+void TrackerImpl::RemoveArea(const std::shared_ptr<DiffArea>& area, bool shield) {
+  gate_.Close();
+  std::erase(areas_, area);
+  gate_.Open();
+  // No writer copies into `area` any more; older areas may still read through it.
+  if (shield) {
+    for (uint64_t index : area->CopiedChunks()) {
+      chain_->ShieldOlder(area.get(), index, false).IgnoreError();  // a failure corrupts it
+    }
+    for (const auto& older : chain_->OlderThan(area.get())) older->WaitStored();
+  }
+  AreaChain::List rest = *chain_->list();
+  std::erase(rest, area);
+  chain_->Set(std::move(rest));
+  area->StopChainReads();
+}
+
+std::shared_ptr<Snapshot> TrackerImpl::snapshot() const {
+  auto all = snapshot_impls();
+  return all.empty() ? nullptr : all.back();
+}
+
+std::vector<std::shared_ptr<Snapshot>> TrackerImpl::snapshots() const {
+  auto all = snapshot_impls();
+  return {all.begin(), all.end()};
+}
+
+std::vector<std::shared_ptr<SnapshotImpl>> TrackerImpl::snapshot_impls() const {
   MutexLock lock(mu_);
-  snapshot_ = std::move(snapshot);
+  std::vector<std::shared_ptr<SnapshotImpl>> out;
+  for (const auto& weak : snapshots_) {
+    if (auto s = weak.lock()) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Status TrackerImpl::CheckCanJoin(const SnapshotImpl& snapshot) const {
+  const auto current = snapshot_impls();
+  for (const auto& s : current) {
+    if (s.get() == &snapshot)
+      return Status::Error(EALREADY, "device '" + name_ + "' is already in this snapshot");
+    if (s->state() == SnapshotState::kCreated) {
+      return Status::Error(
+          EBUSY, "device '" + name_ + "' is in snapshot " + s->id().ToString() + ", not taken yet");
+    }
+  }
+  if (current.size() >= kMaxSnapshotsPerDevice) {
+    return Status::Error(EBUSY, "device '" + name_ + "' is in " + std::to_string(current.size()) +
+                                    " snapshots (at most " +
+                                    std::to_string(kMaxSnapshotsPerDevice) + ")");
+  }
+  return Status::Ok();
+}
+
+size_t TrackerImpl::ChainPosition(uint64_t taken) const {
+  size_t position = 0;
+  for (const auto& s : snapshot_impls()) {
+    if (s->state() != SnapshotState::kCreated && s->taken_at() <= taken) ++position;
+  }
+  return position;
+}
+
+void TrackerImpl::AddSnapshot(const std::shared_ptr<SnapshotImpl>& snapshot) {
+  MutexLock lock(mu_);
+  snapshots_.push_back(snapshot);
+}
+
+void TrackerImpl::RemoveSnapshot(const SnapshotImpl* snapshot) {
+  MutexLock lock(mu_);
+  std::erase_if(snapshots_, [snapshot](const std::weak_ptr<SnapshotImpl>& weak) {
+    auto s = weak.lock();
+    return !s || s.get() == snapshot;
+  });
 }
 
 void TrackerImpl::AddAlias(uint64_t rdev) {

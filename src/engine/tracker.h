@@ -1,18 +1,25 @@
 // TrackerImpl: the layer over an original device that records changes and drives copy-on-write
 // (blksnap's tracker.c).
 //
-// Writes, trims and write-zeroes enter the IoGate, mark the CBT write map, ask the current
-// DiffArea (if a snapshot is taken) to preserve the chunks they touch, then reach the original.
-// Reads go straight to the original. The DiffArea pointer changes only while the gate is closed
-// (take, destroy), so a writer inside the gate reads it without a lock.
+// Writes, trims and write-zeroes enter the IoGate, mark the CBT write map, ask the newest
+// DiffArea (if a snapshot is taken) to preserve the chunks they touch, then reach the original;
+// if that area is corrupted, the next older one preserves instead (area_chain.h). Reads go
+// straight to the original. The list of areas writers use changes only while the gate is
+// closed (take, destroy), so a writer inside the gate reads it without a lock. The device's
+// AreaChain (the same areas, for image reads) lives as long as the tracker.
+//
+// A device may be in several taken snapshots (at most kMaxSnapshotsPerDevice) and in at most
+// one snapshot not yet taken.
 #pragma once
 
 #include <atomic>
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "blksnap/engine.h"
+#include "engine/area_chain.h"
 #include "engine/cbt_map.h"
 #include "engine/diff_area.h"
 #include "engine/io_gate.h"
@@ -51,6 +58,7 @@ class TrackerImpl final : public Tracker {
   }
   Status MarkDirty(uint64_t offset, uint64_t length) override;
   std::shared_ptr<Snapshot> snapshot() const override;
+  std::vector<std::shared_ptr<Snapshot>> snapshots() const override;
   void AddAlias(uint64_t rdev) override;
   void RemoveAlias(uint64_t rdev) override;
 
@@ -58,9 +66,24 @@ class TrackerImpl final : public Tracker {
   IoGate& gate() { return gate_; }
   CbtMap& cbt() { return *cbt_; }
   const std::shared_ptr<BlockDevice>& original() const { return original_; }
-  void set_area(std::shared_ptr<DiffArea> area) { area_ = std::move(area); }  // gate closed
-  std::shared_ptr<SnapshotImpl> snapshot_impl() const;
-  void set_snapshot(std::weak_ptr<SnapshotImpl> snapshot);
+  const std::shared_ptr<AreaChain>& chain() const { return chain_; }
+  // The areas writers preserve into, oldest first; only with the gate closed.
+  const std::vector<std::shared_ptr<DiffArea>>& areas() const { return areas_; }
+  // Adds a taken snapshot's area at `position` of the chain (oldest first); gate closed.
+  void InsertArea(std::shared_ptr<DiffArea> area, size_t position);
+  // Takes `area` out: writers stop copying into it (the gate closed around the change), then,
+  // if `shield`, every older area gets its own copy of each chunk `area` holds and its storers
+  // finish, and the area leaves the chain (chain reads in it drained). Gate open on entry.
+  void RemoveArea(const std::shared_ptr<DiffArea>& area, bool shield);
+  // Snapshots holding this device, in the order they were added (the newest last).
+  std::vector<std::shared_ptr<SnapshotImpl>> snapshot_impls() const;
+  void AddSnapshot(const std::shared_ptr<SnapshotImpl>& snapshot);
+  // Before AddSnapshot: EALREADY if `snapshot` holds this device, EBUSY if another snapshot
+  // not yet taken does, or kMaxSnapshotsPerDevice do.
+  Status CheckCanJoin(const SnapshotImpl& snapshot) const;
+  // How many areas of the chain belong to snapshots taken at or before `taken` (recovery).
+  size_t ChainPosition(uint64_t taken) const;
+  void RemoveSnapshot(const SnapshotImpl* snapshot);
   // True if a storage with this identity lives on this device or one of its aliases.
   bool Holds(const StorageIdentity& storage) const;
   // Detach: later I/O fails with ENODEV; waits for in-flight writes (so the CBT state can be
@@ -79,11 +102,12 @@ class TrackerImpl final : public Tracker {
   const std::shared_ptr<BlockDevice> original_;
   const std::unique_ptr<CbtMap> cbt_;
   IoGate gate_;
-  std::shared_ptr<DiffArea> area_;  // changes only while gate_ is closed
+  const std::shared_ptr<AreaChain> chain_;
+  std::vector<std::shared_ptr<DiffArea>> areas_;  // changes only while gate_ is closed
   std::atomic<bool> detached_{false};
 
   mutable Mutex mu_;
-  std::weak_ptr<SnapshotImpl> snapshot_ GUARDED_BY(mu_);
+  std::vector<std::weak_ptr<SnapshotImpl>> snapshots_ GUARDED_BY(mu_);
   // st_rdev of aliasing devices (a multiset: the FUSE mount aliases a device once per front).
   std::multiset<uint64_t> aliases_ GUARDED_BY(mu_);
   bool is_block_device_ = false;           // set at construction
