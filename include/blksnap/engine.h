@@ -219,6 +219,9 @@ struct RecoverSnapshotOptions {
   // blksnap could not see, e.g. while the daemon was down): otherwise the snapshot comes back
   // corrupted with that reason. false only for tests with CBT in memory.
   bool check_originals = true;
+  // Non-zero: recover it corrupted with this errno (the daemon: a newer snapshot of a member
+  // device was lost, and this one read some chunks through it).
+  int corrupt = 0;
 };
 
 // Hooks around the switch in Take(), e.g. to freeze file systems on the devices' fronts.

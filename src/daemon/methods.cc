@@ -61,6 +61,8 @@ json DeviceJson(const DeviceView& d) {
   j["path"] = d.path;
   j["size"] = d.size;
   j["snapshot"] = d.snapshot ? json(d.snapshot->ToString()) : json(nullptr);
+  j["snapshots"] = json::array();
+  for (const auto& id : d.snapshots) j["snapshots"].push_back(id.ToString());
   j["cbt"] = CbtJson(d.cbt);
   j["restored"] = d.restored;
   if (d.restored) j["restore_note"] = RestartNote(d.restored_after_clean_stop);

@@ -176,6 +176,7 @@ void ReadSnapshot(EntryReader& r, SnapshotRecord* snap) {
   r.String("storage_file", &snap->storage_file);
   r.Durability("durability", &snap->durability);
   r.Bool("taken", &snap->taken);
+  r.Uint64("taken_at", &snap->taken_at);
   r.Uint64("limit", &snap->limit);
   r.Bool("loop", &snap->loop);
   r.Bool("ublk", &snap->ublk);
@@ -296,6 +297,7 @@ std::string SerializeRecords(const Records& records) {
                            {"loop", snap.loop},
                            {"ublk", snap.ublk},
                            {"devices", snap.devices}});
+      if (snap.taken_at) snapshots.back()["taken_at"] = snap.taken_at;  // absent: unknown
     }
     doc["snapshots"] = std::move(snapshots);
   }

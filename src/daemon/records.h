@@ -81,6 +81,7 @@ struct SnapshotRecord {
   std::string storage_file;  // StorageInfo::file: what RecoverSnapshot opens
   SnapshotDurability durability = SnapshotDurability::kPower;  // kCrash or kPower
   bool taken = true;                                           // false: created, not yet taken
+  uint64_t taken_at = 0;  // Snapshot::taken_at (0: unknown); restart recovers the newest first
   uint64_t limit = 0;  // StorageInfo::limit when written (for reports: the storage keeps its own)
   bool loop = false, ublk = false;   // image fronts asked for at create
   std::vector<std::string> devices;  // member device names

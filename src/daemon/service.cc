@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <tuple>
+#include <tuple>
 
 #include "blksnap/io.h"
 #include "util/block_topology.h"
@@ -86,7 +88,8 @@ DeviceView Service::DeviceViewLocked(const DeviceEntry& d) const {
   v.name = d.name;
   v.path = d.path;
   v.size = d.tracker->size();
-  if (auto snap = d.tracker->snapshot()) v.snapshot = snap->id();
+  for (const auto& snap : d.tracker->snapshots()) v.snapshots.push_back(snap->id());
+  if (!v.snapshots.empty()) v.snapshot = v.snapshots.back();
   v.cbt = d.tracker->cbt_info();
   if (d.fronts) v.fronts = d.fronts->addresses();
   v.restored = d.restored;
@@ -422,7 +425,22 @@ void Service::Shutdown() {
     Status s = d.fronts->Remove();
     if (!s.ok()) spdlog::warn("removing fronts of '{}': {}", name, s.ToString());
   }
-  for (auto& [id, entry] : snapshots_) {
+  // The snapshots not kept are destroyed first (their copies go to the older snapshots of
+  // their devices, area_chain.h); then the kept ones are closed oldest first: an older one
+  // reads through the newer ones until it is closed (CloseSnapshot refuses them before it).
+  auto kept_taken = [&kept](const Uuid& id) {
+    const std::string text = id.ToString();
+    return std::any_of(kept.snapshots.begin(), kept.snapshots.end(),
+                       [&text](const SnapshotRecord& r) { return r.id == text && r.taken; });
+  };
+  std::vector<std::tuple<bool, uint64_t, Uuid>> order;
+  for (auto& [id, entry] : snapshots_)
+    order.emplace_back(kept_taken(id), entry.snapshot->taken_at(), id);
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return std::tie(std::get<0>(a), std::get<1>(a)) < std::tie(std::get<0>(b), std::get<1>(b));
+  });
+  for (const auto& item : order) {
+    const Uuid& id = std::get<2>(item);
     const std::string text = id.ToString();
     auto rec = std::find_if(kept.snapshots.begin(), kept.snapshots.end(),
                             [&text](const SnapshotRecord& r) { return r.id == text; });

@@ -53,7 +53,8 @@ struct ServiceInfo {
 struct DeviceView {
   std::string name, path;
   uint64_t size = 0;
-  std::optional<Uuid> snapshot;
+  std::optional<Uuid> snapshot;  // the newest snapshot holding the device
+  std::vector<Uuid> snapshots;   // every one, oldest first
   CbtInfo cbt;
   FrontAddresses fronts;
   bool restored = false;  // re-attached at start from the records of a previous run
@@ -329,9 +330,10 @@ class Service {
   void SaveRecordsLocked() REQUIRES(mu_) { WriteRecordsLocked(CollectRecordsLocked()); }
   void WriteRecordsLocked(const Records& records) REQUIRES(mu_);
   void RestoreImagesLocked(const Records& records) REQUIRES(mu_);
-  // Restart: brings back one recorded durable snapshot, or reports why not.
-  void RecoverRecordedSnapshot(const SnapshotRecord& rec, const std::vector<ImageRecord>& images,
-                               bool clean_stop, bool power_lost) EXCLUDES(mu_);
+  // Restart: brings back one recorded durable snapshot (corrupted with `corrupt` if non-zero),
+  // or reports why not (false).
+  bool RecoverRecordedSnapshot(const SnapshotRecord& rec, const std::vector<ImageRecord>& images,
+                               bool clean_stop, bool power_lost, int corrupt) EXCLUDES(mu_);
   // Removes a ublk image device a crashed run left (a restart note says so).
   void RemoveOrphanImageLocked(const ImageRecord& img) REQUIRES(mu_);
   // Removes the ublk image devices a crashed run left for this snapshot, except those of the

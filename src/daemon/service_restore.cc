@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 
 #include "daemon/service.h"
 #include "util/block_topology.h"
@@ -86,6 +87,7 @@ std::optional<SnapshotRecord> Service::SnapshotRecordLocked(const SnapshotEntry&
   r.storage_file = storage.file;
   r.durability = snap.durability();
   r.taken = state != SnapshotState::kCreated;
+  r.taken_at = snap.taken_at();
   r.limit = storage.limit;
   r.loop = entry.loop;
   r.ublk = entry.ublk;
@@ -167,14 +169,16 @@ void Service::RemoveOrphanImagesLocked(const std::string& snapshot,
   }
 }
 
-void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
+bool Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
                                       const std::vector<ImageRecord>& images, bool clean_stop,
-                                      bool power_lost) {
+                                      bool power_lost, int corrupt) {
   const auto id = Uuid::Parse(rec.id);  // the parser checked it
   Result<std::shared_ptr<Snapshot>> snap = Status::Error(EINVAL, "bad snapshot id");
   if (id) {
-    snap = engine_->RecoverSnapshot(
-        {.storage_file = rec.storage_file, .id = *id, .power_lost = power_lost});
+    snap = engine_->RecoverSnapshot({.storage_file = rec.storage_file,
+                                     .id = *id,
+                                     .power_lost = power_lost,
+                                     .corrupt = corrupt});
   }
   MutexLock lock(mu_);
   if (!snap.ok() && !rec.taken && snap.status().errnum() == ENOENT) {
@@ -183,7 +187,7 @@ void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
                        "its storage is released";
     spdlog::info("{}", note);
     restart_->notes.push_back(note);
-    return;
+    return false;
   }
   if (!snap.ok()) {
     spdlog::error("cannot recover snapshot {} from {}: {}", rec.id, rec.storage_file,
@@ -191,7 +195,7 @@ void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
     restart_->snapshots_failed.push_back(
         {rec.id, rec.storage_file, std::string(snap.status().message())});
     RemoveOrphanImagesLocked(rec.id, images);
-    return;
+    return false;
   }
   SnapshotEntry entry;
   entry.id = *id;
@@ -225,6 +229,7 @@ void Service::RecoverRecordedSnapshot(const SnapshotRecord& rec,
   spdlog::info("recovered snapshot {} ({}, after {}) from {}", rec.id, ToString(state),
                from.empty() ? "?" : from, rec.storage_file);
   snapshots_.emplace(*id, std::move(entry));
+  return true;
 }
 
 void Service::Restore() {
@@ -289,9 +294,23 @@ void Service::Restore() {
       failed_[name] = FailedRecord{rec, std::string(s.message())};
     }
   }
-  // Snapshots after every device: RecoverSnapshot needs its members attached.
-  for (const auto& rec : recorded.snapshots) {
-    RecoverRecordedSnapshot(rec, recorded.images, recorded.clean_stop, power_lost);
+  // Snapshots after every device: RecoverSnapshot needs its members attached. The newest
+  // first: a recovered snapshot lets its devices' writes in, and they must be preserved in the
+  // newest one (older snapshots read through it; area_chain.h). An older snapshot of a device
+  // whose newer snapshot was lost comes back corrupted (ESTALE): it read chunks through it.
+  std::vector<SnapshotRecord> snapshots = recorded.snapshots;
+  std::stable_sort(snapshots.begin(), snapshots.end(),
+                   [](const auto& a, const auto& b) { return a.taken_at > b.taken_at; });
+  std::set<std::string> lost_devices;
+  for (const auto& rec : snapshots) {
+    int corrupt = 0;
+    for (const auto& d : rec.devices) {
+      if (lost_devices.count(d)) corrupt = ESTALE;
+    }
+    if (!RecoverRecordedSnapshot(rec, recorded.images, recorded.clean_stop, power_lost, corrupt) &&
+        rec.taken) {
+      lost_devices.insert(rec.devices.begin(), rec.devices.end());
+    }
   }
   // A recovered snapshot let its devices' writes in; the others' are let in now (a snapshot
   // that could not be recovered is reported and gone).

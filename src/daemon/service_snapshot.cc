@@ -24,6 +24,28 @@ constexpr auto kMaxWait = std::chrono::hours(24 * 7);
 // How often a wait checks whether its client went away.
 constexpr auto kCancelSlice = std::chrono::milliseconds(250);
 
+// A device joins a snapshot (`id`, or a new one when null) unless it is already in it
+// (EALREADY), in another snapshot not yet taken, or in kMaxSnapshotsPerDevice snapshots (EBUSY).
+Status CheckCanJoin(const Tracker& tracker, const Uuid* id, const std::string& device) {
+  const auto snaps = tracker.snapshots();
+  for (const auto& snap : snaps) {
+    if (id && snap->id() == *id) {
+      return Status::Error(EALREADY,
+                           "device '" + device + "' is already in snapshot " + id->ToString());
+    }
+    if (snap->state() == SnapshotState::kCreated) {
+      return Status::Error(EBUSY, "device '" + device + "' is in snapshot " +
+                                      snap->id().ToString() + ", not taken yet");
+    }
+  }
+  if (snaps.size() >= kMaxSnapshotsPerDevice) {
+    return Status::Error(EBUSY, "device '" + device + "' is in " + std::to_string(snaps.size()) +
+                                    " snapshots (at most " +
+                                    std::to_string(kMaxSnapshotsPerDevice) + ")");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<Service::SnapshotEntry*> Service::FindSnapshotLocked(const Uuid& id) {
@@ -51,10 +73,8 @@ Result<Uuid> Service::CreateSnapshot(const SnapshotRequest& request) {
     if (std::find(devices.begin(), devices.begin() + i, devices[i]) != devices.begin() + i) {
       return Status::Error(EINVAL, "device '" + devices[i] + "' is listed twice");
     }
-    if (auto snap = tracker->snapshot()) {
-      return Status::Error(
-          EBUSY, "device '" + devices[i] + "' is already in snapshot " + snap->id().ToString());
-    }
+    // Several taken snapshots of a device are fine (issue 18); one not yet taken holds it.
+    BLKSNAP_RETURN_IF_ERROR(CheckCanJoin(*tracker, nullptr, devices[i]));
   }
   auto id = engine_->CreateSnapshot({.storage_path = storage,
                                      .limit = request.limit,
@@ -89,10 +109,7 @@ Status Service::AddDevice(const Uuid& id, const std::string& device) {
   BLKSNAP_ASSIGN_OR_RETURN(SnapshotEntry * entry, FindSnapshotLocked(id));
   if (entry->busy) return Status::Error(EBUSY, "snapshot " + id.ToString() + " is being taken");
   BLKSNAP_ASSIGN_OR_RETURN(auto tracker, FindTrackerLocked(device));
-  if (auto snap = tracker->snapshot()) {
-    return Status::Error(snap->id() == id ? EALREADY : EBUSY,
-                         "device '" + device + "' is already in snapshot " + snap->id().ToString());
-  }
+  BLKSNAP_RETURN_IF_ERROR(CheckCanJoin(*tracker, &id, device));
   Status s = engine_->AddDevice(id, device);
   if (!s.ok()) return Annotate(s, "cannot add device '" + device + "' to " + id.ToString());
   SaveRecordsLocked();

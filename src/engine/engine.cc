@@ -551,6 +551,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   const auto durability = static_cast<SnapshotDurability>(h.durability);
   if (!corrupt && power_lost && durability == SnapshotDurability::kCrash) corrupt = ESTALE;
   if (!corrupt && scan.damaged) corrupt = EUCLEAN;  // a committed page is damaged
+  if (!corrupt) corrupt = options.corrupt;
   if (!corrupt && options.check_originals) {
     for (const auto& t : trackers) {
       if (t->cbt_info().recovered_from.empty()) corrupt = ESTALE;  // changes unknown

@@ -115,6 +115,12 @@ std::vector<std::shared_ptr<SnapshotImpl>> TrackerImpl::snapshot_impls() const {
   for (const auto& weak : snapshots_) {
     if (auto s = weak.lock()) out.push_back(std::move(s));
   }
+  // In take order (a recovery adds them in any order), the one not yet taken last.
+  auto key = [](const std::shared_ptr<SnapshotImpl>& s) {
+    return s->state() == SnapshotState::kCreated ? UINT64_MAX : s->taken_at();
+  };
+  std::stable_sort(out.begin(), out.end(),
+                   [&key](const auto& a, const auto& b) { return key(a) < key(b); });
   return out;
 }
 
