@@ -5,8 +5,11 @@
 // The checksum is the SHA-256 of the compact dump of the object without its "checksum" member
 // (nlohmann dumps members sorted by name, so the dump is canonical).
 //
-// Blob: Seal writes the header, compresses straight into the blob (kept raw when zstd is not
-// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. Unseal (and
+// Blob: SealInto writes the header, compresses straight into the blob (kept raw when zstd is not
+// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. It writes into
+// a caller's buffer that only grows (a backup worker keeps one, so a 4 MiB chunk costs no fresh
+// zero-filled allocation and no page faults; every header byte is written, never left from the
+// buffer's last use); Seal is SealInto into a new vector, trimmed to the blob. Unseal (and
 // UnsealInto, which decodes into a caller's buffer: restores reuse one per worker) checks
 // the header, the exact blob size, the encryption flag against the repository, then the tag or
 // the CRC before it decompresses, and decompresses only a single zstd frame whose declared
@@ -347,14 +350,24 @@ Digest Codec::ChunkId(std::span<const uint8_t> plain) const {
 
 Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
                                          std::span<const uint8_t> aad) const {
+  std::vector<uint8_t> blob;
+  BLKSNAP_ASSIGN_OR_RETURN(std::span<const uint8_t> sealed, SealInto(plain, aad, &blob));
+  blob.resize(sealed.size());
+  return blob;
+}
+
+Result<std::span<const uint8_t>> Codec::SealInto(std::span<const uint8_t> plain,
+                                                 std::span<const uint8_t> aad,
+                                                 std::vector<uint8_t>* buffer) const {
   if (plain.size() > kMaxPlainLength) return Status::Error(EINVAL, "seal: larger than 65 MiB");
   const size_t offset = kBlobHeaderSize + (config_.encrypted ? kGcmNonceSize : 0);
   const size_t trailer = config_.encrypted ? kGcmTagSize : kBlobCrcSize;
   const bool try_compress = config_.zstd_level != 0 && !plain.empty();
   const size_t room =
       try_compress ? std::max(ZSTD_compressBound(plain.size()), plain.size()) : plain.size();
-  std::vector<uint8_t> blob(offset + room + trailer);
-  uint8_t* payload = blob.data() + offset;
+  if (buffer->size() < offset + room + trailer) buffer->resize(offset + room + trailer);
+  uint8_t* const blob = buffer->data();
+  uint8_t* const payload = blob + offset;
   size_t payload_length = plain.size();
   uint8_t flags = config_.encrypted ? kBlobEncrypted : 0;
   if (try_compress) {
@@ -369,14 +382,15 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
   }
   if (!(flags & kBlobCompressed) && !plain.empty())
     std::memcpy(payload, plain.data(), plain.size());
-  std::memcpy(blob.data(), kBlobMagic, sizeof(kBlobMagic));
+  std::memcpy(blob, kBlobMagic, sizeof(kBlobMagic));
   blob[4] = kBlobVersion;
   blob[5] = flags;
+  blob[6] = blob[7] = 0;
   PutLe<uint32_t>(&blob[8], static_cast<uint32_t>(plain.size()));
   PutLe<uint32_t>(&blob[12], static_cast<uint32_t>(payload_length));
-  const std::span<const uint8_t> header(blob.data(), kBlobHeaderSize);
+  const std::span<const uint8_t> header(blob, kBlobHeaderSize);
   if (config_.encrypted) {
-    const std::span<uint8_t> nonce(blob.data() + kBlobHeaderSize, kGcmNonceSize);
+    const std::span<uint8_t> nonce(blob + kBlobHeaderSize, kGcmNonceSize);
     if (RAND_bytes(nonce.data(), nonce.size()) != 1 ||
         !Gcm(true, cipher_key_, nonce, header, aad, std::span(payload, payload_length),
              payload + payload_length)) {
@@ -388,8 +402,7 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
     crc = Crc32c(payload, payload_length, crc);
     PutLe<uint32_t>(payload + payload_length, crc);
   }
-  blob.resize(offset + payload_length + trailer);
-  return blob;
+  return std::span<const uint8_t>(blob, offset + payload_length + trailer);
 }
 
 Result<Codec::BlobLayout> Codec::CheckBlob(std::span<const uint8_t> blob) const {

@@ -81,6 +81,12 @@ class Codec {
   // encrypted, else followed by a CRC-32C of header + `aad` + payload.
   Result<std::vector<uint8_t>> Seal(std::span<const uint8_t> plain,
                                     std::span<const uint8_t> aad) const;
+  // Seal into `buffer`, a caller's buffer reused from call to call (grown when too small, never
+  // shrunk: a worker sealing chunk after chunk allocates and faults its pages in once): the
+  // blob, a prefix of *buffer, valid until the buffer is next used. Errors as Seal.
+  Result<std::span<const uint8_t>> SealInto(std::span<const uint8_t> plain,
+                                            std::span<const uint8_t> aad,
+                                            std::vector<uint8_t>* buffer) const;
   // The plain bytes of a blob sealed with the same `aad`; EBADMSG "<what is wrong>" on any damage
   // (never allocates more than the blob's size plus its checked plain length). A plain blob in an
   // encrypted repository is damage too (it would be unauthenticated).

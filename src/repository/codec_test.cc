@@ -202,6 +202,27 @@ TEST(CodecTest, UnsealIntoFillsTheCallersBuffer) {
   }
 }
 
+// SealInto reuses a caller's buffer, dirty from earlier blobs of other sizes: each blob is the
+// one Seal makes (a plain repository's seal is deterministic) and unseals; the buffer only grows.
+TEST(CodecTest, SealIntoReusesADirtyBuffer) {
+  Codec codec = OpenCodec(NewConfig(false));
+  std::vector<uint8_t> buffer(100, 0xff);
+  size_t capacity = 0;
+  for (const auto& data : {Random(300000), Compressible(5000), std::vector<uint8_t>(), Random(70),
+                           Compressible(1 << 20), Random(300000, 2)}) {
+    const Digest id = codec.ChunkId(data);
+    auto blob = codec.SealInto(data, Aad(id), &buffer);
+    ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+    EXPECT_EQ(blob->data(), buffer.data());
+    EXPECT_GE(buffer.size(), capacity);
+    capacity = buffer.size();
+    const std::vector<uint8_t> copy(blob->begin(), blob->end());
+    EXPECT_EQ(copy, *codec.Seal(data, Aad(id)));
+    EXPECT_EQ(*codec.Unseal(copy, Aad(id)), data);
+    std::fill(buffer.begin(), buffer.end(), 0xff);
+  }
+}
+
 TEST(CodecTest, CompressibleShrinksIncompressibleStaysRaw) {
   Codec codec = OpenCodec(NewConfig(true));
   const auto small = *codec.Seal(Compressible(1 << 20), {});
