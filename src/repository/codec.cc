@@ -6,16 +6,27 @@
 // (nlohmann dumps members sorted by name, so the dump is canonical).
 //
 // Blob: SealInto writes the header, compresses straight into the blob (kept raw when zstd is not
-// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. It writes into
-// a caller's buffer that only grows (a backup worker keeps one, so a 4 MiB chunk costs no fresh
-// zero-filled allocation and no page faults; every header byte is written, never left from the
-// buffer's last use); Seal is SealInto into a new vector, trimmed to the blob. Unseal (and
-// UnsealInto, which decodes into a caller's buffer: restores reuse one per worker) checks
-// the header, the exact blob size, the encryption flag against the repository, then the tag or
-// the CRC before it decompresses, and decompresses only a single zstd frame whose declared
-// content size is the header's plain length: a damaged blob never makes it allocate more than
-// kMaxPlainLength. Nonces are 96 random bits from RAND_bytes (2^32 blobs per key keep the
-// collision probability negligible).
+// smaller, or when the probe below finds the input incompressible), then encrypts the payload in
+// place (AES-256-GCM) or appends a CRC-32C. It writes into a caller's buffer that only grows (a
+// backup worker keeps one, so a 4 MiB chunk costs no fresh zero-filled allocation and no page
+// faults; every header byte is written, none is left from the buffer's last use); Seal is
+// SealInto into a new vector, trimmed to the blob. Unseal (and UnsealInto, which decodes into a
+// caller's buffer: restores reuse one per worker) checks the header, the exact blob size, the
+// encryption flag against the repository, then the tag or the CRC before it decompresses, and
+// decompresses only a single zstd frame whose declared content size is the header's plain
+// length: a damaged blob never makes it allocate more than kMaxPlainLength. Nonces are 96 random
+// bits from RAND_bytes (2^32 blobs per key keep the collision probability negligible).
+//
+// The compressibility probe: zstd over 4 MiB of random or already compressed bytes costs ~2 ms of
+// CPU, and its output is then thrown away. So before compressing an input of 512 KiB or more
+// (kProbeMinPlain), SealInto compresses 16 slices of 4 KiB spread evenly from its start to its
+// end (64 KiB, 1/64 of a 4 MiB chunk), each alone at zstd level 1, and stores the input raw,
+// without compressing it, when together they shrink by less than 1/32. Smaller inputs (manifests,
+// indexes of small devices, chunks of a small chunk size) are compressed without a probe. The
+// choice never affects correctness: the blob's flags say raw or compressed and Unseal reads
+// both. What it can cost: a chunk whose only redundancy lies between the slices (a zero run of a
+// few hundred KiB amid random bytes, random blocks repeated within the chunk) is stored raw
+// where zstd would have shrunk it.
 //
 // State: a Codec holds its config and the two halves of the master key (wiped with
 // OPENSSL_cleanse on destruction); no mutable state. zstd contexts (and UnsealInto's buffer for
@@ -186,6 +197,38 @@ ZSTD_CCtx* ThreadCCtx() {
   thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx(ZSTD_createCCtx());
   return ctx.get();
 }
+// The compressibility probe (see the design note): kProbeSlices slices of kProbeSliceSize
+// bytes, spread evenly from the first byte to the last, each compressed alone at kProbeLevel.
+constexpr size_t kProbeMinPlain = 512 << 10;  // smaller inputs are compressed without a probe
+constexpr size_t kProbeSlices = 16;
+constexpr size_t kProbeSliceSize = 4 << 10;
+constexpr int kProbeLevel = 1;
+constexpr size_t kProbeMargin = 32;  // compress when the slices shrink by 1/32 or more
+
+ZSTD_CCtx* ThreadProbeCCtx() {
+  thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx(ZSTD_createCCtx());
+  return ctx.get();
+}
+
+// True when the probe finds `plain` not worth compressing; false when it is worth it and on any
+// doubt (too small to probe, no zstd context, a zstd error): then the whole is compressed.
+bool ProbeSaysIncompressible(std::span<const uint8_t> plain) {
+  if (plain.size() < kProbeMinPlain) return false;
+  ZSTD_CCtx* cctx = ThreadProbeCCtx();
+  if (cctx == nullptr) return false;
+  thread_local std::array<uint8_t, ZSTD_COMPRESSBOUND(kProbeSliceSize)> out;
+  const size_t stride = (plain.size() - kProbeSliceSize) / (kProbeSlices - 1);
+  size_t compressed = 0;
+  for (size_t i = 0; i < kProbeSlices; ++i) {
+    const size_t n = ZSTD_compressCCtx(cctx, out.data(), out.size(), plain.data() + i * stride,
+                                       kProbeSliceSize, kProbeLevel);
+    if (ZSTD_isError(n)) return false;
+    compressed += n;
+  }
+  const size_t sampled = kProbeSlices * kProbeSliceSize;
+  return compressed > sampled - sampled / kProbeMargin;
+}
+
 ZSTD_DCtx* ThreadDCtx() {
   thread_local std::unique_ptr<ZSTD_DCtx, DCtxFree> ctx(ZSTD_createDCtx());
   return ctx.get();
@@ -362,7 +405,8 @@ Result<std::span<const uint8_t>> Codec::SealInto(std::span<const uint8_t> plain,
   if (plain.size() > kMaxPlainLength) return Status::Error(EINVAL, "seal: larger than 65 MiB");
   const size_t offset = kBlobHeaderSize + (config_.encrypted ? kGcmNonceSize : 0);
   const size_t trailer = config_.encrypted ? kGcmTagSize : kBlobCrcSize;
-  const bool try_compress = config_.zstd_level != 0 && !plain.empty();
+  const bool try_compress =
+      config_.zstd_level != 0 && !plain.empty() && !ProbeSaysIncompressible(plain);
   const size_t room =
       try_compress ? std::max(ZSTD_compressBound(plain.size()), plain.size()) : plain.size();
   if (buffer->size() < offset + room + trailer) buffer->resize(offset + room + trailer);

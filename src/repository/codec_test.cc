@@ -235,6 +235,33 @@ TEST(CodecTest, CompressibleShrinksIncompressibleStaysRaw) {
   EXPECT_NE(*codec.Seal(random, {}), raw);
 }
 
+// The compressibility probe on 4 MiB chunks (codec.cc): random bytes are stored raw, compressible
+// ones compressed, and so is a chunk that is random but for one compressible region, wherever
+// that region lies (the probe's slices must see it); every blob round-trips.
+TEST(CodecTest, ProbeStoresRandomRawAndCompressibleCompressed) {
+  constexpr size_t kChunk = 4 << 20;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> cases = {
+      {"random", Random(kChunk)}, {"compressible", Compressible(kChunk)}};
+  for (size_t eighth : {0, 3, 7}) {
+    auto mixed = Random(kChunk, 3);
+    std::fill_n(mixed.begin() + eighth * kChunk / 8, kChunk / 8, 0);
+    cases.emplace_back("random with zero eighth " + std::to_string(eighth), std::move(mixed));
+  }
+  for (bool encrypted : {false, true}) {
+    Codec codec = OpenCodec(NewConfig(encrypted));
+    for (const auto& [name, data] : cases) {
+      const Digest id = codec.ChunkId(data);
+      const auto blob = *codec.Seal(data, Aad(id));
+      const bool compressed = blob[5] & kBlobCompressed;
+      EXPECT_EQ(compressed, name != "random") << name << " encrypted " << encrypted;
+      if (compressed) {
+        EXPECT_LT(blob.size(), data.size() * 15 / 16) << name;
+      }
+      EXPECT_EQ(*codec.Unseal(blob, Aad(id)), data) << name;
+    }
+  }
+}
+
 TEST(CodecTest, AnyFlippedByteIsEbadmsg) {
   for (bool encrypted : {false, true}) {
     Codec codec = OpenCodec(NewConfig(encrypted));
