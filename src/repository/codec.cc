@@ -6,16 +6,18 @@
 // (nlohmann dumps members sorted by name, so the dump is canonical).
 //
 // Blob: SealInto writes the header, compresses straight into the blob (kept raw when zstd is not
-// smaller, or when the probe below finds the input incompressible), then encrypts the payload in
-// place (AES-256-GCM) or appends a CRC-32C. It writes into a caller's buffer that only grows (a
-// backup worker keeps one, so a 4 MiB chunk costs no fresh zero-filled allocation and no page
-// faults; every header byte is written, none is left from the buffer's last use); Seal is
-// SealInto into a new vector, trimmed to the blob. Unseal (and UnsealInto, which decodes into a
-// caller's buffer: restores reuse one per worker) checks the header, the exact blob size, the
-// encryption flag against the repository, then the tag or the CRC before it decompresses, and
-// decompresses only a single zstd frame whose declared content size is the header's plain
-// length: a damaged blob never makes it allocate more than kMaxPlainLength. Nonces are 96 random
-// bits from RAND_bytes (2^32 blobs per key keep the collision probability negligible).
+// smaller, or when the probe below finds the input incompressible), then encrypts the payload
+// (AES-256-GCM: a zstd frame in place, raw bytes straight from the caller's, with no copy) or
+// appends a CRC-32C. It writes into a caller's buffer that only grows (a backup worker keeps
+// one, so a 4 MiB chunk costs no fresh zero-filled allocation and no page faults; every header
+// byte is written, none is left from the buffer's last use); Seal is SealInto into a new vector,
+// trimmed to the blob. Unseal (and UnsealInto, which decodes into a caller's buffer: restores
+// reuse one per worker) checks the header, the exact blob size, the encryption flag against the
+// repository, then the tag or the CRC before it decompresses (an encrypted raw payload is
+// decrypted straight into the caller's buffer), and decompresses only a single zstd frame whose
+// declared content size is the header's plain length: a damaged blob never makes it allocate
+// more than kMaxPlainLength. Nonces are 96 random bits from RAND_bytes (2^32 blobs per key keep
+// the collision probability negligible).
 //
 // The compressibility probe: zstd over 4 MiB of random or already compressed bytes costs ~2 ms of
 // CPU, and its output is then thrown away. So before compressing an input of 512 KiB or more
@@ -65,11 +67,12 @@ struct CipherCtxFree {
   void operator()(EVP_CIPHER_CTX* ctx) const { EVP_CIPHER_CTX_free(ctx); }
 };
 
-// AES-256-GCM over `data` in place, authenticating aad1 + aad2; encrypt writes `tag`, decrypt
-// checks it. False on a tag mismatch (or an OpenSSL failure).
+// AES-256-GCM of `in` into `out` (in.size() bytes: in.data() itself, or not overlapping it),
+// authenticating aad1 + aad2; encrypt writes `tag`, decrypt checks it. False on a tag mismatch
+// (or an OpenSSL failure).
 bool Gcm(bool encrypt, std::span<const uint8_t> key, std::span<const uint8_t> nonce,
-         std::span<const uint8_t> aad1, std::span<const uint8_t> aad2, std::span<uint8_t> data,
-         uint8_t* tag) {
+         std::span<const uint8_t> aad1, std::span<const uint8_t> aad2, std::span<const uint8_t> in,
+         uint8_t* out, uint8_t* tag) {
   std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
   if (!ctx || nonce.size() != kGcmNonceSize || key.size() != kCipherKeySize) return false;
   if (EVP_CipherInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), nonce.data(),
@@ -83,8 +86,8 @@ bool Gcm(bool encrypt, std::span<const uint8_t> key, std::span<const uint8_t> no
       return false;
     }
   }
-  if (!data.empty() && EVP_CipherUpdate(ctx.get(), data.data(), &length, data.data(),
-                                        static_cast<int>(data.size())) != 1) {
+  if (!in.empty() &&
+      EVP_CipherUpdate(ctx.get(), out, &length, in.data(), static_cast<int>(in.size())) != 1) {
     return false;
   }
   if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kGcmTagSize, tag) != 1) {
@@ -259,10 +262,8 @@ Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
             RAND_bytes(c.key_nonce.data(), c.key_nonce.size()) == 1 &&
             RAND_bytes(master.data(), master.size()) == 1 && DeriveKek(*key, c, kek);
   if (ok) {
-    std::memcpy(c.wrapped_key.data(), master.data(), master.size());
-    ok =
-        Gcm(true, kek, c.key_nonce, Bytes(WrapAad(c)), {},
-            std::span(c.wrapped_key.data(), kMasterKeySize), c.wrapped_key.data() + kMasterKeySize);
+    ok = Gcm(true, kek, c.key_nonce, Bytes(WrapAad(c)), {}, master, c.wrapped_key.data(),
+             c.wrapped_key.data() + kMasterKeySize);
   }
   OPENSSL_cleanse(master.data(), master.size());
   OPENSSL_cleanse(kek.data(), kek.size());
@@ -358,8 +359,9 @@ Result<Codec> Codec::Open(const RepoConfig& config, std::optional<std::span<cons
   std::array<uint8_t, kCipherKeySize> kek{};
   std::array<uint8_t, kWrappedKeySize> master = config.wrapped_key;
   if (!DeriveKek(*key, config, kek)) return Status::Error(EIO, "repository key: PBKDF2 failed");
-  const bool ok = Gcm(false, kek, config.key_nonce, Bytes(WrapAad(config)), {},
-                      std::span(master.data(), kMasterKeySize), master.data() + kMasterKeySize);
+  const bool ok =
+      Gcm(false, kek, config.key_nonce, Bytes(WrapAad(config)), {},
+          std::span(master.data(), kMasterKeySize), master.data(), master.data() + kMasterKeySize);
   OPENSSL_cleanse(kek.data(), kek.size());
   if (ok) {
     std::memcpy(codec.cipher_key_.data(), master.data(), kCipherKeySize);
@@ -424,8 +426,10 @@ Result<std::span<const uint8_t>> Codec::SealInto(std::span<const uint8_t> plain,
       flags |= kBlobCompressed;
     }
   }
-  if (!(flags & kBlobCompressed) && !plain.empty())
-    std::memcpy(payload, plain.data(), plain.size());
+  // A raw payload is the plain bytes: copied into the blob, or in an encrypted repository
+  // encrypted straight from them into it.
+  const bool raw = !(flags & kBlobCompressed);
+  if (raw && !config_.encrypted && !plain.empty()) std::memcpy(payload, plain.data(), plain.size());
   std::memcpy(blob, kBlobMagic, sizeof(kBlobMagic));
   blob[4] = kBlobVersion;
   blob[5] = flags;
@@ -436,7 +440,8 @@ Result<std::span<const uint8_t>> Codec::SealInto(std::span<const uint8_t> plain,
   if (config_.encrypted) {
     const std::span<uint8_t> nonce(blob + kBlobHeaderSize, kGcmNonceSize);
     if (RAND_bytes(nonce.data(), nonce.size()) != 1 ||
-        !Gcm(true, cipher_key_, nonce, header, aad, std::span(payload, payload_length),
+        !Gcm(true, cipher_key_, nonce, header, aad,
+             raw ? plain : std::span<const uint8_t>(payload, payload_length), payload,
              payload + payload_length)) {
       return Status::Error(EIO, "seal: OpenSSL AES-256-GCM failed");
     }
@@ -503,8 +508,8 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
   const std::span<const uint8_t> stored = blob.subspan(offset, payload_length);
   std::span<const uint8_t> payload = stored;
   if (layout.encrypted) {
-    // Decrypted in place: straight into `out` when raw, else into this thread's scratch buffer,
-    // which then feeds zstd.
+    // Decrypted from the blob straight into `out` when raw, else into this thread's scratch
+    // buffer, which then feeds zstd.
     std::span<uint8_t> clear;
     if (layout.compressed) {
       thread_local std::vector<uint8_t> scratch;
@@ -513,11 +518,10 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
     } else {
       clear = out.first(payload_length);
     }
-    if (payload_length > 0) std::memcpy(clear.data(), stored.data(), payload_length);
     std::array<uint8_t, kGcmTagSize> tag;
     std::memcpy(tag.data(), blob.data() + offset + payload_length, tag.size());
-    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad, clear,
-             tag.data())) {
+    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad, stored,
+             clear.data(), tag.data())) {
       return BadBlob("authentication failed (damaged, or stored under another name)");
     }
     if (!layout.compressed) return size_t{plain_length};
