@@ -23,7 +23,7 @@
 // CPU, and its output is then thrown away. So before compressing an input of 512 KiB or more
 // (kProbeMinPlain), SealInto compresses 16 slices of 4 KiB spread evenly from its start to its
 // end (64 KiB, 1/64 of a 4 MiB chunk), each alone at zstd level 1, and stores the input raw,
-// without compressing it, when together they shrink by less than 1/32. Smaller inputs (manifests,
+// without compressing it, when together they do not shrink at all. Smaller inputs (manifests,
 // indexes of small devices, chunks of a small chunk size) are compressed without a probe. The
 // choice never affects correctness: the blob's flags say raw or compressed and Unseal reads
 // both. What it can cost: a chunk whose only redundancy lies between the slices (a zero run of a
@@ -206,7 +206,6 @@ constexpr size_t kProbeMinPlain = 512 << 10;  // smaller inputs are compressed w
 constexpr size_t kProbeSlices = 16;
 constexpr size_t kProbeSliceSize = 4 << 10;
 constexpr int kProbeLevel = 1;
-constexpr size_t kProbeMargin = 32;  // compress when the slices shrink by 1/32 or more
 
 ZSTD_CCtx* ThreadProbeCCtx() {
   thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx(ZSTD_createCCtx());
@@ -228,8 +227,8 @@ bool ProbeSaysIncompressible(std::span<const uint8_t> plain) {
     if (ZSTD_isError(n)) return false;
     compressed += n;
   }
-  const size_t sampled = kProbeSlices * kProbeSliceSize;
-  return compressed > sampled - sampled / kProbeMargin;
+  // Each slice's frame adds ~9 bytes of headers, so a slice must save more than that to count.
+  return compressed >= kProbeSlices * kProbeSliceSize;
 }
 
 ZSTD_DCtx* ThreadDCtx() {
