@@ -1,9 +1,10 @@
 // RunBackup and RunRestore: see backup.h.
 //
 // Both run one loop (ParallelChunks): `threads` workers take chunk indexes from one atomic
-// counter, each with its own chunk-sized buffer; the first error stops every worker and is
-// returned. Counters are atomics; the progress callback is called by whichever worker passes the
-// interval first (a try-lock), so no extra thread is needed.
+// counter, each with its own chunk-sized buffer and its own seal buffer (a backup seals every new
+// chunk into it: allocated and faulted in by the first chunk, reused by the rest); the first
+// error stops every worker and is returned. Counters are atomics; the progress callback is called
+// by whichever worker passes the interval first (a try-lock), so no extra thread is needed.
 #include "repository/backup.h"
 
 #include <unistd.h>
@@ -77,10 +78,11 @@ AlignedBuffer NewAlignedBuffer(size_t size) {
   return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(kBufferAlignment, rounded)));
 }
 
-using ChunkFn = std::function<Status(uint64_t, std::span<uint8_t>)>;
+using ChunkFn = std::function<Status(uint64_t, std::span<uint8_t>, std::vector<uint8_t>&)>;
 
-// Runs fn(index, buffer) for every chunk index in [0, count) on `threads` workers, each with its
-// own aligned buffer of buffer_size bytes.
+// Runs fn(index, buffer, seal_buffer) for every chunk index in [0, count) on `threads` workers,
+// each with its own aligned buffer of buffer_size bytes and its own seal buffer (empty at first;
+// Repository::PutChunk grows it).
 Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter& reporter,
                       const ChunkFn& fn) {
   std::atomic<uint64_t> next{0};
@@ -95,11 +97,12 @@ Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter&
   auto worker = [&] {
     AlignedBuffer buffer = NewAlignedBuffer(std::max<size_t>(buffer_size, 1));
     if (!buffer) return fail(Status::Error(ENOMEM, "no memory for a chunk buffer"));
+    std::vector<uint8_t> seal_buffer;
     for (;;) {
       if (stop.load(std::memory_order_relaxed)) return;
       const uint64_t index = next.fetch_add(1);
       if (index >= count) return;
-      Status s = fn(index, std::span<uint8_t>(buffer.get(), buffer_size));
+      Status s = fn(index, std::span<uint8_t>(buffer.get(), buffer_size), seal_buffer);
       if (!s.ok()) return fail(std::move(s));
       reporter.Maybe();
     }
@@ -204,7 +207,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   Status s = ParallelChunks(
       index.chunks.size(), spec.threads, chunk, reporter,
-      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf, std::vector<uint8_t>& sealed) -> Status {
         if (spec.cancelled && spec.cancelled()) {
           return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
         }
@@ -230,7 +233,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           index.chunks[i] = Digest{};
           ++zeroes;
         } else {
-          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data, batch.get()));
+          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data, batch.get(), &sealed));
           index.chunks[i] = put.id;
           if (put.stored) {
             ++new_chunks;
@@ -302,7 +305,7 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   BLKSNAP_RETURN_IF_ERROR(ParallelChunks(
       index.chunks.size(), spec.threads, chunk, reporter,
-      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf, std::vector<uint8_t>&) -> Status {
         const uint64_t offset = i * chunk;
         const uint64_t length = std::min(chunk, size - offset);
         if (index.chunks[i].IsZero()) {
@@ -328,7 +331,7 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Reporter quiet(ProgressFn{}, spec.progress_interval, size, v);
   return ParallelChunks(
       index.chunks.size(), spec.threads, chunk, quiet,
-      [&](uint64_t i, std::span<uint8_t> buf) -> Status {
+      [&](uint64_t i, std::span<uint8_t> buf, std::vector<uint8_t>&) -> Status {
         const uint64_t offset = i * chunk;
         std::span<uint8_t> data = buf.first(std::min(chunk, size - offset));
         BLKSNAP_RETURN_IF_ERROR(target.Read(offset, data));

@@ -5,14 +5,30 @@
 // The checksum is the SHA-256 of the compact dump of the object without its "checksum" member
 // (nlohmann dumps members sorted by name, so the dump is canonical).
 //
-// Blob: Seal writes the header, compresses straight into the blob (kept raw when zstd is not
-// smaller), then encrypts the payload in place (AES-256-GCM) or appends a CRC-32C. Unseal (and
-// UnsealInto, which decodes into a caller's buffer: restores reuse one per worker) checks
-// the header, the exact blob size, the encryption flag against the repository, then the tag or
-// the CRC before it decompresses, and decompresses only a single zstd frame whose declared
-// content size is the header's plain length: a damaged blob never makes it allocate more than
-// kMaxPlainLength. Nonces are 96 random bits from RAND_bytes (2^32 blobs per key keep the
-// collision probability negligible).
+// Blob: SealInto writes the header, compresses straight into the blob (kept raw when zstd is not
+// smaller, or when the probe below finds the input incompressible), then encrypts the payload
+// (AES-256-GCM: a zstd frame in place, raw bytes straight from the caller's, with no copy) or
+// appends a CRC-32C. It writes into a caller's buffer that only grows (a backup worker keeps
+// one, so a 4 MiB chunk costs no fresh zero-filled allocation and no page faults; every header
+// byte is written, none is left from the buffer's last use); Seal is SealInto into a new vector,
+// trimmed to the blob. Unseal (and UnsealInto, which decodes into a caller's buffer: restores
+// reuse one per worker) checks the header, the exact blob size, the encryption flag against the
+// repository, then the tag or the CRC before it decompresses (an encrypted raw payload is
+// decrypted straight into the caller's buffer), and decompresses only a single zstd frame whose
+// declared content size is the header's plain length: a damaged blob never makes it allocate
+// more than kMaxPlainLength. Nonces are 96 random bits from RAND_bytes (2^32 blobs per key keep
+// the collision probability negligible).
+//
+// The compressibility probe: zstd over 4 MiB of random or already compressed bytes costs ~2 ms of
+// CPU, and its output is then thrown away. So before compressing an input of 512 KiB or more
+// (kProbeMinPlain), SealInto compresses 16 slices of 4 KiB spread evenly from its start to its
+// end (64 KiB, 1/64 of a 4 MiB chunk), each alone at zstd level 1, and stores the input raw,
+// without compressing it, when together they do not shrink at all. Smaller inputs (manifests,
+// indexes of small devices, chunks of a small chunk size) are compressed without a probe. The
+// choice never affects correctness: the blob's flags say raw or compressed and Unseal reads
+// both. What it can cost: a chunk whose only redundancy lies between the slices (a zero run of a
+// few hundred KiB amid random bytes, random blocks repeated within the chunk) is stored raw
+// where zstd would have shrunk it.
 //
 // State: a Codec holds its config and the two halves of the master key (wiped with
 // OPENSSL_cleanse on destruction); no mutable state. zstd contexts (and UnsealInto's buffer for
@@ -51,11 +67,12 @@ struct CipherCtxFree {
   void operator()(EVP_CIPHER_CTX* ctx) const { EVP_CIPHER_CTX_free(ctx); }
 };
 
-// AES-256-GCM over `data` in place, authenticating aad1 + aad2; encrypt writes `tag`, decrypt
-// checks it. False on a tag mismatch (or an OpenSSL failure).
+// AES-256-GCM of `in` into `out` (in.size() bytes: in.data() itself, or not overlapping it),
+// authenticating aad1 + aad2; encrypt writes `tag`, decrypt checks it. False on a tag mismatch
+// (or an OpenSSL failure).
 bool Gcm(bool encrypt, std::span<const uint8_t> key, std::span<const uint8_t> nonce,
-         std::span<const uint8_t> aad1, std::span<const uint8_t> aad2, std::span<uint8_t> data,
-         uint8_t* tag) {
+         std::span<const uint8_t> aad1, std::span<const uint8_t> aad2, std::span<const uint8_t> in,
+         uint8_t* out, uint8_t* tag) {
   std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
   if (!ctx || nonce.size() != kGcmNonceSize || key.size() != kCipherKeySize) return false;
   if (EVP_CipherInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.data(), nonce.data(),
@@ -69,8 +86,8 @@ bool Gcm(bool encrypt, std::span<const uint8_t> key, std::span<const uint8_t> no
       return false;
     }
   }
-  if (!data.empty() && EVP_CipherUpdate(ctx.get(), data.data(), &length, data.data(),
-                                        static_cast<int>(data.size())) != 1) {
+  if (!in.empty() &&
+      EVP_CipherUpdate(ctx.get(), out, &length, in.data(), static_cast<int>(in.size())) != 1) {
     return false;
   }
   if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kGcmTagSize, tag) != 1) {
@@ -183,6 +200,37 @@ ZSTD_CCtx* ThreadCCtx() {
   thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx(ZSTD_createCCtx());
   return ctx.get();
 }
+// The compressibility probe (see the design note): kProbeSlices slices of kProbeSliceSize
+// bytes, spread evenly from the first byte to the last, each compressed alone at kProbeLevel.
+constexpr size_t kProbeMinPlain = 512 << 10;  // smaller inputs are compressed without a probe
+constexpr size_t kProbeSlices = 16;
+constexpr size_t kProbeSliceSize = 4 << 10;
+constexpr int kProbeLevel = 1;
+
+ZSTD_CCtx* ThreadProbeCCtx() {
+  thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> ctx(ZSTD_createCCtx());
+  return ctx.get();
+}
+
+// True when the probe finds `plain` not worth compressing; false when it is worth it and on any
+// doubt (too small to probe, no zstd context, a zstd error): then the whole is compressed.
+bool ProbeSaysIncompressible(std::span<const uint8_t> plain) {
+  if (plain.size() < kProbeMinPlain) return false;
+  ZSTD_CCtx* cctx = ThreadProbeCCtx();
+  if (cctx == nullptr) return false;
+  thread_local std::array<uint8_t, ZSTD_COMPRESSBOUND(kProbeSliceSize)> out;
+  const size_t stride = (plain.size() - kProbeSliceSize) / (kProbeSlices - 1);
+  size_t compressed = 0;
+  for (size_t i = 0; i < kProbeSlices; ++i) {
+    const size_t n = ZSTD_compressCCtx(cctx, out.data(), out.size(), plain.data() + i * stride,
+                                       kProbeSliceSize, kProbeLevel);
+    if (ZSTD_isError(n)) return false;
+    compressed += n;
+  }
+  // Each slice's frame adds ~9 bytes of headers, so a slice must save more than that to count.
+  return compressed >= kProbeSlices * kProbeSliceSize;
+}
+
 ZSTD_DCtx* ThreadDCtx() {
   thread_local std::unique_ptr<ZSTD_DCtx, DCtxFree> ctx(ZSTD_createDCtx());
   return ctx.get();
@@ -213,10 +261,8 @@ Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
             RAND_bytes(c.key_nonce.data(), c.key_nonce.size()) == 1 &&
             RAND_bytes(master.data(), master.size()) == 1 && DeriveKek(*key, c, kek);
   if (ok) {
-    std::memcpy(c.wrapped_key.data(), master.data(), master.size());
-    ok =
-        Gcm(true, kek, c.key_nonce, Bytes(WrapAad(c)), {},
-            std::span(c.wrapped_key.data(), kMasterKeySize), c.wrapped_key.data() + kMasterKeySize);
+    ok = Gcm(true, kek, c.key_nonce, Bytes(WrapAad(c)), {}, master, c.wrapped_key.data(),
+             c.wrapped_key.data() + kMasterKeySize);
   }
   OPENSSL_cleanse(master.data(), master.size());
   OPENSSL_cleanse(kek.data(), kek.size());
@@ -312,8 +358,9 @@ Result<Codec> Codec::Open(const RepoConfig& config, std::optional<std::span<cons
   std::array<uint8_t, kCipherKeySize> kek{};
   std::array<uint8_t, kWrappedKeySize> master = config.wrapped_key;
   if (!DeriveKek(*key, config, kek)) return Status::Error(EIO, "repository key: PBKDF2 failed");
-  const bool ok = Gcm(false, kek, config.key_nonce, Bytes(WrapAad(config)), {},
-                      std::span(master.data(), kMasterKeySize), master.data() + kMasterKeySize);
+  const bool ok =
+      Gcm(false, kek, config.key_nonce, Bytes(WrapAad(config)), {},
+          std::span(master.data(), kMasterKeySize), master.data(), master.data() + kMasterKeySize);
   OPENSSL_cleanse(kek.data(), kek.size());
   if (ok) {
     std::memcpy(codec.cipher_key_.data(), master.data(), kCipherKeySize);
@@ -347,14 +394,25 @@ Digest Codec::ChunkId(std::span<const uint8_t> plain) const {
 
 Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
                                          std::span<const uint8_t> aad) const {
+  std::vector<uint8_t> blob;
+  BLKSNAP_ASSIGN_OR_RETURN(std::span<const uint8_t> sealed, SealInto(plain, aad, &blob));
+  blob.resize(sealed.size());
+  return blob;
+}
+
+Result<std::span<const uint8_t>> Codec::SealInto(std::span<const uint8_t> plain,
+                                                 std::span<const uint8_t> aad,
+                                                 std::vector<uint8_t>* buffer) const {
   if (plain.size() > kMaxPlainLength) return Status::Error(EINVAL, "seal: larger than 65 MiB");
   const size_t offset = kBlobHeaderSize + (config_.encrypted ? kGcmNonceSize : 0);
   const size_t trailer = config_.encrypted ? kGcmTagSize : kBlobCrcSize;
-  const bool try_compress = config_.zstd_level != 0 && !plain.empty();
+  const bool try_compress =
+      config_.zstd_level != 0 && !plain.empty() && !ProbeSaysIncompressible(plain);
   const size_t room =
       try_compress ? std::max(ZSTD_compressBound(plain.size()), plain.size()) : plain.size();
-  std::vector<uint8_t> blob(offset + room + trailer);
-  uint8_t* payload = blob.data() + offset;
+  if (buffer->size() < offset + room + trailer) buffer->resize(offset + room + trailer);
+  uint8_t* const blob = buffer->data();
+  uint8_t* const payload = blob + offset;
   size_t payload_length = plain.size();
   uint8_t flags = config_.encrypted ? kBlobEncrypted : 0;
   if (try_compress) {
@@ -367,18 +425,22 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
       flags |= kBlobCompressed;
     }
   }
-  if (!(flags & kBlobCompressed) && !plain.empty())
-    std::memcpy(payload, plain.data(), plain.size());
-  std::memcpy(blob.data(), kBlobMagic, sizeof(kBlobMagic));
+  // A raw payload is the plain bytes: copied into the blob, or in an encrypted repository
+  // encrypted straight from them into it.
+  const bool raw = !(flags & kBlobCompressed);
+  if (raw && !config_.encrypted && !plain.empty()) std::memcpy(payload, plain.data(), plain.size());
+  std::memcpy(blob, kBlobMagic, sizeof(kBlobMagic));
   blob[4] = kBlobVersion;
   blob[5] = flags;
+  blob[6] = blob[7] = 0;
   PutLe<uint32_t>(&blob[8], static_cast<uint32_t>(plain.size()));
   PutLe<uint32_t>(&blob[12], static_cast<uint32_t>(payload_length));
-  const std::span<const uint8_t> header(blob.data(), kBlobHeaderSize);
+  const std::span<const uint8_t> header(blob, kBlobHeaderSize);
   if (config_.encrypted) {
-    const std::span<uint8_t> nonce(blob.data() + kBlobHeaderSize, kGcmNonceSize);
+    const std::span<uint8_t> nonce(blob + kBlobHeaderSize, kGcmNonceSize);
     if (RAND_bytes(nonce.data(), nonce.size()) != 1 ||
-        !Gcm(true, cipher_key_, nonce, header, aad, std::span(payload, payload_length),
+        !Gcm(true, cipher_key_, nonce, header, aad,
+             raw ? plain : std::span<const uint8_t>(payload, payload_length), payload,
              payload + payload_length)) {
       return Status::Error(EIO, "seal: OpenSSL AES-256-GCM failed");
     }
@@ -388,8 +450,7 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
     crc = Crc32c(payload, payload_length, crc);
     PutLe<uint32_t>(payload + payload_length, crc);
   }
-  blob.resize(offset + payload_length + trailer);
-  return blob;
+  return std::span<const uint8_t>(blob, offset + payload_length + trailer);
 }
 
 Result<Codec::BlobLayout> Codec::CheckBlob(std::span<const uint8_t> blob) const {
@@ -446,8 +507,8 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
   const std::span<const uint8_t> stored = blob.subspan(offset, payload_length);
   std::span<const uint8_t> payload = stored;
   if (layout.encrypted) {
-    // Decrypted in place: straight into `out` when raw, else into this thread's scratch buffer,
-    // which then feeds zstd.
+    // Decrypted from the blob straight into `out` when raw, else into this thread's scratch
+    // buffer, which then feeds zstd.
     std::span<uint8_t> clear;
     if (layout.compressed) {
       thread_local std::vector<uint8_t> scratch;
@@ -456,11 +517,10 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
     } else {
       clear = out.first(payload_length);
     }
-    if (payload_length > 0) std::memcpy(clear.data(), stored.data(), payload_length);
     std::array<uint8_t, kGcmTagSize> tag;
     std::memcpy(tag.data(), blob.data() + offset + payload_length, tag.size());
-    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad, clear,
-             tag.data())) {
+    if (!Gcm(false, cipher_key_, blob.subspan(kBlobHeaderSize, kGcmNonceSize), header, aad, stored,
+             clear.data(), tag.data())) {
       return BadBlob("authentication failed (damaged, or stored under another name)");
     }
     if (!layout.compressed) return size_t{plain_length};

@@ -8,9 +8,10 @@
 // the wrapped master key tells a wrong key from the right one.
 //
 // A Codec names chunks (SHA-256, or HMAC-SHA-256 under the id key when encrypted, so names reveal
-// nothing) and seals blobs: zstd (kept raw when not smaller), then AES-256-GCM with a random
-// 96-bit nonce when encrypted, or a CRC-32C trailer when not. Unseal checks everything and gives
-// EBADMSG on any damage. A Codec is immutable after Open: every method is const and thread-safe.
+// nothing) and seals blobs: zstd (kept raw when not smaller, or when a probe of 64 KiB of slices
+// finds the input incompressible: codec.cc), then AES-256-GCM with a random 96-bit nonce when
+// encrypted, or a CRC-32C trailer when not. Unseal checks everything and gives EBADMSG on any
+// damage. A Codec is immutable after Open: every method is const and thread-safe.
 // All crypto is OpenSSL libcrypto, all compression libzstd.
 #pragma once
 
@@ -77,10 +78,17 @@ class Codec {
   // SHA-256 of `plain`, or HMAC-SHA-256 under the id key when encrypted.
   Digest ChunkId(std::span<const uint8_t> plain) const;
   // The blob of `plain` (at most kMaxPlainLength bytes, else EINVAL): header, then the payload
-  // compressed unless that is not smaller, sealed with GCM (AAD = header + `aad`) when
-  // encrypted, else followed by a CRC-32C of header + `aad` + payload.
+  // compressed unless that is not smaller or the probe finds it incompressible, sealed with GCM
+  // (AAD = header + `aad`) when encrypted, else followed by a CRC-32C of header + `aad` +
+  // payload.
   Result<std::vector<uint8_t>> Seal(std::span<const uint8_t> plain,
                                     std::span<const uint8_t> aad) const;
+  // Seal into `buffer`, a caller's buffer reused from call to call (grown when too small, never
+  // shrunk: a worker sealing chunk after chunk allocates and faults its pages in once): the
+  // blob, a prefix of *buffer, valid until the buffer is next used. Errors as Seal.
+  Result<std::span<const uint8_t>> SealInto(std::span<const uint8_t> plain,
+                                            std::span<const uint8_t> aad,
+                                            std::vector<uint8_t>* buffer) const;
   // The plain bytes of a blob sealed with the same `aad`; EBADMSG "<what is wrong>" on any damage
   // (never allocates more than the blob's size plus its checked plain length). A plain blob in an
   // encrypted repository is damage too (it would be unauthenticated).

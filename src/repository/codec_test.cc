@@ -202,6 +202,27 @@ TEST(CodecTest, UnsealIntoFillsTheCallersBuffer) {
   }
 }
 
+// SealInto reuses a caller's buffer, dirty from earlier blobs of other sizes: each blob is the
+// one Seal makes (a plain repository's seal is deterministic) and unseals; the buffer only grows.
+TEST(CodecTest, SealIntoReusesADirtyBuffer) {
+  Codec codec = OpenCodec(NewConfig(false));
+  std::vector<uint8_t> buffer(100, 0xff);
+  size_t capacity = 0;
+  for (const auto& data : {Random(300000), Compressible(5000), std::vector<uint8_t>(), Random(70),
+                           Compressible(1 << 20), Random(300000, 2)}) {
+    const Digest id = codec.ChunkId(data);
+    auto blob = codec.SealInto(data, Aad(id), &buffer);
+    ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+    EXPECT_EQ(blob->data(), buffer.data());
+    EXPECT_GE(buffer.size(), capacity);
+    capacity = buffer.size();
+    const std::vector<uint8_t> copy(blob->begin(), blob->end());
+    EXPECT_EQ(copy, *codec.Seal(data, Aad(id)));
+    EXPECT_EQ(*codec.Unseal(copy, Aad(id)), data);
+    std::fill(buffer.begin(), buffer.end(), 0xff);
+  }
+}
+
 TEST(CodecTest, CompressibleShrinksIncompressibleStaysRaw) {
   Codec codec = OpenCodec(NewConfig(true));
   const auto small = *codec.Seal(Compressible(1 << 20), {});
@@ -212,6 +233,33 @@ TEST(CodecTest, CompressibleShrinksIncompressibleStaysRaw) {
   EXPECT_EQ(raw.size(), kBlobHeaderSize + kGcmNonceSize + random.size() + kGcmTagSize);
   // Encryption hides equal plaintexts: two seals differ (random nonce).
   EXPECT_NE(*codec.Seal(random, {}), raw);
+}
+
+// The compressibility probe on 4 MiB chunks (codec.cc): random bytes are stored raw, compressible
+// ones compressed, and so is a chunk that is random but for one compressible region, wherever
+// that region lies (the probe's slices must see it); every blob round-trips.
+TEST(CodecTest, ProbeStoresRandomRawAndCompressibleCompressed) {
+  constexpr size_t kChunk = 4 << 20;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> cases = {
+      {"random", Random(kChunk)}, {"compressible", Compressible(kChunk)}};
+  for (size_t eighth : {0, 3, 7}) {
+    auto mixed = Random(kChunk, 3);
+    std::fill_n(mixed.begin() + eighth * kChunk / 8, kChunk / 8, 0);
+    cases.emplace_back("random with zero eighth " + std::to_string(eighth), std::move(mixed));
+  }
+  for (bool encrypted : {false, true}) {
+    Codec codec = OpenCodec(NewConfig(encrypted));
+    for (const auto& [name, data] : cases) {
+      const Digest id = codec.ChunkId(data);
+      const auto blob = *codec.Seal(data, Aad(id));
+      const bool compressed = blob[5] & kBlobCompressed;
+      EXPECT_EQ(compressed, name != "random") << name << " encrypted " << encrypted;
+      if (compressed) {
+        EXPECT_LT(blob.size(), data.size() * 15 / 16) << name;
+      }
+      EXPECT_EQ(*codec.Unseal(blob, Aad(id)), data) << name;
+    }
+  }
 }
 
 TEST(CodecTest, AnyFlippedByteIsEbadmsg) {

@@ -94,7 +94,8 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore
   return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(codec)));
 }
 
-Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, PutBatch* batch) {
+Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, PutBatch* batch,
+                                             std::vector<uint8_t>* seal_buffer) {
   Put put;
   put.id = codec_.ChunkId(plain);
   {
@@ -107,7 +108,10 @@ Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, Put
     if (batch != nullptr && batch->Contains(name)) return Status::Ok();
     BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
     if (exists) return Status::Ok();
-    BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, codec_.Seal(plain, IdBytes(put.id)));
+    std::vector<uint8_t> own_buffer;
+    BLKSNAP_ASSIGN_OR_RETURN(
+        std::span<const uint8_t> blob,
+        codec_.SealInto(plain, IdBytes(put.id), seal_buffer ? seal_buffer : &own_buffer));
     BLKSNAP_RETURN_IF_ERROR(batch != nullptr ? batch->Put(name, blob) : store_->Put(name, blob));
     put.stored = true;
     put.stored_bytes = blob.size();

@@ -71,7 +71,10 @@ class Repository {
   // Stores a chunk unless an object of its id exists (dedup). The caller skips zero chunks.
   // Through `batch` (NewChunkBatch; a chunk it holds counts as present), the chunk is durable
   // only once batch->Commit() returns: a backup commits before it stores its index.
-  Result<Put> PutChunk(std::span<const uint8_t> plain, PutBatch* batch = nullptr) EXCLUDES(mu_);
+  // `seal_buffer`: the caller's buffer for the sealed blob (Codec::SealInto), reused from chunk
+  // to chunk by a worker; without one, each new chunk is sealed into a fresh allocation.
+  Result<Put> PutChunk(std::span<const uint8_t> plain, PutBatch* batch = nullptr,
+                       std::vector<uint8_t>* seal_buffer = nullptr) EXCLUDES(mu_);
   std::unique_ptr<PutBatch> NewChunkBatch() { return store_->NewPutBatch(); }
   // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
   // when the blob does not unseal or its content does not hash to the id.
