@@ -276,6 +276,18 @@ Status DiffArea::PreserveChunk(uint64_t index, bool wait_stored) {
   return Status::Error(corrupted() ? corrupt_errno() : EIO, "cannot preserve a chunk");
 }
 
+void DiffArea::WaitCopyCommitted(uint64_t index) {
+  if (!log_) return;
+  GateGuard guard(chain_gate_);
+  if (!guard.entered()) return;
+  Shard& shard = ShardOf(index);
+  MutexLock lock(shard.mu);
+  auto it = shard.chunks.find(index);
+  if (it == shard.chunks.end()) return;
+  while (it->second.state == ChunkState::kCopying || it->second.state == ChunkState::kInMemory)
+    shard.cv.Wait(shard.mu);
+}
+
 std::vector<uint64_t> DiffArea::CopiedChunks() {
   std::vector<uint64_t> out;
   for (Shard& shard : shards_) {

@@ -100,6 +100,9 @@ class DiffArea {
   // Gives chunk `index` a copy of its take-time data if it has none (an older area shielded
   // from a newer one's change); `wait_stored`: committed first when durable.
   Status PreserveChunk(uint64_t index, bool wait_stored);
+  // A durable area: waits until its copy of chunk `index` (if any) is committed. No-op without
+  // a chunk log (a copy in memory serves as well as a stored one).
+  void WaitCopyCommitted(uint64_t index);
   // Chunks with a usable copy (destroy shields the older areas from each).
   std::vector<uint64_t> CopiedChunks();
   // Waits for chain reads in this area; later ones get kGone. Idempotent.

@@ -88,10 +88,16 @@ void TrackerImpl::RemoveArea(const std::shared_ptr<DiffArea>& area, bool shield)
   gate_.Open();
   // No writer copies into `area` any more; older areas may still read through it.
   if (shield) {
-    for (uint64_t index : area->CopiedChunks()) {
+    // All copies first (many storers in flight), then the wait for each one's commit: per
+    // chunk, so writers keeping the older areas' queues busy cannot starve the destroy.
+    const std::vector<uint64_t> copied = area->CopiedChunks();
+    for (uint64_t index : copied) {
       chain_->ShieldOlder(area.get(), index, false).IgnoreError();  // a failure corrupts it
     }
-    for (const auto& older : chain_->OlderThan(area.get())) older->WaitStored();
+    const AreaChain::List older = chain_->OlderThan(area.get());
+    for (uint64_t index : copied) {
+      for (const auto& o : older) o->WaitCopyCommitted(index);
+    }
   }
   AreaChain::List rest = *chain_->list();
   std::erase(rest, area);
