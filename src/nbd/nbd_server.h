@@ -14,6 +14,7 @@
 #include "blksnap/block_device.h"
 #include "blksnap/cbt.h"
 #include "blksnap/status.h"
+#include "util/percent_encode.h"
 
 namespace blksnap::nbd {
 
@@ -109,7 +110,6 @@ class Server {
   std::unique_ptr<State> state_;
 };
 
-// Percent-encodes everything but RFC 3986 unreserved characters and the bytes in `keep`.
-std::string PercentEncode(std::string_view s, std::string_view keep = "");
+using blksnap::PercentEncode;  // util/percent_encode.h: export names in URIs
 
 }  // namespace blksnap::nbd

@@ -366,21 +366,6 @@ Status S3Client::ErrorOf(const S3Response& response, const std::string& what) {
   return Status::Error(EIO, what + ": " + detail);
 }
 
-std::string S3Escape(const std::string& text) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
 int64_t S3ParseTime(const std::string& text) {
   for (const char* format : {"%Y-%m-%dT%H:%M:%S", "%a, %d %b %Y %H:%M:%S"}) {
     struct tm tm {};

@@ -101,8 +101,6 @@ class S3Client {
   std::vector<void*> handles_ GUARDED_BY(mu_);  // idle CURL easy handles
 };
 
-// A query-string component encoded for S3 (RFC 3986 unreserved characters kept, the rest %XX).
-std::string S3Escape(const std::string& text);
 // Seconds since the epoch of an HTTP date (RFC 1123) or an ISO 8601 UTC time
 // (2026-11-30T23:41:05.000Z); -1 if unparsable.
 int64_t S3ParseTime(const std::string& text);

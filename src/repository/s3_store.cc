@@ -16,6 +16,7 @@
 #include "repository/lease_clock.h"
 #include "repository/s3_client.h"
 #include "util/mutex.h"
+#include "util/percent_encode.h"
 
 namespace blksnap::repo {
 namespace {
@@ -144,8 +145,8 @@ class S3Store final : public ObjectStore {
     for (;;) {
       // The query's keys in sorted order, as the signature's canonical form wants them.
       std::string query;
-      if (!token.empty()) query += "continuation-token=" + S3Escape(token) + "&";
-      query += "list-type=2&prefix=" + S3Escape(full);
+      if (!token.empty()) query += "continuation-token=" + PercentEncode(token) + "&";
+      query += "list-type=2&prefix=" + PercentEncode(full);
       BLKSNAP_ASSIGN_OR_RETURN(S3Response r, client_->Request("GET", "", query));
       if (r.status != 200)
         return S3Client::ErrorOf(r, "s3 list " + (prefix.empty() ? "*" : prefix));
