@@ -10,6 +10,13 @@
 // to every chunk once, in a random order (each write preserves a new chunk: fio's cow64k), and
 // prints the IOPS of that pass. Like the NBD client, it does not wait for the storers after
 // the last write. Environment: COW_QUEUE sets chunk_maximum_in_queue.
+//
+// COW_SNAPSHOTS=N (default 1; issue 18) takes N snapshots of the device: N-1 first, each
+// followed by an unmeasured pass writing a different random quarter of the chunks (so the
+// older snapshots hold copies of their own), then the last one, before the measured pass
+// above (each write makes the newest snapshot copy a new chunk; the older ones read through
+// it). Snapshot i stores in STORAGE_DIR/sI (a file in that directory, as `snapshot create
+// --storage DIR`); with N=1 that is STORAGE_DIR itself, as before.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -66,6 +73,8 @@ int main(int argc, char** argv) {
   const int threads = std::max(1, std::atoi(argv[3]));
   const uint64_t size = std::strtoull(argv[4], nullptr, 10) << 20;
   const std::string storage = argc > 5 ? argv[5] : dir + "/diff";
+  int snapshots = 1;
+  if (const char* n = std::getenv("COW_SNAPSHOTS")) snapshots = std::max(1, std::atoi(n));
   std::filesystem::create_directories(storage);
   const std::string image = dir + "/orig.img";
   if (!Prefill(image, size)) {
@@ -82,17 +91,30 @@ int main(int argc, char** argv) {
   if (!device.ok()) return Fail("open", device.status());
   auto tracker = (*engine)->Attach("d", *device);
   if (!tracker.ok()) return Fail("attach", tracker.status());
-  SnapshotOptions options;
-  options.storage_path = storage;
-  options.limit = 2 * size + (1ull << 30);
-  options.durability = *durability;
-  auto id = (*engine)->CreateSnapshot(options);
-  if (!id.ok()) return Fail("create", id.status());
-  if (Status s = (*engine)->AddDevice(*id, "d"); !s.ok()) return Fail("add", s);
-  if (auto taken = (*engine)->Take(*id); !taken.ok()) return Fail("take", taken.status());
-
   const uint64_t chunks = size / kChunk;
   std::vector<uint64_t> order(chunks);
+  for (uint64_t i = 0; i < chunks; ++i) order[i] = i;
+  std::vector<Uuid> ids;
+  for (int n = 0; n < snapshots; ++n) {
+    SnapshotOptions options;
+    options.storage_path = snapshots == 1 ? storage : storage + "/s" + std::to_string(n);
+    std::filesystem::create_directories(options.storage_path);
+    options.limit = 2 * size + (1ull << 30);
+    options.durability = *durability;
+    auto id = (*engine)->CreateSnapshot(options);
+    if (!id.ok()) return Fail("create", id.status());
+    ids.push_back(*id);
+    if (Status s = (*engine)->AddDevice(*id, "d"); !s.ok()) return Fail("add", s);
+    if (auto taken = (*engine)->Take(*id); !taken.ok()) return Fail("take", taken.status());
+    if (n + 1 == snapshots) break;
+    // An unmeasured pass over a different random quarter: snapshot n keeps copies of its own.
+    std::shuffle(order.begin(), order.end(), std::mt19937_64(1000 + n));
+    std::vector<uint8_t> buf(kChunk, static_cast<uint8_t>(0x20 + n));
+    for (uint64_t i = 0; i < chunks / 4; ++i) {
+      if (Status s = (*tracker)->Write(order[i] * kChunk, buf, 0); !s.ok()) return Fail("fill", s);
+    }
+  }
+
   for (uint64_t i = 0; i < chunks; ++i) order[i] = i;
   std::shuffle(order.begin(), order.end(), std::mt19937_64(42));
   std::atomic<uint64_t> next{0};
@@ -111,8 +133,9 @@ int main(int argc, char** argv) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (failed) return Fail("write", Status::Error(EIO, "a write failed"));
-  std::printf("%s threads=%d chunks=%llu %.0f IOPS\n", argv[2], threads,
-              static_cast<unsigned long long>(chunks), chunks / seconds);
-  (*engine)->Destroy(*id).IgnoreError();
+  std::printf("%s threads=%d chunks=%llu %.0f IOPS snapshots=%d\n", argv[2], threads,
+              static_cast<unsigned long long>(chunks), chunks / seconds, snapshots);
+  // Oldest first: nobody reads through the oldest, so its destroy moves no copies.
+  for (const Uuid& id : ids) (*engine)->Destroy(id).IgnoreError();
   return 0;
 }
