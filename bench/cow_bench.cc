@@ -12,10 +12,10 @@
 // the last write. Environment: COW_QUEUE sets chunk_maximum_in_queue.
 //
 // COW_SNAPSHOTS=N (default 1; issue 18) takes N snapshots of the device: N-1 first, each
-// followed by an unmeasured pass writing a different random quarter of the chunks (so the
-// older snapshots hold copies of their own), then the last one, before the measured pass
-// above (each write makes the newest snapshot copy a new chunk; the older ones read through
-// it). Snapshot i stores in STORAGE_DIR/sI (a file in that directory, as `snapshot create
+// followed by an unmeasured pass writing a random quarter of the chunks, drawn anew each time
+// (they may overlap; the older snapshots hold copies of their own), then the last one, before the
+// measured pass above (each write makes the newest snapshot copy a new chunk; the older ones read
+// through it). Snapshot i stores in STORAGE_DIR/sI (a file in that directory, as `snapshot create
 // --storage DIR`); with N=1 that is STORAGE_DIR itself, as before.
 #include <fcntl.h>
 #include <unistd.h>
@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
     if (Status s = (*engine)->AddDevice(*id, "d"); !s.ok()) return Fail("add", s);
     if (auto taken = (*engine)->Take(*id); !taken.ok()) return Fail("take", taken.status());
     if (n + 1 == snapshots) break;
-    // An unmeasured pass over a different random quarter: snapshot n keeps copies of its own.
+    // An unmeasured pass over a new random quarter: snapshot n keeps copies of its own.
     std::shuffle(order.begin(), order.end(), std::mt19937_64(1000 + n));
     std::vector<uint8_t> buf(kChunk, static_cast<uint8_t>(0x20 + n));
     for (uint64_t i = 0; i < chunks / 4; ++i) {
