@@ -174,9 +174,10 @@ struct AttachOptions {
   // last clean stop to detect writes made while nobody tracked it. Unknown: not compared.
   CbtIdentity identity;
   std::shared_ptr<MappedFiles> mapped_files;  // null: PosixMappedFiles() (tests: memory)
-  // Writes wait until RecoverSnapshot brings back a snapshot holding this device, or
-  // ReleaseWrites(name): a daemon restarting re-attaches a recorded snapshot's devices (and
-  // their fronts) before the snapshot, and no write may reach such an original unpreserved.
+  // Writes wait until ReleaseWrites(name) (RecoverSnapshot leaves them held: a device may have
+  // several snapshots to recover, the newest first): a daemon restarting re-attaches a recorded
+  // snapshot's devices (and their fronts) before the snapshots, and no write may reach such an
+  // original unpreserved.
   bool hold_writes = false;
 };
 

@@ -13,7 +13,6 @@
 #include <cstring>
 #include <filesystem>
 #include <tuple>
-#include <tuple>
 
 #include "blksnap/io.h"
 #include "util/block_topology.h"

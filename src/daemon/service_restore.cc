@@ -307,12 +307,21 @@ void Service::Restore() {
     for (const auto& d : rec.devices) {
       if (lost_devices.count(d)) corrupt = ESTALE;
     }
-    if (!RecoverRecordedSnapshot(rec, recorded.images, recorded.clean_stop, power_lost, corrupt) &&
-        rec.taken) {
-      lost_devices.insert(rec.devices.begin(), rec.devices.end());
+    const bool recovered =
+        RecoverRecordedSnapshot(rec, recorded.images, recorded.clean_stop, power_lost, corrupt);
+    // Lost for the older snapshots: not recovered, or recovered without all its records (a
+    // crash snapshot after a power loss, or changes it cannot vouch for: ESTALE; a damaged log
+    // page: EUCLEAN). An overflow (ENOSPC) or a half-done destroy (ECANCELED) lost nothing.
+    bool lost = !recovered && rec.taken;
+    if (auto id = Uuid::Parse(rec.id); recovered && id) {
+      if (auto snap = engine_->FindSnapshot(*id)) {
+        for (const auto& d : snap->devices())
+          lost = lost || d.errnum == ESTALE || d.errnum == EUCLEAN;
+      }
     }
+    if (lost) lost_devices.insert(rec.devices.begin(), rec.devices.end());
   }
-  // A recovered snapshot let its devices' writes in; the others' are let in now (a snapshot
+  // Writes are let in once every snapshot of their device is back in its chain (a snapshot
   // that could not be recovered is reported and gone).
   for (const auto& name : held) engine_->ReleaseWrites(name).IgnoreError();
   MutexLock lock(mu_);

@@ -30,12 +30,24 @@ Status AreaChain::ReadNewer(const DiffArea* self, uint64_t index, uint64_t in_ch
     const std::shared_ptr<const List> chain = list();
     const size_t pos = Find(*chain, self);
     if (pos == chain->size()) return Status::Error(ENODEV, "snapshot left the chain");
+    // True if an area in (pos, end) has a usable copy now, or the chain changed: what was read
+    // from area `end` (or the original) may be newer than this take (an image write to `end`
+    // shields the areas before it first; a write of the original copies into the newest).
+    auto changed = [&](size_t end) {
+      if (list() != chain) return true;
+      for (size_t i = pos + 1; i < end; ++i) {
+        if ((*chain)[i]->HasCopy(index)) return true;
+      }
+      return false;
+    };
     bool retry = false;
     for (size_t i = pos + 1; i < chain->size() && !retry; ++i) {
       Status s;
       switch ((*chain)[i]->ReadCopy(index, in_chunk, buf, &s)) {
         case DiffArea::Copy::kRead:
-          return s;
+          if (!s.ok() || !changed(i)) return s;
+          retry = true;
+          break;
         case DiffArea::Copy::kGone:
           retry = true;  // it left the chain: read the new list
           break;
@@ -48,11 +60,7 @@ Status AreaChain::ReadNewer(const DiffArea* self, uint64_t index, uint64_t in_ch
     BLKSNAP_RETURN_IF_ERROR(original_->Read(g.offset(index) + in_chunk, buf));
     // The original changes only once the newest area holds a usable copy: none now, and the
     // same chain (no take meanwhile), proves the read saw the data of every take after ours.
-    if (list() != chain) continue;
-    bool changed = false;
-    for (size_t i = pos + 1; i < chain->size() && !changed; ++i)
-      changed = (*chain)[i]->HasCopy(index);
-    if (!changed) return Status::Ok();
+    if (!changed(chain->size())) return Status::Ok();
   }
 }
 
@@ -73,7 +81,10 @@ Status AreaChain::ShieldOlder(const DiffArea* self, uint64_t index, bool wait_st
     // A corrupted area serves no image; the ones before it read through it, so go on.
     if (older.corrupted()) continue;
     Status s = older.PreserveChunk(index, wait_stored);
-    if (s.ok() || !older.corrupted()) return s;  // else it failed for good: the next one
+    // ENODEV: it is leaving the chain (destroy shields from its copies): the next one. A
+    // failure that corrupted it: the next one too.
+    if (s.errnum() == ENODEV || (!s.ok() && older.corrupted())) continue;
+    return s;
   }
   return Status::Ok();
 }

@@ -51,6 +51,7 @@ DiffArea::~DiffArea() { Shutdown(); }
 
 void DiffArea::Shutdown() {
   image_gate_.Shutdown();
+  copy_gate_.Shutdown();
   chain_gate_.Shutdown();
   if (!storer_.Stop()) return;
   cache_.Clear();
@@ -270,8 +271,8 @@ bool DiffArea::HasCopy(uint64_t index) {
 }
 
 Status DiffArea::PreserveChunk(uint64_t index, bool wait_stored) {
-  GateGuard guard(chain_gate_);
-  if (!guard.entered()) return Status::Ok();  // leaving: nothing reads through it any more
+  GateGuard guard(copy_gate_);
+  if (!guard.entered()) return Status::Error(ENODEV, "snapshot leaving the chain");
   if (Preserve(index, wait_stored)) return Status::Ok();
   return Status::Error(corrupted() ? corrupt_errno() : EIO, "cannot preserve a chunk");
 }
@@ -284,7 +285,8 @@ void DiffArea::WaitCopyCommitted(uint64_t index) {
   MutexLock lock(shard.mu);
   auto it = shard.chunks.find(index);
   if (it == shard.chunks.end()) return;
-  while (it->second.state == ChunkState::kCopying || it->second.state == ChunkState::kInMemory)
+  const Chunk* chunk = &it->second;  // stays valid across rehashing, unlike the iterator
+  while (chunk->state == ChunkState::kCopying || chunk->state == ChunkState::kInMemory)
     shard.cv.Wait(shard.mu);
 }
 

@@ -107,6 +107,9 @@ class DiffArea {
   std::vector<uint64_t> CopiedChunks();
   // Waits for chain reads in this area; later ones get kGone. Idempotent.
   void StopChainReads() { chain_gate_.Shutdown(); }
+  // Waits for PreserveChunk calls in this area; later ones fail with ENODEV (so ShieldOlder
+  // goes on to the next older area). Destroy calls it before listing the copies to shield.
+  void StopNewCopies() { copy_gate_.Shutdown(); }
 
   Status ImageRead(uint64_t offset, std::span<uint8_t> buf);
   Status ImageWrite(uint64_t offset, std::span<const uint8_t> data);
@@ -190,6 +193,7 @@ class DiffArea {
   const uint16_t device_index_;
   IoGate image_gate_;
   IoGate chain_gate_;  // reads of this area's copies by older areas (ReadCopy, HasCopy)
+  IoGate copy_gate_;   // copies made for the chain (PreserveChunk)
   ChunkCache cache_;
   std::atomic<uint64_t> chunks_touched_{0}, chunks_copied_{0}, chunks_stored_{0}, chunks_zero_{0};
   // Last: its first thread starts in the constructor and may call StoreChunk.

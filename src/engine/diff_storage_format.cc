@@ -110,7 +110,7 @@ Result<DiffStorageHeader> ParseDiffStorageHeader(std::span<const uint8_t> bytes)
   if (header.state > kStorageStateCorrupted) {
     return Status::Error(EINVAL, "difference storage state " + std::to_string(header.state));
   }
-  if (header.flags & ~(kStorageFlagOwnsFile | kStorageFlagClosed)) {
+  if (header.flags & ~(kStorageFlagOwnsFile | kStorageFlagClosed | kStorageFlagVolatileNewer)) {
     return Status::Error(EINVAL, "difference storage flags " + std::to_string(header.flags));
   }
   if (header.log_start % kAllocationAlign != 0 ||

@@ -72,6 +72,9 @@ inline constexpr uint32_t kStorageStateTaken = 1;          // the chunk log hold
 inline constexpr uint32_t kStorageStateCorrupted = 2;      // errno says why; never served again
 inline constexpr uint32_t kStorageFlagOwnsFile = 1u << 0;  // blksnap created the file: remove it
 inline constexpr uint32_t kStorageFlagClosed = 1u << 1;    // closed cleanly (CloseSnapshot)
+// A memory snapshot newer than this one holds copies it reads (several-snapshots.md): a
+// recovery after a crash comes back corrupted (ESTALE).
+inline constexpr uint32_t kStorageFlagVolatileNewer = 1u << 2;
 
 // The chunk log.
 inline constexpr uint64_t kLogSegmentSize = 1ull << 20;

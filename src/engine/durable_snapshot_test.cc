@@ -568,7 +568,7 @@ TEST(DurableSnapshotTest, HeldWritesWaitForTheRecoveredSnapshot) {
   auto tracker = engine->Attach("d", m.original_disk, {.hold_writes = true}).value();
   std::atomic<bool> written{false};
   std::thread writer([&] {
-    EXPECT_OK(WritePattern(*tracker, 0, kDeviceSize, 2));  // waits for the recovery
+    EXPECT_OK(WritePattern(*tracker, 0, kDeviceSize, 2));  // waits for ReleaseWrites
     written = true;
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -576,6 +576,10 @@ TEST(DurableSnapshotTest, HeldWritesWaitForTheRecoveredSnapshot) {
   auto snap = engine->RecoverSnapshot(
       {.id = id, .storage_device = m.storage_disk, .check_originals = false});
   ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  // Still held: a device may have several snapshots to recover, the newest first.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(written.load()) << "the recovery let a held write in";
+  ASSERT_OK(engine->ReleaseWrites("d"));
   writer.join();
   ASSERT_OK(VerifyPattern(*(*snap)->image("d"), 0, kDeviceSize, 1));
   ASSERT_OK(VerifyPattern(*tracker, 0, kDeviceSize, 2));

@@ -227,6 +227,10 @@ class EngineImpl final : public Engine {
     std::sort(members.begin(), members.end(),
               [](const auto& a, const auto& b) { return a.tracker.get() < b.tracker.get(); });
 
+    // A memory snapshot over durable ones: their storages say so before it copies anything.
+    std::vector<std::shared_ptr<TrackerImpl>> member_trackers;
+    for (auto& m : members) member_trackers.push_back(m.tracker);
+    if (!durable) SyncVolatileNewerFlags(member_trackers, snapshot.get(), nullptr);
     TakeStats stats;
     const auto freeze_start = Clock::now();
     if (hooks.freeze) BLKSNAP_RETURN_IF_ERROR(hooks.freeze());
@@ -324,6 +328,11 @@ class EngineImpl final : public Engine {
     if (durable) release_header(older);
     RemoveAreas(members);
     if (durable && older) release_header(false);
+    if (!durable) {
+      std::vector<std::shared_ptr<TrackerImpl>> trackers;
+      for (auto& m : members) trackers.push_back(m.tracker);
+      SyncVolatileNewerFlags(trackers, nullptr, snapshot.get());  // after the copies moved
+    }
     for (auto& m : members) m.tracker->RemoveSnapshot(snapshot.get());
     if (storage) DisableCompaction(*storage);
     for (auto& m : members) {
@@ -551,6 +560,9 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   const auto durability = static_cast<SnapshotDurability>(h.durability);
   if (!corrupt && power_lost && durability == SnapshotDurability::kCrash) corrupt = ESTALE;
   if (!corrupt && scan.damaged) corrupt = EUCLEAN;  // a committed page is damaged
+  // A memory snapshot taken after it held copies it read, and died with the daemon.
+  if (!corrupt && (h.flags & kStorageFlagVolatileNewer) && !(h.flags & kStorageFlagClosed))
+    corrupt = ESTALE;
   if (!corrupt) corrupt = options.corrupt;
   if (!corrupt && options.check_originals) {
     for (const auto& t : trackers) {
@@ -587,9 +599,12 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
     // Its place in the device's chain: after the snapshots taken before it.
     const size_t position = m.tracker->ChainPosition(h.taken);
     m.tracker->AddSnapshot(snapshot);
-    m.tracker->gate().Close();
+    // Writes held by the caller (AttachOptions::hold_writes: the daemon recovers the newest
+    // snapshot first and lets writes in after the last) stay held.
+    const bool held = m.tracker->gate().closed();
+    if (!held) m.tracker->gate().Close();
     m.tracker->InsertArea(m.area, position);
-    m.tracker->gate().Open();
+    if (!held) m.tracker->gate().Open();
     m.image = std::make_shared<SnapImage>(m.area, m.tracker);
   }
   snapshot->SetTaken(members);

@@ -35,6 +35,9 @@ class IoGate {
     }
   }
 
+  // True between Close() and Open() (a hint: another thread may change it right after).
+  bool closed() const { return closed_.load(); }
+
   void Exit() EXCLUDES(mu_) {
     if (inflight_.fetch_sub(1) == 1 && closed_.load()) {
       MutexLock lock(mu_);

@@ -1,6 +1,8 @@
 // Closing and recovering a durable snapshot: see snapshot_recovery.h.
 #include "engine/snapshot_recovery.h"
 
+#include <map>
+
 #include "engine/snapshot.h"
 
 namespace blksnap {
@@ -117,6 +119,38 @@ Status ResolveRecoveredDevices(
     geometries->push_back(g);
   }
   return Status::Ok();
+}
+
+void SyncVolatileNewerFlags(const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
+                            const SnapshotImpl* taking, const SnapshotImpl* leaving) {
+  std::map<SnapshotImpl*, bool> need;  // durable snapshot -> flag wanted
+  for (const auto& tracker : trackers) {
+    const auto snaps = tracker->snapshot_impls();
+    for (const auto& d : snaps) {
+      if (d.get() == leaving || d->durability() == SnapshotDurability::kMemory ||
+          d->state() == SnapshotState::kCreated) {
+        continue;
+      }
+      bool& flag = need[d.get()];
+      for (const auto& m : snaps) {
+        if (m.get() == leaving || m->durability() != SnapshotDurability::kMemory) continue;
+        if (m.get() == taking ||
+            (m->state() != SnapshotState::kCreated && m->taken_at() > d->taken_at())) {
+          flag = true;
+        }
+      }
+    }
+  }
+  for (const auto& [snapshot, flag] : need) {
+    auto storage = snapshot->storage();
+    if (!storage || ((storage->header().flags & kStorageFlagVolatileNewer) != 0) == flag) continue;
+    storage
+        ->UpdateHeader([flag](DiffStorageHeader& h) {
+          h.flags =
+              flag ? (h.flags | kStorageFlagVolatileNewer) : (h.flags & ~kStorageFlagVolatileNewer);
+        })
+        .IgnoreError();  // a failed header write fails the snapshot's log too: recovery refuses it
+  }
 }
 
 }  // namespace blksnap

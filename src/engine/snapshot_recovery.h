@@ -35,6 +35,12 @@ ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> are
 Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeometry>& geometries,
                        uint64_t storage_size, const std::string& name);
 
+// Sets or clears kStorageFlagVolatileNewer in the storage of every durable snapshot of these
+// devices: set while a memory snapshot taken after it (or `taking`, a memory snapshot about to
+// be taken) holds one of its devices, `leaving` (being destroyed) not counted.
+void SyncVolatileNewerFlags(const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
+                            const SnapshotImpl* taking, const SnapshotImpl* leaving);
+
 // The attached trackers of the devices a recovered storage's header lists, with their chunk
 // geometries: ENODEV for a device not attached (`find` gives null), EINVAL for a device listed
 // twice, of another size, or whose other snapshots use another chunk size (one geometry per

@@ -90,6 +90,7 @@ void TrackerImpl::RemoveArea(const std::shared_ptr<DiffArea>& area, bool shield)
   if (shield) {
     // All copies first (many storers in flight), then the wait for each one's commit: per
     // chunk, so writers keeping the older areas' queues busy cannot starve the destroy.
+    area->StopNewCopies();  // no shield into it from now on: the list below is complete
     const std::vector<uint64_t> copied = area->CopiedChunks();
     for (uint64_t index : copied) {
       chain_->ShieldOlder(area.get(), index, false).IgnoreError();  // a failure corrupts it

@@ -113,6 +113,31 @@ def run(args, t):
         t.check(s1 in snaps and snaps[s1]["state"] == "corrupted",
                 "the older snapshot comes back corrupted: %r" % snaps.get(s1))
         d.cli_json("snapshot", "destroy", s1)
+
+        # A memory snapshot over a durable one holds copies the durable one reads: after a
+        # kill -9 the durable one comes back corrupted; after a clean stop it comes back whole.
+        dev = d.cli_json("devices")["devices"][0]
+        write_front(d, dev, 0, SIZE, 10)
+        p1 = take(d, storage, "power")
+        take(d, storage, "memory")
+        write_front(d, dev, 0, SIZE, 11)
+        t.check(d.stop() == 0, "clean stop with a memory snapshot over a durable one")
+        d.start()
+        snaps = {s["id"]: s for s in d.cli_json("snapshot", "list")["snapshots"]}
+        t.check(list(snaps) == [p1] and snaps[p1]["state"] == "taken",
+                "after a clean stop the durable one is back whole: %r" % snaps)
+        check_model(d, t, p1, [(0, SIZE, 10)], "memory over durable, clean stop")
+        m2 = take(d, storage, "memory")
+        dev = d.cli_json("devices")["devices"][0]
+        write_front(d, dev, 0, SIZE, 12)
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        d.proc = None
+        d.start()
+        snaps = {s["id"]: s for s in d.cli_json("snapshot", "list")["snapshots"]}
+        t.check(m2 not in snaps and snaps.get(p1, {}).get("state") == "corrupted",
+                "after a kill -9 the durable one under a memory one is corrupted: %r" % snaps)
+        d.cli_json("snapshot", "destroy", p1)
         d.cli_json("detach", "vol")
     except Exception as e:  # noqa: BLE001
         t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
