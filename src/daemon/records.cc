@@ -177,6 +177,7 @@ void ReadSnapshot(EntryReader& r, SnapshotRecord* snap) {
   r.Durability("durability", &snap->durability);
   r.Bool("taken", &snap->taken);
   r.Uint64("taken_at", &snap->taken_at);
+  r.Bool("taking", &snap->taking);
   r.Uint64("limit", &snap->limit);
   r.Bool("loop", &snap->loop);
   r.Bool("ublk", &snap->ublk);
@@ -298,6 +299,7 @@ std::string SerializeRecords(const Records& records) {
                            {"ublk", snap.ublk},
                            {"devices", snap.devices}});
       if (snap.taken_at) snapshots.back()["taken_at"] = snap.taken_at;  // absent: unknown
+      if (snap.taking) snapshots.back()["taking"] = true;               // absent: false
     }
     doc["snapshots"] = std::move(snapshots);
   }

@@ -82,6 +82,9 @@ struct SnapshotRecord {
   SnapshotDurability durability = SnapshotDurability::kPower;  // kCrash or kPower
   bool taken = true;                                           // false: created, not yet taken
   uint64_t taken_at = 0;  // Snapshot::taken_at (0: unknown); restart recovers the newest first
+  // Written before a take and cleared after it: a snapshot found so at restart may have made
+  // copies the older snapshots of its devices read (they come back ESTALE if it is lost).
+  bool taking = false;
   uint64_t limit = 0;  // StorageInfo::limit when written (for reports: the storage keeps its own)
   bool loop = false, ublk = false;   // image fronts asked for at create
   std::vector<std::string> devices;  // member device names

@@ -213,6 +213,15 @@ TEST(RecordsTest, SnapshotsRoundTripAndAreOptional) {
                             .storage_file = "/s/f",
                             .durability = SnapshotDurability::kCrash,
                             .devices = {"a"}}));
+  // Several snapshots per device: the take time and the "taking" mark round-trip.
+  Records chain;
+  chain.snapshots = minimal.records.snapshots;
+  chain.snapshots[0].taken = false;
+  chain.snapshots[0].taking = true;
+  chain.snapshots[0].taken_at = 1764556800123456789ull;
+  const std::string chain_text = SerializeRecords(chain);
+  EXPECT_NE(chain_text.find("\"taking\": true"), std::string::npos) << chain_text;
+  EXPECT_EQ(MustParse(chain_text).records, chain);
 }
 
 // A crash's records of another boot are a power loss; a clean stop's never; unknown ids never.

@@ -88,6 +88,7 @@ std::optional<SnapshotRecord> Service::SnapshotRecordLocked(const SnapshotEntry&
   r.durability = snap.durability();
   r.taken = state != SnapshotState::kCreated;
   r.taken_at = snap.taken_at();
+  r.taking = entry.busy && state == SnapshotState::kCreated;
   r.limit = storage.limit;
   r.loop = entry.loop;
   r.ublk = entry.ublk;
@@ -312,7 +313,7 @@ void Service::Restore() {
     // Lost for the older snapshots: not recovered, or recovered without all its records (a
     // crash snapshot after a power loss, or changes it cannot vouch for: ESTALE; a damaged log
     // page: EUCLEAN). An overflow (ENOSPC) or a half-done destroy (ECANCELED) lost nothing.
-    bool lost = !recovered && rec.taken;
+    bool lost = !recovered && (rec.taken || rec.taking);
     if (auto id = Uuid::Parse(rec.id); recovered && id) {
       if (auto snap = engine_->FindSnapshot(*id)) {
         for (const auto& d : snap->devices())

@@ -155,6 +155,7 @@ Result<TakeView> Service::Take(const Uuid& id) {
       for (uint64_t rdev : dev->second.fronts->rdevs()) rdevs.push_back(rdev);
     }
     entry->busy = true;
+    SaveRecordsLocked();  // "taking": a crash inside the take is known at restart
   }
   // Freeze and switch without mu_: a file system's sync during the freeze may need the fronts,
   // and other clients keep being answered.
@@ -178,7 +179,10 @@ Result<TakeView> Service::Take(const Uuid& id) {
   MutexLock lock(mu_);
   auto it = snapshots_.find(id);
   if (it != snapshots_.end()) it->second.busy = false;
-  if (!stats.ok()) return Annotate(stats.status(), "cannot take snapshot " + id.ToString());
+  if (!stats.ok()) {
+    SaveRecordsLocked();  // not taking any more
+    return Annotate(stats.status(), "cannot take snapshot " + id.ToString());
+  }
   if (it == snapshots_.end())
     return Status::Error(ENOENT, "snapshot " + id.ToString() + " is gone");
   TakeView view;

@@ -5,6 +5,7 @@
 # snapshot not yet taken refuses another; a clean restart and a kill -9 bring the durable ones
 # back in their chain; a newer snapshot whose storage vanished while the daemon was down leaves
 # the older one of the device corrupted (ESTALE), never silently wrong.
+import json
 import os
 import signal
 import sys
@@ -138,6 +139,27 @@ def run(args, t):
         t.check(m2 not in snaps and snaps.get(p1, {}).get("state") == "corrupted",
                 "after a kill -9 the durable one under a memory one is corrupted: %r" % snaps)
         d.cli_json("snapshot", "destroy", p1)
+
+        # A crash inside a newer snapshot's take (its record says "taking", its storage never
+        # said taken): the copies it made are lost, so the older one comes back ESTALE.
+        p2 = take(d, storage, "power")
+        t.check(d.stop() == 0, "clean stop before the records are edited")
+        records_path = os.path.join(d.state, "devices.json")
+        with open(records_path) as f:
+            records = json.load(f)
+        mine = [r for r in records["snapshots"] if r["id"] == p2][0]
+        records["snapshots"].append({
+            "id": "0e5d2c1b-1111-4222-8333-944455556666", "storage": storage,
+            "storage_file": os.path.join(storage, "gone.diff"), "durability": "power",
+            "taken": False, "taking": True, "taken_at": mine.get("taken_at", 0) + 1,
+            "limit": 0, "loop": False, "ublk": False, "devices": ["vol"]})
+        with open(records_path, "w") as f:
+            json.dump(records, f)
+        d.start()
+        snaps = {s["id"]: s for s in d.cli_json("snapshot", "list")["snapshots"]}
+        t.check(snaps.get(p2, {}).get("state") == "corrupted",
+                "an older snapshot under one whose take was cut is corrupted: %r" % snaps)
+        d.cli_json("snapshot", "destroy", p2)
         d.cli_json("detach", "vol")
     except Exception as e:  # noqa: BLE001
         t.check(False, "unexpected exception: %r\n%s" % (e, d.log_text()))
