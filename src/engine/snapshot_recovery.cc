@@ -141,8 +141,9 @@ void SyncVolatileNewerFlags(const std::vector<std::shared_ptr<TrackerImpl>>& tra
       }
     }
   }
-  for (const auto& [snapshot, flag] : need) {
-    auto storage = snapshot->storage();
+  for (const auto& entry : need) {
+    const bool flag = entry.second;  // a plain variable: lambdas capture it (clang 14)
+    auto storage = entry.first->storage();
     if (!storage || ((storage->header().flags & kStorageFlagVolatileNewer) != 0) == flag) continue;
     storage
         ->UpdateHeader([flag](DiffStorageHeader& h) {
