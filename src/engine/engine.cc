@@ -228,9 +228,7 @@ class EngineImpl final : public Engine {
               [](const auto& a, const auto& b) { return a.tracker.get() < b.tracker.get(); });
 
     // A memory snapshot over durable ones: their storages say so before it copies anything.
-    std::vector<std::shared_ptr<TrackerImpl>> member_trackers;
-    for (auto& m : members) member_trackers.push_back(m.tracker);
-    if (!durable) SyncVolatileNewerFlags(member_trackers, snapshot.get(), nullptr);
+    if (!durable) SyncVolatileNewerFlags(Trackers(members), snapshot.get(), nullptr);
     TakeStats stats;
     const auto freeze_start = Clock::now();
     if (hooks.freeze) BLKSNAP_RETURN_IF_ERROR(hooks.freeze());
@@ -312,27 +310,10 @@ class EngineImpl final : public Engine {
     bool older = false;
     for (auto& m : members)
       older = older || (m.area && !m.tracker->chain()->OlderThan(m.area.get()).empty());
-    auto release_header = [&storage](bool keep_records) {
-      storage
-          ->UpdateHeader([keep_records](DiffStorageHeader& h) {
-            if (keep_records) {
-              h.state = kStorageStateCorrupted;
-              h.errnum = ECANCELED;
-            } else {
-              h.state = kStorageStateCreated;
-            }
-            h.flags &= ~kStorageFlagClosed;
-          })
-          .IgnoreError();
-    };
-    if (durable) release_header(older);
+    if (durable) ReleaseDestroyedStorage(*storage, older);
     RemoveAreas(members);
-    if (durable && older) release_header(false);
-    if (!durable) {
-      std::vector<std::shared_ptr<TrackerImpl>> trackers;
-      for (auto& m : members) trackers.push_back(m.tracker);
-      SyncVolatileNewerFlags(trackers, nullptr, snapshot.get());  // after the copies moved
-    }
+    if (durable && older) ReleaseDestroyedStorage(*storage, false);
+    if (!durable) SyncVolatileNewerFlags(Trackers(members), nullptr, snapshot.get());
     for (auto& m : members) m.tracker->RemoveSnapshot(snapshot.get());
     if (storage) DisableCompaction(*storage);
     for (auto& m : members) {
@@ -456,6 +437,13 @@ class EngineImpl final : public Engine {
     for (const auto& m : members) {
       if (m.area) m.tracker->RemoveArea(m.area, true);
     }
+  }
+
+  static std::vector<std::shared_ptr<TrackerImpl>> Trackers(
+      const std::vector<SnapshotImpl::Member>& members) {
+    std::vector<std::shared_ptr<TrackerImpl>> out;
+    for (const auto& m : members) out.push_back(m.tracker);
+    return out;
   }
 
   static uint64_t NowNs() {

@@ -121,6 +121,20 @@ Status ResolveRecoveredDevices(
   return Status::Ok();
 }
 
+void ReleaseDestroyedStorage(DiffStorage& storage, bool keep_records) {
+  storage
+      .UpdateHeader([keep_records](DiffStorageHeader& h) {
+        if (keep_records) {
+          h.state = kStorageStateCorrupted;
+          h.errnum = ECANCELED;
+        } else {
+          h.state = kStorageStateCreated;
+        }
+        h.flags &= ~kStorageFlagClosed;
+      })
+      .IgnoreError();
+}
+
 void SyncVolatileNewerFlags(const std::vector<std::shared_ptr<TrackerImpl>>& trackers,
                             const SnapshotImpl* taking, const SnapshotImpl* leaving) {
   std::map<SnapshotImpl*, bool> need;  // durable snapshot -> flag wanted

@@ -35,6 +35,11 @@ ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> are
 Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeometry>& geometries,
                        uint64_t storage_size, const std::string& name);
 
+// Destroy of a durable snapshot: its storage stops saying taken (a crash recovers nothing), or,
+// with `keep_records` (older snapshots still read through its records until their copies are
+// committed), says corrupted with ECANCELED.
+void ReleaseDestroyedStorage(DiffStorage& storage, bool keep_records);
+
 // Sets or clears kStorageFlagVolatileNewer in the storage of every durable snapshot of these
 // devices: set while a memory snapshot taken after it (or `taking`, a memory snapshot about to
 // be taken) holds one of its devices, `leaving` (being destroyed) not counted.
