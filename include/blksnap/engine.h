@@ -33,6 +33,7 @@
 namespace blksnap {
 
 class Snapshot;
+struct RollbackProgress;  // below
 
 // The one rule for device names (Engine::Attach; the daemon and CLI use it too): 1 to 128
 // characters, each an ASCII letter, digit, '-', '_' or '.', and not "." or "..". So a name is
@@ -63,6 +64,9 @@ class Tracker : public BlockDevice, public CbtSource {
   // Every snapshot this device is in, oldest first: several taken ones (at most
   // kMaxSnapshotsPerDevice) and at most one not yet taken.
   virtual std::vector<std::shared_ptr<Snapshot>> snapshots() const = 0;
+
+  // The last rollback onto this device (Engine::Rollback), if any since it was attached.
+  virtual std::optional<RollbackProgress> rollback() const = 0;
 
   // Devices that alias this one (e.g. a loop device on its front), as st_rdev values, so the
   // engine can refuse difference storage placed on them.
@@ -179,6 +183,9 @@ struct AttachOptions {
   // snapshot's devices (and their fronts) before the snapshots, and no write may reach such an
   // original unpreserved.
   bool hold_writes = false;
+  // Reads wait too, until ReleaseWrites(name): a device with a rollback to resume (its original
+  // is half merged) serves nothing before the rollback is back (Engine::Rollback with resume).
+  bool hold_reads = false;
 };
 
 struct DetachOptions {
@@ -224,6 +231,33 @@ struct RecoverSnapshotOptions {
   // device was lost, and this one read some chunks through it).
   int corrupt = 0;
 };
+
+// Rollback of a device to a snapshot (Engine::Rollback, docs/several-snapshots.md): the original
+// becomes the snapshot's image (with the writes made to the image). The merge runs in the
+// background; the device serves the snapshot's data at once (reads of chunks not merged yet come
+// from the snapshot; a write to one waits for that chunk's merge). The journal
+// (docs/rollback-journal-format.md) lists the chunks still to merge, so a crash or restart
+// resumes the merge (RollbackOptions::resume) and never merges a chunk again after a write.
+struct RollbackOptions {
+  std::string journal_path;  // created (must not exist), or continued with resume
+  std::shared_ptr<BlockDevice> journal_device;  // instead of journal_path (tests)
+  // Continue the merge the journal describes (after a restart; the snapshot recovered first).
+  bool resume = false;
+  // A pause after each merged run of chunks (tests cut a merge mid-way with it).
+  uint32_t merge_delay_us = 0;
+};
+
+struct RollbackProgress {
+  enum class State { kMerging, kDone, kFailed, kStopped };
+  State state = State::kMerging;
+  Uuid snapshot;
+  uint64_t chunks_total = 0;   // chunks the merge writes (those that differ from the snapshot)
+  uint64_t chunks_merged = 0;  // of them, merged and recorded in the journal
+  uint64_t chunk_size = 0;
+  int errnum = 0;  // kFailed: why (a message in `error`)
+  std::string error;
+};
+const char* ToString(RollbackProgress::State state);  // "merging", "done", "failed", "stopped"
 
 // Hooks around the switch in Take(), e.g. to freeze file systems on the devices' fronts.
 // freeze runs before writers are held; if it fails, the take fails and thaw is not called.
@@ -281,6 +315,16 @@ class Engine {
   // for a missing device; EBUSY for a device already in a snapshot.
   virtual Result<std::shared_ptr<Snapshot>> RecoverSnapshot(
       const RecoverSnapshotOptions& options) = 0;
+  // Starts rolling `device` back to snapshot `id` (see RollbackOptions) and returns once the
+  // device serves the snapshot's data; the merge goes on in the background (Tracker::rollback()).
+  // EINVAL for a memory snapshot or a memory snapshot newer than it on the device (a restart
+  // could not resume), EIO for a corrupted snapshot, EBUSY while a rollback of the device runs,
+  // EEXIST for an existing journal without resume; ENOENT unknown snapshot or device. With resume
+  // the journal must name this snapshot and device (EINVAL). While it merges, the snapshot's
+  // image refuses writes (EROFS), the snapshot cannot be destroyed (EBUSY) and no snapshot of the
+  // device can be taken (EBUSY). The journal is removed once every chunk is merged.
+  virtual Status Rollback(const Uuid& id, const std::string& device,
+                          const RollbackOptions& options) = 0;
   virtual std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const = 0;
   virtual std::vector<std::shared_ptr<Snapshot>> snapshots() const = 0;
 

@@ -480,6 +480,8 @@ Status DiffArea::ImageWrite(uint64_t offset, std::span<const uint8_t> data) {
   GateGuard guard(image_gate_);
   if (!guard.entered()) return Status::Error(ENODEV, "snapshot destroyed");
   BLKSNAP_RETURN_IF_ERROR(CheckImageIo());
+  if (read_only_.load())
+    return Status::Error(EROFS, "the snapshot is being rolled back onto its device");
   return ForEachChunk(offset, data.size(),
                       [&](uint64_t index, uint64_t in_chunk, uint64_t done, uint64_t n) {
                         return WriteChunkRange(index, in_chunk, data.subspan(done, n));

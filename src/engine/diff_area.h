@@ -116,6 +116,14 @@ class DiffArea {
   Status ImageWriteZeroes(uint64_t offset, uint64_t length);
   Status ImageFlush();
 
+  // A rollback onto the device reads this image as its target (rollback.h): image writes fail
+  // with EROFS while it merges. Waits for in-flight image I/O before it returns.
+  void SetReadOnly(bool read_only) {
+    image_gate_.Close();
+    read_only_.store(read_only);
+    image_gate_.Open();
+  }
+
   // Waits for in-flight image I/O; later image I/O fails with ENODEV. Idempotent.
   void StopImageIo() { image_gate_.Shutdown(); }
   // StopImageIo() and StopChainReads(), then stops the storer and releases memory and the storage.
@@ -188,6 +196,7 @@ class DiffArea {
   std::array<Mutex, kDataStripes> data_mu_;
   BufferPool pool_;
   std::atomic<int> corrupt_errno_{0};
+  std::atomic<bool> read_only_{false};  // SetReadOnly
   Mutex corrupt_mu_;  // held while the first failure is recorded (on_corrupt_)
   ChunkLog* const log_;
   const uint16_t device_index_;

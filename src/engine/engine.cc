@@ -33,6 +33,7 @@
 #include "blksnap/env.h"
 #include "engine/diff_storage.h"
 #include "engine/placement.h"
+#include "engine/rollback.h"
 #include "engine/snapshot.h"
 #include "engine/snapshot_recovery.h"
 #include "engine/tracker.h"
@@ -57,6 +58,9 @@ class EngineImpl final : public Engine {
       }
       stop_cv_.SignalAll();
       checkpointer_.join();
+    }
+    for (auto& tracker : TrackerImpls()) {
+      if (blksnap::Rollback* r = tracker->current_rollback()) r->Stop();  // the journal stays
     }
     for (auto& snapshot : snapshots()) Destroy(snapshot->id()).IgnoreError();
   }
@@ -84,6 +88,7 @@ class EngineImpl final : public Engine {
     auto tracker =
         std::make_shared<TrackerImpl>(name, std::move(original), options, std::move(cbt).value());
     if (options.hold_writes) tracker->gate().Close();  // no writer yet: returns at once
+    if (options.hold_reads) tracker->HoldReads();
     trackers_[name] = tracker;
     return std::shared_ptr<Tracker>(tracker);
   }
@@ -125,6 +130,7 @@ class EngineImpl final : public Engine {
       tracker = it->second;
     }
     tracker->gate().Open();
+    tracker->ReleaseReads();
     return Status::Ok();
   }
 
@@ -202,6 +208,7 @@ class EngineImpl final : public Engine {
     std::vector<SnapshotImpl::Member> members = snapshot->members();
     if (members.empty())
       return Status::Error(ENODEV, "snapshot " + id.ToString() + " has no devices");
+    for (auto& m : members) BLKSNAP_RETURN_IF_ERROR(NotRollingBack(*m.tracker, nullptr));
     auto storage = snapshot->storage();
     const bool durable = snapshot->durability() != SnapshotDurability::kMemory;
     if (durable) {
@@ -292,6 +299,7 @@ class EngineImpl final : public Engine {
       auto it = snapshots_.find(id);
       if (it == snapshots_.end()) return Status::Error(ENOENT, "no snapshot " + id.ToString());
       snapshot = it->second;
+      for (auto& m : snapshot->members()) BLKSNAP_RETURN_IF_ERROR(NotRollingBack(*m.tracker, &id));
       snapshots_.erase(it);
     }
     std::vector<SnapshotImpl::Member> members = snapshot->MarkDestroyed();
@@ -342,6 +350,10 @@ class EngineImpl final : public Engine {
             EBUSY, "an older snapshot of '" + m.tracker->name() + "' is open: close it first");
       }
     }
+    for (const auto& m : snapshot->members()) {
+      if (blksnap::Rollback* r = m.tracker->current_rollback())
+        r->Stop();  // resumed after the restart
+    }
     {
       MutexLock lock(mu_);
       snapshots_.erase(id);
@@ -364,6 +376,35 @@ class EngineImpl final : public Engine {
   }
 
   Result<std::shared_ptr<Snapshot>> RecoverSnapshot(const RecoverSnapshotOptions& options) override;
+
+  Status Rollback(const Uuid& id, const std::string& device,
+                  const RollbackOptions& options) override {
+    MutexLock take(take_mu_);
+    std::shared_ptr<TrackerImpl> tracker;
+    {
+      MutexLock lock(mu_);
+      if (auto it = trackers_.find(device); it != trackers_.end()) tracker = it->second;
+    }
+    if (!tracker) return Status::Error(ENOENT, "no device named '" + device + "'");
+    const auto chain = tracker->chain()->list();
+    if (chain->empty())
+      return Status::Error(ENOENT, "device '" + device + "' is in no taken snapshot");
+    bool created = false;
+    BLKSNAP_ASSIGN_OR_RETURN(
+        auto journal, OpenRollbackJournal(options, chain->back()->geometry(), env(), &created));
+    Uuid target = id;
+    Status s = Status::Ok();
+    if (target.is_nil() && options.resume) {
+      auto named = RollbackJournalSnapshot(*journal);
+      if (named.ok()) target = *named;
+      s = named.status();
+    }
+    std::shared_ptr<SnapshotImpl> snapshot;
+    if (s.ok()) s = Find(target, &snapshot);
+    if (s.ok()) s = StartRollback(snapshot, tracker, std::move(journal), options, env());
+    if (!s.ok() && created) env()->RemoveFile(options.journal_path).IgnoreError();
+    return s;
+  }
 
   std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const override {
     MutexLock lock(mu_);
@@ -403,6 +444,16 @@ class EngineImpl final : public Engine {
   Status CheckNotOnTracked(const std::string& path, const std::string& what) override
       EXCLUDES(mu_) {
     return CheckNotOnTrackers(path, what, TrackerImpls(), env()->SysfsRoot());
+  }
+
+  // EBUSY while `tracker` merges a rollback (to snapshot `*id`, or to any when id is null).
+  static Status NotRollingBack(const TrackerImpl& tracker, const Uuid* id) {
+    blksnap::Rollback* r = tracker.current_rollback();
+    if (!r || !r->active() || (id && r->snapshot() != *id)) return Status::Ok();
+    if (r->progress().state != RollbackProgress::State::kMerging) return Status::Ok();
+    return Status::Error(EBUSY, "device '" + tracker.name() +
+                                    "' is being rolled back to snapshot " +
+                                    r->snapshot().ToString());
   }
 
   // The DiffArea of one member: corruption goes to the snapshot (which records it in a durable

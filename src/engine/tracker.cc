@@ -34,20 +34,49 @@ DeviceCapabilities TrackerImpl::capabilities() const {
 Status TrackerImpl::Read(uint64_t offset, std::span<uint8_t> buf) {
   if (detached_.load()) return Status::Error(ENODEV, "device detached");
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, buf.size()));
+  if (reads_held_.load()) WaitReads();
+  if (Rollback* r = rollback_.load(); r && r->active()) return r->Read(offset, buf);
   return original_->Read(offset, buf);
 }
 
+void TrackerImpl::WaitReads() {
+  MutexLock lock(hold_mu_);
+  while (reads_held_.load()) hold_cv_.Wait(hold_mu_);
+}
+
+void TrackerImpl::HoldReads() {
+  MutexLock lock(hold_mu_);
+  reads_held_.store(true);
+}
+
+void TrackerImpl::ReleaseReads() {
+  MutexLock lock(hold_mu_);
+  reads_held_.store(false);
+  hold_cv_.SignalAll();
+}
+
 template <typename Op>
-Status TrackerImpl::Modify(uint64_t offset, uint64_t length, Op op) {
+Status TrackerImpl::Modify(uint64_t offset, uint64_t length, Op op, bool merge) {
   BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
-  GateGuard guard(gate_);
-  if (!guard.entered() || detached_.load()) return Status::Error(ENODEV, "device detached");
-  cbt_->MarkWrite(offset, length);  // before the write is issued (durable CBT relies on it)
-  // The newest area copies; a corrupted one hands over to the next older (area_chain.h).
-  for (auto it = areas_.rbegin(); it != areas_.rend(); ++it) {
-    if ((*it)->PreserveForOriginalWrite(offset, length)) break;
+  for (;;) {
+    // A rollback merges the chunks first, outside the gate (its merge writes enter it). One
+    // installed (gate closed) while this writer waited at the gate: again, for that one.
+    Rollback* checked = nullptr;
+    if (!merge) {
+      checked = rollback_.load();
+      if (checked && checked->active())
+        BLKSNAP_RETURN_IF_ERROR(checked->BeforeWrite(offset, length));
+    }
+    GateGuard guard(gate_);
+    if (!guard.entered() || detached_.load()) return Status::Error(ENODEV, "device detached");
+    if (!merge && rollback_.load() != checked) continue;
+    cbt_->MarkWrite(offset, length);  // before the write is issued (durable CBT relies on it)
+    // The newest area copies; a corrupted one hands over to the next older (area_chain.h).
+    for (auto it = areas_.rbegin(); it != areas_.rend(); ++it) {
+      if ((*it)->PreserveForOriginalWrite(offset, length)) break;
+    }
+    return op();
   }
-  return op();
 }
 
 Status TrackerImpl::Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) {
@@ -60,6 +89,24 @@ Status TrackerImpl::Trim(uint64_t offset, uint64_t length) {
 
 Status TrackerImpl::WriteZeroes(uint64_t offset, uint64_t length, uint32_t flags) {
   return Modify(offset, length, [&] { return original_->WriteZeroes(offset, length, flags); });
+}
+
+Status TrackerImpl::WriteMerged(uint64_t offset, std::span<const uint8_t> data) {
+  return Modify(
+      offset, data.size(), [&] { return original_->Write(offset, data, 0); }, true);
+}
+
+void TrackerImpl::InstallRollback(std::unique_ptr<Rollback> rollback) {
+  Rollback* raw = rollback.get();
+  MutexLock lock(mu_);
+  rollbacks_.push_back(std::move(rollback));
+  rollback_.store(raw);
+}
+
+std::optional<RollbackProgress> TrackerImpl::rollback() const {
+  MutexLock lock(mu_);
+  if (rollbacks_.empty()) return std::nullopt;
+  return rollbacks_.back()->progress();
 }
 
 Status TrackerImpl::Flush() {

@@ -23,6 +23,7 @@
 #include "engine/cbt_map.h"
 #include "engine/diff_area.h"
 #include "engine/io_gate.h"
+#include "engine/rollback.h"
 #include "util/mutex.h"
 
 namespace blksnap {
@@ -57,6 +58,7 @@ class TrackerImpl final : public Tracker {
     return cbt_->ChangedExtents(since_snap, generation);
   }
   Status MarkDirty(uint64_t offset, uint64_t length) override;
+  std::optional<RollbackProgress> rollback() const override;
   std::shared_ptr<Snapshot> snapshot() const override;
   std::vector<std::shared_ptr<Snapshot>> snapshots() const override;
   void AddAlias(uint64_t rdev) override;
@@ -86,16 +88,30 @@ class TrackerImpl final : public Tracker {
   void RemoveSnapshot(const SnapshotImpl* snapshot);
   // True if a storage with this identity lives on this device or one of its aliases.
   bool Holds(const StorageIdentity& storage) const;
+  // Rollback (rollback.h). InstallRollback: with the gate closed; the tracker keeps every
+  // rollback it had alive (a reader may hold the raw pointer), the last one current.
+  void InstallRollback(std::unique_ptr<Rollback> rollback);
+  Rollback* current_rollback() const { return rollback_.load(); }
+  // A write of the original for the rollback's merge: CBT and copy-on-write as any write, but
+  // not held for the rollback itself.
+  Status WriteMerged(uint64_t offset, std::span<const uint8_t> data);
+  // AttachOptions::hold_reads until ReleaseReads().
+  void HoldReads() EXCLUDES(hold_mu_);
+  void ReleaseReads() EXCLUDES(hold_mu_);
+
   // Detach: later I/O fails with ENODEV; waits for in-flight writes (so the CBT state can be
   // sealed or removed after the last mark).
   void MarkDetached() {
     detached_.store(true);
+    ReleaseReads();
     gate_.Shutdown();
   }
 
  private:
+  // `merge`: a write of the rollback's own merge (no wait for it).
   template <typename Op>
-  Status Modify(uint64_t offset, uint64_t length, Op op);
+  Status Modify(uint64_t offset, uint64_t length, Op op, bool merge = false);
+  void WaitReads() EXCLUDES(hold_mu_);
 
   const std::string name_;
   const std::string path_;
@@ -105,11 +121,16 @@ class TrackerImpl final : public Tracker {
   const std::shared_ptr<AreaChain> chain_;
   std::vector<std::shared_ptr<DiffArea>> areas_;  // changes only while gate_ is closed
   std::atomic<bool> detached_{false};
+  std::atomic<Rollback*> rollback_{nullptr};  // the current rollback; owned by rollbacks_
+  std::atomic<bool> reads_held_{false};
+  Mutex hold_mu_;
+  CondVar hold_cv_;
 
   mutable Mutex mu_;
   std::vector<std::weak_ptr<SnapshotImpl>> snapshots_ GUARDED_BY(mu_);
   // st_rdev of aliasing devices (a multiset: the FUSE mount aliases a device once per front).
   std::multiset<uint64_t> aliases_ GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Rollback>> rollbacks_ GUARDED_BY(mu_);
   bool is_block_device_ = false;           // set at construction
   uint64_t rdev_ = 0, dev_ = 0, ino_ = 0;  // identity of path, set at construction
 };
