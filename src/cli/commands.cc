@@ -6,12 +6,16 @@
 
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <thread>
 #include <utility>
 
 #include "blksnap/engine.h"
@@ -202,6 +206,59 @@ void CmdSnapshotTake(Context& ctx, const std::string& id) {
 void CmdSnapshotDestroy(Context& ctx, const std::string& id, bool force) {
   ctx.Call("snapshot-destroy", {{"id", id}, {"force", force}});
   ShowSnapshotDestroyed(ctx.output, id);
+}
+
+void CmdSnapshotRollback(Context& ctx, const std::string& id,
+                         const std::vector<std::string>& devices, bool force, bool no_wait) {
+  json params = {{"id", id}, {"force", force}};
+  if (!devices.empty()) params["devices"] = devices;
+  json started = ctx.Call("snapshot-rollback", params)["devices"];
+  const bool tty = ::isatty(STDERR_FILENO) == 1;
+  json result = {{"id", id}, {"devices", json::array()}};
+  for (;;) {
+    // The devices' rollbacks, as `devices` reports them.
+    json list = ctx.Call("devices")["devices"];
+    uint64_t total = 0, merged = 0;
+    bool merging = false;
+    result["devices"] = json::array();
+    for (const auto& d : list) {
+      if (std::find(started.begin(), started.end(), d["name"]) == started.end()) continue;
+      const json& r = d["rollback"];
+      if (!r.is_object()) continue;
+      total += r["bytes_total"].get<uint64_t>();
+      merged += r["bytes_merged"].get<uint64_t>();
+      merging = merging || r["state"] == "merging";
+      result["devices"].push_back({{"name", d["name"]}, {"rollback", r}});
+    }
+    if (no_wait || !merging) break;
+    if (ctx.output.as_json) {
+      ctx.output.Emit(
+          {{"progress", {{"what", "rollback"}, {"done_bytes", merged}, {"total_bytes", total}}}});
+    } else if (tty) {
+      std::fprintf(stderr, "\rrollback: %s / %s merged   ", SizeText(merged).c_str(),
+                   SizeText(total).c_str());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (tty && !ctx.output.as_json && !no_wait) std::fprintf(stderr, "\n");
+  for (const auto& d : result["devices"]) {
+    if (d["rollback"]["state"] == "failed") {
+      Fail(Status::Error(
+          d["rollback"]["errno"].is_number() ? d["rollback"]["errno"].get<int>() : EIO,
+          "rollback of '" + d["name"].get<std::string>() +
+              "' failed: " + Str(d["rollback"]["error"])));
+    }
+  }
+  if (ctx.output.as_json) {
+    ctx.output.Emit(result);
+    return;
+  }
+  for (const auto& d : result["devices"]) {
+    std::cout << "device " << d["name"].get<std::string>() << ": rollback to snapshot " << id << " "
+              << d["rollback"]["state"].get<std::string>() << " ("
+              << SizeText(d["rollback"]["bytes_merged"]) << " of "
+              << SizeText(d["rollback"]["bytes_total"]) << " merged)\n";
+  }
 }
 
 void CmdSnapshotSetLimit(Context& ctx, const std::string& id, const std::string& limit) {

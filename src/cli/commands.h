@@ -89,6 +89,10 @@ void CmdSnapshotAdd(Context& ctx, const std::string& id, const std::string& devi
 void CmdSnapshotTake(Context& ctx, const std::string& id);
 // force: even while a client uses one of its images (the daemon answers EBUSY otherwise).
 void CmdSnapshotDestroy(Context& ctx, const std::string& id, bool force);
+// Rolls devices back to a snapshot; unless no_wait, shows the merge's progress (a line on a
+// terminal, {"progress": ...} lines with --json) until every device is done or one fails.
+void CmdSnapshotRollback(Context& ctx, const std::string& id,
+                         const std::vector<std::string>& devices, bool force, bool no_wait);
 // Raises the storage limit of a live snapshot (answer to a no_space event).
 void CmdSnapshotSetLimit(Context& ctx, const std::string& id, const std::string& limit);
 void CmdSnapshotList(Context& ctx);

@@ -156,6 +156,22 @@ int Main(int argc, char** argv) {
                     "even while a client uses an image (NBD connection, open FUSE file, "
                     "mounted loop or ublk device)");
   destroy->callback([&] { run([&] { CmdSnapshotDestroy(ctx, snap_id, destroy_force); }); });
+  std::vector<std::string> rollback_devices;
+  bool rollback_force = false, rollback_no_wait = false;
+  auto* rollback = snap->add_subcommand(
+      "rollback", "roll devices back to the snapshot (the original becomes its image)");
+  rollback->add_option("ID", snap_id)->required();
+  rollback->add_option("DEVICE", rollback_devices, "devices of the snapshot (default: all)");
+  rollback->add_flag("--force", rollback_force,
+                     "even with a file system mounted on a device's front (it cannot see its "
+                     "data change: unmount first)");
+  rollback->add_flag("--no-wait", rollback_no_wait,
+                     "return once the devices serve the snapshot's data; the merge goes on");
+  rollback->callback([&] {
+    run([&] {
+      CmdSnapshotRollback(ctx, snap_id, rollback_devices, rollback_force, rollback_no_wait);
+    });
+  });
   auto* set_limit = snap->add_subcommand(
       "set-limit", "raise the storage limit of a live snapshot (answers a no_space event)");
   set_limit->add_option("ID", snap_id)->required();

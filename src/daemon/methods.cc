@@ -55,6 +55,19 @@ json CbtJson(const CbtInfo& c) {
           {"state_sync_failed", c.state_sync_failed}};
 }
 
+// The last rollback onto a device (null: none since it was attached).
+json RollbackJson(const std::optional<RollbackProgress>& r) {
+  if (!r) return nullptr;
+  return {{"snapshot", r->snapshot.ToString()},
+          {"state", ToString(r->state)},
+          {"chunks_total", r->chunks_total},
+          {"chunks_merged", r->chunks_merged},
+          {"bytes_total", r->chunks_total * r->chunk_size},
+          {"bytes_merged", r->chunks_merged * r->chunk_size},
+          {"errno", r->errnum ? json(r->errnum) : json(nullptr)},
+          {"error", r->error.empty() ? json(nullptr) : json(r->error)}};
+}
+
 json DeviceJson(const DeviceView& d) {
   json j = AddressesJson(d.fronts);
   j["name"] = d.name;
@@ -64,6 +77,7 @@ json DeviceJson(const DeviceView& d) {
   j["snapshots"] = json::array();
   for (const auto& id : d.snapshots) j["snapshots"].push_back(id.ToString());
   j["cbt"] = CbtJson(d.cbt);
+  j["rollback"] = RollbackJson(d.rollback);
   j["restored"] = d.restored;
   if (d.restored) j["restore_note"] = RestartNote(d.restored_after_clean_stop);
   return j;
@@ -378,6 +392,21 @@ Result<json> SnapshotDestroy(Service& service, const json& params, const Cancell
   return json::object();
 }
 
+Result<json> SnapshotRollback(Service& service, const json& params, const Cancelled&) {
+  RollbackRequest r;
+  BLKSNAP_ASSIGN_OR_RETURN(r.id, ParseId(params));
+  if (params.contains("devices")) {
+    if (!params["devices"].is_array()) return Status::Error(EINVAL, "'devices' must be a list");
+    for (const auto& d : params["devices"]) {
+      if (!d.is_string()) return Status::Error(EINVAL, "'devices' must be a list of names");
+      r.devices.push_back(d.get<std::string>());
+    }
+  }
+  r.force = GetBool(params, "force");
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> devices, service.Rollback(r));
+  return json{{"id", r.id.ToString()}, {"devices", devices}};
+}
+
 Result<json> SnapshotList(Service& service, const json&, const Cancelled&) {
   json list = json::array();
   for (const auto& s : service.Snapshots()) {
@@ -466,6 +495,7 @@ constexpr std::array kMethods = {
     Method{"snapshot-take", SnapshotTake},
     Method{"snapshot-set-limit", SnapshotSetLimit},
     Method{"snapshot-destroy", SnapshotDestroy},
+    Method{"snapshot-rollback", SnapshotRollback},
     Method{"backup", Backup},
     Method{"backup-progress", BackupProgress},
     Method{"repo-serve", RepoServe},

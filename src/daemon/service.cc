@@ -90,6 +90,7 @@ DeviceView Service::DeviceViewLocked(const DeviceEntry& d) const {
   for (const auto& snap : d.tracker->snapshots()) v.snapshots.push_back(snap->id());
   if (!v.snapshots.empty()) v.snapshot = v.snapshots.back();
   v.cbt = d.tracker->cbt_info();
+  v.rollback = d.tracker->rollback();
   if (d.fronts) v.fronts = d.fronts->addresses();
   v.restored = d.restored;
   v.restored_after_clean_stop = d.restored && restart_ && restart_->clean_stop;
@@ -145,6 +146,9 @@ Result<Service::DeviceEntry> Service::BuildDevice(const std::string& name, const
   if (!original.ok()) return Annotate(original.status(), "cannot open " + path);
   AttachOptions ao{.path = path};
   ao.hold_writes = hold_writes;
+  // A rollback cut by the restart: the original is half merged; nothing is served until the
+  // rollback is back (ResumeRollbacks).
+  ao.hold_reads = hold_writes && restored && HasRollbackJournal(name);
   ao.cbt_path = CbtPath(name);
   ao.mapped_files = info_.mapped_files;
   if (!ao.cbt_path.empty()) {

@@ -58,8 +58,16 @@ struct DeviceView {
   CbtInfo cbt;
   FrontAddresses fronts;
   bool restored = false;  // re-attached at start from the records of a previous run
-  bool restored_after_clean_stop = false;  // restored, and that run stopped cleanly
-  std::vector<std::string> warnings;       // attach only: e.g. an outside loop device on the file
+  bool restored_after_clean_stop = false;    // restored, and that run stopped cleanly
+  std::vector<std::string> warnings;         // attach only: e.g. an outside loop device on the file
+  std::optional<RollbackProgress> rollback;  // the last rollback onto it since it was attached
+};
+
+// snapshot rollback: the devices of snapshot `id` (all of them when empty) roll back to it.
+struct RollbackRequest {
+  Uuid id;
+  std::vector<std::string> devices;
+  bool force = false;  // even with a file system mounted on a device's front
 };
 
 struct FailedRecordView {
@@ -235,6 +243,11 @@ class Service {
   // Refused (EBUSY) while a client uses one of its images, unless force.
   Status DestroySnapshot(const Uuid& id, bool force) EXCLUDES(mu_);
   std::vector<SnapshotSummary> Snapshots() EXCLUDES(mu_);
+  // Starts rolling the devices back (Engine::Rollback; journals in the state dir) and
+  // returns their names once each serves the snapshot's data; the merges go on in the background
+  // (DeviceView::rollback). Refused (EBUSY) while a file system is mounted on a device's front,
+  // unless force; every device is checked before the first starts.
+  Result<std::vector<std::string>> Rollback(const RollbackRequest& request) EXCLUDES(mu_);
   Result<SnapshotView> GetSnapshot(const Uuid& id) EXCLUDES(mu_);
   // Runs on the caller's thread for as long as the backup takes; mu_ only for the snapshot's
   // create, take and destroy. cancelled (polled between chunks; may be empty): true ends it
@@ -304,6 +317,12 @@ class Service {
   Result<DeviceEntry> BuildDevice(const std::string& name, const std::string& path,
                                   const FileStat& st, bool loop, bool ublk, int ublk_recover_id,
                                   bool restored, bool hold_writes = false) EXCLUDES(mu_);
+  // STATE_DIR/rollback-NAME.journal, or "" without a state dir.
+  std::string RollbackJournalPath(const std::string& name) const;
+  bool HasRollbackJournal(const std::string& name);
+  // Restart: each device with a journal resumes its rollback (its snapshots recovered, its I/O
+  // still held); a failure is logged and noted in the restart report.
+  void ResumeRollbacks(const std::set<std::string>& devices) EXCLUDES(mu_);
   // STATE_DIR/cbt/NAME.cbt, or "" when CBT is not durable.
   std::string CbtPath(const std::string& name) const;
   // EINVAL if the state dir lies on a tracked device or its fronts (engine CheckNotOnTracked),

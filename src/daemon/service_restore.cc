@@ -274,6 +274,12 @@ void Service::Restore() {
   for (const auto& snap : recorded.snapshots) {
     if (snap.taken) held.insert(snap.devices.begin(), snap.devices.end());
   }
+  std::set<std::string> rolling;  // a rollback to resume
+  for (const auto& rec : devices) {
+    if (!ValidateDeviceName(rec.name).ok() || !HasRollbackJournal(rec.name)) continue;
+    rolling.insert(rec.name);
+    held.insert(rec.name);
+  }
   for (const auto& rec : devices) {
     std::string name = rec.name;
     Status s = ValidateDeviceName(name);
@@ -322,6 +328,7 @@ void Service::Restore() {
     }
     if (lost) lost_devices.insert(rec.devices.begin(), rec.devices.end());
   }
+  ResumeRollbacks(rolling);
   // Writes are let in once every snapshot of their device is back in its chain (a snapshot
   // that could not be recovered is reported and gone).
   for (const auto& name : held) engine_->ReleaseWrites(name).IgnoreError();

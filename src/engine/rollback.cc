@@ -11,7 +11,8 @@ namespace blksnap {
 namespace {
 
 constexpr uint64_t kRunBytes = 4ull << 20;      // one image read and one original write
-constexpr uint64_t kCommitBytes = 64ull << 20;  // merged data per journal commit
+constexpr uint64_t kCommitBytes = 64ull << 20;  // merged data per journal commit, at most
+constexpr auto kCommitInterval = std::chrono::milliseconds(250);  // and at least this often
 
 // A buffer aligned for direct I/O.
 struct AlignedBuffer {
@@ -235,6 +236,8 @@ void Rollback::Fail(const Status& status) {
 
 void Rollback::Worker() {
   while (!stopping_.load()) {
+    if (params_.merge_delay_us > 0)
+      std::this_thread::sleep_for(std::chrono::microseconds(params_.merge_delay_us));
     uint64_t first = 0, count = 0;
     if (!ClaimRun(&first, &count)) break;
     Status s = MergeRange(first, count);
@@ -246,7 +249,8 @@ void Rollback::Worker() {
     bool commit = false;
     {
       MutexLock lock(mu_);
-      commit = merged_.size() * geometry_.size() >= kCommitBytes;
+      commit = merged_.size() * geometry_.size() >= kCommitBytes ||
+               std::chrono::steady_clock::now() - last_commit_ >= kCommitInterval;
     }
     if (commit) {
       if (Status c = Commit(); !c.ok()) {
@@ -254,8 +258,6 @@ void Rollback::Worker() {
         break;
       }
     }
-    if (params_.merge_delay_us > 0)
-      std::this_thread::sleep_for(std::chrono::microseconds(params_.merge_delay_us));
   }
   bool last = false;
   {
@@ -305,6 +307,7 @@ Status Rollback::Commit() {
       Unlist(index);
     }
     committed_ += batch.size();
+    last_commit_ = std::chrono::steady_clock::now();
     finished = committed_ == total_;
     cv_.SignalAll();
   }

@@ -11,7 +11,8 @@
 //     journal no longer lists it (so a resumed merge never writes it again over the user's data);
 //   * background workers merge runs of listed chunks: read the image, write the original through
 //     the tracker (`write`: CBT marks the chunk, a newer snapshot preserves its copy first), and
-//     every batch is committed: the original flushed, then the journal's bits cleared and synced.
+//     every batch (64 MiB, or 250 ms) is committed: the original flushed, then the journal's
+//     bits cleared and synced.
 //
 // Chunk states (a map for the listed chunks only; `listed_` is a bitmap read without a lock):
 //   listed --claim--> merging --written--> merged --commit--> done (unlisted)
@@ -25,6 +26,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -116,6 +118,8 @@ class Rollback {
   std::vector<uint64_t> merged_ GUARDED_BY(mu_);  // merged, not committed yet
   uint64_t total_ GUARDED_BY(mu_) = 0;
   uint64_t committed_ GUARDED_BY(mu_) = 0;
+  std::chrono::steady_clock::time_point last_commit_ GUARDED_BY(mu_) =
+      std::chrono::steady_clock::now();
   Status failure_ GUARDED_BY(mu_);
   bool stopped_ GUARDED_BY(mu_) = false;
   int workers_left_ GUARDED_BY(mu_) = 0;

@@ -6,6 +6,7 @@
 # (python3-libnbd); blksnap-pattern stamps and verifies the self-checking sector pattern, via a
 # scratch file when the front is NBD.
 import bisect
+import hashlib
 import json
 import os
 import shutil
@@ -306,3 +307,27 @@ def attach_written(d, names, size, written):
         devs[name] = d.cli_json("attach", d.make_image(name + ".img", size), "--name", name)
         write_front(d, devs[name], 0, written, 1)
     return devs
+
+
+def sha(path, size=None):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size if size is not None else os.path.getsize(path)
+        while left > 0:
+            b = f.read(min(left, 4 << 20))
+            if not b:
+                break
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+def tree_sums(root):
+    """{relative path: SHA-256} of every regular file under root."""
+    sums = {}
+    for base, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(base, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                sums[os.path.relpath(path, root)] = sha(path)
+    return sums

@@ -36,22 +36,9 @@ import subprocess
 import threading
 import time
 
-from blksnap_cli_lib import Daemon, daemon_test_main, fuse_possible, write_front
+from blksnap_cli_lib import Daemon, daemon_test_main, fuse_possible, sha, tree_sums, write_front
 
 MIB = 1 << 20
-
-
-def sha(path, size=None):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = size if size is not None else os.path.getsize(path)
-        while left > 0:
-            b = f.read(min(left, 4 * MIB))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
-    return h.hexdigest()
 
 
 def run(d, t):
@@ -281,17 +268,6 @@ def killed_backups(d, t):
             "backup --json: %d progress line(s) with the device's bytes" % len(progress))
     finally:
         k.cleanup()
-
-
-def tree_sums(root):
-    """{relative path: SHA-256} of every regular file under root."""
-    sums = {}
-    for base, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(base, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                sums[os.path.relpath(path, root)] = sha(path)
-    return sums
 
 
 def ext4_files(d, t, repo=None):
