@@ -17,6 +17,9 @@
 #include "engine/engine_test_util.h"
 #include "engine/model_test_util.h"
 #include "engine/power_test_util.h"
+#include "engine/rollback_journal_format.h"
+#include "util/crc32c.h"
+#include "util/little_endian.h"
 
 namespace blksnap {
 namespace {
@@ -226,6 +229,33 @@ void CrashMidMerge(bool power_cut, int round) {
   EXPECT_OK(VerifyEither(*disks[0], expect, maybe));
   EXPECT_OK(VerifyModel(*engine->FindSnapshot(sc.s2)->image("vol"), sc.m2));
   EXPECT_OK(VerifyModel(*engine->FindSnapshot(sc.s1)->image("vol"), sc.m1));
+}
+
+TEST(RollbackJournalFormatTest, RoundTripsAndRefusesDamage) {
+  RollbackJournalHeader h;
+  h.snapshot = Uuid::Random();
+  h.device = "vol";
+  h.device_size = kDevSize;
+  h.chunk_size = 64 * kKiB;
+  h.chunk_count = (kDevSize + h.chunk_size - 1) / h.chunk_size;
+  h.started = 123;
+  auto block = SerializeRollbackHeader(h);
+  auto parsed = ParseRollbackHeader(block);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->snapshot, h.snapshot);
+  EXPECT_EQ(parsed->device, "vol");
+  EXPECT_EQ(parsed->chunk_count, h.chunk_count);
+  EXPECT_EQ(RollbackBitmapBytes(h.chunk_count), kRollbackBitmapBlock);
+  auto damaged = block;
+  damaged[kRbDeviceSizeOffset] ^= 1;
+  EXPECT_EQ(ParseRollbackHeader(damaged).status().errnum(), EINVAL);  // checksum
+  auto other = block;
+  PutLe<uint32_t>(other.data() + kRbVersionOffset, 2);
+  PutLe<uint32_t>(other.data() + kRbCrcOffset, Crc32c(other.data(), kRbCrcOffset));
+  EXPECT_EQ(ParseRollbackHeader(other).status().errnum(), EPROTO);
+  h.chunk_count += 1;
+  EXPECT_EQ(ParseRollbackHeader(SerializeRollbackHeader(h)).status().errnum(), EINVAL);
+  EXPECT_EQ(ParseRollbackHeader(std::span(block).first(100)).status().errnum(), EINVAL);
 }
 
 #if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
