@@ -208,7 +208,7 @@ class EngineImpl final : public Engine {
     std::vector<SnapshotImpl::Member> members = snapshot->members();
     if (members.empty())
       return Status::Error(ENODEV, "snapshot " + id.ToString() + " has no devices");
-    for (auto& m : members) BLKSNAP_RETURN_IF_ERROR(NotRollingBack(*m.tracker, nullptr));
+    for (auto& m : members) BLKSNAP_RETURN_IF_ERROR(CheckNotRollingBack(*m.tracker, nullptr));
     auto storage = snapshot->storage();
     const bool durable = snapshot->durability() != SnapshotDurability::kMemory;
     if (durable) {
@@ -299,7 +299,8 @@ class EngineImpl final : public Engine {
       auto it = snapshots_.find(id);
       if (it == snapshots_.end()) return Status::Error(ENOENT, "no snapshot " + id.ToString());
       snapshot = it->second;
-      for (auto& m : snapshot->members()) BLKSNAP_RETURN_IF_ERROR(NotRollingBack(*m.tracker, &id));
+      for (auto& m : snapshot->members())
+        BLKSNAP_RETURN_IF_ERROR(CheckNotRollingBack(*m.tracker, &id));
       snapshots_.erase(it);
     }
     std::vector<SnapshotImpl::Member> members = snapshot->MarkDestroyed();
@@ -386,24 +387,11 @@ class EngineImpl final : public Engine {
       if (auto it = trackers_.find(device); it != trackers_.end()) tracker = it->second;
     }
     if (!tracker) return Status::Error(ENOENT, "no device named '" + device + "'");
-    const auto chain = tracker->chain()->list();
-    if (chain->empty())
-      return Status::Error(ENOENT, "device '" + device + "' is in no taken snapshot");
-    bool created = false;
-    BLKSNAP_ASSIGN_OR_RETURN(
-        auto journal, OpenRollbackJournal(options, chain->back()->geometry(), env(), &created));
-    Uuid target = id;
-    Status s = Status::Ok();
-    if (target.is_nil() && options.resume) {
-      auto named = RollbackJournalSnapshot(*journal);
-      if (named.ok()) target = *named;
-      s = named.status();
-    }
-    std::shared_ptr<SnapshotImpl> snapshot;
-    if (s.ok()) s = Find(target, &snapshot);
-    if (s.ok()) s = StartRollback(snapshot, tracker, std::move(journal), options, env());
-    if (!s.ok() && created) env()->RemoveFile(options.journal_path).IgnoreError();
-    return s;
+    return RollbackDevice(tracker, id, options, env(), [this](const Uuid& target) {
+      std::shared_ptr<SnapshotImpl> snapshot;
+      Status found = Find(target, &snapshot);
+      return found.ok() ? snapshot : nullptr;
+    });
   }
 
   std::shared_ptr<Snapshot> FindSnapshot(const Uuid& id) const override {
@@ -444,16 +432,6 @@ class EngineImpl final : public Engine {
   Status CheckNotOnTracked(const std::string& path, const std::string& what) override
       EXCLUDES(mu_) {
     return CheckNotOnTrackers(path, what, TrackerImpls(), env()->SysfsRoot());
-  }
-
-  // EBUSY while `tracker` merges a rollback (to snapshot `*id`, or to any when id is null).
-  static Status NotRollingBack(const TrackerImpl& tracker, const Uuid* id) {
-    blksnap::Rollback* r = tracker.current_rollback();
-    if (!r || !r->active() || (id && r->snapshot() != *id)) return Status::Ok();
-    if (r->progress().state != RollbackProgress::State::kMerging) return Status::Ok();
-    return Status::Error(EBUSY, "device '" + tracker.name() +
-                                    "' is being rolled back to snapshot " +
-                                    r->snapshot().ToString());
   }
 
   // The DiffArea of one member: corruption goes to the snapshot (which records it in a durable

@@ -134,19 +134,16 @@ class Env;
 class SnapshotImpl;
 class TrackerImpl;
 
-// The engine's half (rollback_start.cc; Engine::Rollback holds its take mutex).
-// The journal device of `options` (opened, or created and sized for a device of `geometry`
-// when not resuming); `created`: a file this call made (removed again on a failure).
-Result<std::shared_ptr<BlockDevice>> OpenRollbackJournal(const RollbackOptions& options,
-                                                         const ChunkGeometry& geometry, Env* env,
-                                                         bool* created);
-// The snapshot the journal on `journal` names (a resume without an id).
-Result<Uuid> RollbackJournalSnapshot(BlockDevice& journal);
-// Checks that `snapshot` can be rolled back onto `tracker`, lists the chunks to merge with the
-// tracker's writers held (or reads them from the journal), installs the rollback and starts it.
-Status StartRollback(const std::shared_ptr<SnapshotImpl>& snapshot,
-                     const std::shared_ptr<TrackerImpl>& tracker,
-                     std::shared_ptr<BlockDevice> journal, const RollbackOptions& options,
-                     Env* env);
+// The engine's half (rollback_start.cc; Engine::Rollback holds its take mutex): opens or makes
+// the journal, finds the snapshot (`find`: null for an unknown id; with resume and a nil id, the
+// one the journal names), checks it can be rolled back onto `tracker`, lists the chunks to merge
+// with the tracker's writers held (or reads them from the journal), installs and starts it.
+Status RollbackDevice(const std::shared_ptr<TrackerImpl>& tracker, const Uuid& id,
+                      const RollbackOptions& options, Env* env,
+                      const std::function<std::shared_ptr<SnapshotImpl>(const Uuid&)>& find);
+// EBUSY while `tracker` has a rollback not done (to snapshot `*id`: only while it merges, so a
+// failed or stopped one's target may go; with id null, for a take, whatever its state: a take
+// must not see a half-merged original).
+Status CheckNotRollingBack(const TrackerImpl& tracker, const Uuid* id);
 
 }  // namespace blksnap

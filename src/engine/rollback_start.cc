@@ -10,6 +10,10 @@
 
 namespace blksnap {
 
+namespace {
+
+// The journal device of `options` (opened, or created and sized for a device of `geometry` when
+// not resuming); `created`: a file this call made (removed again on a failure).
 Result<std::shared_ptr<BlockDevice>> OpenRollbackJournal(const RollbackOptions& options,
                                                          const ChunkGeometry& geometry, Env* env,
                                                          bool* created) {
@@ -41,8 +45,6 @@ Result<Uuid> RollbackJournalSnapshot(BlockDevice& journal) {
   BLKSNAP_ASSIGN_OR_RETURN(RollbackJournalHeader header, ParseRollbackHeader(block));
   return header.snapshot;
 }
-
-namespace {
 
 Status CheckRollback(const SnapshotImpl& snapshot, const TrackerImpl& tracker,
                      const RollbackOptions& options) {
@@ -77,8 +79,6 @@ Status CheckRollback(const SnapshotImpl& snapshot, const TrackerImpl& tracker,
   }
   return Status::Ok();
 }
-
-}  // namespace
 
 Status StartRollback(const std::shared_ptr<SnapshotImpl>& snapshot,
                      const std::shared_ptr<TrackerImpl>& tracker,
@@ -140,6 +140,40 @@ Status StartRollback(const std::shared_ptr<SnapshotImpl>& snapshot,
   if (!held) tracker->gate().Open();
   raw->Run();
   return Status::Ok();
+}
+
+}  // namespace
+
+Status RollbackDevice(const std::shared_ptr<TrackerImpl>& tracker, const Uuid& id,
+                      const RollbackOptions& options, Env* env,
+                      const std::function<std::shared_ptr<SnapshotImpl>(const Uuid&)>& find) {
+  const auto chain = tracker->chain()->list();
+  if (chain->empty()) {
+    return Status::Error(ENOENT, "device '" + tracker->name() + "' is in no taken snapshot");
+  }
+  bool created = false;
+  BLKSNAP_ASSIGN_OR_RETURN(auto journal,
+                           OpenRollbackJournal(options, chain->back()->geometry(), env, &created));
+  Uuid target = id;
+  Status s = Status::Ok();
+  if (target.is_nil() && options.resume) {
+    auto named = RollbackJournalSnapshot(*journal);
+    if (named.ok()) target = *named;
+    s = named.status();
+  }
+  std::shared_ptr<SnapshotImpl> snapshot = s.ok() ? find(target) : nullptr;
+  if (s.ok() && !snapshot) s = Status::Error(ENOENT, "no snapshot " + target.ToString());
+  if (s.ok()) s = StartRollback(snapshot, tracker, std::move(journal), options, env);
+  if (!s.ok() && created) env->RemoveFile(options.journal_path).IgnoreError();
+  return s;
+}
+
+Status CheckNotRollingBack(const TrackerImpl& tracker, const Uuid* id) {
+  Rollback* r = tracker.current_rollback();
+  if (!r || !r->active() || (id && r->snapshot() != *id)) return Status::Ok();
+  if (id && r->progress().state != RollbackProgress::State::kMerging) return Status::Ok();
+  return Status::Error(EBUSY, "device '" + tracker.name() + "' is being rolled back to snapshot " +
+                                  r->snapshot().ToString());
 }
 
 }  // namespace blksnap
