@@ -199,6 +199,14 @@ void ShowDevices(const Output& out, json r) {
                     Str(d.value("loop", json())), Str(d.value("ublk", json()))});
   }
   PrintTable(rows);
+  for (const auto& d : r["devices"]) {
+    const json rb = d.value("rollback", json());
+    if (!rb.is_object() || rb["state"] == "done") continue;
+    std::cout << "device " << Str(d["name"]) << ": rollback to snapshot " << Str(rb["snapshot"])
+              << " " << Str(rb["state"]) << ", " << SizeText(rb["bytes_merged"]) << " of "
+              << SizeText(rb["bytes_total"]) << " merged"
+              << (rb["error"].is_string() ? ": " + Str(rb["error"]) : "") << "\n";
+  }
   PrintRestart(r.value("restart", json()));
 }
 

@@ -125,7 +125,9 @@ Result<std::vector<std::string>> Service::Rollback(const RollbackRequest& reques
 void Service::ResumeRollbacks(const std::set<std::string>& devices) {
   for (const auto& name : devices) {
     Status s = engine_->Rollback(Uuid(), name,
-                                 {.journal_path = RollbackJournalPath(name), .resume = true});
+                                 {.journal_path = RollbackJournalPath(name),
+                                  .resume = true,
+                                  .merge_delay_us = MergeDelayForTests()});
     std::string note = s.ok() ? "device '" + name + "': the rollback cut by the restart resumes"
                               : "device '" + name + "': the rollback cut by the restart cannot " +
                                     "resume (" + s.ToString() +

@@ -7,7 +7,8 @@
 #   * `snapshot rollback s1 --no-wait` returns with the front serving s1's image at once (its
 #     bytes compared with s1's image read before), and the merge going on;
 #   * kill -9 of the daemon mid-merge (merge slowed by BLKSNAP_TEST_ROLLBACK_DELAY_US); the
-#     restart resumes it; when it is done the front is byte-identical to s1's image, e2fsck finds
+#     restart resumes it; a clean stop while it merges again, and the next start resumes it
+#     too; when it is done the front is byte-identical to s1's image, e2fsck finds
 #     nothing, every deleted file is back with its checksum, the journal is gone;
 #   * s2 (taken after s1) is intact: its image's bytes as before;
 #   * CBT: after the next take, the changes since s2 cover every 64 KiB block where s1 and s2
@@ -124,7 +125,7 @@ def run(d, t):
         t.check(os.path.exists(journal), "the journal is in the state dir while it merges")
 
         # kill -9 once a part is merged and committed (a commit every 250 ms, a run of chunks
-        # every 400 ms per merge thread here).
+        # every 1.5 s per merge thread here).
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             state = rollback_of(d)
@@ -143,6 +144,15 @@ def run(d, t):
         t.check(dev["rollback"] is not None and dev["rollback"]["snapshot"] == s1,
                 "after kill -9 the rollback resumes: %r (merged %r of %r before the kill)" %
                 (dev["rollback"], merged_at_kill, state and state["chunks_total"]))
+        # A clean stop mid-merge keeps the journal; the next start resumes again.
+        t.check(rollback_of(d)["state"] == "merging",
+                "the resumed merge still runs (else raise the test's merge delay)")
+        t.check(d.stop() == 0, "clean stop while the resumed merge runs")
+        t.check(os.path.exists(journal), "the journal survives the clean stop")
+        d.start()
+        dev = d.cli_json("devices")["devices"][0]
+        t.check(dev["rollback"] is not None and dev["rollback"]["snapshot"] == s1,
+                "after the clean restart the rollback resumes: %r" % dev["rollback"])
         r = wait_done(d)
         t.check(r and r["state"] == "done" and r["chunks_merged"] == r["chunks_total"],
                 "the resumed merge ends: %r" % r)
@@ -188,7 +198,7 @@ def main():
         sys.exit(SKIP)
     args = parse_args(sys.argv)
     t = Failures()
-    d = Daemon(args, fuse=True, env={"BLKSNAP_TEST_ROLLBACK_DELAY_US": "400000"}).start()
+    d = Daemon(args, fuse=True, env={"BLKSNAP_TEST_ROLLBACK_DELAY_US": "1500000"}).start()
     try:
         run(d, t)
     except Exception as e:  # noqa: BLE001
