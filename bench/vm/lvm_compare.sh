@@ -30,7 +30,9 @@
 #                 the newest snapshot's storage
 #   With N > 1 each side runs only cow64k-1 (one snapshot, as cow64k with N=1) and then
 #   cow64k (N snapshots), in that order; the plain jobs, fill1m, steady64k and imgread are
-#   skipped (VM time). The volume group grows by (N-1) COW areas: at 512 MiB and N=4 that is
+#   skipped (VM time). BENCH_IMAGES=0: blksnap's cow64k / cow64k-1 snapshots get no image
+#   device (no --ublk / --loop; the images stay NBD exports and FUSE files), to see what the
+#   image devices cost; dm-snapshot's snapshot LVs are devices either way. The volume group grows by (N-1) COW areas: at 512 MiB and N=4 that is
 #   ~2.8 GiB of brd in a 3 GiB VM, so use BENCH_SIZE_MB=256 there.
 #
 # Workloads (fio libaio, direct=1, iodepth 32; time-based ones run BENCH_RUNTIME s):
@@ -56,6 +58,7 @@ SIDES=${BENCH_SIDES:-raw,dm-snapshot,blksnap-ublk,blksnap-ublk-memory,blksnap-ub
 DAEMON_ARGS=${BENCH_DAEMON_ARGS:-}  # extra blksnapd options (tunables), recorded in run.json
 PERF=${BENCH_PERF:-}  # workloads to profile (perf record -a, cpu-clock): SIDE.WL.perf*.txt
 SNAPS=${BENCH_SNAPSHOTS:-1}  # snapshots of the origin taken before cow64k
+IMAGES=${BENCH_IMAGES:-1}  # 0: no image device on the snapshots of the cow jobs
 [[ $SNAPS =~ ^[0-9]+$ ]] && [ "$SNAPS" -ge 1 ] && [ "$SNAPS" -le 16 ] ||
   { echo "lvm_compare.sh: BENCH_SNAPSHOTS must be 1..16" >&2; exit 2; }
 DAEMON=$BUILD/src/daemon/blksnapd
@@ -244,7 +247,8 @@ if [ $any_blksnap = 1 ]; then
       k=1; [ $phase = cowN ] && k=$SNAPS
       ids=()  # oldest first: destroying the oldest first copies nothing into the others
       for ((i = 0; i < k; i++)); do
-        id=$(bs snapshot create --storage "${DIFFS[$i]}" --limit 0 "${dur_args[@]}" "--$kind" vol 2>"$WORK/create.err") ||
+        img_args=("--$kind"); [ "$IMAGES" = 0 ] && [ $phase != img ] && img_args=()
+        id=$(bs snapshot create --storage "${DIFFS[$i]}" --limit 0 "${dur_args[@]}" "${img_args[@]}" vol 2>"$WORK/create.err") ||
           { cat "$WORK/create.err" >&2; fail "$side create (storage ${DIFFS[$i]}, ${durability:-default} durability)"; }
         bs snapshot take "$id" >/dev/null || fail "$side take $id"
         ids+=("$id")
@@ -279,7 +283,7 @@ fi
 import json, os, platform, sys, time
 json.dump({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": platform.release(),
            "tree": "${BENCH_TREE:-unknown}", "daemon_args": "$DAEMON_ARGS",
-           "backing": "$BACKING", "size_mib": $SIZE_MB, "snapshots": $SNAPS, "runtime_s": $RT, "cpus": os.cpu_count(),
+           "backing": "$BACKING", "size_mib": $SIZE_MB, "snapshots": $SNAPS, "images": $IMAGES, "runtime_s": $RT, "cpus": os.cpu_count(),
            "mem_mib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20},
           open(sys.argv[1], "w"))
 PY

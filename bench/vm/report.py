@@ -157,6 +157,7 @@ def print_run(run):
     print(f"run {run['time']}  tree {run.get('tree', '?')}  kernel {run['kernel']}  "
           f"backing {run['backing']}  {run['size_mib']} MiB  {run['runtime_s']} s jobs  "
           f"{snapshots(run)} snapshot(s) for cow64k  "
+          + ("no blksnap image devices  " if run.get("images", 1) == 0 else "") +
           f"{run['cpus']} vCPUs" + (f"  blksnapd {run['daemon_args']}" if run.get("daemon_args") else ""))
     wls = [w for w in WORKLOADS if any(w in r for r in res.values())]
     print_table(res, wls, speed_cell, "(IOPS; fill1m, imgread, read1m in MiB/s)" +
