@@ -32,8 +32,9 @@
 #   cow64k (N snapshots), in that order; the plain jobs, fill1m, steady64k and imgread are
 #   skipped (VM time). BENCH_IMAGES=0: blksnap's cow64k / cow64k-1 snapshots get no image
 #   device (no --ublk / --loop; the images stay NBD exports and FUSE files), to see what the
-#   image devices cost; dm-snapshot's snapshot LVs are devices either way. The volume group grows by (N-1) COW areas: at 512 MiB and N=4 that is
-#   ~2.8 GiB of brd in a 3 GiB VM, so use BENCH_SIZE_MB=256 there.
+#   image devices cost; dm-snapshot's snapshot LVs are devices either way. The volume group
+#   grows by N-1 COW areas: at 512 MiB and N=4 that is ~2.8 GiB of brd in a 3 GiB VM, so use
+#   BENCH_SIZE_MB=256 there.
 #
 # Workloads (fio libaio, direct=1, iodepth 32; time-based ones run BENCH_RUNTIME s):
 #   randread4k, randwrite4k, randwrite64k   no snapshot
