@@ -22,6 +22,19 @@
 # BENCH_BACKING=loop puts the volume group on a loop device over a file on tmpfs instead.
 # BENCH_DAEMON_ARGS="--chunk-storer-threads 2" passes tunables to blksnapd (kept in run.json).
 # BENCH_PERF=cow64k,... profiles those jobs with perf (their numbers then carry its overhead).
+# BENCH_SNAPSHOTS=N (default 1) takes N snapshots of the origin before cow64k (issue 18):
+#   dm-snapshot   N snapshot LVs (lvcreate -s N times, each its own COW LV of COW_MB), so
+#                 every first write copies the chunk into each of the N COW areas
+#   blksnap-*     N snapshots (create + take, one after another, nothing written between),
+#                 each with its own difference-storage LV of COW_MB; one copy per chunk, in
+#                 the newest snapshot's storage
+#   With N > 1 each side runs only cow64k-1 (one snapshot, as cow64k with N=1) and then
+#   cow64k (N snapshots), in that order; the plain jobs, fill1m, steady64k and imgread are
+#   skipped (VM time). BENCH_IMAGES=0: blksnap's cow64k / cow64k-1 snapshots get no image
+#   device (no --ublk / --loop; the images stay NBD exports and FUSE files), to see what the
+#   image devices cost; dm-snapshot's snapshot LVs are devices either way. The volume group
+#   grows by N-1 COW areas: at 512 MiB and N=4 that is ~2.8 GiB of brd in a 3 GiB VM, so use
+#   BENCH_SIZE_MB=256 there.
 #
 # Workloads (fio libaio, direct=1, iodepth 32; time-based ones run BENCH_RUNTIME s):
 #   randread4k, randwrite4k, randwrite64k   no snapshot
@@ -45,6 +58,10 @@ BACKING=${BENCH_BACKING:-brd}
 SIDES=${BENCH_SIDES:-raw,dm-snapshot,blksnap-ublk,blksnap-ublk-memory,blksnap-ublk-crash}
 DAEMON_ARGS=${BENCH_DAEMON_ARGS:-}  # extra blksnapd options (tunables), recorded in run.json
 PERF=${BENCH_PERF:-}  # workloads to profile (perf record -a, cpu-clock): SIDE.WL.perf*.txt
+SNAPS=${BENCH_SNAPSHOTS:-1}  # snapshots of the origin taken before cow64k
+IMAGES=${BENCH_IMAGES:-1}  # 0: no image device on the snapshots of the cow jobs
+[[ $SNAPS =~ ^[0-9]+$ ]] && [ "$SNAPS" -ge 1 ] && [ "$SNAPS" -le 16 ] ||
+  { echo "lvm_compare.sh: BENCH_SNAPSHOTS must be 1..16" >&2; exit 2; }
 DAEMON=$BUILD/src/daemon/blksnapd
 CLI=$BUILD/src/cli/blksnap
 COW_MB=$((SIZE_MB + SIZE_MB / 16 + 8))  # every chunk once, plus metadata (dm: 16 B per chunk)
@@ -82,7 +99,7 @@ chmod +x "$WORK/stat.sh"
 [ -x "$DAEMON" ] && [ -x "$CLI" ] || fail "blksnapd / blksnap not built in $BUILD"
 
 # ---- storage: one volume group on brd (or a loop device over a tmpfs file) ----
-backing_mb=$((SIZE_MB + COW_MB + 64))  # the COW LV and the diff LV never coexist
+backing_mb=$((SIZE_MB + SNAPS * COW_MB + 64))  # the COW LVs and the diff LVs never coexist
 if [ "$BACKING" = brd ]; then
   rmmod brd 2>/dev/null || true
   modprobe brd rd_nr=1 rd_size=$((backing_mb * 1024)) max_part=0 || fail "modprobe brd"
@@ -101,7 +118,7 @@ lvm_ pvcreate -y "$PV" >/dev/null && lvm_ vgcreate "$VG" "$PV" >/dev/null || fai
 lvm_ lvcreate -y -n origin -L "${SIZE_MB}M" "$VG" >/dev/null || fail "lvcreate origin"
 ORIGIN=/dev/$VG/origin
 SIZE=$((SIZE_MB << 20))
-log "backing $BACKING ($PV, $backing_mb MiB), origin $ORIGIN $SIZE_MB MiB, runtime $RT s"
+log "backing $BACKING ($PV, $backing_mb MiB), origin $ORIGIN $SIZE_MB MiB, runtime $RT s, $SNAPS snapshot(s)"
 
 # job SIDE WORKLOAD DEV fio-args...: one fio job after sync + drop_caches, results in OUT.
 job() {
@@ -145,8 +162,10 @@ plain_jobs() {  # SIDE DEV
   job "$1" randwrite4k "$2" --rw=randwrite --bs=4k $(timed)
   job "$1" randwrite64k "$2" --rw=randwrite --bs=64k $(timed)
 }
+# cow64k SIDE WORKLOAD FRONT: every write preserves a new chunk (right after a take).
+cow64k() { job "$1" "$2" "$3" --rw=randwrite --bs=64k --size="$SIZE" --runtime="$COW_CAP"; }
 cow_jobs() {  # SIDE FRONT: right after a take
-  job "$1" cow64k "$2" --rw=randwrite --bs=64k --size="$SIZE" --runtime="$COW_CAP"
+  cow64k "$1" cow64k "$2"
   job "$1" fill1m "$2" --rw=write --bs=1M --size="$SIZE"
   job "$1" steady64k "$2" --rw=randwrite --bs=64k $(timed)
 }
@@ -165,31 +184,48 @@ if has_side raw; then
   job raw read1m "$ORIGIN" --rw=read --bs=1M --size="$SIZE"
 fi
 
-# dm_valid: the snapshot LV is still valid (not overflowed / invalidated).
-dm_valid() {
-  local attr
-  attr=$(lvm_ lvs --noheadings -o lv_attr "$VG/snap" | tr -d ' ')
-  [ "${attr:4:1}" != I ] || fail "dm-snapshot became invalid ($attr)"
-  log "dm-snapshot $(lvm_ lvs --noheadings -o snap_percent "$VG/snap" | tr -d ' ')% used"
+# dm_snaps K: K snapshot LVs of the origin, snap0 .. snapK-1, each with its own COW LV.
+dm_snaps() {
+  local i
+  for ((i = 0; i < $1; i++)); do
+    lvm_ lvcreate -y -s -c 64k -n "snap$i" -L "${COW_MB}M" "$VG/origin" >/dev/null ||
+      fail "lvcreate -s snap$i"
+  done
+}
+# dm_done K: each snapshot LV is still valid (not overflowed / invalidated); then removed.
+dm_done() {
+  local i attr
+  for ((i = 0; i < $1; i++)); do
+    attr=$(lvm_ lvs --noheadings -o lv_attr "$VG/snap$i" | tr -d ' ')
+    [ "${attr:4:1}" != I ] || fail "dm-snapshot snap$i became invalid ($attr)"
+    log "dm-snapshot snap$i $(lvm_ lvs --noheadings -o snap_percent "$VG/snap$i" | tr -d ' ')% used"
+  done
+  for ((i = 0; i < $1; i++)); do lvm_ lvremove -y "$VG/snap$i" >/dev/null || fail "lvremove snap$i"; done
 }
 if has_side dm-snapshot; then
-  lvm_ lvcreate -y -s -c 64k -n snap -L "${COW_MB}M" "$VG/origin" >/dev/null || fail "lvcreate -s"
-  cow_jobs dm-snapshot "$ORIGIN"
-  dm_valid
-  lvm_ lvremove -y "$VG/snap" >/dev/null || fail "lvremove"
-  lvm_ lvcreate -y -s -c 64k -n snap -L "${COW_MB}M" "$VG/origin" >/dev/null || fail "lvcreate -s"
-  half_write "$ORIGIN"
-  imgread dm-snapshot "/dev/$VG/snap"
-  dm_valid
-  lvm_ lvremove -y "$VG/snap" >/dev/null || fail "lvremove"
+  if [ "$SNAPS" -gt 1 ]; then
+    dm_snaps 1 && cow64k dm-snapshot cow64k-1 "$ORIGIN" && dm_done 1
+    dm_snaps "$SNAPS" && cow64k dm-snapshot cow64k "$ORIGIN" && dm_done "$SNAPS"
+  else
+    dm_snaps 1
+    cow_jobs dm-snapshot "$ORIGIN"
+    dm_done 1
+    dm_snaps 1
+    half_write "$ORIGIN"
+    imgread dm-snapshot "/dev/$VG/snap0"
+    dm_done 1
+  fi
 fi
 
 BLKSNAP_SIDES=(blksnap-ublk blksnap-ublk-memory blksnap-ublk-crash blksnap-loop)
 any_blksnap=0
 for side in "${BLKSNAP_SIDES[@]}"; do has_side "$side" && any_blksnap=1; done
 if [ $any_blksnap = 1 ]; then
-  lvm_ lvcreate -y -n diff -L "${COW_MB}M" "$VG" >/dev/null || fail "lvcreate diff"
-  DIFF=/dev/$VG/diff
+  DIFFS=()  # one difference-storage LV per snapshot, like dm-snapshot's COW LVs
+  for ((i = 0; i < SNAPS; i++)); do
+    lvm_ lvcreate -y -n "diff$i" -L "${COW_MB}M" "$VG" >/dev/null || fail "lvcreate diff$i"
+    DIFFS+=("/dev/$VG/diff$i")
+  done
   "$DAEMON" --state-dir "$WORK/state" --control "$WORK/control.sock" --nbd-unix "$WORK/nbd.sock" \
     --fuse-dir "$WORK/fuse" --chunk-minimum-shift 16 --diff-storage-minimum 64M $DAEMON_ARGS \
     --log-file "$WORK/blksnapd.log" --daemonize --pidfile "$WORK/blksnapd.pid" ||
@@ -206,24 +242,39 @@ if [ $any_blksnap = 1 ]; then
     front=${FRONT[$kind]}
     [ -b "$front" ] || fail "$side: front '$front'"
     # Without a snapshot the durability changes nothing: the plain jobs run once per front.
-    [ -z "$durability" ] && plain_jobs "$side" "$front"
-    for phase in cow img; do
-      id=$(bs snapshot create --storage "$DIFF" --limit 0 "${dur_args[@]}" "--$kind" vol 2>"$WORK/create.err") ||
-        { cat "$WORK/create.err" >&2; fail "$side create (storage $DIFF, ${durability:-default} durability)"; }
-      bs snapshot take "$id" >/dev/null || fail "$side take"
-      if [ $phase = cow ]; then
-        log "$side: snapshot $id durability $(jget "$(bs --json snapshot info "$id")" 'j.get("durability")')"
-        cow_jobs "$side" "$front"
-      else
-        img=$(jget "$(bs --json snapshot info "$id")" "j['devices'][0]['image']['$kind']")
-        [ -b "$img" ] || fail "$side: image device '$img'"
-        half_write "$front"
-        imgread "$side" "$img"
-      fi
-      info=$(bs --json snapshot info "$id")
-      [ "$(jget "$info" 'j["devices"][0]["error"]')" = 0 ] || fail "$side: snapshot error: $info"
-      log "$side: difference storage used $(($(jget "$info" 'j["storage"]["used"]') >> 20)) MiB"
-      bs snapshot destroy "$id" >/dev/null || fail "$side destroy"
+    [ -z "$durability" ] && [ "$SNAPS" = 1 ] && plain_jobs "$side" "$front"
+    phases=(cow img); [ "$SNAPS" -gt 1 ] && phases=(cow1 cowN)
+    for phase in "${phases[@]}"; do
+      k=1; [ $phase = cowN ] && k=$SNAPS
+      ids=()  # oldest first: destroying the oldest first copies nothing into the others
+      for ((i = 0; i < k; i++)); do
+        img_args=("--$kind"); [ "$IMAGES" = 0 ] && [ $phase != img ] && img_args=()
+        id=$(bs snapshot create --storage "${DIFFS[$i]}" --limit 0 "${dur_args[@]}" "${img_args[@]}" vol 2>"$WORK/create.err") ||
+          { cat "$WORK/create.err" >&2; fail "$side create (storage ${DIFFS[$i]}, ${durability:-default} durability)"; }
+        bs snapshot take "$id" >/dev/null || fail "$side take $id"
+        ids+=("$id")
+      done
+      id=${ids[$((k - 1))]}  # the newest
+      case $phase in
+        cow)
+          log "$side: snapshot $id durability $(jget "$(bs --json snapshot info "$id")" 'j.get("durability")')"
+          cow_jobs "$side" "$front" ;;
+        cow1 | cowN)
+          log "$side: $k snapshot(s) ${ids[*]}, durability $(jget "$(bs --json snapshot info "$id")" 'j.get("durability")')"
+          wl=cow64k; [ $phase = cow1 ] && wl=cow64k-1
+          cow64k "$side" "$wl" "$front" ;;
+        img)
+          img=$(jget "$(bs --json snapshot info "$id")" "j['devices'][0]['image']['$kind']")
+          [ -b "$img" ] || fail "$side: image device '$img'"
+          half_write "$front"
+          imgread "$side" "$img" ;;
+      esac
+      for id in "${ids[@]}"; do
+        info=$(bs --json snapshot info "$id")
+        [ "$(jget "$info" 'j["devices"][0]["error"]')" = 0 ] || fail "$side: snapshot error: $info"
+        log "$side: snapshot $id difference storage used $(($(jget "$info" 'j["storage"]["used"]') >> 20)) MiB"
+      done
+      for id in "${ids[@]}"; do bs snapshot destroy "$id" >/dev/null || fail "$side destroy $id"; done
     done
   done
   bs detach vol >/dev/null || fail "detach"
@@ -233,7 +284,7 @@ fi
 import json, os, platform, sys, time
 json.dump({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": platform.release(),
            "tree": "${BENCH_TREE:-unknown}", "daemon_args": "$DAEMON_ARGS",
-           "backing": "$BACKING", "size_mib": $SIZE_MB, "runtime_s": $RT, "cpus": os.cpu_count(),
+           "backing": "$BACKING", "size_mib": $SIZE_MB, "snapshots": $SNAPS, "images": $IMAGES, "runtime_s": $RT, "cpus": os.cpu_count(),
            "mem_mib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20},
           open(sys.argv[1], "w"))
 PY

@@ -9,6 +9,10 @@ SIDE.WORKLOAD.stat (the "cpu" and "ctxt" lines of /proc/stat before and after th
 the whole VM's busy time (user, nice, system, irq, softirq, steal) in USER_HZ ticks, so it
 includes the kernel's work (dm-snapshot's kcopyd, loop, FUSE) and blksnapd's; per I/O it is
 comparable across sides, unlike a per-process figure.
+
+A run's "snapshots" (BENCH_SNAPSHOTS, 1 when absent) is the number of snapshots of the origin
+taken before cow64k; with more than one, cow64k-1 is the same job with one snapshot, in the
+same run, and the ratios compare the two.
 """
 import glob
 import json
@@ -24,7 +28,7 @@ PLAIN = ("randread4k", "randwrite4k", "randwrite64k")  # no snapshot
 # power) only once a snapshot exists.
 SAME_PLAIN = {"dm-snapshot": "raw", "blksnap-ublk-memory": "blksnap-ublk",
               "blksnap-ublk-crash": "blksnap-ublk"}
-WORKLOADS = ["randread4k", "randwrite4k", "randwrite64k", "cow64k", "fill1m", "steady64k",
+WORKLOADS = ["randread4k", "randwrite4k", "randwrite64k", "cow64k-1", "cow64k", "fill1m", "steady64k",
              "imgread", "read1m"]
 MIB_S = {"fill1m", "imgread", "read1m"}  # reported in MiB/s; the others in IOPS
 USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -86,8 +90,22 @@ def ratio(a, b):
     return None if a is None or not b else a / b
 
 
-def ratios(res):
+def snapshots(run):
+    return run.get("snapshots", 1)
+
+
+def ratios(res, n=1):
+    """Same-run ratios; n is the run's snapshot count (cow64k was taken with n snapshots)."""
     out = {}
+    if n > 1:  # issue 18: blksnap shares one copy per chunk, dm-snapshot copies n times
+        for side in ("blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash"):
+            for wl, label in (("cow64k", f"cow64k ({n} snapshots)"), ("cow64k-1", "cow64k-1")):
+                out[f"{label}: {side} / dm-snapshot"] = ratio(value(res, side, wl),
+                                                           value(res, "dm-snapshot", wl))
+        for side in ("dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash"):
+            out[f"cow64k {n} snapshots / 1: {side}"] = ratio(value(res, side, "cow64k"),
+                                                             value(res, side, "cow64k-1"))
+        return out
     for wl in ("randread4k", "randwrite4k", "randwrite64k", "cow64k", "steady64k", "imgread"):
         out[f"{wl}: blksnap-ublk / dm-snapshot"] = ratio(value(res, "blksnap-ublk", wl),
                                                         value(res, "dm-snapshot", wl))
@@ -138,9 +156,13 @@ def print_run(run):
     res = run["results"]
     print(f"run {run['time']}  tree {run.get('tree', '?')}  kernel {run['kernel']}  "
           f"backing {run['backing']}  {run['size_mib']} MiB  {run['runtime_s']} s jobs  "
+          f"{snapshots(run)} snapshot(s) for cow64k  "
+          + ("no blksnap image devices  " if run.get("images", 1) == 0 else "") +
           f"{run['cpus']} vCPUs" + (f"  blksnapd {run['daemon_args']}" if run.get("daemon_args") else ""))
     wls = [w for w in WORKLOADS if any(w in r for r in res.values())]
-    print_table(res, wls, speed_cell, "(IOPS; fill1m, imgread, read1m in MiB/s)")
+    print_table(res, wls, speed_cell, "(IOPS; fill1m, imgread, read1m in MiB/s)" +
+                (f"; cow64k with {snapshots(run)} snapshots, cow64k-1 with one"
+                 if snapshots(run) > 1 else ""))
     print_table(res, wls, cost_cell, "(whole-VM CPU µs per I/O / context switches per I/O)")
 
 
@@ -156,11 +178,13 @@ def main():
     all_ratios = []
     for run in runs:
         print_run(run)
-        rs = ratios(run["results"])
+        rs = ratios(run["results"], snapshots(run))
         all_ratios.append(rs)
         print("ratios: " + "; ".join(f"{k} {fmt(v, 2)}" for k, v in rs.items() if v is not None))
         print()
-    if len(runs) > 1:
+    if len(runs) > 1 and len({snapshots(r) for r in runs}) > 1:
+        print("runs with different snapshot counts: no medians")
+    elif len(runs) > 1:
         med = {}  # side -> workload -> the median, in the shape value() reads
         for side in SIDES:
             for wl in WORKLOADS:
