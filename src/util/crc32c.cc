@@ -1,5 +1,6 @@
 // CRC-32C in two implementations behind one entry point.
-//   Portable: table-driven, one byte per step (~0.5 GB/s); any CPU.
+//   Portable: table-driven, slicing by 8 (eight tables, eight bytes per step; several times the
+//     one-table byte loop, ~0.5 GB/s); any CPU without the instruction (an emulated one too).
 //   Hardware: x86-64 SSE4.2 `crc32` instruction, eight bytes per step (several GB/s). Compiled
 //     with a target attribute, so the rest of the build needs no -msse4.2, and chosen at run time
 //     by a cpuid check (__builtin_cpu_supports). On other architectures HaveHardware() is false.
@@ -15,16 +16,22 @@ namespace {
 
 constexpr uint32_t kPolynomial = 0x82F63B78u;  // 0x1EDC6F41 bit-reversed
 
-constexpr std::array<uint32_t, 256> MakeTable() {
-  std::array<uint32_t, 256> table{};
+// kTables[0] is the classic byte table; kTables[k][i] is the CRC of byte i followed by k zero
+// bytes, so eight bytes are folded with eight lookups at once.
+using Tables = std::array<std::array<uint32_t, 256>, 8>;
+constexpr Tables MakeTables() {
+  Tables t{};
   for (uint32_t i = 0; i < 256; ++i) {
     uint32_t c = i;
     for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ kPolynomial : c >> 1;
-    table[i] = c;
+    t[0][i] = c;
   }
-  return table;
+  for (uint32_t i = 0; i < 256; ++i) {
+    for (size_t k = 1; k < 8; ++k) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xff];
+  }
+  return t;
 }
-constexpr auto kTable = MakeTable();
+constexpr Tables kTables = MakeTables();
 
 using Crc32cFunction = uint32_t (*)(const void*, size_t, uint32_t);
 
@@ -38,8 +45,16 @@ namespace crc32c_internal {
 
 uint32_t Portable(const void* data, size_t length, uint32_t crc) {
   const auto* p = static_cast<const uint8_t*>(data);
+  const auto& t = kTables;
   crc = ~crc;
-  for (size_t i = 0; i < length; ++i) crc = kTable[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  for (; length >= 8; length -= 8, p += 8) {
+    // Little-endian assembly of the next eight bytes, whatever the host's byte order.
+    const uint32_t lo =
+        crc ^ (uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24);
+    crc = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^
+          t[3][p[4]] ^ t[2][p[5]] ^ t[1][p[6]] ^ t[0][p[7]];
+  }
+  for (; length > 0; --length) crc = t[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
   return ~crc;
 }
 
