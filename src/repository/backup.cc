@@ -1,8 +1,10 @@
 // RunBackup and RunRestore: see backup.h.
 //
 // Both run one loop (ParallelChunks): `threads` workers take chunk indexes from one atomic
-// counter, each with its own chunk-sized buffer and its own seal buffer (a backup seals every new
-// chunk into it: allocated and faulted in by the first chunk, reused by the rest); the first
+// counter, each with its own ChunkFrame (the chunk's bytes, 4 KiB-aligned, with room for a
+// blob's header and trailer around them: a chunk stored raw is sealed, and read back, where it
+// lies) and its own seal buffer (a backup seals every compressed or encrypted chunk into it:
+// allocated and faulted in by the first chunk, reused by the rest); the first
 // error stops every worker and is returned. Counters are atomics; the progress callback is called
 // by whichever worker passes the interval first (a try-lock), so no extra thread is needed.
 #include "repository/backup.h"
@@ -67,23 +69,12 @@ class Reporter {
   Clock::time_point last_;
 };
 
-// A chunk-sized buffer aligned for O_DIRECT (a target opened so writes it without a bounce).
-constexpr size_t kBufferAlignment = 4096;
-struct FreeDeleter {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-using AlignedBuffer = std::unique_ptr<uint8_t[], FreeDeleter>;
-AlignedBuffer NewAlignedBuffer(size_t size) {
-  const size_t rounded = (size + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
-  return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(kBufferAlignment, rounded)));
-}
+using ChunkFn = std::function<Status(uint64_t, ChunkFrame&, std::vector<uint8_t>&)>;
 
-using ChunkFn = std::function<Status(uint64_t, std::span<uint8_t>, std::vector<uint8_t>&)>;
-
-// Runs fn(index, buffer, seal_buffer) for every chunk index in [0, count) on `threads` workers,
-// each with its own aligned buffer of buffer_size bytes and its own seal buffer (empty at first;
+// Runs fn(index, frame, seal_buffer) for every chunk index in [0, count) on `threads` workers,
+// each with its own ChunkFrame of chunk_size bytes and its own seal buffer (empty at first;
 // Repository::PutChunk grows it).
-Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter& reporter,
+Status ParallelChunks(uint64_t count, int threads, size_t chunk_size, Reporter& reporter,
                       const ChunkFn& fn) {
   std::atomic<uint64_t> next{0};
   std::atomic<bool> stop{false};
@@ -95,14 +86,14 @@ Status ParallelChunks(uint64_t count, int threads, size_t buffer_size, Reporter&
     stop = true;
   };
   auto worker = [&] {
-    AlignedBuffer buffer = NewAlignedBuffer(std::max<size_t>(buffer_size, 1));
-    if (!buffer) return fail(Status::Error(ENOMEM, "no memory for a chunk buffer"));
+    ChunkFrame frame(chunk_size);
+    if (!frame.ok()) return fail(Status::Error(ENOMEM, "no memory for a chunk buffer"));
     std::vector<uint8_t> seal_buffer;
     for (;;) {
       if (stop.load(std::memory_order_relaxed)) return;
       const uint64_t index = next.fetch_add(1);
       if (index >= count) return;
-      Status s = fn(index, std::span<uint8_t>(buffer.get(), buffer_size), seal_buffer);
+      Status s = fn(index, frame, seal_buffer);
       if (!s.ok()) return fail(std::move(s));
       reporter.Maybe();
     }
@@ -142,7 +133,7 @@ ChangedPieces PiecesByChunk(const std::vector<ByteExtent>& changed, uint64_t siz
 // into `data`, with its digest checked), only the changed pieces are read from the image, over the
 // parent's data: the device is read for what changed, not for whole chunks. Otherwise the whole
 // chunk is read. *read: bytes read from the image.
-Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
+Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset, ChunkFrame& frame,
                         std::span<uint8_t> data, const Digest& parent,
                         const std::vector<ByteExtent>& pieces, uint64_t* read) {
   uint64_t changed = 0;
@@ -152,7 +143,7 @@ Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset,
     if (parent.IsZero()) {
       std::memset(data.data(), 0, data.size());
       base = true;
-    } else if (auto old = repo.ReadChunk(parent, data); old.ok() && *old == data.size()) {
+    } else if (auto old = repo.ReadChunk(parent, frame); old.ok() && *old == data.size()) {
       base = true;
     }  // else: the parent's chunk is damaged or missing: read it all from the image
   }
@@ -207,7 +198,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   Status s = ParallelChunks(
       index.chunks.size(), spec.threads, chunk, reporter,
-      [&](uint64_t i, std::span<uint8_t> buf, std::vector<uint8_t>& sealed) -> Status {
+      [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>& sealed) -> Status {
         if (spec.cancelled && spec.cancelled()) {
           return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");
         }
@@ -218,9 +209,9 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           c.done += length;
           return Status::Ok();
         }
-        std::span<uint8_t> data = buf.first(length);
+        std::span<uint8_t> data = frame.plain().first(length);
         uint64_t read = length;
-        Status r = incremental ? FillChangedChunk(repo, image, offset, data,
+        Status r = incremental ? FillChangedChunk(repo, image, offset, frame, data,
                                                   spec.parent_index.chunks[i], pieces[i], &read)
                                : image.Read(offset, data);
         if (!r.ok()) {
@@ -233,7 +224,8 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
           index.chunks[i] = Digest{};
           ++zeroes;
         } else {
-          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put, repo.PutChunk(data, batch.get(), &sealed));
+          BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put,
+                                   repo.PutChunk(frame, length, batch.get(), &sealed));
           index.chunks[i] = put.id;
           if (put.stored) {
             ++new_chunks;
@@ -305,7 +297,7 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   BLKSNAP_RETURN_IF_ERROR(ParallelChunks(
       index.chunks.size(), spec.threads, chunk, reporter,
-      [&](uint64_t i, std::span<uint8_t> buf, std::vector<uint8_t>&) -> Status {
+      [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>&) -> Status {
         const uint64_t offset = i * chunk;
         const uint64_t length = std::min(chunk, size - offset);
         if (index.chunks[i].IsZero()) {
@@ -313,13 +305,13 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
           c.done += length;
           return Status::Ok();
         }
-        BLKSNAP_ASSIGN_OR_RETURN(size_t got, repo.ReadChunk(index.chunks[i], buf));
+        BLKSNAP_ASSIGN_OR_RETURN(size_t got, repo.ReadChunk(index.chunks[i], frame));
         if (got != length) {
           return Status::Error(EBADMSG, "backup " + backup.id + ": chunk " + index.chunks[i].Hex() +
                                             " has " + std::to_string(got) + " bytes, not " +
                                             std::to_string(length));
         }
-        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, buf.first(length)));
+        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, frame.plain().first(length)));
         c.read += length;
         c.done += length;
         return Status::Ok();
@@ -331,9 +323,9 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Reporter quiet(ProgressFn{}, spec.progress_interval, size, v);
   return ParallelChunks(
       index.chunks.size(), spec.threads, chunk, quiet,
-      [&](uint64_t i, std::span<uint8_t> buf, std::vector<uint8_t>&) -> Status {
+      [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>&) -> Status {
         const uint64_t offset = i * chunk;
-        std::span<uint8_t> data = buf.first(std::min(chunk, size - offset));
+        std::span<uint8_t> data = frame.plain().first(std::min(chunk, size - offset));
         BLKSNAP_RETURN_IF_ERROR(target.Read(offset, data));
         const bool ok = index.chunks[i].IsZero() ? IsAllZero(data.data(), data.size())
                                                  : repo.codec().ChunkId(data) == index.chunks[i];

@@ -13,9 +13,10 @@
 // reuses (and gc frees if none does).
 //
 // A restore writes every chunk of a backup's index to a target at least as large as the device,
-// `threads` chunks at a time, each worker decoding into its own 4 KiB-aligned chunk buffer
-// (Repository::ReadChunk) and writing it from there: a target opened with O_DIRECT takes it
-// without a copy. ReadChunk checks each chunk's digest, so a damaged or missing chunk
+// `threads` chunks at a time, each worker reading the blob into its own ChunkFrame around its
+// 4 KiB-aligned chunk buffer, decoding there (Repository::ReadChunk: a raw payload is not
+// copied) and writing the chunk from there: a target opened with O_DIRECT takes it without a
+// copy. ReadChunk checks each chunk's digest, so a damaged or missing chunk
 // fails the restore with that chunk's error. Zero chunks are skipped when the target already
 // reads as zeroes (a new or truncated sparse file: they stay holes), else written as zeroes.
 // `verify` then re-reads the target and checks every chunk against the index.

@@ -16,8 +16,12 @@
 // repository, then the tag or the CRC before it decompresses (an encrypted raw payload is
 // decrypted straight into the caller's buffer), and decompresses only a single zstd frame whose
 // declared content size is the header's plain length: a damaged blob never makes it allocate
-// more than kMaxPlainLength. Nonces are 96 random bits from RAND_bytes (2^32 blobs per key keep
-// the collision probability negligible).
+// more than kMaxPlainLength. SealFramed and UnsealFramed work on a ChunkFrame (chunk_frame.h): a
+// plain repository's raw payload is the chunk's bytes where they lie in the frame (header
+// written before them, CRC after; read so, the CRC is checked there), an encrypted raw payload is
+// decrypted in place; a compressed payload read around the chunk's bytes is moved to the
+// thread's scratch buffer first (zstd does not decompress onto its input). Nonces are 96 random
+// bits from RAND_bytes (2^32 blobs per key keep the collision probability negligible).
 //
 // The compressibility probe: zstd over 4 MiB of random or already compressed bytes costs ~2 ms of
 // CPU, and its output is then thrown away. So before compressing an input of 512 KiB or more
@@ -236,6 +240,19 @@ ZSTD_DCtx* ThreadDCtx() {
   return ctx.get();
 }
 
+// This thread's scratch buffer, `size` bytes of it (it only grows): a compressed payload's clear
+// or moved bytes on their way to zstd.
+std::span<uint8_t> ThreadScratch(size_t size) {
+  thread_local std::vector<uint8_t> scratch;
+  if (scratch.size() < size) scratch.resize(size);
+  return {scratch.data(), size};
+}
+
+bool Overlap(std::span<const uint8_t> a, std::span<const uint8_t> b) {
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data()), b0 = reinterpret_cast<uintptr_t>(b.data());
+  return a0 < b0 + b.size() && b0 < a0 + a.size();
+}
+
 }  // namespace
 
 // ---- Config
@@ -403,32 +420,58 @@ Result<std::vector<uint8_t>> Codec::Seal(std::span<const uint8_t> plain,
 Result<std::span<const uint8_t>> Codec::SealInto(std::span<const uint8_t> plain,
                                                  std::span<const uint8_t> aad,
                                                  std::vector<uint8_t>* buffer) const {
+  return SealImpl(plain, aad, buffer, nullptr);
+}
+
+Result<std::span<const uint8_t>> Codec::SealFramed(ChunkFrame& frame, size_t length,
+                                                   std::span<const uint8_t> aad,
+                                                   std::vector<uint8_t>* buffer) const {
+  if (length > frame.capacity()) return Status::Error(EINVAL, "seal: longer than the frame");
+  return SealImpl(frame.plain().first(length), aad, buffer, &frame);
+}
+
+size_t Codec::PayloadOffset() const {
+  return kBlobHeaderSize + (config_.encrypted ? kGcmNonceSize : 0);
+}
+
+Result<std::span<const uint8_t>> Codec::SealImpl(std::span<const uint8_t> plain,
+                                                 std::span<const uint8_t> aad,
+                                                 std::vector<uint8_t>* buffer,
+                                                 ChunkFrame* frame) const {
   if (plain.size() > kMaxPlainLength) return Status::Error(EINVAL, "seal: larger than 65 MiB");
-  const size_t offset = kBlobHeaderSize + (config_.encrypted ? kGcmNonceSize : 0);
+  const size_t offset = PayloadOffset();
   const size_t trailer = config_.encrypted ? kGcmTagSize : kBlobCrcSize;
   const bool try_compress =
       config_.zstd_level != 0 && !plain.empty() && !ProbeSaysIncompressible(plain);
+  // A raw payload of a plain repository is the chunk's bytes where they lie in a frame.
+  const bool raw_in_frame = frame != nullptr && !config_.encrypted;
   const size_t room =
       try_compress ? std::max(ZSTD_compressBound(plain.size()), plain.size()) : plain.size();
-  if (buffer->size() < offset + room + trailer) buffer->resize(offset + room + trailer);
-  uint8_t* const blob = buffer->data();
-  uint8_t* const payload = blob + offset;
+  uint8_t* blob = nullptr;
+  if (try_compress || !raw_in_frame) {
+    if (buffer->size() < offset + room + trailer) buffer->resize(offset + room + trailer);
+    blob = buffer->data();
+  }
   size_t payload_length = plain.size();
   uint8_t flags = config_.encrypted ? kBlobEncrypted : 0;
   if (try_compress) {
     ZSTD_CCtx* cctx = ThreadCCtx();
     if (cctx == nullptr) return Status::Error(ENOMEM, "seal: no zstd context");
-    const size_t n =
-        ZSTD_compressCCtx(cctx, payload, room, plain.data(), plain.size(), config_.zstd_level);
+    const size_t n = ZSTD_compressCCtx(cctx, blob + offset, room, plain.data(), plain.size(),
+                                       config_.zstd_level);
     if (!ZSTD_isError(n) && n < plain.size()) {
       payload_length = n;
       flags |= kBlobCompressed;
     }
   }
-  // A raw payload is the plain bytes: copied into the blob, or in an encrypted repository
-  // encrypted straight from them into it.
+  // A raw payload is the plain bytes: in place in a frame, or copied into the blob, or in an
+  // encrypted repository encrypted straight from them into it.
   const bool raw = !(flags & kBlobCompressed);
-  if (raw && !config_.encrypted && !plain.empty()) std::memcpy(payload, plain.data(), plain.size());
+  if (raw && raw_in_frame) blob = frame->Around(offset).data();
+  uint8_t* const payload = blob + offset;
+  if (raw && !config_.encrypted && !plain.empty() && payload != plain.data()) {
+    std::memcpy(payload, plain.data(), plain.size());
+  }
   std::memcpy(blob, kBlobMagic, sizeof(kBlobMagic));
   blob[4] = kBlobVersion;
   blob[5] = flags;
@@ -511,9 +554,7 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
     // buffer, which then feeds zstd.
     std::span<uint8_t> clear;
     if (layout.compressed) {
-      thread_local std::vector<uint8_t> scratch;
-      if (scratch.size() < payload_length) scratch.resize(payload_length);
-      clear = std::span(scratch.data(), payload_length);
+      clear = ThreadScratch(payload_length);
     } else {
       clear = out.first(payload_length);
     }
@@ -533,8 +574,17 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
       return BadBlob("checksum mismatch (damaged, or stored under another name)");
     }
     if (!layout.compressed) {
-      if (payload_length > 0) std::memcpy(out.data(), stored.data(), payload_length);
+      // Nothing to copy when the blob was read around `out` (UnsealFramed).
+      if (payload_length > 0 && out.data() != stored.data()) {
+        std::memcpy(out.data(), stored.data(), payload_length);
+      }
       return size_t{plain_length};
+    }
+    if (Overlap(stored, out.first(plain_length))) {
+      // A compressed payload read around `out` (UnsealFramed): zstd needs it elsewhere.
+      const std::span<uint8_t> moved = ThreadScratch(payload_length);
+      std::memcpy(moved.data(), stored.data(), payload_length);
+      payload = moved;
     }
   }
   if (ZSTD_getFrameContentSize(payload.data(), payload.size()) != plain_length ||
@@ -547,6 +597,13 @@ Result<size_t> Codec::UnsealInto(std::span<const uint8_t> blob, std::span<const 
       ZSTD_decompressDCtx(dctx, out.data(), plain_length, payload.data(), payload.size());
   if (ZSTD_isError(n) || n != plain_length) return BadBlob("zstd frame is damaged");
   return size_t{plain_length};
+}
+
+Result<size_t> Codec::UnsealFramed(ChunkFrame& frame, size_t blob_size,
+                                   std::span<const uint8_t> aad) const {
+  const std::span<uint8_t> room = frame.Around(PayloadOffset());
+  if (blob_size > room.size()) return BadBlob("longer than a chunk's blob");
+  return UnsealInto(room.first(blob_size), aad, frame.plain());
 }
 
 }  // namespace blksnap::repo

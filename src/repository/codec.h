@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "blksnap/status.h"
+#include "repository/chunk_frame.h"
 #include "repository/digest.h"
 #include "repository/repository_format.h"
 
@@ -89,6 +90,13 @@ class Codec {
   Result<std::span<const uint8_t>> SealInto(std::span<const uint8_t> plain,
                                             std::span<const uint8_t> aad,
                                             std::vector<uint8_t>* buffer) const;
+  // SealInto for the first `length` bytes of frame.plain() (a backup worker's chunk buffer): a
+  // blob whose payload stays raw in a plain repository is built around those bytes in the frame
+  // (header before them, CRC-32C after: no copy of the chunk); any other blob goes into *buffer
+  // as with SealInto. The chunk's bytes are never modified. Errors as Seal.
+  Result<std::span<const uint8_t>> SealFramed(ChunkFrame& frame, size_t length,
+                                              std::span<const uint8_t> aad,
+                                              std::vector<uint8_t>* buffer) const;
   // The plain bytes of a blob sealed with the same `aad`; EBADMSG "<what is wrong>" on any damage
   // (never allocates more than the blob's size plus its checked plain length). A plain blob in an
   // encrypted repository is damage too (it would be unauthenticated).
@@ -96,14 +104,28 @@ class Codec {
                                       std::span<const uint8_t> aad) const;
   // Unseal into `out` (a caller's reused buffer): the plain length; EBADMSG as Unseal, also when
   // the plain length is over out.size(). Bytes of `out` past the plain length are left alone.
+  // `out` may start exactly at the blob's payload (blob.data() + PayloadOffset(): the blob was
+  // read around it, UnsealFramed), and the blob's bytes are then overwritten; any other overlap
+  // of `out` and `blob` is not allowed.
   Result<size_t> UnsealInto(std::span<const uint8_t> blob, std::span<const uint8_t> aad,
                             std::span<uint8_t> out) const;
+  // UnsealInto of the blob of `blob_size` bytes at frame.Around(PayloadOffset()) (read there by
+  // a restore worker) into frame.plain(): a raw payload is checked (or decrypted) where it lies.
+  Result<size_t> UnsealFramed(ChunkFrame& frame, size_t blob_size,
+                              std::span<const uint8_t> aad) const;
+  // Where a blob's payload starts: its header, and the nonce when encrypted.
+  size_t PayloadOffset() const;
 
   // The object name of a chunk: "chunks/XX/<64 hex>".
   static std::string ChunkName(const Digest& id);
 
  private:
   explicit Codec(const RepoConfig& config) : config_(config) {}
+
+  // SealInto, and SealFramed when `frame` is given (plain = the start of frame->plain()).
+  Result<std::span<const uint8_t>> SealImpl(std::span<const uint8_t> plain,
+                                            std::span<const uint8_t> aad,
+                                            std::vector<uint8_t>* buffer, ChunkFrame* frame) const;
 
   struct BlobLayout {
     bool encrypted = false, compressed = false;

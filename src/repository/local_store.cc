@@ -183,32 +183,22 @@ class LocalStore : public ObjectStore {
   }
 
   Result<std::vector<uint8_t>> Get(const std::string& name) override {
-    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
-    Fd fd(::openat(dir_.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!fd.valid()) {
-      if (errno == ENOENT || errno == ENOTDIR) {
-        return Status::Error(ENOENT, "object '" + name + "' not found");
-      }
-      return Status::FromErrno("open " + Path(name));
-    }
-    struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + Path(name));
-    if (!S_ISREG(st.st_mode)) return Status::Error(EISDIR, Path(name) + " is not a file");
-    // Objects are never written in place (Put renames a new file over the name), so the open
-    // file keeps the size fstat saw.
-    std::vector<uint8_t> data(static_cast<size_t>(st.st_size));
-    size_t done = 0;
-    while (done < data.size()) {
-      const ssize_t n = ::read(fd.get(), data.data() + done, data.size() - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Status::FromErrno("read " + Path(name));
-      }
-      if (n == 0) break;
-      done += static_cast<size_t>(n);
-    }
+    BLKSNAP_ASSIGN_OR_RETURN(Fd fd, OpenObject(name));
+    BLKSNAP_ASSIGN_OR_RETURN(size_t size, FileSize(fd.get(), name));
+    std::vector<uint8_t> data(size);
+    BLKSNAP_ASSIGN_OR_RETURN(size_t done, ReadAll(fd.get(), data, name));
     data.resize(done);
     return data;
+  }
+
+  Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override {
+    BLKSNAP_ASSIGN_OR_RETURN(Fd fd, OpenObject(name));
+    BLKSNAP_ASSIGN_OR_RETURN(size_t size, FileSize(fd.get(), name));
+    if (size > out.size()) {
+      return Status::Error(EMSGSIZE, "object '" + name + "' is longer than " +
+                                         std::to_string(out.size()) + " bytes");
+    }
+    return ReadAll(fd.get(), out.first(size), name);
   }
 
   Result<bool> Exists(const std::string& name) override {
@@ -290,6 +280,42 @@ class LocalStore : public ObjectStore {
   }
 
  private:
+  Result<Fd> OpenObject(const std::string& name) const {
+    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    Fd fd(::openat(dir_.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno == ENOENT || errno == ENOTDIR) {
+        return Status::Error(ENOENT, "object '" + name + "' not found");
+      }
+      return Status::FromErrno("open " + Path(name));
+    }
+    return fd;
+  }
+
+  // Objects are never written in place (Put renames a new file over the name), so the open
+  // file keeps the size fstat saw.
+  Result<size_t> FileSize(int fd, const std::string& name) const {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return Status::FromErrno("stat " + Path(name));
+    if (!S_ISREG(st.st_mode)) return Status::Error(EISDIR, Path(name) + " is not a file");
+    return static_cast<size_t>(st.st_size);
+  }
+
+  // Reads into `out` until it is full or the file ends; the bytes read.
+  Result<size_t> ReadAll(int fd, std::span<uint8_t> out, const std::string& name) const {
+    size_t done = 0;
+    while (done < out.size()) {
+      const ssize_t n = ::read(fd, out.data() + done, out.size() - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::FromErrno("read " + Path(name));
+      }
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
+    }
+    return done;
+  }
+
   std::string Path(const std::string& name) const { return path_ + "/" + name; }
 
   // Opens DIR/<parent> ("" is DIR itself), creating missing directories when `create`.

@@ -5,6 +5,7 @@
 // mutex until Commit puts those of the current epoch into the wrapped store.
 #include "repository/object_store.h"
 
+#include <cstring>
 #include <map>
 
 #include "repository/repository_format.h"
@@ -67,6 +68,16 @@ class DirectBatch : public PutBatch {
 
 std::unique_ptr<PutBatch> ObjectStore::NewPutBatch() {
   return std::make_unique<DirectBatch>(*this);
+}
+
+Result<size_t> ObjectStore::ReadInto(const std::string& name, std::span<uint8_t> out) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> data, Get(name));
+  if (data.size() > out.size()) {
+    return Status::Error(
+        EMSGSIZE, "object '" + name + "' is longer than " + std::to_string(out.size()) + " bytes");
+  }
+  if (!data.empty()) std::memcpy(out.data(), data.data(), data.size());
+  return data.size();
 }
 
 Status ValidateObjectName(std::string_view name) {
@@ -201,6 +212,11 @@ Status FaultyStore::PutIfAbsent(const std::string& name, std::span<const uint8_t
 Result<std::vector<uint8_t>> FaultyStore::Get(const std::string& name) {
   BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kGet, name));
   return base_->Get(name);
+}
+
+Result<size_t> FaultyStore::ReadInto(const std::string& name, std::span<uint8_t> out) {
+  BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kGet, name));
+  return base_->ReadInto(name, out);
 }
 
 Result<bool> FaultyStore::Exists(const std::string& name) {

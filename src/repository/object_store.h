@@ -6,6 +6,9 @@
 //    never a torn write; after Put returns OK the object is durable.
 //  - PutIfAbsent creates atomically: EEXIST if the name exists (manifests are published so).
 //  - Get: ENOENT if missing. Exists: false if missing. Delete: OK if missing (idempotent).
+//  - ReadInto: Get into a caller's buffer (no allocation, no zero-fill: a restore reads chunk
+//    after chunk into one), one round trip where the backend allows; EMSGSIZE when the object
+//    is longer than the buffer (the buffer's bytes are then unspecified).
 //  - Size: the object's length in bytes; ENOENT if missing.
 //  - List(prefix): the sorted names that start with `prefix` ("" lists everything).
 //  - Lock: backups hold kShared for their whole run, gc holds kExclusive; wait=false gives EBUSY
@@ -61,6 +64,8 @@ class ObjectStore {
   virtual Status Put(const std::string& name, std::span<const uint8_t> data) = 0;
   virtual Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) = 0;
   virtual Result<std::vector<uint8_t>> Get(const std::string& name) = 0;
+  // The object's length. The default is Get and a copy.
+  virtual Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out);
   virtual Result<bool> Exists(const std::string& name) = 0;
   virtual Result<uint64_t> Size(const std::string& name) = 0;
   virtual Result<std::vector<std::string>> List(const std::string& prefix) = 0;
@@ -94,7 +99,7 @@ std::unique_ptr<ObjectStore> NewMemoryStore();
 // objects in memory until Commit, which puts them into the wrapped store; CrashBefore(prefix)
 // models a power loss just before the next put of a name under prefix: every object still held
 // by a batch is lost (their Commit stores nothing of it).
-enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };
+enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };  // kGet: Get and ReadInto
 class FaultyStore : public ObjectStore {
  public:
   explicit FaultyStore(std::unique_ptr<ObjectStore> base) : base_(std::move(base)) {}
@@ -115,6 +120,7 @@ class FaultyStore : public ObjectStore {
   Status Put(const std::string& name, std::span<const uint8_t> data) override;
   Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override;
   Result<std::vector<uint8_t>> Get(const std::string& name) override;
+  Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override;
   Result<bool> Exists(const std::string& name) override;
   Result<uint64_t> Size(const std::string& name) override;
   Result<std::vector<std::string>> List(const std::string& prefix) override;

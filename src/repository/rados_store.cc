@@ -10,6 +10,8 @@
 // Get is one read operation {stat, read(0, capacity)}: the size and the bytes come from the same
 // version of the object, so a concurrent Put is never half seen; if the object is larger than
 // the capacity (first kFirstReadBytes), the operation is repeated with the size it reported.
+// ReadInto is the same operation into the caller's buffer, once (EMSGSIZE if the object is
+// larger). Put and PutIfAbsent go through librados's C calls, which copy the bytes (see Put).
 //
 // Leases: lock_shared / lock_exclusive (cls_lock on the OSD) of the lock "blksnap" on the object
 // "lock" (a reserved name, never listed), with a random cookie per lease and a duration of
@@ -193,6 +195,10 @@ class RadosStore : public ObjectStore {
   RadosStore(std::shared_ptr<Connection> conn, int lease_seconds)
       : conn_(std::move(conn)), lease_seconds_(lease_seconds) {}
 
+  // librados's C calls copy the data before they return: a write that times out (the OSD op
+  // timeout) may still be queued in librados's messenger, so it must not point at our buffer,
+  // which the caller reuses or frees (a zero-copy write through librados.hpp was measured, and
+  // dropped for this reason: docs/performance.md).
   Status Put(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     const int r = rados_write_full(conn_->io, name.c_str(),
@@ -217,26 +223,22 @@ class RadosStore : public ObjectStore {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     size_t capacity = kFirstReadBytes;
     while (true) {
-      std::vector<uint8_t> data(capacity);
-      uint64_t size = 0;
-      size_t done = 0;
-      int stat_rval = 0, read_rval = 0;
-      rados_read_op_t op = rados_create_read_op();
-      time_t mtime = 0;
-      rados_read_op_stat(op, &size, &mtime, &stat_rval);
-      rados_read_op_read(op, 0, capacity, reinterpret_cast<char*>(data.data()), &done, &read_rval);
-      int r = rados_read_op_operate(op, conn_->io, name.c_str(), 0);
-      rados_release_read_op(op);
-      if (r == 0) r = stat_rval < 0 ? stat_rval : read_rval;
-      if (r == -ENOENT) return NotFound(name);
-      if (r < 0) return conn_->Error(r, "read " + Quoted(name));
-      if (size <= capacity) {
-        if (done != size) return conn_->Error(-EIO, "short read of " + Quoted(name));
-        data.resize(done);
-        return data;
-      }
+      // Default-initialised: the read fills what the object has, the rest is cut off.
+      std::unique_ptr<uint8_t[]> data(new uint8_t[capacity]);
+      BLKSNAP_ASSIGN_OR_RETURN(const uint64_t size, Read(name, {data.get(), capacity}));
+      if (size <= capacity) return std::vector<uint8_t>(data.get(), data.get() + size);
       capacity = size;  // larger than the first guess: once more, with the size it has
     }
+  }
+
+  Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override {
+    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    BLKSNAP_ASSIGN_OR_RETURN(const uint64_t size, Read(name, out));
+    if (size > out.size()) {
+      return Status::Error(EMSGSIZE, "object " + Quoted(name) + " is longer than " +
+                                         std::to_string(out.size()) + " bytes");
+    }
+    return size;
   }
 
   Result<bool> Exists(const std::string& name) override {
@@ -306,6 +308,28 @@ class RadosStore : public ObjectStore {
   }
 
  private:
+  // One read operation {stat, read(0, out.size())} into `out`: the object's size (the bytes
+  // read, when it is not larger than `out`). The size and the bytes come from the same version
+  // of the object, so a concurrent Put is never half seen.
+  Result<uint64_t> Read(const std::string& name, std::span<uint8_t> out) {
+    uint64_t size = 0;
+    size_t done = 0;
+    int stat_rval = 0, read_rval = 0;
+    time_t mtime = 0;
+    rados_read_op_t op = rados_create_read_op();
+    rados_read_op_stat(op, &size, &mtime, &stat_rval);
+    rados_read_op_read(op, 0, out.size(), reinterpret_cast<char*>(out.data()), &done, &read_rval);
+    int r = rados_read_op_operate(op, conn_->io, name.c_str(), 0);
+    rados_release_read_op(op);
+    if (r == 0) r = stat_rval < 0 ? stat_rval : read_rval;
+    if (r == -ENOENT) return NotFound(name);
+    if (r < 0) return conn_->Error(r, "read " + Quoted(name));
+    if (size <= out.size() && done != size) {
+      return conn_->Error(-EIO, "short read of " + Quoted(name));
+    }
+    return size;
+  }
+
   Status NotFound(const std::string& name) const {
     return Status::Error(ENOENT, "object " + Quoted(name) + " not found in " + conn_->where);
   }

@@ -96,6 +96,18 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore
 
 Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, PutBatch* batch,
                                              std::vector<uint8_t>* seal_buffer) {
+  return PutChunkImpl(plain, batch, seal_buffer, nullptr);
+}
+
+Result<Repository::Put> Repository::PutChunk(ChunkFrame& frame, size_t length, PutBatch* batch,
+                                             std::vector<uint8_t>* seal_buffer) {
+  if (length > frame.capacity()) return Status::Error(EINVAL, "chunk longer than its frame");
+  return PutChunkImpl(frame.plain().first(length), batch, seal_buffer, &frame);
+}
+
+Result<Repository::Put> Repository::PutChunkImpl(std::span<const uint8_t> plain, PutBatch* batch,
+                                                 std::vector<uint8_t>* seal_buffer,
+                                                 ChunkFrame* frame) {
   Put put;
   put.id = codec_.ChunkId(plain);
   {
@@ -109,9 +121,11 @@ Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, Put
     BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
     if (exists) return Status::Ok();
     std::vector<uint8_t> own_buffer;
-    BLKSNAP_ASSIGN_OR_RETURN(
-        std::span<const uint8_t> blob,
-        codec_.SealInto(plain, IdBytes(put.id), seal_buffer ? seal_buffer : &own_buffer));
+    std::vector<uint8_t>* buffer = seal_buffer ? seal_buffer : &own_buffer;
+    BLKSNAP_ASSIGN_OR_RETURN(std::span<const uint8_t> blob,
+                             frame
+                                 ? codec_.SealFramed(*frame, plain.size(), IdBytes(put.id), buffer)
+                                 : codec_.SealInto(plain, IdBytes(put.id), buffer));
     BLKSNAP_RETURN_IF_ERROR(batch != nullptr ? batch->Put(name, blob) : store_->Put(name, blob));
     put.stored = true;
     put.stored_bytes = blob.size();
@@ -143,10 +157,16 @@ Result<std::vector<uint8_t>> Repository::GetSealed(const std::string& name, cons
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, FetchBlob(name, label));
   auto plain = codec_.Unseal(blob, IdBytes(id));
   if (!plain.ok()) return Prefixed(plain.status(), label);
-  if (codec_.ChunkId(*plain) != id) {
+  BLKSNAP_RETURN_IF_ERROR(CheckId(*plain, id, label));
+  return plain;
+}
+
+Status Repository::CheckId(std::span<const uint8_t> plain, const Digest& id,
+                           const std::string& label) const {
+  if (codec_.ChunkId(plain) != id) {
     return Status::Error(EBADMSG, label + ": the content does not match its id");
   }
-  return plain;
+  return Status::Ok();
 }
 
 Result<std::vector<uint8_t>> Repository::GetChunk(const Digest& id) {
@@ -158,9 +178,22 @@ Result<size_t> Repository::ReadChunk(const Digest& id, std::span<uint8_t> out) {
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, FetchBlob(Codec::ChunkName(id), label));
   auto length = codec_.UnsealInto(blob, IdBytes(id), out);
   if (!length.ok()) return Prefixed(length.status(), label);
-  if (codec_.ChunkId(out.first(*length)) != id) {
-    return Status::Error(EBADMSG, label + ": the content does not match its id");
+  BLKSNAP_RETURN_IF_ERROR(CheckId(out.first(*length), id, label));
+  return length;
+}
+
+Result<size_t> Repository::ReadChunk(const Digest& id, ChunkFrame& frame) {
+  const std::string label = "chunk " + id.Hex();
+  auto size = store_->ReadInto(Codec::ChunkName(id), frame.Around(codec_.PayloadOffset()));
+  if (!size.ok()) {
+    const int e = size.status().errnum();
+    if (e == ENOENT) return Status::Error(ENOENT, label + " is missing");
+    if (e == EMSGSIZE) return Status::Error(EBADMSG, label + ": blob longer than a chunk's");
+    return Prefixed(size.status(), label);
   }
+  auto length = codec_.UnsealFramed(frame, *size, IdBytes(id));
+  if (!length.ok()) return Prefixed(length.status(), label);
+  BLKSNAP_RETURN_IF_ERROR(CheckId(frame.plain().first(*length), id, label));
   return length;
 }
 

@@ -75,6 +75,11 @@ class Repository {
   // to chunk by a worker; without one, each new chunk is sealed into a fresh allocation.
   Result<Put> PutChunk(std::span<const uint8_t> plain, PutBatch* batch = nullptr,
                        std::vector<uint8_t>* seal_buffer = nullptr) EXCLUDES(mu_);
+  // PutChunk of the first `length` bytes of frame.plain() (a backup worker's chunk buffer): a
+  // chunk stored raw in a plain repository is sealed around its bytes in the frame
+  // (Codec::SealFramed), without a copy into `seal_buffer`. The chunk's bytes are not modified.
+  Result<Put> PutChunk(ChunkFrame& frame, size_t length, PutBatch* batch,
+                       std::vector<uint8_t>* seal_buffer) EXCLUDES(mu_);
   std::unique_ptr<PutBatch> NewChunkBatch() { return store_->NewPutBatch(); }
   // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
   // when the blob does not unseal or its content does not hash to the id.
@@ -82,6 +87,11 @@ class Repository {
   // GetChunk into a caller's buffer (no allocation of the plain bytes): the chunk's length, with
   // the same checks and errors; EBADMSG also when the chunk is longer than out.size().
   Result<size_t> ReadChunk(const Digest& id, std::span<uint8_t> out);
+  // ReadChunk into frame.plain() (a restore worker's chunk buffer): the blob is read into the
+  // frame around it (ObjectStore::ReadInto: no allocation), so a raw payload needs no copy
+  // (Codec::UnsealFramed). EBADMSG also when the blob is longer than a chunk of the frame's
+  // capacity can make.
+  Result<size_t> ReadChunk(const Digest& id, ChunkFrame& frame);
 
   // Stores an index (CheckIndex first: EINVAL) as "indexes/<hex>"; returns its id.
   Result<Digest> PutIndex(const Index& index);
@@ -144,6 +154,11 @@ class Repository {
 
   // The blob at `name`; ENOENT "<label> is missing", other errors prefixed with the label.
   Result<std::vector<uint8_t>> FetchBlob(const std::string& name, const std::string& label);
+  // PutChunk of `plain`, sealed in `frame` when given (plain = the start of frame->plain()).
+  Result<Put> PutChunkImpl(std::span<const uint8_t> plain, PutBatch* batch,
+                           std::vector<uint8_t>* seal_buffer, ChunkFrame* frame) EXCLUDES(mu_);
+  // EBADMSG "<label>: the content does not match its id" unless ChunkId(plain) == id.
+  Status CheckId(std::span<const uint8_t> plain, const Digest& id, const std::string& label) const;
   // Reads "what <hex>" at `name`, unseals it (AAD = id bytes) and checks ChunkId == id.
   Result<std::vector<uint8_t>> GetSealed(const std::string& name, const Digest& id,
                                          const char* what);

@@ -64,7 +64,8 @@ Result<S3Credentials> LoadS3Credentials(const S3Location& location);
 
 struct S3Response {
   long status = 0;
-  std::vector<uint8_t> body;
+  std::vector<uint8_t> body;  // empty when a 200's body went into the caller's buffer
+  size_t body_size = 0;       // the body's length, wherever it went
   std::map<std::string, std::string> headers;  // names lowercased
   std::string Header(const std::string& name) const;
 };
@@ -80,10 +81,14 @@ class S3Client {
 
   // One request for `key` (relative to the bucket: the caller adds the prefix; "" = the bucket
   // itself) with `query` (already encoded, keys sorted), retried while transient. Returns the
-  // response for any final HTTP status; a Status only when no response came.
+  // response for any final HTTP status; a Status only when no response came. With `into`, the
+  // body of a 200 response is written there (no allocation; S3Store::ReadInto), and a body
+  // longer than it fails the request with EMSGSIZE; other bodies (an error's XML) still go to
+  // response.body. Without it, response.body is allocated once from the Content-Length.
   Result<S3Response> Request(const std::string& method, const std::string& key,
                              const std::string& query, std::span<const uint8_t> body = {},
-                             const std::vector<std::string>& headers = {});
+                             const std::vector<std::string>& headers = {},
+                             std::span<uint8_t>* into = nullptr);
 
   // The Status for a response that is not a success: `what` names the operation and object.
   static Status ErrorOf(const S3Response& response, const std::string& what);

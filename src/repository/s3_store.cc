@@ -93,6 +93,12 @@ class S3Store final : public ObjectStore {
     if (r.status != 200) return S3Client::ErrorOf(r, "s3 get " + name);
     return std::move(r.body);
   }
+  Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override {
+    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    BLKSNAP_ASSIGN_OR_RETURN(S3Response r, client_->Request("GET", Key(name), "", {}, {}, &out));
+    if (r.status != 200) return S3Client::ErrorOf(r, "s3 get " + name);
+    return r.body_size;
+  }
   Result<bool> Exists(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     BLKSNAP_ASSIGN_OR_RETURN(S3Response r, client_->Request("HEAD", Key(name), ""));

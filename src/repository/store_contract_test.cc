@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -90,6 +91,33 @@ TEST_P(StoreContractTest, PutGetExistsDelete) {
   ASSERT_TRUE(s.Delete("config").ok());  // idempotent
   ASSERT_TRUE(s.Delete("nowhere/at/all").ok());
   EXPECT_EQ(s.Get("config").status().errnum(), ENOENT);
+}
+
+// ReadInto: the object into the caller's buffer, its length returned; a buffer one byte short is
+// EMSGSIZE, a missing object ENOENT. The large object takes more than RADOS's first read guess.
+TEST_P(StoreContractTest, ReadIntoFillsTheCallersBuffer) {
+  ObjectStore& s = *store_;
+  std::vector<uint8_t> buffer(100);
+  EXPECT_EQ(s.ReadInto("chunks/ab/abcd", buffer).status().errnum(), ENOENT);
+  EXPECT_EQ(s.ReadInto("UPPER", buffer).status().errnum(), EINVAL);
+  ASSERT_TRUE(s.Put("empty", {}).ok());
+  EXPECT_EQ(*s.ReadInto("empty", buffer), 0u);
+  for (size_t size : {size_t{100000}, (size_t{5} << 20) + 3}) {
+    std::vector<uint8_t> data(size);
+    for (size_t i = 0; i < size; ++i) data[i] = static_cast<uint8_t>(i * 7 + i / 4096);
+    ASSERT_TRUE(s.Put("chunks/ab/abcd", data).ok());
+    buffer.assign(size + 10, 0xaa);
+    auto n = s.ReadInto("chunks/ab/abcd", buffer);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    ASSERT_EQ(*n, size);
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), buffer.begin()));
+    n = s.ReadInto("chunks/ab/abcd", std::span(buffer).first(size));
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    EXPECT_EQ(*n, size);
+    EXPECT_EQ(s.ReadInto("chunks/ab/abcd", std::span(buffer).first(size - 1)).status().errnum(),
+              EMSGSIZE);
+    EXPECT_EQ(*s.Get("chunks/ab/abcd"), data);
+  }
 }
 
 TEST_P(StoreContractTest, PutIfAbsentRefusesAnExistingName) {

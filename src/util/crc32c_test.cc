@@ -82,5 +82,27 @@ TEST(Crc32cTest, ImplementationsAgreeAndChain) {
   }
 }
 
+// The hardware path runs three lanes of 8 KiB (then of 256 bytes) at once and joins them: every
+// length around those block sizes, whole and chained, against the portable one.
+TEST(Crc32cTest, HardwareLanesMatchPortableOnLongBuffers) {
+  if (!crc32c_internal::HaveHardware()) GTEST_SKIP() << "no SSE4.2 crc32 on this CPU";
+  std::mt19937_64 rng(7);
+  std::vector<uint8_t> buf((4 << 20) + 64);
+  for (auto& b : buf) b = static_cast<uint8_t>(rng());
+  for (size_t offset : {0, 3}) {
+    for (size_t length : {767, 768, 769, 1023, 24575, 24576, 24577, 24576 + 768 + 13, 49152 + 1,
+                          100000, 4 << 20, (4 << 20) + 7}) {
+      const uint8_t* p = buf.data() + offset;
+      const uint32_t want = crc32c_internal::Portable(p, length, 0);
+      EXPECT_EQ(crc32c_internal::Hardware(p, length, 0), want) << offset << "+" << length;
+      const size_t head = length / 3 + 1;
+      EXPECT_EQ(
+          crc32c_internal::Hardware(p + head, length - head, crc32c_internal::Hardware(p, head, 0)),
+          want)
+          << offset << "+" << length << " chained";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace blksnap
