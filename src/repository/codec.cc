@@ -1,9 +1,6 @@
-// Codec and the config object (see codec.h; formats in docs/repository-format.md sections 2-3).
-//
-// Config: JSON parsed by nlohmann without exceptions (json::parse(text, nullptr, false)); every
-// field's presence and type is checked before it is read, then ValidateConfig checks the ranges.
-// The checksum is the SHA-256 of the compact dump of the object without its "checksum" member
-// (nlohmann dumps members sorted by name, so the dump is canonical).
+// Codec, and a new repository's config with its wrapped master key (see codec.h; formats in
+// docs/repository-format.md sections 2-3; the config's encoding and parser are in
+// repo_config.cc).
 //
 // Blob: SealInto writes the header, compresses straight into the blob (kept raw when zstd is not
 // smaller, or when the probe below finds the input incompressible), then encrypts the payload
@@ -40,33 +37,23 @@
 // are safe.
 #include "repository/codec.h"
 
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include <unistd.h>
 #include <zstd.h>
 
 #include <cstring>
 #include <memory>
-#include <nlohmann/json.hpp>
 
 #include "blksnap/uuid.h"
 #include "util/crc32c.h"
-#include "util/fd.h"
 #include "util/little_endian.h"
 
 namespace blksnap::repo {
 namespace {
 
-using json = nlohmann::json;
-
 Status BadBlob(std::string_view why) { return Status::Error(EBADMSG, "blob: " + std::string(why)); }
-Status BadConfig(std::string_view why) {
-  return Status::Error(EBADMSG, "repository config: " + std::string(why));
-}
-
 struct CipherCtxFree {
   void operator()(EVP_CIPHER_CTX* ctx) const { EVP_CIPHER_CTX_free(ctx); }
 };
@@ -117,81 +104,6 @@ bool DeriveKek(std::span<const uint8_t> key, const RepoConfig& config,
 std::string WrapAad(const RepoConfig& config) { return std::string(kKeyWrapAadPrefix) + config.id; }
 std::span<const uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
-
-Status ValidateConfig(const RepoConfig& c) {
-  if (c.version != kConfigVersion) {
-    return Status::Error(EPROTO, "repository config version " + std::to_string(c.version) +
-                                     " is not supported (this blksnap reads version 1)");
-  }
-  if (!Uuid::Parse(c.id)) return Status::Error(EINVAL, "repository config: id is not a uuid");
-  if (c.chunk_size < kMinChunkSize || c.chunk_size > kMaxChunkSize ||
-      (c.chunk_size & (c.chunk_size - 1)) != 0) {
-    return Status::Error(EINVAL, "repository config: chunk size " + std::to_string(c.chunk_size) +
-                                     " is not a power of two from 64 KiB to 64 MiB");
-  }
-  if (c.zstd_level < kMinZstdLevel || c.zstd_level > kMaxZstdLevel) {
-    return Status::Error(EINVAL, "repository config: zstd level " + std::to_string(c.zstd_level) +
-                                     " is not in -7..22");
-  }
-  if (c.encrypted &&
-      (c.kdf_iterations < kMinKdfIterations || c.kdf_iterations > kMaxKdfIterations)) {
-    return Status::Error(EINVAL, "repository config: kdf iterations " +
-                                     std::to_string(c.kdf_iterations) + " not in 1000..10000000");
-  }
-  return Status::Ok();
-}
-
-// Reads an integer member into `out` if it is present, an integer and within [lo, hi].
-template <typename T>
-Status GetInt(const json& j, const char* key, int64_t lo, int64_t hi, T& out) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number_integer()) {
-    return BadConfig(std::string("\"") + key + "\" is missing or not an integer");
-  }
-  if (it->is_number_unsigned() ? it->get<uint64_t>() > static_cast<uint64_t>(hi)
-                               : (it->get<int64_t>() < lo || it->get<int64_t>() > hi)) {
-    return Status::Error(EINVAL, std::string("repository config: \"") + key + "\" out of range");
-  }
-  out = static_cast<T>(it->get<int64_t>());
-  return Status::Ok();
-}
-
-Status GetString(const json& j, const char* key, std::string& out) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_string()) {
-    return BadConfig(std::string("\"") + key + "\" is missing or not a string");
-  }
-  out = it->get<std::string>();
-  return Status::Ok();
-}
-
-Status GetHex(const json& j, const char* key, std::span<uint8_t> out) {
-  std::string hex;
-  BLKSNAP_RETURN_IF_ERROR(GetString(j, key, hex));
-  if (!FromHex(hex, out)) {
-    return BadConfig(std::string("\"") + key + "\" is not " + std::to_string(out.size() * 2) +
-                     " lowercase hex characters");
-  }
-  return Status::Ok();
-}
-
-Status ParseEncryption(const json& e, RepoConfig& c) {
-  if (!e.is_object()) return BadConfig("\"encryption\" is not an object or null");
-  std::string cipher, kdf;
-  BLKSNAP_RETURN_IF_ERROR(GetString(e, "cipher", cipher));
-  BLKSNAP_RETURN_IF_ERROR(GetString(e, "kdf", kdf));
-  if (cipher != kCipherName || kdf != kKdfName) {
-    return Status::Error(
-        EPROTO, "repository config: cipher " + cipher + " with kdf " + kdf + " is not supported");
-  }
-  BLKSNAP_RETURN_IF_ERROR(
-      GetInt(e, "kdf_iterations", kMinKdfIterations, kMaxKdfIterations, c.kdf_iterations));
-  BLKSNAP_RETURN_IF_ERROR(GetHex(e, "kdf_salt", c.kdf_salt));
-  BLKSNAP_RETURN_IF_ERROR(GetHex(e, "key_nonce", c.key_nonce));
-  BLKSNAP_RETURN_IF_ERROR(GetHex(e, "wrapped_key", c.wrapped_key));
-  c.encrypted = true;
-  return Status::Ok();
 }
 
 struct CCtxFree {
@@ -270,7 +182,7 @@ Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
     c.encrypted = true;
     c.kdf_iterations = options.kdf_iterations;
   }
-  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(c));
+  BLKSNAP_RETURN_IF_ERROR(ValidateRepoConfig(c));
   if (!key) return c;
   std::array<uint8_t, kMasterKeySize> master{};
   std::array<uint8_t, kCipherKeySize> kek{};
@@ -287,80 +199,10 @@ Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
   return c;
 }
 
-Result<std::string> EncodeConfig(const RepoConfig& c) {
-  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(c));
-  json j = {{"format", kConfigFormat},    {"version", c.version},       {"id", c.id},
-            {"chunk_size", c.chunk_size}, {"zstd_level", c.zstd_level}, {"encryption", nullptr}};
-  if (c.encrypted) {
-    j["encryption"] = {{"cipher", kCipherName},
-                       {"kdf", kKdfName},
-                       {"kdf_iterations", c.kdf_iterations},
-                       {"kdf_salt", ToHex(c.kdf_salt)},
-                       {"key_nonce", ToHex(c.key_nonce)},
-                       {"wrapped_key", ToHex(c.wrapped_key)}};
-  }
-  j["checksum"] = Sha256(j.dump()).Hex();
-  return j.dump(2) + "\n";
-}
-
-Result<RepoConfig> ParseConfig(std::string_view text) {
-  if (text.size() > kMaxConfigSize) return BadConfig("larger than 64 KiB");
-  // The config nests two levels; deeper input is dropped as it is parsed (the parser itself is
-  // not recursive, but dump() and the destructor are).
-  bool too_deep = false;
-  const json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t, json&) {
-    if (depth > kMaxConfigDepth) too_deep = true;
-    return depth <= kMaxConfigDepth;
-  };
-  json j = json::parse(text, limit_depth, false);
-  if (too_deep) return BadConfig("nested too deeply");
-  if (j.is_discarded() || !j.is_object()) return BadConfig("not a JSON object");
-  std::string checksum;
-  BLKSNAP_RETURN_IF_ERROR(GetString(j, "checksum", checksum));
-  j.erase("checksum");
-  if (Sha256(j.dump(-1, ' ', false, json::error_handler_t::replace)).Hex() != checksum) {
-    return BadConfig("checksum mismatch (the config object is damaged)");
-  }
-  std::string format;
-  BLKSNAP_RETURN_IF_ERROR(GetString(j, "format", format));
-  if (format != kConfigFormat) return BadConfig("format is not \"blksnap-repository\"");
-  RepoConfig c;
-  BLKSNAP_RETURN_IF_ERROR(GetInt(j, "version", 0, UINT32_MAX, c.version));
-  if (c.version != kConfigVersion) return ValidateConfig(c);  // EPROTO: the other fields may differ
-  BLKSNAP_RETURN_IF_ERROR(GetString(j, "id", c.id));
-  BLKSNAP_RETURN_IF_ERROR(GetInt(j, "chunk_size", 0, kMaxChunkSize, c.chunk_size));
-  BLKSNAP_RETURN_IF_ERROR(GetInt(j, "zstd_level", kMinZstdLevel, kMaxZstdLevel, c.zstd_level));
-  auto e = j.find("encryption");
-  if (e == j.end()) return BadConfig("\"encryption\" is missing");
-  if (!e->is_null()) BLKSNAP_RETURN_IF_ERROR(ParseEncryption(*e, c));
-  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(c));
-  return c;
-}
-
-Result<std::vector<uint8_t>> ReadKeyFile(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("open key file " + path);
-  std::vector<uint8_t> key(kMaxKeyFileSize + 1);
-  size_t done = 0;
-  while (done < key.size()) {
-    const ssize_t n = ::read(fd.get(), key.data() + done, key.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Status::FromErrno("read key file " + path);
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
-  }
-  if (done == 0 || done > kMaxKeyFileSize) {
-    OPENSSL_cleanse(key.data(), key.size());
-    return Status::Error(EINVAL, "key file " + path + ": 1 byte to 1 MiB wanted");
-  }
-  key.resize(done);
-  return key;
-}
-
 // ---- Codec
 
 Result<Codec> Codec::Open(const RepoConfig& config, std::optional<std::span<const uint8_t>> key) {
-  BLKSNAP_RETURN_IF_ERROR(ValidateConfig(config));
+  BLKSNAP_RETURN_IF_ERROR(ValidateRepoConfig(config));
   Codec codec(config);
   if (!config.encrypted) {
     if (key) {

@@ -54,6 +54,8 @@ struct NewRepoOptions {
 Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
                                  std::optional<std::span<const uint8_t>> key);
 // The config object's bytes (JSON with a "checksum" field). EINVAL if a field is out of range.
+// EPROTO for another version; EINVAL (one line) for a field out of its range.
+Status ValidateRepoConfig(const RepoConfig& config);
 Result<std::string> EncodeConfig(const RepoConfig& config);
 // Never throws; EBADMSG for damaged or malformed bytes (bad JSON, a missing or mistyped field, a
 // checksum mismatch), EPROTO for a well-formed config of another format version, EINVAL for a
