@@ -162,6 +162,7 @@ void CmdRestore(Context& ctx, const RepoArgs& a) {
   spec.threads = a.threads;
   spec.target_is_zeroed = !block;
   spec.verify = a.verify;
+  spec.check_digests = a.check_digests;
   spec.progress = Progress(ctx.output, "restore");
   const auto start = std::chrono::steady_clock::now();
   Check(repo::RunRestore(*repository, m, *device, spec));
@@ -369,6 +370,8 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   restore->add_option("BACKUP", a.backup, "backup id (repo list)")->required();
   restore->add_option("TARGET", a.target, "file (created, sparse) or block device")->required();
   restore->add_flag("--verify", a.verify, "re-read the target and check every chunk");
+  restore->add_flag("--check-digests", a.check_digests,
+                    "re-hash every chunk as it is read (default: its checksum is checked)");
   restore->callback([&] { run([&] { CmdRestore(ctx, a); }); });
 
   auto* repo = app.add_subcommand("repo", "backup repositories");

@@ -22,6 +22,7 @@ struct RepoArgs {
   std::string repo, key_file, snapshot, storage, chunk_size, target, backup;
   std::vector<std::string> devices, backups;
   bool full = false, encrypt = false, verify = false, dry_run = false, loop = false;
+  bool check_digests = false;
   int threads = 4;
   int keep_last = 0, keep_daily = 0, keep_weekly = 0, keep_monthly = 0;
   std::string device, since;

@@ -305,7 +305,10 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
           c.done += length;
           return Status::Ok();
         }
-        BLKSNAP_ASSIGN_OR_RETURN(size_t got, repo.ReadChunk(index.chunks[i], frame));
+        BLKSNAP_ASSIGN_OR_RETURN(
+            size_t got, repo.ReadChunk(index.chunks[i], frame,
+                                       spec.check_digests ? Repository::ChunkCheck::kDigest
+                                                          : Repository::ChunkCheck::kSeal));
         if (got != length) {
           return Status::Error(EBADMSG, "backup " + backup.id + ": chunk " + index.chunks[i].Hex() +
                                             " has " + std::to_string(got) + " bytes, not " +

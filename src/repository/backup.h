@@ -16,10 +16,11 @@
 // `threads` chunks at a time, each worker reading the blob into its own ChunkFrame around its
 // 4 KiB-aligned chunk buffer, decoding there (Repository::ReadChunk: a raw payload is not
 // copied) and writing the chunk from there: a target opened with O_DIRECT takes it without a
-// copy. ReadChunk checks each chunk's digest, so a damaged or missing chunk
-// fails the restore with that chunk's error. Zero chunks are skipped when the target already
-// reads as zeroes (a new or truncated sparse file: they stay holes), else written as zeroes.
-// `verify` then re-reads the target and checks every chunk against the index.
+// copy. ReadChunk checks each chunk's seal (CRC-32C or GCM tag over its name and bytes, and
+// zstd's content checksum), so a damaged or missing chunk fails the restore with that chunk's
+// error; `check_digests` also re-hashes each chunk as it is read. Zero chunks are skipped when the
+// target already reads as zeroes (a new or truncated sparse file: they stay holes), else written as
+// zeroes. `verify` then re-reads the target and checks every chunk against the index.
 //
 // Progress is reported through a callback, from the worker threads, at most every
 // `progress_interval` (and once at the end); it must be thread-safe and quick.
@@ -77,6 +78,9 @@ struct RestoreSpec {
   int threads = 4;
   bool target_is_zeroed = false;  // a new or truncated file: zero chunks are left as holes
   bool verify = false;            // re-read the target afterwards and check every chunk
+  // Re-hash each chunk as it is read (Repository::ChunkCheck::kDigest); by default each blob's
+  // seal is checked (kSeal), and `verify` re-hashes what landed on the target.
+  bool check_digests = false;
   ProgressFn progress;
   std::chrono::milliseconds progress_interval{250};
 };

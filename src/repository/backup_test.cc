@@ -178,6 +178,32 @@ TEST_F(BackupTest, ADamagedChunkFailsTheRestoresThatUseIt) {
   EXPECT_EQ(s.errnum(), EBADMSG) << s.ToString();
 }
 
+// A blob sealed from other bytes than its name's (a writer's bug: the seal is right, the content
+// is not what was hashed) opens fine, so a plain restore, which checks seals, writes it; the
+// target check (`verify`) and the per-chunk re-hash (`check_digests`) each catch it, as does the
+// repository's Verify.
+TEST_F(BackupTest, ABlobOfOtherBytesIsCaughtByVerifyAndByCheckDigests) {
+  const Manifest full = Full();
+  auto index = repo_->GetIndex(full.index);
+  ASSERT_TRUE(index.ok());
+  const Digest id = index->chunks[5];
+  std::vector<uint8_t> other(kChunk, 0x5a);
+  auto blob = repo_->codec().Seal(other, id.bytes);
+  ASSERT_TRUE(blob.ok());
+  ASSERT_TRUE(store_->Put(Codec::ChunkName(id), *blob).ok());
+  for (auto [verify, check] : {std::pair{true, false}, std::pair{false, true}}) {
+    auto target = MakeMemoryDevice(kSize);
+    RestoreSpec spec;
+    spec.verify = verify;
+    spec.check_digests = check;
+    Status s = RunRestore(*repo_, full, *target, spec);
+    EXPECT_EQ(s.errnum(), check ? EBADMSG : EIO) << s.ToString();
+  }
+  auto problems = repo_->Verify({full.id}, 2);
+  ASSERT_TRUE(problems.ok()) << problems.status().ToString();
+  EXPECT_FALSE(problems->empty());
+}
+
 // A repository of kChunk chunks on a FaultyStore over memory; *faulty = that store.
 Result<std::unique_ptr<Repository>> OpenFaultyRepository(FaultyStore** faulty) {
   auto owner = std::make_unique<FaultyStore>(NewMemoryStore());

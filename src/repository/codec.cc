@@ -299,8 +299,13 @@ Result<std::span<const uint8_t>> Codec::SealImpl(std::span<const uint8_t> plain,
   if (try_compress) {
     ZSTD_CCtx* cctx = ThreadCCtx();
     if (cctx == nullptr) return Status::Error(ENOMEM, "seal: no zstd context");
-    const size_t n = ZSTD_compressCCtx(cctx, blob + offset, room, plain.data(), plain.size(),
-                                       config_.zstd_level);
+    // The frame carries zstd's content checksum (XXH64 of the plain bytes, 4 bytes), which
+    // ZSTD_decompressDCtx checks: an unseal then checks the decoded bytes too, not only the
+    // stored ones, without a SHA-256 (Repository::ChunkCheck::kSeal).
+    ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, config_.zstd_level);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
+    const size_t n = ZSTD_compress2(cctx, blob + offset, room, plain.data(), plain.size());
     if (!ZSTD_isError(n) && n < plain.size()) {
       payload_length = n;
       flags |= kBlobCompressed;

@@ -9,6 +9,8 @@
 #include <random>
 #include <thread>
 
+#include "util/crc32c.h"
+
 namespace blksnap::repo {
 namespace {
 
@@ -339,6 +341,37 @@ TEST(CodecTest, AnyFlippedByteIsEbadmsg) {
       EXPECT_EQ(codec.Unseal(longer, Aad(id)).status().errnum(), EBADMSG);
     }
   }
+}
+
+// A plain repository's CRC covers the stored (compressed) bytes; zstd's content checksum covers
+// what they decode to. A compressed payload changed anywhere after its frame header, with the CRC
+// recomputed so the blob still opens, must not decode to other bytes: every such blob is EBADMSG.
+// (Without the checksum, some of these decode "fine" to other bytes.)
+TEST(CodecTest, ACompressedPayloadIsCheckedAfterDecoding) {
+  Codec codec = OpenCodec(NewConfig(false));
+  std::vector<uint8_t> data(64 << 10);
+  std::mt19937 rng(5);
+  for (auto& b : data) b = static_cast<uint8_t>('a' + rng() % 8);  // literals, few matches
+  const Digest id = codec.ChunkId(data);
+  const auto blob = *codec.Seal(data, Aad(id));
+  ASSERT_EQ(blob[5], kBlobCompressed) << "expected a compressed payload";
+  const uint32_t payload_length = blob[12] | blob[13] << 8 | blob[14] << 16 | blob[15] << 24;
+  ASSERT_EQ(blob.size(), 16 + payload_length + 4);
+  int refused = 0;
+  for (size_t i = 16 + 18; i < 16 + payload_length; i += 7) {  // past the zstd frame header
+    auto bad = blob;
+    bad[i] ^= 0x01;
+    uint32_t crc = Crc32c(bad.data(), 16);
+    crc = Crc32c(id.bytes.data(), id.bytes.size(), crc);
+    crc = Crc32c(bad.data() + 16, payload_length, crc);
+    for (int k = 0; k < 4; ++k) bad[16 + payload_length + k] = static_cast<uint8_t>(crc >> (8 * k));
+    auto r = codec.Unseal(bad, Aad(id));
+    ASSERT_FALSE(r.ok() && *r != data) << "byte " << i << " decoded to other bytes";
+    ASSERT_FALSE(r.ok()) << "byte " << i;
+    ASSERT_EQ(r.status().errnum(), EBADMSG) << r.status().ToString();
+    ++refused;
+  }
+  EXPECT_GT(refused, 100);
 }
 
 TEST(CodecTest, BlobUnderAnotherNameIsEbadmsg) {

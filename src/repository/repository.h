@@ -87,11 +87,19 @@ class Repository {
   // GetChunk into a caller's buffer (no allocation of the plain bytes): the chunk's length, with
   // the same checks and errors; EBADMSG also when the chunk is longer than out.size().
   Result<size_t> ReadChunk(const Digest& id, std::span<uint8_t> out);
+  // How much of a chunk a read checks. kSeal: the blob opens (its CRC-32C or GCM tag, which also
+  // covers the id as AAD, so a blob under another chunk's name fails) and decodes to its
+  // header's length, zstd checking the content checksum a compressed payload carries; this
+  // catches any damage in the store. kDigest also re-hashes the plain bytes (SHA-256, or HMAC)
+  // and compares them with the id, which catches a blob a writer sealed from other bytes than it
+  // hashed: that costs as much CPU as the decompression (docs/backup.md, "Restore").
+  enum class ChunkCheck { kSeal, kDigest };
   // ReadChunk into frame.plain() (a restore worker's chunk buffer): the blob is read into the
   // frame around it (ObjectStore::ReadInto: no allocation), so a raw payload needs no copy
   // (Codec::UnsealFramed). EBADMSG also when the blob is longer than a chunk of the frame's
   // capacity can make.
-  Result<size_t> ReadChunk(const Digest& id, ChunkFrame& frame);
+  Result<size_t> ReadChunk(const Digest& id, ChunkFrame& frame,
+                           ChunkCheck check = ChunkCheck::kDigest);
 
   // Stores an index (CheckIndex first: EINVAL) as "indexes/<hex>"; returns its id.
   Result<Digest> PutIndex(const Index& index);
