@@ -208,6 +208,16 @@ void CmdSnapshotDestroy(Context& ctx, const std::string& id, bool force) {
   ShowSnapshotDestroyed(ctx.output, id);
 }
 
+void CmdSnapshotAbandonRollback(Context& ctx, const std::string& device) {
+  ctx.Call("snapshot-abandon-rollback", {{"device", device}});
+  if (ctx.output.as_json) {
+    ctx.output.Emit({{"device", device}, {"abandoned", true}});
+    return;
+  }
+  std::cout << "device " << device
+            << ": rollback abandoned (the device stays partly rolled back)\n";
+}
+
 void CmdSnapshotRollback(Context& ctx, const std::string& id,
                          const std::vector<std::string>& devices, bool force, bool no_wait) {
   json params = {{"id", id}, {"force", force}};

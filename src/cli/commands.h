@@ -91,6 +91,7 @@ void CmdSnapshotTake(Context& ctx, const std::string& id);
 void CmdSnapshotDestroy(Context& ctx, const std::string& id, bool force);
 // Rolls devices back to a snapshot; unless no_wait, shows the merge's progress (a line on a
 // terminal, {"progress": ...} lines with --json) until every device is done or one fails.
+void CmdSnapshotAbandonRollback(Context& ctx, const std::string& device);
 void CmdSnapshotRollback(Context& ctx, const std::string& id,
                          const std::vector<std::string>& devices, bool force, bool no_wait);
 // Raises the storage limit of a live snapshot (answer to a no_space event).

@@ -172,6 +172,13 @@ int Main(int argc, char** argv) {
       CmdSnapshotRollback(ctx, snap_id, rollback_devices, rollback_force, rollback_no_wait);
     });
   });
+  std::string abandon_device;
+  auto* abandon = snap->add_subcommand(
+      "abandon-rollback",
+      "give up a rollback that cannot resume (its snapshot lost): the device stays partly rolled "
+      "back");
+  abandon->add_option("DEVICE", abandon_device)->required();
+  abandon->callback([&] { run([&] { CmdSnapshotAbandonRollback(ctx, abandon_device); }); });
   auto* set_limit = snap->add_subcommand(
       "set-limit", "raise the storage limit of a live snapshot (answers a no_space event)");
   set_limit->add_option("ID", snap_id)->required();

@@ -407,6 +407,12 @@ Result<json> SnapshotRollback(Service& service, const json& params, const Cancel
   return json{{"id", r.id.ToString()}, {"devices", devices}};
 }
 
+Result<json> SnapshotAbandonRollback(Service& service, const json& params, const Cancelled&) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::string device, GetString(params, "device"));
+  BLKSNAP_RETURN_IF_ERROR(service.AbandonRollback(device));
+  return json::object();
+}
+
 Result<json> SnapshotList(Service& service, const json&, const Cancelled&) {
   json list = json::array();
   for (const auto& s : service.Snapshots()) {
@@ -496,6 +502,7 @@ constexpr std::array kMethods = {
     Method{"snapshot-set-limit", SnapshotSetLimit},
     Method{"snapshot-destroy", SnapshotDestroy},
     Method{"snapshot-rollback", SnapshotRollback},
+    Method{"snapshot-abandon-rollback", SnapshotAbandonRollback},
     Method{"backup", Backup},
     Method{"backup-progress", BackupProgress},
     Method{"repo-serve", RepoServe},

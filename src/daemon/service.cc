@@ -91,6 +91,8 @@ DeviceView Service::DeviceViewLocked(const DeviceEntry& d) const {
   if (!v.snapshots.empty()) v.snapshot = v.snapshots.back();
   v.cbt = d.tracker->cbt_info();
   v.rollback = d.tracker->rollback();
+  if (auto stuck = stuck_rollbacks_.find(d.name); !v.rollback && stuck != stuck_rollbacks_.end())
+    v.rollback = stuck->second;
   if (d.fronts) v.fronts = d.fronts->addresses();
   v.restored = d.restored;
   v.restored_after_clean_stop = d.restored && restart_ && restart_->clean_stop;

@@ -248,6 +248,12 @@ class Service {
   // (DeviceView::rollback). Refused (EBUSY) while a file system is mounted on a device's front,
   // unless force; every device is checked before the first starts.
   Result<std::vector<std::string>> Rollback(const RollbackRequest& request) EXCLUDES(mu_);
+  // Gives up a rollback that cannot go on (its snapshot lost or corrupted, so a restart could not
+  // resume it): removes the device's journal, so its original stays partly rolled back (CBT
+  // marked every merged chunk) and the device may be rolled back or snapshotted anew. ENOENT
+  // without a journal; EBUSY while a rollback runs on the device or failed while running (run
+  // `snapshot rollback` again to resume it).
+  Status AbandonRollback(const std::string& device) EXCLUDES(mu_);
   Result<SnapshotView> GetSnapshot(const Uuid& id) EXCLUDES(mu_);
   // Runs on the caller's thread for as long as the backup takes; mu_ only for the snapshot's
   // create, take and destroy. cancelled (polled between chunks; may be empty): true ends it
@@ -382,6 +388,8 @@ class Service {
   bool records_loaded_ GUARDED_BY(mu_) = false;
   std::optional<RestartView> restart_ GUARDED_BY(mu_);
   std::map<std::string, FailedRecord> failed_ GUARDED_BY(mu_);  // records not re-attached
+  // Rollbacks a restart could not resume (journal kept): shown as the device's rollback, failed.
+  std::map<std::string, RollbackProgress> stuck_rollbacks_ GUARDED_BY(mu_);
 };
 
 }  // namespace blksnap::daemon

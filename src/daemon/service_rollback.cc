@@ -135,11 +135,43 @@ void Service::ResumeRollbacks(const std::set<std::string>& devices) {
     if (s.ok()) {
       spdlog::info("{}", note);
     } else {
-      spdlog::error("{}", note);
+      spdlog::error("{}; `blksnap snapshot abandon-rollback {}` gives it up", note, name);
     }
     MutexLock lock(mu_);
     if (restart_) restart_->notes.push_back(note);
+    if (!s.ok()) {
+      RollbackProgress stuck;
+      stuck.state = RollbackProgress::State::kFailed;
+      stuck.errnum = s.errnum();
+      stuck.error = "cannot resume after the restart: " + std::string(s.message());
+      stuck_rollbacks_[name] = stuck;
+    }
   }
+}
+
+Status Service::AbandonRollback(const std::string& device) {
+  MutexLock lock(mu_);
+  auto dev = devices_.find(device);
+  if (dev == devices_.end()) return Status::Error(ENOENT, "no device named '" + device + "'");
+  if (!HasRollbackJournal(device)) {
+    return Status::Error(ENOENT, "device '" + device + "' has no rollback to abandon");
+  }
+  if (auto r = dev->second.tracker->rollback(); r && r->state != RollbackProgress::State::kDone) {
+    // An installed rollback still serves the snapshot's data for the chunks it has not merged.
+    return Status::Error(
+        EBUSY, "the rollback of '" + device + "' is " + ToString(r->state) +
+                   (r->state == RollbackProgress::State::kFailed
+                        ? ": run `snapshot rollback` again to resume it (after a restart it may be "
+                          "abandoned if it still cannot resume)"
+                        : ""));
+  }
+  BLKSNAP_RETURN_IF_ERROR(env_.RemoveFile(RollbackJournalPath(device)));
+  stuck_rollbacks_.erase(device);
+  spdlog::warn(
+      "device '{}': rollback abandoned; its original stays partly rolled back (CBT marks "
+      "every merged chunk)",
+      device);
+  return Status::Ok();
 }
 
 }  // namespace blksnap::daemon

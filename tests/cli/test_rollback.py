@@ -13,7 +13,9 @@
 #   * s2 (taken after s1) is intact: its image's bytes as before;
 #   * CBT: after the next take, the changes since s2 cover every 64 KiB block where s1 and s2
 #     differ (so the next incremental backup cannot miss a rolled-back chunk);
-#   * a second rollback (to s2, waiting, with progress lines under --json) ends "done".
+#   * a second rollback (to s2, waiting, with progress lines under --json) ends "done";
+#   * a third (to s4) stopped mid-merge, s4's storage deleted while the daemon is down: the
+#     restart reports it failed, `snapshot abandon-rollback` gives it up (refused while merging).
 import os
 import random
 import signal
@@ -186,10 +188,47 @@ def run(d, t):
         t.check(sha(dev["fuse"]) == sum2, "the front is byte-identical to s2's image")
         for sid in (s1, s2):
             d.cli_json("snapshot", "destroy", sid)
+        abandon_lost_rollback(d, t, storage, dev, journal)
         d.cli_json("detach", "fs")
     finally:
         if mounted:
             subprocess.run(["umount", mnt], stderr=subprocess.DEVNULL)
+
+
+def abandon_lost_rollback(d, t, storage, dev, journal):
+    """A rollback whose snapshot is lost while the daemon is down cannot resume: the device
+    reports it failed, and `snapshot abandon-rollback` gives it up (refused while it merges)."""
+    s4 = take(d, storage)
+    with open(dev["fuse"], "r+b") as f:  # 64 KiB in each MiB: many runs, a slow merge
+        rnd = random.Random(4)
+        for off in range(0, SIZE, MiB):
+            f.seek(off)
+            f.write(rnd.randbytes(BLOCK))
+        os.fsync(f.fileno())
+    d.cli_json("snapshot", "rollback", s4, "--no-wait")
+    rc, _, err = d.cli("snapshot", "abandon-rollback", "fs")
+    one_line_error(t, rc, err, "merging", "abandon refused while the rollback merges")
+    t.check(d.stop() == 0, "clean stop mid-merge (rollback to s4)")
+    lost = [os.path.join(storage, n) for n in os.listdir(storage) if s4 in n]
+    t.check(lost, "s4's storage file found: %r" % os.listdir(storage))
+    for path in lost:
+        os.unlink(path)
+    d.start()
+    r = rollback_of(d)
+    t.check(r and r["state"] == "failed" and "cannot resume" in (r["error"] or ""),
+            "a rollback whose snapshot was lost is reported failed: %r" % r)
+    t.check(os.path.exists(journal), "its journal is kept until abandoned")
+    rc, out, err = d.cli("snapshot", "abandon-rollback", "fs")
+    t.check(rc == 0 and "abandoned" in out, "abandon-rollback: rc %d %s %s" % (rc, out, err))
+    t.check(not os.path.exists(journal) and rollback_of(d) is None,
+            "abandoned: no journal, no rollback shown")
+    rc, _, err = d.cli("snapshot", "abandon-rollback", "fs")
+    one_line_error(t, rc, err, "no rollback", "a second abandon is refused")
+    s5 = take(d, storage)
+    d.cli_json("snapshot", "destroy", s5)
+    t.check(d.stop() == 0, "clean stop after the abandon")
+    d.start()
+    t.check(rollback_of(d) is None, "the next start resumes nothing")
 
 
 def main():
