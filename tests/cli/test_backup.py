@@ -151,7 +151,11 @@ def run(d, t):
     t.check(len(affected) >= 1, "the damaged chunk's backups are listed: %s" % affected)
     if affected:
         rc, _, err = d.cli("restore", affected[0], os.path.join(d.tmp, "x"), "--repo", repo)
-        t.check(rc != 0, "restore of an affected backup fails: %r" % err)
+        t.check(rc != 0 and "checksum mismatch" in err,
+                "restore of an affected backup fails (its seal): %r" % err)
+        rc, _, err = d.cli("restore", affected[0], os.path.join(d.tmp, "x"), "--repo", repo,
+                           "--check-digests")
+        t.check(rc != 0, "restore --check-digests of an affected backup fails: %r" % err)
 
     pruned = d.cli_json("repo", "prune", "--repo", repo, "--keep-last", "1")
     t.check(sorted(pruned["removed"]) == sorted([b1["id"], b2["id"], b3["id"]]),
