@@ -91,7 +91,11 @@ for entry in "$@"; do
   secs=$(($(date +%s) - start))
   kill -KILL -- "-$pid" 2>/dev/null  # what the script left running in its group
   why=
-  [ "$rc" = 124 ] || [ "$rc" = 137 ] && why=", timed out after $SCRIPT_TIMEOUT s"
+  if [ "$secs" -ge "$SCRIPT_TIMEOUT" ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; }; then
+    why=", timed out after $SCRIPT_TIMEOUT s"
+  elif [ "$rc" -gt 128 ]; then
+    why=", killed by SIG$(kill -l "$((rc - 128))" 2>/dev/null)"
+  fi
   if [ "$rc" = 0 ]; then
     result="PASS $n (${secs} s)"
   else
