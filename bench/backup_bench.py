@@ -32,7 +32,8 @@ Design note. One sequence, every tool on the same image file and the same change
              extract` of the second archive; each result is compared with the image (cmp,
              untimed) and removed. Each restore's time includes `sync -f` of the target's file
              system: blksnap writes with O_DIRECT and fdatasyncs before it exits, restic and borg
-             leave dirty pages that 24 GiB of page cache would hide otherwise. Then each tool
+             leave dirty pages that 24 GiB of page cache would hide otherwise (an untimed `sync`
+             before each restore, so none pays for another's dirty pages). Then each tool
              restores again into a tmpfs (SCRATCH_TMPFS, default /dev/shm): no disk, so the
              figure is the repository and CPU side (the "page-cached repo" target).
   6. cpu     openssl's SHA-256 and zstd -b3 speeds on this machine (one core each), the limit
@@ -389,6 +390,7 @@ def main():
             for t in runners:
                 log(f"{t.name}: restore into {where}")
                 base = os.path.join(where, f"blksnap-bench-restore-{t.name}.img")
+                run(["sync"])  # untimed: no tool pays for another's dirty pages
                 s, out = t.restore(base)
                 s += timed(["sync", "-f", where])[0]
                 same = run(["cmp", "-s", img, out], check=False).returncode == 0
