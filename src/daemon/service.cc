@@ -279,6 +279,11 @@ Status Service::Detach(const std::string& name, bool force) {
     return Status::Error(EBUSY, "device '" + name + "' is in snapshot " + snap->id().ToString() +
                                     "; destroy the snapshot first");
   }
+  if (HasRollbackJournal(name)) {
+    // Its journal would outlive it and be taken for the next device of this name's.
+    return Status::Error(EBUSY, "device '" + name + "' has an unfinished rollback; `snapshot " +
+                                    "abandon-rollback " + name + "` first");
+  }
   if (!force) {
     Status idle = d.fronts->CheckIdle();
     if (!idle.ok()) {
@@ -304,6 +309,7 @@ Status Service::Detach(const std::string& name, bool force) {
     return Annotate(s, "cannot detach '" + name + "'");
   }
   devices_.erase(it);
+  stuck_rollbacks_.erase(name);
   SaveRecordsLocked();
   spdlog::info("detached '{}'", name);
   return Status::Ok();

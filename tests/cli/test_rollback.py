@@ -218,6 +218,8 @@ def abandon_lost_rollback(d, t, storage, dev, journal):
     t.check(r and r["state"] == "failed" and "cannot resume" in (r["error"] or ""),
             "a rollback whose snapshot was lost is reported failed: %r" % r)
     t.check(os.path.exists(journal), "its journal is kept until abandoned")
+    rc, _, err = d.cli("detach", "fs")
+    one_line_error(t, rc, err, "abandon-rollback", "detach refused while a rollback is unfinished")
     rc, out, err = d.cli("snapshot", "abandon-rollback", "fs")
     t.check(rc == 0 and "abandoned" in out, "abandon-rollback: rc %d %s %s" % (rc, out, err))
     t.check(not os.path.exists(journal) and rollback_of(d) is None,
