@@ -6,11 +6,12 @@
 #
 # Each ENTRY runs as `bash SCRIPT BUILD_DIR ARGS...` in BUILD_DIR, in its own process group
 # (GNU timeout makes one and kills it after SCRIPT_TIMEOUT seconds); the script makes its own
-# scratch directory under /tmp and its EXIT trap cleans up what it started. Between scripts this
+# scratch directory under $BLKSNAP_VM_TMP (a tmpfs this runner mounts) and its EXIT trap cleans
+# up what it started. Between scripts this
 # runner also removes what a failed or killed script may have left, so the next one starts as on
 # a fresh boot: processes of the script's group and any process running a binary of BUILD_DIR
-# (blksnapd daemonizes out of the group), file systems mounted under /tmp, kernel NBD
-# connections, loop devices over /tmp files, new entries in /tmp, ublk devices (by unloading
+# (blksnapd daemonizes out of the group), file systems mounted under the scratch tmpfs, kernel
+# NBD connections, loop devices over its files, every entry in it, ublk devices (by unloading
 # ublk_drv; the scripts load it again), the page cache, and the kernel log (scripts grep dmesg
 # for I/O errors on ublk devices, and device numbers are reused). Whatever it had to clean is
 # printed. Output: a START header and a PASS/FAIL line with the elapsed seconds per script, a
@@ -22,10 +23,13 @@ shift 2
 cd "$BUILD" || exit 1
 echo  # the VM console eats the first line of output
 tag="===== vm-suite:"
-# A /tmp of the VM's own: the scripts' scratch directories, removed in full between scripts
-# (the overlay's /tmp would show what host processes put in the host's /tmp meanwhile).
-case $BUILD/ in /tmp/*) echo "vm_suite.sh: BUILD_DIR must not be under /tmp" >&2; exit 1 ;; esac
-mount -t tmpfs -o size=75% tmpfs /tmp || exit 1
+# A scratch tmpfs of the VM's own for the scripts' scratch directories (lib.sh: mktemp under
+# $BLKSNAP_VM_TMP), emptied in full between scripts. Not /tmp: the overlay's /tmp shows what host
+# processes put in the host's /tmp meanwhile, and the build dir and sources may lie under /tmp
+# (a CI clone), where a tmpfs mounted on /tmp would hide them.
+SCRATCH=/blksnap-vm-scratch
+mkdir -p "$SCRATCH" && mount -t tmpfs -o size=75% tmpfs "$SCRATCH" || exit 1
+export BLKSNAP_VM_TMP=$SCRATCH
 
 # name ENTRY: the script path below tests/ plus its arguments, for headers and the summary.
 name() {
@@ -53,7 +57,7 @@ tidy() {
     [ -n "$(build_procs)" ] || break
     sleep 0.1
   done
-  for m in $(awk '$2 ~ "^/tmp/" {print $2}' /proc/mounts | sort -r); do
+  for m in $(awk -v s="^$SCRATCH/" '$2 ~ s {print $2}' /proc/mounts | sort -r); do
     fsfreeze -u "$m" 2>/dev/null
     umount -l "$m" && left+=("mount $m")
   done
@@ -63,13 +67,13 @@ tidy() {
     nbd-client -d "/dev/$d" >/dev/null 2>&1; left+=("nbd connection /dev/$d")
   done
   while read -r d f; do
-    case $f in /tmp/*) losetup -d "$d" && left+=("loop $d over $f") ;; esac
+    case $f in "$SCRATCH"/*) losetup -d "$d" && left+=("loop $d over $f") ;; esac
   done <<<"$(losetup -n -l -O NAME,BACK-FILE 2>/dev/null)"
   if compgen -G "/dev/ublk[bc]*" >/dev/null; then
     left+=("ublk devices: $(echo /dev/ublk[bc]*)")
     timeout 120 modprobe -r ublk_drv || left+=("(modprobe -r ublk_drv failed: devices remain)")
   fi
-  for f in /tmp/* /tmp/.[!.]*; do
+  for f in "$SCRATCH"/* "$SCRATCH"/.[!.]*; do
     [ -e "$f" ] || continue
     rm -rf "$f"; left+=("$f")
   done

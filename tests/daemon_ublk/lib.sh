@@ -9,7 +9,8 @@ DAEMON=$BUILD/src/daemon/blksnapd
 CLI=$BUILD/src/cli/blksnap
 [ -x "$DAEMON" ] || { echo "FAIL: $DAEMON not built" >&2; exit 1; }
 [ -x "$CLI" ] || { echo "FAIL: $CLI not built" >&2; exit 1; }
-WORK=$(mktemp -d /tmp/daemon-ublk.XXXXXX)
+# Under the VM suite's own tmpfs (tests/vm_suite.sh exports BLKSNAP_VM_TMP), else /tmp.
+WORK=$(mktemp -d "${BLKSNAP_VM_TMP:-/tmp}/daemon-ublk.XXXXXX")
 STATE=$WORK/state
 DAEMON_PID=
 

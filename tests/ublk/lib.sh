@@ -6,7 +6,8 @@ set -euo pipefail
 BUILD=${1:?usage: $0 BUILD_DIR}
 SERVER=$BUILD/src/ublk/blksnap-ublk-testserver
 [ -x "$SERVER" ] || { echo "FAIL: $SERVER not built" >&2; exit 1; }
-WORK=$(mktemp -d /tmp/ublk-test.XXXXXX)
+# Under the VM suite's own tmpfs (tests/vm_suite.sh exports BLKSNAP_VM_TMP), else /tmp.
+WORK=$(mktemp -d "${BLKSNAP_VM_TMP:-/tmp}/ublk-test.XXXXXX")
 SERVER_PID=
 DEV=
 DEV_ID=
