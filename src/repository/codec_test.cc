@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "util/crc32c.h"
+#include "util/little_endian.h"
 
 namespace blksnap::repo {
 namespace {
@@ -355,16 +356,17 @@ TEST(CodecTest, ACompressedPayloadIsCheckedAfterDecoding) {
   const Digest id = codec.ChunkId(data);
   const auto blob = *codec.Seal(data, Aad(id));
   ASSERT_EQ(blob[5], kBlobCompressed) << "expected a compressed payload";
-  const uint32_t payload_length = blob[12] | blob[13] << 8 | blob[14] << 16 | blob[15] << 24;
-  ASSERT_EQ(blob.size(), 16 + payload_length + 4);
+  constexpr size_t h = kBlobHeaderSize;
+  const uint32_t payload_length = GetLe<uint32_t>(&blob[12]);
+  ASSERT_EQ(blob.size(), h + payload_length + kBlobCrcSize);
   int refused = 0;
-  for (size_t i = 16 + 18; i < 16 + payload_length; i += 7) {  // past the zstd frame header
+  for (size_t i = h + 18; i < h + payload_length; i += 7) {  // past the zstd frame header
     auto bad = blob;
     bad[i] ^= 0x01;
-    uint32_t crc = Crc32c(bad.data(), 16);
+    uint32_t crc = Crc32c(bad.data(), h);
     crc = Crc32c(id.bytes.data(), id.bytes.size(), crc);
-    crc = Crc32c(bad.data() + 16, payload_length, crc);
-    for (int k = 0; k < 4; ++k) bad[16 + payload_length + k] = static_cast<uint8_t>(crc >> (8 * k));
+    crc = Crc32c(bad.data() + h, payload_length, crc);
+    PutLe<uint32_t>(&bad[h + payload_length], crc);
     auto r = codec.Unseal(bad, Aad(id));
     ASSERT_FALSE(r.ok() && *r != data) << "byte " << i << " decoded to other bytes";
     ASSERT_FALSE(r.ok()) << "byte " << i;
