@@ -41,7 +41,7 @@ bs() { "$CLI" --control "$WORK/control.sock" "$@"; }
 
 # jget JSON EXPR: prints the Python expression EXPR evaluated on the JSON text (as j).
 jget() {
-  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); v=eval(sys.argv[2]); print("null" if v is None else (str(v).lower() if isinstance(v,bool) else v))' "$1" "$2"
+  /usr/bin/python3 -S -c 'import json,sys; j=json.loads(sys.argv[1]); v=eval(sys.argv[2]); print("null" if v is None else (str(v).lower() if isinstance(v,bool) else v))' "$1" "$2"
 }
 
 # start_daemon [ARGS...]: blksnapd in the background on $STATE (no FUSE: ublk and NBD only);

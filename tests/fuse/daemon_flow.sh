@@ -40,7 +40,7 @@ blksnapd=$2
 blksnap=$3
 pattern=${4:-}
 if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then exit 77; fi
-command -v python3 >/dev/null || exit 77  # reads the CLI's --json output
+[ -x /usr/bin/python3 ] || exit 77  # reads the CLI's --json output
 
 . "$(dirname "$0")/../lib/workdir.sh"
 blksnap_workdir blksnap-daemon
@@ -97,7 +97,7 @@ snapshot() {
   bs snapshot take "$id" >"$work/take.json" || fail "take failed"
   echo "$id"
 }
-image_loop() { bs snapshot info "$1" | python3 -c 'import json,sys
+image_loop() { bs snapshot info "$1" | /usr/bin/python3 -S -c 'import json,sys
 for d in json.load(sys.stdin)["devices"]:
     if d["name"]==sys.argv[1]: print(d["image"]["loop"] or "")' "$2"; }
 
@@ -116,7 +116,7 @@ standard-ext4 | standard-xfs)
   mount "$loop" "$work/orig"
   write_files "$work/orig" before 6 >"$work/before.sha"
   id=$(snapshot "$work/storage" vol)
-  python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); assert t["frozen_us"] > 0, t' \
+  /usr/bin/python3 -S -c 'import json,sys; t=json.load(open(sys.argv[1])); assert t["frozen_us"] > 0, t' \
     "$work/take.json" || fail "take did not freeze the file system"
   write_files "$work/orig" after 4 >"$work/after.sha"
   # Deleting a pre-take file and trimming sends discards through the tracker, which must

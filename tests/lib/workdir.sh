@@ -32,7 +32,7 @@ blksnap_cleanup() {
 
 # json KEY.PATH: reads JSON on stdin and prints one field ("devices.0.image.loop"; null: "").
 json() {
-  python3 -c 'import json,sys
+  /usr/bin/python3 -S -c 'import json,sys
 v=json.load(sys.stdin)
 for k in sys.argv[1].split("."):
     v=v[int(k)] if isinstance(v,list) else v[k]

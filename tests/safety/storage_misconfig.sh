@@ -23,7 +23,7 @@ blksnapd=$1
 blksnap=$2
 if [ "$(id -u)" != 0 ] || [ ! -w /dev/fuse ] || [ ! -w /dev/loop-control ]; then exit 77; fi
 command -v mkfs.ext4 >/dev/null || exit 77
-command -v python3 >/dev/null || exit 77
+[ -x /usr/bin/python3 ] || exit 77
 
 . "$(dirname "$0")/../lib/workdir.sh"
 blksnap_workdir blksnap-safety
