@@ -9,7 +9,9 @@
 // default DIR/diff: put it on tmpfs to take the flush out), then THREADS threads write 64 KiB
 // to every chunk once, in a random order (each write preserves a new chunk: fio's cow64k), and
 // prints the IOPS of that pass. Like the NBD client, it does not wait for the storers after
-// the last write. Environment: COW_QUEUE sets chunk_maximum_in_queue.
+// the last write. Environment: COW_QUEUE sets chunk_maximum_in_queue, COW_STORERS
+// chunk_storer_threads, COW_STORAGE_CACHE (0|1) diff_storage_page_cache, COW_INLINE (0|1)
+// durable_store_inline.
 //
 // COW_SNAPSHOTS=N (default 1; issue 18) takes N snapshots of the device: N-1 first, each
 // followed by an unmeasured pass writing a random quarter of the chunks, drawn anew each time
@@ -85,6 +87,10 @@ int main(int argc, char** argv) {
   Config config;
   config.chunk_minimum_shift = 16;
   if (const char* q = std::getenv("COW_QUEUE")) config.chunk_maximum_in_queue = std::atoi(q);
+  if (const char* d = std::getenv("COW_STORAGE_CACHE"))
+    config.diff_storage_page_cache = std::atoi(d) != 0;
+  if (const char* t = std::getenv("COW_STORERS")) config.chunk_storer_threads = std::atoi(t);
+  if (const char* i = std::getenv("COW_INLINE")) config.durable_store_inline = std::atoi(i) != 0;
   auto engine = Engine::Create(config);
   if (!engine.ok()) return Fail("engine", engine.status());
   auto device = OpenFileDevice(image);

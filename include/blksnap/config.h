@@ -38,6 +38,11 @@ struct Config {
   // while the queue outgrows them. 16 suits disks (latency to overlap); 1 suits a RAM-backed
   // storage on few CPUs (docs/performance.md findings 8-9, docs/performance-vm.md).
   uint32_t chunk_storer_threads = 16;
+  // Durable snapshots (crash, power): an original write that must wait for its chunk's copy to
+  // be stored and committed stores it in its own thread (true) instead of handing it to a
+  // storer and waiting for it (false). The commit is grouped with the other writers' either way
+  // (docs/durable-snapshots.md).
+  bool durable_store_inline = true;
   // Durable snapshots: the chunk log is compacted (every preserved chunk's record, 125 to a
   // page, in a new chain) once it has grown by this many 4 KiB pages and by twice the pages of
   // the last compaction, so a restart after a crash reads a bounded log

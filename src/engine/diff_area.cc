@@ -210,6 +210,12 @@ Chunk* DiffArea::Preserve(uint64_t index, bool original_write) {
     chunk->buffer = buffer;
   }
   SetState(index, chunk, ChunkState::kInMemory);
+  if (wait_stored && config_.durable_store_inline) {
+    // The writer waits for the copy anyway: a hand-off to a storer only adds two wake-ups.
+    StoreChunk(index, chunk);
+    storer_.ReleaseSlot();
+    return WaitStored(index, chunk);
+  }
   storer_.Enqueue(index, chunk);
   return wait_stored ? WaitStored(index, chunk) : chunk;
 }

@@ -57,8 +57,17 @@ constexpr uint64_t kStride = 1;
 constexpr int kCrashRounds = 12;
 #endif
 
+// false: the crash and power tests run again with the chunks handed to storer threads (the
+// path of memory snapshots and image writes) instead of stored by the writers themselves.
+bool g_store_inline = true;
+struct ThroughStorers {
+  ThroughStorers() { g_store_inline = false; }
+  ~ThroughStorers() { g_store_inline = true; }
+};
+
 Config TestConfig() {
   Config config;
+  config.durable_store_inline = g_store_inline;
   config.cbt_checkpoint_interval_ms = 0;
   // The chunk log compacts itself every few pages: the crash and power cuts below fall before,
   // during and after compactions too.
@@ -118,7 +127,7 @@ Result<Uuid> TakeSnapshot(Engine& engine, Machine& m, SnapshotDurability durabil
   return id;
 }
 
-TEST(DurableSnapshotTest, DaemonCrashAtRandomInstantsKeepsTheImage) {
+void CrashAtRandomInstants() {
   for (int round = 0; round < kCrashRounds; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     Machine m(/*buffered=*/false);
@@ -137,10 +146,18 @@ TEST(DurableSnapshotTest, DaemonCrashAtRandomInstantsKeepsTheImage) {
       killer.join();
     }
     ExpectRecoveredImage(m, id, SnapshotDurability::kCrash, kSnapshotRecoveredDaemonCrash);
+    if (::testing::Test::HasFatalFailure()) return;
   }
 }
 
-TEST(DurableSnapshotTest, PowerCutAtEverySyncPointKeepsTheImageOrNoSnapshot) {
+TEST(DurableSnapshotTest, DaemonCrashAtRandomInstantsKeepsTheImage) { CrashAtRandomInstants(); }
+
+TEST(DurableSnapshotTest, DaemonCrashThroughStorersKeepsTheImage) {
+  ThroughStorers storers;
+  CrashAtRandomInstants();
+}
+
+void PowerCutAtEverySyncPoint() {
   uint64_t cuts_after_take = 0;
   for (uint64_t cut = 1;; cut += kStride) {
     SCOPED_TRACE("power cut at flush " + std::to_string(cut));
@@ -176,11 +193,20 @@ TEST(DurableSnapshotTest, PowerCutAtEverySyncPointKeepsTheImageOrNoSnapshot) {
     ++cuts_after_take;
     ExpectRecoveredImage(m, *taken, SnapshotDurability::kPower, kSnapshotRecoveredPowerLoss,
                          /*go_on=*/cut % 8 == 1);
-    if (HasFatalFailure()) return;
+    if (::testing::Test::HasFatalFailure()) return;
   }
   EXPECT_GT(cuts_after_take, 5u / kStride);
   std::printf("power cut at %llu sync points after the take\n",
               static_cast<unsigned long long>(cuts_after_take));
+}
+
+TEST(DurableSnapshotTest, PowerCutAtEverySyncPointKeepsTheImageOrNoSnapshot) {
+  PowerCutAtEverySyncPoint();
+}
+
+TEST(DurableSnapshotTest, PowerCutThroughStorersKeepsTheImageOrNoSnapshot) {
+  ThroughStorers storers;
+  PowerCutAtEverySyncPoint();
 }
 
 TEST(DurableSnapshotTest, CleanCloseAndRecoverKeepsEverything) {
