@@ -26,10 +26,14 @@ Design note. One sequence, on one throw-away cluster:
               Every restore (blksnap's and restic's) is timed up to `sync -f` of the scratch
               file system, after an untimed `sync`: blksnap writes with O_DIRECT and
               fdatasyncs, restic leaves dirty pages that the page cache would hide.
+              Then the same restore into /dev/shm ("restore_ram"): the read path without the
+              target's disk, which on this one machine is also the OSD's; it is what `rados
+              bench seq` (which writes nothing) is the ceiling of.
   5. restic   `restic -r s3:RGW/restic-bench` (keys from s3.credentials in the environment):
               init, backup of the image file, restore latest; compared and removed.
-  6. ratios   blksnap backup / rados bench write and restore / rados bench seq at the same T
-              (target >= 0.7), blksnap / restic (target >= 2), printed as a table, each beside
+  6. ratios   blksnap backup / rados bench write and restore (and restore_ram) / rados bench
+              seq at the same T (target >= 0.7), blksnap / restic (target >= 2; restores to
+              disk, as restic's), printed as a table, each beside
               what a CPU-bound machine predicts (the inverse ratio of total CPU s per GB);
               openssl SHA-256 and zstd -3 speeds of the image's bytes (one core) as context.
 Timing: wall seconds of each command (the CLI's round trip). MB/s = 10^6 bytes/s of the image
@@ -62,6 +66,7 @@ CEPH_SCRIPT = os.path.join(ROOT, "scripts", "ceph-cluster")
 BENCH_SECONDS = 20
 OBJECT = 4 * MIB  # rados bench object size = the repository's default chunk size
 DEFAULT_THREADS = 4  # blksnap's default --threads
+RAM_DIR = "/dev/shm"  # tmpfs: the target of the second restore of each round
 TARGETS = (("vs rados bench", "vs_rados", 0.7), ("vs restic S3", "vs_restic", 2.0))
 
 
@@ -225,6 +230,14 @@ def blksnap_round(lab, img, size, url, threads, daemons):
         run(["sync", "-f", SCRATCH])  # blksnap fdatasyncs itself: nothing left, kept for symmetry
     out["restore"] = dict(m.result(size), identical=same(img, target))
     remove(target)
+    # The same restore into RAM: the read path alone, what `rados bench seq` (which writes
+    # nothing) measures; on one machine the disk restore's writes share the OSD's disk.
+    ram = os.path.join(RAM_DIR, "blksnap-ceph-bench-restore.img")
+    with Meter(daemons) as m:
+        run([lab.cli, "--json", "restore", b["id"], ram, "--repo", url, "--threads",
+             str(threads)], timeout=3600)
+    out["restore_ram"] = dict(m.result(size), identical=same(img, ram))
+    remove(ram)
     return out
 
 
@@ -264,11 +277,14 @@ def summarize(doc):
     for key, r in doc["blksnap"].items():  # key = "rados-t4", "s3-t16", ...
         t = key.split("-t")[1]
         ceil = doc["rados_bench"].get(f"t{t}", {})
-        for op, bench_mode in (("backup", "write"), ("restore", "seq")):
+        for op, bench_mode in (("backup", "write"), ("restore", "seq"), ("restore_ram", "seq")):
+            if op not in r:
+                continue
             mine = r[op]["MBps"]
             rat[f"{key} {op} vs rados bench {bench_mode}"] = ratio(
                 mine, ceil.get(bench_mode, {}).get("MBps"))
-            rat[f"{key} {op} vs restic"] = ratio(mine, rest[op]["MBps"])
+            if op in rest:
+                rat[f"{key} {op} vs restic"] = ratio(mine, rest[op]["MBps"])
             # What a CPU-bound run predicts: the ratio of total CPU seconds per GB.
             cb = (ceil.get(bench_mode) or {}).get("cpu_s_per_GB") or {}
             model[f"{key} {op} vs rados bench {bench_mode}"] = ratio(
@@ -284,8 +300,8 @@ def table(doc):
     def cpu(c):
         return "/".join(str(c.get(k)) for k in ("client", "osd", "rgw")) if c else "-"
 
-    lines = ["| | backup MB/s | restore MB/s | CPU s/GB backup (client/osd/rgw) | restore |",
-             "|---|---:|---:|---|---|"]
+    lines = ["| | backup MB/s | restore MB/s | restore to RAM MB/s | CPU s/GB backup "
+             "(client/osd/rgw) | restore |", "|---|---:|---:|---:|---|---|"]
     rows = [(f"rados bench -t {t[1:]} (write / seq)", {"backup": rb["write"],
                                                        "restore": rb["seq"]})
             for t, rb in doc["rados_bench"].items()]
@@ -293,7 +309,8 @@ def table(doc):
                                                                         doc["restic"])]
     for name, v in rows:
         b, r = v["backup"], v["restore"]
-        lines.append(f"| {name} | {b.get('MBps')} | {r.get('MBps')} | "
+        ram = v.get("restore_ram", {}).get("MBps", "")
+        lines.append(f"| {name} | {b.get('MBps')} | {r.get('MBps')} | {ram} | "
                      f"{cpu(b.get('cpu_s_per_GB'))} | {cpu(r.get('cpu_s_per_GB'))} |")
     lines += ["", "| ratio | value | wanted | met | CPU-bound model |", "|---|---:|---|---|---:|"]
     for name, v in doc["targets"].items():
