@@ -222,22 +222,18 @@ def blksnap_round(lab, img, size, url, threads, daemons):
                  "--threads", str(threads)], timeout=3600)
     b = json.loads(r.stdout.strip().splitlines()[-1])["backups"][0]
     out = {"backup": dict(m.result(size), id=b["id"], stats=b["stats"])}
-    target = os.path.join(SCRATCH, "restore.img")
     run(["sync"])  # untimed: no restore pays for the dirty pages of what ran before it
-    with Meter(daemons) as m:
-        run([lab.cli, "--json", "restore", b["id"], target, "--repo", url, "--threads",
-             str(threads)], timeout=3600)
-        run(["sync", "-f", SCRATCH])  # blksnap fdatasyncs itself: nothing left, kept for symmetry
-    out["restore"] = dict(m.result(size), identical=same(img, target))
-    remove(target)
-    # The same restore into RAM: the read path alone, what `rados bench seq` (which writes
-    # nothing) measures; on one machine the disk restore's writes share the OSD's disk.
-    ram = os.path.join(RAM_DIR, "blksnap-ceph-bench-restore.img")
-    with Meter(daemons) as m:
-        run([lab.cli, "--json", "restore", b["id"], ram, "--repo", url, "--threads",
-             str(threads)], timeout=3600)
-    out["restore_ram"] = dict(m.result(size), identical=same(img, ram))
-    remove(ram)
+    # To the scratch disk, then into RAM: the read path alone, what `rados bench seq` (which
+    # writes nothing) measures; on one machine the disk restore's writes share the OSD's disk.
+    for op, target in (("restore", os.path.join(SCRATCH, "restore.img")),
+                       ("restore_ram", os.path.join(RAM_DIR, "blksnap-ceph-bench-restore.img"))):
+        with Meter(daemons) as m:
+            run([lab.cli, "--json", "restore", b["id"], target, "--repo", url, "--threads",
+                 str(threads)], timeout=3600)
+            if op == "restore":
+                run(["sync", "-f", SCRATCH])  # blksnap fdatasyncs itself: kept for symmetry
+        out[op] = dict(m.result(size), identical=same(img, target))
+        remove(target)
     return out
 
 
@@ -278,8 +274,6 @@ def summarize(doc):
         t = key.split("-t")[1]
         ceil = doc["rados_bench"].get(f"t{t}", {})
         for op, bench_mode in (("backup", "write"), ("restore", "seq"), ("restore_ram", "seq")):
-            if op not in r:
-                continue
             mine = r[op]["MBps"]
             rat[f"{key} {op} vs rados bench {bench_mode}"] = ratio(
                 mine, ceil.get(bench_mode, {}).get("MBps"))

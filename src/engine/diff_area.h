@@ -32,7 +32,9 @@
 //
 // Durable snapshots (a ChunkLog given): a write to the original waits until each chunk it
 // touches is STORED, and STORED then means the data and its record are committed to the chunk
-// log (chunk_log.h): the write-ordering rule. A zero chunk gets a record without data. Image
+// log (chunk_log.h): the write-ordering rule. Since it waits anyway, the writer stores the chunk
+// itself (StoreChunk in its own thread, Config::durable_store_inline) instead of queueing it
+// for a storer. A zero chunk gets a record without data. Image
 // writes do not wait (they change the snapshot, not the original); an image write that gives a
 // zero chunk storage commits a record for it. RestoreChunk rebuilds the table at recovery.
 //
