@@ -4,19 +4,22 @@
 // an encrypted repository, with the 32-byte AAD that the seeds were sealed with. None may crash
 // or read past the input. A config ParseConfig accepts must encode and parse back to the same
 // fields; a blob Unseal accepts must give its header's plain length and seal again to a blob
-// that unseals to the same bytes.
+// that unseals to the same bytes. Every input is also a segmented chunk's table
+// (ParseChunkTable: one it accepts must encode to the same bytes) and an object's footer.
 //
 // Seeds (fuzz/corpus/repository_codec_fuzzer/) are real objects: the two configs below and blobs
 // of each kind. Regenerate them with
 //   BLKSNAP_FUZZ_WRITE_SEEDS=fuzz/corpus/repository_codec_fuzzer
 //   build-fuzz/fuzz/repository_codec_fuzzer
 // (the encrypted config is fixed, so its blobs stay valid; the key is 32 bytes of 0x5a).
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "repository/chunk_table.h"
 #include "repository/codec.h"
 
 namespace {
@@ -91,6 +94,18 @@ void CheckBlob(const Codec& codec, std::span<const uint8_t> blob) {
   if (!back.ok() || *back != *plain) std::abort();
 }
 
+void CheckChunkTable(std::span<const uint8_t> bytes) {
+  auto table = ParseChunkTable(bytes);
+  if (table.ok()) {
+    const std::vector<uint8_t> again = EncodeChunkTable(*table);
+    if (!std::equal(again.begin(), again.end(), bytes.begin(), bytes.end())) std::abort();
+  } else if (table.status().errnum() != EBADMSG) {
+    std::abort();
+  }
+  auto footer = ParseChunkFooter(bytes, bytes.size());
+  if (footer.ok() && *footer + 8 > bytes.size()) std::abort();
+}
+
 void WriteSeeds(const std::string& dir) {
   const Codecs& codecs = GetCodecs();
   auto write = [&dir](const std::string& name, std::span<const uint8_t> bytes) {
@@ -114,6 +129,15 @@ void WriteSeeds(const std::string& dir) {
   write("blob-plain-empty", *codecs.plain.Seal({}, aad));
   write("blob-encrypted-compressed", *codecs.encrypted.Seal(text, aad));
   write("blob-encrypted-raw", *codecs.encrypted.Seal(noise, aad));
+  ChunkTable table;  // a delta of 3 segments of 4 KiB (the last one short) storing the second
+  table.length = 3 * 4096 - 100;
+  table.segment_size = 4096;
+  table.depth = 2;
+  table.base.bytes.fill(0x11);
+  table.present = {0, 1, 0};
+  table.digests.resize(3);
+  for (size_t i = 0; i < 3; ++i) table.digests[i].bytes.fill(static_cast<uint8_t>(0x20 + i));
+  write("chunk-table-delta", EncodeChunkTable(table));
 }
 
 }  // namespace
@@ -131,5 +155,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   CheckConfig({reinterpret_cast<const char*>(data), size});
   CheckBlob(GetCodecs().plain, bytes);
   CheckBlob(GetCodecs().encrypted, bytes);
+  CheckChunkTable(bytes);
   return 0;
 }

@@ -186,16 +186,26 @@ void CmdRepoInit(Context& ctx, const RepoArgs& a) {
   }
   repo::NewRepoOptions o;
   if (!a.chunk_size.empty()) o.chunk_size = ParseSizeArg("--chunk-size", a.chunk_size);
+  if (a.segment_size == "0") {
+    o.segment_size = 0;
+  } else if (!a.segment_size.empty()) {
+    const uint64_t s = ParseSizeArg("--segment-size", a.segment_size);
+    if (s > UINT32_MAX) Usage("--segment-size: at most the chunk size");
+    o.segment_size = static_cast<uint32_t>(s);
+  }
   auto store = Check(repo::OpenStore(path, /*create=*/true));
   const auto key = Key(a);
   std::optional<std::span<const uint8_t>> span;
   if (key) span = std::span<const uint8_t>(*key);
   Check(repo::Repository::Init(*store, o, span));
   if (ctx.output.as_json) {
-    return ctx.output.Emit(
-        {{"repo", path}, {"chunk_size", o.chunk_size}, {"encrypted", a.encrypt}});
+    return ctx.output.Emit({{"repo", path},
+                            {"chunk_size", o.chunk_size},
+                            {"segment_size", o.segment_size},
+                            {"encrypted", a.encrypt}});
   }
-  std::printf("repository %s: chunks of %s, %s\n", path.c_str(), SizeText(o.chunk_size).c_str(),
+  std::printf("repository %s: chunks of %s%s, %s\n", path.c_str(), SizeText(o.chunk_size).c_str(),
+              o.segment_size != 0 ? (" in segments of " + SizeText(o.segment_size)).c_str() : "",
               a.encrypt ? "encrypted (AES-256-GCM)" : "not encrypted");
 }
 
@@ -384,6 +394,9 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   init->add_flag("--encrypt", a.encrypt, "AES-256-GCM under a key derived from --key-file");
   init->add_option("--key-file", a.key_file, "key file (any bytes, e.g. 32 random ones)");
   init->add_option("--chunk-size", a.chunk_size, "chunk size (64K..64M, power of two; default 4M)");
+  init->add_option("--segment-size", a.segment_size,
+                   "segment size (4K..chunk size, power of two, at most 1024 per chunk; default "
+                   "64K; 0: a version-1 repository, whole chunks)");
   init->callback([&] { run([&] { CmdRepoInit(ctx, a); }); });
   auto* list = repo->add_subcommand("list", "backups in the repository");
   repo_option(list);

@@ -19,7 +19,7 @@ namespace blksnap::cli {
 
 // The command line's values (they must outlive the parse).
 struct RepoArgs {
-  std::string repo, key_file, snapshot, storage, chunk_size, target, backup;
+  std::string repo, key_file, snapshot, storage, chunk_size, segment_size, target, backup;
   std::vector<std::string> devices, backups;
   bool full = false, encrypt = false, verify = false, dry_run = false, loop = false;
   bool check_digests = false;

@@ -17,7 +17,10 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
+
+#include "repository/repository_format.h"
 
 namespace blksnap::repo {
 namespace {
@@ -158,6 +161,49 @@ Status FillChangedChunk(Repository& repo, BlockDevice& image, uint64_t offset, C
   return Status::Ok();
 }
 
+// Segmented repositories: an incremental's changed chunk as a delta over the parent's version
+// when that works (the parent's table reads, its chain is below the depth limit, at most half
+// the segments changed): only the changed segments are read from the image and hashed, and of the
+// parent only its table is read. Empty: the caller stores a full chunk instead.
+Result<std::optional<Repository::Put>> PutChangedAsDelta(
+    Repository& repo, BlockDevice& image, uint64_t offset, std::span<uint8_t> data,
+    const Digest& parent, const std::vector<ByteExtent>& pieces, PutBatch* batch,
+    std::vector<uint8_t>* sealed, uint64_t* read) {
+  const uint32_t seg = repo.codec().config().segment_size;
+  std::vector<uint32_t> changed;  // the segments the pieces touch, ascending
+  for (const ByteExtent& p : pieces) {
+    const uint64_t first = (p.offset - offset) / seg;
+    const uint64_t last = (p.offset - offset + p.length - 1) / seg;
+    for (uint64_t s = first; s <= last; ++s) {
+      if (changed.empty() || changed.back() < s) changed.push_back(static_cast<uint32_t>(s));
+    }
+  }
+  using Maybe = std::optional<Repository::Put>;
+  if (changed.empty() || changed.size() * 2 > SegmentCount(data.size(), seg)) return Maybe{};
+  auto table = repo.ReadTable(parent);
+  if (!table.ok() || table->depth >= kMaxDeltaDepth || table->length != data.size()) {
+    return Maybe{};  // a full chunk: from the image (FillChangedChunk)
+  }
+  *read = 0;
+  for (size_t k = 0; k < changed.size();) {  // runs of adjacent segments, one read each
+    size_t end = k + 1;
+    while (end < changed.size() && changed[end] == changed[end - 1] + 1) ++end;
+    const uint64_t at = uint64_t{changed[k]} * seg;
+    const uint64_t length =
+        std::min<uint64_t>(uint64_t{changed[end - 1] + 1} * seg, data.size()) - at;
+    Status r = image.Read(offset + at, data.subspan(at, length));
+    if (!r.ok()) {
+      return Status::Error(r.errnum(), "reading at " + std::to_string(offset + at) + ": " +
+                                           std::string(r.message()));
+    }
+    *read += length;
+    k = end;
+  }
+  BLKSNAP_ASSIGN_OR_RETURN(Repository::Put put,
+                           repo.PutDelta(parent, *table, data, changed, batch, sealed));
+  return Maybe{put};
+}
+
 }  // namespace
 
 std::string HostName() {
@@ -211,6 +257,21 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
         }
         std::span<uint8_t> data = frame.plain().first(length);
         uint64_t read = length;
+        if (incremental && repo.codec().segmented() && !spec.parent_index.chunks[i].IsZero()) {
+          BLKSNAP_ASSIGN_OR_RETURN(
+              std::optional<Repository::Put> delta,
+              PutChangedAsDelta(repo, image, offset, data, spec.parent_index.chunks[i], pieces[i],
+                                batch.get(), &sealed, &read));
+          if (delta) {
+            index.chunks[i] = delta->id;
+            delta->stored ? ++new_chunks : ++reused;
+            c.stored += delta->stored_bytes;
+            c.read += read;
+            c.done += length;
+            return Status::Ok();
+          }
+          read = length;
+        }
         Status r = incremental ? FillChangedChunk(repo, image, offset, frame, data,
                                                   spec.parent_index.chunks[i], pieces[i], &read)
                                : image.Read(offset, data);

@@ -10,6 +10,7 @@
 #include "blksnap/io.h"
 #include "repository/backup_image.h"
 #include "repository/object_store.h"
+#include "repository/repository_test_util.h"
 
 namespace blksnap::repo {
 namespace {
@@ -188,9 +189,7 @@ TEST_F(BackupTest, ABlobOfOtherBytesIsCaughtByVerifyAndByCheckDigests) {
   ASSERT_TRUE(index.ok());
   const Digest id = index->chunks[5];
   std::vector<uint8_t> other(kChunk, 0x5a);
-  auto blob = repo_->codec().Seal(other, id.bytes);
-  ASSERT_TRUE(blob.ok());
-  ASSERT_TRUE(store_->Put(Codec::ChunkName(id), *blob).ok());
+  ASSERT_TRUE(PutForgedChunk(*repo_, id, other).ok());
   for (auto [verify, check] : {std::pair{true, false}, std::pair{false, true}}) {
     auto target = MakeMemoryDevice(kSize);
     RestoreSpec spec;

@@ -28,8 +28,9 @@ class ChunkFrame {
   // Before plain(): at least any blob's payload offset (header + nonce, 28 bytes), and a whole
   // alignment unit so that plain() stays aligned.
   static constexpr size_t kHeadroom = kAlignment;
-  // After plain()'s capacity: at least any blob's trailer (16 bytes).
-  static constexpr size_t kTailroom = 64;
+  // After plain()'s capacity: any blob's trailer (16 bytes), then a segmented chunk's table blob
+  // and footer (repository_format.h: kMaxChunkTableBlob + 8 bytes, under 33 KiB).
+  static constexpr size_t kTailroom = 36 * 1024;
 
   // ok() is false when the allocation failed.
   explicit ChunkFrame(size_t capacity)

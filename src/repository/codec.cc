@@ -47,6 +47,7 @@
 #include <memory>
 
 #include "blksnap/uuid.h"
+#include "repository/chunk_table.h"
 #include "util/crc32c.h"
 #include "util/little_endian.h"
 
@@ -175,6 +176,8 @@ Result<RepoConfig> NewRepoConfig(const NewRepoOptions& options,
   c.id = Uuid::Random().ToString();
   c.chunk_size = options.chunk_size;
   c.zstd_level = options.zstd_level;
+  c.segment_size = options.segment_size;
+  c.version = options.segment_size != 0 ? kConfigVersionSegmented : kConfigVersion;
   if (key) {
     if (key->empty() || key->size() > kMaxKeyFileSize) {
       return Status::Error(EINVAL, "key: 1 byte to 1 MiB wanted");
@@ -241,11 +244,28 @@ std::string Codec::ChunkName(const Digest& id) {
 }
 
 Digest Codec::ChunkId(std::span<const uint8_t> plain) const {
-  if (!config_.encrypted) return Sha256(plain);
+  if (segmented()) return SegmentedId(plain.size(), SegmentDigests(plain, config_.segment_size));
+  return KeyedHash(plain);
+}
+
+Digest Codec::SegmentedId(uint64_t length, std::span<const Digest> digests) const {
+  std::vector<uint8_t> input(kSegmentedIdTag.size() + 12 + 32 * digests.size());
+  std::memcpy(input.data(), kSegmentedIdTag.data(), kSegmentedIdTag.size());
+  uint8_t* p = input.data() + kSegmentedIdTag.size();
+  PutLe<uint64_t>(p, length);
+  PutLe<uint32_t>(p + 8, config_.segment_size);
+  for (size_t i = 0; i < digests.size(); ++i) {
+    std::memcpy(p + 12 + 32 * i, digests[i].bytes.data(), 32);
+  }
+  return KeyedHash(input);
+}
+
+Digest Codec::KeyedHash(std::span<const uint8_t> bytes) const {
+  if (!config_.encrypted) return Sha256(bytes);
   Digest d;
   unsigned int length = 0;
-  if (HMAC(EVP_sha256(), id_key_.data(), static_cast<int>(id_key_.size()), plain.data(),
-           plain.size(), d.bytes.data(), &length) == nullptr) {
+  if (HMAC(EVP_sha256(), id_key_.data(), static_cast<int>(id_key_.size()), bytes.data(),
+           bytes.size(), d.bytes.data(), &length) == nullptr) {
     std::abort();  // only fails on allocation failure inside OpenSSL
   }
   return d;

@@ -35,6 +35,9 @@ struct RepoConfig {
   std::string id;                           // uuid string
   uint64_t chunk_size = kDefaultChunkSize;  // power of two, kMinChunkSize .. kMaxChunkSize
   int zstd_level = kDefaultZstdLevel;       // kMinZstdLevel .. kMaxZstdLevel; 0: not compressed
+  // Version 2 (kConfigVersionSegmented): chunks are segmented (chunk_table.h), segments of this
+  // size; version 1: 0, a chunk is one blob named by the hash of its bytes.
+  uint32_t segment_size = 0;
   bool encrypted = false;
   // When encrypted: the KDF parameters and the wrapped master key (unused otherwise).
   uint32_t kdf_iterations = 0;
@@ -47,6 +50,8 @@ struct NewRepoOptions {
   uint64_t chunk_size = kDefaultChunkSize;
   int zstd_level = kDefaultZstdLevel;
   uint32_t kdf_iterations = kDefaultKdfIterations;  // tests use kMinKdfIterations
+  // Segmented chunks (config version 2) with segments of this size; 0: version 1.
+  uint32_t segment_size = kDefaultSegmentSize;
 };
 
 // A new repository's config: a random id and, when `key` is given, a random master key wrapped
@@ -78,8 +83,14 @@ class Codec {
   const RepoConfig& config() const { return config_; }
   bool encrypted() const { return config_.encrypted; }
 
-  // SHA-256 of `plain`, or HMAC-SHA-256 under the id key when encrypted.
+  bool segmented() const { return config_.segment_size != 0; }
+  // The id of a chunk or index with these bytes. Version 1: SHA-256 of `plain`, or HMAC-SHA-256
+  // under the id key when encrypted. Segmented (version 2): SegmentedId of its segment digests.
   Digest ChunkId(std::span<const uint8_t> plain) const;
+  // The id of a segmented chunk of `length` bytes whose segments have these SHA-256 digests:
+  // SHA-256 (HMAC-SHA-256 when encrypted) of kSegmentedIdTag, the length (u64 LE), the segment
+  // size (u32 LE) and the digests.
+  Digest SegmentedId(uint64_t length, std::span<const Digest> digests) const;
   // The blob of `plain` (at most kMaxPlainLength bytes, else EINVAL): header, then the payload
   // compressed unless that is not smaller or the probe finds it incompressible, sealed with GCM
   // (AAD = header + `aad`) when encrypted, else followed by a CRC-32C of header + `aad` +
@@ -123,6 +134,8 @@ class Codec {
 
  private:
   explicit Codec(const RepoConfig& config) : config_(config) {}
+  // SHA-256 of `bytes`, or HMAC-SHA-256 under the id key when encrypted.
+  Digest KeyedHash(std::span<const uint8_t> bytes) const;
 
   // SealInto, and SealFramed when `frame` is given (plain = the start of frame->plain()).
   Result<std::span<const uint8_t>> SealImpl(std::span<const uint8_t> plain,

@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "repository/chunk_table.h"
 #include "util/crc32c.h"
 #include "util/little_endian.h"
 
@@ -17,9 +18,11 @@ namespace {
 
 std::vector<uint8_t> Key(uint8_t seed) { return std::vector<uint8_t>(32, seed); }
 
-RepoConfig NewConfig(bool encrypted, int zstd_level = 3) {
+RepoConfig NewConfig(bool encrypted, int zstd_level = 3,
+                     uint32_t segment_size = kDefaultSegmentSize) {
   NewRepoOptions options;
   options.zstd_level = zstd_level;
+  options.segment_size = segment_size;
   options.kdf_iterations = kMinKdfIterations;
   const auto key = Key(7);
   auto c = NewRepoConfig(options,
@@ -144,11 +147,26 @@ TEST(CodecTest, KeyChecks) {
 
 TEST(CodecTest, ChunkIdIsShaOrKeyedHmac) {
   const auto data = Compressible(1000);
-  Codec plain = OpenCodec(NewConfig(false));
-  // SHA-256("abc") from FIPS 180-2.
+  // Version 1: SHA-256("abc") from FIPS 180-2.
+  const Codec v1 = OpenCodec(NewConfig(false, 3, 0));
   const std::string abc = "abc";
-  EXPECT_EQ(plain.ChunkId({reinterpret_cast<const uint8_t*>(abc.data()), 3}).Hex(),
+  EXPECT_EQ(v1.ChunkId({reinterpret_cast<const uint8_t*>(abc.data()), 3}).Hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  // Segmented: SHA-256 of the tag, length, segment size and the segment digests.
+  Codec plain = OpenCodec(NewConfig(false));
+  const auto big = Compressible(3 * kDefaultSegmentSize + 5);
+  std::vector<uint8_t> input(kSegmentedIdTag.begin(), kSegmentedIdTag.end());
+  for (uint64_t v : {uint64_t{big.size()}, uint64_t{kDefaultSegmentSize}}) {
+    const int bytes = v == big.size() ? 8 : 4;
+    for (int b = 0; b < bytes; ++b) input.push_back(static_cast<uint8_t>(v >> (8 * b)));
+  }
+  for (const Digest& d : SegmentDigests(big, kDefaultSegmentSize)) {
+    input.insert(input.end(), d.bytes.begin(), d.bytes.end());
+  }
+  EXPECT_EQ(SegmentDigests(big, kDefaultSegmentSize).size(), 4u);
+  EXPECT_EQ(SegmentDigests(big, kDefaultSegmentSize)[3], Sha256(std::span(big).last(5)));
+  EXPECT_EQ(plain.ChunkId(big), Sha256(input));
+  EXPECT_NE(plain.ChunkId(big), v1.ChunkId(big));
   Codec enc1 = OpenCodec(NewConfig(true));
   Codec enc2 = OpenCodec(NewConfig(true));
   EXPECT_NE(enc1.ChunkId(data), plain.ChunkId(data));

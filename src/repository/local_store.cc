@@ -201,6 +201,22 @@ class LocalStore : public ObjectStore {
     return ReadAll(fd.get(), out.first(size), name);
   }
 
+  Result<Tail> ReadTail(const std::string& name, std::span<uint8_t> out) override {
+    BLKSNAP_ASSIGN_OR_RETURN(Fd fd, OpenObject(name));
+    BLKSNAP_ASSIGN_OR_RETURN(size_t size, FileSize(fd.get(), name));
+    Tail tail{size, std::min(size, out.size())};
+    size_t done = 0;
+    while (done < tail.length) {
+      const ssize_t n = ::pread(fd.get(), out.data() + done, tail.length - done,
+                                static_cast<off_t>(size - tail.length + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Status::FromErrno("read " + Path(name));
+      if (n == 0) return Status::Error(EIO, "read " + Path(name) + ": the object shrank");
+      done += static_cast<size_t>(n);
+    }
+    return tail;
+  }
+
   Result<bool> Exists(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     struct stat st {};

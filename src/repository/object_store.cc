@@ -5,6 +5,7 @@
 // mutex until Commit puts those of the current epoch into the wrapped store.
 #include "repository/object_store.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -78,6 +79,14 @@ Result<size_t> ObjectStore::ReadInto(const std::string& name, std::span<uint8_t>
   }
   if (!data.empty()) std::memcpy(out.data(), data.data(), data.size());
   return data.size();
+}
+
+Result<ObjectStore::Tail> ObjectStore::ReadTail(const std::string& name, std::span<uint8_t> out) {
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> data, Get(name));
+  Tail tail{data.size(), std::min(data.size(), out.size())};
+  if (tail.length > 0)
+    std::memcpy(out.data(), data.data() + data.size() - tail.length, tail.length);
+  return tail;
 }
 
 Status ValidateObjectName(std::string_view name) {
@@ -217,6 +226,11 @@ Result<std::vector<uint8_t>> FaultyStore::Get(const std::string& name) {
 Result<size_t> FaultyStore::ReadInto(const std::string& name, std::span<uint8_t> out) {
   BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kGet, name));
   return base_->ReadInto(name, out);
+}
+
+Result<ObjectStore::Tail> FaultyStore::ReadTail(const std::string& name, std::span<uint8_t> out) {
+  BLKSNAP_RETURN_IF_ERROR(Check(StoreOp::kGet, name));
+  return base_->ReadTail(name, out);
 }
 
 Result<bool> FaultyStore::Exists(const std::string& name) {

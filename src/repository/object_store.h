@@ -9,6 +9,9 @@
 //  - ReadInto: Get into a caller's buffer (no allocation, no zero-fill: a restore reads chunk
 //    after chunk into one), one round trip where the backend allows; EMSGSIZE when the object
 //    is longer than the buffer (the buffer's bytes are then unspecified).
+//  - ReadTail: the object's last bytes (as many as fit in the buffer, all of it when shorter) and
+//    its size, one round trip where the backend allows (an incremental backup reads the table
+//    at the end of a segmented chunk so: chunk_table.h).
 //  - Size: the object's length in bytes; ENOENT if missing.
 //  - List(prefix): the sorted names that start with `prefix` ("" lists everything).
 //  - Lock: backups hold kShared for their whole run, gc holds kExclusive; wait=false gives EBUSY
@@ -66,6 +69,12 @@ class ObjectStore {
   virtual Result<std::vector<uint8_t>> Get(const std::string& name) = 0;
   // The object's length. The default is Get and a copy.
   virtual Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out);
+  struct Tail {
+    uint64_t object_size = 0;
+    size_t length = 0;  // the object's last `length` bytes are out[0, length)
+  };
+  // The default is Get and a copy.
+  virtual Result<Tail> ReadTail(const std::string& name, std::span<uint8_t> out);
   virtual Result<bool> Exists(const std::string& name) = 0;
   virtual Result<uint64_t> Size(const std::string& name) = 0;
   virtual Result<std::vector<std::string>> List(const std::string& prefix) = 0;
@@ -99,7 +108,8 @@ std::unique_ptr<ObjectStore> NewMemoryStore();
 // objects in memory until Commit, which puts them into the wrapped store; CrashBefore(prefix)
 // models a power loss just before the next put of a name under prefix: every object still held
 // by a batch is lost (their Commit stores nothing of it).
-enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };  // kGet: Get and ReadInto
+// kGet: Get, ReadInto and ReadTail
+enum class StoreOp { kPut, kGet, kExists, kList, kDelete, kLock };
 class FaultyStore : public ObjectStore {
  public:
   explicit FaultyStore(std::unique_ptr<ObjectStore> base) : base_(std::move(base)) {}
@@ -121,6 +131,7 @@ class FaultyStore : public ObjectStore {
   Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override;
   Result<std::vector<uint8_t>> Get(const std::string& name) override;
   Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override;
+  Result<Tail> ReadTail(const std::string& name, std::span<uint8_t> out) override;
   Result<bool> Exists(const std::string& name) override;
   Result<uint64_t> Size(const std::string& name) override;
   Result<std::vector<std::string>> List(const std::string& prefix) override;

@@ -241,6 +241,20 @@ class RadosStore : public ObjectStore {
     return size;
   }
 
+  // A stat, then one read of the last bytes (two round trips; Get would move the whole object).
+  Result<Tail> ReadTail(const std::string& name, std::span<uint8_t> out) override {
+    BLKSNAP_ASSIGN_OR_RETURN(const uint64_t size, Size(name));
+    Tail tail{size, static_cast<size_t>(std::min<uint64_t>(size, out.size()))};
+    const int n = rados_read(conn_->io, name.c_str(), reinterpret_cast<char*>(out.data()),
+                             tail.length, size - tail.length);
+    if (n == -ENOENT) return NotFound(name);
+    if (n < 0) return conn_->Error(n, "read " + Quoted(name));
+    if (static_cast<size_t>(n) != tail.length) {
+      return conn_->Error(-EIO, "short read of " + Quoted(name));
+    }
+    return tail;
+  }
+
   Result<bool> Exists(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
     uint64_t size = 0;

@@ -79,9 +79,9 @@ Status ParseEncryption(const json& e, RepoConfig& c) {
 }  // namespace
 
 Status ValidateRepoConfig(const RepoConfig& c) {
-  if (c.version != kConfigVersion) {
+  if (c.version != kConfigVersion && c.version != kConfigVersionSegmented) {
     return Status::Error(EPROTO, "repository config version " + std::to_string(c.version) +
-                                     " is not supported (this blksnap reads version 1)");
+                                     " is not supported (this blksnap reads versions 1 and 2)");
   }
   if (!Uuid::Parse(c.id)) return Status::Error(EINVAL, "repository config: id is not a uuid");
   if (c.chunk_size < kMinChunkSize || c.chunk_size > kMaxChunkSize ||
@@ -92,6 +92,17 @@ Status ValidateRepoConfig(const RepoConfig& c) {
   if (c.zstd_level < kMinZstdLevel || c.zstd_level > kMaxZstdLevel) {
     return Status::Error(EINVAL, "repository config: zstd level " + std::to_string(c.zstd_level) +
                                      " is not in -7..22");
+  }
+  if (c.version == kConfigVersion && c.segment_size != 0) {
+    return Status::Error(EINVAL, "repository config: a version 1 repository has no segments");
+  }
+  const uint32_t s = c.segment_size;
+  if (c.version == kConfigVersionSegmented &&
+      (s < kMinSegmentSize || (s & (s - 1)) != 0 || s > c.chunk_size ||
+       c.chunk_size / s > kMaxSegmentsPerChunk)) {
+    return Status::Error(EINVAL, "repository config: segment size " + std::to_string(s) +
+                                     " is not a power of two from 4 KiB to the chunk size, with "
+                                     "at most 1024 segments per chunk");
   }
   if (c.encrypted &&
       (c.kdf_iterations < kMinKdfIterations || c.kdf_iterations > kMaxKdfIterations)) {
@@ -105,6 +116,7 @@ Result<std::string> EncodeConfig(const RepoConfig& c) {
   BLKSNAP_RETURN_IF_ERROR(ValidateRepoConfig(c));
   json j = {{"format", kConfigFormat},    {"version", c.version},       {"id", c.id},
             {"chunk_size", c.chunk_size}, {"zstd_level", c.zstd_level}, {"encryption", nullptr}};
+  if (c.version == kConfigVersionSegmented) j["segment_size"] = c.segment_size;
   if (c.encrypted) {
     j["encryption"] = {{"cipher", kCipherName},
                        {"kdf", kKdfName},
@@ -140,8 +152,11 @@ Result<RepoConfig> ParseConfig(std::string_view text) {
   if (format != kConfigFormat) return BadConfig("format is not \"blksnap-repository\"");
   RepoConfig c;
   BLKSNAP_RETURN_IF_ERROR(GetInt(j, "version", 0, UINT32_MAX, c.version));
-  if (c.version != kConfigVersion)
+  if (c.version != kConfigVersion && c.version != kConfigVersionSegmented)
     return ValidateRepoConfig(c);  // EPROTO: the other fields may differ
+  if (c.version == kConfigVersionSegmented) {
+    BLKSNAP_RETURN_IF_ERROR(GetInt(j, "segment_size", 0, kMaxChunkSize, c.segment_size));
+  }
   BLKSNAP_RETURN_IF_ERROR(GetString(j, "id", c.id));
   BLKSNAP_RETURN_IF_ERROR(GetInt(j, "chunk_size", 0, kMaxChunkSize, c.chunk_size));
   BLKSNAP_RETURN_IF_ERROR(GetInt(j, "zstd_level", kMinZstdLevel, kMaxZstdLevel, c.zstd_level));

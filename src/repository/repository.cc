@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <thread>
 
@@ -108,8 +109,21 @@ Result<Repository::Put> Repository::PutChunk(ChunkFrame& frame, size_t length, P
 Result<Repository::Put> Repository::PutChunkImpl(std::span<const uint8_t> plain, PutBatch* batch,
                                                  std::vector<uint8_t>* seal_buffer,
                                                  ChunkFrame* frame) {
+  if (codec_.segmented()) return PutSegmented(plain, batch, seal_buffer, frame);
+  const Digest id = codec_.ChunkId(plain);
+  return StoreOnce(
+      id, batch,
+      [&](std::vector<uint8_t>* buffer) {
+        return frame ? codec_.SealFramed(*frame, plain.size(), IdBytes(id), buffer)
+                     : codec_.SealInto(plain, IdBytes(id), buffer);
+      },
+      seal_buffer);
+}
+
+Result<Repository::Put> Repository::StoreOnce(const Digest& id, PutBatch* batch, const SealFn& seal,
+                                              std::vector<uint8_t>* seal_buffer) {
   Put put;
-  put.id = codec_.ChunkId(plain);
+  put.id = id;
   {
     MutexLock lock(mu_);
     while (in_flight_.contains(put.id)) put_done_.Wait(mu_);
@@ -121,11 +135,8 @@ Result<Repository::Put> Repository::PutChunkImpl(std::span<const uint8_t> plain,
     BLKSNAP_ASSIGN_OR_RETURN(bool exists, store_->Exists(name));
     if (exists) return Status::Ok();
     std::vector<uint8_t> own_buffer;
-    std::vector<uint8_t>* buffer = seal_buffer ? seal_buffer : &own_buffer;
     BLKSNAP_ASSIGN_OR_RETURN(std::span<const uint8_t> blob,
-                             frame
-                                 ? codec_.SealFramed(*frame, plain.size(), IdBytes(put.id), buffer)
-                                 : codec_.SealInto(plain, IdBytes(put.id), buffer));
+                             seal(seal_buffer ? seal_buffer : &own_buffer));
     BLKSNAP_RETURN_IF_ERROR(batch != nullptr ? batch->Put(name, blob) : store_->Put(name, blob));
     put.stored = true;
     put.stored_bytes = blob.size();
@@ -170,10 +181,24 @@ Status Repository::CheckId(std::span<const uint8_t> plain, const Digest& id,
 }
 
 Result<std::vector<uint8_t>> Repository::GetChunk(const Digest& id) {
-  return GetSealed(Codec::ChunkName(id), id, "chunk");
+  if (!codec_.segmented()) return GetSealed(Codec::ChunkName(id), id, "chunk");
+  ChunkFrame frame(chunk_size());
+  if (!frame.ok()) return Status::Error(ENOMEM, "no memory for a chunk buffer");
+  BLKSNAP_ASSIGN_OR_RETURN(size_t length, ReadChunk(id, frame, ChunkCheck::kDigest));
+  const auto plain = frame.plain().first(length);
+  return std::vector<uint8_t>(plain.begin(), plain.end());
 }
 
 Result<size_t> Repository::ReadChunk(const Digest& id, std::span<uint8_t> out) {
+  if (codec_.segmented()) {
+    BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> plain, GetChunk(id));
+    if (plain.size() > out.size()) {
+      return Status::Error(
+          EBADMSG, "chunk " + id.Hex() + ": longer than " + std::to_string(out.size()) + " bytes");
+    }
+    std::memcpy(out.data(), plain.data(), plain.size());
+    return plain.size();
+  }
   const std::string label = "chunk " + id.Hex();
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, FetchBlob(Codec::ChunkName(id), label));
   auto length = codec_.UnsealInto(blob, IdBytes(id), out);
@@ -184,6 +209,13 @@ Result<size_t> Repository::ReadChunk(const Digest& id, std::span<uint8_t> out) {
 
 Result<size_t> Repository::ReadChunk(const Digest& id, ChunkFrame& frame, ChunkCheck check) {
   const std::string label = "chunk " + id.Hex();
+  if (codec_.segmented()) {
+    BLKSNAP_ASSIGN_OR_RETURN(size_t length, ReadSegmented(id, frame, kMaxDeltaDepth, nullptr));
+    if (check == ChunkCheck::kDigest) {
+      BLKSNAP_RETURN_IF_ERROR(CheckId(frame.plain().first(length), id, label));
+    }
+    return length;
+  }
   auto size = store_->ReadInto(Codec::ChunkName(id), frame.Around(codec_.PayloadOffset()));
   if (!size.ok()) {
     const int e = size.status().errnum();
@@ -391,7 +423,7 @@ Status Repository::Mark(std::unordered_set<Digest, DigestHash>& chunks,
       if (!chunk.IsZero()) chunks.insert(chunk);
     }
   }
-  return Status::Ok();
+  return codec_.segmented() ? MarkBases(chunks) : Status::Ok();
 }
 
 Result<Repository::GcResult> Repository::Gc() {
@@ -408,13 +440,21 @@ Result<Repository::GcResult> Repository::Gc() {
   GcResult result;
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> chunk_names,
                            store_->List(std::string(kChunksPrefix)));
-  for (const std::string& name : chunk_names) {
+  std::vector<std::string> unmarked;
+  for (std::string& name : chunk_names) {
     const std::optional<Digest> id = ChunkIdOfName(name);
     if (!id) continue;  // not a chunk object: not ours to delete
     if (chunks.contains(*id)) {
       ++result.chunks_kept;
       continue;
     }
+    unmarked.push_back(std::move(name));
+  }
+  // Deltas before their bases: a crash mid-sweep leaves no delta without its base.
+  if (codec_.segmented()) {
+    BLKSNAP_ASSIGN_OR_RETURN(unmarked, DeepestFirst(std::move(unmarked)));
+  }
+  for (const std::string& name : unmarked) {
     auto size = store_->Size(name);
     if (!size.ok() && size.status().errnum() != ENOENT) return size.status();
     BLKSNAP_RETURN_IF_ERROR(store_->Delete(name));

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "blksnap/status.h"
+#include "repository/chunk_table.h"
 #include "repository/codec.h"
 #include "repository/digest.h"
 #include "repository/index.h"
@@ -81,6 +82,17 @@ class Repository {
   Result<Put> PutChunk(ChunkFrame& frame, size_t length, PutBatch* batch,
                        std::vector<uint8_t>* seal_buffer) EXCLUDES(mu_);
   std::unique_ptr<PutBatch> NewChunkBatch() { return store_->NewPutBatch(); }
+  // Segmented repositories (codec().segmented()): stores the chunk `plain` (the parent's
+  // version with the segments `changed`, sorted, rewritten: the others are not read) as a delta
+  // over `base`, whose table is `base_table` (ReadTable), unless a chunk of its id exists. EINVAL
+  // when the base's depth is already kMaxDeltaDepth (store a full chunk: PutChunk) or its table
+  // does not fit. The id is named from base_table's digests and those of the changed segments.
+  Result<Put> PutDelta(const Digest& base, const ChunkTable& base_table,
+                       std::span<const uint8_t> plain, std::span<const uint32_t> changed,
+                       PutBatch* batch, std::vector<uint8_t>* seal_buffer) EXCLUDES(mu_);
+  // The table of a segmented chunk, from the end of its object (ObjectStore::ReadTail): ENOENT
+  // "chunk <hex> is missing", EBADMSG for damage or a segment size not the repository's.
+  Result<ChunkTable> ReadTable(const Digest& id);
   // The chunk's plain bytes, checked: ENOENT "chunk <hex> is missing"; EBADMSG "chunk <hex>: ..."
   // when the blob does not unseal or its content does not hash to the id.
   Result<std::vector<uint8_t>> GetChunk(const Digest& id);
@@ -162,6 +174,25 @@ class Repository {
 
   // The blob at `name`; ENOENT "<label> is missing", other errors prefixed with the label.
   Result<std::vector<uint8_t>> FetchBlob(const std::string& name, const std::string& label);
+  // Stores the blob seal(buffer) returns under `id` unless the chunk is present (in `batch` or
+  // the store), once even when several threads store one id at a time.
+  using SealFn = std::function<Result<std::span<const uint8_t>>(std::vector<uint8_t>*)>;
+  Result<Put> StoreOnce(const Digest& id, PutBatch* batch, const SealFn& seal,
+                        std::vector<uint8_t>* seal_buffer) EXCLUDES(mu_);
+  // segmented_chunk.cc: a full segmented chunk (PutChunk's work in a version-2 repository); the
+  // table and footer after a sealed data blob (in the frame's tailroom when the blob was sealed
+  // around the frame, else at the end of *buffer); a chunk read through its chain into
+  // frame.plain() (its depth at most max_depth); gc's marking of bases and its sweep order.
+  Result<Put> PutSegmented(std::span<const uint8_t> plain, PutBatch* batch,
+                           std::vector<uint8_t>* seal_buffer, ChunkFrame* frame) EXCLUDES(mu_);
+  Result<std::span<const uint8_t>> AppendTable(std::span<const uint8_t> blob,
+                                               const ChunkTable& table, const Digest& id,
+                                               ChunkFrame* frame,
+                                               std::vector<uint8_t>* buffer) const;
+  Result<size_t> ReadSegmented(const Digest& id, ChunkFrame& frame, uint32_t max_depth,
+                               ChunkTable* table_out);
+  Status MarkBases(std::unordered_set<Digest, DigestHash>& chunks);
+  Result<std::vector<std::string>> DeepestFirst(std::vector<std::string> names);
   // PutChunk of `plain`, sealed in `frame` when given (plain = the start of frame->plain()).
   Result<Put> PutChunkImpl(std::span<const uint8_t> plain, PutBatch* batch,
                            std::vector<uint8_t>* seal_buffer, ChunkFrame* frame) EXCLUDES(mu_);

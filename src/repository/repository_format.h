@@ -73,4 +73,43 @@ inline constexpr size_t kBlobCrcSize = 4;
 // The largest plain length of a blob: the largest chunk plus slack for other sealed objects.
 inline constexpr uint32_t kMaxPlainLength = (64u << 20) + (1u << 20);
 
+// ---- Segmented chunks (config version 2; section 3a, src/repository/chunk_table.h).
+// A version-2 chunk object is: data blob, table blob, footer. The footer's 8 bytes are the table
+// blob's size (u32) and kChunkFooterMagic. The table blob's plain bytes (a ChunkTable):
+//   offset 0  magic "BSCT" (4 bytes)
+//          4  version (u8) = kChunkTableVersion
+//          5  flags (u8): kChunkTableDelta, other bits zero
+//          6  reserved (u16) = 0
+//          8  depth (u32): 0 for a full chunk, 1 + the base's depth for a delta
+//         12  segment size (u32)
+//         16  chunk length (u64)
+//         24  segment count (u32) = ceil(length / segment size)
+//         28  present count (u32): segments stored in this object's data blob
+//         32  base chunk id (32 bytes; zero for a full chunk)
+//         64  present bitmap, ceil(count / 8) bytes (bit i % 8 of byte i / 8: segment i)
+//             then count x 32 bytes: the SHA-256 of each segment
+inline constexpr uint32_t kConfigVersionSegmented = 2;
+inline constexpr uint32_t kDefaultSegmentSize = 64 * 1024;
+inline constexpr uint32_t kMinSegmentSize = 4 * 1024;
+inline constexpr uint32_t kMaxSegmentsPerChunk = 1024;
+inline constexpr uint8_t kChunkTableMagic[4] = {'B', 'S', 'C', 'T'};
+inline constexpr uint8_t kChunkTableVersion = 1;
+inline constexpr uint8_t kChunkTableDelta = 1 << 0;
+inline constexpr size_t kChunkTableHeaderSize = 64;
+inline constexpr uint8_t kChunkFooterMagic[4] = {'B', 'S', 'C', '2'};
+inline constexpr size_t kChunkFooterSize = 8;
+// A delta's chain (delta, its base, ...) ends in a full chunk at most this many links down; a
+// backup stores a full chunk instead of a delta whose depth would exceed it.
+inline constexpr uint32_t kMaxDeltaDepth = 8;
+// The largest table blob: header, bitmap and digests of kMaxSegmentsPerChunk segments, plus a
+// blob's header, nonce and tag.
+inline constexpr size_t kMaxChunkTableBlob = kBlobHeaderSize + 12 + kChunkTableHeaderSize +
+                                             kMaxSegmentsPerChunk / 8 + 32 * kMaxSegmentsPerChunk +
+                                             16;
+// The AAD suffix of a table blob (after the chunk's 32 id bytes); a data blob's AAD is the id.
+inline constexpr std::string_view kChunkTableAadSuffix = "table";
+// The chunk id of a segmented chunk is SHA-256 (HMAC-SHA-256 under the id key when encrypted) of
+// this tag, the chunk length (u64) and segment size (u32), then the segment digests.
+inline constexpr std::string_view kSegmentedIdTag = "blksnap-chunk-v2";
+
 }  // namespace blksnap::repo

@@ -3,6 +3,7 @@
 // backup lease, damaged manifests) and a backup killed before its manifest. They run on the
 // memory store, the FaultyStore wrapper and a local store in a temporary directory.
 #include "repository/repository.h"
+#include "repository/repository_test_util.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -275,9 +276,7 @@ TEST(RepositoryTest, GetChunkChecksTheContentAgainstTheId) {
   auto repo = MakeRepo(NewMemoryStore());
   ASSERT_NE(repo, nullptr);
   const Digest id = IdOf(*repo, 1);
-  auto forged = repo->codec().Seal(Chunk(2), id.bytes);
-  ASSERT_TRUE(forged.ok());
-  ASSERT_TRUE(repo->store().Put(Codec::ChunkName(id), *forged).ok());
+  ASSERT_TRUE(PutForgedChunk(*repo, id, Chunk(2)).ok());
   auto got = repo->GetChunk(id);
   EXPECT_EQ(got.status().errnum(), EBADMSG);
   EXPECT_NE(got.status().message().find("does not match"), std::string_view::npos)
@@ -342,8 +341,7 @@ TEST(RepositoryTest, ChunkFramesPutAndReadChunks) {
     EXPECT_EQ(repo->ReadChunk(IdOf(*repo, 4), in).status().errnum(), ENOENT);
 
     const Digest id = IdOf(*repo, 1);
-    ASSERT_TRUE(
-        repo->store().Put(Codec::ChunkName(id), *repo->codec().Seal(Chunk(2), id.bytes)).ok());
+    ASSERT_TRUE(PutForgedChunk(*repo, id, Chunk(2)).ok());
     auto forged = repo->ReadChunk(id, in);
     EXPECT_EQ(forged.status().errnum(), EBADMSG);
     EXPECT_NE(forged.status().message().find("does not match"), std::string_view::npos)

@@ -120,6 +120,29 @@ TEST_P(StoreContractTest, ReadIntoFillsTheCallersBuffer) {
   }
 }
 
+// ReadTail: the object's last bytes (as many as the buffer holds, or all of a shorter object) and
+// its size; a missing object is ENOENT.
+TEST_P(StoreContractTest, ReadTailReadsTheLastBytes) {
+  ObjectStore& s = *store_;
+  std::vector<uint8_t> buffer(4096, 0xaa);
+  EXPECT_EQ(s.ReadTail("chunks/ab/abcd", buffer).status().errnum(), ENOENT);
+  ASSERT_TRUE(s.Put("empty", {}).ok());
+  auto tail = s.ReadTail("empty", buffer);
+  ASSERT_TRUE(tail.ok()) << tail.status().ToString();
+  EXPECT_EQ(tail->object_size, 0u);
+  EXPECT_EQ(tail->length, 0u);
+  for (size_t size : {size_t{100}, size_t{300000}}) {
+    std::vector<uint8_t> data(size);
+    for (size_t i = 0; i < size; ++i) data[i] = static_cast<uint8_t>(i * 13 + i / 251);
+    ASSERT_TRUE(s.Put("chunks/ab/abcd", data).ok());
+    tail = s.ReadTail("chunks/ab/abcd", buffer);
+    ASSERT_TRUE(tail.ok()) << tail.status().ToString();
+    EXPECT_EQ(tail->object_size, size);
+    ASSERT_EQ(tail->length, std::min(size, buffer.size()));
+    EXPECT_TRUE(std::equal(data.end() - tail->length, data.end(), buffer.begin()));
+  }
+}
+
 TEST_P(StoreContractTest, PutIfAbsentRefusesAnExistingName) {
   ASSERT_TRUE(store_->PutIfAbsent("backups/b1", Bytes("first")).ok());
   auto again = store_->PutIfAbsent("backups/b1", Bytes("second"));
