@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -98,6 +99,28 @@ class S3Store final : public ObjectStore {
     BLKSNAP_ASSIGN_OR_RETURN(S3Response r, client_->Request("GET", Key(name), "", {}, {}, &out));
     if (r.status != 200) return S3Client::ErrorOf(r, "s3 get " + name);
     return r.body_size;
+  }
+  // One GET of a suffix range ("bytes=-N"); a server that answers otherwise than 206 with a
+  // Content-Range (a whole-object 200, or 416 for an empty object) gets the default (Get).
+  Result<Tail> ReadTail(const std::string& name, std::span<uint8_t> out) override {
+    BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    if (out.empty()) return ObjectStore::ReadTail(name, out);
+    const std::vector<std::string> range = {"Range: bytes=-" + std::to_string(out.size())};
+    BLKSNAP_ASSIGN_OR_RETURN(S3Response r, client_->Request("GET", Key(name), "", {}, range));
+    if (r.status == 404) return S3Client::ErrorOf(r, "s3 get " + name);
+    const std::string content_range = r.Header("content-range");  // "bytes A-B/TOTAL"
+    const size_t slash = content_range.rfind('/');
+    if (r.status != 206 || slash == std::string::npos || r.body.size() > out.size()) {
+      return ObjectStore::ReadTail(name, out);
+    }
+    Tail tail;
+    tail.object_size = std::strtoull(content_range.c_str() + slash + 1, nullptr, 10);
+    tail.length = r.body.size();
+    if (tail.length != std::min<uint64_t>(out.size(), tail.object_size)) {
+      return ObjectStore::ReadTail(name, out);
+    }
+    std::memcpy(out.data(), r.body.data(), tail.length);
+    return tail;
   }
   Result<bool> Exists(const std::string& name) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
