@@ -180,10 +180,10 @@ def rewrite(front, mnt, files, img=None):
 class Blksnap:
     name = "blksnap"
 
-    def __init__(self, lab, img, chunk_size=None, segment_size=None):
+    def __init__(self, lab, img, chunk_size=None, segment_size=None, daemon_args=""):
         self.lab, self.img = lab, img
         self.repo = os.path.join(SCRATCH, "repo-blksnap")
-        self.proc = lab.daemon()
+        self.proc = lab.daemon(daemon_args.split())
         self.front = lab.cli_json("attach", img, "--name", "img", "--loop")["loop"]
         run([lab.cli, "repo", "init", self.repo] +
             (["--chunk-size", chunk_size] if chunk_size else []) +
@@ -350,6 +350,9 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build-release"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
     ap.add_argument("--chunk-size", help="blksnap's repository chunk size (repo init; default 4M)")
+    ap.add_argument("--daemon-args", default="",
+                    help="extra blksnapd options, e.g. '--tracking-block-minimum-shift 14' "
+                         "(16 KiB CBT blocks)")
     ap.add_argument("--segment-size",
                     help="blksnap's segment size (repo init; default 64K; 0: repository format 1)")
     ap.add_argument("--only", default="blksnap,restic,borg",
@@ -368,7 +371,7 @@ def main():
     try:
         files, filled = make_image(img, size, mnt)
         only = a.only.split(",")
-        runners = [c(lab, img, a.chunk_size, a.segment_size) if c is Blksnap else c(img)
+        runners = [c(lab, img, a.chunk_size, a.segment_size, a.daemon_args) if c is Blksnap else c(img)
                    for c in (Blksnap, Restic, Borg) if c.name in only]
         for t in runners:
             warm(img)
@@ -417,7 +420,8 @@ def main():
                         "filled_bytes": filled, "files": len(files), "rewritten_files": n,
                         "changed_bytes": changed, "quick": a.quick, "cpus": os.cpu_count(),
                         "chunk_size": a.chunk_size or "4M",
-                        "segment_size": a.segment_size or "64K", "build": a.build,
+                        "segment_size": a.segment_size or "64K",
+                        "daemon_args": a.daemon_args, "build": a.build,
                         "loadavg_end": loadavg(),
                         "seconds": round(time.monotonic() - started, 1),
                         "restic": run(["restic", "version"]).stdout.strip(),
@@ -431,7 +435,8 @@ def main():
           f"{doc['cpu'].get('zstd3_decompress_MBps')} MB/s decompress")
     name = (f"backup-{doc['meta']['tree']}{'-quick' if a.quick else ''}"
             f"{'-chunk' + a.chunk_size if a.chunk_size else ''}"
-            f"{'-segment' + a.segment_size if a.segment_size else ''}.json")
+            f"{'-segment' + a.segment_size if a.segment_size else ''}"
+            f"{'-cbt' if a.daemon_args else ''}.json")
     path = os.path.join(ROOT, "bench", "results", name)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

@@ -149,7 +149,7 @@ class LocalLease : public Lease {
 
 // Objects a batch holds before it commits on its own: bounds what a killed backup leaves as
 // temporaries (the next backup cannot reuse those) and the pending list.
-constexpr size_t kBatchObjects = 64;
+constexpr size_t kBatchObjects = 256;
 
 class LocalStore : public ObjectStore {
  public:
