@@ -93,7 +93,7 @@ Status ValidateListPrefix(std::string_view prefix);
 // A directory: objects are files (names may contain '/', e.g. "chunks/ab/abcd..."; directories
 // are created on demand), written to a temporary ".tmp-..." file in the final directory,
 // fsynced, renamed, the directory fsynced; PutIfAbsent by link(2); Delete fsyncs the directory;
-// a PutBatch writes its temporaries without fsync and, at Commit (or every kBatchObjects
+// a PutBatch writes its temporaries without fsync and, at Commit (or every kLocalBatchObjects
 // objects), fsyncs them all, renames them and fsyncs each of their directories once;
 // Lock by flock(2) on DIR/lock, opened afresh for each Lock call. Temporaries are never listed;
 // an exclusive Lock removes those older than kStaleTempSeconds (their writer died).

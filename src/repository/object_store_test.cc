@@ -107,10 +107,10 @@ TEST_F(LocalStoreTest, ABatchShowsItsObjectsAtCommit) {
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir_.path())) {
     EXPECT_FALSE(e.path().filename().string().starts_with(".")) << e.path();
   }
-  for (int i = 0; i < 64; ++i) {
+  for (size_t i = 0; i < kLocalBatchObjects; ++i) {
     ASSERT_TRUE(batch->Put("chunks/ef/o" + std::to_string(i), Bytes("x")).ok());
   }
-  EXPECT_EQ(store_->List("chunks/ef/")->size(), 64u);
+  EXPECT_EQ(store_->List("chunks/ef/")->size(), kLocalBatchObjects);
   EXPECT_TRUE(batch->Commit().ok());  // nothing left: a no-op
 }
 

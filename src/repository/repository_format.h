@@ -36,6 +36,8 @@ inline constexpr size_t kMaxNameComponentLength = 255;
 inline constexpr std::string_view kTempPrefix = ".tmp-";
 // Under an exclusive lease (gc), temporaries older than this are removed: their writer died.
 inline constexpr int64_t kStaleTempSeconds = 10 * 60;
+// A local store's PutBatch commits on its own once this many objects are pending.
+inline constexpr size_t kLocalBatchObjects = 256;
 
 // ---- Config object (section 2).
 inline constexpr std::string_view kConfigFormat = "blksnap-repository";

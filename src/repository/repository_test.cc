@@ -3,7 +3,6 @@
 // backup lease, damaged manifests) and a backup killed before its manifest. They run on the
 // memory store, the FaultyStore wrapper and a local store in a temporary directory.
 #include "repository/repository.h"
-#include "repository/repository_test_util.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -14,6 +13,7 @@
 #include <thread>
 
 #include "repository/repository_format.h"
+#include "repository/repository_test_util.h"
 
 namespace blksnap::repo {
 namespace {
