@@ -180,14 +180,16 @@ def rewrite(front, mnt, files, img=None):
 class Blksnap:
     name = "blksnap"
 
-    def __init__(self, lab, img, chunk_size=None, segment_size=None, daemon_args=""):
+    def __init__(self, lab, img, chunk_size=None, segment_size=None, daemon_args="",
+                 zstd_level=None):
         self.lab, self.img = lab, img
         self.repo = os.path.join(SCRATCH, "repo-blksnap")
         self.proc = lab.daemon(daemon_args.split())
         self.front = lab.cli_json("attach", img, "--name", "img", "--loop")["loop"]
         run([lab.cli, "repo", "init", self.repo] +
             (["--chunk-size", chunk_size] if chunk_size else []) +
-            (["--segment-size", segment_size] if segment_size else []))
+            (["--segment-size", segment_size] if segment_size else []) +
+            (["--zstd-level", zstd_level] if zstd_level else []))
         self.last = None
 
     def backup(self):
@@ -350,6 +352,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build-release"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir")
     ap.add_argument("--chunk-size", help="blksnap's repository chunk size (repo init; default 4M)")
+    ap.add_argument("--zstd-level", help="blksnap's zstd level (repo init; default 3)")
     ap.add_argument("--daemon-args", default="",
                     help="extra blksnapd options, e.g. '--tracking-block-minimum-shift 14' "
                          "(16 KiB CBT blocks)")
@@ -371,7 +374,8 @@ def main():
     try:
         files, filled = make_image(img, size, mnt)
         only = a.only.split(",")
-        runners = [c(lab, img, a.chunk_size, a.segment_size, a.daemon_args) if c is Blksnap else c(img)
+        runners = [c(lab, img, a.chunk_size, a.segment_size, a.daemon_args, a.zstd_level)
+                   if c is Blksnap else c(img)
                    for c in (Blksnap, Restic, Borg) if c.name in only]
         for t in runners:
             warm(img)
@@ -421,7 +425,8 @@ def main():
                         "changed_bytes": changed, "quick": a.quick, "cpus": os.cpu_count(),
                         "chunk_size": a.chunk_size or "4M",
                         "segment_size": a.segment_size or "64K",
-                        "daemon_args": a.daemon_args, "build": a.build,
+                        "daemon_args": a.daemon_args, "zstd_level": a.zstd_level or "3",
+                        "build": a.build,
                         "loadavg_end": loadavg(),
                         "seconds": round(time.monotonic() - started, 1),
                         "restic": run(["restic", "version"]).stdout.strip(),
@@ -436,7 +441,8 @@ def main():
     name = (f"backup-{doc['meta']['tree']}{'-quick' if a.quick else ''}"
             f"{'-chunk' + a.chunk_size if a.chunk_size else ''}"
             f"{'-segment' + a.segment_size if a.segment_size else ''}"
-            f"{'-cbt' if a.daemon_args else ''}.json")
+            f"{'-cbt' if a.daemon_args else ''}"
+            f"{'-zstd' + a.zstd_level if a.zstd_level else ''}.json")
     path = os.path.join(ROOT, "bench", "results", name)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

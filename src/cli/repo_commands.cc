@@ -16,6 +16,7 @@
 
 #include "blksnap/io.h"
 #include "repository/backup.h"
+#include "repository/codec.h"
 #include "repository/object_store.h"
 #include "repository/store_url.h"
 
@@ -186,12 +187,22 @@ void CmdRepoInit(Context& ctx, const RepoArgs& a) {
   }
   repo::NewRepoOptions o;
   if (!a.chunk_size.empty()) o.chunk_size = ParseSizeArg("--chunk-size", a.chunk_size);
+  if (a.zstd_level) o.zstd_level = *a.zstd_level;
   if (a.segment_size == "0") {
     o.segment_size = 0;
   } else if (!a.segment_size.empty()) {
     const uint64_t s = ParseSizeArg("--segment-size", a.segment_size);
     if (s > UINT32_MAX) Usage("--segment-size: at most the chunk size");
     o.segment_size = static_cast<uint32_t>(s);
+  }
+  {  // the options checked before anything is created (a bad one changes nothing)
+    repo::RepoConfig c;
+    c.version = o.segment_size != 0 ? repo::kConfigVersionSegmented : repo::kConfigVersion;
+    c.id = "00000000-0000-4000-8000-000000000000";
+    c.chunk_size = o.chunk_size;
+    c.zstd_level = o.zstd_level;
+    c.segment_size = o.segment_size;
+    Check(repo::ValidateRepoConfig(c));
   }
   auto store = Check(repo::OpenStore(path, /*create=*/true));
   const auto key = Key(a);
@@ -202,6 +213,7 @@ void CmdRepoInit(Context& ctx, const RepoArgs& a) {
     return ctx.output.Emit({{"repo", path},
                             {"chunk_size", o.chunk_size},
                             {"segment_size", o.segment_size},
+                            {"zstd_level", o.zstd_level},
                             {"encrypted", a.encrypt}});
   }
   std::printf("repository %s: chunks of %s%s, %s\n", path.c_str(), SizeText(o.chunk_size).c_str(),
@@ -394,6 +406,8 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   init->add_flag("--encrypt", a.encrypt, "AES-256-GCM under a key derived from --key-file");
   init->add_option("--key-file", a.key_file, "key file (any bytes, e.g. 32 random ones)");
   init->add_option("--chunk-size", a.chunk_size, "chunk size (64K..64M, power of two; default 4M)");
+  init->add_option("--zstd-level", a.zstd_level,
+                   "zstd level of the chunks (-7..22, 0: not compressed; default 2)");
   init->add_option("--segment-size", a.segment_size,
                    "segment size (4K..chunk size, power of two, at most 1024 per chunk; default "
                    "64K; 0: a version-1 repository, whole chunks)");

@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,7 @@ namespace blksnap::cli {
 // The command line's values (they must outlive the parse).
 struct RepoArgs {
   std::string repo, key_file, snapshot, storage, chunk_size, segment_size, target, backup;
+  std::optional<int> zstd_level;
   std::vector<std::string> devices, backups;
   bool full = false, encrypt = false, verify = false, dry_run = false, loop = false;
   bool check_digests = false;
