@@ -182,19 +182,35 @@ Status Repository::CheckId(std::span<const uint8_t> plain, const Digest& id,
 
 Result<std::vector<uint8_t>> Repository::GetChunk(const Digest& id) {
   if (!codec_.segmented()) return GetSealed(Codec::ChunkName(id), id, "chunk");
-  // A frame per thread, kept for the next call (verify and repo serve read chunk after chunk:
-  // a fresh 4 MiB buffer would be faulted in each time).
-  thread_local std::unique_ptr<ChunkFrame> frame;
-  if (!frame || frame->capacity() < chunk_size()) {
-    frame = std::make_unique<ChunkFrame>(chunk_size());
-    if (!frame->ok()) {
-      frame.reset();
-      return Status::Error(ENOMEM, "no memory for a chunk buffer");
+  std::unique_ptr<ChunkFrame> frame = TakeFrame();
+  if (!frame) return Status::Error(ENOMEM, "no memory for a chunk buffer");
+  auto length = ReadChunk(id, *frame, ChunkCheck::kDigest);
+  if (!length.ok()) {
+    GiveFrame(std::move(frame));
+    return length.status();
+  }
+  const auto plain = frame->plain().first(*length);
+  std::vector<uint8_t> bytes(plain.begin(), plain.end());
+  GiveFrame(std::move(frame));
+  return bytes;
+}
+
+std::unique_ptr<ChunkFrame> Repository::TakeFrame() {
+  {
+    MutexLock lock(mu_);
+    if (!spare_frames_.empty()) {
+      std::unique_ptr<ChunkFrame> frame = std::move(spare_frames_.back());
+      spare_frames_.pop_back();
+      return frame;
     }
   }
-  BLKSNAP_ASSIGN_OR_RETURN(size_t length, ReadChunk(id, *frame, ChunkCheck::kDigest));
-  const auto plain = frame->plain().first(length);
-  return std::vector<uint8_t>(plain.begin(), plain.end());
+  auto frame = std::make_unique<ChunkFrame>(chunk_size());
+  return frame->ok() ? std::move(frame) : nullptr;
+}
+
+void Repository::GiveFrame(std::unique_ptr<ChunkFrame> frame) {
+  MutexLock lock(mu_);
+  if (spare_frames_.size() < kSpareFrames) spare_frames_.push_back(std::move(frame));
 }
 
 Result<size_t> Repository::ReadChunk(const Digest& id, std::span<uint8_t> out) {

@@ -14,9 +14,9 @@
 // Prune only deletes manifests and needs no lease.
 //
 // Thread safety: every method may be called from many threads at once. The Codec is immutable
-// and the store is thread-safe; the only mutable state is in_flight_ (mu_), the ids of chunks
-// being stored right now, so that two threads storing the same chunk store it once (the second
-// waits for the first and reports stored=false). No lock is held across store I/O.
+// and the store is thread-safe; the only mutable state is spare_frames_ and in_flight_ (mu_), the
+// ids of chunks being stored right now, so that two threads storing the same chunk store it once
+// (the second waits for the first and reports stored=false). No lock is held across store I/O.
 #pragma once
 
 #include <cstdint>
@@ -205,11 +205,19 @@ class Repository {
   Status Mark(std::unordered_set<Digest, DigestHash>& chunks,
               std::unordered_set<Digest, DigestHash>& indexes);
 
+  // GetChunk's chunk buffers in a segmented repository (verify and repo serve read chunk after
+  // chunk, from any thread): up to kSpareFrames are kept for the next call, so a fresh 4 MiB
+  // buffer is not faulted in each time and idle threads hold none.
+  static constexpr size_t kSpareFrames = 4;
+  std::unique_ptr<ChunkFrame> TakeFrame() EXCLUDES(mu_);
+  void GiveFrame(std::unique_ptr<ChunkFrame> frame) EXCLUDES(mu_);
+
   const std::unique_ptr<ObjectStore> store_;
   const Codec codec_;
   Mutex mu_;
   CondVar put_done_;  // signalled when an id leaves in_flight_
   std::unordered_set<Digest, DigestHash> in_flight_ GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<ChunkFrame>> spare_frames_ GUARDED_BY(mu_);
 };
 
 }  // namespace blksnap::repo
