@@ -33,8 +33,15 @@ std::vector<uint8_t> TableAad(const Digest& id) {
   return aad;
 }
 
-// A first ReadTail guesses the usual table size (64 segments: 2.2 KiB); a larger one is read again.
-constexpr size_t kTailGuess = 4096;
+// What a first ReadTail asks for: the table blob and footer of a whole chunk of the
+// repository's chunk and segment sizes (64 segments: 2.2 KiB), plus a blob's header, nonce and
+// tag; a larger table (a chunk sealed otherwise) is read again at its exact size.
+size_t TailGuess(uint64_t chunk_size, uint32_t segment_size) {
+  const uint64_t segments = SegmentCount(chunk_size, segment_size);
+  return std::min<size_t>(kChunkTableHeaderSize + (segments + 7) / 8 + 32 * segments + 64,
+                          kMaxChunkTableBlob) +
+         kChunkFooterSize;
+}
 
 static_assert(ChunkFrame::kTailroom >= 16 + kMaxChunkTableBlob + kChunkFooterSize,
               "a full chunk's table and footer must fit after its data blob in a ChunkFrame");
@@ -129,7 +136,7 @@ Result<Repository::Put> Repository::PutDelta(const Digest& base, const ChunkTabl
 Result<ChunkTable> Repository::ReadTable(const Digest& id) {
   const std::string label = "chunk " + id.Hex();
   const std::string name = Codec::ChunkName(id);
-  std::vector<uint8_t> tail(kTailGuess);
+  std::vector<uint8_t> tail(TailGuess(chunk_size(), codec_.config().segment_size));
   auto got = store_->ReadTail(name, tail);
   if (!got.ok() && got.status().errnum() == ENOENT) {
     return Status::Error(ENOENT, label + " is missing");
