@@ -270,7 +270,6 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
             c.done += length;
             return Status::Ok();
           }
-          read = length;
         }
         Status r = incremental ? FillChangedChunk(repo, image, offset, frame, data,
                                                   spec.parent_index.chunks[i], pieces[i], &read)

@@ -139,6 +139,12 @@ Result<ChunkTable> ParseChunkTable(std::span<const uint8_t> bytes) {
   return t;
 }
 
+std::vector<uint8_t> ChunkTableAad(const Digest& id) {
+  std::vector<uint8_t> aad(id.bytes.begin(), id.bytes.end());
+  aad.insert(aad.end(), kChunkTableAadSuffix.begin(), kChunkTableAadSuffix.end());
+  return aad;
+}
+
 void PutChunkFooter(std::span<uint8_t, 8> out, uint32_t table_blob_size) {
   PutLe<uint32_t>(out.data(), table_blob_size);
   std::memcpy(out.data() + 4, kChunkFooterMagic, 4);

@@ -55,6 +55,9 @@ std::vector<uint8_t> EncodeChunkTable(const ChunkTable& table);
 // EBADMSG "chunk table: <what is wrong>" for anything but a valid, exactly sized table.
 Result<ChunkTable> ParseChunkTable(std::span<const uint8_t> bytes);
 
+// The AAD of a chunk's table blob: its 32 id bytes, then kChunkTableAadSuffix.
+std::vector<uint8_t> ChunkTableAad(const Digest& id);
+
 // The footer of a chunk object whose table blob has `table_blob_size` bytes.
 void PutChunkFooter(std::span<uint8_t, 8> out, uint32_t table_blob_size);
 // The table blob's size from the last 8 bytes of `tail` (the end of an object of `object_size`

@@ -34,11 +34,6 @@ std::span<const uint8_t> TextBytes(std::string_view text) {
 std::string IndexName(const Digest& id) { return std::string(kIndexesPrefix) + id.Hex(); }
 std::string BackupName(const std::string& id) { return std::string(kBackupsPrefix) + id; }
 
-// "<prefix>: <message>" with the same errno.
-Status Prefixed(const Status& status, const std::string& prefix) {
-  return Status::Error(status.errnum(), prefix + ": " + std::string(status.message()));
-}
-
 // The digest of a chunk object's name "chunks/XX/<hex>", or nothing for a name gc does not own.
 std::optional<Digest> ChunkIdOfName(const std::string& name) {
   const size_t prefix = kChunksPrefix.size();
@@ -93,6 +88,10 @@ Result<std::unique_ptr<Repository>> Repository::Open(std::unique_ptr<ObjectStore
   if (!config.ok()) return Prefixed(config.status(), "config");
   BLKSNAP_ASSIGN_OR_RETURN(Codec codec, Codec::Open(*config, key));
   return std::unique_ptr<Repository>(new Repository(std::move(store), std::move(codec)));
+}
+
+Status Repository::Prefixed(const Status& status, const std::string& prefix) {
+  return Status::Error(status.errnum(), prefix + ": " + std::string(status.message()));
 }
 
 Result<Repository::Put> Repository::PutChunk(std::span<const uint8_t> plain, PutBatch* batch,
@@ -182,17 +181,22 @@ Status Repository::CheckId(std::span<const uint8_t> plain, const Digest& id,
 
 Result<std::vector<uint8_t>> Repository::GetChunk(const Digest& id) {
   if (!codec_.segmented()) return GetSealed(Codec::ChunkName(id), id, "chunk");
+  std::vector<uint8_t> bytes;
+  BLKSNAP_RETURN_IF_ERROR(ReadPooled(id, [&](std::span<const uint8_t> plain) {
+    bytes.assign(plain.begin(), plain.end());
+    return Status::Ok();
+  }));
+  return bytes;
+}
+
+Status Repository::ReadPooled(const Digest& id,
+                              const std::function<Status(std::span<const uint8_t>)>& use) {
   std::unique_ptr<ChunkFrame> frame = TakeFrame();
   if (!frame) return Status::Error(ENOMEM, "no memory for a chunk buffer");
   auto length = ReadChunk(id, *frame, ChunkCheck::kDigest);
-  if (!length.ok()) {
-    GiveFrame(std::move(frame));
-    return length.status();
-  }
-  const auto plain = frame->plain().first(*length);
-  std::vector<uint8_t> bytes(plain.begin(), plain.end());
+  Status status = length.ok() ? use(frame->plain().first(*length)) : length.status();
   GiveFrame(std::move(frame));
-  return bytes;
+  return status;
 }
 
 std::unique_ptr<ChunkFrame> Repository::TakeFrame() {
@@ -215,13 +219,17 @@ void Repository::GiveFrame(std::unique_ptr<ChunkFrame> frame) {
 
 Result<size_t> Repository::ReadChunk(const Digest& id, std::span<uint8_t> out) {
   if (codec_.segmented()) {
-    BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> plain, GetChunk(id));
-    if (plain.size() > out.size()) {
-      return Status::Error(
-          EBADMSG, "chunk " + id.Hex() + ": longer than " + std::to_string(out.size()) + " bytes");
-    }
-    std::memcpy(out.data(), plain.data(), plain.size());
-    return plain.size();
+    size_t length = 0;
+    BLKSNAP_RETURN_IF_ERROR(ReadPooled(id, [&](std::span<const uint8_t> plain) {
+      if (plain.size() > out.size()) {
+        return Status::Error(EBADMSG, "chunk " + id.Hex() + ": longer than " +
+                                          std::to_string(out.size()) + " bytes");
+      }
+      std::memcpy(out.data(), plain.data(), plain.size());
+      length = plain.size();
+      return Status::Ok();
+    }));
+    return length;
   }
   const std::string label = "chunk " + id.Hex();
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> blob, FetchBlob(Codec::ChunkName(id), label));
@@ -464,7 +472,7 @@ Result<Repository::GcResult> Repository::Gc() {
   GcResult result;
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> chunk_names,
                            store_->List(std::string(kChunksPrefix)));
-  std::vector<std::string> unmarked;
+  std::vector<std::pair<Digest, std::string>> unmarked;
   for (std::string& name : chunk_names) {
     const std::optional<Digest> id = ChunkIdOfName(name);
     if (!id) continue;  // not a chunk object: not ours to delete
@@ -472,13 +480,11 @@ Result<Repository::GcResult> Repository::Gc() {
       ++result.chunks_kept;
       continue;
     }
-    unmarked.push_back(std::move(name));
+    unmarked.emplace_back(*id, std::move(name));
   }
   // Deltas before their bases: a crash mid-sweep leaves no delta without its base.
-  if (codec_.segmented()) {
-    BLKSNAP_ASSIGN_OR_RETURN(unmarked, DeepestFirst(std::move(unmarked)));
-  }
-  for (const std::string& name : unmarked) {
+  if (codec_.segmented()) SortDeepestFirst(unmarked);
+  for (const auto& [id, name] : unmarked) {
     auto size = store_->Size(name);
     if (!size.ok() && size.status().errnum() != ENOENT) return size.status();
     BLKSNAP_RETURN_IF_ERROR(store_->Delete(name));

@@ -172,6 +172,8 @@ class Repository {
   Repository(std::unique_ptr<ObjectStore> store, Codec codec)
       : store_(std::move(store)), codec_(std::move(codec)) {}
 
+  // "<prefix>: <message>" with the same errno.
+  static Status Prefixed(const Status& status, const std::string& prefix);
   // The blob at `name`; ENOENT "<label> is missing", other errors prefixed with the label.
   Result<std::vector<uint8_t>> FetchBlob(const std::string& name, const std::string& label);
   // Stores the blob seal(buffer) returns under `id` unless the chunk is present (in `batch` or
@@ -191,8 +193,11 @@ class Repository {
                                                std::vector<uint8_t>* buffer) const;
   Result<size_t> ReadSegmented(const Digest& id, ChunkFrame& frame, uint32_t max_depth,
                                ChunkTable* table_out);
+  // The table blob of chunk `id` opened and checked (its AAD, format, the repository's segment
+  // size); errors name the chunk.
+  Result<ChunkTable> OpenTable(const Digest& id, std::span<const uint8_t> blob) const;
   Status MarkBases(std::unordered_set<Digest, DigestHash>& chunks);
-  Result<std::vector<std::string>> DeepestFirst(std::vector<std::string> names);
+  void SortDeepestFirst(std::vector<std::pair<Digest, std::string>>& chunks);
   // PutChunk of `plain`, sealed in `frame` when given (plain = the start of frame->plain()).
   Result<Put> PutChunkImpl(std::span<const uint8_t> plain, PutBatch* batch,
                            std::vector<uint8_t>* seal_buffer, ChunkFrame* frame) EXCLUDES(mu_);
@@ -210,6 +215,9 @@ class Repository {
   // buffer is not faulted in each time and idle threads hold none.
   static constexpr size_t kSpareFrames = 4;
   std::unique_ptr<ChunkFrame> TakeFrame() EXCLUDES(mu_);
+  // Reads chunk `id` (digest checked) into a pooled frame and hands its bytes to `use`.
+  Status ReadPooled(const Digest& id, const std::function<Status(std::span<const uint8_t>)>& use)
+      EXCLUDES(mu_);
   void GiveFrame(std::unique_ptr<ChunkFrame> frame) EXCLUDES(mu_);
 
   const std::unique_ptr<ObjectStore> store_;

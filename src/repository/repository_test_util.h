@@ -20,10 +20,8 @@ inline Status PutForgedChunk(Repository& repo, const Digest& id, std::span<const
     table.segment_size = repo.codec().config().segment_size;
     table.digests = SegmentDigests(bytes, table.segment_size);
     table.present.assign(table.digests.size(), 1);
-    std::vector<uint8_t> aad(id.bytes.begin(), id.bytes.end());
-    aad.insert(aad.end(), kChunkTableAadSuffix.begin(), kChunkTableAadSuffix.end());
     BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> table_blob,
-                             repo.codec().Seal(EncodeChunkTable(table), aad));
+                             repo.codec().Seal(EncodeChunkTable(table), ChunkTableAad(id)));
     object.insert(object.end(), table_blob.begin(), table_blob.end());
     uint8_t footer[kChunkFooterSize];
     PutChunkFooter(std::span<uint8_t, 8>(footer, 8), static_cast<uint32_t>(table_blob.size()));

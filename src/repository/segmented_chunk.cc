@@ -23,16 +23,6 @@
 namespace blksnap::repo {
 namespace {
 
-Status Prefixed(const Status& status, const std::string& prefix) {
-  return Status::Error(status.errnum(), prefix + ": " + std::string(status.message()));
-}
-
-std::vector<uint8_t> TableAad(const Digest& id) {
-  std::vector<uint8_t> aad(id.bytes.begin(), id.bytes.end());
-  aad.insert(aad.end(), kChunkTableAadSuffix.begin(), kChunkTableAadSuffix.end());
-  return aad;
-}
-
 // What a first ReadTail asks for: the table blob and footer of a whole chunk of the
 // repository's chunk and segment sizes (64 segments: 2.2 KiB), plus a blob's header, nonce and
 // tag; a larger table (a chunk sealed otherwise) is read again at its exact size.
@@ -53,7 +43,7 @@ Result<std::span<const uint8_t>> Repository::AppendTable(std::span<const uint8_t
                                                          ChunkFrame* frame,
                                                          std::vector<uint8_t>* buffer) const {
   BLKSNAP_ASSIGN_OR_RETURN(std::vector<uint8_t> table_blob,
-                           codec_.Seal(EncodeChunkTable(table), TableAad(id)));
+                           codec_.Seal(EncodeChunkTable(table), ChunkTableAad(id)));
   const size_t total = blob.size() + table_blob.size() + kChunkFooterSize;
   uint8_t* start = nullptr;
   if (frame != nullptr) {
@@ -133,6 +123,19 @@ Result<Repository::Put> Repository::PutDelta(const Digest& base, const ChunkTabl
       seal_buffer);
 }
 
+Result<ChunkTable> Repository::OpenTable(const Digest& id, std::span<const uint8_t> blob) const {
+  const std::string label = "chunk " + id.Hex();
+  auto plain = codec_.Unseal(blob, ChunkTableAad(id));
+  if (!plain.ok()) return Prefixed(plain.status(), label + ": table");
+  auto table = ParseChunkTable(*plain);
+  if (!table.ok()) return Prefixed(table.status(), label);
+  if (table->segment_size != codec_.config().segment_size) {
+    return Status::Error(EBADMSG, label + ": segment size " + std::to_string(table->segment_size) +
+                                      " is not the repository's");
+  }
+  return table;
+}
+
 Result<ChunkTable> Repository::ReadTable(const Digest& id) {
   const std::string label = "chunk " + id.Hex();
   const std::string name = Codec::ChunkName(id);
@@ -151,16 +154,7 @@ Result<ChunkTable> Repository::ReadTable(const Digest& id) {
     if (!got.ok()) return Prefixed(got.status(), label);
     if (got->length != need) return Status::Error(EBADMSG, label + ": the object changed size");
   }
-  const auto blob = std::span(tail).subspan(got->length - need, *table_size);
-  auto plain = codec_.Unseal(blob, TableAad(id));
-  if (!plain.ok()) return Prefixed(plain.status(), label + ": table");
-  auto table = ParseChunkTable(*plain);
-  if (!table.ok()) return Prefixed(table.status(), label);
-  if (table->segment_size != codec_.config().segment_size) {
-    return Status::Error(EBADMSG, label + ": segment size " + std::to_string(table->segment_size) +
-                                      " is not the repository's");
-  }
-  return table;
+  return OpenTable(id, std::span(tail).subspan(got->length - need, *table_size));
 }
 
 Result<size_t> Repository::ReadSegmented(const Digest& id, ChunkFrame& frame, uint32_t max_depth,
@@ -178,12 +172,10 @@ Result<size_t> Repository::ReadSegmented(const Digest& id, ChunkFrame& frame, ui
   auto table_size = ParseChunkFooter(object, object.size());
   if (!table_size.ok()) return Prefixed(table_size.status(), label);
   const size_t data_size = object.size() - kChunkFooterSize - *table_size;
-  auto table_plain = codec_.Unseal(object.subspan(data_size, *table_size), TableAad(id));
-  if (!table_plain.ok()) return Prefixed(table_plain.status(), label + ": table");
-  auto table = ParseChunkTable(*table_plain);
-  if (!table.ok()) return Prefixed(table.status(), label);
-  if (table->segment_size != codec_.config().segment_size || table->length > frame.capacity()) {
-    return Status::Error(EBADMSG, label + ": its table does not fit this repository");
+  auto table = OpenTable(id, object.subspan(data_size, *table_size));
+  if (!table.ok()) return table.status();
+  if (table->length > frame.capacity()) {
+    return Status::Error(EBADMSG, label + ": longer than a chunk of this repository");
   }
   if (!table->IsDelta()) {
     auto length = codec_.UnsealFramed(frame, data_size, id.bytes);
@@ -238,23 +230,20 @@ Status Repository::MarkBases(std::unordered_set<Digest, DigestHash>& chunks) {
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> Repository::DeepestFirst(std::vector<std::string> names) {
-  std::vector<std::pair<uint32_t, std::string>> order;
-  order.reserve(names.size());
-  for (std::string& name : names) {
-    const std::string hex = name.substr(name.size() - 64);
-    uint32_t depth = kMaxDeltaDepth + 1;  // unreadable: nothing can rely on it, delete it first
-    if (auto id = Digest::FromHex(hex); id.ok()) {
-      if (auto table = ReadTable(*id); table.ok()) depth = table->depth;
-    }
-    order.emplace_back(depth, std::move(name));
+void Repository::SortDeepestFirst(std::vector<std::pair<Digest, std::string>>& chunks) {
+  std::vector<uint32_t> depth(chunks.size());
+  std::vector<size_t> order(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    order[i] = i;
+    auto table = ReadTable(chunks[i].first);
+    depth[i] = table.ok() ? table->depth : kMaxDeltaDepth + 1;  // unreadable: nothing relies on it
   }
   std::stable_sort(order.begin(), order.end(),
-                   [](const auto& a, const auto& b) { return a.first > b.first; });
-  std::vector<std::string> sorted;
-  sorted.reserve(order.size());
-  for (auto& entry : order) sorted.push_back(std::move(entry.second));
-  return sorted;
+                   [&](size_t a, size_t b) { return depth[a] > depth[b]; });
+  std::vector<std::pair<Digest, std::string>> sorted;
+  sorted.reserve(chunks.size());
+  for (size_t i : order) sorted.push_back(std::move(chunks[i]));
+  chunks = std::move(sorted);
 }
 
 }  // namespace blksnap::repo
