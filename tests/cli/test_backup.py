@@ -47,8 +47,15 @@ def run(d, t):
     dev = d.cli_json("attach", img, "--name", "vm")
     write_front(d, dev, 0, 24 * MIB, 1)
     repo = os.path.join(d.tmp, "repo")
+    # Options out of range: one line, exit 1, nothing created.
+    for bad in (["--zstd-level", "99"], ["--segment-size", "3000"], ["--segment-size", "8M"]):
+        rc, out, err = d.cli("repo", "init", repo, *bad)
+        t.check(rc == 1 and len(err.strip().splitlines()) == 1 and not os.path.exists(repo),
+                "repo init %s refused, nothing made: rc=%d %r" % (" ".join(bad), rc, err))
     init = d.cli_json("repo", "init", repo, "--chunk-size", "256K")
     t.check(init["chunk_size"] == 256 * 1024 and not init["encrypted"], "repo init: %s" % init)
+    t.check(init["segment_size"] == 64 * 1024 and init["zstd_level"] == 2,
+            "a new repository is format 2, 64K segments, zstd level 2: %s" % init)
 
     b1 = backup(d, "vm", "--repo", repo)["backups"][0]
     o1 = sha(img)
