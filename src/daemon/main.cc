@@ -86,7 +86,7 @@ std::function<bool(Config&, uint64_t)> Setter(Field Config::*field) {
 
 std::vector<Tunable> Tunables() {
   return {
-      {"tracking-block-minimum-shift", "CBT block size minimum, log2 bytes (default 16)",
+      {"tracking-block-minimum-shift", "CBT block size minimum, log2 bytes (default 14)",
        Setter(&Config::tracking_block_minimum_shift)},
       {"tracking-block-maximum-shift", "CBT block size maximum, log2 bytes (default 26)",
        Setter(&Config::tracking_block_maximum_shift)},

@@ -19,8 +19,8 @@ std::vector<uint8_t> ReadAll(const CbtMap& map) {
 
 TEST(CbtMapTest, BlockSizeGrowsWithCapacityWithinLimits) {
   Config c;
-  EXPECT_EQ(TrackingBlockShift(1ull << 30, c), 16u);  // 16 Ki blocks of 64 KiB
-  // 16 TiB / 64 KiB = 256 Mi blocks > 2 Mi: grows to 8 MiB blocks (2 Mi of them).
+  EXPECT_EQ(TrackingBlockShift(1ull << 30, c), 14u);  // 64 Ki blocks of 16 KiB
+  // 16 TiB / 16 KiB = 1 Gi blocks > 2 Mi: grows to 8 MiB blocks (2 Mi of them).
   EXPECT_EQ(TrackingBlockShift(16ull << 40, c), 23u);
   c.tracking_block_maximum_shift = 20;
   EXPECT_EQ(TrackingBlockShift(16ull << 40, c), 20u);  // capped: the count may exceed the max

@@ -33,8 +33,9 @@ std::string CbtRecoveryReason(const Result<CbtHeader>& parsed, const CbtGeometry
                               const CbtIdentity& identity, const std::string& boot_id) {
   if (!parsed.ok()) return kCbtReasonStateCorrupt;
   const CbtHeader& h = parsed.value();
-  if (h.capacity != geometry.capacity || h.block_shift != geometry.block_shift)
-    return kCbtReasonCapacityChanged;
+  // The block size is the generation's: a generation made with other blocks continues with them
+  // (a changed default or --tracking-block-minimum-shift applies from the next generation).
+  if (h.capacity != geometry.capacity) return kCbtReasonCapacityChanged;
   const bool sealed = h.flags & kCbtFlagSealed;
   const bool rebooted = boot_id.empty() || h.boot_id != boot_id;
   if (!sealed && rebooted && (h.flags & kCbtFlagJournalFailed)) return kCbtReasonUncleanPower;

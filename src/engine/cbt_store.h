@@ -8,7 +8,9 @@
 //   no file                      -> new generation: "state-lost" if the caller expected one,
 //                                   else "new";
 //   unparsable (magic, version, checksum, sizes, torn) -> "state-corrupt";
-//   capacity or block size differ                      -> "capacity-changed";
+//   capacity differs                                   -> "capacity-changed" (a block size
+//                                   other than the configured one is kept: it is chosen when a
+//                                   generation starts);
 //   no seal, another boot id (or none), a sync had failed -> "restart-unclean-power";
 //   original's kind, dev, ino or rdev differ           -> "identity-changed";
 //   sealed, but size, mtime or ctime differ            -> "outside-write";

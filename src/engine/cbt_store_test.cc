@@ -289,9 +289,21 @@ TEST_F(DurableCbtTest, CapacityChangeStartsNewGeneration) {
   Start();
   EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonCapacityChanged);
   EXPECT_EQ(tracker_->cbt_info().device_capacity, 2 * kDevSize);
+}
+
+// The block size is chosen when a generation starts: another configured size (a daemon upgrade
+// with a new default) continues the generation in its own blocks; the next generation takes it.
+TEST_F(DurableCbtTest, ConfiguredBlockSizeAppliesFromTheNextGeneration) {
   const Uuid generation = tracker_->cbt_info().generation_id;
+  const uint32_t block_size = tracker_->cbt_info().block_size;
+  ASSERT_EQ(block_size, 4096u);
   CleanStop();
-  config_.tracking_block_minimum_shift = 13;  // the same capacity in other blocks
+  config_.tracking_block_minimum_shift = 13;
+  Start();
+  EXPECT_EQ(tracker_->cbt_info().generation_id, generation);
+  EXPECT_EQ(tracker_->cbt_info().block_size, block_size);
+  CleanStop();
+  device_ = MakeMemoryDevice(2 * kDevSize);  // a new generation: the configured blocks
   Start();
   EXPECT_NE(tracker_->cbt_info().generation_id, generation);
   EXPECT_EQ(tracker_->cbt_info().generation_reason, kCbtReasonCapacityChanged);

@@ -38,6 +38,10 @@ class BackupTest : public ::testing::Test {
     store_ = store.get();
     NewRepoOptions o;
     o.chunk_size = kChunk;
+    // One segment per chunk: a changed chunk is never a delta (more than half of its segments
+    // changed), so these tests follow the whole-chunk path, reading the parent's version and
+    // overlaying the changed bytes (segmented_chunk_test.cc covers deltas).
+    o.segment_size = static_cast<uint32_t>(kChunk);
     ASSERT_TRUE(Repository::Init(*store, o, std::nullopt).ok());
     auto repo = Repository::Open(std::move(store), std::nullopt);
     ASSERT_TRUE(repo.ok()) << repo.status().ToString();

@@ -91,7 +91,7 @@ inline constexpr uint32_t kMaxPlainLength = (64u << 20) + (1u << 20);
 //         64  present bitmap, ceil(count / 8) bytes (bit i % 8 of byte i / 8: segment i)
 //             then count x 32 bytes: the SHA-256 of each segment
 inline constexpr uint32_t kConfigVersionSegmented = 2;
-inline constexpr uint32_t kDefaultSegmentSize = 64 * 1024;
+inline constexpr uint32_t kDefaultSegmentSize = 16 * 1024;
 inline constexpr uint32_t kMinSegmentSize = 4 * 1024;
 inline constexpr uint32_t kMaxSegmentsPerChunk = 1024;
 inline constexpr uint8_t kChunkTableMagic[4] = {'B', 'S', 'C', 'T'};

@@ -54,8 +54,10 @@ def run(d, t):
                 "repo init %s refused, nothing made: rc=%d %r" % (" ".join(bad), rc, err))
     init = d.cli_json("repo", "init", repo, "--chunk-size", "256K")
     t.check(init["chunk_size"] == 256 * 1024 and not init["encrypted"], "repo init: %s" % init)
-    t.check(init["segment_size"] == 64 * 1024 and init["zstd_level"] == 2,
-            "a new repository is format 2, 64K segments, zstd level 2: %s" % init)
+    t.check(init["segment_size"] == 16 * 1024 and init["zstd_level"] == 2,
+            "a new repository is format 2, 16K segments, zstd level 2: %s" % init)
+    t.check(d.cli_json("cbt", "info", "vm")["block_size"] == 16 * 1024,
+            "CBT blocks of 16 KiB by default, the repository's segment size")
 
     b1 = backup(d, "vm", "--repo", repo)["backups"][0]
     o1 = sha(img)
