@@ -127,9 +127,10 @@ int RestoreThreads(const std::string& target, bool block, bool direct) {
 
 void CmdBackup(Context& ctx, const RepoArgs& a) {
   if (a.repo.empty()) Usage("no repository: give --repo PATH|URL or set BLKSNAP_REPO");
-  json params = {
-      {"devices", a.devices}, {"repo", Location(a.repo)}, {"full", a.full},
-      {"threads", a.threads > 0 ? a.threads : kDefaultThreads}};
+  json params = {{"devices", a.devices},
+                 {"repo", Location(a.repo)},
+                 {"full", a.full},
+                 {"threads", a.threads > 0 ? a.threads : kDefaultThreads}};
   if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
   if (!a.snapshot.empty()) params["snapshot"] = a.snapshot;
   if (!a.storage.empty()) params["storage"] = Absolute(a.storage);
