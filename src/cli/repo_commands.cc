@@ -286,24 +286,31 @@ void CmdRepoVerify(Context& ctx, const RepoArgs& a) {
       return;
     }
   }
-  const auto problems = Check(repository->Verify(ids, a.threads > 0 ? a.threads : kDefaultThreads));
+  const auto problems =
+      Check(repository->Verify(ids, a.threads > 0 ? a.threads : kDefaultThreads, {}, a.repair));
   json list = json::array();
   for (const auto& p : problems) {
     list.push_back({{"chunk", p.chunk.Hex()},
                     {"errno", p.error.errnum()},
                     {"message", std::string(p.error.message())},
-                    {"backups", p.backups}});
+                    {"backups", p.backups},
+                    {"moved_aside", p.moved_aside}});
     if (!ctx.output.as_json) {
       std::string affected;
       for (const auto& b : p.backups) affected += " " + b;
-      std::fprintf(stderr, "blksnap: error: %s; affects backups:%s\n",
-                   std::string(p.error.message()).c_str(), affected.c_str());
+      std::fprintf(stderr, "blksnap: error: %s; affects backups:%s%s\n",
+                   std::string(p.error.message()).c_str(), affected.c_str(),
+                   p.moved_aside ? " (moved aside to bad/)" : "");
     }
   }
   if (ctx.output.as_json) {
-    ctx.output.Emit({{"ok", problems.empty()}, {"problems", list}});
+    ctx.output.Emit({{"ok", problems.empty()}, {"problems", list}, {"repaired", a.repair}});
   } else if (problems.empty()) {
     std::printf("verified: every chunk readable and matching its digest\n");
+  } else if (a.repair) {
+    std::fprintf(stderr,
+                 "blksnap: the affected backups are marked damaged: the next backup of each "
+                 "device is full and stores the lost chunks anew\n");
   }
   if (!problems.empty()) {
     throw CommandError{kExitError, EBADMSG,
@@ -439,6 +446,9 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   repo_option(verify);
   threads(verify);
   verify->add_option("BACKUP", a.backups, "backup ids (default: all)");
+  verify->add_flag("--repair", a.repair,
+                   "move damaged chunks aside (bad/) and mark the backups they affect, so the "
+                   "next backup of their devices is full and stores them anew");
   verify->add_option("--since", a.since,
                      "only backups made at or after TIME (RFC 3339 or yyyy-mm-dd)");
   verify->callback([&] { run([&] { CmdRepoVerify(ctx, a); }); });

@@ -24,7 +24,7 @@ struct RepoArgs {
   std::optional<int> zstd_level;
   std::vector<std::string> devices, backups;
   bool full = false, encrypt = false, verify = false, dry_run = false, loop = false;
-  bool check_digests = false;
+  bool check_digests = false, repair = false;
   int threads = 0;  // --threads; 0: the command's default (kDefaultThreads, RestoreThreads)
   int keep_last = 0, keep_daily = 0, keep_weekly = 0, keep_monthly = 0;
   std::string device, since;

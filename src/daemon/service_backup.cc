@@ -6,7 +6,9 @@
 // generation, an older snap number, the same size and the repository's chunk size: only the
 // extents CBT reports changed since the parent's snap number are read (Tracker::ChangedExtents,
 // which fails with ESTALE if the generation changed meanwhile). Otherwise it is full, with the
-// reason recorded in the manifest: "first", "generation", "size" or "requested" (--full).
+// reason recorded in the manifest: "first", "generation", "size", "requested" (--full) or
+// "parent-damaged" (`repo verify --repair` marked the parent: its index may name chunks that are
+// gone, and a full backup stores them anew).
 //
 // The snapshot the backup takes is of durability memory (it lives only as long as the backup)
 // with its storage in STATE_DIR/backup (or the request's storage); a given snapshot (--snapshot)
@@ -130,10 +132,16 @@ Result<BackupView> Service::Backup(const BackupRequest& request,
       };
     }
     const std::optional<repo::Manifest> last = LastBackup(existing, device, host);
+    bool damaged = false;
+    if (last && !request.full) {
+      BLKSNAP_ASSIGN_OR_RETURN(damaged, repository->IsMarkedDamaged(last->id));
+    }
     if (request.full) {
       spec.full_reason = "requested";
     } else if (!last) {
       spec.full_reason = "first";
+    } else if (damaged) {
+      spec.full_reason = "parent-damaged";  // repo verify --repair found damage under it
     } else if (last->cbt_generation != spec.cbt_generation ||
                last->snap_number >= spec.snap_number) {
       spec.full_reason = "generation";

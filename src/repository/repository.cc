@@ -7,17 +7,12 @@
 // unsealed; manifests are named by their backup id and sealed with the object name as AAD, so a
 // manifest copied under another name fails to open.
 //
-// Verify and Gc both start from the manifests. Verify collects, for every distinct chunk, the
-// backups referencing it, then `threads` workers pull chunks from a shared counter; problems and
-// the progress callback go through a local mutex. Gc marks (sets of digests) and sweeps (List,
-// Delete) under the exclusive lease.
+// Gc starts from the manifests: it marks (sets of digests) and sweeps (List, Delete) under the
+// exclusive lease. Verify and its repair are in verify.cc.
 #include "repository/repository.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <map>
-#include <thread>
 
 #include "repository/repository_format.h"
 #include "repository/store_url.h"
@@ -340,80 +335,6 @@ Result<std::vector<Manifest>> Repository::ListBackups(
   return manifests;  // List is sorted and ids sort as names do
 }
 
-Result<std::vector<Repository::VerifyProblem>> Repository::Verify(
-    const std::vector<std::string>& backup_ids, int threads,
-    std::function<void(uint64_t done, uint64_t total)> progress) {
-  BLKSNAP_ASSIGN_OR_RETURN(std::unique_ptr<Lease> lease, store_->Lock(LockMode::kShared, true));
-  std::vector<VerifyProblem> problems;
-  std::vector<Manifest> manifests;
-  if (backup_ids.empty()) {
-    std::vector<std::pair<std::string, Status>> damaged;
-    BLKSNAP_ASSIGN_OR_RETURN(manifests, ListBackups(&damaged));
-    for (auto& [id, error] : damaged) problems.push_back({Digest{}, std::move(error), {id}});
-  } else {
-    for (const std::string& id : backup_ids) {
-      auto manifest = GetBackup(id);
-      if (manifest.ok()) {
-        manifests.push_back(std::move(*manifest));
-      } else if (manifest.status().errnum() == ENOENT || manifest.status().errnum() == EINVAL) {
-        return manifest.status();
-      } else {
-        problems.push_back({Digest{}, manifest.status(), {id}});
-      }
-    }
-  }
-
-  // Indexes first (each once), then every distinct chunk with the backups referencing it.
-  std::map<Digest, std::vector<std::string>> index_users;
-  for (const Manifest& m : manifests) index_users[m.index].push_back(m.id);
-  std::map<Digest, std::vector<std::string>> chunk_users;
-  for (const auto& [index_id, users] : index_users) {
-    auto index = GetIndex(index_id);
-    if (!index.ok()) {
-      problems.push_back({index_id, index.status(), users});
-      continue;
-    }
-    for (const std::string& user : users) {
-      for (const Digest& chunk : index->chunks) {
-        if (chunk.IsZero()) continue;
-        auto& list = chunk_users[chunk];
-        if (list.empty() || list.back() != user) list.push_back(user);
-      }
-    }
-  }
-
-  std::vector<const std::pair<const Digest, std::vector<std::string>>*> work;
-  work.reserve(chunk_users.size());
-  for (const auto& entry : chunk_users) work.push_back(&entry);
-  const uint64_t total = work.size();
-  std::atomic<size_t> next{0};
-  Mutex mu;
-  uint64_t done = 0;
-  std::vector<VerifyProblem> found;
-  auto worker = [&] {
-    for (size_t i = next++; i < work.size(); i = next++) {
-      auto chunk = GetChunk(work[i]->first);
-      MutexLock lock(mu);
-      if (!chunk.ok()) found.push_back({work[i]->first, chunk.status(), work[i]->second});
-      ++done;
-      if (progress) progress(done, total);
-    }
-  };
-  const int workers = std::clamp(threads, 1, 64);
-  std::vector<std::thread> pool;
-  for (int i = 1; i < workers && static_cast<uint64_t>(i) < total; ++i) pool.emplace_back(worker);
-  worker();
-  for (std::thread& t : pool) t.join();
-
-  MutexLock lock(mu);
-  for (VerifyProblem& problem : found) problems.push_back(std::move(problem));
-  for (VerifyProblem& problem : problems) std::sort(problem.backups.begin(), problem.backups.end());
-  std::stable_sort(
-      problems.begin(), problems.end(),
-      [](const VerifyProblem& a, const VerifyProblem& b) { return a.chunk < b.chunk; });
-  return problems;
-}
-
 Result<std::vector<std::string>> Repository::Prune(const RetentionPolicy& policy, bool dry_run) {
   if (policy.empty())
     return Status::Error(EINVAL, "an empty retention policy would keep every backup");
@@ -501,6 +422,14 @@ Result<Repository::GcResult> Repository::Gc() {
     BLKSNAP_RETURN_IF_ERROR(store_->Delete(name));
     ++result.indexes_deleted;
     result.bytes_freed += size.ok() ? *size : 0;
+  }
+  // The damaged markers (verify.cc) of backups that are gone.
+  BLKSNAP_ASSIGN_OR_RETURN(std::vector<std::string> markers,
+                           store_->List(std::string(kDamagedPrefix)));
+  for (const std::string& name : markers) {
+    BLKSNAP_ASSIGN_OR_RETURN(bool kept,
+                             store_->Exists(BackupName(name.substr(kDamagedPrefix.size()))));
+    if (!kept) BLKSNAP_RETURN_IF_ERROR(store_->Delete(name));
   }
   return result;
 }

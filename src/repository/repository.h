@@ -10,7 +10,8 @@
 //
 // Concurrency: backups hold BackupLease() (the store's kShared lock) for their whole run; Gc takes
 // kExclusive without waiting and refuses (EBUSY) while any backup runs, so it never frees a chunk
-// that a running backup found present and did not store again. Verify holds a shared lease too.
+// that a running backup found present and did not store again. Verify holds a shared lease too;
+// with repair, the exclusive one without waiting (as Gc: it deletes the damaged objects).
 // Prune only deletes manifests and needs no lease.
 //
 // Thread safety: every method may be called from many threads at once. The Codec is immutable
@@ -135,14 +136,25 @@ class Repository {
     Digest chunk;  // the chunk or index; zero for a manifest that cannot be read
     Status error;
     std::vector<std::string> backups;  // every given backup it affects, sorted
+    bool index = false;                // `chunk` names an index
+    bool moved_aside = false;          // repair: the object is now "bad/<its name>"
   };
   // Re-reads and re-hashes every chunk and index the given backups reference (all backups if
   // empty; a named backup that does not exist is ENOENT), each chunk once, `threads` at a time.
   // `progress` (done, total) counts chunks; it is called from the workers, one call at a time.
   // Problems are sorted by digest. The result is an error only when verification could not run.
+  //
+  // repair (`repo verify --repair`; verify.cc): under the exclusive lease, not waiting (EBUSY
+  // while a backup runs, as gc), every damaged chunk or index object found is moved aside to
+  // "bad/<its name>" (copied there, then deleted), a delta whose base is damaged or missing
+  // included, and every backup a problem affects gets the marker "damaged/<id>". The next backup
+  // of such a backup's device is then full ("parent-damaged") and stores what was moved aside or
+  // missing anew, instead of referencing it again (a full backup finds a chunk present by name).
   Result<std::vector<VerifyProblem>> Verify(
       const std::vector<std::string>& backup_ids, int threads,
-      std::function<void(uint64_t done, uint64_t total)> progress = {});
+      std::function<void(uint64_t done, uint64_t total)> progress = {}, bool repair = false);
+  // Whether `repo verify --repair` marked backup `id` damaged (no parent for an incremental).
+  Result<bool> IsMarkedDamaged(const std::string& id);
 
   // Deletes the manifests SelectKept does not keep (EINVAL for an empty policy); returns the ids
   // removed (or that would be, when dry_run), sorted. Damaged manifests are left alone.
@@ -197,6 +209,8 @@ class Repository {
   // size); errors name the chunk.
   Result<ChunkTable> OpenTable(const Digest& id, std::span<const uint8_t> blob) const;
   Status MarkBases(std::unordered_set<Digest, DigestHash>& chunks);
+  // Verify's repair (verify.cc): marks the affected backups, moves the objects aside.
+  Status Repair(std::vector<VerifyProblem>& problems);
   void SortDeepestFirst(std::vector<std::pair<Digest, std::string>>& chunks);
   // PutChunk of `plain`, sealed in `frame` when given (plain = the start of frame->plain()).
   Result<Put> PutChunkImpl(std::span<const uint8_t> plain, PutBatch* batch,

@@ -292,6 +292,69 @@ TEST_P(SegmentedBackupTest, GcKeepsTheBasesOfKeptDeltasAndDeletesDeltasFirst) {
   EXPECT_TRUE(store_->List("chunks/")->empty());
 }
 
+// repo verify --repair: a damaged base and the delta over it leave their names for bad/, the
+// backups using them are marked, and a full backup of the same data stores them anew (without
+// the repair it would find them present by name and reference them again); gc then drops the
+// markers of backups that are gone. Repair needs the repository alone.
+TEST_P(SegmentedBackupTest, RepairMovesDamagedChunksAsideSoAFullBackupStoresThemAnew) {
+  const Manifest full = Backup(nullptr, {});
+  const std::vector<ByteExtent> changed = {{2 * kChunk + 5 * kSegment + 10, 100}};
+  Scribble(*image_, changed[0].offset, changed[0].length, 77);
+  const Manifest inc = Backup(&full, changed);
+  const Digest base = repo_->GetIndex(full.index)->chunks[2];
+  const Digest delta = repo_->GetIndex(inc.index)->chunks[2];
+  ASSERT_EQ(repo_->ReadTable(delta)->base, base);
+  const std::string base_name = Codec::ChunkName(base), delta_name = Codec::ChunkName(delta);
+  auto blob = store_->Get(base_name);
+  ASSERT_TRUE(blob.ok());
+  (*blob)[blob->size() / 3] ^= 0x08;  // in its data, the table intact
+  ASSERT_TRUE(store_->Put(base_name, *blob).ok());
+  {
+    auto lease = repo_->BackupLease();  // a backup running
+    ASSERT_TRUE(lease.ok());
+    EXPECT_EQ(repo_->Verify({}, 2, {}, true).status().errnum(), EBUSY);
+  }
+  // Without repair, a full backup of the same data references the damaged objects again.
+  const Manifest again = Backup(nullptr, {});
+  EXPECT_EQ(again.stats.new_chunks, 0u);
+
+  auto problems = repo_->Verify({}, 2, {}, true);
+  ASSERT_TRUE(problems.ok()) << problems.status().ToString();
+  ASSERT_EQ(problems->size(), 2u);
+  for (const auto& p : *problems) {
+    EXPECT_TRUE(p.moved_aside) << p.chunk.Hex();
+    EXPECT_FALSE(p.index);
+    const std::vector<std::string> users = p.chunk == base
+                                               ? std::vector<std::string>{full.id}
+                                               : std::vector<std::string>{inc.id, again.id};
+    EXPECT_EQ(p.backups, users) << p.chunk.Hex();
+  }
+  for (const std::string& name : {base_name, delta_name}) {
+    EXPECT_FALSE(*store_->Exists(name)) << name;
+    EXPECT_TRUE(*store_->Exists("bad/" + name)) << name;
+  }
+  for (const Manifest* m : {&full, &inc, &again}) EXPECT_TRUE(*repo_->IsMarkedDamaged(m->id));
+  auto missing = repo_->Verify({}, 2);
+  ASSERT_TRUE(missing.ok());
+  ASSERT_EQ(missing->size(), 2u);
+  for (const auto& p : *missing) EXPECT_EQ(p.error.errnum(), ENOENT) << p.error.ToString();
+
+  const Manifest fresh = Backup(nullptr, {});  // what a "parent-damaged" backup does
+  EXPECT_EQ(fresh.stats.new_chunks, 1u);       // chunk 2, whole this time
+  EXPECT_FALSE(*repo_->IsMarkedDamaged(fresh.id));
+  EXPECT_EQ(Restored(fresh), ReadAll(*image_));
+  auto clean = repo_->Verify({fresh.id}, 2);
+  ASSERT_TRUE(clean.ok());
+  EXPECT_TRUE(clean->empty());
+
+  for (const Manifest* m : {&full, &inc, &again}) {
+    ASSERT_TRUE(store_->Delete("backups/" + m->id).ok());
+  }
+  ASSERT_TRUE(repo_->Gc().ok());
+  EXPECT_TRUE(store_->List("damaged/")->empty());
+  EXPECT_FALSE(store_->List("bad/")->empty());  // kept for inspection
+}
+
 TEST(SegmentedVersionTest, AVersionOneRepositoryStillBacksUpWholeChunks) {
   auto owner = NewMemoryStore();
   ObjectStore* store = owner.get();

@@ -25,8 +25,10 @@ through its front, the last 8 MiB zeroes; a repository with 256 KiB chunks.
   mounted (the take freezes it); 10 deleted afterwards; the backup served with `repo serve
   --loop` and mounted read-only holds every file with its checksum at the backup.
 * A flipped byte in one stored chunk: `repo verify` fails naming the chunk and every backup
-  that uses it; restoring such a backup fails; after `repo prune --keep-last 1` and `repo gc`
-  only the newest backup is listed and chunks were deleted.
+  that uses it; restoring such a backup fails; `repo verify --repair` moves it to bad/ and marks
+  exactly those backups, the next backup is full ("parent-damaged") when the newest was
+  affected and restores and verifies; after `repo prune --keep-last 1` and `repo gc` only the
+  newest backup is listed, chunks and the markers were deleted.
 """
 import hashlib
 import json
@@ -166,13 +168,43 @@ def run(d, t):
                            "--check-digests")
         t.check(rc != 0, "restore --check-digests of an affected backup fails: %r" % err)
 
+    # Repair: the damaged chunk leaves its name for bad/, every backup it affects is marked; the
+    # next backup of the device is full ("parent-damaged") when the newest backup is affected,
+    # and stores the chunk anew (an incremental would copy the damaged entry; a full backup
+    # would find a damaged chunk present by name and reuse it).
+    rc, out, err = d.cli("--json", "repo", "verify", "--repo", repo, "--repair")
+    res = json.loads(out.splitlines()[0]) if out else {}
+    moved = [p for p in res.get("problems", []) if p.get("moved_aside")]
+    aside = os.path.join(repo, "bad", os.path.relpath(victim, repo))
+    t.check(rc != 0 and res.get("repaired") and len(moved) == 1 and not os.path.exists(victim)
+            and os.path.exists(aside), "verify --repair moved the chunk to bad/: rc=%d %s" % (rc, res))
+    t.check(sorted(os.listdir(os.path.join(repo, "damaged"))) == sorted(affected),
+            "verify --repair marked exactly the affected backups")
+    b5 = backup(d, "vm", "--repo", repo)["backups"][0]
+    if b4["id"] in affected:
+        t.check(b5["full"] and b5["full_reason"] == "parent-damaged" and b5["stats"]["new_chunks"] >= 1,
+                "after a repair under the newest backup: full (parent-damaged), the lost chunk "
+                "stored anew: %s" % b5)
+    else:
+        t.check(not b5["full"], "the newest backup was not affected: incremental")
+    o5 = sha(img)
+    out = os.path.join(d.tmp, "restored-b5")
+    restore(d, t, b5["id"], out, "--repo", repo, "--verify")
+    t.check(sha(out) == o5, "the backup after the repair restores byte-identical")
+    os.unlink(out)
+    rc, out, err = d.cli("--json", "repo", "verify", "--repo", repo, b5["id"])
+    t.check(rc == 0 and json.loads(out)["ok"], "the backup after the repair verifies: %r" % out)
+
     pruned = d.cli_json("repo", "prune", "--repo", repo, "--keep-last", "1")
-    t.check(sorted(pruned["removed"]) == sorted([b1["id"], b2["id"], b3["id"]]),
+    t.check(sorted(pruned["removed"]) == sorted([b1["id"], b2["id"], b3["id"], b4["id"]]),
             "prune keeps the newest")
     gc = d.cli_json("repo", "gc", "--repo", repo)
     t.check(gc["indexes_deleted"] >= 1, "gc deleted the pruned indexes: %s" % gc)
+    markers = os.path.join(repo, "damaged")
+    t.check(not os.path.isdir(markers) or os.listdir(markers) == [],
+            "gc removed the markers of the pruned backups")
     listed = d.cli_json("repo", "list", "--repo", repo)["backups"]
-    t.check([b["id"] for b in listed] == [b4["id"]], "only the newest backup is left")
+    t.check([b["id"] for b in listed] == [b5["id"]], "only the newest backup is left")
 
 
 def serve(d, t, repo, b, oracle, size):
