@@ -269,11 +269,11 @@ TEST_F(RadosStoreTest, ALiveHoldersLeaseIsRenewed) {
 // The only OSD stopped for longer than half the lease: the renewals stall, the lease lapsed.
 TEST_F(RadosStoreTest, ALeaseLapsesWhileTheOsdStalls) {
   RadosStoreOptions short_lease;
-  short_lease.lease_seconds = 3;
+  short_lease.lease_seconds = 6;
   auto holder = OpenRadosStore(url_, short_lease);
   ASSERT_TRUE(holder.ok()) << holder.status().ToString();
   const std::string conf = std::getenv(kConfVariable);
-  ExpectLeaseLapsesWhileStopped(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid", **holder);
+  ExpectLeaseLapsesWhileStopped(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid", **holder, 6);
 }
 
 // Run only as a child of ACrashedHoldersLeaseExpires: takes an exclusive lease with a short

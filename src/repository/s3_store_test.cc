@@ -220,11 +220,11 @@ TEST(S3StoreTest, LeasesAreRefreshedAndADeadHoldersExpire) {
 }
 
 TEST(S3StoreTest, ALeaseLapsesWhileTheGatewayStalls) {
-  auto store = OpenTestStore(UniquePrefix(), /*ttl=*/3);
+  auto store = OpenTestStore(UniquePrefix(), /*ttl=*/6);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   auto dir = ClusterDir();
   ASSERT_TRUE(dir.ok()) << dir.status().ToString();
-  ExpectLeaseLapsesWhileStopped(*dir + "/run/rgw.gw.pid", **store);
+  ExpectLeaseLapsesWhileStopped(*dir + "/run/rgw.gw.pid", **store, 6);
 }
 
 }  // namespace

@@ -52,19 +52,25 @@ void ExpectReadersSeeWholeObjects(ObjectStore& store, const std::vector<uint8_t>
   EXPECT_EQ(bad.load(), 0) << "of " << reads.load() << " reads";
 }
 
-void ExpectLeaseLapsesWhileStopped(const std::string& pid_file, ObjectStore& store) {
+// The lease is renewed every third of its duration and lapses when two renewals are more than
+// half of it apart, so a renewal may be late by a sixth of the duration: with 6 s leases, 1 s
+// (a loaded CI machine made a 3 s lease lapse while the gateway ran). The stall lasts a whole
+// duration, twice the limit.
+void ExpectLeaseLapsesWhileStopped(const std::string& pid_file, ObjectStore& store,
+                                   int lease_seconds) {
   std::ifstream in(pid_file);
   pid_t pid = 0;
   ASSERT_TRUE(in >> pid) << pid_file << ": no pid";
-  auto lease = store.Lock(LockMode::kShared, false);
-  ASSERT_TRUE(lease.ok()) << lease.status().ToString();
-  std::this_thread::sleep_for(std::chrono::seconds(3));
-  EXPECT_FALSE((*lease)->Lapsed()) << "a lease renewed in time says it lapsed";
+  const std::chrono::seconds lease(lease_seconds);
+  auto held = store.Lock(LockMode::kShared, false);
+  ASSERT_TRUE(held.ok()) << held.status().ToString();
+  std::this_thread::sleep_for(lease);
+  EXPECT_FALSE((*held)->Lapsed()) << "a lease renewed in time says it lapsed";
   ASSERT_EQ(::kill(pid, SIGSTOP), 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  std::this_thread::sleep_for(lease);
   ASSERT_EQ(::kill(pid, SIGCONT), 0);
-  std::this_thread::sleep_for(std::chrono::seconds(2));
-  EXPECT_TRUE((*lease)->Lapsed()) << "the lease did not notice its stalled renewals";
+  std::this_thread::sleep_for(lease / 2);
+  EXPECT_TRUE((*held)->Lapsed()) << "the lease did not notice its stalled renewals";
 }
 
 namespace {

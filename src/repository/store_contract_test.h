@@ -34,10 +34,11 @@ std::string StoreBackendName(const ::testing::TestParamInfo<StoreBackend>& info)
 void ExpectReadersSeeWholeObjects(ObjectStore& store, const std::vector<uint8_t>& a,
                                   const std::vector<uint8_t>& b, int puts);
 
-// For stores whose leases live by renewal (RADOS, S3; lease duration 3 s): stops the process in
-// `pid_file` (a cluster daemon) with SIGSTOP for 2.5 s, then continues it. A lease renewed in
-// time never says Lapsed(); the stalled one must.
-void ExpectLeaseLapsesWhileStopped(const std::string& pid_file, ObjectStore& store);
+// For stores whose leases live by renewal (RADOS, S3), with leases of `lease_seconds`: stops the
+// process in `pid_file` (a cluster daemon) with SIGSTOP for one lease duration, then continues
+// it. A lease renewed in time never says Lapsed(); the stalled one must.
+void ExpectLeaseLapsesWhileStopped(const std::string& pid_file, ObjectStore& store,
+                                   int lease_seconds);
 
 class StoreContractTest : public ::testing::TestWithParam<StoreBackend> {
  protected:
