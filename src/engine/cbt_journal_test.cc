@@ -174,6 +174,7 @@ TEST(CbtJournalTest, PowerCutWhileWritersAndCheckpointsRace) {
     ASSERT_OK(map->CommitTake());
     const Uuid generation = map->info().generation_id;
     std::atomic<bool> stop{false};
+    std::atomic<uint64_t> writes{0};
     std::vector<std::vector<uint64_t>> issued(2);
     std::vector<std::thread> threads;
     for (int w = 0; w < 2; ++w) {
@@ -183,7 +184,10 @@ TEST(CbtJournalTest, PowerCutWhileWritersAndCheckpointsRace) {
           const uint64_t block =
               (random() % kRegionsUsed) * kBlocksPerRegion + random() % kBlocksPerRegion;
           map->MarkWrite(block << kBlockShift, 1ull << kBlockShift);
-          if (!files->power_cut()) issued[w].push_back(block);
+          if (!files->power_cut()) {
+            issued[w].push_back(block);
+            writes.fetch_add(1);
+          }
         }
       });
     }
@@ -193,6 +197,11 @@ TEST(CbtJournalTest, PowerCutWhileWritersAndCheckpointsRace) {
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
     });
+    // The cut is armed only once the writers wrote (a slow start, as under ASan on a loaded
+    // machine, would otherwise let the first sync cut before any write and test nothing).
+    for (int i = 0; i < 5000 && writes.load() < 2; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5 + round * 3));
     files->CutPowerAtSync(1 + round % 3);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
