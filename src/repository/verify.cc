@@ -34,6 +34,11 @@ std::span<const uint8_t> TextBytes(std::string_view text) {
 
 std::string DamagedName(const std::string& id) { return std::string(kDamagedPrefix) + id; }
 
+// The object a problem names: its chunk's or its index's.
+std::string ObjectName(const Repository::VerifyProblem& p) {
+  return p.index ? std::string(kIndexesPrefix) + p.chunk.Hex() : Codec::ChunkName(p.chunk);
+}
+
 }  // namespace
 
 Result<std::vector<Repository::VerifyProblem>> Repository::Verify(
@@ -122,8 +127,7 @@ Status Repository::Repair(std::vector<VerifyProblem>& problems) {
   std::map<std::string, std::vector<std::string>> lost;
   for (const VerifyProblem& p : problems) {
     if (p.chunk.IsZero()) continue;  // a manifest that cannot be read: nothing to move or mark
-    const std::string name =
-        p.index ? std::string(kIndexesPrefix) + p.chunk.Hex() : Codec::ChunkName(p.chunk);
+    const std::string name = ObjectName(p);
     for (const std::string& id : p.backups) lost[id].push_back(name);
   }
   for (const auto& [id, names] : lost) {
@@ -137,8 +141,7 @@ Status Repository::Repair(std::vector<VerifyProblem>& problems) {
   // Then each damaged object leaves its name: copied to bad/, then deleted.
   for (VerifyProblem& p : problems) {
     if (p.chunk.IsZero()) continue;
-    const std::string name =
-        p.index ? std::string(kIndexesPrefix) + p.chunk.Hex() : Codec::ChunkName(p.chunk);
+    const std::string name = ObjectName(p);
     auto bytes = store_->Get(name);
     if (!bytes.ok() && bytes.status().errnum() == ENOENT) continue;  // missing: nothing to move
     if (bytes.ok()) {
