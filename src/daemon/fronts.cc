@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "fuse/fuse_front.h"
@@ -47,6 +48,7 @@ class ServerFronts final : public Fronts {
  private:
   Status StartNbd(const FrontOptions& options);
   FrontsInfo info_;
+  int ublk_workers_ = -1;
   std::unique_ptr<nbd::Server> nbd_;
   std::unique_ptr<fuse::Mount> mount_;
 };
@@ -80,6 +82,7 @@ Status ServerFronts::StartNbd(const FrontOptions& options) {
 }
 
 Status ServerFronts::Start(const FrontOptions& options) {
+  ublk_workers_ = options.ublk_workers;
   if (!options.nbd.unix_path.empty() || !options.nbd.tcp_address.empty()) {
     BLKSNAP_RETURN_IF_ERROR(StartNbd(options));
   }
@@ -157,7 +160,10 @@ Result<std::unique_ptr<Exposure>> ServerFronts::Expose(const std::string& name,
     exposure->Add(std::move(front));
   }
   if (options.ublk) {
-    BLKSNAP_ASSIGN_OR_RETURN(auto front, ublk::MakeDeviceFront(dev, options.ublk_recover_id, name));
+    BLKSNAP_ASSIGN_OR_RETURN(
+        auto front, ublk::MakeDeviceFront(dev, options.ublk_recover_id, name,
+                                          static_cast<uint16_t>(std::max(ublk_workers_, 0)),
+                                          ublk_workers_ == 0));
     exposure->Add(std::move(front));
   }
   return exposure;

@@ -58,6 +58,7 @@ struct Options {
   double nbd_handshake_timeout = 60, nbd_request_timeout = 30;
   std::string fuse_dir = "/run/blksnap/dev";
   std::string frontend = "auto";
+  int ublk_workers = -1;
   bool no_nbd = false, no_fuse = false;
   bool cbt_in_memory = false;
   std::string log_level = "info";
@@ -316,6 +317,11 @@ int Run(int argc, char** argv) {
                  "/dev/ublk-control exists)")
       ->capture_default_str()
       ->check(CLI::IsMember({"ublk", "fuse-loop", "auto"}));
+  app.add_option("--ublk-workers", opt.ublk_workers,
+                 "threads serving each ublk device's queue (-1 = 16; 0 = none: the queue thread "
+                 "serves one request at a time, for RAM-backed storage)")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 64));
   app.add_flag("--no-nbd", opt.no_nbd, "do not start the NBD front");
   app.add_flag("--no-fuse", opt.no_fuse, "do not start the FUSE front");
   app.add_flag("--cbt-in-memory", opt.cbt_in_memory,
@@ -412,6 +418,7 @@ int Run(int argc, char** argv) {
   fo.nbd = std::move(nbd_options).value();
   fo.fuse_dir = opt.fuse_dir;
   fo.frontend = opt.frontend;
+  fo.ublk_workers = opt.ublk_workers;
   auto fronts = StartFronts(fo);
   if (!fronts.ok()) return Fail("cannot start the fronts: " + fronts.status().ToString());
 

@@ -71,9 +71,12 @@ class GoneDevice final : public BlockDevice {
 }  // namespace
 
 Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> device, int recover_id,
-                                               const std::string& name) {
+                                               const std::string& name, uint16_t workers,
+                                               bool serve_inline) {
   DeviceOptions options;
   options.queues = 1;
+  options.workers_per_queue = workers;
+  options.serve_inline = serve_inline;
   options.user_recovery = true;
   if (recover_id >= 0) {
     auto recovered = Device::Recover(recover_id, device, options);

@@ -48,6 +48,11 @@ Crc32cFunction Choose() {
 
 }  // namespace
 
+bool Crc32cIsFast() {
+  static const bool fast = crc32c_internal::HaveHardware();
+  return fast;
+}
+
 namespace crc32c_internal {
 
 uint32_t Portable(const void* data, size_t length, uint32_t crc) {
