@@ -12,7 +12,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <filesystem>
 
 #include "fuse/fuse_front.h"
@@ -161,9 +160,7 @@ Result<std::unique_ptr<Exposure>> ServerFronts::Expose(const std::string& name,
   }
   if (options.ublk) {
     BLKSNAP_ASSIGN_OR_RETURN(
-        auto front, ublk::MakeDeviceFront(dev, options.ublk_recover_id, name,
-                                          static_cast<uint16_t>(std::max(ublk_workers_, 0)),
-                                          ublk_workers_ == 0));
+        auto front, ublk::MakeDeviceFront(dev, options.ublk_recover_id, name, ublk_workers_));
     exposure->Add(std::move(front));
   }
   return exposure;

@@ -30,9 +30,8 @@ struct FrontOptions {
   // Block-device frontend used for a plain "block device" request (--blockdev): "ublk",
   // "fuse-loop" or "auto" (ublk when /dev/ublk-control is usable, else fuse-loop).
   std::string frontend = "auto";
-  // Threads serving each ublk queue: -1 the default (ublk::DeviceOptions), 0 none — the queue
-  // thread serves one request at a time (for RAM-backed devices, where a hand-off costs more
-  // than the I/O), N that many.
+  // Threads serving each ublk queue, as ublk::MakeDeviceFront takes them: -1 the default, 0 none
+  // (the queue thread serves one request at a time: for RAM-backed devices), N that many.
   int ublk_workers = -1;
 };
 

@@ -71,12 +71,11 @@ class GoneDevice final : public BlockDevice {
 }  // namespace
 
 Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> device, int recover_id,
-                                               const std::string& name, uint16_t workers,
-                                               bool serve_inline) {
+                                               const std::string& name, int workers) {
   DeviceOptions options;
   options.queues = 1;
-  options.workers_per_queue = workers;
-  options.serve_inline = serve_inline;
+  options.workers_per_queue = static_cast<uint16_t>(workers > 0 ? workers : 0);
+  options.serve_inline = workers == 0;
   options.user_recovery = true;
   if (recover_id >= 0) {
     auto recovered = Device::Recover(recover_id, device, options);

@@ -11,11 +11,10 @@ namespace blksnap::ublk {
 // A new ublk device for device; with recover_id >= 0, first tries to re-attach to that device
 // left by a previous daemon (ublk Recover: I/O waiting on it resumes) and falls back to a new
 // device (Describe() says which it got).
-// workers: threads serving each queue (DeviceOptions::workers_per_queue; 0 there = the
-// default); serve_inline: no worker pool, the queue thread serves one request at a time.
+// workers: threads serving each queue; -1 the default (DeviceOptions::kDefaultWorkersPerQueue),
+// 0 none (serve_inline: the queue thread serves one request at a time).
 Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> device, int recover_id,
-                                               const std::string& name, uint16_t workers = 0,
-                                               bool serve_inline = false);
+                                               const std::string& name, int workers = -1);
 
 // Removes a ublk device a dead daemon left behind whose backend is gone (a snapshot image):
 // re-attaches with a backend failing every I/O (EIO) of the recorded geometry, then stops and
