@@ -35,6 +35,17 @@
 // hold, then exit. A protocol violation (bad magic) or a failed send also shuts the socket down
 // so that every worker wakes up. The Server closes the fd after Run() returns.
 //
+// Replies: one thread at a time writes to the socket (the sender). A small reply (up to
+// kQueuedReplyMax bytes: every write, flush, trim and zero reply, errors, 4 KiB reads) of a
+// worker that finds a sender at work is copied into queued_ and the worker goes on; the sender
+// writes whatever queued up, in one writev, before it lets go, so queued_ is empty whenever no
+// one is sending. Larger replies (payload buffers the worker reuses) wait for the sender role.
+// This replaced a plain mutex around the write: with copy-on-write completing a group-commit
+// round at once, 32 workers queued on it, and a sender that woke the client was often
+// preempted by it while holding the mutex (a lock convoy: a third of the daemon's context
+// switches on the host, docs/performance.md). queued_ is capped (kQueuedBytesMax; above it a
+// worker waits as for a large reply), so a client that stops reading replies cannot grow it.
+//
 // Errors: requests are validated first (flags, read-only, range, payload size) and answered
 // with the spec's errors; device errors go through ErrnoToNbdError. With structured replies
 // an error is one NBD_REPLY_TYPE_ERROR chunk carrying the device's message.
@@ -57,6 +68,9 @@ constexpr uint32_t kHoleProbeMin = 64u << 10;
 // Most read-map bytes looked at per blksnap:cbt chunk (the reply may cover less than asked).
 constexpr uint64_t kMaxCbtBlocksPerRequest = 1u << 20;
 constexpr size_t kZeroBufferSize = 1u << 20;
+// Replies up to this many bytes may be queued for the sender instead of waiting for it.
+constexpr size_t kQueuedReplyMax = 4096 + 64;
+constexpr size_t kQueuedBytesMax = 256u << 10;
 // A write payload is reserved, allocated and received this much at a time.
 constexpr size_t kPayloadPiece = 1u << 20;
 // A worker's payload buffer is kept across requests up to this capacity, its other scratch
@@ -528,14 +542,51 @@ void Session::SendError(uint64_t cookie, uint32_t error, std::string_view messag
 }
 
 void Session::Send(std::span<const iovec> iov) {
-  Status st;
+  size_t bytes = 0;
+  for (const iovec& v : iov) bytes += v.iov_len;
+  std::vector<uint8_t> batch;
   {
     MutexLock lock(send_mu_);
-    st = transport_.WriteAll(iov);
+    while (sending_) {
+      if (bytes <= kQueuedReplyMax && queued_.size() + bytes <= kQueuedBytesMax) {
+        for (const iovec& v : iov) {
+          const auto* p = static_cast<const uint8_t*>(v.iov_base);
+          queued_.insert(queued_.end(), p, p + v.iov_len);
+        }
+        return;  // the sender writes it before it lets go
+      }
+      ++send_waiters_;
+      send_cv_.Wait(send_mu_);
+      --send_waiters_;
+    }
+    sending_ = true;
+    batch.swap(queued_);
   }
-  if (!st.ok()) {  // the client went away mid-reply, or stopped reading replies
-    if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
-    Fail();
+  SendAsSender(batch, iov);
+}
+
+void Session::SendAsSender(std::vector<uint8_t>& batch, std::span<const iovec> first) {
+  std::vector<iovec> iov;
+  iov.reserve(first.size() + 1);
+  for (;;) {
+    iov.clear();
+    if (!batch.empty()) iov.push_back(iovec{batch.data(), batch.size()});
+    iov.insert(iov.end(), first.begin(), first.end());
+    first = {};
+    Status st = iov.empty() ? Status::Ok() : transport_.WriteAll(iov);
+    if (!st.ok()) {  // the client went away mid-reply, or stopped reading replies
+      if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
+      Fail();
+    }
+    batch.clear();
+    MutexLock lock(send_mu_);
+    if (queued_.empty()) {
+      sending_ = false;
+      if (send_waiters_ > 0) send_cv_.SignalAll();  // one of them becomes the sender
+      return;
+    }
+    batch.swap(queued_);
+    if (send_waiters_ > 0) send_cv_.SignalAll();  // room in queued_ again
   }
 }
 

@@ -72,7 +72,10 @@ class Session {
   void SendSimple(uint64_t cookie, uint32_t error, std::span<const uint8_t> payload = {});
   void SendError(uint64_t cookie, uint32_t error, std::string_view message);
   void SendDone(uint64_t cookie);
+  // Sends one reply (its bytes contiguous on the wire). See "Replies" in session.cc.
   void Send(std::span<const iovec> iov) EXCLUDES(send_mu_);
+  // The sender's loop: writes `first` (may be empty) plus what is queued, until nothing is.
+  void SendAsSender(std::vector<uint8_t>& batch, std::span<const iovec> first) EXCLUDES(send_mu_);
   void Fail();
   void Log(const std::string& why);
 
@@ -86,7 +89,13 @@ class Session {
   Budget connection_inflight_;
 
   Mutex recv_mu_;  // guards in_ and reading from transport_
-  Mutex send_mu_;  // guards writing to transport_ (a reference: no GUARDED_BY possible)
+  // Replies: one thread at a time (sending_) writes to transport_ (a reference: no
+  // GUARDED_BY possible); small replies of the others wait in queued_ for it.
+  Mutex send_mu_;
+  CondVar send_cv_;  // sending_ cleared or queued_ drained below its cap
+  bool sending_ GUARDED_BY(send_mu_) = false;
+  std::vector<uint8_t> queued_ GUARDED_BY(send_mu_);
+  int send_waiters_ GUARDED_BY(send_mu_) = 0;
   std::atomic<bool> stop_{false};
   std::atomic<bool> logged_{false};  // one reason per connection is enough
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -284,6 +285,55 @@ TEST_F(SessionTest, ManyPipelinedRequestsAllAnswered) {
   std::vector<uint8_t> all(kN * 4096);
   ASSERT_TRUE(device_->Read(0, all).ok());
   EXPECT_TRUE(blksnap::testing::VerifySectors(all, 0, 5).ok());
+}
+
+// Replies of many workers share the socket (session.cc, "Replies"): small ones are queued for
+// the thread sending, large ones wait for it. With the client not reading for a while, the
+// socket fills, the queue reaches its cap and workers wait: every reply must still arrive
+// exactly once and whole (simple replies have no framing, so one interleaved byte breaks the
+// parse or the data check).
+TEST_F(SessionTest, RepliesOfManyWorkersArriveWholeAndOnceEach) {
+  Start(false, false, 16);
+  timeval tv{10, 0};  // a lost reply fails the test instead of hanging it
+  ASSERT_EQ(setsockopt(client_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
+  Send(ClientBytes().Request(kCmdWrite, 1, 0, kSize).Raw(Stamped(0, kSize, 5)).bytes());
+  ASSERT_EQ(ReadSimple(1), 0u);
+  constexpr int kN = 600;
+  const uint32_t sizes[] = {512, 4096, 4096, 65536, 512, 131072};
+  std::map<uint64_t, std::pair<uint64_t, uint32_t>> asked;  // cookie -> (offset, length)
+  ClientBytes c;
+  for (int i = 0; i < kN; ++i) {
+    const uint32_t len = sizes[i % 6];
+    const uint64_t off = (static_cast<uint64_t>(i) * 7919 * 512) % (kSize - len + 512) / 512 * 512;
+    const uint64_t cookie = 100 + i;
+    if (i % 10 == 9) {
+      c.Request(kCmdFlush, cookie, 0, 0);
+      asked[cookie] = {0, 0};
+    } else {
+      c.Request(kCmdRead, cookie, off, len);
+      asked[cookie] = {off, len};
+    }
+  }
+  std::thread writer([&] { Send(c.bytes()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the socket fill up
+  std::set<uint64_t> seen;
+  for (int i = 0; i < kN; ++i) {
+    auto h = ReadN(16);
+    ASSERT_EQ(h.size(), 16u);
+    ASSERT_EQ(GetBe32(h.data()), kSimpleReplyMagic) << "reply " << i;
+    ASSERT_EQ(GetBe32(h.data() + 4), 0u);
+    const uint64_t cookie = GetBe64(h.data() + 8);
+    auto it = asked.find(cookie);
+    ASSERT_NE(it, asked.end()) << "unknown cookie " << cookie;
+    ASSERT_TRUE(seen.insert(cookie).second) << "cookie " << cookie << " answered twice";
+    const auto [off, len] = it->second;
+    if (len == 0) continue;
+    auto data = ReadN(len);
+    ASSERT_EQ(data.size(), len);
+    ASSERT_TRUE(blksnap::testing::VerifySectors(data, off / 512, 5).ok()) << "cookie " << cookie;
+  }
+  writer.join();
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kN));
 }
 
 TEST_F(SessionTest, BadMagicDropsTheConnection) {
