@@ -153,6 +153,9 @@ job() {
     done >"$OUT/$side.$wl.perf.txt"
     perf report -i "$WORK/perf.data" --stdio --no-children --sort sym -g caller,0.5,callee \
       --percent-limit 2 2>/dev/null >"$OUT/$side.$wl.perf-callers.txt"
+    # The server's own samples in finer grain (blksnapd, or dm-snapshot's kworkers).
+    perf report -i "$WORK/perf.data" --stdio --no-children --comms blksnapd --sort dso,sym -g none \
+      --percent-limit 0.1 2>/dev/null | grep -v '^$' >"$OUT/$side.$wl.perf-server.txt" || true
   fi
   log "$side $wl: $(/usr/bin/python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; r,w=j["read"],j["write"]; print("%d IOPS, %.1f MiB/s" % (r["iops"]+w["iops"], (r["bw"]+w["bw"])/1024))' "$OUT/$side.$wl.json")"
 }
