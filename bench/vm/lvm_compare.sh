@@ -45,7 +45,9 @@
 #   steady64k  then 64 KiB random writes with every chunk already preserved
 #   imgread    a fresh take, every other 64 KiB chunk rewritten (rw=write:64k), then the image
 #              device read sequentially with 1 MiB requests, MiB/s (raw: read1m of the origin)
-# Each job runs after sync + drop_caches. Per job OUT_DIR gets SIDE.WORKLOAD.json (fio) and
+# Before its jobs each side (dm-snapshot, each blksnap side) copies a quarter of the chunks once
+# on a throwaway snapshot (warm_cow; BENCH_WARMUP=0 skips it). Each job runs after sync +
+# drop_caches. Per job OUT_DIR gets SIDE.WORKLOAD.json (fio) and
 # SIDE.WORKLOAD.stat (/proc/stat right before and after the job's I/O, through fio's
 # exec_prerun/exec_postrun: whole-VM CPU time and context switches).
 set -euo pipefail
@@ -60,6 +62,7 @@ DAEMON_ARGS=${BENCH_DAEMON_ARGS:-}  # extra blksnapd options (tunables), recorde
 PERF=${BENCH_PERF:-}  # workloads to profile (perf record -a, cpu-clock): SIDE.WL.perf*.txt
 SNAPS=${BENCH_SNAPSHOTS:-1}  # snapshots of the origin taken before cow64k
 IMAGES=${BENCH_IMAGES:-1}  # 0: no image device on the snapshots of the cow jobs
+WARMUP=${BENCH_WARMUP:-1}  # 1: each side warms its copy-on-write path up first (warm_cow)
 [[ $SNAPS =~ ^[0-9]+$ ]] && [ "$SNAPS" -ge 1 ] && [ "$SNAPS" -le 16 ] ||
   { echo "lvm_compare.sh: BENCH_SNAPSHOTS must be 1..16" >&2; exit 2; }
 DAEMON=$BUILD/src/daemon/blksnapd
@@ -172,6 +175,16 @@ cow_jobs() {  # SIDE FRONT: right after a take
   job "$1" fill1m "$2" --rw=write --bs=1M --size="$SIZE"
   job "$1" steady64k "$2" --rw=randwrite --bs=64k $(timed)
 }
+# warm_cow DEV: an unmeasured copy-on-write of a quarter of the chunks (64 KiB random writes) on
+# a snapshot the caller made and drops afterwards, so the measured jobs do not pay for the
+# first use of the copy-on-write path (under TCG: translating its code, starting threads,
+# faulting buffers in; a fresh blksnapd's first copy-on-write job ran up to 2x slower than its
+# second, docs/performance-vm.md). BENCH_WARMUP=0 skips it.
+warm_cow() {
+  [ "$WARMUP" = 1 ] || return 0
+  fio --name=warmup --filename="$1" --ioengine=libaio --direct=1 --iodepth=32 --rw=randwrite \
+    --bs=64k --size="$SIZE" --io_size=$((SIZE / 4)) --eta=never >/dev/null || fail "warm-up on $1"
+}
 half_write() {  # FRONT: every other 64 KiB chunk, right after a take
   fio --name=half --filename="$1" --ioengine=libaio --direct=1 --iodepth=32 --rw=write:64k \
     --bs=64k --size="$SIZE" --eta=never >/dev/null || fail "half write on $1"
@@ -206,6 +219,7 @@ dm_done() {
   for ((i = 0; i < $1; i++)); do lvm_ lvremove -y "$VG/snap$i" >/dev/null || fail "lvremove snap$i"; done
 }
 if has_side dm-snapshot; then
+  dm_snaps 1 && warm_cow "$ORIGIN" && lvm_ lvremove -y "$VG/snap0" >/dev/null || fail "dm warm-up"
   if [ "$SNAPS" -gt 1 ]; then
     dm_snaps 1 && cow64k dm-snapshot cow64k-1 "$ORIGIN" && dm_done 1
     dm_snaps "$SNAPS" && cow64k dm-snapshot cow64k "$ORIGIN" && dm_done "$SNAPS"
@@ -246,6 +260,11 @@ if [ $any_blksnap = 1 ]; then
     [ -b "$front" ] || fail "$side: front '$front'"
     # Without a snapshot the durability changes nothing: the plain jobs run once per front.
     [ -z "$durability" ] && [ "$SNAPS" = 1 ] && plain_jobs "$side" "$front"
+    if [ "$WARMUP" = 1 ]; then
+      id=$(bs snapshot create --storage "${DIFFS[0]}" --limit 0 "${dur_args[@]}" vol) &&
+        bs snapshot take "$id" >/dev/null && warm_cow "$front" &&
+        bs snapshot destroy "$id" >/dev/null || fail "$side warm-up"
+    fi
     phases=(cow img); [ "$SNAPS" -gt 1 ] && phases=(cow1 cowN)
     for phase in "${phases[@]}"; do
       k=1; [ $phase = cowN ] && k=$SNAPS
@@ -287,7 +306,7 @@ fi
 import json, os, platform, sys, time
 json.dump({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": platform.release(),
            "tree": "${BENCH_TREE:-unknown}", "daemon_args": "$DAEMON_ARGS",
-           "backing": "$BACKING", "size_mib": $SIZE_MB, "snapshots": $SNAPS, "images": $IMAGES, "runtime_s": $RT, "cpus": os.cpu_count(),
+           "backing": "$BACKING", "size_mib": $SIZE_MB, "snapshots": $SNAPS, "images": $IMAGES, "warmup": $WARMUP, "runtime_s": $RT, "cpus": os.cpu_count(),
            "mem_mib": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20},
           open(sys.argv[1], "w"))
 PY
