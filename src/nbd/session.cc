@@ -566,14 +566,19 @@ void Session::Send(std::span<const iovec> iov) {
 }
 
 void Session::SendAsSender(std::vector<uint8_t>& batch, std::span<const iovec> first) {
-  std::vector<iovec> iov;
-  iov.reserve(first.size() + 1);
+  std::vector<iovec> iov;  // only when queued bytes go with this thread's own reply
   for (;;) {
-    iov.clear();
-    if (!batch.empty()) iov.push_back(iovec{batch.data(), batch.size()});
-    iov.insert(iov.end(), first.begin(), first.end());
+    std::span<const iovec> out = first;
+    const iovec queued{batch.data(), batch.size()};
+    if (!batch.empty() && first.empty()) {
+      out = std::span<const iovec>(&queued, 1);
+    } else if (!batch.empty()) {
+      iov.assign(1, queued);
+      iov.insert(iov.end(), first.begin(), first.end());
+      out = iov;
+    }
     first = {};
-    Status st = iov.empty() ? Status::Ok() : transport_.WriteAll(iov);
+    Status st = out.empty() ? Status::Ok() : transport_.WriteAll(out);
     if (!st.ok()) {  // the client went away mid-reply, or stopped reading replies
       if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
       Fail();

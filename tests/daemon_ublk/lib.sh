@@ -75,8 +75,8 @@ show_threads() {
   done
   echo w >/proc/sysrq-trigger 2>/dev/null || true
 }
-# wait_exit WHAT: waits up to 120 s for the daemon to be gone, showing its threads once at 60 s;
-# fails naming WHAT if it is still there.
+# wait_exit SIGNAL: waits up to 120 s for the daemon to be gone, showing its threads once at 60 s
+# (the message names SIGNAL); returns 1, after showing them again, if it is still there.
 wait_exit() {
   local i
   for i in $(seq 1200); do
