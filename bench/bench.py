@@ -110,7 +110,8 @@ def main():
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "mode": "quick" if args.quick else "full", "image_bytes": lab.size,
             "runtime_s": wl.runtime, "iodepth": IODEPTH, "nproc": os.cpu_count(),
-            "load_start": loadavg(), "versions": report.versions(), "chunk_bytes": CHUNK}
+            "load_start": loadavg(), "versions": report.versions(), "chunk_bytes": CHUNK,
+            "blksnapd_args": os.environ.get("BENCH_BLKSNAPD_ARGS", "")}
     log(f"bench: {meta['mode']} mode, images {lab.size // MIB} MiB, {wl.runtime} s per job, "
         f"load {meta['load_start']}")
     try:

@@ -30,6 +30,7 @@ stopped by its pid; cleanup() removes loop devices and mounts under SCRATCH (ben
 """
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -244,6 +245,9 @@ class Lab:
                "--nbd-unix", os.path.join(d, "nbd.sock"), "--log-level", "warn",
                "--log-file", os.path.join(d, "log")]
         cmd += ["--fuse-dir", os.path.join(d, "fuse")] if self.root else ["--no-fuse"]
+        # BENCH_BLKSNAPD_ARGS: extra options for every blksnapd of the run (an A/B of a daemon
+        # setting without a rebuild); recorded as blksnapd_args in the run's JSON.
+        cmd += shlex.split(os.environ.get("BENCH_BLKSNAPD_ARGS", ""))
         return cmd + list(extra)
 
     def daemon(self, extra=(), tag="d", env=None):
