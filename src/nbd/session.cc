@@ -547,17 +547,27 @@ void Session::Send(std::span<const iovec> iov) {
   std::vector<uint8_t> batch;
   {
     MutexLock lock(send_mu_);
+    const bool small = bytes <= kQueuedReplyMax;
     while (sending_) {
-      if (bytes <= kQueuedReplyMax && queued_.size() + bytes <= kQueuedBytesMax) {
+      if (small && queued_.size() + bytes <= kQueuedBytesMax) {
         for (const iovec& v : iov) {
           const auto* p = static_cast<const uint8_t*>(v.iov_base);
           queued_.insert(queued_.end(), p, p + v.iov_len);
         }
         return;  // the sender writes it before it lets go
       }
-      ++send_waiters_;
-      send_cv_.Wait(send_mu_);
-      --send_waiters_;
+      // A large reply waits for the sender role, woken alone (a wake-all would stampede every
+      // waiting worker at each handoff: image reads of many 256 KiB replies lost half their
+      // speed that way); a small one for room in queued_.
+      if (small) {
+        ++room_waiters_;
+        room_cv_.Wait(send_mu_);
+        --room_waiters_;
+      } else {
+        ++sender_waiters_;
+        sender_cv_.Wait(send_mu_);
+        --sender_waiters_;
+      }
     }
     sending_ = true;
     batch.swap(queued_);
@@ -587,11 +597,12 @@ void Session::SendAsSender(std::vector<uint8_t>& batch, std::span<const iovec> f
     MutexLock lock(send_mu_);
     if (queued_.empty()) {
       sending_ = false;
-      if (send_waiters_ > 0) send_cv_.SignalAll();  // one of them becomes the sender
+      if (sender_waiters_ > 0) sender_cv_.Signal();  // it becomes the sender
+      if (room_waiters_ > 0) room_cv_.SignalAll();   // the first of them does, the rest queue
       return;
     }
     batch.swap(queued_);
-    if (send_waiters_ > 0) send_cv_.SignalAll();  // room in queued_ again
+    if (room_waiters_ > 0) room_cv_.SignalAll();  // room in queued_ again
   }
 }
 

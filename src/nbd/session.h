@@ -92,10 +92,12 @@ class Session {
   // Replies: one thread at a time (sending_) writes to transport_ (a reference: no
   // GUARDED_BY possible); small replies of the others wait in queued_ for it.
   Mutex send_mu_;
-  CondVar send_cv_;  // sending_ cleared or queued_ drained below its cap
+  CondVar sender_cv_;  // sending_ cleared: one waiter for the sender role is woken
+  CondVar room_cv_;    // queued_ drained (or sending_ cleared): small replies may queue again
   bool sending_ GUARDED_BY(send_mu_) = false;
   std::vector<uint8_t> queued_ GUARDED_BY(send_mu_);
-  int send_waiters_ GUARDED_BY(send_mu_) = 0;
+  int sender_waiters_ GUARDED_BY(send_mu_) = 0;
+  int room_waiters_ GUARDED_BY(send_mu_) = 0;
   std::atomic<bool> stop_{false};
   std::atomic<bool> logged_{false};  // one reason per connection is enough
 
