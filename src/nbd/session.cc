@@ -1,16 +1,17 @@
-// NBD transmission phase: request dispatch, replies, block status. The reply bytes are encoded
-// by reply.cc; this file decides what to reply and owns the threads, locks and budgets.
+// NBD transmission phase: request dispatch and block status. The reply bytes are encoded by
+// reply.cc and written by session_send.cc; this file decides what to reply and owns the threads,
+// locks and budgets.
 //
 // Threading (leader/follower, as in nbdkit's multi-threaded model, but with a shared input
 // buffer): each connection is served by up to max_workers threads (default 8). A worker takes
 // recv_mu_, reads one request header (and a write's payload) from the connection's InputBuffer,
 // releases recv_mu_ and executes the request on the BlockDevice itself, then sends the reply
-// under send_mu_ with one writev (header + payload). So a request never changes thread between
-// the socket and the device, many requests are in flight at once, replies go out in
-// completion order, and the only locks are per connection (nothing global on the data path).
-// The InputBuffer serves a burst of pipelined request headers from a single recv(), so a queue
-// depth of 32 costs far fewer than 32 recv syscalls. Each worker keeps its buffers (payload,
-// chunk headers, iovecs, extents) across requests, the payload buffer up to 1 MiB.
+// (session_send.cc: one writev of header + payload, or queued for the thread sending). So a request
+// never changes thread between the socket and the device, many requests are in flight at once,
+// replies go out in completion order, and the only locks are per connection (nothing global on the
+// data path). The InputBuffer serves a burst of pipelined request headers from a single recv(), so
+// a queue depth of 32 costs far fewer than 32 recv syscalls. Each worker keeps its buffers
+// (payload, chunk headers, iovecs, extents) across requests, the payload buffer up to 1 MiB.
 //
 // Workers start on demand: the connection's own thread is the first; when a worker takes a
 // request and no other worker is free to read the next one (free_ drops to 0), it starts one
@@ -35,16 +36,7 @@
 // hold, then exit. A protocol violation (bad magic) or a failed send also shuts the socket down
 // so that every worker wakes up. The Server closes the fd after Run() returns.
 //
-// Replies: one thread at a time writes to the socket (the sender). A small reply (up to
-// kQueuedReplyMax bytes: every write, flush, trim and zero reply, errors, 4 KiB reads) of a
-// worker that finds a sender at work is copied into queued_ and the worker goes on; the sender
-// writes whatever queued up, in one writev, before it lets go, so queued_ is empty whenever no
-// one is sending. Larger replies (payload buffers the worker reuses) wait for the sender role.
-// This replaced a plain mutex around the write: with copy-on-write completing a group-commit
-// round at once, 32 workers queued on it, and a sender that woke the client was often
-// preempted by it while holding the mutex (a lock convoy: a third of the daemon's context
-// switches on the host, docs/performance.md). queued_ is capped (kQueuedBytesMax; above it a
-// worker waits as for a large reply), so a client that stops reading replies cannot grow it.
+// Replies: session_send.cc (one sender at a time, small replies queued for it).
 //
 // Errors: requests are validated first (flags, read-only, range, payload size) and answered
 // with the spec's errors; device errors go through ErrnoToNbdError. With structured replies
@@ -68,9 +60,6 @@ constexpr uint32_t kHoleProbeMin = 64u << 10;
 // Most read-map bytes looked at per blksnap:cbt chunk (the reply may cover less than asked).
 constexpr uint64_t kMaxCbtBlocksPerRequest = 1u << 20;
 constexpr size_t kZeroBufferSize = 1u << 20;
-// Replies up to this many bytes may be queued for the sender instead of waiting for it.
-constexpr size_t kQueuedReplyMax = 4096 + 64;
-constexpr size_t kQueuedBytesMax = 256u << 10;
 // A write payload is reserved, allocated and received this much at a time.
 constexpr size_t kPayloadPiece = 1u << 20;
 // A worker's payload buffer is kept across requests up to this capacity, its other scratch
@@ -516,94 +505,6 @@ void Session::HandleBlockStatus(const Request& r, Scratch& s) {
   MarkChunkDone(s.headers.data() + last_chunk);
   iovec iov{s.headers.data(), s.headers.size()};
   Send(std::span<const iovec>(&iov, 1));
-}
-
-void Session::SendSimple(uint64_t cookie, uint32_t error, std::span<const uint8_t> payload) {
-  uint8_t hdr[kSimpleReplyHeaderSize];
-  PutSimpleReplyHeader(hdr, error, cookie);
-  iovec iov[2] = {{hdr, sizeof hdr}, {const_cast<uint8_t*>(payload.data()), payload.size()}};
-  Send(std::span<const iovec>(iov, payload.empty() ? 1 : 2));
-}
-
-void Session::SendDone(uint64_t cookie) {
-  uint8_t hdr[kStructuredReplyHeaderSize];
-  PutChunkHeader(hdr, kReplyFlagDone, kReplyTypeNone, cookie, 0);
-  iovec iov{hdr, sizeof hdr};
-  Send(std::span<const iovec>(&iov, 1));
-}
-
-void Session::SendError(uint64_t cookie, uint32_t error, std::string_view message) {
-  if (!negotiated_.structured) return SendSimple(cookie, error);
-  message = message.substr(0, 1024);
-  uint8_t hdr[kErrorChunkHeaderSize];
-  PutErrorChunkHeader(hdr, cookie, error, message.size());
-  iovec iov[2] = {{hdr, sizeof hdr}, {const_cast<char*>(message.data()), message.size()}};
-  Send(std::span<const iovec>(iov, message.empty() ? 1 : 2));
-}
-
-void Session::Send(std::span<const iovec> iov) {
-  size_t bytes = 0;
-  for (const iovec& v : iov) bytes += v.iov_len;
-  std::vector<uint8_t> batch;
-  {
-    MutexLock lock(send_mu_);
-    const bool small = bytes <= kQueuedReplyMax;
-    while (sending_) {
-      if (small && queued_.size() + bytes <= kQueuedBytesMax) {
-        for (const iovec& v : iov) {
-          const auto* p = static_cast<const uint8_t*>(v.iov_base);
-          queued_.insert(queued_.end(), p, p + v.iov_len);
-        }
-        return;  // the sender writes it before it lets go
-      }
-      // A large reply waits for the sender role, woken alone (a wake-all would stampede every
-      // waiting worker at each handoff: image reads of many 256 KiB replies lost half their
-      // speed that way); a small one for room in queued_.
-      if (small) {
-        ++room_waiters_;
-        room_cv_.Wait(send_mu_);
-        --room_waiters_;
-      } else {
-        ++sender_waiters_;
-        sender_cv_.Wait(send_mu_);
-        --sender_waiters_;
-      }
-    }
-    sending_ = true;
-    batch.swap(queued_);
-  }
-  SendAsSender(batch, iov);
-}
-
-void Session::SendAsSender(std::vector<uint8_t>& batch, std::span<const iovec> first) {
-  std::vector<iovec> iov;  // only when queued bytes go with this thread's own reply
-  for (;;) {
-    std::span<const iovec> out = first;
-    const iovec queued{batch.data(), batch.size()};
-    if (!batch.empty() && first.empty()) {
-      out = std::span<const iovec>(&queued, 1);
-    } else if (!batch.empty()) {
-      iov.assign(1, queued);
-      iov.insert(iov.end(), first.begin(), first.end());
-      out = iov;
-    }
-    first = {};
-    Status st = out.empty() ? Status::Ok() : transport_.WriteAll(out);
-    if (!st.ok()) {  // the client went away mid-reply, or stopped reading replies
-      if (st.errnum() == ETIMEDOUT) Log(std::string(st.message()));
-      Fail();
-    }
-    batch.clear();
-    MutexLock lock(send_mu_);
-    if (queued_.empty()) {
-      sending_ = false;
-      if (sender_waiters_ > 0) sender_cv_.Signal();  // it becomes the sender
-      if (room_waiters_ > 0) room_cv_.SignalAll();   // the first of them does, the rest queue
-      return;
-    }
-    batch.swap(queued_);
-    if (room_waiters_ > 0) room_cv_.SignalAll();  // room in queued_ again
-  }
 }
 
 }  // namespace blksnap::nbd
