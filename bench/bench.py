@@ -111,7 +111,7 @@ def main():
             "mode": "quick" if args.quick else "full", "image_bytes": lab.size,
             "runtime_s": wl.runtime, "iodepth": IODEPTH, "nproc": os.cpu_count(),
             "load_start": loadavg(), "versions": report.versions(), "chunk_bytes": CHUNK,
-            "blksnapd_args": os.environ.get("BENCH_BLKSNAPD_ARGS", "")}
+            "daemon_args": os.environ.get("BENCH_DAEMON_ARGS", "")}
     log(f"bench: {meta['mode']} mode, images {lab.size // MIB} MiB, {wl.runtime} s per job, "
         f"load {meta['load_start']}")
     try:

@@ -245,9 +245,9 @@ class Lab:
                "--nbd-unix", os.path.join(d, "nbd.sock"), "--log-level", "warn",
                "--log-file", os.path.join(d, "log")]
         cmd += ["--fuse-dir", os.path.join(d, "fuse")] if self.root else ["--no-fuse"]
-        # BENCH_BLKSNAPD_ARGS: extra options for every blksnapd of the run (an A/B of a daemon
-        # setting without a rebuild); recorded as blksnapd_args in the run's JSON.
-        cmd += shlex.split(os.environ.get("BENCH_BLKSNAPD_ARGS", ""))
+        # BENCH_DAEMON_ARGS: extra options for every blksnapd of the run (an A/B of a daemon
+        # setting without a rebuild; the same variable as bench/vm's), recorded as daemon_args.
+        cmd += shlex.split(os.environ.get("BENCH_DAEMON_ARGS", ""))
         return cmd + list(extra)
 
     def daemon(self, extra=(), tag="d", env=None):
