@@ -59,6 +59,9 @@ struct Chunk {
   ChunkState state = ChunkState::kCopying;    // guarded by the shard mutex (DiffArea)
   bool cached = false;                        // guarded by ChunkCache's mutex
   bool referenced = false;                    // guarded by ChunkCache's mutex (CLOCK bit)
+  // Its last record has no CRC to check (an image write may change the data in place): guarded
+  // by the data stripe.
+  bool plain_record = false;
 };
 static_assert(sizeof(Chunk) == 24, "a chunk entry is 24 bytes: memory per preserved chunk");
 

@@ -1,6 +1,7 @@
 // ChunkLog: see chunk_log.h for the commit protocol and the recovery scan.
 #include "engine/chunk_log.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -99,12 +100,29 @@ Status ChunkLog::Commit(const LogRecord& record) {
 
 Status ChunkLog::WriteRound(const std::vector<LogRecord>& batch, bool* durable) {
   BlockDevice& device = storage_->device();
-  // Power: one flush makes the data of this batch (written before it was queued) and the pages
-  // of the last round durable. Only then are this batch's pages written: a page that locates
-  // data never reaches the disk before the data, and the next round's flush commits it.
+  const bool verified = std::all_of(batch.begin(), batch.end(), [](const LogRecord& r) {
+    return (r.flags & (kRecordFlagZero | kRecordFlagVerify)) != 0;
+  });
+  if (sync_ && verified && !batch.empty()) {
+    // Power, every record checkable: the pages, then one flush for them and the data. Torn by
+    // a power cut, this commit is the log's last and recovery drops its records whose data
+    // does not match (the originals of those were not overwritten: nothing was committed).
+    // The last round's pages go first: a commit is on the disk only after the one before it.
+    if (unflushed_pages_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+    unflushed_pages_ = false;
+    BLKSNAP_RETURN_IF_ERROR(AppendPages(batch));
+    BLKSNAP_RETURN_IF_ERROR(device.Flush());
+    *durable = true;
+    return CompactIfDue(durable);
+  }
+  // Power otherwise: one flush makes the data of this batch (written before it was queued) and
+  // the pages of the last round durable. Only then are this batch's pages written: a page that
+  // locates data never reaches the disk before the data, and the next round's flush commits it.
   if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  unflushed_pages_ = false;
   if (batch.empty()) return Status::Ok();
   BLKSNAP_RETURN_IF_ERROR(AppendPages(batch));
+  unflushed_pages_ = sync_;
   return CompactIfDue(durable);
 }
 
@@ -182,6 +200,22 @@ Status ChunkLog::CompactIfDue(bool* durable) {
   }
   std::vector<LogRecord> records;
   collector_(&records);
+  BLKSNAP_RETURN_IF_ERROR(CompactWith(std::move(records)));
+  *durable = true;  // flushed after the pages written before it (power)
+  return Status::Ok();
+}
+
+Status ChunkLog::Compact(std::vector<LogRecord> records) {
+  MutexLock write(write_mu_);
+  return CompactWith(std::move(records));
+}
+
+Status ChunkLog::CompactWith(std::vector<LogRecord> records) {
+  // Compacted records carry no CRC: their data is flushed before them, and may change in place.
+  for (LogRecord& r : records) {
+    r.flags &= static_cast<uint16_t>(~kRecordFlagVerify);
+    r.crc = 0;
+  }
   BlockDevice& device = storage_->device();
   // Power: the data of every collected record is durable before a page that locates it.
   if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
@@ -207,7 +241,7 @@ Status ChunkLog::CompactIfDue(bool* durable) {
   }));
   last_compaction_pages_ = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
   pages_since_compaction_ = 0;
-  *durable = true;  // flushed after the pages written before it (power)
+  unflushed_pages_ = false;
   compactions_.fetch_add(1);
   return Status::Ok();
 }
@@ -256,6 +290,7 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
         scan.damaged = scan.cursor.next_seq <= sealed;
         return scan;  // not where we put the next page: not a page we wrote
       }
+      if (page->batch_first == page->seq) scan.last_commit = scan.records.size();
       for (const LogRecord& r : page->records) {
         if (!(r.flags & kRecordFlagZero))
           scan.end = std::max(scan.end, r.offset + RoundUp(r.length));

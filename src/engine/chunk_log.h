@@ -12,10 +12,16 @@
 // Group commit: callers queue their record and wait; whoever finds no round being written
 // becomes the writer of everything queued so far, so N storers in flight cost one commit, not N
 // (dm-snapshot's persistent store pays a data write and a FUA metadata write per commit). For
-// power the rounds are pipelined: a round is one flush (the data of its batch and the pages of
-// the round before, which it thereby commits) and then its own pages; so each round costs one
-// flush, and a record is committed by the flush of the round after its own (a lone writer
-// leads that round itself). Pages are never rewritten: each batch starts a new page.
+// power, a round whose records all carry the data's CRC (kRecordFlagVerify; zero records need
+// none) is its pages and then one flush, for them and the data: committed by that flush. A
+// power cut during it may leave a page on the disk without the data it locates, so recovery
+// checks the CRCs of the log's last commit and drops the records that fail (CheckLastCommit in
+// snapshot_recovery.h); every earlier commit was flushed before the next one was written. Other
+// rounds (a record without a CRC: a CPU without a CRC instruction, an image write) are
+// pipelined: one flush (the data of the batch and the pages of the round before, which it
+// thereby commits), then their pages, committed by the next round's flush (a lone writer leads
+// that round itself). Either way one flush per round. Pages are never rewritten: each batch
+// starts a new page.
 //
 // Pages are chained: each says where the next page goes (the next 4 KiB of its 1 MiB segment,
 // or a new segment allocated from the storage when the segment is full), is numbered (seq 1, 2,
@@ -71,6 +77,9 @@ class ChunkLog {
     // A page that was committed is damaged (a commit written after it is intact): records are
     // lost. Detected within a segment only.
     bool damaged = false;
+    // records[last_commit..] are the last commit's: with kRecordFlagVerify, their data may not
+    // have reached the disk (CheckLastCommit).
+    size_t last_commit = 0;
   };
 
   // Appends a record of every chunk whose data is written (for a compaction).
@@ -99,6 +108,9 @@ class ChunkLog {
 
   // Commits one record (see the top of this file); blocks until it is.
   Status Commit(const LogRecord& record) EXCLUDES(mu_);
+  // Compacts now, to `records` (recovery, after dropping torn records: a later commit must not
+  // make them look committed). Not while commits run.
+  Status Compact(std::vector<LogRecord> records) EXCLUDES(write_mu_);
   // Enables compaction (null disables it: before the chunk tables go). Waits for a compaction
   // in progress.
   void SetCompaction(Collector collector, uint64_t compact_pages) EXCLUDES(write_mu_);
@@ -118,6 +130,8 @@ class ChunkLog {
   // pages. *durable: a compaction made these pages durable too.
   Status WriteRound(const std::vector<LogRecord>& batch, bool* durable) REQUIRES(write_mu_);
   Status CompactIfDue(bool* durable) REQUIRES(write_mu_);
+  // The compaction itself: `records` in a new chain, the header pointed at it.
+  Status CompactWith(std::vector<LogRecord> records) REQUIRES(write_mu_);
 
   DiffStorage* const storage_;
   const Uuid id_;
@@ -141,6 +155,7 @@ class ChunkLog {
   uint64_t compact_pages_ GUARDED_BY(write_mu_) = 0;
   uint64_t pages_since_compaction_ GUARDED_BY(write_mu_) = 0;
   uint64_t last_compaction_pages_ GUARDED_BY(write_mu_) = 0;
+  bool unflushed_pages_ GUARDED_BY(write_mu_) = false;  // power: pages not flushed yet
 };
 
 }  // namespace blksnap

@@ -167,6 +167,7 @@ class DiffArea {
   // Waits until the chunk leaves IN_MEMORY (durable original writes); null if it FAILED.
   Chunk* WaitStored(uint64_t index, Chunk* chunk);
   // Commits the record of a chunk stored at `offset` (or a zero chunk); requires its stripe.
+  // With `data` (the bytes written there) the record carries their CRC (kRecordFlagVerify).
   Status CommitRecord(uint64_t index, uint64_t offset, const uint8_t* data, uint64_t length);
   void SetState(uint64_t index, Chunk* chunk, ChunkState state);
   // Sets storage_offset under the shard mutex as well as the data stripe (held by the caller),
@@ -199,7 +200,7 @@ class DiffArea {
   BufferPool pool_;
   std::atomic<int> corrupt_errno_{0};
   std::atomic<bool> read_only_{false};  // SetReadOnly
-  Mutex corrupt_mu_;  // held while the first failure is recorded (on_corrupt_)
+  Mutex corrupt_mu_;                    // held while the first failure is recorded (on_corrupt_)
   ChunkLog* const log_;
   const uint16_t device_index_;
   IoGate image_gate_;

@@ -385,6 +385,7 @@ Status DiffStorage::Resume(uint64_t end, const ChunkLog::Cursor& cursor, uint64_
       const DiffStorageHeader old = header_;
       if (continue_log) header_.log_epoch = next.epoch;
       header_.flags &= ~kStorageFlagClosed;
+      header_.version = kDiffStorageFormatVersion;  // a version 2 log goes on with CRC records
       ++header_.seq;
       Status s = WriteHeader();
       if (!s.ok()) {

@@ -74,10 +74,11 @@ Result<DiffStorageHeader> ParseDiffStorageHeader(std::span<const uint8_t> bytes)
     return Status::Error(EINVAL, "not a blksnap difference storage (bad magic)");
   DiffStorageHeader header;
   header.version = GetLe<uint32_t>(p + kVersionOffset);
-  if (header.version != kDiffStorageFormatVersion) {
+  if (header.version < kDiffStorageOldestVersion || header.version > kDiffStorageFormatVersion) {
     // Checked before the checksum: version 1 had a 4 KiB header, summed over its own length.
     return Status::Error(EPROTO, "difference storage format version " +
                                      std::to_string(header.version) + " is not supported (only " +
+                                     std::to_string(kDiffStorageOldestVersion) + " to " +
                                      std::to_string(kDiffStorageFormatVersion) + ")");
   }
   BLKSNAP_RETURN_IF_ERROR(CheckCrc(p, kChecksumOffset, "difference storage header"));
@@ -85,7 +86,7 @@ Result<DiffStorageHeader> ParseDiffStorageHeader(std::span<const uint8_t> bytes)
   if (header.header_size != kDiffStorageHeaderSize) {
     return Status::Error(EINVAL,
                          "difference storage header area of " + std::to_string(header.header_size) +
-                             " bytes (version 2: " + std::to_string(kDiffStorageHeaderSize) + ")");
+                             " bytes (version 3: " + std::to_string(kDiffStorageHeaderSize) + ")");
   }
   header.snapshot_id = GetUuid(p + kSnapshotIdOffset);
   header.created = GetLe<uint64_t>(p + kCreatedOffset);
@@ -205,7 +206,7 @@ Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes) {
     r.length = GetLe<uint32_t>(e + kRecordLengthOffset);
     r.crc = GetLe<uint32_t>(e + kRecordCrcOffset);
     const bool zero = r.flags & kRecordFlagZero;
-    if ((r.flags & ~kRecordFlagZero) ||
+    if ((r.flags & ~(kRecordFlagZero | kRecordFlagVerify)) ||
         (!zero && (r.offset % kAllocationAlign != 0 || r.offset < kDiffStorageHeaderSize ||
                    r.length == 0))) {
       return Status::Error(EINVAL, "chunk log record " + std::to_string(i) + " is malformed");

@@ -1,4 +1,4 @@
-// The difference-storage on-disk format, version 2: every constant of it, in one place.
+// The difference-storage on-disk format, version 3 (reads 2): every constant of it, in one place.
 // The format is described in docs/diff-storage-format.md; keep the two in step.
 //
 // Layout: a header area of kDiffStorageHeaderSize bytes (2 MiB) at offset 0 holding two header
@@ -30,7 +30,9 @@ namespace blksnap {
 inline constexpr uint64_t kDiffStorageHeaderSize = 2ull << 20;  // the header area
 inline constexpr size_t kDiffStorageHeaderBlockSize = 8192;     // one header slot
 inline constexpr uint64_t kAllocationAlign = 4096;  // every chunk's storage offset is a multiple
-inline constexpr uint32_t kDiffStorageFormatVersion = 2;
+inline constexpr uint32_t kDiffStorageFormatVersion = 3;
+// Version 2 differs only in lacking kRecordFlagVerify: read, and written as 3 once continued.
+inline constexpr uint32_t kDiffStorageOldestVersion = 2;
 inline constexpr char kDiffStorageMagic[16] = "BLKSNAP-DIFFSTO";  // 15 characters and a NUL
 
 // Header slot fields.
@@ -100,6 +102,9 @@ inline constexpr size_t kRecordFlagsOffset = 18;      // u16: kRecordFlag*
 inline constexpr size_t kRecordLengthOffset = 20;     // u32: data bytes
 inline constexpr size_t kRecordCrcOffset = 24;        // u32: CRC-32C of the data
 inline constexpr uint16_t kRecordFlagZero = 1u << 0;  // all zeroes at the take: no data
+// The CRC is the data's as written and is checked when the record is in the log's last commit:
+// that commit's data may not have reached the disk (one flush for data and record).
+inline constexpr uint16_t kRecordFlagVerify = 1u << 1;
 
 struct StorageDevice {
   std::string name;

@@ -52,7 +52,7 @@ TEST(DiffStorageFormatTest, GoodHeaderRoundTripsInTheDocumentedLayout) {
   // The layout of docs/diff-storage-format.md, byte by byte where it is fixed.
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(block.data()), 16),
             std::string("BLKSNAP-DIFFSTO\0", 16));
-  EXPECT_EQ(block[16], 2);  // version, little-endian
+  EXPECT_EQ(block[16], 3);  // version, little-endian
   EXPECT_EQ(block[20], 0);  // header area 2 MiB = 0x200000, little-endian
   EXPECT_EQ(block[21], 0);
   EXPECT_EQ(block[22], 0x20);
@@ -100,6 +100,13 @@ TEST(DiffStorageFormatTest, EachCorruptionIsRefusedWithAClearMessage) {
   block = good;
   block[kVersionOffset] = 1;  // an older blksnapd's storage: refused before its checksum
   ExpectRefused(block, EPROTO, "version 1 is not supported");
+  block = good;
+  block[kVersionOffset] = 4;  // a newer blksnapd's storage
+  ExpectRefused(block, EPROTO, "version 4 is not supported");
+  block = good;
+  block[kVersionOffset] = 2;  // version 2 (no CRC-checked records) is read
+  Reseal(block);
+  EXPECT_EQ(ParseDiffStorageHeader(block).value().version, 2u);
 
   block = good;
   block[kStateOffset] = 9;
@@ -164,6 +171,7 @@ TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
       r.offset = kDiffStorageHeaderSize + (i + 1) * 65536;
       r.length = 65536;
       r.crc = 0x12345678u + i;
+      if (i % 2) r.flags = kRecordFlagVerify;  // the CRC is checked in the last commit
     }
     page.records.push_back(r);
   }
@@ -177,6 +185,10 @@ TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
   page.batch_first = 43;  // a commit cannot start after its page
   EXPECT_EQ(ParseLogPage(SerializeLogPage(page)).status().errnum(), EINVAL);
   page.batch_first = 40;
+  page.records[1].flags = 4;  // an unknown flag
+  EXPECT_NE(ParseLogPage(SerializeLogPage(page)).status().ToString().find("malformed"),
+            std::string::npos);
+  page.records[1].flags = 0;
   page.records[1].offset = 12345;  // not aligned, not after the header
   EXPECT_NE(ParseLogPage(SerializeLogPage(page)).status().ToString().find("malformed"),
             std::string::npos);

@@ -43,6 +43,8 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan, ChunkLog::Read(storage->device(), id, h.log_start,
                                                                h.log_epoch, h.log_sealed));
   BLKSNAP_RETURN_IF_ERROR(CheckLogRecords(scan, geometries, storage->device().size(), name));
+  uint64_t torn = 0;  // records of a last commit whose data did not reach the disk
+  BLKSNAP_RETURN_IF_ERROR(CheckLastCommit(storage->device(), h.log_sealed, &scan, &torn));
   // How it was found, and whether it can be trusted.
   bool power_lost = options.power_lost;
   for (const auto& t : trackers) {
@@ -73,6 +75,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   }
   BLKSNAP_RETURN_IF_ERROR(
       storage->Resume(scan.end, scan.cursor, scan.pages, /*continue_log=*/!corrupt));
+  if (torn && storage->log()) BLKSNAP_RETURN_IF_ERROR(storage->log()->Compact(scan.records));
   storage->ArmRemoval();  // recovered: destroy removes a file blksnap made, as before
 
   auto snapshot = std::make_shared<SnapshotImpl>(id, storage, events, durability, from);

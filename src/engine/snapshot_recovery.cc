@@ -4,6 +4,7 @@
 #include <map>
 
 #include "engine/snapshot.h"
+#include "util/crc32c.h"
 
 namespace blksnap {
 
@@ -58,6 +59,30 @@ Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeomet
                        r.offset > storage_size || r.length > storage_size - r.offset));
     if (bad) return Status::Error(EINVAL, name + ": a chunk log record is out of range");
   }
+  return Status::Ok();
+}
+
+Status CheckLastCommit(BlockDevice& device, uint64_t sealed, ChunkLog::Scan* scan,
+                       uint64_t* dropped) {
+  *dropped = 0;
+  if (scan->pages == 0 || scan->cursor.next_seq - 1 <= sealed) return Status::Ok();
+  std::vector<uint8_t> data;
+  size_t kept = scan->last_commit;
+  for (size_t i = scan->last_commit; i < scan->records.size(); ++i) {
+    const LogRecord& r = scan->records[i];
+    bool keep = true;
+    if ((r.flags & kRecordFlagVerify) && !(r.flags & kRecordFlagZero)) {
+      data.resize(r.length);
+      BLKSNAP_RETURN_IF_ERROR(device.Read(r.offset, data));
+      keep = Crc32c(data.data(), data.size()) == r.crc;
+    }
+    if (keep) {
+      scan->records[kept++] = r;
+    } else {
+      ++*dropped;
+    }
+  }
+  scan->records.resize(kept);
   return Status::Ok();
 }
 

@@ -35,6 +35,15 @@ ChunkLog::Collector CompactionCollector(std::vector<std::weak_ptr<DiffArea>> are
 Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeometry>& geometries,
                        uint64_t storage_size, const std::string& name);
 
+// The log's last commit, when its pages are not sealed, may be torn by a power cut: one flush
+// made its pages and its data durable (chunk_log.h), so a page may be on the disk without the
+// data it locates. Reads the data of each of its records with kRecordFlagVerify and drops from
+// the scan those whose CRC-32C does not match (their commit never returned: their originals
+// were not overwritten); *dropped counts them. Once the log continues, the caller compacts it
+// without them (ChunkLog::Compact), or a later commit would make them look committed.
+Status CheckLastCommit(BlockDevice& device, uint64_t sealed, ChunkLog::Scan* scan,
+                       uint64_t* dropped);
+
 // Destroy of a durable snapshot: its storage stops saying taken (a crash recovers nothing), or,
 // with `keep_records` (older snapshots still read through its records until their copies are
 // committed), says corrupted with ECANCELED.
