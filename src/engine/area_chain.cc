@@ -77,7 +77,12 @@ Status AreaChain::ShieldOlder(const DiffArea* self, uint64_t index, bool wait_st
   const size_t pos = Find(*chain, self);
   for (size_t i = std::min(pos, chain->size()); i-- > 0;) {
     DiffArea& older = *(*chain)[i];
-    if (older.HasCopy(index)) return Status::Ok();  // it and those before it read their own
+    if (older.HasCopy(index)) {
+      // It and those before it read their own; a durable one's once committed, before the
+      // caller changes the newer copy they might otherwise read through (a lost record).
+      if (wait_stored) older.WaitCopyCommitted(index);
+      return Status::Ok();
+    }
     // A corrupted area serves no image; the ones before it read through it, so go on.
     if (older.corrupted()) continue;
     Status s = older.PreserveChunk(index, wait_stored);

@@ -3,11 +3,11 @@
 //
 // A record (device, chunk index, storage offset, length, CRC of the data) is committed once its
 // chunk's data is in the storage: Commit() returns when the page holding it is written (to the
-// kernel: durability crash) or synced together with the data before it (durability power: one
-// flush of the data written so far, the pages, one flush). The original chunk may be overwritten
-// only after that (the write-ordering rule), so a record found at recovery always locates data
-// that is there, and a record lost to a crash belongs to a chunk whose original was never
-// overwritten.
+// kernel: durability crash) or synced together with the data before it (durability power: see
+// group commit below). The original chunk may be overwritten only after that (the write-ordering
+// rule), so a record found at recovery locates data that is there (or, in a torn last commit,
+// fails its data CRC and is dropped), and a record lost to a crash belongs to a chunk whose
+// original was never overwritten.
 //
 // Group commit: callers queue their record and wait; whoever finds no round being written
 // becomes the writer of everything queued so far, so N storers in flight cost one commit, not N
@@ -126,8 +126,8 @@ class ChunkLog {
  private:
   // Writes `batch` as pages at cursor_ (no flush).
   Status AppendPages(const std::vector<LogRecord>& batch) REQUIRES(write_mu_);
-  // A round of commits: flush (power: this batch's data, the last round's pages), this batch's
-  // pages. *durable: a compaction made these pages durable too.
+  // A round of commits (power: pages then flush when every record carries its CRC, else flush
+  // then pages). *durable: this batch is committed now (else by the next round's flush).
   Status WriteRound(const std::vector<LogRecord>& batch, bool* durable) REQUIRES(write_mu_);
   Status CompactIfDue(bool* durable) REQUIRES(write_mu_);
   // The compaction itself: `records` in a new chain, the header pointed at it.

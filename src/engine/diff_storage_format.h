@@ -11,8 +11,8 @@
 // kAllocationAlign. All integers are little-endian; every header and page ends in a CRC-32C.
 //
 // The parsers read untrusted bytes (a file found at a storage path): they check the length
-// before every read and refuse anything else than a valid version-2 header or page with EINVAL
-// (EPROTO for a valid header of another version) and a message naming what is wrong.
+// before every read and refuse anything else than a valid version-2 or -3 header or page with
+// EINVAL (EPROTO for a valid header of another version) and a message naming what is wrong.
 #pragma once
 
 #include <array>

@@ -43,8 +43,6 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan, ChunkLog::Read(storage->device(), id, h.log_start,
                                                                h.log_epoch, h.log_sealed));
   BLKSNAP_RETURN_IF_ERROR(CheckLogRecords(scan, geometries, storage->device().size(), name));
-  uint64_t torn = 0;  // records of a last commit whose data did not reach the disk
-  BLKSNAP_RETURN_IF_ERROR(CheckLastCommit(storage->device(), h.log_sealed, &scan, &torn));
   // How it was found, and whether it can be trusted.
   bool power_lost = options.power_lost;
   for (const auto& t : trackers) {
@@ -66,6 +64,13 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
     for (const auto& t : trackers) {
       if (t->cbt_info().recovered_from.empty()) corrupt = ESTALE;  // changes unknown
     }
+  }
+  uint64_t torn = 0;  // records of a last commit whose data did not reach the disk
+  if (!corrupt) {
+    bool unreadable = false;
+    BLKSNAP_RETURN_IF_ERROR(
+        CheckLastCommit(storage->device(), h.log_sealed, &scan, &torn, &unreadable));
+    if (unreadable) corrupt = EUCLEAN;  // the last commit's data cannot be vouched for
   }
   if (corrupt && h.state != kStorageStateCorrupted) {
     BLKSNAP_RETURN_IF_ERROR(storage->UpdateHeader([corrupt](DiffStorageHeader& hd) {

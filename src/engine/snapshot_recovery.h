@@ -40,9 +40,11 @@ Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeomet
 // data it locates. Reads the data of each of its records with kRecordFlagVerify and drops from
 // the scan those whose CRC-32C does not match (their commit never returned: their originals
 // were not overwritten); *dropped counts them. Once the log continues, the caller compacts it
-// without them (ChunkLog::Compact), or a later commit would make them look committed.
+// without them (ChunkLog::Compact), or a later commit would make them look committed. Data that
+// cannot be read sets *unreadable (the snapshot cannot be vouched for: the caller marks it
+// corrupted); only ENOMEM fails.
 Status CheckLastCommit(BlockDevice& device, uint64_t sealed, ChunkLog::Scan* scan,
-                       uint64_t* dropped);
+                       uint64_t* dropped, bool* unreadable);
 
 // Destroy of a durable snapshot: its storage stops saying taken (a crash recovers nothing), or,
 // with `keep_records` (older snapshots still read through its records until their copies are

@@ -4,10 +4,11 @@
 // A copy-on-write first takes a slot (AcquireSlot: waits while chunk_maximum_in_queue chunks
 // are in flight, i.e. being copied, queued or being stored: throttling), copies the chunk, then
 // either gives the slot back (ReleaseSlot: a zero chunk, an error, or a durable snapshot's
-// original write that stored the chunk itself) or queues the chunk (Enqueue). Storer threads pop chunks and call the store function, each one synchronous write
-// at a time, then release the slot. One storer starts with the snapshot; more start on demand,
-// up to chunk_storer_threads, only while the queue is longer than the storers awake (so a fast
-// storage keeps one busy and the rest asleep, a slow one gets many writes in flight).
+// original write that stored the chunk itself) or queues the chunk (Enqueue). Storer threads pop
+// chunks and call the store function, each one synchronous write at a time, then release the slot.
+// One storer starts with the snapshot; more start on demand, up to chunk_storer_threads, only while
+// the queue is longer than the storers awake (so a fast storage keeps one busy and the rest asleep,
+// a slow one gets many writes in flight).
 //
 // States: running --Fail()--> failed (throttled copies are released; queued chunks are still
 // stored or failed by the store function) --Stop()--> stopped (threads joined; queued chunks

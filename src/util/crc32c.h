@@ -15,8 +15,9 @@ uint32_t Crc32c(const void* data, size_t length, uint32_t crc = 0);
 
 // True when Crc32c() runs on the CPU's instruction (tens of GB/s); false when it is the table
 // (~0.5 GB/s natively, and 30-50x slower than the instruction under an emulated CPU such as
-// QEMU's TCG default model). For checksums that nothing has to verify (a durable snapshot's
-// data CRC in its log record), callers skip them when this is false.
+// QEMU's TCG default model). Optional checksums are skipped when this is false: a durable
+// snapshot's data CRC in its log record, which then costs its commit a second flush
+// (engine/chunk_log.h).
 bool Crc32cIsFast();
 
 namespace crc32c_internal {
