@@ -3,7 +3,8 @@
 // Recovery checks the CRCs of that commit and drops what fails, and compacts the log without it,
 // so that the next commits never make a dropped record look committed. The power-cut tests of
 // durable_snapshot_test.cc cover the first half at random instants; this one tears a commit on
-// purpose and follows the recovered snapshot through a second crash.
+// purpose and follows the recovered snapshot through a second crash, and makes the commit's data
+// unreadable (the snapshot then comes back corrupted, as it must when nothing can vouch for it).
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -60,19 +61,24 @@ Uuid Take(Engine& engine, BlockDevice& tracker, std::shared_ptr<BlockDevice> sto
   return id;
 }
 
+// A snapshot taken, chunk 0 preserved by one commit (the log's last), then a daemon crash
+// (what was written stays).
+Uuid CrashAfterOneCommit(std::shared_ptr<BlockDevice> original_disk,
+                         std::shared_ptr<BlockDevice> storage_disk) {
+  Power power;
+  auto engine = Engine::Create(TestConfig()).value();
+  auto tracker = engine->Attach("d", Powered(std::move(original_disk), &power)).value();
+  Uuid id = Take(*engine, *tracker, Powered(std::move(storage_disk), &power));
+  EXPECT_TRUE(WritePattern(*tracker, 0, kChunk, 2).ok());
+  power.Cut();
+  return id;
+}
+
 TEST(TornCommitTest, ATornLastCommitIsDroppedAndStaysDropped) {
   if (!Crc32cIsFast()) GTEST_SKIP() << "records carry no CRC on this CPU: no torn-tail check";
   auto original_disk = MakeMemoryDevice(kDeviceSize);
   auto storage_disk = MakeMemoryDevice(64 * kMiB);
-  Uuid id;
-  {
-    Power power;  // a daemon crash: what was written stays
-    auto engine = Engine::Create(TestConfig()).value();
-    auto tracker = engine->Attach("d", Powered(original_disk, &power)).value();
-    id = Take(*engine, *tracker, Powered(storage_disk, &power));
-    ASSERT_OK(WritePattern(*tracker, 0, kChunk, 2));  // chunk 0: one commit, the last
-    power.Cut();
-  }
+  const Uuid id = CrashAfterOneCommit(original_disk, storage_disk);
   // The power cut took chunk 0's data but not the page that locates it.
   const LogRecord torn = LastRecord(*storage_disk, id);
   ASSERT_EQ(torn.chunk, 0u);
@@ -99,6 +105,52 @@ TEST(TornCommitTest, ATornLastCommitIsDroppedAndStaysDropped) {
   // The dropped record is not in the log any more: chunk 0 is not the zeroes it located.
   ASSERT_OK(VerifyPattern(*(*snap)->image("d"), 0, kChunk, 2));
   ASSERT_OK(VerifyPattern(*(*snap)->image("d"), kChunk, kDeviceSize - kChunk, 1));
+}
+
+// Reads of one range fail: a storage whose sectors went bad while the daemon was down.
+class BadRangeDevice : public ForwardingDevice {
+ public:
+  BadRangeDevice(std::shared_ptr<BlockDevice> next, uint64_t offset, uint64_t length)
+      : ForwardingDevice(std::move(next)), offset_(offset), length_(length) {}
+  Status Read(uint64_t offset, std::span<uint8_t> buf) override {
+    if (offset < offset_ + length_ && offset + buf.size() > offset_)
+      return Status::Error(EIO, "bad sector");
+    return ForwardingDevice::Read(offset, buf);
+  }
+
+ private:
+  uint64_t offset_, length_;
+};
+
+// The last commit's data cannot be read at recovery: nothing tells a torn commit from a chunk
+// gone bad, so the snapshot comes back corrupted (EUCLEAN), is never served, and stays so.
+TEST(TornCommitTest, UnreadableLastCommitDataMarksTheSnapshotCorrupted) {
+  if (!Crc32cIsFast()) GTEST_SKIP() << "records carry no CRC on this CPU: no torn-tail check";
+  auto original_disk = MakeMemoryDevice(kDeviceSize);
+  auto storage_disk = MakeMemoryDevice(64 * kMiB);
+  const Uuid id = CrashAfterOneCommit(original_disk, storage_disk);
+  const LogRecord last = LastRecord(*storage_disk, id);
+  ASSERT_TRUE(last.flags & kRecordFlagVerify);
+  {
+    auto engine = Engine::Create(TestConfig()).value();
+    auto bad = std::make_shared<BadRangeDevice>(storage_disk, last.offset, last.length);
+    auto snap = Recover(*engine, original_disk, bad, id);
+    ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+    EXPECT_EQ((*snap)->state(), SnapshotState::kCorrupted);
+    ASSERT_EQ((*snap)->devices().size(), 1u);
+    EXPECT_EQ((*snap)->devices()[0].errnum, EUCLEAN);
+    std::vector<uint8_t> buf(4096);
+    EXPECT_FALSE((*snap)->image("d")->Read(kChunk, buf).ok());  // never served
+    // The original is as the writes left it.
+    ASSERT_OK(VerifyPattern(*engine->FindTracker("d"), 0, kChunk, 2));
+    ASSERT_OK(VerifyPattern(*engine->FindTracker("d"), kChunk, kDeviceSize - kChunk, 1));
+    ASSERT_OK(engine->CloseSnapshot(id));  // a clean stop (the engine's end would destroy it)
+  }
+  // The sectors readable again: the snapshot stays corrupted.
+  auto engine = Engine::Create(TestConfig()).value();
+  auto snap = Recover(*engine, original_disk, storage_disk, id);
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ((*snap)->state(), SnapshotState::kCorrupted);
 }
 
 // An image write changes a preserved chunk's data in place: its record, if it is the last commit,
