@@ -111,7 +111,9 @@ def main():
             "mode": "quick" if args.quick else "full", "image_bytes": lab.size,
             "runtime_s": wl.runtime, "iodepth": IODEPTH, "nproc": os.cpu_count(),
             "load_start": loadavg(), "versions": report.versions(), "chunk_bytes": CHUNK,
-            "daemon_args": os.environ.get("BENCH_DAEMON_ARGS", "")}
+            "daemon_args": os.environ.get("BENCH_DAEMON_ARGS", ""),
+            # What bench/settle_memory.py did before the run (bench/run passes it on).
+            "memory_settle": json.loads(os.environ.get("BENCH_MEMORY_SETTLE") or "null")}
     log(f"bench: {meta['mode']} mode, images {lab.size // MIB} MiB, {wl.runtime} s per job, "
         f"load {meta['load_start']}")
     try:

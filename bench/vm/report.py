@@ -58,6 +58,8 @@ def job_result(prefix):
 def collect(out_dir, results_path):
     run = json.load(open(os.path.join(out_dir, "run.json")))
     run["results"] = {}
+    # What bench/settle_memory.py did before the runs (bench/vm/run passes it on).
+    run["memory_settle"] = json.loads(os.environ.get("BENCH_MEMORY_SETTLE") or "null")
     for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
         name = os.path.basename(path)[:-5]
         if name == "run" or "." not in name:

@@ -106,8 +106,8 @@ std::vector<Tunable> Tunables() {
       {"chunk-storer-threads", "threads writing chunks to the difference storage (default 16)",
        Setter(&Config::chunk_storer_threads)},
       {"durable-store-inline",
-       "1: a durable snapshot's original write stores its chunk in its own thread; 0: hands it "
-       "to a storer (default 1)",
+       "1: an original write stores its chunk in its own thread (durable snapshots, and memory "
+       "ones on page-cache storage); 0: hands it to a storer (default 1)",
        Setter(&Config::durable_store_inline)},
       {"diff-storage-page-cache",
        "1: difference storage in a regular file through the page cache; 0: O_DIRECT (block "

@@ -217,11 +217,13 @@ Chunk* DiffArea::Preserve(uint64_t index, bool original_write) {
     chunk->buffer = buffer;
   }
   SetState(index, chunk, ChunkState::kInMemory);
-  if (wait_stored && config_.durable_store_inline) {
-    // The writer waits for the copy anyway: a hand-off to a storer only adds two wake-ups.
+  if (original_write && config_.durable_store_inline && (log_ || storage_->buffered())) {
+    // Durable: the writer waits for the copy anyway, a hand-off to a storer only adds two
+    // wake-ups. Memory, storage through the page cache: the store is a copy into the kernel,
+    // cheaper than the hand-off (docs/performance.md, "Memory that costs what memory costs").
     StoreChunk(index, chunk);
     storer_.ReleaseSlot();
-    return WaitStored(index, chunk);
+    return wait_stored ? WaitStored(index, chunk) : chunk;
   }
   storer_.Enqueue(index, chunk);
   return wait_stored ? WaitStored(index, chunk) : chunk;

@@ -296,6 +296,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::Open(const std::string& given,
     BLKSNAP_RETURN_IF_ERROR(storage->WriteHeader());
   }
   storage->on_release_ = std::exchange(remove_created, nullptr);
+  storage->buffered_ = !options.direct;
   return storage;
 }
 
@@ -358,6 +359,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
   if (file) {
     const StorageIdentity identity = IdentityOf(path, st);
     storage->set_identity(identity);
+    storage->buffered_ = !StorageOptionsFor(env, path, page_cache).direct;
     if (!identity.is_block_device) {
       storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
     }

@@ -120,6 +120,9 @@ class DiffStorage {
   Status StartLog() EXCLUDES(mu_);
   ChunkLog* log() { return log_.get(); }  // null for kMemory or before StartLog/Resume
   SnapshotDurability durability() const { return durability_; }
+  // Chunk writes go through the page cache (a regular file, Checks::page_cache): a write is a
+  // copy into the kernel, not a wait for the disk. False for devices given to Create.
+  bool buffered() const { return buffered_; }
   // The clean stop of a durable snapshot: the file stays when the storage is released.
   void KeepFile() { on_release_ = nullptr; }
   // OpenExisting: from now on a file blksnap created is removed when the storage is released
@@ -156,6 +159,7 @@ class DiffStorage {
   std::function<void()> on_release_;  // removes a file Open created (destructor)
   std::function<void()> remover_;     // OpenExisting: on_release_ once ArmRemoval() is called
   const SnapshotDurability durability_;
+  bool buffered_ = false;          // set by Open / OpenExisting before the storage is shared
   std::unique_ptr<ChunkLog> log_;  // set once (StartLog, Resume) before the log is shared
 
   mutable Mutex mu_;
