@@ -34,7 +34,9 @@
 // touches is STORED, and STORED then means the data and its record are committed to the chunk
 // log (chunk_log.h): the write-ordering rule. Since it waits anyway, the writer stores the chunk
 // itself (StoreChunk in its own thread, Config::durable_store_inline) instead of queueing it
-// for a storer. A zero chunk gets a record without data. Image
+// for a storer. A memory snapshot's writer does the same when the storage goes through the
+// page cache (the store is a copy into the kernel, cheaper than the hand-off) and then goes
+// on; on O_DIRECT storage it queues the copy. A zero chunk gets a record without data. Image
 // writes do not wait (they change the snapshot, not the original); an image write that gives a
 // zero chunk storage commits a record for it. RestoreChunk rebuilds the table at recovery.
 //
