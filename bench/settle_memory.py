@@ -13,9 +13,10 @@ binary swung between 2.3k and 17k IOPS in consecutive runs). docs/performance.md
 costs what memory costs".
 
 settle: unbinds every virtio balloon device that has free page reporting from its driver (the
-host stops taking pages back; BENCH_KEEP_BALLOON=1 leaves it bound), records which in
+host stops taking pages back; BENCH_KEEP_BALLOON=1 leaves it bound, and so does a balloon the
+host has inflated), records which in
 STATE_FILE, then has the kernel populate anonymous mappings as large as the available memory
-minus a margin and frees them, so that the page cache and the daemons' memory
+minus a margin (at most BENCH_SETTLE_MIB when set) and frees them, so that the page cache and the daemons' memory
 land on pages the host has already given. Prints one JSON line: what it did and how fast the
 first touch ran (the toll the run would have paid), for the results' meta.
 restore: binds the recorded devices to their driver again (the machine as it was found).
@@ -59,6 +60,18 @@ def reporting_balloons():
     return out
 
 
+def balloon_inflated():
+    """True when the host has inflated the balloon (unbinding would hand those pages back)."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("nr_balloon_pages "):
+                    return int(line.split()[1]) > 0
+    except OSError:
+        pass
+    return False
+
+
 def mem_available():
     with open("/proc/meminfo") as f:
         for line in f:
@@ -92,6 +105,8 @@ def settle():
         result["note"] = "not root: balloon left as it is"
     elif os.environ.get("BENCH_KEEP_BALLOON") == "1":
         result["note"] = "BENCH_KEEP_BALLOON=1: balloon left as it is"
+    elif balloon_inflated():
+        result["note"] = "balloon inflated by the host: left as it is"
     else:
         for dev in reporting_balloons():
             try:
@@ -104,6 +119,9 @@ def settle():
             with open(STATE_FILE, "a") as f:
                 f.write("".join(d + "\n" for d in result["balloon_unbound"]))
     n = (mem_available() - MARGIN) // GIB * GIB
+    cap = int(os.environ.get("BENCH_SETTLE_MIB", "0")) * MIB  # 0: no cap
+    if cap:
+        n = min(n, cap // GIB * GIB)
     if n >= GIB:
         seconds, first = touch(n)
         result.update(touched_mib=n // MIB, seconds=round(seconds, 1),
@@ -117,13 +135,19 @@ def restore():
             devs = [d for d in f.read().split() if d]
     except FileNotFoundError:
         return
+    failed = []
     for dev in dict.fromkeys(devs):
         try:
             with open(os.path.join(DRIVER, "bind"), "w") as f:
                 f.write(dev)
         except OSError as e:
             print(f"settle_memory: could not bind {dev} again: {e}", file=sys.stderr)
-    os.unlink(STATE_FILE)
+            failed.append(dev)
+    if failed:  # kept for the next restore
+        with open(STATE_FILE, "w") as f:
+            f.write("".join(d + "\n" for d in failed))
+    else:
+        os.unlink(STATE_FILE)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ struct Config {
   // be stored and committed stores it in its own thread (true) instead of handing it to a
   // storer and waiting for it (false). The commit is grouped with the other writers' either way
   // (docs/durable-snapshots.md). Memory snapshots whose storage goes through the page cache
-  // store inline too (a copy into the kernel costs less than the hand-off); on O_DIRECT
-  // storage their writers hand the copy to the storers and go on.
+  // store inline too, the copies of original writes and those an image write makes for an
+  // older snapshot (a copy into the kernel costs less than the hand-off); on O_DIRECT storage
+  // their writers hand the copy to the storers and go on.
   bool durable_store_inline = true;
   // Durable snapshots: the chunk log is compacted (every preserved chunk's record, 125 to a
   // page, in a new chain) once it has grown by this many 4 KiB pages and by twice the pages of
