@@ -309,13 +309,14 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
   std::vector<uint8_t> slots(2 * kDiffStorageHeaderBlockSize, 0);
   std::shared_ptr<StorageFile> file;
   FileStat st;
+  StorageFileOptions options;
   if (device) {
     if (device->size() < kDiffStorageHeaderSize)
       return Status::Error(EINVAL, "difference storage " + path + " is smaller than its header");
     BLKSNAP_RETURN_IF_ERROR(device->Read(0, slots));
   } else {
-    BLKSNAP_ASSIGN_OR_RETURN(file,
-                             env->OpenStorageFile(path, StorageOptionsFor(env, path, page_cache)));
+    options = StorageOptionsFor(env, path, page_cache);
+    BLKSNAP_ASSIGN_OR_RETURN(file, env->OpenStorageFile(path, options));
     st = file->stat();
     if (file->created()) {  // it was not there: remove the empty file this open made
       env->RemoveFile(path).IgnoreError();
@@ -359,7 +360,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
   if (file) {
     const StorageIdentity identity = IdentityOf(path, st);
     storage->set_identity(identity);
-    storage->buffered_ = !StorageOptionsFor(env, path, page_cache).direct;
+    storage->buffered_ = !options.direct;
     if (!identity.is_block_device) {
       storage->set_resize([file](uint64_t size) { return file->Truncate(size); });
     }

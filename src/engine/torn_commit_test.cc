@@ -61,24 +61,28 @@ Uuid Take(Engine& engine, BlockDevice& tracker, std::shared_ptr<BlockDevice> sto
   return id;
 }
 
-// A snapshot taken, chunk 0 preserved by one commit (the log's last), then a daemon crash
-// (what was written stays).
-Uuid CrashAfterOneCommit(std::shared_ptr<BlockDevice> original_disk,
-                         std::shared_ptr<BlockDevice> storage_disk) {
+// A snapshot taken on fresh disks, chunk 0 preserved by one commit (the log's last), then a
+// daemon crash (what was written stays).
+struct Crashed {
+  std::shared_ptr<BlockDevice> original_disk = MakeMemoryDevice(kDeviceSize);
+  std::shared_ptr<BlockDevice> storage_disk = MakeMemoryDevice(64 * kMiB);
+  Uuid id;
+};
+
+Crashed CrashAfterOneCommit() {
+  Crashed c;
   Power power;
   auto engine = Engine::Create(TestConfig()).value();
-  auto tracker = engine->Attach("d", Powered(std::move(original_disk), &power)).value();
-  Uuid id = Take(*engine, *tracker, Powered(std::move(storage_disk), &power));
+  auto tracker = engine->Attach("d", Powered(c.original_disk, &power)).value();
+  c.id = Take(*engine, *tracker, Powered(c.storage_disk, &power));
   EXPECT_TRUE(WritePattern(*tracker, 0, kChunk, 2).ok());
   power.Cut();
-  return id;
+  return c;
 }
 
 TEST(TornCommitTest, ATornLastCommitIsDroppedAndStaysDropped) {
   if (!Crc32cIsFast()) GTEST_SKIP() << "records carry no CRC on this CPU: no torn-tail check";
-  auto original_disk = MakeMemoryDevice(kDeviceSize);
-  auto storage_disk = MakeMemoryDevice(64 * kMiB);
-  const Uuid id = CrashAfterOneCommit(original_disk, storage_disk);
+  auto [original_disk, storage_disk, id] = CrashAfterOneCommit();
   // The power cut took chunk 0's data but not the page that locates it.
   const LogRecord torn = LastRecord(*storage_disk, id);
   ASSERT_EQ(torn.chunk, 0u);
@@ -126,9 +130,7 @@ class BadRangeDevice : public ForwardingDevice {
 // gone bad, so the snapshot comes back corrupted (EUCLEAN), is never served, and stays so.
 TEST(TornCommitTest, UnreadableLastCommitDataMarksTheSnapshotCorrupted) {
   if (!Crc32cIsFast()) GTEST_SKIP() << "records carry no CRC on this CPU: no torn-tail check";
-  auto original_disk = MakeMemoryDevice(kDeviceSize);
-  auto storage_disk = MakeMemoryDevice(64 * kMiB);
-  const Uuid id = CrashAfterOneCommit(original_disk, storage_disk);
+  auto [original_disk, storage_disk, id] = CrashAfterOneCommit();
   const LogRecord last = LastRecord(*storage_disk, id);
   ASSERT_TRUE(last.flags & kRecordFlagVerify);
   {
