@@ -1,6 +1,8 @@
 // ChunkLog: see chunk_log.h for the commit protocol and the recovery scan.
 #include "engine/chunk_log.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +34,10 @@ ChunkLog::ChunkLog(DiffStorage* storage, const Uuid& id, bool sync, Cursor curso
   cursor_ = cursor;
 }
 
+ChunkLog::~ChunkLog() {
+  if (in_place_buffer_) ::munmap(in_place_buffer_, kLogPageSize);
+}
+
 Result<std::unique_ptr<ChunkLog>> ChunkLog::Start(DiffStorage* storage, const Uuid& id, bool sync) {
   BLKSNAP_ASSIGN_OR_RETURN(uint64_t first, storage->Allocate(kLogSegmentSize));
   Cursor cursor;
@@ -60,6 +66,7 @@ uint64_t ChunkLog::commits() const {
 }
 
 Status ChunkLog::Commit(const LogRecord& record) {
+  if (!sync_) return CommitInPlace(record);
   MutexLock lock(mu_);
   if (!failed_.ok()) return failed_;
   pending_.push_back(record);
@@ -139,19 +146,8 @@ Status ChunkLog::AppendPages(const std::vector<LogRecord>& batch) {
   const uint64_t batch_first = cursor_.next_seq;
   for (size_t i = 0; i < pages; ++i) {
     LogPage page;
-    page.snapshot_id = id_;
-    page.batch_first = batch_first;
-    page.seq = cursor_.next_seq;
-    page.epoch = cursor_.epoch;
-    const uint64_t offset = cursor_.next_page;
-    // The last page of a segment points to a new one (which may happen to follow it).
-    const bool last_in_segment = offset + kLogPageSize >= cursor_.segment_end;
-    if (last_in_segment) {
-      BLKSNAP_ASSIGN_OR_RETURN(uint64_t segment, storage_->Allocate(kLogSegmentSize));
-      page.next = segment;
-    } else {
-      page.next = offset + kLogPageSize;
-    }
+    bool last_in_segment = false;
+    BLKSNAP_RETURN_IF_ERROR(StartPage(batch_first, &page, &last_in_segment));
     const size_t first = i * kLogRecordsPerPage;
     const size_t count = std::min<size_t>(kLogRecordsPerPage, batch.size() - first);
     page.records.assign(batch.begin() + first, batch.begin() + first + count);
@@ -164,12 +160,67 @@ Status ChunkLog::AppendPages(const std::vector<LogRecord>& batch) {
       run_start = page.next;
       run_pages = 0;  // the buffer is reused from its start
     }
-    cursor_.next_page = page.next;
-    if (last_in_segment) cursor_.segment_end = page.next + kLogSegmentSize;
-    ++cursor_.next_seq;
-    ++pages_since_compaction_;
   }
   return Status::Ok();
+}
+
+Status ChunkLog::StartPage(uint64_t batch_first, LogPage* page, bool* last_in_segment) {
+  page->snapshot_id = id_;
+  page->batch_first = batch_first;
+  page->seq = cursor_.next_seq;
+  page->epoch = cursor_.epoch;
+  page->records.clear();
+  const uint64_t offset = cursor_.next_page;
+  // The last page of a segment points to a new one (which may happen to follow it).
+  *last_in_segment = offset + kLogPageSize >= cursor_.segment_end;
+  if (*last_in_segment) {
+    BLKSNAP_ASSIGN_OR_RETURN(uint64_t segment, storage_->Allocate(kLogSegmentSize));
+    page->next = segment;
+  } else {
+    page->next = offset + kLogPageSize;
+  }
+  cursor_.next_page = page->next;
+  if (*last_in_segment) cursor_.segment_end = page->next + kLogSegmentSize;
+  ++cursor_.next_seq;
+  ++pages_since_compaction_;
+  return Status::Ok();
+}
+
+Status ChunkLog::CommitInPlace(const LogRecord& record) {
+  MutexLock write(write_mu_);
+  if (!in_place_failed_.ok()) return in_place_failed_;
+  Status s = WriteInPlace(record);
+  if (s.ok()) {
+    bool durable = false;
+    s = CompactIfDue(&durable);
+  }
+  if (!s.ok()) in_place_failed_ = s;
+  return s;
+}
+
+Status ChunkLog::WriteInPlace(const LogRecord& record) {
+  if (!in_place_buffer_) {
+    void* p =
+        ::mmap(nullptr, kLogPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return Status::FromErrno("chunk log page buffer");
+    in_place_buffer_ = static_cast<uint8_t*>(p);
+    // Resident, so that the kernel's copy from it cannot stop at a fault (and then at a kill,
+    // leaving the page torn). Best effort: without the lock a fault is still rare.
+    std::memset(in_place_buffer_, 0, kLogPageSize);
+    (void)::mlock(in_place_buffer_, kLogPageSize);
+  }
+  if (!open_page_valid_ || open_page_.records.size() == kLogRecordsPerPage) {
+    open_page_offset_ = cursor_.next_page;
+    bool last_in_segment = false;
+    open_page_valid_ = false;
+    BLKSNAP_RETURN_IF_ERROR(StartPage(cursor_.next_seq, &open_page_, &last_in_segment));
+    open_page_valid_ = true;
+  }
+  open_page_.records.push_back(record);
+  const auto bytes = SerializeLogPage(open_page_);
+  std::memcpy(in_place_buffer_, bytes.data(), kLogPageSize);
+  return storage_->device().Write(open_page_offset_,
+                                  std::span<const uint8_t>(in_place_buffer_, kLogPageSize));
 }
 
 uint64_t ChunkLog::last_seq() const {
@@ -242,6 +293,7 @@ Status ChunkLog::CompactWith(std::vector<LogRecord> records) {
   last_compaction_pages_ = (records.size() + kLogRecordsPerPage - 1) / kLogRecordsPerPage;
   pages_since_compaction_ = 0;
   unflushed_pages_ = false;
+  open_page_valid_ = false;  // the next in-place commit starts a page of the new chain
   compactions_.fetch_add(1);
   return Status::Ok();
 }

@@ -330,7 +330,8 @@ TEST(DurableSnapshotTest, MissingDeviceOrMemorySnapshotIsRefused) {
 namespace blksnap {
 namespace {
 
-// 4 KiB chunks written one at a time: one commit, one page per chunk, 16 segments of log.
+// 4 KiB chunks written one at a time: one commit, one page per chunk (power: a page per round;
+// crash packs its commits into one page), 16 segments of log.
 // With `zero` the device is all zeroes at the take: records without data, so each new segment
 // directly follows the one before (the reader must not take it for the same segment).
 void RecoverAFullLog(bool zero) {
@@ -346,7 +347,7 @@ void RecoverAFullLog(bool zero) {
     id = engine
              ->CreateSnapshot({.storage_path = "s",
                                .storage_device = m.storage,
-                               .durability = SnapshotDurability::kCrash})
+                               .durability = SnapshotDurability::kPower})
              .value();
     ASSERT_OK(engine->AddDevice(id, "d"));
     ASSERT_TRUE(engine->Take(id).ok());
@@ -399,7 +400,8 @@ TEST(DurableSnapshotTest, ARecordCarriesItsDataCrcWhereTheCpuComputesItCheaply) 
 }
 
 // A committed log page damaged (one bit) while a later commit is intact: records are lost, so
-// the snapshot comes back corrupted, never served with the original's newer data.
+// the snapshot comes back corrupted, never served with the original's newer data. (Power: a
+// page per commit; crash commits fill one page.)
 TEST(DurableSnapshotTest, ADamagedCommittedPageIsReportedNotServed) {
   Config config = TestConfig();
   config.chunk_log_compact_pages = UINT32_MAX;
@@ -408,7 +410,7 @@ TEST(DurableSnapshotTest, ADamagedCommittedPageIsReportedNotServed) {
     Uuid id;
     {
       auto engine = Engine::Create(config).value();
-      id = TakeSnapshot(*engine, m, SnapshotDurability::kCrash).value();
+      id = TakeSnapshot(*engine, m, SnapshotDurability::kPower).value();
       const uint64_t chunk = 1ull << config.chunk_minimum_shift;
       for (uint64_t off = 0; off < 8 * chunk; off += chunk) {  // one chunk, one commit each
         ASSERT_OK(WritePattern(*engine->FindTracker("d"), off, kWrite, 2));
