@@ -78,9 +78,12 @@ RATIO_TARGETS = [
     *[(f"NBD {wl}: blksnap / {peer}", "blksnap", peer, wl, None, goal)
       for wl in ("randread4k", "randwrite4k") for peer, goal in (("qsd", 1.2), ("nbdkit", 1.0))],
     ("NBD cow64k: blksnap-snap / qsd-cbw", "blksnap-snap", "qsd-cbw", "cow64k", None, 1.5),
-    # Issue 15: durable (power, the default) within 25% of the snapshot kept in memory.
-    ("NBD cow64k: blksnap-snap (power) / blksnap-snap-memory", "blksnap-snap",
+    # Issue 15: durable (crash, the default) within 25% of the snapshot kept in memory.
+    ("NBD cow64k: blksnap-snap (crash) / blksnap-snap-memory", "blksnap-snap",
      "blksnap-snap-memory", "cow64k", None, 0.75),
+    # Power is on request since 2026-12-03: its price is shown against the same goal.
+    ("NBD cow64k: blksnap-snap-power / qsd-cbw", "blksnap-snap-power", "qsd-cbw", "cow64k", None,
+     1.5),
     ("NBD steady64k: blksnap-snap / blksnap randwrite64k", "blksnap-snap", "blksnap",
      "steady64k", "randwrite64k", 0.9),
     ("NBD imgread: blksnap-snap / qsd-cbw", "blksnap-snap", "qsd-cbw", "imgread", None, 1.0),

@@ -10,8 +10,8 @@ Design note. Setups (each on a fresh copy of the same prefilled master image):
                   snapshot-access node: front = cbw node, image = snapshot-access node
     blksnap       blksnapd, front export, no snapshot
     blksnap-snap  blksnapd, snapshot taken: front export for writes, NAME@ID for image reads
-                  (durability power, the default); blksnap-snap-memory and blksnap-snap-crash
-                  the same with --durability memory / crash (issue 15: the price of durability)
+                  (durability crash, the default); blksnap-snap-memory and blksnap-snap-power
+                  the same with --durability memory / power (issue 15: the price of durability)
     blksnap-psync blksnapd with BLKSNAP_IO_ENGINE=psync (not a peer: evidence for a fix);
                   blksnap-fuse-psync the same through FUSE+loop
   FUSE + loop (/dev/loopN with direct I/O):
@@ -300,11 +300,13 @@ class Lab:
         s += [("blksnap-psync", "nbd")] + ([("blksnap-fuse-psync", "loop")] if self.root else [])
         # CBT in memory only (--cbt-in-memory): the control for the cost of durable CBT.
         s += [("blksnap-memcbt", "nbd")]
-        # Durability crash: between memory and power; on request.
-        s += [("blksnap-snap-crash", "nbd")]
+        # Durability power (a flush per commit round; crash is the default) and crash named
+        # explicitly (the default before 2026-12-03 was power): on request.
+        s += [("blksnap-snap-power", "nbd"), ("blksnap-snap-crash", "nbd")]
         keep = self.only.split(",") if self.only else [
             x[0] for x in s
-            if "-psync" not in x[0] and "-memcbt" not in x[0] and "-crash" not in x[0]]
+            if "-psync" not in x[0] and "-memcbt" not in x[0] and "-crash" not in x[0] and
+            "-power" not in x[0]]
         return [x for x in s if x[0] in keep]
 
     def start(self, name, img):
@@ -329,7 +331,8 @@ class Lab:
             extra = ("--chunk-minimum-shift", "16")
             if name.endswith("-memcbt"):
                 extra += ("--cbt-in-memory",)
-            durability = next((d for d in ("memory", "crash") if name.endswith("-" + d)), None)
+            durability = next((d for d in ("memory", "crash", "power") if name.endswith("-" + d)),
+                              None)
             p, out = self.blksnap_setup(img, snap=is_snap(name), loop=fuse, env=env, extra=extra,
                                         durability=durability)
             return [p], [], out

@@ -13,10 +13,11 @@
 #                 the snapshot LV, the COW area a linear LV of the same VG
 #   blksnap-ublk  blksnapd --chunk-minimum-shift 16 (64 KiB chunks), attach LV --ublk, snapshot
 #                 create --storage DIFF_LV --ublk: front and image are /dev/ublkbN
-#                 (durability: the default, power: every original write waits until its
-#                 chunk's copy and record are flushed in the difference storage)
-#   blksnap-ublk-memory, blksnap-ublk-crash   the same with snapshot create --durability
-#                 memory | crash (no plain jobs: without a snapshot durability changes nothing)
+#                 (durability: the default, crash since 2026-12-03 (power before): every
+#                 original write waits until its chunk's copy and record are written)
+#   blksnap-ublk-memory, blksnap-ublk-crash, blksnap-ublk-power   the same with snapshot create
+#                 --durability memory | crash | power (power: copy and record flushed; no plain
+#                 jobs: without a snapshot durability changes nothing)
 #   blksnap-loop  the same daemon and device, front and image as FUSE file + loop (--loop);
 #                 not in the default sides (BENCH_SIDES=...,blksnap-loop)
 # BENCH_BACKING=loop puts the volume group on a loop device over a file on tmpfs instead.
@@ -254,7 +255,7 @@ if [ $any_blksnap = 1 ]; then
   for side in "${BLKSNAP_SIDES[@]}"; do
     has_side "$side" || continue
     kind=${side#blksnap-}; kind=${kind%%-*}
-    durability=${side#blksnap-$kind}; durability=${durability#-}  # empty: the default, power
+    durability=${side#blksnap-$kind}; durability=${durability#-}  # empty: the default
     dur_args=(); [ -n "$durability" ] && dur_args=(--durability "$durability")
     front=${FRONT[$kind]}
     [ -b "$front" ] || fail "$side: front '$front'"

@@ -21,13 +21,13 @@ import statistics
 import sys
 
 SIDES = ["raw", "dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash",
-         "blksnap-loop"]
+         "blksnap-ublk-power", "blksnap-loop"]
 PLAIN = ("randread4k", "randwrite4k", "randwrite64k")  # no snapshot
 # Sides whose no-snapshot workloads are another side's rows: dm-snapshot's origin without a
-# snapshot is the raw LV; blksnap-ublk-memory/-crash differ from blksnap-ublk (durability
-# power) only once a snapshot exists.
+# snapshot is the raw LV; blksnap-ublk-memory/-crash/-power differ from blksnap-ublk (the default
+# durability: power in runs before 2026-12-03, crash since) only once a snapshot exists.
 SAME_PLAIN = {"dm-snapshot": "raw", "blksnap-ublk-memory": "blksnap-ublk",
-              "blksnap-ublk-crash": "blksnap-ublk"}
+              "blksnap-ublk-crash": "blksnap-ublk", "blksnap-ublk-power": "blksnap-ublk"}
 WORKLOADS = ["randread4k", "randwrite4k", "randwrite64k", "cow64k-1", "cow64k", "fill1m", "steady64k",
              "imgread", "read1m"]
 MIB_S = {"fill1m", "imgread", "read1m"}  # reported in MiB/s; the others in IOPS
@@ -100,29 +100,31 @@ def ratios(res, n=1):
     """Same-run ratios; n is the run's snapshot count (cow64k was taken with n snapshots)."""
     out = {}
     if n > 1:  # issue 18: blksnap shares one copy per chunk, dm-snapshot copies n times
-        for side in ("blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash"):
+        for side in ("blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash",
+                     "blksnap-ublk-power"):
             for wl, label in (("cow64k", f"cow64k ({n} snapshots)"), ("cow64k-1", "cow64k-1")):
                 out[f"{label}: {side} / dm-snapshot"] = ratio(value(res, side, wl),
                                                            value(res, "dm-snapshot", wl))
-        for side in ("dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash"):
+        for side in ("dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash",
+                     "blksnap-ublk-power"):
             out[f"cow64k {n} snapshots / 1: {side}"] = ratio(value(res, side, "cow64k"),
                                                              value(res, side, "cow64k-1"))
         return out
     for wl in ("randread4k", "randwrite4k", "randwrite64k", "cow64k", "steady64k", "imgread"):
         out[f"{wl}: blksnap-ublk / dm-snapshot"] = ratio(value(res, "blksnap-ublk", wl),
                                                         value(res, "dm-snapshot", wl))
-    for side in ("blksnap-ublk-memory", "blksnap-ublk-crash"):  # durability's price
+    for side in ("blksnap-ublk-memory", "blksnap-ublk-crash", "blksnap-ublk-power"):
         for wl in ("cow64k", "steady64k", "imgread"):
             out[f"{wl}: {side} / dm-snapshot"] = ratio(value(res, side, wl),
                                                        value(res, "dm-snapshot", wl))
     for wl in ("cow64k", "steady64k", "imgread"):
-        out[f"{wl}: blksnap-ublk (power) / blksnap-ublk-memory"] = ratio(
+        out[f"{wl}: blksnap-ublk (default durability) / blksnap-ublk-memory"] = ratio(
             value(res, "blksnap-ublk", wl), value(res, "blksnap-ublk-memory", wl))
     for wl in ("randread4k", "randwrite4k", "randwrite64k", "cow64k", "steady64k", "imgread"):
         out[f"{wl}: blksnap-ublk / blksnap-loop"] = ratio(value(res, "blksnap-ublk", wl),
                                                          value(res, "blksnap-loop", wl))
     for side in ("dm-snapshot", "blksnap-ublk", "blksnap-ublk-memory", "blksnap-ublk-crash",
-                 "blksnap-loop"):
+                 "blksnap-ublk-power", "blksnap-loop"):
         out[f"steady64k / randwrite64k: {side}"] = ratio(value(res, side, "steady64k"),
                                                          value(res, side, "randwrite64k"))
     return out

@@ -83,8 +83,8 @@ const char* ToString(SnapshotState state);  // "created", "taken", "corrupted", 
 // storage (written to the kernel for kCrash; synced, one sync per batch, for kPower).
 enum class SnapshotDurability {
   kMemory,  // nothing: the snapshot dies with the process (an unnamed temporary storage file)
-  kCrash,   // a daemon crash or restart (kill -9, upgrade); not a power loss
-  kPower,   // a power loss too (the default)
+  kCrash,   // a daemon crash or restart (kill -9, upgrade); not a power loss (the default)
+  kPower,   // a power loss too
 };
 const char* ToString(SnapshotDurability durability);  // "memory", "crash", "power"
 // EINVAL with a one-line message for anything but those three words.
@@ -208,8 +208,9 @@ struct SnapshotOptions {
   // use it to stack a FaultDevice). storage_path then only names it in reports.
   std::shared_ptr<BlockDevice> storage_device;
   // kCrash and kPower: a directory storage_path gets a named file, blksnap-<id>.diff, removed
-  // when the snapshot is destroyed (kMemory: an unnamed temporary file).
-  SnapshotDurability durability = SnapshotDurability::kPower;
+  // when the snapshot is destroyed (kMemory: an unnamed temporary file). The default: crash
+  // (docs/durable-snapshots.md, "The default and its price").
+  SnapshotDurability durability = SnapshotDurability::kCrash;
 };
 
 // Brings back a durable snapshot from its difference storage after a restart (CloseSnapshot,

@@ -81,7 +81,7 @@ void CmdCbtChanges(Context& ctx, const std::string& name, const std::string& sin
 void CmdCbtMarkDirty(Context& ctx, const std::string& name, const std::vector<std::string>& ranges,
                      const std::string& file, bool force);
 // durability: "memory", "crash" or "power" (checked here: a usage error otherwise); "" sends
-// none (the daemon's default, power).
+// none (the daemon's default, crash).
 void CmdSnapshotCreate(Context& ctx, const std::string& storage, const std::string& limit,
                        const BlockFronts& fronts, const std::vector<std::string>& devices,
                        bool force, const std::string& durability);

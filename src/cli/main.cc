@@ -134,7 +134,7 @@ int Main(int argc, char** argv) {
   std::string snap_durability;
   create->add_option("--durability", snap_durability,
                      "what a taken snapshot survives: memory (nothing: it dies with blksnapd), "
-                     "crash (a daemon crash or restart), power (a power loss too; the default)");
+                     "crash (a daemon crash or restart; the default), power (a power loss too)");
   create->add_option("DEVICE", snap_devices, "device names")->required();
   create->callback([&] {
     run([&] {

@@ -92,7 +92,7 @@ TEST(MethodsTest, TheRestartReportSaysWhatEndedThePreviousRun) {
   }
 }
 
-// snapshot-create's "durability" (memory|crash|power, default power) reaches the engine; a bad
+// snapshot-create's "durability" (memory|crash|power, default crash) reaches the engine; a bad
 // word is EINVAL with nothing created; info and list show it with "recovered_from" (null: not
 // brought back at start) and the storage's "file".
 TEST(MethodsTest, SnapshotDurabilityIsAskedForAndShown) {
@@ -126,13 +126,13 @@ TEST(MethodsTest, SnapshotDurabilityIsAskedForAndShown) {
     const json id = (*created)["id"];
     auto info = HandleRequest(service, "snapshot-info", {{"id", id}}, nullptr);
     ASSERT_TRUE(info.ok());
-    EXPECT_EQ((*info)["durability"], *word ? word : "power");
+    EXPECT_EQ((*info)["durability"], *word ? word : "crash");
     EXPECT_TRUE((*info)["recovered_from"].is_null());
     EXPECT_TRUE((*info)["storage"].contains("file"));
     auto list = HandleRequest(service, "snapshot-list", json::object(), nullptr);
     ASSERT_TRUE(list.ok());
     ASSERT_EQ((*list)["snapshots"].size(), 1u);
-    EXPECT_EQ((*list)["snapshots"][0]["durability"], *word ? word : "power");
+    EXPECT_EQ((*list)["snapshots"][0]["durability"], *word ? word : "crash");
     EXPECT_TRUE((*list)["snapshots"][0].contains("recovered_from"));
     ASSERT_TRUE(HandleRequest(service, "snapshot-destroy", {{"id", id}}, nullptr).ok());
   }

@@ -122,7 +122,7 @@ struct SnapshotRequest {
   uint64_t limit = 0;
   bool loop = false, ublk = false, blockdev = false;
   bool force = false;  // a storage holding a signature or data may be overwritten
-  SnapshotDurability durability = SnapshotDurability::kPower;
+  SnapshotDurability durability = SnapshotDurability::kCrash;  // docs/durable-snapshots.md
   std::vector<std::string> devices;
 };
 

@@ -15,7 +15,7 @@ Algorithm:
   original: the recovered snapshot still preserves (the image is still A); kill -9 and start:
   recovered_from "daemon-crash", the image the same. Destroy removes the storage file.
 * kill -9 rounds (guarantee 2): a 32 MiB device stamped with seq 1. Each round: create and take
-  (durability default = power, or crash), the oracle = the original read through NBD; a writer
+  (durability default = crash, or power), the oracle = the original read through NBD; a writer
   of 64 KiB random writes of a new generation (seq round+2, bytes precomputed by blksnap-pattern
   into a scratch file) on the original — through NBD (libnbd: logged once the server replied)
   or, every other round, through the original's loop front opened O_DIRECT|O_SYNC; kill -9 of
@@ -201,7 +201,7 @@ def check_image(d, t, what, image, loop, oracle, first):
 def kill_round(d, t, r, storage, loop, durability, boot_id_file=None):
     """One round on device kv: take, writer, kill -9 (and a new boot id: a simulated reboot),
     start, checks, destroy. True if every check passed."""
-    want_durability = durability or "power"
+    want_durability = durability or "crash"
     reboot = boot_id_file is not None
     what = "%s round %d (%s writer, %s)" % ("reboot" if reboot else "kill -9", r,
                                             "loop" if loop else "NBD", want_durability)
@@ -270,12 +270,12 @@ def attach_kv(d, fuse):
 
 def kill_rounds(d, t, fuse):
     """Rounds alternate the writer's front (NBD, loop) and, every two, the durability (the
-    default, power; crash)."""
+    default, crash; power)."""
     storage = attach_kv(d, fuse)
     started = time.monotonic()
     bad = 0
     for r in range(ROUNDS):
-        durability = None if (r // 2) % 2 == 0 else "crash"
+        durability = None if (r // 2) % 2 == 0 else "power"
         bad += 0 if kill_round(d, t, r, storage, fuse and r % 2 == 1, durability) else 1
     t.check(bad == 0, "kill -9: %d rounds in %.0f s, %d bad" %
             (ROUNDS, time.monotonic() - started, bad))

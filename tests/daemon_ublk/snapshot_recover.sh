@@ -4,7 +4,7 @@
 # no error across the crash and reads the take's data; after a clean stop the image comes back
 # on a ublk device; destroy removes the image device and the storage file.
 # Algorithm (inside the VM): start blksnapd; attach a 256 MiB sparse file with --ublk; stamp all
-# of it with pattern seq 1; snapshot create --ublk (default durability: power) + take; stamp the
+# of it with pattern seq 1; snapshot create --ublk (default durability: crash) + take; stamp the
 # first 128 MiB of the device with seq 2 (copy-on-write of half the device). A reader loops
 # `blksnap-pattern verify --direct --seq 1` over the whole image device until told to stop (exit
 # 1 at the first failed pass). Once the image device has served reads, kill -9 blksnapd: both
@@ -30,7 +30,7 @@ bs snapshot take "$ID" >/dev/null || fail "take"
 info=$(bs --json snapshot info "$ID") || fail "snapshot info"
 IMG=$(jget "$info" 'j["devices"][0]["image"]["ublk"]')
 [ -b "$IMG" ] || fail "no image ublk device ('$IMG')"
-[ "$(jget "$info" 'j["durability"]')" = power ] || fail "default durability is not power: $info"
+[ "$(jget "$info" 'j["durability"]')" = crash ] || fail "default durability is not crash: $info"
 FILE=$(jget "$info" 'j["storage"]["file"]')
 [ "$FILE" = "$WORK/storage/blksnap-$ID.diff" ] && [ -f "$FILE" ] || fail "storage file '$FILE'"
 "$PATTERN" write "$DEV" --length 128M --seq 2 --direct || fail "stamp seq 2"
