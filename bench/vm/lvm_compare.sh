@@ -235,7 +235,7 @@ if has_side dm-snapshot; then
   fi
 fi
 
-BLKSNAP_SIDES=(blksnap-ublk blksnap-ublk-memory blksnap-ublk-crash blksnap-loop)
+BLKSNAP_SIDES=(blksnap-ublk blksnap-ublk-memory blksnap-ublk-crash blksnap-ublk-power blksnap-loop)
 any_blksnap=0
 for side in "${BLKSNAP_SIDES[@]}"; do has_side "$side" && any_blksnap=1; done
 if [ $any_blksnap = 1 ]; then

@@ -299,7 +299,7 @@ Status ChunkLog::CompactWith(std::vector<LogRecord> records) {
 }
 
 Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint64_t start,
-                                      uint64_t header_epoch, uint64_t sealed) {
+                                      uint64_t header_epoch, uint64_t sealed, bool torn_tail) {
   Scan scan;
   scan.cursor.next_page = start;
   scan.cursor.segment_end = start + kLogSegmentSize;
@@ -331,8 +331,11 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
         // The end of the log — unless the next commit follows: a commit is written only once
         // the one before it returned (for power: synced), so this page was committed and is
         // now damaged. Then records are missing: the snapshot must not be served.
-        scan.damaged = scan.cursor.next_seq <= sealed ||
-                       next_commit_at(at + kLogPageSize, scan.cursor.next_seq);
+        scan.damaged =
+            scan.cursor.next_seq <= sealed ||
+            next_commit_at(at + kLogPageSize, scan.cursor.next_seq) ||
+            (!torn_tail && IsLogPageOf(std::span<const uint8_t>(buffer.get() + at, kLogPageSize),
+                                       id, scan.cursor.next_seq));
         return scan;
       }
       const uint64_t here = offset + at;

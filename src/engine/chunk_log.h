@@ -105,9 +105,11 @@ class ChunkLog {
   // Follows the chain from `start` (see the top of this file). Never fails on content: a bad
   // page ends the log. Fails only on a read error.
   // `sealed`: pages 1..sealed are known durable (DiffStorageHeader::log_sealed): ending
-  // before it is damage.
+  // before it is damage. Without `torn_tail` (a crash log: only a power loss tears a page, and
+  // that corrupts a crash snapshot anyway) a page of this log that fails its checksum where
+  // the next page should be is damage too, not the end of the log.
   static Result<Scan> Read(BlockDevice& device, const Uuid& id, uint64_t start,
-                           uint64_t header_epoch, uint64_t sealed);
+                           uint64_t header_epoch, uint64_t sealed, bool torn_tail = true);
 
   // A compacted log (a clean stop): `records` packed 125 to a page in a new chain starting in a
   // new segment, with `epoch`; returns once written (and flushed for power). The caller then

@@ -2,8 +2,9 @@
 // page and writes that page again, whole, in place, so records share pages (125 to a page)
 // instead of taking a page per round, and no writer waits for another's round. A daemon crash
 // keeps every record whose commit returned; the recovered log continues on a new page with the
-// next epoch and never writes into the page it ended on. Kill -9 at random instants during
-// concurrent commits: durable_snapshot_test.cc, DaemonCrashAtRandomInstantsKeepsTheImage.
+// next epoch and never writes into the page it ended on; a damaged page is reported, not taken
+// for a torn tail. Kill -9 at random instants during concurrent commits: durable_snapshot_test.cc,
+// DaemonCrashAtRandomInstantsKeepsTheImage.
 #include "engine/chunk_log.h"
 
 #include <gtest/gtest.h>
@@ -46,30 +47,37 @@ Result<std::shared_ptr<Snapshot>> Recover(Engine& engine, std::shared_ptr<BlockD
   return engine.RecoverSnapshot({.id = id, .storage_device = storage, .check_originals = false});
 }
 
+// Generation 1 on a fresh device, a crash snapshot of it taken, chunks 0..n-1 preserved (one
+// commit each), and (when `scan`) the log as written; then a daemon crash (written data stays).
+Uuid CrashAfterCommits(std::shared_ptr<BlockDevice> original_disk,
+                       std::shared_ptr<BlockDevice> storage_disk, uint64_t n,
+                       ChunkLog::Scan* scan = nullptr) {
+  Power power;
+  auto engine = Engine::Create(TestConfig()).value();
+  auto tracker = engine->Attach("d", Powered(original_disk, &power)).value();
+  EXPECT_TRUE(WritePattern(*tracker, 0, kDeviceSize, 1).ok());
+  Uuid id = engine
+                ->CreateSnapshot({.storage_path = "storage",
+                                  .storage_device = Powered(storage_disk, &power),
+                                  .durability = SnapshotDurability::kCrash})
+                .value();
+  EXPECT_TRUE(engine->AddDevice(id, "d").ok());
+  EXPECT_TRUE(engine->Take(id).ok());
+  for (uint64_t i = 0; i < n; ++i) EXPECT_TRUE(WritePattern(*tracker, i * kChunk, kChunk, 2).ok());
+  if (scan) *scan = ReadLog(*storage_disk, id);
+  power.Cut();
+  return id;
+}
+
 TEST(ChunkLogTest, CrashCommitsShareAPageWrittenInPlaceAndSurviveACrash) {
   auto original_disk = MakeMemoryDevice(kDeviceSize);
   auto storage_disk = MakeMemoryDevice(64 * kMiB);
   constexpr uint64_t kFirst = 300;  // 125 + 125 + 50 records
-  Uuid id;
-  {
-    Power power;  // a daemon crash: written data stays
-    auto engine = Engine::Create(TestConfig()).value();
-    auto tracker = engine->Attach("d", Powered(original_disk, &power)).value();
-    ASSERT_OK(WritePattern(*tracker, 0, kDeviceSize, 1));
-    id = engine
-             ->CreateSnapshot({.storage_path = "storage",
-                               .storage_device = Powered(storage_disk, &power),
-                               .durability = SnapshotDurability::kCrash})
-             .value();
-    ASSERT_OK(engine->AddDevice(id, "d"));
-    ASSERT_TRUE(engine->Take(id).ok());
-    for (uint64_t i = 0; i < kFirst; ++i) ASSERT_OK(WritePattern(*tracker, i * kChunk, kChunk, 2));
-    // Written as committed, before any crash: three pages, not one per commit.
-    const ChunkLog::Scan scan = ReadLog(*storage_disk, id);
-    EXPECT_EQ(scan.records.size(), kFirst);
-    EXPECT_EQ(scan.pages, (kFirst + kLogRecordsPerPage - 1) / kLogRecordsPerPage);
-    power.Cut();
-  }
+  ChunkLog::Scan scan;
+  const Uuid id = CrashAfterCommits(original_disk, storage_disk, kFirst, &scan);
+  // Written as committed, before the crash: three pages, not one per commit.
+  EXPECT_EQ(scan.records.size(), kFirst);
+  EXPECT_EQ(scan.pages, (kFirst + kLogRecordsPerPage - 1) / kLogRecordsPerPage);
   {
     Power power;
     auto engine = Engine::Create(TestConfig()).value();
@@ -82,9 +90,9 @@ TEST(ChunkLogTest, CrashCommitsShareAPageWrittenInPlaceAndSurviveACrash) {
     auto tracker = engine->FindTracker("d");
     for (uint64_t i = kFirst; i < kFirst + 10; ++i)
       ASSERT_OK(WritePattern(*tracker, i * kChunk, kChunk, 3));
-    const ChunkLog::Scan scan = ReadLog(*storage_disk, id);
-    EXPECT_EQ(scan.records.size(), kFirst + 10);
-    EXPECT_EQ(scan.pages, 4u);
+    const ChunkLog::Scan after = ReadLog(*storage_disk, id);
+    EXPECT_EQ(after.records.size(), kFirst + 10);
+    EXPECT_EQ(after.pages, 4u);
     power.Cut();
   }
   auto engine = Engine::Create(TestConfig()).value();
@@ -92,6 +100,37 @@ TEST(ChunkLogTest, CrashCommitsShareAPageWrittenInPlaceAndSurviveACrash) {
   ASSERT_TRUE(snap.ok()) << snap.status().ToString();
   EXPECT_EQ((*snap)->state(), SnapshotState::kTaken);
   ASSERT_OK(VerifyPattern(*(*snap)->image("d"), 0, kDeviceSize, 1));
+}
+
+// The open page holds every record of the last commits, so a bit flipped in it must not pass for
+// a torn tail (only a power loss tears a crash log's page, and that corrupts the snapshot
+// anyway): the snapshot comes back corrupted, never served without the records.
+TEST(ChunkLogTest, ADamagedOpenPageOfACrashLogIsReportedNotServed) {
+  for (bool damage : {false, true}) {
+    SCOPED_TRACE(damage ? "damaged" : "intact");
+    auto original_disk = MakeMemoryDevice(kDeviceSize);
+    auto storage_disk = MakeMemoryDevice(64 * kMiB);
+    const Uuid id = CrashAfterCommits(original_disk, storage_disk, 8);
+    std::vector<uint8_t> slots(2 * kDiffStorageHeaderBlockSize);
+    ASSERT_OK(storage_disk->Read(0, slots));
+    const uint64_t page_at = ParseDiffStorageHeaderSlots(slots).value().log_start;
+    std::vector<uint8_t> page(kLogPageSize);
+    ASSERT_OK(storage_disk->Read(page_at, page));
+    if (damage) page[200] ^= 0x10;  // in the records
+    ASSERT_OK(storage_disk->Write(page_at, page));
+    auto engine = Engine::Create(TestConfig()).value();
+    auto snap = Recover(*engine, original_disk, storage_disk, id);
+    ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+    std::vector<uint8_t> buf(kChunk);
+    if (!damage) {
+      EXPECT_EQ((*snap)->state(), SnapshotState::kTaken);
+      ASSERT_OK(VerifyPattern(*(*snap)->image("d"), 0, kDeviceSize, 1));
+      continue;
+    }
+    EXPECT_EQ((*snap)->state(), SnapshotState::kCorrupted);
+    EXPECT_EQ((*snap)->devices().front().errnum, EUCLEAN);
+    EXPECT_EQ((*snap)->image("d")->Read(0, buf).errnum(), EIO);
+  }
 }
 
 }  // namespace

@@ -177,6 +177,13 @@ std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page) {
   return block;
 }
 
+bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq) {
+  if (bytes.size() < kLogPageSize) return false;
+  const uint8_t* p = bytes.data();
+  return std::memcmp(p + kPageMagicOffset, kLogPageMagic, sizeof(kLogPageMagic)) == 0 &&
+         GetUuid(p + kPageIdOffset) == id && GetLe<uint64_t>(p + kPageSeqOffset) == seq;
+}
+
 Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes) {
   if (bytes.size() < kLogPageSize) return Status::Error(EINVAL, "chunk log page truncated");
   const uint8_t* p = bytes.data();

@@ -40,8 +40,12 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
         return it == trackers_.end() ? nullptr : it->second;
       },
       &trackers, &geometries));
-  BLKSNAP_ASSIGN_OR_RETURN(ChunkLog::Scan scan, ChunkLog::Read(storage->device(), id, h.log_start,
-                                                               h.log_epoch, h.log_sealed));
+  // A crash log is torn only by a power loss, which corrupts its snapshot anyway.
+  const bool torn_tail =
+      static_cast<SnapshotDurability>(h.durability) != SnapshotDurability::kCrash;
+  BLKSNAP_ASSIGN_OR_RETURN(
+      ChunkLog::Scan scan,
+      ChunkLog::Read(storage->device(), id, h.log_start, h.log_epoch, h.log_sealed, torn_tail));
   BLKSNAP_RETURN_IF_ERROR(CheckLogRecords(scan, geometries, storage->device().size(), name));
   // How it was found, and whether it can be trusted.
   bool power_lost = options.power_lost;

@@ -43,7 +43,8 @@ Algorithm:
   after a kill -9 and after a clean stop with both members, each image its own take.
 * damaged storage (guarantee 4): while the daemon is stopped, a bit flipped in the first
   chunk-log page of a clean-closed power snapshot (offsets from docs/diff-storage-format.md), in
-  the first of 8 committed pages after a kill -9, in both header slots: at the start each is
+  the log's first page after 8 commits and a kill -9 (crash, the default: the commits share that
+  page, written in place), in both header slots: at the start each is
   reported failed or comes back corrupted, or its image is the take's byte for byte: never
   served wrong.
 * interrupted stop: SIGTERM then SIGKILL within 30 ms (during the clean stop's close), 6 rounds
@@ -439,8 +440,8 @@ DAMAGE = ("the first log page after a clean stop", "a committed log page after a
 
 def damaged_storage(d, t):
     """A bit flip in the first chunk-log page after a clean stop (a closed log: no torn tail is
-    possible), in the first of several committed pages after a kill -9 (one 64 KiB write a
-    commit: the next page starts the next commit), in both header slots: the snapshot is
+    possible), in the log's first page after 8 commits and a kill -9 (crash, the default: one
+    page holds them all and a bad one is damage, not a torn tail), in both header slots: the snapshot is
     reported failed or comes back corrupted; if it is served (taken), its image must be the
     take's, byte for byte."""
     storage = os.path.join(d.tmp, "storage")
