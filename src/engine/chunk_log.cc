@@ -335,7 +335,7 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
             scan.cursor.next_seq <= sealed ||
             next_commit_at(at + kLogPageSize, scan.cursor.next_seq) ||
             (!torn_tail && IsLogPageOf(std::span<const uint8_t>(buffer.get() + at, kLogPageSize),
-                                       id, scan.cursor.next_seq));
+                                       id, scan.cursor.next_seq, scan.cursor.epoch, header_epoch));
         return scan;
       }
       const uint64_t here = offset + at;

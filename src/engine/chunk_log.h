@@ -51,7 +51,9 @@
 //
 // Errors are sticky: after a failed commit every later Commit() fails (the snapshot is then
 // corrupted by its caller). Locking: mu_ guards the queue and the counters; the writer holds
-// write_mu_ (the cursor) while it writes without mu_.
+// write_mu_ (the cursor) while it writes without mu_. In-place (crash) commits take write_mu_
+// only. Read() of a crash log (torn_tail false) also takes a page of this log that fails its
+// CRC for damage, not for the end (only a power loss tears a crash page).
 #pragma once
 
 #include <atomic>
@@ -133,7 +135,7 @@ class ChunkLog {
   // Pages written (or, for a recovered log, read) since the chain began.
   uint64_t pages_since_compaction() const EXCLUDES(write_mu_);
   void set_pages_since_compaction(uint64_t pages) EXCLUDES(write_mu_);
-  uint64_t commits() const EXCLUDES(mu_);  // batches written (for tests and stats)
+  uint64_t commits() const EXCLUDES(mu_);  // power rounds written (for tests and stats)
   uint64_t compactions() const { return compactions_.load(); }  // for tests and stats
 
  private:

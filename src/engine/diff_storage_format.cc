@@ -177,11 +177,14 @@ std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page) {
   return block;
 }
 
-bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq) {
+bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq, uint64_t min_epoch,
+                 uint64_t max_epoch) {
   if (bytes.size() < kLogPageSize) return false;
   const uint8_t* p = bytes.data();
+  const uint64_t epoch = GetLe<uint64_t>(p + kPageEpochOffset);
   return std::memcmp(p + kPageMagicOffset, kLogPageMagic, sizeof(kLogPageMagic)) == 0 &&
-         GetUuid(p + kPageIdOffset) == id && GetLe<uint64_t>(p + kPageSeqOffset) == seq;
+         GetUuid(p + kPageIdOffset) == id && GetLe<uint64_t>(p + kPageSeqOffset) == seq &&
+         epoch >= min_epoch && epoch <= max_epoch;
 }
 
 Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes) {

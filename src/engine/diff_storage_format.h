@@ -166,8 +166,10 @@ Result<DiffStorageHeader> ParseDiffStorageHeaderSlots(std::span<const uint8_t> b
 std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page);
 // Validates (length, magic, checksum, count, record flags) and decodes a log page.
 Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes);
-// The page of snapshot `id` numbered `seq` by its magic and header fields, whatever its checksum
-// says (a crash log's page that fails it is damaged, not torn: ChunkLog::Read).
-bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq);
+// The page of snapshot `id` numbered `seq` with an epoch in [min_epoch, max_epoch], by its
+// magic and header fields, whatever its checksum says (a crash log's page that fails it is
+// damaged, not torn: ChunkLog::Read).
+bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq, uint64_t min_epoch,
+                 uint64_t max_epoch);
 
 }  // namespace blksnap

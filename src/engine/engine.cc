@@ -73,7 +73,7 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   if (!corrupt) {
     bool unreadable = false;
     BLKSNAP_RETURN_IF_ERROR(
-        CheckLastCommit(storage->device(), h.log_sealed, &scan, &torn, &unreadable));
+        CheckLastCommit(storage->device(), h.log_sealed, torn_tail, &scan, &torn, &unreadable));
     if (unreadable) corrupt = EUCLEAN;  // the last commit's data cannot be vouched for
   }
   if (corrupt && h.state != kStorageStateCorrupted) {

@@ -1,6 +1,7 @@
 // Closing and recovering a durable snapshot: see snapshot_recovery.h.
 #include "engine/snapshot_recovery.h"
 
+#include <algorithm>
 #include <map>
 
 #include "engine/snapshot.h"
@@ -62,7 +63,7 @@ Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeomet
   return Status::Ok();
 }
 
-Status CheckLastCommit(BlockDevice& device, uint64_t sealed, ChunkLog::Scan* scan,
+Status CheckLastCommit(BlockDevice& device, uint64_t sealed, bool torn_tail, ChunkLog::Scan* scan,
                        uint64_t* dropped, bool* unreadable) {
   *dropped = 0;
   *unreadable = false;
@@ -81,6 +82,16 @@ Status CheckLastCommit(BlockDevice& device, uint64_t sealed, ChunkLog::Scan* sca
         return Status::Ok();
       }
       keep = Crc32c(data.data(), data.size()) == r.crc;
+      // A crash log's mismatch is damage, unless a later record of the chunk replaces this one
+      // (an image write records the chunk again, without a CRC, before changing its data).
+      if (!keep && !torn_tail &&
+          std::none_of(scan->records.begin() + static_cast<ptrdiff_t>(i) + 1, scan->records.end(),
+                       [&](const LogRecord& later) {
+                         return later.device == r.device && later.chunk == r.chunk;
+                       })) {
+        *unreadable = true;
+        return Status::Ok();
+      }
     }
     if (keep) {
       scan->records[kept++] = r;

@@ -42,8 +42,10 @@ Status CheckLogRecords(const ChunkLog::Scan& scan, const std::vector<ChunkGeomet
 // were not overwritten); *dropped counts them. Once the log continues, the caller compacts it
 // without them (ChunkLog::Compact), or a later commit would make them look committed. Data that
 // cannot be read sets *unreadable (the snapshot cannot be vouched for: the caller marks it
-// corrupted); only ENOMEM fails.
-Status CheckLastCommit(BlockDevice& device, uint64_t sealed, ChunkLog::Scan* scan,
+// corrupted); only ENOMEM fails. Without `torn_tail` (a crash log: its data was in the kernel
+// before its record was written, so a mismatch is data damaged since) a mismatching record that
+// no later record of its chunk replaces sets *unreadable too, instead of being dropped.
+Status CheckLastCommit(BlockDevice& device, uint64_t sealed, bool torn_tail, ChunkLog::Scan* scan,
                        uint64_t* dropped, bool* unreadable);
 
 // Destroy of a durable snapshot: its storage stops saying taken (a crash recovers nothing), or,
