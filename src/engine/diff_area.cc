@@ -83,11 +83,13 @@ void DiffArea::SetCorrupted(int errnum) {
 void DiffArea::RestoreChunk(uint64_t index, uint64_t offset) {
   Shard& shard = ShardOf(index);
   {
+    // Not live yet, but in the writers' order (data, then shard): TSan's lock-order graph
+    // spans the area's life, and a writer after recovery takes the same two stripes.
+    MutexLock data(DataMu(index));
     MutexLock lock(shard.mu);
     auto [it, inserted] = shard.chunks.try_emplace(index);
     it->second.state = ChunkState::kStored;
     if (inserted) chunks_touched_.fetch_add(1, std::memory_order_relaxed);
-    MutexLock data(DataMu(index));  // not live yet: the order does not matter here
     it->second.storage_offset = offset;
   }
   (offset == kZeroChunk ? chunks_zero_ : chunks_stored_).fetch_add(1, std::memory_order_relaxed);
