@@ -67,6 +67,7 @@ uint64_t ChunkLog::commits() const {
 
 Status ChunkLog::Commit(const LogRecord& record) {
   if (!sync_) return CommitInPlace(record);
+  // Power from here on: a round of group commit.
   MutexLock lock(mu_);
   if (!failed_.ok()) return failed_;
   pending_.push_back(record);
@@ -94,7 +95,7 @@ Status ChunkLog::Commit(const LogRecord& record) {
     ++batches_;
     if (!s.ok()) {
       failed_ = s;
-    } else if (!sync_ || durable) {
+    } else if (durable) {
       committed_ = written_ = last;
     } else {
       committed_ = std::max(committed_, written);  // this round's flush made them durable
@@ -110,7 +111,7 @@ Status ChunkLog::WriteRound(const std::vector<LogRecord>& batch, bool* durable) 
   const bool verified = std::all_of(batch.begin(), batch.end(), [](const LogRecord& r) {
     return (r.flags & (kRecordFlagZero | kRecordFlagVerify)) != 0;
   });
-  if (sync_ && verified && !batch.empty()) {
+  if (verified && !batch.empty()) {
     // Power, every record checkable: the pages, then one flush for them and the data. Torn by
     // a power cut, this commit is the log's last and recovery drops its records whose data
     // does not match (the originals of those were not overwritten: nothing was committed).
@@ -125,11 +126,11 @@ Status ChunkLog::WriteRound(const std::vector<LogRecord>& batch, bool* durable) 
   // Power otherwise: one flush makes the data of this batch (written before it was queued) and
   // the pages of the last round durable. Only then are this batch's pages written: a page that
   // locates data never reaches the disk before the data, and the next round's flush commits it.
-  if (sync_) BLKSNAP_RETURN_IF_ERROR(device.Flush());
+  BLKSNAP_RETURN_IF_ERROR(device.Flush());
   unflushed_pages_ = false;
   if (batch.empty()) return Status::Ok();
   BLKSNAP_RETURN_IF_ERROR(AppendPages(batch));
-  unflushed_pages_ = sync_;
+  unflushed_pages_ = true;
   return CompactIfDue(durable);
 }
 
