@@ -210,16 +210,18 @@ Status ChunkLog::WriteInPlace(const LogRecord& record) {
     std::memset(in_place_buffer_, 0, kLogPageSize);
     (void)::mlock(in_place_buffer_, kLogPageSize);
   }
-  if (!open_page_valid_ || open_page_.records.size() == kLogRecordsPerPage) {
+  if (!open_page_valid_ || open_page_.count() == kLogRecordsPerPage) {
     open_page_offset_ = cursor_.next_page;
     bool last_in_segment = false;
     open_page_valid_ = false;
-    BLKSNAP_RETURN_IF_ERROR(StartPage(cursor_.next_seq, &open_page_, &last_in_segment));
+    LogPage header;
+    BLKSNAP_RETURN_IF_ERROR(StartPage(cursor_.next_seq, &header, &last_in_segment));
+    open_page_.Begin(in_place_buffer_, header);
     open_page_valid_ = true;
   }
-  open_page_.records.push_back(record);
-  const auto bytes = SerializeLogPage(open_page_);
-  std::memcpy(in_place_buffer_, bytes.data(), kLogPageSize);
+  // The page is changed in place: a failed write below leaves the record in the buffer, but
+  // then the log has failed for good (in_place_failed_) and the buffer is never written again.
+  open_page_.Append(in_place_buffer_, record);
   return storage_->device().Write(open_page_offset_,
                                   std::span<const uint8_t>(in_place_buffer_, kLogPageSize));
 }

@@ -179,7 +179,7 @@ class ChunkLog {
   bool unflushed_pages_ GUARDED_BY(write_mu_) = false;  // power: pages not flushed yet
   // Crash: the page that in-place commits fill, where it is, and the locked page its bytes
   // are written from; a failed in-place commit fails every later one.
-  LogPage open_page_ GUARDED_BY(write_mu_);
+  LogPageBuilder open_page_ GUARDED_BY(write_mu_);  // the bytes of in_place_buffer_
   uint64_t open_page_offset_ GUARDED_BY(write_mu_) = 0;
   bool open_page_valid_ GUARDED_BY(write_mu_) = false;
   uint8_t* in_place_buffer_ GUARDED_BY(write_mu_) = nullptr;

@@ -2,6 +2,7 @@
 // docs/diff-storage-format.md.
 #include "engine/diff_storage_format.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -152,29 +153,68 @@ Result<DiffStorageHeader> ParseDiffStorageHeaderSlots(std::span<const uint8_t> b
   return first;
 }
 
-std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page) {
-  std::array<uint8_t, kLogPageSize> block{};
-  uint8_t* p = block.data();
+namespace {
+
+// A page's header fields (count 0, no records): the bytes up to kPageRecordsOffset.
+void PutLogPageHeader(uint8_t* p, const LogPage& page) {
   std::memcpy(p + kPageMagicOffset, kLogPageMagic, sizeof(kLogPageMagic));
   std::memcpy(p + kPageIdOffset, page.snapshot_id.bytes().data(), kSnapshotIdSize);
   PutLe<uint64_t>(p + kPageSeqOffset, page.seq);
   PutLe<uint64_t>(p + kPageEpochOffset, page.epoch);
   PutLe<uint64_t>(p + kPageNextOffset, page.next);
   PutLe<uint64_t>(p + kPageBatchOffset, page.batch_first);
+}
+
+void PutLogRecord(uint8_t* e, const LogRecord& r) {
+  PutLe<uint64_t>(e + kRecordChunkOffset, r.chunk);
+  PutLe<uint64_t>(e + kRecordStorageOffset, r.offset);
+  PutLe<uint16_t>(e + kRecordDeviceOffset, r.device);
+  PutLe<uint16_t>(e + kRecordFlagsOffset, r.flags);
+  PutLe<uint32_t>(e + kRecordLengthOffset, r.length);
+  PutLe<uint32_t>(e + kRecordCrcOffset, r.crc);
+}
+
+}  // namespace
+
+std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page) {
+  std::array<uint8_t, kLogPageSize> block{};
+  uint8_t* p = block.data();
+  PutLogPageHeader(p, page);
   const size_t count = std::min<size_t>(page.records.size(), kLogRecordsPerPage);
   PutLe<uint32_t>(p + kPageCountOffset, static_cast<uint32_t>(count));
   for (size_t i = 0; i < count; ++i) {
-    const LogRecord& r = page.records[i];
-    uint8_t* e = p + kPageRecordsOffset + i * kLogRecordSize;
-    PutLe<uint64_t>(e + kRecordChunkOffset, r.chunk);
-    PutLe<uint64_t>(e + kRecordStorageOffset, r.offset);
-    PutLe<uint16_t>(e + kRecordDeviceOffset, r.device);
-    PutLe<uint16_t>(e + kRecordFlagsOffset, r.flags);
-    PutLe<uint32_t>(e + kRecordLengthOffset, r.length);
-    PutLe<uint32_t>(e + kRecordCrcOffset, r.crc);
+    PutLogRecord(p + kPageRecordsOffset + i * kLogRecordSize, page.records[i]);
   }
   PutLe<uint32_t>(p + kPageChecksumOffset, Crc32c(p, kPageChecksumOffset));
   return block;
+}
+
+void LogPageBuilder::Begin(uint8_t* page, const LogPage& header) {
+  std::memset(page, 0, kLogPageSize);
+  PutLogPageHeader(page, header);
+  count_ = 0;
+  records_crc_ = 0;
+  Seal(page);
+}
+
+void LogPageBuilder::Append(uint8_t* page, const LogRecord& record) {
+  uint8_t* e = page + kPageRecordsOffset + count_ * kLogRecordSize;
+  PutLogRecord(e, record);
+  records_crc_ = Crc32c(e, kLogRecordSize, records_crc_);
+  ++count_;
+  Seal(page);
+}
+
+void LogPageBuilder::Seal(uint8_t* page) const {
+  PutLe<uint32_t>(page + kPageCountOffset, count_);
+  // CRC(header + records + zeros) = the header's CRC carried over the records' (kept from one
+  // Append to the next), then over the zero bytes up to the checksum: the page's CRC without
+  // reading its records or zeros again.
+  const uint64_t records = uint64_t{count_} * kLogRecordSize;
+  const uint32_t crc =
+      Crc32cZeros(Crc32cCombine(Crc32c(page, kPageRecordsOffset), records_crc_, records),
+                  kPageChecksumOffset - kPageRecordsOffset - records);
+  PutLe<uint32_t>(page + kPageChecksumOffset, crc);
 }
 
 bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq, uint64_t min_epoch,

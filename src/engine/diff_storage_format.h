@@ -164,6 +164,25 @@ Result<DiffStorageHeader> ParseDiffStorageHeader(std::span<const uint8_t> bytes)
 Result<DiffStorageHeader> ParseDiffStorageHeaderSlots(std::span<const uint8_t> bytes);
 
 std::array<uint8_t, kLogPageSize> SerializeLogPage(const LogPage& page);
+
+// A log page written record by record in place (a crash log's open page, ChunkLog): after
+// Begin and each Append, `page` (kLogPageSize bytes, the caller's) holds exactly what
+// SerializeLogPage gives for the header and the records so far, checksum included. An Append
+// costs the same whatever the page holds: the records' CRC is carried from one to the next and
+// combined with the header's (Crc32cCombine), never recomputed over the page.
+class LogPageBuilder {
+ public:
+  // The page of `header`'s id, seq, epoch, next and batch_first, with no records.
+  void Begin(uint8_t* page, const LogPage& header);
+  // One more record; count() < kLogRecordsPerPage (the caller starts a new page before).
+  void Append(uint8_t* page, const LogRecord& record);
+  uint32_t count() const { return count_; }
+
+ private:
+  void Seal(uint8_t* page) const;  // count and checksum
+  uint32_t count_ = 0;
+  uint32_t records_crc_ = 0;  // Crc32c of the records so far
+};
 // Validates (length, magic, checksum, count, record flags) and decodes a log page.
 Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes);
 // The page of snapshot `id` numbered `seq` with an epoch in [min_epoch, max_epoch], by its

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -192,6 +193,35 @@ TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
   page.records[1].offset = 12345;  // not aligned, not after the header
   EXPECT_NE(ParseLogPage(SerializeLogPage(page)).status().ToString().find("malformed"),
             std::string::npos);
+}
+
+TEST(DiffStorageFormatTest, APageBuiltRecordByRecordIsTheSerializedPage) {
+  LogPage page;
+  page.snapshot_id = Uuid::Random();
+  page.seq = 7;
+  page.batch_first = 7;
+  page.epoch = 3;
+  page.next = kDiffStorageHeaderSize + 3 * kLogPageSize;
+  std::vector<uint8_t> bytes(kLogPageSize, 0xee);  // Begin overwrites whatever was there
+  LogPageBuilder builder;
+  builder.Begin(bytes.data(), page);
+  EXPECT_EQ(builder.count(), 0u);
+  auto want = SerializeLogPage(page);
+  ASSERT_TRUE(std::equal(want.begin(), want.end(), bytes.begin()));
+  for (uint32_t i = 0; i < kLogRecordsPerPage; ++i) {
+    LogRecord r;
+    r.chunk = 1000 + i * 7;
+    r.device = static_cast<uint16_t>(i % 3);
+    r.offset = kDiffStorageHeaderSize + (i + 5) * 65536;
+    r.length = 65536;
+    r.crc = 0x9e3779b9u * (i + 1);
+    builder.Append(bytes.data(), r);
+    page.records.push_back(r);
+    want = SerializeLogPage(page);
+    ASSERT_TRUE(std::equal(want.begin(), want.end(), bytes.begin())) << "after record " << i;
+    ASSERT_EQ(ParseLogPage(bytes).value(), page);
+  }
+  EXPECT_EQ(builder.count(), kLogRecordsPerPage);
 }
 
 }  // namespace

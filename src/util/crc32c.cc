@@ -11,6 +11,9 @@
 //     next lane's length of zero bytes (a linear map: four table lookups, the tables made at
 //     compile time by squaring the one-zero-bit operator, as in zlib's crc32_combine) and
 //     XOR-ing in the next lane's CRC: crc(a + b) = shift_len(b)(crc(a)) ^ crc_from_zero(b).
+// Combine and Zeros (a CRC carried over bytes it does not read) multiply the register by x^(8n)
+// modulo the polynomial, with x^(2^k) from a table made at compile time (zlib's multmodp and
+// x2nmodp in the reflected bit order: x^0 is the top bit).
 // The choice is made once, on first use, into a function-local static (thread-safe init); no
 // other state, no locking.
 #include "util/crc32c.h"
@@ -42,6 +45,38 @@ constexpr Tables kTables = MakeTables();
 
 using Crc32cFunction = uint32_t (*)(const void*, size_t, uint32_t);
 
+// a * b modulo the polynomial, both in the reflected order.
+constexpr uint32_t MultModP(uint32_t a, uint32_t b) {
+  uint32_t product = 0;
+  for (uint32_t m = 1u << 31; m != 0; m >>= 1) {
+    if (a & m) {
+      product ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    b = (b & 1) ? (b >> 1) ^ kPolynomial : b >> 1;
+  }
+  return product;
+}
+
+// kX2n[k] = x^(2^k) modulo the polynomial, for every bit of a 64-bit count of bits.
+constexpr std::array<uint32_t, 67> MakeX2n() {
+  std::array<uint32_t, 67> t{};
+  uint32_t p = 1u << 30;  // x^1
+  t[0] = p;
+  for (size_t k = 1; k < t.size(); ++k) t[k] = p = MultModP(p, p);
+  return t;
+}
+constexpr std::array<uint32_t, 67> kX2n = MakeX2n();
+
+// x^(8 * bytes) modulo the polynomial: the operator that feeds `bytes` zero bytes.
+uint32_t XPow8n(uint64_t bytes) {
+  uint32_t p = 1u << 31;  // x^0
+  for (unsigned k = 3; bytes != 0; bytes >>= 1, ++k) {
+    if (bytes & 1) p = MultModP(kX2n[k], p);
+  }
+  return p;
+}
+
 Crc32cFunction Choose() {
   return crc32c_internal::HaveHardware() ? crc32c_internal::Hardware : crc32c_internal::Portable;
 }
@@ -52,6 +87,12 @@ bool Crc32cIsFast() {
   static const bool fast = crc32c_internal::HaveHardware();
   return fast;
 }
+
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+  return MultModP(XPow8n(length_b), crc_a) ^ crc_b;
+}
+
+uint32_t Crc32cZeros(uint32_t crc_a, uint64_t zeros) { return ~MultModP(XPow8n(zeros), ~crc_a); }
 
 namespace crc32c_internal {
 

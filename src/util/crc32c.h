@@ -20,6 +20,12 @@ uint32_t Crc32c(const void* data, size_t length, uint32_t crc = 0);
 // (engine/chunk_log.h).
 bool Crc32cIsFast();
 
+// Crc32c(a + b) from Crc32c(a), Crc32c(b) and b's length, without b's bytes (zlib's
+// crc32_combine for this polynomial): O(log length_b), a few hundred shifts and XORs.
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
+// Crc32c(a + `zeros` zero bytes) from Crc32c(a), in the same time.
+uint32_t Crc32cZeros(uint32_t crc_a, uint64_t zeros);
+
 namespace crc32c_internal {
 // The two implementations behind Crc32c(), exposed for tests and benchmarks.
 uint32_t Portable(const void* data, size_t length, uint32_t crc);

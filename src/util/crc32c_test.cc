@@ -104,5 +104,21 @@ TEST(Crc32cTest, HardwareLanesMatchPortableOnLongBuffers) {
   }
 }
 
+TEST(Crc32cTest, CombineAndZerosMatchTheBytes) {
+  std::mt19937_64 rng(11);
+  std::vector<uint8_t> buf(9000);
+  for (auto& b : buf) b = static_cast<uint8_t>(rng());
+  for (size_t a : {0, 1, 7, 64, 4000}) {
+    for (size_t b : {0, 1, 8, 31, 32, 255, 4028, 5000}) {
+      const uint32_t crc_a = Crc32c(buf.data(), a);
+      EXPECT_EQ(Crc32cCombine(crc_a, Crc32c(buf.data() + a, b), b), Crc32c(buf.data(), a + b))
+          << a << "+" << b;
+      std::vector<uint8_t> zeros(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(a));
+      zeros.resize(a + b, 0);
+      EXPECT_EQ(Crc32cZeros(crc_a, b), Crc32c(zeros.data(), zeros.size())) << a << "+0x" << b;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace blksnap
