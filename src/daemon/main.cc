@@ -318,8 +318,8 @@ int Run(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"ublk", "fuse-loop", "auto"}));
   app.add_option("--ublk-workers", opt.ublk_workers,
-                 "threads serving each ublk device's queue (-1 = 16; 0 = none: the queue thread "
-                 "serves one request at a time, for RAM-backed storage)")
+                 "threads serving each ublk device's queue (-1 = two per CPU, 4 to 16; 0 = none: "
+                 "the queue thread serves one request at a time, for RAM-backed storage)")
       ->capture_default_str()
       ->check(CLI::Range(-1, 64));
   app.add_flag("--no-nbd", opt.no_nbd, "do not start the NBD front");

@@ -20,6 +20,7 @@
 #include "ublk/ublk_device.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -139,10 +140,7 @@ struct Device::Impl {
   Status Attach() {
     BLKSNAP_ASSIGN_OR_RETURN(char_fd, OpenRetrying(CharPath(dev_id), kNodeTimeout));
     uint16_t workers = options.workers_per_queue;
-    // 16 by default: a durable snapshot's original write waits for its chunk's record to be
-    // committed, and a commit round carries the records of the writes waiting at once — with 4
-    // workers a round held about one record (docs/performance-vm.md, "Durable snapshots").
-    if (workers == 0) workers = std::min<uint16_t>(info.queue_depth, DeviceOptions::kDefaultWorkersPerQueue);
+    if (workers == 0) workers = DefaultWorkersPerQueue(info.queue_depth);
     if (options.serve_inline) workers = 0;
     for (uint16_t q = 0; q < info.nr_hw_queues; ++q) {
       auto queue = std::make_unique<Queue>(*backend, char_fd.get(), q, info.queue_depth,
@@ -183,6 +181,15 @@ struct Device::Impl {
     return why;
   }
 };
+
+uint16_t DefaultWorkersPerQueue(uint16_t queue_depth) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const int cpus = ::sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  const int workers = std::clamp(2 * cpus, int{DeviceOptions::kMinDefaultWorkersPerQueue},
+                                 int{DeviceOptions::kMaxDefaultWorkersPerQueue});
+  return static_cast<uint16_t>(std::min<int>(queue_depth, workers));
+}
 
 bool Available() { return Fd(::open(kControlPath, O_RDWR | O_CLOEXEC)).valid(); }
 

@@ -24,16 +24,23 @@ namespace blksnap::ublk {
 // True when /dev/ublk-control exists and can be opened (ublk_drv loaded, enough privilege).
 bool Available();
 
+// Workers per queue when DeviceOptions leave it to us: two per CPU this process may run on,
+// at least kMinDefaultWorkersPerQueue, at most kMaxDefaultWorkersPerQueue and the queue depth.
+// The backend calls are synchronous; more of them in flight than the CPUs can run only adds
+// hand-offs when the storage is fast (memory, NVMe), and a queue of them keeps a slow disk busy
+// (docs/ublk.md, "Sizing"; docs/performance-vm.md, "Workers by CPUs").
+uint16_t DefaultWorkersPerQueue(uint16_t queue_depth);
+
 struct DeviceOptions {
   int dev_id = -1;  // -1: the kernel picks a free id
   uint16_t queues = 1;
   uint16_t queue_depth = 64;
   uint32_t max_io_bytes = 512 * 1024;
   bool user_recovery = true;  // UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE
-  // Worker threads per queue that call the backend; 0 picks min(queue_depth,
-  // kDefaultWorkersPerQueue).
+  // Worker threads per queue that call the backend; 0 picks DefaultWorkersPerQueue.
   uint16_t workers_per_queue = 0;
-  static constexpr uint16_t kDefaultWorkersPerQueue = 16;
+  static constexpr uint16_t kMinDefaultWorkersPerQueue = 4;
+  static constexpr uint16_t kMaxDefaultWorkersPerQueue = 16;
   // Serve requests on the queue thread itself, one at a time, with no worker pool. Only for
   // backends that never block (memory devices); used to measure the cost of the hand-off.
   bool serve_inline = false;

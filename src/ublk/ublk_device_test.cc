@@ -6,10 +6,12 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -27,6 +29,25 @@ class OddBlockDevice : public ForwardingDevice {
   using ForwardingDevice::ForwardingDevice;
   uint32_t logical_block_size() const override { return 520; }
 };
+
+TEST(UblkDeviceTest, DefaultWorkersAreTwoPerCpuFromFourToSixteen) {
+  cpu_set_t all;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
+  const int cpus = CPU_COUNT(&all);
+  EXPECT_EQ(DefaultWorkersPerQueue(64), std::min(16, std::max(4, 2 * cpus)));
+  EXPECT_EQ(DefaultWorkersPerQueue(2), 2);  // never more than the queue depth
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &all)) {
+      CPU_SET(c, &one);
+      break;
+    }
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);  // a container limited to one CPU
+  EXPECT_EQ(DefaultWorkersPerQueue(64), 4);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(all), &all), 0);
+}
 
 TEST(UblkDeviceTest, CreateRejectsBadGeometryBeforeTouchingTheKernel) {
   auto odd = std::make_shared<OddBlockDevice>(MakeMemoryDevice(kSize));

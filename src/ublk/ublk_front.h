@@ -11,7 +11,7 @@ namespace blksnap::ublk {
 // A new ublk device for device; with recover_id >= 0, first tries to re-attach to that device
 // left by a previous daemon (ublk Recover: I/O waiting on it resumes) and falls back to a new
 // device (Describe() says which it got).
-// workers: threads serving each queue; -1 the default (DeviceOptions::kDefaultWorkersPerQueue),
+// workers: threads serving each queue; -1 the default (DefaultWorkersPerQueue: 2 per CPU, 4-16),
 // 0 none (serve_inline: the queue thread serves one request at a time).
 Result<std::unique_ptr<Front>> MakeDeviceFront(std::shared_ptr<BlockDevice> device, int recover_id,
                                                const std::string& name, int workers = -1);
