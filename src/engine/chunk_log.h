@@ -12,13 +12,13 @@
 // In-place commits (crash): a commit adds its record to the log's open page and writes that
 // page again, whole (4 KiB, aligned, from a locked buffer), under write_mu_; when the page is
 // full the next commit starts a new one. The buffer is updated in constant time (the record,
-// the count, a CRC combined from carried parts: LogPageBuilder), not serialized again. No writer waits for another's round (a round costs
-// every waiter a futex sleep and wake-up; measured: +30% copy-on-write IOPS, docs/
-// performance.md), and 125 records share a page. Safe for a process crash only: the kernel
-// completes a one-page write into its cache or does not start it, so the page on record is
-// always a whole version holding every record whose commit returned. A crash snapshot found
-// after a power loss is corrupted anyway (docs/durable-snapshots.md). A recovered log starts
-// a new page (the next epoch) and never writes into the page it ended on.
+// the count, a CRC combined from carried parts: LogPageBuilder), not serialized again. No
+// writer waits for another's round (a round costs every waiter a futex sleep and wake-up;
+// measured: +30% copy-on-write IOPS, docs/performance.md), and 125 records share a page. Safe for a
+// process crash only: the kernel completes a one-page write into its cache or does not start it, so
+// the page on record is always a whole version holding every record whose commit returned. A crash
+// snapshot found after a power loss is corrupted anyway (docs/durable-snapshots.md). A recovered
+// log starts a new page (the next epoch) and never writes into the page it ended on.
 //
 // Group commit (power): callers queue their record and wait; whoever finds no round being written
 // becomes the writer of everything queued so far, so N storers in flight cost one commit, not N

@@ -3,6 +3,7 @@
 #include "engine/diff_storage_format.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <string>
 
@@ -198,6 +199,7 @@ void LogPageBuilder::Begin(uint8_t* page, const LogPage& header) {
 }
 
 void LogPageBuilder::Append(uint8_t* page, const LogRecord& record) {
+  assert(count_ < kLogRecordsPerPage);
   uint8_t* e = page + kPageRecordsOffset + count_ * kLogRecordSize;
   PutLogRecord(e, record);
   records_crc_ = Crc32c(e, kLogRecordSize, records_crc_);
@@ -210,10 +212,22 @@ void LogPageBuilder::Seal(uint8_t* page) const {
   // CRC(header + records + zeros) = the header's CRC carried over the records' (kept from one
   // Append to the next), then over the zero bytes up to the checksum: the page's CRC without
   // reading its records or zeros again.
-  const uint64_t records = uint64_t{count_} * kLogRecordSize;
-  const uint32_t crc =
-      Crc32cZeros(Crc32cCombine(Crc32c(page, kPageRecordsOffset), records_crc_, records),
-                  kPageChecksumOffset - kPageRecordsOffset - records);
+  // The operators for each record count are computed once: two multiplications per Seal.
+  struct Operators {
+    std::array<uint32_t, kLogRecordsPerPage + 1> records, zeros;
+  };
+  static const Operators ops = [] {
+    Operators o;
+    for (uint32_t n = 0; n <= kLogRecordsPerPage; ++n) {
+      const uint64_t records = uint64_t{n} * kLogRecordSize;
+      o.records[n] = Crc32cOperator(records);
+      o.zeros[n] = Crc32cOperator(kPageChecksumOffset - kPageRecordsOffset - records);
+    }
+    return o;
+  }();
+  const uint32_t crc = Crc32cZerosBy(
+      Crc32cCombineBy(Crc32c(page, kPageRecordsOffset), records_crc_, ops.records[count_]),
+      ops.zeros[count_]);
   PutLe<uint32_t>(page + kPageChecksumOffset, crc);
 }
 

@@ -222,6 +222,18 @@ TEST(DiffStorageFormatTest, APageBuiltRecordByRecordIsTheSerializedPage) {
     ASSERT_EQ(ParseLogPage(bytes).value(), page);
   }
   EXPECT_EQ(builder.count(), kLogRecordsPerPage);
+  // The next page in the same buffer and builder: nothing of the full one is left.
+  page.seq = 8;
+  page.records.clear();
+  builder.Begin(bytes.data(), page);
+  LogRecord r;
+  r.chunk = 5;
+  r.flags = kRecordFlagZero;
+  builder.Append(bytes.data(), r);
+  page.records.push_back(r);
+  want = SerializeLogPage(page);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), bytes.begin()));
+  EXPECT_EQ(builder.count(), 1u);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -182,13 +183,23 @@ struct Device::Impl {
   }
 };
 
+uint16_t DefaultWorkersForCpus(int cpus, uint16_t queue_depth) {
+  const int workers =
+      std::clamp(2 * std::max(cpus, 1), int{DeviceOptions::kMinDefaultWorkersPerQueue},
+                 int{DeviceOptions::kMaxDefaultWorkersPerQueue});
+  return static_cast<uint16_t>(std::min<int>(queue_depth, workers));
+}
+
 uint16_t DefaultWorkersPerQueue(uint16_t queue_depth) {
+  // The calling thread's mask (the daemon pins no thread, so it is the process's, a cpuset's
+  // limit included); a machine with more CPU ids than a cpu_set_t holds fails the call and
+  // counts its online CPUs instead.
   cpu_set_t set;
   CPU_ZERO(&set);
-  const int cpus = ::sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
-  const int workers = std::clamp(2 * cpus, int{DeviceOptions::kMinDefaultWorkersPerQueue},
-                                 int{DeviceOptions::kMaxDefaultWorkersPerQueue});
-  return static_cast<uint16_t>(std::min<int>(queue_depth, workers));
+  const int cpus = ::sched_getaffinity(0, sizeof(set), &set) == 0
+                       ? CPU_COUNT(&set)
+                       : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  return DefaultWorkersForCpus(cpus, queue_depth);
 }
 
 bool Available() { return Fd(::open(kControlPath, O_RDWR | O_CLOEXEC)).valid(); }

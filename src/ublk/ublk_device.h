@@ -30,6 +30,8 @@ bool Available();
 // hand-offs when the storage is fast (memory, NVMe), and a queue of them keeps a slow disk busy
 // (docs/ublk.md, "Sizing"; docs/performance-vm.md, "Workers by CPUs").
 uint16_t DefaultWorkersPerQueue(uint16_t queue_depth);
+// The rule behind it, for `cpus` CPUs (tests).
+uint16_t DefaultWorkersForCpus(int cpus, uint16_t queue_depth);
 
 struct DeviceOptions {
   int dev_id = -1;  // -1: the kernel picks a free id

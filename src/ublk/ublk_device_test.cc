@@ -31,11 +31,20 @@ class OddBlockDevice : public ForwardingDevice {
 };
 
 TEST(UblkDeviceTest, DefaultWorkersAreTwoPerCpuFromFourToSixteen) {
+  EXPECT_EQ(DefaultWorkersForCpus(1, 64), 4);
+  EXPECT_EQ(DefaultWorkersForCpus(2, 64), 4);
+  EXPECT_EQ(DefaultWorkersForCpus(3, 64), 6);
+  EXPECT_EQ(DefaultWorkersForCpus(5, 64), 10);
+  EXPECT_EQ(DefaultWorkersForCpus(8, 64), 16);
+  EXPECT_EQ(DefaultWorkersForCpus(9, 64), 16);
+  EXPECT_EQ(DefaultWorkersForCpus(100, 64), 16);
+  EXPECT_EQ(DefaultWorkersForCpus(0, 64), 4);  // a count that failed
+  EXPECT_EQ(DefaultWorkersForCpus(5, 8), 8);   // never more than the queue depth
+  EXPECT_EQ(DefaultWorkersForCpus(100, 2), 2);
+  // This process's CPUs, and one CPU (a container limited to it).
   cpu_set_t all;
   ASSERT_EQ(sched_getaffinity(0, sizeof(all), &all), 0);
-  const int cpus = CPU_COUNT(&all);
-  EXPECT_EQ(DefaultWorkersPerQueue(64), std::min(16, std::max(4, 2 * cpus)));
-  EXPECT_EQ(DefaultWorkersPerQueue(2), 2);  // never more than the queue depth
+  EXPECT_EQ(DefaultWorkersPerQueue(64), DefaultWorkersForCpus(CPU_COUNT(&all), 64));
   cpu_set_t one;
   CPU_ZERO(&one);
   for (int c = 0; c < CPU_SETSIZE; ++c) {
@@ -44,7 +53,7 @@ TEST(UblkDeviceTest, DefaultWorkersAreTwoPerCpuFromFourToSixteen) {
       break;
     }
   }
-  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);  // a container limited to one CPU
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
   EXPECT_EQ(DefaultWorkersPerQueue(64), 4);
   ASSERT_EQ(sched_setaffinity(0, sizeof(all), &all), 0);
 }

@@ -88,11 +88,21 @@ bool Crc32cIsFast() {
   return fast;
 }
 
-uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
-  return MultModP(XPow8n(length_b), crc_a) ^ crc_b;
+uint32_t Crc32cOperator(uint64_t length) { return XPow8n(length); }
+
+uint32_t Crc32cCombineBy(uint32_t crc_a, uint32_t crc_b, uint32_t length_operator) {
+  return MultModP(length_operator, crc_a) ^ crc_b;
 }
 
-uint32_t Crc32cZeros(uint32_t crc_a, uint64_t zeros) { return ~MultModP(XPow8n(zeros), ~crc_a); }
+uint32_t Crc32cZerosBy(uint32_t crc_a, uint32_t length_operator) {
+  return ~MultModP(length_operator, ~crc_a);
+}
+
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+  return Crc32cCombineBy(crc_a, crc_b, XPow8n(length_b));
+}
+
+uint32_t Crc32cZeros(uint32_t crc_a, uint64_t zeros) { return Crc32cZerosBy(crc_a, XPow8n(zeros)); }
 
 namespace crc32c_internal {
 

@@ -25,6 +25,13 @@ bool Crc32cIsFast();
 uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b);
 // Crc32c(a + `zeros` zero bytes) from Crc32c(a), in the same time.
 uint32_t Crc32cZeros(uint32_t crc_a, uint64_t zeros);
+// For a length used again and again: its operator (x^(8 * length) modulo the polynomial,
+// O(log length)) computed once, then applied in 32 steps. Crc32cZeros(c, n) ==
+// Crc32cZerosBy(c, Crc32cOperator(n)); Crc32cCombine(a, b, n) ==
+// Crc32cCombineBy(a, b, Crc32cOperator(n)).
+uint32_t Crc32cOperator(uint64_t length);
+uint32_t Crc32cZerosBy(uint32_t crc_a, uint32_t length_operator);
+uint32_t Crc32cCombineBy(uint32_t crc_a, uint32_t crc_b, uint32_t length_operator);
 
 namespace crc32c_internal {
 // The two implementations behind Crc32c(), exposed for tests and benchmarks.

@@ -116,6 +116,16 @@ TEST(Crc32cTest, CombineAndZerosMatchTheBytes) {
       std::vector<uint8_t> zeros(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(a));
       zeros.resize(a + b, 0);
       EXPECT_EQ(Crc32cZeros(crc_a, b), Crc32c(zeros.data(), zeros.size())) << a << "+0x" << b;
+      EXPECT_EQ(Crc32cZerosBy(crc_a, Crc32cOperator(b)), Crc32cZeros(crc_a, b));
+      EXPECT_EQ(Crc32cCombineBy(crc_a, 12345, Crc32cOperator(b)), Crc32cCombine(crc_a, 12345, b));
+    }
+  }
+  // Lengths no buffer here holds: every entry of the power table, checked by composition
+  // (n zeros then m zeros are n + m zeros).
+  const uint32_t c = Crc32c(buf.data(), 100);
+  for (uint64_t n : {uint64_t{1} << 20, (uint64_t{1} << 40) + 3, (uint64_t{1} << 62) - 1}) {
+    for (uint64_t m : {uint64_t{1}, uint64_t{4096}, (uint64_t{1} << 33) + 7}) {
+      EXPECT_EQ(Crc32cZeros(Crc32cZeros(c, n), m), Crc32cZeros(c, n + m)) << n << "+" << m;
     }
   }
 }
