@@ -9,11 +9,11 @@
 //     Buffers of 3 x kShortBlock bytes or more are therefore cut into blocks of three lanes,
 //     each lane its own CRC stream, and the lanes are joined by shifting a lane's CRC over the
 //     next lane's length of zero bytes (a linear map: four table lookups, the tables made at
-//     compile time by squaring the one-zero-bit operator, as in zlib's crc32_combine) and
-//     XOR-ing in the next lane's CRC: crc(a + b) = shift_len(b)(crc(a)) ^ crc_from_zero(b).
-// Combine and Zeros (a CRC carried over bytes it does not read) multiply the register by x^(8n)
-// modulo the polynomial, with x^(2^k) from a table made at compile time (zlib's multmodp and
-// x2nmodp in the reflected bit order: x^0 is the top bit).
+//     compile time from the operator below) and XOR-ing in the next lane's CRC:
+//     crc(a + b) = shift_len(b)(crc(a)) ^ crc_from_zero(b).
+// Carrying a CRC over n zero bytes it does not read (the lanes' tables, Combine, Zeros) is a
+// multiplication of the register by x^(8n) modulo the polynomial, with x^(2^k) from a table made
+// at compile time (zlib's multmodp and x2nmodp in the reflected bit order: x^0 is the top bit).
 // The choice is made once, on first use, into a function-local static (thread-safe init); no
 // other state, no locking.
 #include "util/crc32c.h"
@@ -69,7 +69,7 @@ constexpr std::array<uint32_t, 67> MakeX2n() {
 constexpr std::array<uint32_t, 67> kX2n = MakeX2n();
 
 // x^(8 * bytes) modulo the polynomial: the operator that feeds `bytes` zero bytes.
-uint32_t XPow8n(uint64_t bytes) {
+constexpr uint32_t XPow8n(uint64_t bytes) {
   uint32_t p = 1u << 31;  // x^0
   for (unsigned k = 3; bytes != 0; bytes >>= 1, ++k) {
     if (bytes & 1) p = MultModP(kX2n[k], p);
@@ -123,43 +123,15 @@ uint32_t Portable(const void* data, size_t length, uint32_t crc) {
 
 #if defined(__x86_64__)
 
-// The 32x32 GF(2) matrix `op` (a column per bit) applied to `vec`.
-constexpr uint32_t Gf2Times(const std::array<uint32_t, 32>& op, uint32_t vec) {
-  uint32_t sum = 0;
-  for (int i = 0; vec != 0; ++i, vec >>= 1) {
-    if (vec & 1) sum ^= op[i];
-  }
-  return sum;
-}
-
-constexpr std::array<uint32_t, 32> Gf2Square(const std::array<uint32_t, 32>& op) {
-  std::array<uint32_t, 32> square{};
-  for (int i = 0; i < 32; ++i) square[i] = Gf2Times(op, op[i]);
-  return square;
-}
-
 // Tables of the operator that feeds `bytes` zero bytes to a (non-inverted) CRC register, one
 // per byte of the register: Shift(tables, crc) = the register after those zeros.
 using ShiftTables = std::array<std::array<uint32_t, 256>, 4>;
 
 constexpr ShiftTables MakeShiftTables(size_t bytes) {
-  std::array<uint32_t, 32> op{};  // one zero bit
-  op[0] = kPolynomial;
-  for (int i = 1; i < 32; ++i) op[i] = 1u << (i - 1);
-  std::array<uint32_t, 32> result{};  // identity
-  for (int i = 0; i < 32; ++i) result[i] = 1u << i;
-  // op^(8 * bytes) by squaring: op becomes the operator of 1, 2, 4, ... zero bits.
-  for (size_t bits = 8 * bytes; bits != 0; bits >>= 1) {
-    if (bits & 1) {
-      std::array<uint32_t, 32> next{};
-      for (int i = 0; i < 32; ++i) next[i] = Gf2Times(op, result[i]);
-      result = next;
-    }
-    op = Gf2Square(op);
-  }
+  const uint32_t op = XPow8n(bytes);
   ShiftTables tables{};
   for (uint32_t n = 0; n < 256; ++n) {
-    for (int k = 0; k < 4; ++k) tables[k][n] = Gf2Times(result, n << (8 * k));
+    for (int k = 0; k < 4; ++k) tables[k][n] = MultModP(op, n << (8 * k));
   }
   return tables;
 }
