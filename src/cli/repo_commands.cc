@@ -10,8 +10,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <thread>
@@ -85,7 +87,9 @@ json CallShowingProgress(Context& ctx, json params) {
   const std::string job = "cli-" + std::to_string(::getpid()) + "-" + std::to_string(random());
   params["job"] = job;
   ctx.Client();  // connected here: a missing daemon is reported before the thread starts
-  std::atomic<bool> done{false};
+  std::mutex mu;
+  std::condition_variable finished;
+  bool done = false;  // guarded by mu
   json result;
   std::optional<CommandError> error;
   std::thread call([&] {
@@ -94,12 +98,17 @@ json CallShowingProgress(Context& ctx, json params) {
     } catch (const CommandError& e) {
       error = e;
     }
+    std::lock_guard lock(mu);
     done = true;
+    finished.notify_one();
   });
   auto poller = ControlClient::Connect(ctx.control);
-  while (!done.load()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (done.load() || !poller.ok()) continue;
+  for (;;) {
+    {  // the answer ends the wait at once: a short backup does not sit out a polling period
+      std::unique_lock lock(mu);
+      if (finished.wait_for(lock, std::chrono::milliseconds(100), [&] { return done; })) break;
+    }
+    if (!poller.ok()) continue;
     auto p = (*poller)->Call("backup-progress", {{"job", job}});
     if (!p.ok() || (*p)["total_bytes"].get<uint64_t>() == 0) continue;
     show({(*p)["done_bytes"].get<uint64_t>(), (*p)["total_bytes"].get<uint64_t>(),

@@ -50,6 +50,7 @@
 #include "repository/chunk_table.h"
 #include "util/crc32c.h"
 #include "util/little_endian.h"
+#include "util/prefault.h"
 
 namespace blksnap::repo {
 namespace {
@@ -157,7 +158,7 @@ ZSTD_DCtx* ThreadDCtx() {
 // or moved bytes on their way to zstd.
 std::span<uint8_t> ThreadScratch(size_t size) {
   thread_local std::vector<uint8_t> scratch;
-  if (scratch.size() < size) scratch.resize(size);
+  if (scratch.size() < size) ResizePrefaulted(scratch, size);
   return {scratch.data(), size};
 }
 
@@ -311,7 +312,8 @@ Result<std::span<const uint8_t>> Codec::SealImpl(std::span<const uint8_t> plain,
       try_compress ? std::max(ZSTD_compressBound(plain.size()), plain.size()) : plain.size();
   uint8_t* blob = nullptr;
   if (try_compress || !raw_in_frame) {
-    if (buffer->size() < offset + room + trailer) buffer->resize(offset + room + trailer);
+    if (buffer->size() < offset + room + trailer)
+      ResizePrefaulted(*buffer, offset + room + trailer);
     blob = buffer->data();
   }
   size_t payload_length = plain.size();

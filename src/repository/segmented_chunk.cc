@@ -19,6 +19,7 @@
 #include "repository/chunk_table.h"
 #include "repository/repository.h"
 #include "repository/repository_format.h"
+#include "util/prefault.h"
 
 namespace blksnap::repo {
 namespace {
@@ -96,7 +97,12 @@ Result<Repository::Put> Repository::PutDelta(const Digest& base, const ChunkTabl
   table.base = base;
   table.depth = base_table.depth + 1;
   table.present.assign(table.segments(), 0);
-  std::vector<uint8_t> stored;
+  // The stored segments are gathered in a buffer each thread keeps (up to half a chunk, reused
+  // from chunk to chunk, prefaulted when it grows): a fresh vector grown by inserts cost a backup
+  // worker an mmap, its reallocations and a page fault per 4 KiB for every changed chunk
+  // (docs/performance.md, "Incremental backup: the fixed costs").
+  thread_local std::vector<uint8_t> gathered;
+  size_t stored_length = 0;
   for (uint32_t i : changed) {
     if (i >= table.segments() || table.present[i]) {
       return Status::Error(EINVAL, "delta of chunk " + base.Hex() + ": bad segment list");
@@ -104,12 +110,17 @@ Result<Repository::Put> Repository::PutDelta(const Digest& base, const ChunkTabl
     const auto segment = plain.subspan(table.SegmentOffset(i), table.SegmentLength(i));
     table.digests[i] = Sha256(segment);
     table.present[i] = 1;
+    stored_length += segment.size();
   }
+  if (gathered.size() < stored_length) ResizePrefaulted(gathered, stored_length);
+  const std::span<uint8_t> stored(gathered.data(), stored_length);
   // The stored segments in segment order (the order a reader lays them down).
+  size_t at = 0;
   for (size_t i = 0; i < table.segments(); ++i) {
     if (!table.present[i]) continue;
     const auto segment = plain.subspan(table.SegmentOffset(i), table.SegmentLength(i));
-    stored.insert(stored.end(), segment.begin(), segment.end());
+    std::memcpy(stored.data() + at, segment.data(), segment.size());
+    at += segment.size();
   }
   const Digest id = codec_.SegmentedId(table.length, table.digests);
   if (id == base) return Put{id, false, 0};  // rewritten with the same bytes

@@ -1,0 +1,31 @@
+// Prefault: see prefault.h.
+#include "util/prefault.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it
+#endif
+
+namespace blksnap {
+
+void PrefaultForWrite(void* p, size_t n) {
+  if (p == nullptr || n < kPrefaultMinimum) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+  if (end <= begin) return;
+  // Ignored on failure: EINVAL before 5.14, ENOMEM/EFAULT leave the pages to fault as usual.
+  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+}
+
+void ResizePrefaulted(std::vector<uint8_t>& v, size_t n) {
+  if (n > v.size() && n - v.size() >= kPrefaultMinimum) {
+    if (n > v.capacity()) v.reserve(n);
+    PrefaultForWrite(v.data() + v.size(), n - v.size());
+  }
+  v.resize(n);
+}
+
+}  // namespace blksnap
