@@ -121,17 +121,17 @@ json CallShowingProgress(Context& ctx, json params) {
 
 constexpr int kDefaultThreads = 4;
 
-// Chunks in flight for a restore without --threads. Into memory (a tmpfs or ramfs file) the
-// restore is CPU-bound: 4 (more only contend for the file's lock, ~5% slower with 16). Into a
-// disk (a block device, or a file taking O_DIRECT on a disk's file system) each writer waits for
-// its 4 MiB write: 16, so the disk sees a queue (+25% on this machine's virtio disk,
-// docs/performance.md "Restore to a disk").
+// Chunk writes in flight for a restore without --threads. Into memory (a tmpfs or ramfs file)
+// the restore is CPU-bound: 0, one write per decoder (one decoder per CPU; more only contend for
+// the file's lock and the caches). Into a disk (a block device, or a file taking O_DIRECT on a
+// disk's file system) each write waits for the disk: 16 behind the decoders, so the disk sees a
+// queue (docs/performance.md "Restore to a disk", "Restore: decoders on the CPUs").
 int RestoreThreads(const std::string& target, bool block, bool direct) {
   if (block) return 16;
   struct statfs fs {};
-  if (::statfs(target.c_str(), &fs) != 0) return kDefaultThreads;
+  if (::statfs(target.c_str(), &fs) != 0) return 0;
   const bool memory = fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
-  return direct && !memory ? 16 : kDefaultThreads;
+  return direct && !memory ? 16 : 0;
 }
 
 void CmdBackup(Context& ctx, const RepoArgs& a) {

@@ -9,12 +9,15 @@
 // by whichever worker passes the interval first (a try-lock), so no extra thread is needed.
 #include "repository/backup.h"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -111,6 +114,102 @@ Status ParallelChunks(uint64_t count, int threads, size_t chunk_size, Reporter& 
 }
 
 uint64_t ChunkCount(uint64_t size, uint64_t chunk) { return (size + chunk - 1) / chunk; }
+
+// CPUs this process may run on (its affinity mask), at least 1.
+int UsableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// A restore's writes behind its decoders: `writers` threads, each one synchronous write at a
+// time, so a disk sees that many writes queued while the decoders (no more than the CPUs: more
+// only evict each other's 4 MiB frames from the caches and thrash the scheduler) stay busy. A
+// decoder hands its filled frame over (Write swaps it with a free one, waiting for one if need be)
+// and decodes the next chunk; a writer writes the frame and puts it back in the pool. The pool
+// holds one frame per writer, so at most `writers` chunks wait or are being written. The first
+// error is kept and returned by every later Write and by Finish; after it, queued frames are
+// returned unwritten.
+class WriteBehind {
+ public:
+  WriteBehind(BlockDevice& target, int writers, size_t chunk_size, Counters& c)
+      : target_(target), c_(c) {
+    for (int i = 0; i < writers; ++i) {
+      auto frame = std::make_unique<ChunkFrame>(chunk_size);
+      if (!frame->ok()) {
+        error_ = Status::Error(ENOMEM, "no memory for a chunk buffer");
+        break;
+      }
+      free_.push_back(std::move(frame));
+    }
+    for (int i = 0; i < writers && error_.ok(); ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~WriteBehind() { Finish().IgnoreError(); }
+
+  // Queues the first `length` bytes of `frame` for a write at `offset`; `frame` comes back as a
+  // free frame to decode the next chunk into.
+  Status Write(uint64_t offset, size_t length, ChunkFrame& frame) {
+    std::unique_lock lock(mu_);
+    changed_.wait(lock, [&] { return !free_.empty() || !error_.ok(); });
+    if (!error_.ok()) return error_;
+    std::unique_ptr<ChunkFrame> mine = std::move(free_.back());
+    free_.pop_back();
+    std::swap(*mine, frame);
+    queue_.push_back({offset, length, std::move(mine)});
+    changed_.notify_all();
+    return Status::Ok();
+  }
+
+  // Waits until every queued frame is written (or dropped after an error); the first error.
+  Status Finish() {
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+      changed_.notify_all();
+    }
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    std::lock_guard lock(mu_);
+    return error_;
+  }
+
+ private:
+  struct Job {
+    uint64_t offset;
+    size_t length;
+    std::unique_ptr<ChunkFrame> frame;
+  };
+
+  void Run() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      changed_.wait(lock, [&] { return !queue_.empty() || closing_; });
+      if (queue_.empty()) return;  // closing, nothing left
+      Job job = std::move(queue_.front());
+      queue_.pop_front();
+      if (error_.ok()) {
+        lock.unlock();
+        Status s = target_.Write(job.offset, job.frame->plain().first(job.length));
+        if (s.ok()) c_.done += job.length;
+        lock.lock();
+        if (!s.ok() && error_.ok()) error_ = std::move(s);
+      }
+      free_.push_back(std::move(job.frame));
+      changed_.notify_all();
+    }
+  }
+
+  BlockDevice& target_;
+  Counters& c_;
+  std::mutex mu_;
+  std::condition_variable changed_;  // a frame freed, a job queued, an error, closing
+  std::vector<std::unique_ptr<ChunkFrame>> free_;
+  std::deque<Job> queue_;
+  Status error_;
+  bool closing_ = false;
+  std::vector<std::thread> threads_;
+};
 
 // An incremental backup's view of one chunk: the changed byte ranges inside it (absolute
 // offsets, sorted). Chunks with none are unchanged.
@@ -355,8 +454,14 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   }
   Counters c;
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
-  BLKSNAP_RETURN_IF_ERROR(ParallelChunks(
-      index.chunks.size(), spec.threads, chunk, reporter,
+  // More writes in flight than CPUs (a disk): decoders on the CPUs, the writes behind them.
+  const int most_decoders = spec.decoders > 0 ? spec.decoders : UsableCpus();
+  const int threads = spec.threads > 0 ? spec.threads : most_decoders;
+  const int decoders = std::min(threads, most_decoders);
+  std::optional<WriteBehind> behind;
+  if (threads > decoders) behind.emplace(target, threads, chunk, c);
+  Status decoded = ParallelChunks(
+      index.chunks.size(), decoders, chunk, reporter,
       [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>&) -> Status {
         const uint64_t offset = i * chunk;
         const uint64_t length = std::min(chunk, size - offset);
@@ -374,11 +479,16 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
                                             " has " + std::to_string(got) + " bytes, not " +
                                             std::to_string(length));
         }
-        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, frame.plain().first(length)));
         c.read += length;
+        if (behind) return behind->Write(offset, length, frame);
+        BLKSNAP_RETURN_IF_ERROR(target.Write(offset, frame.plain().first(length)));
         c.done += length;
         return Status::Ok();
-      }));
+      });
+  const Status written = behind ? behind->Finish() : Status::Ok();
+  BLKSNAP_RETURN_IF_ERROR(decoded);
+  BLKSNAP_RETURN_IF_ERROR(written);
+  if (behind) reporter.Final();  // the decoders' final report came before the last writes
   BLKSNAP_RETURN_IF_ERROR(target.Flush());
   if (!spec.verify) return Status::Ok();
 

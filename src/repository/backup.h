@@ -12,11 +12,12 @@
 // last: a backup that fails or is killed leaves no manifest, only chunks that the next backup
 // reuses (and gc frees if none does).
 //
-// A restore writes every chunk of a backup's index to a target at least as large as the device,
-// `threads` chunks at a time, each worker reading the blob into its own ChunkFrame around its
-// 4 KiB-aligned chunk buffer, decoding there (Repository::ReadChunk: a raw payload is not
-// copied) and writing the chunk from there: a target opened with O_DIRECT takes it without a
-// copy. ReadChunk checks each chunk's seal (CRC-32C or GCM tag over its name and bytes, and
+// A restore writes every chunk of a backup's index to a target at least as large as the device:
+// decoders (one per CPU) each read a blob into a ChunkFrame around its 4 KiB-aligned chunk
+// buffer and decode there (Repository::ReadChunk: a raw payload is not copied); the chunk is
+// written from there, by the decoder itself or, when more writes should be in flight than there
+// are decoders (a disk), by one of `threads` writer threads the frame is handed to: a target
+// opened with O_DIRECT takes it without a copy. ReadChunk checks each chunk's seal (CRC-32C or GCM tag over its name and bytes, and
 // zstd's content checksum), so a damaged or missing chunk fails the restore with that chunk's
 // error; `check_digests` also re-hashes each chunk as it is read. Zero chunks are skipped when the
 // target already reads as zeroes (a new or truncated sparse file: they stay holes), else written as
@@ -75,7 +76,12 @@ std::string HostName();
 Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpec& spec);
 
 struct RestoreSpec {
+  // Chunk writes in flight (0: one per decoder). Chunks are read and decoded by `decoders`
+  // workers (0: one per usable CPU; never more than threads); when threads is more than that (a
+  // disk wants a queue), each decoder hands its decoded chunk to `threads` writer threads and
+  // goes on (docs/performance.md, "Restore: decoders on the CPUs, writes behind them").
   int threads = 4;
+  int decoders = 0;
   bool target_is_zeroed = false;  // a new or truncated file: zero chunks are left as holes
   bool verify = false;            // re-read the target afterwards and check every chunk
   // Re-hash each chunk as it is read (Repository::ChunkCheck::kDigest); by default each blob's

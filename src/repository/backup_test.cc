@@ -79,12 +79,17 @@ class BackupTest : public ::testing::Test {
     return *m;
   }
 
-  std::vector<uint8_t> Restored(const Manifest& m, bool zeroed, bool verify = true) {
+  // decoders < threads: the writes go behind the decoders (WriteBehind); else each decoder
+  // writes its own chunks. The default: both ways, whatever this machine's CPUs.
+  std::vector<uint8_t> Restored(const Manifest& m, bool zeroed, bool verify = true,
+                                int decoders = 2, int threads = 5) {
     auto target = MakeMemoryDevice(kSize);
     if (!zeroed) Scribble(*target, 0, kSize, 7);  // junk that zero chunks must overwrite
     RestoreSpec spec;
     spec.target_is_zeroed = zeroed;
     spec.verify = verify;
+    spec.decoders = decoders;
+    spec.threads = threads;
     Status s = RunRestore(*repo_, m, *target, spec);
     EXPECT_TRUE(s.ok()) << s.ToString();
     return ReadAll(*target);
@@ -117,6 +122,43 @@ TEST_F(BackupTest, FullBackupRestoresByteIdenticalAndSkipsZeroes) {
   Scribble(*image_, 0, kSize, 99);  // the image moves on; the backup does not
   EXPECT_EQ(Restored(*m, true), before);
   EXPECT_EQ(Restored(*m, false), before);
+  EXPECT_EQ(Restored(*m, false, false, 3, 3), before);  // the decoders write
+  EXPECT_EQ(Restored(*m, false, false, 1, 16), before);
+  EXPECT_EQ(Restored(*m, true, false, 0, 0), before);  // one decoder per CPU, each writing
+}
+
+// A target whose writes at one offset fail.
+class FailingWrites : public ForwardingDevice {
+ public:
+  FailingWrites(std::shared_ptr<BlockDevice> next, uint64_t bad)
+      : ForwardingDevice(next), bad_(bad) {}
+  Status Write(uint64_t offset, std::span<const uint8_t> buf, uint32_t flags) override {
+    if (offset == bad_) return Status::Error(ENOSPC, "no space left (test)");
+    return ForwardingDevice::Write(offset, buf, flags);
+  }
+
+ private:
+  const uint64_t bad_;
+};
+
+TEST_F(BackupTest, AFailedWriteFailsTheRestoreWithItsError) {
+  const Manifest full = Full();
+  for (auto [decoders, threads] : {std::pair{1, 4}, std::pair{2, 2}, std::pair{2, 64}}) {
+    for (uint64_t bad : {uint64_t{0}, 30 * kChunk, 64 * kChunk}) {
+      auto target = std::make_shared<FailingWrites>(MakeMemoryDevice(kSize), bad);
+      RestoreSpec spec;
+      spec.decoders = decoders;
+      spec.threads = threads;
+      std::vector<TransferProgress> progress;
+      spec.progress = [&](const TransferProgress& p) { progress.push_back(p); };
+      Status s = RunRestore(*repo_, full, *target, spec);
+      EXPECT_EQ(s.errnum(), ENOSPC)
+          << decoders << "/" << threads << " at " << bad << ": " << s.ToString();
+      if (!progress.empty()) {
+        EXPECT_LT(progress.back().done_bytes, kSize);
+      }
+    }
+  }
 }
 
 TEST_F(BackupTest, IncrementalReadsOnlyChangedChunksAndRestoresEachPoint) {
