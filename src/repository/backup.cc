@@ -455,9 +455,12 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   Counters c;
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
   // More writes in flight than CPUs (a disk): decoders on the CPUs, the writes behind them.
-  const int most_decoders = spec.decoders > 0 ? spec.decoders : UsableCpus();
-  const int threads = spec.threads > 0 ? spec.threads : most_decoders;
-  const int decoders = std::min(threads, most_decoders);
+  // A remote store's reads wait on the network: then every worker reads, decodes and writes its
+  // own chunks, `threads` of them (4 by default), as before the decoders were split off.
+  const bool remote = repo.store().remote();
+  const int threads = spec.threads > 0 ? spec.threads : remote ? 4 : UsableCpus();
+  const int decoders =
+      std::min(threads, spec.decoders > 0 ? spec.decoders : remote ? threads : UsableCpus());
   std::optional<WriteBehind> behind;
   if (threads > decoders) behind.emplace(target, threads, chunk, c);
   Status decoded = ParallelChunks(

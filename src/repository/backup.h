@@ -76,10 +76,11 @@ std::string HostName();
 Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpec& spec);
 
 struct RestoreSpec {
-  // Chunk writes in flight (0: one per decoder). Chunks are read and decoded by `decoders`
-  // workers (0: one per usable CPU; never more than threads); when threads is more than that (a
-  // disk wants a queue), each decoder hands its decoded chunk to `threads` writer threads and
-  // goes on (docs/performance.md, "Restore: decoders on the CPUs, writes behind them").
+  // Chunk writes in flight (0: one per decoder, or 4 from a remote store). Chunks are read and
+  // decoded by `decoders` workers (0: one per usable CPU, or `threads` from a remote store, whose
+  // reads wait on the network; never more than threads); when threads is more than that (a disk
+  // wants a queue), each decoder hands its decoded chunk to `threads` writer threads and goes on
+  // (docs/performance.md, "A faster machine; the CLI's poll, decoders per CPU").
   int threads = 4;
   int decoders = 0;
   bool target_is_zeroed = false;  // a new or truncated file: zero chunks are left as holes

@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "blksnap/io.h"
 #include "repository/backup_image.h"
@@ -257,6 +260,60 @@ Result<std::unique_ptr<Repository>> OpenFaultyRepository(FaultyStore** faulty) {
   o.chunk_size = kChunk;
   BLKSNAP_RETURN_IF_ERROR(Repository::Init(*owner, o, std::nullopt));
   return Repository::Open(std::move(owner), std::nullopt);
+}
+
+// A store that counts the chunk reads in flight (each held 10 ms, so they overlap when the
+// restore issues them together), and says it is remote or not.
+class CountingStore : public FaultyStore {
+ public:
+  CountingStore(std::unique_ptr<ObjectStore> base, bool remote)
+      : FaultyStore(std::move(base)), remote_(remote) {}
+  bool remote() const override { return remote_; }
+  Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override {
+    const int now = ++in_flight_;
+    for (int seen = most_.load(); now > seen && !most_.compare_exchange_weak(seen, now);) {
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    --in_flight_;
+    return FaultyStore::ReadInto(name, out);
+  }
+  int most() const { return most_.load(); }
+
+ private:
+  const bool remote_;
+  std::atomic<int> in_flight_{0}, most_{0};
+};
+
+// From a remote store every one of `threads` workers reads (the network's latency is what they
+// overlap); from a local one only the decoders do, one per CPU.
+TEST(RestoreConcurrencyTest, ARemoteStoreHasThreadsReadsInFlight) {
+  for (bool remote : {true, false}) {
+    SCOPED_TRACE(remote ? "remote" : "local");
+    auto owner = std::make_unique<CountingStore>(NewMemoryStore(), remote);
+    CountingStore* counting = owner.get();
+    NewRepoOptions o;
+    o.chunk_size = kChunk;
+    ASSERT_TRUE(Repository::Init(*owner, o, std::nullopt).ok());
+    auto repo = Repository::Open(std::move(owner), std::nullopt);
+    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
+    auto image = MakeMemoryDevice(kSize);
+    Scribble(*image, 0, kSize, 12);
+    BackupSpec b;
+    b.device = "vda";
+    auto m = RunBackup(**repo, *image, b);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    auto target = MakeMemoryDevice(kSize);
+    RestoreSpec spec;
+    spec.threads = 6;
+    if (!remote) spec.decoders = 2;  // whatever this machine's CPUs
+    ASSERT_TRUE(RunRestore(**repo, *m, *target, spec).ok());
+    EXPECT_EQ(ReadAll(*target), ReadAll(*image));
+    if (remote) {
+      EXPECT_GE(counting->most(), 4);  // 6 workers reading; some slack for a slow start
+    } else {
+      EXPECT_LE(counting->most(), 2);
+    }
+  }
 }
 
 // A backup's chunks go through a batch that the store may keep unsynced until Commit: a power

@@ -82,6 +82,9 @@ class ObjectStore {
   virtual Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) = 0;
   // A new batch. The default puts each object at once with Put (durable when Put returns).
   virtual std::unique_ptr<PutBatch> NewPutBatch();
+  // True when every request waits out a network round trip (RADOS, S3): a restore then keeps
+  // as many chunk reads in flight as writes, not one per CPU.
+  virtual bool remote() const { return false; }
 };
 
 // OK for a valid object name (see above), EINVAL naming the problem otherwise.
@@ -138,6 +141,7 @@ class FaultyStore : public ObjectStore {
   Status Delete(const std::string& name) override;
   Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override;
   std::unique_ptr<PutBatch> NewPutBatch() override;
+  bool remote() const override { return base_->remote(); }
 
  private:
   class Batch;

@@ -303,6 +303,7 @@ class RadosStore : public ObjectStore {
     return Status::Ok();
   }
 
+  bool remote() const override { return true; }
   Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override {
     const std::string cookie = RandomCookie();
     auto backoff = kFirstBackoff;

@@ -152,6 +152,7 @@ class S3Store final : public ObjectStore {
     return DeleteRaw(name);
   }
   Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override;
+  bool remote() const override { return true; }
 
   // Unvalidated names: the lock objects.
   Status PutRaw(const std::string& name, std::span<const uint8_t> data, bool if_absent) {
