@@ -36,9 +36,7 @@ class ChunkFrame {
   static constexpr size_t kTailroom = 36 * 1024;
 
   // ok() is false when the allocation failed.
-  explicit ChunkFrame(size_t capacity)
-      : capacity_(capacity),
-        base_(static_cast<uint8_t*>(std::aligned_alloc(kAlignment, AllocationSize(capacity)))) {
+  explicit ChunkFrame(size_t capacity) : capacity_(capacity), base_(Allocate(capacity)) {
     // Every page of a worker's frame gets written (a restore fills it whole; a backup reads its
     // chunks into it): made present at once rather than faulted in one by one (prefault.h).
     if (base_) PrefaultForWrite(base_.get(), AllocationSize(capacity));
@@ -58,6 +56,14 @@ class ChunkFrame {
   struct Free {
     void operator()(uint8_t* p) const { std::free(p); }
   };
+  // Aligned to a huge page, so that all of a frame but its tailroom can be in huge pages
+  // (prefault.h); plain() is then 4 KiB-aligned (kHeadroom in).
+  static uint8_t* Allocate(size_t capacity) {
+    void* p = nullptr;
+    const size_t align = capacity >= kHugePageSize ? kHugePageSize : kAlignment;
+    if (::posix_memalign(&p, align, AllocationSize(capacity)) != 0) return nullptr;
+    return static_cast<uint8_t*>(p);
+  }
   static size_t AllocationSize(size_t capacity) {
     const size_t size = kHeadroom + capacity + kTailroom;
     return (size + kAlignment - 1) / kAlignment * kAlignment;

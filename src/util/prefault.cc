@@ -13,9 +13,17 @@ namespace blksnap {
 void PrefaultForWrite(void* p, size_t n) {
   if (p == nullptr || n < kPrefaultMinimum) return;
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(page - 1);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t begin = (at + page - 1) & ~(page - 1);
+  const uintptr_t end = (at + n) & ~(page - 1);
   if (end <= begin) return;
+  // The whole huge-page ranges inside only (a range reaching past the buffer would take 2 MiB
+  // of memory for a few KiB of it). Ignored on failure: EINVAL without THP in the kernel.
+  const uintptr_t huge_begin = (begin + kHugePageSize - 1) & ~(kHugePageSize - 1);
+  const uintptr_t huge_end = end & ~(kHugePageSize - 1);
+  if (huge_end > huge_begin) {
+    (void)::madvise(reinterpret_cast<void*>(huge_begin), huge_end - huge_begin, MADV_HUGEPAGE);
+  }
   // Ignored on failure: EINVAL before 5.14, ENOMEM/EFAULT leave the pages to fault as usual.
   (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
 }

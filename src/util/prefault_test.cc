@@ -5,8 +5,12 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <numeric>
+#include <string>
 
 namespace blksnap {
 namespace {
@@ -34,6 +38,38 @@ TEST(PrefaultTest, MakesAFreshMappingResident) {
   EXPECT_EQ(std::count_if(resident.begin(), resident.end(), [](unsigned char r) { return r & 1; }),
             static_cast<long>(resident.size()));
   ::munmap(p, size);
+}
+
+// The AnonHugePages of the mapping holding p, in KiB (-1: not found).
+long AnonHugeKiBAt(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(smaps, line)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') > 20) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind("AnonHugePages:", 0) == 0) {
+      return std::stol(line.substr(14));
+    }
+  }
+  return -1;
+}
+
+TEST(PrefaultTest, AskForHugePagesForWholeHugeRanges) {
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string setting;
+  std::getline(thp, setting);
+  if (setting.empty() || setting.find("[never]") != std::string::npos) {
+    GTEST_SKIP() << "no transparent huge pages here: '" << setting << "'";
+  }
+  void* p = nullptr;
+  ASSERT_EQ(::posix_memalign(&p, kHugePageSize, 2 * kHugePageSize + 4096), 0);
+  PrefaultForWrite(p, 2 * kHugePageSize + 4096);
+  EXPECT_GE(AnonHugeKiBAt(p), 2048) << "THP setting: " << setting;
+  std::memset(p, 1, 2 * kHugePageSize + 4096);
+  std::free(p);
 }
 
 TEST(PrefaultTest, ResizeKeepsThePrefixAndZeroesTheRest) {
