@@ -11,7 +11,8 @@
 // version of the object, so a concurrent Put is never half seen; if the object is larger than
 // the capacity (first kFirstReadBytes), the operation is repeated with the size it reported.
 // ReadInto is the same operation into the caller's buffer, once (EMSGSIZE if the object is
-// larger). Put and PutIfAbsent go through librados's C calls, which copy the bytes (see Put).
+// larger). Put and PutIfAbsent copy the bytes into librados's buffer (see Put): large blobs into
+// one in huge pages (rados_write.h), small ones through the C calls.
 //
 // Leases: lock_shared / lock_exclusive (cls_lock on the OSD) of the lock "blksnap" on the object
 // "lock" (a reserved name, never listed), with a random cookie per lease and a duration of
@@ -34,6 +35,7 @@
 #include <thread>
 
 #include "repository/lease_clock.h"
+#include "repository/rados_write.h"
 #include "repository/repository_format.h"
 #include "util/mutex.h"
 #include "util/thread_annotations.h"
@@ -195,20 +197,28 @@ class RadosStore : public ObjectStore {
   RadosStore(std::shared_ptr<Connection> conn, int lease_seconds)
       : conn_(std::move(conn)), lease_seconds_(lease_seconds) {}
 
-  // librados's C calls copy the data before they return: a write that times out (the OSD op
-  // timeout) may still be queued in librados's messenger, so it must not point at our buffer,
+  // The data is copied into a librados buffer before the write: a write that times out (the OSD
+  // op timeout) may still be queued in librados's messenger, so it must not point at our buffer,
   // which the caller reuses or frees (a zero-copy write through librados.hpp was measured, and
-  // dropped for this reason: docs/performance.md).
+  // dropped for this reason: docs/performance.md). Large blobs are copied into huge pages.
   Status Put(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
-    const int r = rados_write_full(conn_->io, name.c_str(),
-                                   reinterpret_cast<const char*>(data.data()), data.size());
+    const int r = data.size() >= kRadosHugeCopyMinimum
+                      ? RadosWriteFull(conn_->io, name.c_str(), data.data(), data.size(), false)
+                      : rados_write_full(conn_->io, name.c_str(),
+                                         reinterpret_cast<const char*>(data.data()), data.size());
     if (r < 0) return conn_->Error(r, "write " + Quoted(name));
     return Status::Ok();
   }
 
   Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    if (data.size() >= kRadosHugeCopyMinimum) {
+      const int r = RadosWriteFull(conn_->io, name.c_str(), data.data(), data.size(), true);
+      if (r == -EEXIST) return Status::Error(EEXIST, "object " + Quoted(name) + " exists");
+      if (r < 0) return conn_->Error(r, "create " + Quoted(name));
+      return Status::Ok();
+    }
     rados_write_op_t op = rados_create_write_op();
     rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
     rados_write_op_write_full(op, reinterpret_cast<const char*>(data.data()), data.size());

@@ -1,0 +1,52 @@
+// RadosWriteFull: a whole-object write of a large blob for RadosStore, with librados's copy of
+// the bytes in huge pages (issue 17: the client's CPU per GB).
+//
+// librados's C calls (rados_write_full, rados_write_op_write_full) copy the bytes into a buffer
+// librados allocates for each call: fresh memory (glibc maps anything over 128 KiB anew), so every
+// 4 KiB page of a 4 MiB chunk faulted in. On this project's VM, where mapping a page costs the
+// hypervisor ~2.5 us and a fault ~28 us, that was 264 k faults and ~7 of blksnapd's 7.4 CPU-s for
+// a 1 GiB backup to rados:// (docs/performance.md, "Repository on Ceph on the new machine").
+// Here the copy goes into a librados buffer we allocate aligned to 2 MiB and prefault in
+// transparent huge pages (util/prefault.h), then hand over by reference count: librados frees it
+// when its last reference goes, so a write that times out while still queued in the messenger
+// points at librados's own buffer, never at the caller's (the reason a zero-copy write was
+// dropped earlier). The object operation is the C calls' own: write_full, after an exclusive
+// create for PutIfAbsent.
+//
+// Compiled as C++17 (CMakeLists.txt): Ceph 16's librados.hpp does not compile as C++20 under
+// clang (an ambiguous operator== in buffer.h). Never throws: librados's exceptions (bad_alloc)
+// become -ENOMEM / -EIO.
+#include "repository/rados_write.h"
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <rados/librados.hpp>
+
+#include "util/prefault.h"
+
+namespace blksnap::repo {
+
+int RadosWriteFull(rados_ioctx_t io, const char* oid, const uint8_t* data, size_t length,
+                   bool exclusive) {
+  try {
+    librados::IoCtx ctx;
+    librados::IoCtx::from_rados_ioctx_t(io, ctx);  // takes its own reference on the ioctx
+    ceph::bufferptr copy(ceph::buffer::create_aligned(static_cast<unsigned>(length),
+                                                      static_cast<unsigned>(kHugePageSize)));
+    PrefaultForWrite(copy.c_str(), length);
+    std::memcpy(copy.c_str(), data, length);
+    ceph::bufferlist bl;
+    bl.push_back(std::move(copy));
+    librados::ObjectWriteOperation op;
+    if (exclusive) op.create(true);
+    op.write_full(bl);
+    return ctx.operate(oid, &op);
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+}  // namespace blksnap::repo
