@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 #include "repository/repository_format.h"
@@ -115,12 +116,15 @@ Status ParallelChunks(uint64_t count, int threads, size_t chunk_size, Reporter& 
 
 uint64_t ChunkCount(uint64_t size, uint64_t chunk) { return (size + chunk - 1) / chunk; }
 
-// CPUs this process may run on (its affinity mask), at least 1.
+// CPUs this process may run on (its affinity mask), 1 to 8: the restore's decoders, each with
+// a 4 MiB frame; more than 8 would not make one target faster, and the mask does not show a
+// container's CPU quota.
 int UsableCpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (::sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) n = CPU_COUNT(&set);
+  return std::clamp(n, 1, 8);
 }
 
 // A restore's writes behind its decoders: `writers` threads, each one synchronous write at a
@@ -143,7 +147,13 @@ class WriteBehind {
       }
       free_.push_back(std::move(frame));
     }
-    for (int i = 0; i < writers && error_.ok(); ++i) threads_.emplace_back([this] { Run(); });
+    try {
+      for (int i = 0; i < writers && error_.ok(); ++i) threads_.emplace_back([this] { Run(); });
+    } catch (const std::system_error& e) {  // no thread (EAGAIN): the restore fails with that
+      std::lock_guard lock(mu_);
+      error_ = Status::Error(e.code().value(), "cannot start a restore writer thread");
+      changed_.notify_all();
+    }
   }
   ~WriteBehind() { Finish().IgnoreError(); }
 
@@ -459,8 +469,9 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   // own chunks, `threads` of them (4 by default), as before the decoders were split off.
   const bool remote = repo.store().remote();
   const int threads = spec.threads > 0 ? spec.threads : remote ? 4 : UsableCpus();
-  const int decoders =
-      std::min(threads, spec.decoders > 0 ? spec.decoders : remote ? threads : UsableCpus());
+  const int decoders = std::min(threads, spec.decoders > 0 ? spec.decoders
+                                         : remote          ? threads
+                                                           : UsableCpus());
   std::optional<WriteBehind> behind;
   if (threads > decoders) behind.emplace(target, threads, chunk, c);
   Status decoded = ParallelChunks(
@@ -491,14 +502,17 @@ Status RunRestore(Repository& repo, const Manifest& backup, BlockDevice& target,
   const Status written = behind ? behind->Finish() : Status::Ok();
   BLKSNAP_RETURN_IF_ERROR(decoded);
   BLKSNAP_RETURN_IF_ERROR(written);
-  if (behind) reporter.Final();  // the decoders' final report came before the last writes
+  if (behind) {
+    reporter.Final();  // the decoders' final report came before the last writes
+    behind.reset();    // its frames are not needed for the verify pass
+  }
   BLKSNAP_RETURN_IF_ERROR(target.Flush());
   if (!spec.verify) return Status::Ok();
 
   Counters v;
   Reporter quiet(ProgressFn{}, spec.progress_interval, size, v);
   return ParallelChunks(
-      index.chunks.size(), spec.threads, chunk, quiet,
+      index.chunks.size(), threads, chunk, quiet,
       [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>&) -> Status {
         const uint64_t offset = i * chunk;
         std::span<uint8_t> data = frame.plain().first(std::min(chunk, size - offset));

@@ -17,11 +17,12 @@
 // buffer and decode there (Repository::ReadChunk: a raw payload is not copied); the chunk is
 // written from there, by the decoder itself or, when more writes should be in flight than there
 // are decoders (a disk), by one of `threads` writer threads the frame is handed to: a target
-// opened with O_DIRECT takes it without a copy. ReadChunk checks each chunk's seal (CRC-32C or GCM tag over its name and bytes, and
-// zstd's content checksum), so a damaged or missing chunk fails the restore with that chunk's
-// error; `check_digests` also re-hashes each chunk as it is read. Zero chunks are skipped when the
-// target already reads as zeroes (a new or truncated sparse file: they stay holes), else written as
-// zeroes. `verify` then re-reads the target and checks every chunk against the index.
+// opened with O_DIRECT takes it without a copy. ReadChunk checks each chunk's seal (CRC-32C or GCM
+// tag over its name and bytes, and zstd's content checksum), so a damaged or missing chunk fails
+// the restore with that chunk's error; `check_digests` also re-hashes each chunk as it is read.
+// Zero chunks are skipped when the target already reads as zeroes (a new or truncated sparse file:
+// they stay holes), else written as zeroes. `verify` then re-reads the target and checks every
+// chunk against the index.
 //
 // Progress is reported through a callback, from the worker threads, at most every
 // `progress_interval` (and once at the end); it must be thread-safe and quick.
@@ -81,7 +82,7 @@ struct RestoreSpec {
   // reads wait on the network; never more than threads); when threads is more than that (a disk
   // wants a queue), each decoder hands its decoded chunk to `threads` writer threads and goes on
   // (docs/performance.md, "A faster machine; the CLI's poll, decoders per CPU").
-  int threads = 4;
+  int threads = 0;
   int decoders = 0;
   bool target_is_zeroed = false;  // a new or truncated file: zero chunks are left as holes
   bool verify = false;            // re-read the target afterwards and check every chunk

@@ -39,7 +39,7 @@ class ChunkFrame {
   explicit ChunkFrame(size_t capacity) : capacity_(capacity), base_(Allocate(capacity)) {
     // Every page of a worker's frame gets written (a restore fills it whole; a backup reads its
     // chunks into it): made present at once rather than faulted in one by one (prefault.h).
-    if (base_) PrefaultForWrite(base_.get(), AllocationSize(capacity));
+    if (base_) PrefaultForWrite(base_.get(), AllocationSize(capacity), /*huge=*/true);
   }
 
   bool ok() const { return base_ != nullptr; }

@@ -14,13 +14,12 @@
 // create for PutIfAbsent.
 //
 // Compiled as C++17 (CMakeLists.txt): Ceph 16's librados.hpp does not compile as C++20 under
-// clang (an ambiguous operator== in buffer.h). Never throws: librados's exceptions (bad_alloc)
-// become -ENOMEM / -EIO.
+// clang (an ambiguous operator== in buffer.h). Never throws: an exception (every one this code
+// can meet is an allocation failure) becomes -ENOMEM.
 #include "repository/rados_write.h"
 
 #include <cerrno>
 #include <cstring>
-#include <new>
 #include <rados/librados.hpp>
 
 #include "util/prefault.h"
@@ -34,7 +33,7 @@ int RadosWriteFull(rados_ioctx_t io, const char* oid, const uint8_t* data, size_
     librados::IoCtx::from_rados_ioctx_t(io, ctx);  // takes its own reference on the ioctx
     ceph::bufferptr copy(ceph::buffer::create_aligned(static_cast<unsigned>(length),
                                                       static_cast<unsigned>(kHugePageSize)));
-    PrefaultForWrite(copy.c_str(), length);
+    PrefaultForWrite(copy.c_str(), length, /*huge=*/true);
     std::memcpy(copy.c_str(), data, length);
     ceph::bufferlist bl;
     bl.push_back(std::move(copy));
@@ -42,10 +41,10 @@ int RadosWriteFull(rados_ioctx_t io, const char* oid, const uint8_t* data, size_
     if (exclusive) op.create(true);
     op.write_full(bl);
     return ctx.operate(oid, &op);
-  } catch (const std::bad_alloc&) {
-    return -ENOMEM;
   } catch (...) {
-    return -EIO;
+    // What can throw here allocates: the copy (ceph::buffer::bad_alloc, a type librados's
+    // headers only declare, so it cannot be caught by name), the list, the operation.
+    return -ENOMEM;
   }
 }
 

@@ -10,7 +10,7 @@
 
 namespace blksnap {
 
-void PrefaultForWrite(void* p, size_t n) {
+void PrefaultForWrite(void* p, size_t n, bool huge) {
   if (p == nullptr || n < kPrefaultMinimum) return;
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t at = reinterpret_cast<uintptr_t>(p);
@@ -21,7 +21,7 @@ void PrefaultForWrite(void* p, size_t n) {
   // of memory for a few KiB of it). Ignored on failure: EINVAL without THP in the kernel.
   const uintptr_t huge_begin = (begin + kHugePageSize - 1) & ~(kHugePageSize - 1);
   const uintptr_t huge_end = end & ~(kHugePageSize - 1);
-  if (huge_end > huge_begin) {
+  if (huge && huge_end > huge_begin) {
     (void)::madvise(reinterpret_cast<void*>(huge_begin), huge_end - huge_begin, MADV_HUGEPAGE);
   }
   // Ignored on failure: EINVAL before 5.14, ENOMEM/EFAULT leave the pages to fault as usual.

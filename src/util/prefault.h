@@ -19,11 +19,14 @@
 
 namespace blksnap {
 
-// Makes the whole pages inside [p, p + n) present and writable. Best effort: never fails.
-void PrefaultForWrite(void* p, size_t n);
+// Makes the whole pages inside [p, p + n) present and writable; with `huge`, its whole 2 MiB
+// ranges are asked for transparent huge pages first (for memory the caller owns outright, such
+// as a ChunkFrame, not for memory inside malloc's arenas). Best effort: never fails.
+void PrefaultForWrite(void* p, size_t n, bool huge = false);
 
-// v.resize(n) (new bytes zero), with the pages of a large growth made present first: the zeroing
-// then runs without faults. Below kPrefaultMinimum a plain resize.
+// v.resize(n) (new bytes zero), with the pages of a large growth made present first (no huge
+// pages: the vector's memory may be malloc's to reuse): the zeroing then runs without faults.
+// Below kPrefaultMinimum a plain resize.
 void ResizePrefaulted(std::vector<uint8_t>& v, size_t n);
 
 inline constexpr size_t kPrefaultMinimum = 64 * 1024;

@@ -66,7 +66,7 @@ TEST(PrefaultTest, AskForHugePagesForWholeHugeRanges) {
   }
   void* p = nullptr;
   ASSERT_EQ(::posix_memalign(&p, kHugePageSize, 2 * kHugePageSize + 4096), 0);
-  PrefaultForWrite(p, 2 * kHugePageSize + 4096);
+  PrefaultForWrite(p, 2 * kHugePageSize + 4096, /*huge=*/true);
   EXPECT_GE(AnonHugeKiBAt(p), 2048) << "THP setting: " << setting;
   std::memset(p, 1, 2 * kHugePageSize + 4096);
   std::free(p);
