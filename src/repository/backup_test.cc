@@ -252,14 +252,19 @@ TEST_F(BackupTest, ABlobOfOtherBytesIsCaughtByVerifyAndByCheckDigests) {
   EXPECT_FALSE(problems->empty());
 }
 
+// A repository of kChunk chunks on `store`.
+Result<std::unique_ptr<Repository>> OpenRepositoryOver(std::unique_ptr<ObjectStore> store) {
+  NewRepoOptions o;
+  o.chunk_size = kChunk;
+  BLKSNAP_RETURN_IF_ERROR(Repository::Init(*store, o, std::nullopt));
+  return Repository::Open(std::move(store), std::nullopt);
+}
+
 // A repository of kChunk chunks on a FaultyStore over memory; *faulty = that store.
 Result<std::unique_ptr<Repository>> OpenFaultyRepository(FaultyStore** faulty) {
   auto owner = std::make_unique<FaultyStore>(NewMemoryStore());
   *faulty = owner.get();
-  NewRepoOptions o;
-  o.chunk_size = kChunk;
-  BLKSNAP_RETURN_IF_ERROR(Repository::Init(*owner, o, std::nullopt));
-  return Repository::Open(std::move(owner), std::nullopt);
+  return OpenRepositoryOver(std::move(owner));
 }
 
 // A store that counts the chunk reads in flight (each held 10 ms, so they overlap when the
@@ -291,10 +296,7 @@ TEST(RestoreConcurrencyTest, ARemoteStoreHasThreadsReadsInFlight) {
     SCOPED_TRACE(remote ? "remote" : "local");
     auto owner = std::make_unique<CountingStore>(NewMemoryStore(), remote);
     CountingStore* counting = owner.get();
-    NewRepoOptions o;
-    o.chunk_size = kChunk;
-    ASSERT_TRUE(Repository::Init(*owner, o, std::nullopt).ok());
-    auto repo = Repository::Open(std::move(owner), std::nullopt);
+    auto repo = OpenRepositoryOver(std::move(owner));
     ASSERT_TRUE(repo.ok()) << repo.status().ToString();
     auto image = MakeMemoryDevice(kSize);
     Scribble(*image, 0, kSize, 12);

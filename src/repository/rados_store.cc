@@ -213,17 +213,16 @@ class RadosStore : public ObjectStore {
 
   Status PutIfAbsent(const std::string& name, std::span<const uint8_t> data) override {
     BLKSNAP_RETURN_IF_ERROR(ValidateObjectName(name));
+    int r;
     if (data.size() >= kRadosHugeCopyMinimum) {
-      const int r = RadosWriteFull(conn_->io, name.c_str(), data.data(), data.size(), true);
-      if (r == -EEXIST) return Status::Error(EEXIST, "object " + Quoted(name) + " exists");
-      if (r < 0) return conn_->Error(r, "create " + Quoted(name));
-      return Status::Ok();
+      r = RadosWriteFull(conn_->io, name.c_str(), data.data(), data.size(), true);
+    } else {
+      rados_write_op_t op = rados_create_write_op();
+      rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
+      rados_write_op_write_full(op, reinterpret_cast<const char*>(data.data()), data.size());
+      r = rados_write_op_operate(op, conn_->io, name.c_str(), nullptr, 0);
+      rados_release_write_op(op);
     }
-    rados_write_op_t op = rados_create_write_op();
-    rados_write_op_create(op, LIBRADOS_CREATE_EXCLUSIVE, nullptr);
-    rados_write_op_write_full(op, reinterpret_cast<const char*>(data.data()), data.size());
-    const int r = rados_write_op_operate(op, conn_->io, name.c_str(), nullptr, 0);
-    rados_release_write_op(op);
     if (r == -EEXIST) return Status::Error(EEXIST, "object " + Quoted(name) + " exists");
     if (r < 0) return conn_->Error(r, "create " + Quoted(name));
     return Status::Ok();

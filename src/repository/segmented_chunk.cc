@@ -100,7 +100,7 @@ Result<Repository::Put> Repository::PutDelta(const Digest& base, const ChunkTabl
   // The stored segments are gathered in a buffer each thread keeps (up to half a chunk, reused
   // from chunk to chunk, prefaulted when it grows): a fresh vector grown by inserts cost a backup
   // worker an mmap, its reallocations and a page fault per 4 KiB for every changed chunk
-  // (docs/performance.md, "Incremental backup: the fixed costs").
+  // (docs/performance.md, "A faster machine; the CLI's poll, decoders per CPU").
   thread_local std::vector<uint8_t> gathered;
   size_t stored_length = 0;
   for (uint32_t i : changed) {
