@@ -427,6 +427,15 @@ int Run(int argc, char** argv) {
                                                        .control_path = opt.control,
                                                        .durable_cbt = !opt.cbt_in_memory,
                                                        .mapped_files = StateFiles()});
+  // The pidfile before the control socket: a client that can connect must find a daemon that
+  // will serve it, not one about to exit on a refused pidfile.
+  if (!opt.pidfile.empty()) {
+    Status s = WritePidfile(opt.pidfile);
+    if (!s.ok()) {
+      service->Shutdown();
+      return Fail(s.ToString());
+    }
+  }
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
       opt.control, [service](const std::string& method, const nlohmann::json& params,
@@ -435,14 +444,8 @@ int Run(int argc, char** argv) {
       });
   if (!server.ok()) {
     service->Shutdown();
+    if (!opt.pidfile.empty()) ::unlink(opt.pidfile.c_str());
     return Fail(server.status().ToString());
-  }
-  if (!opt.pidfile.empty()) {
-    Status s = WritePidfile(opt.pidfile);
-    if (!s.ok()) {
-      service->Shutdown();
-      return Fail(s.ToString());
-    }
   }
   // Last step before serving, so no start-up failure can follow it: a failed start must not
   // stop the ublk devices a crashed daemon left (Shutdown would delete them). Clients that
