@@ -127,6 +127,16 @@ def per_gb(cpu, nbytes):
     return {k: round(v / (nbytes / 1e9), 2) for k, v in out.items()}
 
 
+def daemon_glibc_tunables():
+    """The daemons' GLIBC_TUNABLES, as scripts/ceph-cluster recorded them (their own environ
+    shows them cut at the first ':' by glibc's parser)."""
+    try:
+        with open(os.path.join(CLUSTER, "run", "glibc-tunables")) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def ceph_daemons():
     out = {}
     for name in ("osd.0", "rgw.gw", "mon.a", "mgr.x"):
@@ -341,6 +351,7 @@ def main():
         run([CEPH_SCRIPT, "start", CLUSTER], timeout=400)
         cluster_start_s = round(time.monotonic() - t0, 1)
         daemons = ceph_daemons()
+        tunables = daemon_glibc_tunables()
         doc["rados_bench"] = {f"t{t}": rados_bench(t, daemons) for t in threads}
         proc = lab.daemon()
         daemons["blksnapd"] = proc.pid
@@ -369,6 +380,7 @@ def main():
                         "threads": threads, "cpus": os.cpu_count(),
                         "loadavg_start": load_start, "loadavg_end": loadavg(),
                         "cluster_start_s": cluster_start_s,
+                        "cluster_glibc_tunables": tunables,
                         "seconds": round(time.monotonic() - started, 1),
                         "ceph": run(["ceph", "--version"]).stdout.strip(),
                         "restic": run(["restic", "version"]).stdout.strip()},
@@ -384,7 +396,8 @@ def main():
     c = doc.get("cpu", {})
     print(f"\nCPU (one core, this data): SHA-256 {c.get('sha256_MBps')} MB/s, zstd -3 "
           f"{c.get('zstd3_compress_MBps')} MB/s compress; load {doc['meta']['loadavg_start']} "
-          f"-> {doc['meta']['loadavg_end']}")
+          f"-> {doc['meta']['loadavg_end']}; the cluster's GLIBC_TUNABLES: "
+          f"{doc['meta'].get('cluster_glibc_tunables')!r}")
     name = f"ceph-{doc['meta']['tree']}{'-quick' if a.quick else ''}.json"
     path = os.path.join(ROOT, "bench", "results", name)
     with open(path, "w") as f:
