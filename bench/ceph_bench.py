@@ -17,8 +17,9 @@ Design note. One sequence, on one throw-away cluster:
               tool moves every byte; read once before each timed backup (page-cached source).
   3. ceiling  for each thread count T: `rados bench -p blksnap 20 write -b 4 MiB -t T
               --no-cleanup`, then `rados bench 20 seq -t T`, then `rados cleanup`, as
-              client.blksnap. T defaults to 4 = blksnap's default --threads
-              (src/cli/repo_commands.h RepoArgs::threads, BackupSpec::threads).
+              client.blksnap. T defaults to 4,16: blksnap's default backup workers are 4
+              (kBackupThreads) and 16 into s3:// (S3Store's preferred_writes); a restore from
+              either store defaults to 4 (RestoreSpec).
   4. blksnap  blksnapd on a scratch state dir attaches the image; for each backend (rados://
               blksnap/NS, s3://BUCKET on the radosgw) and each T: `repo init` of a new
               namespace/bucket (so no run dedups against another), `backup --threads T` (full),
@@ -65,7 +66,7 @@ CLUSTER = os.path.join(SCRATCH, "ceph")
 CEPH_SCRIPT = os.path.join(ROOT, "scripts", "ceph-cluster")
 BENCH_SECONDS = 20
 OBJECT = 4 * MIB  # rados bench object size = the repository's default chunk size
-DEFAULT_THREADS = 4  # blksnap's default --threads
+DEFAULT_THREADS = 4  # blksnap's default backup workers (16 into s3://) and remote restore reads
 RAM_DIR = "/dev/shm"  # tmpfs: the target of the second restore of each round
 TARGETS = (("vs rados bench", "vs_rados", 0.7), ("vs restic S3", "vs_restic", 2.0))
 

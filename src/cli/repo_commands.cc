@@ -136,10 +136,9 @@ int RestoreThreads(const std::string& target, bool block, bool direct) {
 
 void CmdBackup(Context& ctx, const RepoArgs& a) {
   if (a.repo.empty()) Usage("no repository: give --repo PATH|URL or set BLKSNAP_REPO");
-  json params = {{"devices", a.devices},
-                 {"repo", Location(a.repo)},
-                 {"full", a.full},
-                 {"threads", a.threads > 0 ? a.threads : kDefaultThreads}};
+  json params = {{"devices", a.devices}, {"repo", Location(a.repo)}, {"full", a.full}};
+  // No --threads: the daemon picks the store's default (4; 16 PUTs in flight for s3://).
+  if (a.threads > 0) params["threads"] = a.threads;
   if (!a.key_file.empty()) params["key_file"] = Absolute(a.key_file);
   if (!a.snapshot.empty()) params["snapshot"] = a.snapshot;
   if (!a.storage.empty()) params["storage"] = Absolute(a.storage);

@@ -25,7 +25,7 @@ struct RepoArgs {
   std::vector<std::string> devices, backups;
   bool full = false, encrypt = false, verify = false, dry_run = false, loop = false;
   bool check_digests = false, repair = false;
-  int threads = 0;  // --threads; 0: the command's default (kDefaultThreads, RestoreThreads)
+  int threads = 0;  // --threads; 0: the command's default (the store's for backup, RestoreThreads)
   int keep_last = 0, keep_daily = 0, keep_weekly = 0, keep_monthly = 0;
   std::string device, since;
 };

@@ -165,7 +165,7 @@ struct BackupRequest {
   bool full = false;             // read everything even if an incremental backup is possible
   std::optional<Uuid> snapshot;  // a taken snapshot to back up (left as it is); none: take one
   std::string storage;           // the storage of the snapshot taken; empty: STATE_DIR/backup
-  int threads = 4;
+  int threads = 0;               // 0: the store's default (repo::BackupSpec::threads)
   std::string job;  // a name the client chose: BackupProgress(job) while it runs ("": none)
 };
 

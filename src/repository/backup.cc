@@ -351,8 +351,10 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   Counters c;
   std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
+  const int preferred = repo.store().preferred_writes();
+  const int threads = spec.threads > 0 ? spec.threads : preferred > 0 ? preferred : kBackupThreads;
   Status s = ParallelChunks(
-      index.chunks.size(), spec.threads, chunk, reporter,
+      index.chunks.size(), threads, chunk, reporter,
       [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>& sealed) -> Status {
         if (spec.cancelled && spec.cancelled()) {
           return Status::Error(ECANCELED, "backup of " + spec.device + " cancelled");

@@ -52,6 +52,9 @@ struct TransferProgress {
 };
 using ProgressFn = std::function<void(const TransferProgress&)>;
 
+// A backup's workers when neither the caller nor the store says (hashing is the CPU's work).
+constexpr int kBackupThreads = 4;
+
 struct BackupSpec {
   std::string device;  // the device's name (manifest)
   std::string host;    // empty: gethostname
@@ -63,7 +66,9 @@ struct BackupSpec {
   std::vector<ByteExtent> changed;
   // Full (no parent): why ("first", "generation", "requested").
   std::string full_reason = "first";
-  int threads = 4;
+  // Workers, each reading, hashing and storing its own chunk (0: the store's preferred_writes,
+  // else kBackupThreads).
+  int threads = 0;
   ProgressFn progress;
   std::chrono::milliseconds progress_interval{250};
   // Polled between chunks: true stops the backup with ECANCELED (nothing is published).

@@ -267,27 +267,72 @@ Result<std::unique_ptr<Repository>> OpenFaultyRepository(FaultyStore** faulty) {
   return OpenRepositoryOver(std::move(owner));
 }
 
-// A store that counts the chunk reads in flight (each held 10 ms, so they overlap when the
-// restore issues them together), and says it is remote or not.
+// A store that counts the chunk reads in flight, and a backup's chunk lookups (each held 10 ms,
+// so they overlap when the workers issue them together), and says it is remote or not and
+// how many writes it prefers.
 class CountingStore : public FaultyStore {
  public:
-  CountingStore(std::unique_ptr<ObjectStore> base, bool remote)
-      : FaultyStore(std::move(base)), remote_(remote) {}
+  CountingStore(std::unique_ptr<ObjectStore> base, bool remote, int preferred_writes = 0)
+      : FaultyStore(std::move(base)), remote_(remote), preferred_writes_(preferred_writes) {}
   bool remote() const override { return remote_; }
+  int preferred_writes() const override { return preferred_writes_; }
   Result<size_t> ReadInto(const std::string& name, std::span<uint8_t> out) override {
+    Hold();
+    return FaultyStore::ReadInto(name, out);
+  }
+  Result<bool> Exists(const std::string& name) override {
+    if (name.starts_with("chunks/")) Hold();
+    return FaultyStore::Exists(name);
+  }
+  int most() const { return most_.load(); }
+  void ResetMost() { most_ = 0; }
+
+ private:
+  void Hold() {
     const int now = ++in_flight_;
     for (int seen = most_.load(); now > seen && !most_.compare_exchange_weak(seen, now);) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     --in_flight_;
-    return FaultyStore::ReadInto(name, out);
   }
-  int most() const { return most_.load(); }
 
- private:
   const bool remote_;
+  const int preferred_writes_;
   std::atomic<int> in_flight_{0}, most_{0};
 };
+
+// A repository over `store`, and in it a backup with `threads` workers of a kSize image
+// scribbled with `seed`, into *image.
+Result<Manifest> BackupScribbledOver(std::unique_ptr<ObjectStore> store, int threads, int seed,
+                                     std::unique_ptr<Repository>* repo,
+                                     std::shared_ptr<BlockDevice>* image) {
+  BLKSNAP_ASSIGN_OR_RETURN(*repo, OpenRepositoryOver(std::move(store)));
+  *image = MakeMemoryDevice(kSize);
+  Scribble(**image, 0, kSize, seed);
+  BackupSpec b;
+  b.device = "vda";
+  b.threads = threads;
+  return RunBackup(**repo, **image, b);
+}
+
+// A backup without a thread count runs the store's preferred_writes workers (S3: 16), or
+// kBackupThreads when the store has no preference; a count given wins.
+TEST(BackupConcurrencyTest, TheStoresPreferenceSetsTheDefaultWorkers) {
+  struct Case {
+    int preferred, threads, at_least, at_most;
+  };
+  for (const Case& k : {Case{12, 0, 9, 12}, Case{0, 0, 2, kBackupThreads}, Case{12, 2, 1, 2}}) {
+    SCOPED_TRACE(testing::Message() << "preferred " << k.preferred << " threads " << k.threads);
+    auto owner = std::make_unique<CountingStore>(NewMemoryStore(), true, k.preferred);
+    CountingStore* counting = owner.get();
+    std::unique_ptr<Repository> repo;
+    std::shared_ptr<BlockDevice> image;
+    auto m = BackupScribbledOver(std::move(owner), k.threads, 13, &repo, &image);
+    ASSERT_TRUE(m.ok()) << m.status().ToString();
+    EXPECT_GE(counting->most(), k.at_least);  // some slack for a slow start
+    EXPECT_LE(counting->most(), k.at_most);
+  }
+}
 
 // From a remote store every one of `threads` workers reads (the network's latency is what they
 // overlap); from a local one only the decoders do, one per CPU.
@@ -296,19 +341,16 @@ TEST(RestoreConcurrencyTest, ARemoteStoreHasThreadsReadsInFlight) {
     SCOPED_TRACE(remote ? "remote" : "local");
     auto owner = std::make_unique<CountingStore>(NewMemoryStore(), remote);
     CountingStore* counting = owner.get();
-    auto repo = OpenRepositoryOver(std::move(owner));
-    ASSERT_TRUE(repo.ok()) << repo.status().ToString();
-    auto image = MakeMemoryDevice(kSize);
-    Scribble(*image, 0, kSize, 12);
-    BackupSpec b;
-    b.device = "vda";
-    auto m = RunBackup(**repo, *image, b);
+    std::unique_ptr<Repository> repo;
+    std::shared_ptr<BlockDevice> image;
+    auto m = BackupScribbledOver(std::move(owner), 0, 12, &repo, &image);
     ASSERT_TRUE(m.ok()) << m.status().ToString();
     auto target = MakeMemoryDevice(kSize);
     RestoreSpec spec;
     spec.threads = 6;
     if (!remote) spec.decoders = 2;  // whatever this machine's CPUs
-    ASSERT_TRUE(RunRestore(**repo, *m, *target, spec).ok());
+    counting->ResetMost();           // the backup's lookups counted too
+    ASSERT_TRUE(RunRestore(*repo, *m, *target, spec).ok());
     EXPECT_EQ(ReadAll(*target), ReadAll(*image));
     if (remote) {
       EXPECT_GE(counting->most(), 4);  // 6 workers reading; some slack for a slow start

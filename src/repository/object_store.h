@@ -85,6 +85,11 @@ class ObjectStore {
   // True when every request waits out a network round trip (RADOS, S3): a restore then keeps
   // as many chunk reads in flight as writes, not one per CPU.
   virtual bool remote() const { return false; }
+  // Chunk writes a backup keeps in flight when the caller does not say (0: no preference, the
+  // backup's own default). S3 wants more than the CPUs: each PUT waits for the gateway to
+  // verify, store and answer before the next one leaves (docs/performance.md, "The test
+  // cluster's allocator").
+  virtual int preferred_writes() const { return 0; }
 };
 
 // OK for a valid object name (see above), EINVAL naming the problem otherwise.
@@ -142,6 +147,7 @@ class FaultyStore : public ObjectStore {
   Result<std::unique_ptr<Lease>> Lock(LockMode mode, bool wait) override;
   std::unique_ptr<PutBatch> NewPutBatch() override;
   bool remote() const override { return base_->remote(); }
+  int preferred_writes() const override { return base_->preferred_writes(); }
 
  private:
   class Batch;
