@@ -405,7 +405,8 @@ void AddRepoCommands(CLI::App& app, Context& ctx, RepoArgs& a,
   };
   auto threads = [&a](CLI::App* c) {
     c->add_option("--threads", a.threads,
-                  "chunks in flight (default 4; a restore to a disk or block device: 16)")
+                  "chunks in flight (default 4; a backup into s3://, a restore to a disk or block "
+                  "device: 16)")
         ->check(CLI::Range(1, 64));
   };
 

@@ -4,7 +4,8 @@
 // Start-up order: parse options (command line over config file), daemonize if asked (the
 // parent waits on a pipe until the child is ready or failed, so `blksnapd --daemonize && blksnap
 // ...` works), take the state-dir lock (flock; a second daemon on the same dir refuses),
-// create the engine, start the fronts, listen on the control socket, write the pidfile,
+// create the engine, start the fronts, open the pidfile (a refused one fails the start before
+// any client can connect), listen on the control socket, write the pid into the pidfile,
 // re-attach the devices a crashed predecessor recorded in STATE_DIR/devices.json, their ublk
 // devices through user recovery (Service::Restore: last, so no start-up failure follows it,
 // and before the first accept), tell systemd READY=1. Signals SIGTERM/SIGINT/SIGHUP are blocked
@@ -223,11 +224,23 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-// Writes our pid to path without following a symlink planted there (O_NOFOLLOW) and only into
-// a regular file owned by us, so another user cannot make the daemon clobber a file of theirs.
-Status WritePidfile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0) {
+// The pidfile, opened before the control socket is made and written once it listens: a file
+// refused (a planted symlink, not a regular file of ours) fails the start before any client can
+// connect, and a daemon that then fails to listen (another blksnapd has the socket) leaves a
+// pidfile it did not create untouched.
+struct Pidfile {
+  int fd = -1;
+  bool created = false;  // by us: removed again if the start fails
+};
+
+// Opens path without following a symlink planted there (O_NOFOLLOW), and only a regular file
+// owned by us with one link, so another user cannot make the daemon clobber a file of theirs.
+Result<Pidfile> OpenPidfile(const std::string& path) {
+  Pidfile p;
+  p.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  p.created = p.fd >= 0;
+  if (p.fd < 0 && errno == EEXIST) p.fd = ::open(path.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (p.fd < 0) {
     int err = errno;
     if (err == ELOOP) {
       return Status::Error(err, "pidfile " + path + " is a symbolic link; refusing to follow it");
@@ -235,17 +248,23 @@ Status WritePidfile(const std::string& path) {
     return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
   }
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
+  if (::fstat(p.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
       st.st_nlink != 1) {
-    ::close(fd);
+    ::close(p.fd);
     return Status::Error(
         EPERM, "pidfile " + path + " is not a regular file of ours with one link; refusing it");
   }
+  return p;
+}
+
+// Writes our pid into the opened pidfile and closes it.
+Status WritePid(Pidfile& p, const std::string& path) {
   std::string text = std::to_string(::getpid()) + "\n";
-  bool ok = ::ftruncate(fd, 0) == 0 &&
-            ::pwrite(fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size());
+  bool ok = ::ftruncate(p.fd, 0) == 0 &&
+            ::pwrite(p.fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size());
   int err = errno;
-  ::close(fd);
+  ::close(p.fd);
+  p.fd = -1;
   if (!ok) return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
   return Status::Ok();
 }
@@ -427,14 +446,16 @@ int Run(int argc, char** argv) {
                                                        .control_path = opt.control,
                                                        .durable_cbt = !opt.cbt_in_memory,
                                                        .mapped_files = StateFiles()});
-  // The pidfile before the control socket: a client that can connect must find a daemon that
-  // will serve it, not one about to exit on a refused pidfile.
+  // The pidfile is checked before the control socket exists: a client that can connect must
+  // find a daemon that will serve it, not one about to exit on a refused pidfile.
+  Pidfile pidfile;
   if (!opt.pidfile.empty()) {
-    Status s = WritePidfile(opt.pidfile);
-    if (!s.ok()) {
+    auto opened = OpenPidfile(opt.pidfile);
+    if (!opened.ok()) {
       service->Shutdown();
-      return Fail(s.ToString());
+      return Fail(opened.status().ToString());
     }
+    pidfile = *opened;
   }
   std::filesystem::create_directories(std::filesystem::path(opt.control).parent_path(), ec);
   auto server = ControlServer::Listen(
@@ -444,8 +465,18 @@ int Run(int argc, char** argv) {
       });
   if (!server.ok()) {
     service->Shutdown();
-    if (!opt.pidfile.empty()) ::unlink(opt.pidfile.c_str());
+    if (pidfile.fd >= 0) {
+      ::close(pidfile.fd);
+      if (pidfile.created) ::unlink(opt.pidfile.c_str());  // never another daemon's
+    }
     return Fail(server.status().ToString());
+  }
+  if (pidfile.fd >= 0) {
+    Status s = WritePid(pidfile, opt.pidfile);
+    if (!s.ok()) {
+      service->Shutdown();
+      return Fail(s.ToString());
+    }
   }
   // Last step before serving, so no start-up failure can follow it: a failed start must not
   // stop the ublk devices a crashed daemon left (Shutdown would delete them). Clients that

@@ -351,7 +351,11 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   Counters c;
   std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
-  const int preferred = repo.store().preferred_writes();
+  // A store's preference is capped by the workers' memory (a frame and a seal buffer of about a
+  // chunk each): 16 workers of 4 MiB chunks, never fewer than kBackupThreads.
+  const int preferred = static_cast<int>(std::min<uint64_t>(
+      repo.store().preferred_writes(),
+      std::max<uint64_t>(kBackupThreads, kPreferredWorkersMemory / (2 * chunk))));
   const int threads = spec.threads > 0 ? spec.threads : preferred > 0 ? preferred : kBackupThreads;
   Status s = ParallelChunks(
       index.chunks.size(), threads, chunk, reporter,

@@ -54,6 +54,9 @@ using ProgressFn = std::function<void(const TransferProgress&)>;
 
 // A backup's workers when neither the caller nor the store says (hashing is the CPU's work).
 constexpr int kBackupThreads = 4;
+// What the workers a store prefers may hold in chunk buffers, at most, two chunks a worker
+// (ObjectStore::preferred_writes: 16 for S3 with 4 MiB chunks, fewer for larger chunks).
+constexpr uint64_t kPreferredWorkersMemory = 128ull << 20;
 
 struct BackupSpec {
   std::string device;  // the device's name (manifest)

@@ -127,8 +127,12 @@ def bad_state_files(args, t):
 
 
 def second_daemon(args, t):
-    first = Daemon(args, fuse=False).start()
-    second = Daemon(args, fuse=False)
+    first = Daemon(args, fuse=False)
+    os.makedirs(first.tmp, exist_ok=True)
+    pidfile = os.path.join(first.tmp, "blksnapd.pid")
+    first.extra = ["--pidfile", pidfile]
+    first.start()
+    second = Daemon(args, fuse=False, extra=["--pidfile", pidfile])
     second.control = first.control
     try:
         first.cli_json("attach", first.make_image("a.img", 16 * MiB), "--name", "a")
@@ -140,6 +144,14 @@ def second_daemon(args, t):
                 "it says why: " + (p.stderr.strip().splitlines() or ["(nothing)"])[-1][:120])
         devs = [x["name"] for x in first.cli_json("devices")["devices"]]
         t.check(devs == ["a"], "the first daemon still answers with its device (%s)" % devs)
+        try:
+            with open(pidfile) as f:
+                held = f.read().strip()
+        except OSError as e:
+            held = str(e)
+        t.check(held == str(first.proc.pid),
+                "the first daemon's pidfile still holds its pid (%s, pid %d)" %
+                (held, first.proc.pid))
     finally:
         second.stop()
         second.cleanup()

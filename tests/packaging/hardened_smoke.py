@@ -150,8 +150,8 @@ def main():
                        os.path.join(work, "nbd.sock"), "--fuse-dir", os.path.join(work, "dev"),
                        "--log-file", os.path.join(work, "log"), "--pidfile", pidfile])
         os.umask(old_umask)
-        for _ in range(300):
-            if os.path.exists(pidfile):
+        for _ in range(300):  # the pid is written once the control socket listens
+            if os.path.exists(pidfile) and os.path.getsize(pidfile) > 0:
                 break
             if daemon.poll() is not None:
                 raise RuntimeError(f"blksnapd exited with {daemon.returncode} at start")
