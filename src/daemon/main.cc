@@ -234,39 +234,55 @@ struct Pidfile {
 };
 
 // Opens path without following a symlink planted there (O_NOFOLLOW), and only a regular file
-// owned by us with one link, so another user cannot make the daemon clobber a file of theirs.
+// owned by us with one link, so another user cannot make the daemon clobber a file of theirs
+// (O_NONBLOCK: a FIFO planted there is refused, not waited on).
 Result<Pidfile> OpenPidfile(const std::string& path) {
+  constexpr int kFlags = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
   Pidfile p;
-  p.fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  p.fd = ::open(path.c_str(), kFlags | O_CREAT | O_EXCL, 0644);
   p.created = p.fd >= 0;
-  if (p.fd < 0 && errno == EEXIST) p.fd = ::open(path.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (p.fd < 0 && errno == EEXIST) p.fd = ::open(path.c_str(), kFlags);
   if (p.fd < 0) {
     int err = errno;
     if (err == ELOOP) {
       return Status::Error(err, "pidfile " + path + " is a symbolic link; refusing to follow it");
     }
-    return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
+    return Status::Error(err, "cannot write pidfile " + path);
   }
   struct stat st {};
   if (::fstat(p.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
       st.st_nlink != 1) {
     ::close(p.fd);
+    if (p.created) ::unlink(path.c_str());
     return Status::Error(
         EPERM, "pidfile " + path + " is not a regular file of ours with one link; refusing it");
   }
   return p;
 }
 
-// Writes our pid into the opened pidfile and closes it.
+// Writes our pid into the opened pidfile and closes it (a file we created is removed again if
+// that fails).
 Status WritePid(Pidfile& p, const std::string& path) {
   std::string text = std::to_string(::getpid()) + "\n";
+  errno = EIO;  // a short write sets none
   bool ok = ::ftruncate(p.fd, 0) == 0 &&
             ::pwrite(p.fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size());
   int err = errno;
   ::close(p.fd);
   p.fd = -1;
-  if (!ok) return Status::Error(err, "cannot write pidfile " + path + ": " + std::strerror(err));
-  return Status::Ok();
+  if (ok) return Status::Ok();
+  if (p.created) ::unlink(path.c_str());
+  return Status::Error(err, "cannot write pidfile " + path);
+}
+
+// Closes a pidfile the start gave up on: removed if we created it and it is still empty (another
+// daemon that opened it meanwhile and wrote its pid keeps it).
+void AbandonPidfile(Pidfile& p, const std::string& path) {
+  if (p.fd < 0) return;
+  struct stat st {};
+  if (p.created && ::fstat(p.fd, &st) == 0 && st.st_size == 0) ::unlink(path.c_str());
+  ::close(p.fd);
+  p.fd = -1;
 }
 
 // Every control client, NBD connection and FUSE/loop/ublk device holds descriptors: use the
@@ -465,10 +481,7 @@ int Run(int argc, char** argv) {
       });
   if (!server.ok()) {
     service->Shutdown();
-    if (pidfile.fd >= 0) {
-      ::close(pidfile.fd);
-      if (pidfile.created) ::unlink(opt.pidfile.c_str());  // never another daemon's
-    }
+    AbandonPidfile(pidfile, opt.pidfile);  // never another daemon's
     return Fail(server.status().ToString());
   }
   if (pidfile.fd >= 0) {

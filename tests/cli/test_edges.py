@@ -183,6 +183,24 @@ def pidfile_symlink(args, t):
         d.cleanup()
 
 
+def pidfile_fifo(args, t):
+    d = Daemon(args, fuse=False)
+    os.makedirs(d.tmp, exist_ok=True)
+    fifo = os.path.join(d.tmp, "blksnapd.pid")
+    os.mkfifo(fifo)
+    d.extra = ["--pidfile", fifo]
+    try:
+        p = subprocess.run(d.command(), capture_output=True, text=True, timeout=20)
+        t.check(p.returncode != 0, "a FIFO at the pidfile's path fails the start (%d)" %
+                p.returncode)
+        t.check("pidfile" in p.stderr, "it says why: " +
+                (p.stderr.strip().splitlines() or ["(nothing)"])[-1][:120])
+    except subprocess.TimeoutExpired:
+        t.check(False, "a FIFO at the pidfile's path fails the start (it waited for a reader)")
+    finally:
+        d.cleanup()
+
+
 def sighup(args, t):
     d = Daemon(args, fuse=False)
     os.makedirs(d.tmp, exist_ok=True)
@@ -303,8 +321,8 @@ def main():
         print("SKIP: needs root")
         sys.exit(77)
     t = Failures()
-    for test in (bad_state_files, second_daemon, pidfile_symlink, sighup, nbd_tcp_needs_tls,
-                 originals_behind_the_tracker):
+    for test in (bad_state_files, second_daemon, pidfile_symlink, pidfile_fifo, sighup,
+                 nbd_tcp_needs_tls, originals_behind_the_tracker):
         try:
             test(args, t)
         except Exception as e:
