@@ -233,6 +233,16 @@ struct Pidfile {
   bool created = false;  // by us: removed again if the start fails
 };
 
+// Closes a pidfile the start gave up on: removed if we created it and it is still empty (another
+// daemon that opened it meanwhile and wrote its pid keeps it).
+void AbandonPidfile(Pidfile& p, const std::string& path) {
+  if (p.fd < 0) return;
+  struct stat st {};
+  if (p.created && ::fstat(p.fd, &st) == 0 && st.st_size == 0) ::unlink(path.c_str());
+  ::close(p.fd);
+  p.fd = -1;
+}
+
 // Opens path without following a symlink planted there (O_NOFOLLOW), and only a regular file
 // owned by us with one link, so another user cannot make the daemon clobber a file of theirs
 // (O_NONBLOCK: a FIFO planted there is refused, not waited on).
@@ -252,8 +262,7 @@ Result<Pidfile> OpenPidfile(const std::string& path) {
   struct stat st {};
   if (::fstat(p.fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() ||
       st.st_nlink != 1) {
-    ::close(p.fd);
-    if (p.created) ::unlink(path.c_str());
+    AbandonPidfile(p, path);
     return Status::Error(
         EPERM, "pidfile " + path + " is not a regular file of ours with one link; refusing it");
   }
@@ -273,16 +282,6 @@ Status WritePid(Pidfile& p, const std::string& path) {
   if (ok) return Status::Ok();
   if (p.created) ::unlink(path.c_str());
   return Status::Error(err, "cannot write pidfile " + path);
-}
-
-// Closes a pidfile the start gave up on: removed if we created it and it is still empty (another
-// daemon that opened it meanwhile and wrote its pid keeps it).
-void AbandonPidfile(Pidfile& p, const std::string& path) {
-  if (p.fd < 0) return;
-  struct stat st {};
-  if (p.created && ::fstat(p.fd, &st) == 0 && st.st_size == 0) ::unlink(path.c_str());
-  ::close(p.fd);
-  p.fd = -1;
 }
 
 // Every control client, NBD connection and FUSE/loop/ublk device holds descriptors: use the

@@ -127,6 +127,17 @@ int UsableCpus() {
   return std::clamp(n, 1, 8);
 }
 
+// A backup's workers: `threads` if given, else the store's preferred_writes capped by the
+// workers' memory (a frame and a seal buffer of about a chunk each: 16 workers of 4 MiB chunks,
+// never fewer than kBackupThreads), else kBackupThreads.
+int BackupWorkers(int threads, const ObjectStore& store, uint64_t chunk) {
+  if (threads > 0) return threads;
+  const int preferred = store.preferred_writes();
+  if (preferred <= 0) return kBackupThreads;
+  const uint64_t fit = std::max<uint64_t>(kBackupThreads, kPreferredWorkersMemory / (2 * chunk));
+  return static_cast<int>(std::min<uint64_t>(preferred, fit));
+}
+
 // A restore's writes behind its decoders: `writers` threads, each one synchronous write at a
 // time, so a disk sees that many writes queued while the decoders (no more than the CPUs: more
 // only evict each other's 4 MiB frames from the caches and thrash the scheduler) stay busy. A
@@ -351,12 +362,7 @@ Result<Manifest> RunBackup(Repository& repo, BlockDevice& image, const BackupSpe
   Counters c;
   std::atomic<uint64_t> new_chunks{0}, reused{0}, zeroes{0};
   Reporter reporter(spec.progress, spec.progress_interval, size, c);
-  // A store's preference is capped by the workers' memory (a frame and a seal buffer of about a
-  // chunk each): 16 workers of 4 MiB chunks, never fewer than kBackupThreads.
-  const int preferred = static_cast<int>(std::min<uint64_t>(
-      repo.store().preferred_writes(),
-      std::max<uint64_t>(kBackupThreads, kPreferredWorkersMemory / (2 * chunk))));
-  const int threads = spec.threads > 0 ? spec.threads : preferred > 0 ? preferred : kBackupThreads;
+  const int threads = BackupWorkers(spec.threads, repo.store(), chunk);
   Status s = ParallelChunks(
       index.chunks.size(), threads, chunk, reporter,
       [&](uint64_t i, ChunkFrame& frame, std::vector<uint8_t>& sealed) -> Status {
