@@ -16,10 +16,16 @@ Design note. One sequence, on one throw-away cluster:
   2. image    a file of random bytes (os.urandom): nothing dedups, nothing compresses, so every
               tool moves every byte; read once before each timed backup (page-cached source).
   3. ceiling  for each thread count T: `rados bench -p blksnap 20 write -b 4 MiB -t T
-              --no-cleanup`, then `rados bench 20 seq -t T`, then `rados cleanup`, as
-              client.blksnap. T defaults to 4,16: blksnap's default backup workers are 4
-              (kBackupThreads) and 16 into s3:// (S3Store's preferred_writes); a restore from
-              either store defaults to 4 (RestoreSpec).
+              --max-objects 3072 --no-cleanup` (20 s or 12 GiB; the OSD's file is 40 GiB),
+              then `rados bench 20 seq -t T`, then `rados cleanup`, as client.blksnap. T
+              defaults to 4,16: blksnap's default backup workers are 4 (kBackupThreads) and 16
+              into s3:// (S3Store's preferred_writes); a restore from either store defaults to
+              4 (RestoreSpec).
+  3b. S3     for each T, curl's parallel transfers PUT as many 4 MiB objects as the image holds
+              into a new bucket on the radosgw (body SHA-256 signed, as blksnap signs, and
+              again UNSIGNED-PAYLOAD), then GET them into /dev/null (s3_ceiling): the least any
+              S3 client can ask of radosgw, which `rados bench` bypasses. Its ratios to rados
+              bench say what an S3 client can reach here; blksnap's s3:// to it, how near.
   4. blksnap  blksnapd on a scratch state dir attaches the image; for each backend (rados://
               blksnap/NS, s3://BUCKET on the radosgw) and each T: `repo init` of a new
               namespace/bucket (so no run dedups against another), `backup --threads T` (full),
@@ -33,7 +39,8 @@ Design note. One sequence, on one throw-away cluster:
   5. restic   `restic -r s3:RGW/restic-bench` (keys from s3.credentials in the environment):
               init, backup of the image file, restore latest; compared and removed.
   6. ratios   blksnap backup / rados bench write and restore (and restore_ram) / rados bench
-              seq at the same T (target >= 0.7), blksnap / restic (target >= 2; restores to
+              seq at the same T (target >= 0.7), s3:// backup / curl put and restore_ram / curl
+              get (the same 0.7, against the S3 ceiling), blksnap / restic (target >= 2; restores to
               disk, as restic's), printed as a table, each beside
               what a CPU-bound machine predicts (the inverse ratio of total CPU s per GB);
               openssl SHA-256 and zstd -3 speeds of the image's bytes (one core) as context.
@@ -66,6 +73,10 @@ CLUSTER = os.path.join(SCRATCH, "ceph")
 CEPH_SCRIPT = os.path.join(ROOT, "scripts", "ceph-cluster")
 BENCH_SECONDS = 20
 OBJECT = 4 * MIB  # rados bench object size = the repository's default chunk size
+# rados bench write stops at BENCH_SECONDS or this many objects (12 GiB), whichever comes first:
+# the OSD outran its file once (20 s at 1 GB/s), and a full OSD hangs every writer.
+BENCH_MAX_OBJECTS = 3072
+OSD_GIB = 40  # the cluster's sparse OSD file: the ceiling's 12 GiB plus every round's data
 DEFAULT_THREADS = 4  # blksnap's default backup workers (16 into s3://) and remote restore reads
 RAM_DIR = "/dev/shm"  # tmpfs: the target of the second restore of each round
 TARGETS = (("vs rados bench", "vs_rados", 0.7), ("vs restic S3", "vs_restic", 2.0))
@@ -193,7 +204,8 @@ def parse_rados_bench(text):
 def rados_bench(threads, daemons):
     res = {}
     for mode in ("write", "seq"):
-        extra = ["-b", str(OBJECT), "--no-cleanup"] if mode == "write" else []
+        extra = (["-b", str(OBJECT), "--max-objects", str(BENCH_MAX_OBJECTS), "--no-cleanup"]
+                 if mode == "write" else [])
         log(f"rados bench {mode} -t {threads}")
         with Meter(daemons) as m:
             r = rados("bench", str(BENCH_SECONDS), mode, "-t", str(threads), *extra)
@@ -201,6 +213,43 @@ def rados_bench(threads, daemons):
         moved = res[mode].get("objects", 0) * OBJECT
         res[mode]["cpu_s_per_GB"] = per_gb(m.cpu, moved) if moved else None
     rados("cleanup")
+    return res
+
+
+def s3_ceiling(threads, daemons, count):
+    """The least an S3 client can ask of radosgw, T requests at a time: curl's parallel
+    transfers (libcurl's multi interface, connections reused) PUT `count` objects of 4 MiB of
+    random bytes into a new bucket, then GET each into /dev/null. `put` sends the body's
+    SHA-256, hashed once before the clock starts, as x-amz-content-sha256 (radosgw verifies it,
+    as for blksnap's requests; the client hashes nothing); `put_unsigned` sends
+    UNSIGNED-PAYLOAD (radosgw verifies nothing). Every response must be a 200."""
+    key, secret = s3_keys()
+    body = os.path.join(SCRATCH, "s3-ceiling-object")
+    with open(body, "wb") as f:
+        f.write(os.urandom(OBJECT))
+    digest = run(["sha256sum", body]).stdout.split()[0]
+    bucket = f"{rgw_url()}/ceiling-t{threads}"
+    cfg = os.path.join(SCRATCH, "s3-ceiling.curl")
+    base = ["curl", "-sS", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", f"{key}:{secret}"]
+    run(base + ["-f", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-X", "PUT", bucket])
+    res = {}
+    for op, sha in (("put", digest), ("put_unsigned", "UNSIGNED-PAYLOAD"), ("get", None)):
+        with open(cfg, "w") as f:
+            for i in range(count):
+                f.write(f'url = "{bucket}/{op if sha else "put"}-{i:05d}"\n')
+                f.write(f'upload-file = "{body}"\n' if sha else 'output = "/dev/null"\n')
+        hdr = ["-H", f"x-amz-content-sha256: {sha or 'UNSIGNED-PAYLOAD'}"]
+        log(f"s3 ceiling {op} -t {threads} (curl)")
+        with Meter(daemons) as m:
+            r = run(base + hdr + ["-Z", "--parallel-max", str(threads), "-w",
+                                  "%{http_code}\n", "-K", cfg], timeout=1800)
+        codes = r.stdout.split()
+        if len(codes) != count or any(c != "200" for c in codes):
+            bad = sorted(set(codes) - {"200"})
+            raise RuntimeError(f"s3 ceiling {op}: {len(codes)} responses, not 200: {bad}")
+        res[op] = m.result(count * OBJECT)
+    remove(cfg)
+    remove(body)
     return res
 
 
@@ -294,8 +343,18 @@ def summarize(doc):
             cb = (ceil.get(bench_mode) or {}).get("cpu_s_per_GB") or {}
             model[f"{key} {op} vs rados bench {bench_mode}"] = ratio(
                 cb.get("total"), r[op]["cpu_s_per_GB"]["total"])
+        s3c = doc.get("s3_ceiling", {}).get(f"t{t}")
+        if key.startswith("s3-") and s3c:  # the S3 ceiling: what radosgw gives any client
+            for op, curl_op in (("backup", "put"), ("restore_ram", "get")):
+                rat[f"{key} {op} vs curl s3 {curl_op}"] = ratio(r[op]["MBps"],
+                                                               s3c[curl_op]["MBps"])
+    for t, c in doc.get("s3_ceiling", {}).items():
+        rb = doc["rados_bench"].get(t, {})
+        for op, bench_mode in (("put", "write"), ("put_unsigned", "write"), ("get", "seq")):
+            rat[f"curl s3 -t {t[1:]} {op} vs rados bench {bench_mode}"] = ratio(
+                c[op]["MBps"], rb.get(bench_mode, {}).get("MBps"))
     for name, v in rat.items():
-        want = 0.7 if "rados bench" in name else 2.0
+        want = 2.0 if name.endswith("vs restic") else 0.7
         targets[name] = {"value": v, "target": f">= {want:g}", "met": v is not None and v >= want,
                          "cpu_model": model.get(name)}
     return rat, targets
@@ -310,6 +369,9 @@ def table(doc):
     rows = [(f"rados bench -t {t[1:]} (write / seq)", {"backup": rb["write"],
                                                        "restore": rb["seq"]})
             for t, rb in doc["rados_bench"].items()]
+    rows += [(f"curl s3 -t {t[1:]} (put / get; put unsigned: {c['put_unsigned']['MBps']})",
+              {"backup": c["put"], "restore": c["get"]})
+             for t, c in doc.get("s3_ceiling", {}).items()]
     rows += [(f"blksnap {k}", v) for k, v in doc["blksnap"].items()] + [("restic s3",
                                                                         doc["restic"])]
     for name, v in rows:
@@ -335,6 +397,10 @@ def main():
     a = ap.parse_args()
     size = parse_size(a.size or ("256M" if a.quick else "1G"))
     threads = [int(t) for t in a.threads.split(",")]
+    for tool in ("restic", "curl", "rados"):  # before the minutes of a cluster and a ceiling
+        if not shutil.which(tool):
+            sys.exit(f"ceph_bench: {tool} is missing (scripts/install-deps installs curl and "
+                     "rados; apt-get install restic, as bench/run does)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("ceph_bench: SIGTERM"))
     cleanup()
     os.makedirs(SCRATCH, exist_ok=True)
@@ -349,11 +415,13 @@ def main():
                 f.write(os.urandom(8 * MIB))
         log("cluster: start")
         t0 = time.monotonic()
-        run([CEPH_SCRIPT, "start", CLUSTER], timeout=400)
+        run([CEPH_SCRIPT, "start", CLUSTER], timeout=400,
+            env=dict(os.environ, CEPH_CLUSTER_OSD_GIB=str(OSD_GIB)))
         cluster_start_s = round(time.monotonic() - t0, 1)
         daemons = ceph_daemons()
         tunables = daemon_glibc_tunables()
         doc["rados_bench"] = {f"t{t}": rados_bench(t, daemons) for t in threads}
+        doc["s3_ceiling"] = {f"t{t}": s3_ceiling(t, daemons, size // OBJECT) for t in threads}
         proc = lab.daemon()
         daemons["blksnapd"] = proc.pid
         lab.cli_json("attach", img, "--name", "img")
