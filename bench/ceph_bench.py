@@ -223,26 +223,34 @@ def s3_ceiling(threads, daemons, count):
     SHA-256, hashed once before the clock starts, as x-amz-content-sha256 (radosgw verifies it,
     as for blksnap's requests; the client hashes nothing); `put_unsigned` sends
     UNSIGNED-PAYLOAD (radosgw verifies nothing). Every response must be a 200."""
-    key, secret = s3_keys()
     body = os.path.join(SCRATCH, "s3-ceiling-object")
     with open(body, "wb") as f:
         f.write(os.urandom(OBJECT))
     digest = run(["sha256sum", body]).stdout.split()[0]
     bucket = f"{rgw_url()}/ceiling-t{threads}"
     cfg = os.path.join(SCRATCH, "s3-ceiling.curl")
-    base = ["curl", "-sS", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", f"{key}:{secret}"]
-    run(base + ["-f", "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-X", "PUT", bucket])
+    key, secret = s3_keys()
+
+    def curl(sha, lines, *args):
+        # The keys go in a private config file, never on a command line (ps, this bench's errors).
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'user = "{key}:{secret}"\nheader = "x-amz-content-sha256: {sha}"\n')
+            f.writelines(lines)
+        return run(["curl", "-sS", "--aws-sigv4", "aws:amz:us-east-1:s3", *args, "-K", cfg],
+                   timeout=1800)
+
+    curl("UNSIGNED-PAYLOAD", [f'url = "{bucket}"\n'], "-f", "-X", "PUT")
     res = {}
-    for op, sha in (("put", digest), ("put_unsigned", "UNSIGNED-PAYLOAD"), ("get", None)):
-        with open(cfg, "w") as f:
-            for i in range(count):
-                f.write(f'url = "{bucket}/{op if sha else "put"}-{i:05d}"\n')
-                f.write(f'upload-file = "{body}"\n' if sha else 'output = "/dev/null"\n')
-        hdr = ["-H", f"x-amz-content-sha256: {sha or 'UNSIGNED-PAYLOAD'}"]
+    # (operation, payload hash header, objects, what each transfer does): `get` reads put's.
+    for op, sha, name, what in (("put", digest, "put", f'upload-file = "{body}"'),
+                                ("put_unsigned", "UNSIGNED-PAYLOAD", "unsigned",
+                                 f'upload-file = "{body}"'),
+                                ("get", "UNSIGNED-PAYLOAD", "put", 'output = "/dev/null"')):
+        lines = [f'url = "{bucket}/{name}-{i:05d}"\n{what}\n' for i in range(count)]
         log(f"s3 ceiling {op} -t {threads} (curl)")
         with Meter(daemons) as m:
-            r = run(base + hdr + ["-Z", "--parallel-max", str(threads), "-w",
-                                  "%{http_code}\n", "-K", cfg], timeout=1800)
+            r = curl(sha, lines, "-Z", "--parallel-max", str(threads), "-w", "%{http_code}\n")
         codes = r.stdout.split()
         if len(codes) != count or any(c != "200" for c in codes):
             bad = sorted(set(codes) - {"200"})
