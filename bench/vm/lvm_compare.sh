@@ -98,7 +98,18 @@ trap cleanup EXIT
 
 for m in brd dm-snapshot loop fuse ublk_drv; do modprobe "$m" 2>/dev/null || true; done
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
-printf '#!/bin/sh\ngrep -E "^(cpu|ctxt) " /proc/stat >>"$1"\n' >"$WORK/stat.sh"
+# Whole-VM CPU and switches (report.py), and every thread's user and system ticks (FILE.tasks:
+# "tid (comm) utime stime" before and after, for telling which thread a job's CPU went to),
+# taken outside the /proc/stat pair so that the job's CPU does not include their own.
+cat >"$WORK/stat.sh" <<'SH'
+#!/bin/sh
+tasks() {
+  echo "--" >>"$1.tasks"
+  cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | awk '{print $1, $2, $14, $15}' >>"$1.tasks"
+}
+if [ -s "$1" ]; then grep -E "^(cpu|ctxt) " /proc/stat >>"$1"; tasks "$1"
+else tasks "$1"; grep -E "^(cpu|ctxt) " /proc/stat >>"$1"; fi
+SH
 chmod +x "$WORK/stat.sh"
 [ -x "$DAEMON" ] && [ -x "$CLI" ] || fail "blksnapd / blksnap not built in $BUILD"
 
@@ -281,7 +292,8 @@ if [ $any_blksnap = 1 ]; then
       case $phase in
         cow)
           log "$side: snapshot $id durability $(jget "$(bs --json snapshot info "$id")" 'j.get("durability")')"
-          cow_jobs "$side" "$front" ;;
+          cow_jobs "$side" "$front"
+          log "$side: blksnapd $(grep -E '^(Rss|AnonHugePages)' /proc/$DAEMON_PID/smaps_rollup | tr -s ' ' | tr '\n' ' ')" ;;
         cow1 | cowN)
           log "$side: $k snapshot(s) ${ids[*]}, durability $(jget "$(bs --json snapshot info "$id")" 'j.get("durability")')"
           wl=cow64k; [ $phase = cow1 ] && wl=cow64k-1

@@ -15,6 +15,7 @@
 #include "blksnap/io.h"
 #include "util/block_topology.h"
 #include "util/fd.h"
+#include "util/thread_name.h"
 
 namespace blksnap {
 namespace {
@@ -484,6 +485,7 @@ void DiffStorage::RaiseNoSpace(uint64_t requested) {
 }
 
 void DiffStorage::GrowerLoop() {
+  NameThisThread("storage-grower");
   // Manual Lock/Unlock: grow_ runs without mu_, and the analysis follows a plain Mutex through
   // that better than a scoped lock released in the middle.
   mu_.Lock();

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <system_error>
 
+#include "util/thread_name.h"
+
 namespace blksnap {
 
 ChunkStorer::ChunkStorer(const Config& config, StoreFn store)
@@ -86,6 +88,7 @@ void ChunkStorer::WakeStorerIfBehind() {
 }
 
 void ChunkStorer::Loop() {
+  NameThisThread("storer");
   for (;;) {
     std::pair<uint64_t, Chunk*> item;
     {

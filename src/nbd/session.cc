@@ -50,6 +50,7 @@
 
 #include "nbd/extents.h"
 #include "nbd/reply.h"
+#include "util/thread_name.h"
 
 namespace blksnap::nbd {
 namespace {
@@ -182,6 +183,7 @@ void Session::Log(const std::string& why) {
 }
 
 void Session::WorkerLoop() {
+  NameThisThread("nbd-worker");
   Scratch s;
   Request req;
   uint32_t pre_error = 0;

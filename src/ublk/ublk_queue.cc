@@ -39,10 +39,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "ublk/ublk_request.h"
 #include "ublk/ublk_ring.h"
 #include "ublk/ublk_uapi.h"
+#include "util/prefault.h"
+#include "util/thread_name.h"
 
 namespace blksnap::ublk {
 namespace {
@@ -66,9 +69,10 @@ Status Queue::Start() {
   if (descs == MAP_FAILED) return Status::FromErrno("mmap ublk descriptors");
   descs_ = Mapping(descs, desc_bytes);
   const size_t buf_bytes = static_cast<size_t>(depth_) * max_io_bytes_;
-  void* bufs =
-      ::mmap(nullptr, buf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (bufs == MAP_FAILED) return Status::FromErrno("mmap ublk buffers");
+  // Huge pages: the kernel pins a request's buffer for its copy in or out, and the backend's
+  // O_DIRECT I/O pins it again (util/prefault.h).
+  void* bufs = MapHugeAligned(buf_bytes);
+  if (bufs == nullptr) return Status::FromErrno("mmap ublk buffers");
   buffers_ = Mapping(bufs, buf_bytes);
   event_fd_ = Fd(::eventfd(0, EFD_CLOEXEC));
   if (!event_fd_.valid()) return Status::FromErrno("eventfd");
@@ -120,6 +124,7 @@ void Queue::ArmEventRead(io_uring* ring) {
 }
 
 void Queue::Run(std::promise<Status>& started) {
+  NameThisThread("ublk-q" + std::to_string(q_id_));
   Ring ring;
   // Enough SQEs for one command per tag plus the eventfd read; COOP_TASKRUN avoids IPIs for
   // task work since this thread enters the kernel on every loop anyway.
@@ -267,6 +272,7 @@ int Queue::Serve(uint16_t tag) {
 }
 
 void Queue::WorkerLoop() {
+  NameThisThread("ublk-w" + std::to_string(q_id_));
   for (;;) {
     uint16_t tag;
     {

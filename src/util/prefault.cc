@@ -28,6 +28,22 @@ void PrefaultForWrite(void* p, size_t n, bool huge) {
   (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
 }
 
+void* MapHugeAligned(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  // Over-map by one huge page and trim both ends to the aligned range.
+  const size_t span = bytes + kHugePageSize;
+  void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t aligned = (start + kHugePageSize - 1) & ~(uintptr_t{kHugePageSize} - 1);
+  if (aligned > start) ::munmap(p, aligned - start);
+  const uintptr_t tail = aligned + bytes;
+  if (start + span > tail) ::munmap(reinterpret_cast<void*>(tail), start + span - tail);
+  const size_t huge = bytes & ~(kHugePageSize - 1);
+  if (huge > 0) (void)::madvise(reinterpret_cast<void*>(aligned), huge, MADV_HUGEPAGE);
+  return reinterpret_cast<void*>(aligned);
+}
+
 void ResizePrefaulted(std::vector<uint8_t>& v, size_t n) {
   if (n > v.size() && n - v.size() >= kPrefaultMinimum) {
     if (n > v.capacity()) v.reserve(n);

@@ -72,6 +72,25 @@ TEST(PrefaultTest, AskForHugePagesForWholeHugeRanges) {
   std::free(p);
 }
 
+TEST(PrefaultTest, MapHugeAlignedStartsOnAHugePageAndGetsOne) {
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string setting;
+  std::getline(thp, setting);
+  for (size_t bytes : {size_t{4096}, kHugePageSize, 3 * kHugePageSize + 8192}) {
+    auto* p = static_cast<uint8_t*>(MapHugeAligned(bytes));
+    ASSERT_NE(p, nullptr) << bytes;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % kHugePageSize, 0u) << bytes;
+    std::memset(p, 7, bytes);  // all of it mapped, writable
+    EXPECT_EQ(p[bytes - 1], 7);
+    if (bytes >= kHugePageSize && !setting.empty() &&
+        setting.find("[never]") == std::string::npos) {
+      EXPECT_GE(AnonHugeKiBAt(p), 2048) << "THP setting: " << setting;
+    }
+    EXPECT_EQ(::munmap(p, bytes), 0);
+  }
+  EXPECT_EQ(MapHugeAligned(0), nullptr);
+}
+
 TEST(PrefaultTest, ResizeKeepsThePrefixAndZeroesTheRest) {
   for (size_t from : {size_t{0}, size_t{100}, size_t{5000}}) {
     for (size_t to : {size_t{0}, size_t{50}, kPrefaultMinimum - 1, kPrefaultMinimum * 5 + 17}) {
