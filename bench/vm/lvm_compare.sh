@@ -106,6 +106,7 @@ cat >"$WORK/stat.sh" <<'SH'
 tasks() {
   echo "--" >>"$1.tasks"
   cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | awk '{print $1, $2, $14, $15}' >>"$1.tasks"
+  grep -H ctxt_switches /proc/[0-9]*/task/[0-9]*/status 2>/dev/null >>"$1.tasks"
 }
 if [ -s "$1" ]; then grep -E "^(cpu|ctxt) " /proc/stat >>"$1"; tasks "$1"
 else tasks "$1"; grep -E "^(cpu|ctxt) " /proc/stat >>"$1"; fi
