@@ -105,7 +105,10 @@ cat >"$WORK/stat.sh" <<'SH'
 #!/bin/sh
 tasks() {
   echo "--" >>"$1.tasks"
-  cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | awk '{print $1, $2, $14, $15}' >>"$1.tasks"
+  # utime and stime are the 12th and 13th fields after the name's ")" (a name may hold spaces).
+  cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null |
+    awk 'match($0, /\) [^)]*$/) { split(substr($0, RSTART + 2), f, " ");
+          print substr($0, 1, RSTART), f[12], f[13] }' >>"$1.tasks"
   grep -H ctxt_switches /proc/[0-9]*/task/[0-9]*/status 2>/dev/null >>"$1.tasks"
 }
 if [ -s "$1" ]; then grep -E "^(cpu|ctxt) " /proc/stat >>"$1"; tasks "$1"
@@ -141,7 +144,7 @@ job() {
   local side=$1 wl=$2 dev=$3; shift 3
   local stat=$OUT/$side.$wl.stat perf_pid=
   sync; echo 3 >/proc/sys/vm/drop_caches
-  rm -f "$stat"
+  rm -f "$stat" "$stat.tasks"
   if [[ ",$PERF," == *",$wl,"* ]]; then
     # Under TCG perf's interrupt is slow: without this the kernel throttles sampling to nothing.
     sysctl -q -w kernel.perf_cpu_time_max_percent=0

@@ -2,16 +2,24 @@
 #include "engine/buffer_pool.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 
-#include "util/prefault.h"
-
 namespace blksnap {
+namespace {
+
+size_t PageSize() {
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+}  // namespace
 
 BufferPool::BufferPool(size_t buffer_size, size_t max_free)
     : buffer_size_(buffer_size),
-      slab_bytes_(std::max(buffer_size, kSlabBytes)),
+      stride_(std::max(buffer_size, PageSize())),
+      slab_bytes_(std::max(stride_, kSlabBytes)),
       max_free_(max_free) {}
 
 BufferPool::~BufferPool() {
@@ -24,7 +32,7 @@ bool BufferPool::MapSlab() {
   if (slab == nullptr) return false;
   slabs_.push_back(slab);
   carve_ = slab;
-  carve_left_ = slab_bytes_ / buffer_size_;
+  carve_left_ = slab_bytes_ / stride_;
   return true;
 }
 
@@ -39,19 +47,32 @@ uint8_t* BufferPool::Get() {
   }
   if (carve_left_ == 0 && !MapSlab()) return nullptr;
   uint8_t* b = carve_;
-  carve_ += buffer_size_;
+  carve_ += stride_;
   --carve_left_;
   return b;
 }
 
 void BufferPool::Put(uint8_t* buffer) {
   if (!buffer) return;
-  MutexLock lock(mu_);
-  if (free_.size() < max_free_) {
-    free_.push_back(buffer);
-    return;
+  // The slab holding the buffer (slabs are slab_bytes_-aligned, a buffer never crosses one).
+  auto* slab = reinterpret_cast<uint8_t*>(reinterpret_cast<uintptr_t>(buffer) &
+                                          ~(uintptr_t{slab_bytes_} - 1));
+  bool first_release;
+  {
+    MutexLock lock(mu_);
+    if (free_.size() < max_free_) {
+      free_.push_back(buffer);
+      return;
+    }
+    first_release = released_slabs_.insert(slab).second;
   }
-  ::madvise(buffer, buffer_size_, MADV_DONTNEED);  // its memory back to the kernel
+  // Outside the lock (each call flushes TLBs). A slab that gave memory back is no longer a
+  // huge-page candidate: khugepaged would otherwise collapse it again, making its released
+  // buffers resident. The whole stride goes: with chunks smaller than a page each buffer has
+  // its page, so the page holds no other buffer.
+  if (first_release) (void)::madvise(slab, slab_bytes_, MADV_NOHUGEPAGE);
+  (void)::madvise(buffer, stride_, MADV_DONTNEED);
+  MutexLock lock(mu_);
   released_.push_back(buffer);
 }
 

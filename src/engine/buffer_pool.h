@@ -8,20 +8,26 @@
 // chunk for good (bench/results). So buffers are mapped by the pool, and at most max_free of
 // the returned ones stay resident for reuse; the others are given back to the kernel
 // (MADV_DONTNEED) and their addresses kept for later Gets. The memory is the buffers in use
-// plus that reserve.
+// plus that reserve; the address space is the most buffers ever out at once, unmapped with
+// the pool (under vm.overcommit_memory=2 it stays committed until then).
 //
 // Buffers come from 2 MiB-aligned slabs advised MADV_HUGEPAGE (a buffer of 2 MiB or more is
 // a slab of its own): every O_DIRECT read of an original chunk and write of a copy pins the
 // buffer's pages, and pinning a 64 KiB buffer of 4 KiB pages costs 16 page walks where a huge
-// page costs one (14-22% of a 64 KiB O_DIRECT read or write on a RAM disk in the VM:
-// docs/performance-vm.md, "Huge pages for the copy buffers"). Where transparent huge pages
-// are off, slabs are ordinary memory.
+// page costs one (15-20% of a 64 KiB O_DIRECT read or write on a RAM disk in the VM:
+// docs/performance-vm.md, "Huge pages for the copy buffers"). A slab that gives a buffer back
+// loses its huge page and is advised MADV_NOHUGEPAGE from then on, so that khugepaged cannot
+// make the released buffers resident again. Buffers smaller than a page (512-byte chunks) get
+// a page each, as their own mappings did, so giving one back never touches another. Where
+// transparent huge pages are off, slabs are ordinary memory.
 //
-// Thread-safe; Get/Put take one mutex briefly. A buffer's bytes are unspecified.
+// Thread-safe; Get/Put take one mutex briefly (the madvise calls run outside it). A buffer's
+// bytes are unspecified.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <unordered_set>
 #include <vector>
 
 #include "util/mutex.h"
@@ -33,7 +39,7 @@ class BufferPool {
  public:
   static constexpr size_t kSlabBytes = kHugePageSize;
 
-  // buffer_size: a power of two.
+  // buffer_size: a power of two (a chunk's size).
   BufferPool(size_t buffer_size, size_t max_free);
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;
@@ -52,12 +58,14 @@ class BufferPool {
   bool MapSlab() REQUIRES(mu_);
 
   const size_t buffer_size_;
+  const size_t stride_;  // buffer_size_, at least a page
   const size_t slab_bytes_;
   const size_t max_free_;
   mutable Mutex mu_;
   std::vector<uint8_t*> free_ GUARDED_BY(mu_);
   std::vector<uint8_t*> released_ GUARDED_BY(mu_);
   std::vector<uint8_t*> slabs_ GUARDED_BY(mu_);
+  std::unordered_set<uint8_t*> released_slabs_ GUARDED_BY(mu_);  // advised MADV_NOHUGEPAGE
   uint8_t* carve_ GUARDED_BY(mu_) = nullptr;  // the next unused buffer of the newest slab
   size_t carve_left_ GUARDED_BY(mu_) = 0;
 };

@@ -4,9 +4,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <set>
+#include <string>
 #include <vector>
 
 namespace blksnap {
@@ -20,6 +24,23 @@ size_t Resident(const uint8_t* p, size_t bytes) {
   size_t n = 0;
   for (unsigned char v : vec) n += v & 1;
   return n;
+}
+
+// The VmFlags of the mapping holding p (/proc/self/smaps), empty if not found.
+std::string VmFlagsAt(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long begin, end;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &begin, &end) == 2 && line.find(' ') < 30) {
+      inside = at >= begin && at < end;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      return line.substr(8) + " ";
+    }
+  }
+  return "";
 }
 
 TEST(BufferPoolTest, RecyclesUpToTheBoundAndReleasesTheRest) {
@@ -37,6 +58,9 @@ TEST(BufferPoolTest, RecyclesUpToTheBoundAndReleasesTheRest) {
   // The released ones hold no memory any more; the kept ones do.
   for (int i = 2; i < 5; ++i) EXPECT_EQ(Resident(buffers[i], pool.buffer_size()), 0u) << i;
   EXPECT_GT(Resident(buffers[0], pool.buffer_size()), 0u);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(buffers[i][pool.buffer_size() - 1], i + 1) << i;
+  // Their slab is no huge-page candidate any more (khugepaged would make them resident again).
+  EXPECT_NE(VmFlagsAt(buffers[2]).find(" nh "), std::string::npos) << VmFlagsAt(buffers[2]);
   uint8_t* again = pool.Get();  // a resident one first
   EXPECT_TRUE(again == buffers[0] || again == buffers[1]);
   EXPECT_EQ(pool.free_count(), 1u);
@@ -77,6 +101,29 @@ TEST(BufferPoolTest, CarvesDistinctBuffersFromHugePageAlignedSlabs) {
   }
   for (uint8_t* b : buffers) pool.Put(b);
   EXPECT_EQ(pool.released_count(), buffers.size());
+}
+
+TEST(BufferPoolTest, BuffersSmallerThanAPageGetAPageEach) {
+  // 512-byte chunks: giving one back must not wipe the ones next to it (the kernel drops whole
+  // pages), some of which may hold a chunk's only copy.
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  BufferPool pool(512, 0);
+  std::vector<uint8_t*> buffers;
+  for (int i = 0; i < 16; ++i) {
+    uint8_t* b = pool.Get();
+    ASSERT_NE(b, nullptr);
+    std::memset(b, i + 1, pool.buffer_size());
+    buffers.push_back(b);
+  }
+  for (size_t i = 1; i < buffers.size(); ++i)
+    EXPECT_GE(buffers[i] - buffers[i - 1], static_cast<std::ptrdiff_t>(page));
+  for (size_t i = 0; i < buffers.size(); i += 2) pool.Put(buffers[i]);  // released: max_free 0
+  EXPECT_EQ(pool.released_count(), 8u);
+  for (size_t i = 1; i < buffers.size(); i += 2) {
+    for (size_t j = 0; j < pool.buffer_size(); ++j) {
+      ASSERT_EQ(buffers[i][j], static_cast<uint8_t>(i + 1)) << "buffer " << i << " byte " << j;
+    }
+  }
 }
 
 TEST(BufferPoolTest, BuffersLargerThanASlabAreSlabsOfTheirOwn) {

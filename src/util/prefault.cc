@@ -30,6 +30,8 @@ void PrefaultForWrite(void* p, size_t n, bool huge) {
 
 void* MapHugeAligned(size_t bytes) {
   if (bytes == 0) return nullptr;
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  bytes = (bytes + page - 1) & ~(page - 1);  // whole pages, so the tail below unmaps
   // Over-map by one huge page and trim both ends to the aligned range.
   const size_t span = bytes + kHugePageSize;
   void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
