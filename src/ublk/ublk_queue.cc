@@ -44,7 +44,6 @@
 #include "ublk/ublk_request.h"
 #include "ublk/ublk_ring.h"
 #include "ublk/ublk_uapi.h"
-#include "util/prefault.h"
 #include "util/thread_name.h"
 
 namespace blksnap::ublk {
@@ -69,10 +68,13 @@ Status Queue::Start() {
   if (descs == MAP_FAILED) return Status::FromErrno("mmap ublk descriptors");
   descs_ = Mapping(descs, desc_bytes);
   const size_t buf_bytes = static_cast<size_t>(depth_) * max_io_bytes_;
-  // Huge pages: the kernel pins a request's buffer for its copy in or out, and the backend's
-  // O_DIRECT I/O pins it again (util/prefault.h).
-  void* bufs = MapHugeAligned(buf_bytes);
-  if (bufs == nullptr) return Status::FromErrno("mmap ublk buffers");
+  // Plain pages, not MapHugeAligned: with huge-page request buffers a CI run once hung the VM's
+  // kernel after a kill -9 of the daemon during fio (tests/daemon_ublk/recover.sh: fio stuck in
+  // an RCU read-side section); not reproduced, so not risked. A 6.12 kernel with THP "always"
+  // backs this mapping with huge pages anyway when its size is a multiple of 2 MiB.
+  void* bufs =
+      ::mmap(nullptr, buf_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (bufs == MAP_FAILED) return Status::FromErrno("mmap ublk buffers");
   buffers_ = Mapping(bufs, buf_bytes);
   event_fd_ = Fd(::eventfd(0, EFD_CLOEXEC));
   if (!event_fd_.valid()) return Status::FromErrno("eventfd");
