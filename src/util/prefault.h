@@ -32,8 +32,8 @@ void ResizePrefaulted(std::vector<uint8_t>& v, size_t n);
 // An anonymous private mapping of `bytes` (rounded up to whole pages) starting on a huge-page
 // boundary, its whole huge-page ranges asked for transparent huge pages (MADV_HUGEPAGE), not
 // prefaulted: nullptr if the kernel refuses the mapping. Unmapped with munmap(p, bytes). For
-// buffers that O_DIRECT reads and writes pin again and again (chunk copies, ublk request
-// buffers): pinning walks one entry per page, 16 for 64 KiB of 4 KiB pages and one in a huge
+// buffers that O_DIRECT reads and writes pin again and again (BufferPool's chunk copies):
+// pinning walks one entry per page, 16 for 64 KiB of 4 KiB pages and one in a huge
 // page (docs/performance-vm.md, "Huge pages for the copy buffers").
 void* MapHugeAligned(size_t bytes);
 
