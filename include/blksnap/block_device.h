@@ -11,6 +11,9 @@
 //  - Alignment is not required by the interface; layers that need it (O_DIRECT) handle it.
 //  - Write with kWriteFua returns only once the data is durable.
 //  - Errors are positive errno values in Status (EIO, ENOSPC, EINVAL, EROFS, ENOTSUP, ...).
+//  - MapShared is the one way around Write(): only a device whose stores reach the kernel at
+//    once implements it (a file or a block device); every other device and every layer refuses
+//    it (ENOTSUP), so a layer that must see each write (fault injection) always does.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +54,14 @@ struct Extent {
   bool operator==(const Extent&) const = default;
 };
 
+// A part of a device mapped shared and writable (BlockDevice::MapShared); unmapped when
+// destroyed, which keeps what was stored (it is in the kernel already).
+class MappedRange {
+ public:
+  virtual ~MappedRange() = default;
+  virtual uint8_t* data() = 0;
+};
+
 class BlockDevice {
  public:
   BlockDevice() = default;
@@ -74,6 +85,13 @@ class BlockDevice {
   // Allocation status of [offset, offset + length): extents in order, starting at offset and
   // covering at least a non-empty prefix of the range. The default reports all data.
   virtual Result<std::vector<Extent>> BlockStatus(uint64_t offset, uint64_t length);
+
+  // [offset, offset + length) mapped shared and writable (both multiples of 4096): a store into
+  // it is in the kernel's page cache at once, so it outlives a kill -9 of the process, and
+  // reaches the disk when the kernel writes it back or at the next Flush(); reads of the range
+  // see it. Stores must stay inside the range. Fails (ENOTSUP: the default, and every layer)
+  // where stores could not be served that way or could fault: the caller then uses Write().
+  virtual Result<std::unique_ptr<MappedRange>> MapShared(uint64_t offset, uint64_t length);
 };
 
 // EINVAL unless [offset, offset + length) lies within the device (overflow-safe).

@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -210,20 +211,34 @@ Status ChunkLog::WriteInPlace(const LogRecord& record) {
     std::memset(in_place_buffer_, 0, kLogPageSize);
     (void)::mlock(in_place_buffer_, kLogPageSize);
   }
+  BlockDevice& device = storage_->device();
   if (!open_page_valid_ || open_page_.count() == kLogRecordsPerPage) {
     open_page_offset_ = cursor_.next_page;
     bool last_in_segment = false;
     open_page_valid_ = false;
+    open_map_.reset();  // the full page stays in the kernel as it is
     LogPage header;
     BLKSNAP_RETURN_IF_ERROR(StartPage(cursor_.next_seq, &header, &last_in_segment));
     open_page_.Begin(in_place_buffer_, header);
+    if (map_pages_) {
+      auto mapped = device.MapShared(open_page_offset_, kLogPageSize);
+      if (mapped.ok()) {
+        open_map_ = std::move(mapped).value();
+        PublishLogPageBegin(open_map_->data(), in_place_buffer_);
+      } else if (mapped.status().errnum() == ENOTSUP) {
+        map_pages_ = false;  // this device never maps: written from now on
+      }
+    }
     open_page_valid_ = true;
   }
   // The page is changed in place: a failed write below leaves the record in the buffer, but
   // then the log has failed for good (in_place_failed_) and the buffer is never written again.
   open_page_.Append(in_place_buffer_, record);
-  return storage_->device().Write(open_page_offset_,
-                                  std::span<const uint8_t>(in_place_buffer_, kLogPageSize));
+  if (open_map_) {
+    PublishLogPageAppend(open_map_->data(), in_place_buffer_, open_page_.count());
+    return Status::Ok();
+  }
+  return device.Write(open_page_offset_, std::span<const uint8_t>(in_place_buffer_, kLogPageSize));
 }
 
 uint64_t ChunkLog::last_seq() const {
@@ -297,6 +312,7 @@ Status ChunkLog::CompactWith(std::vector<LogRecord> records) {
   pages_since_compaction_ = 0;
   unflushed_pages_ = false;
   open_page_valid_ = false;  // the next in-place commit starts a page of the new chain
+  open_map_.reset();
   compactions_.fetch_add(1);
   return Status::Ok();
 }
@@ -328,17 +344,27 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
              page->epoch <= header_epoch;
     };
     for (uint64_t at = 0; at < whole; at += kLogPageSize) {
-      auto page = ParseLogPage(std::span<const uint8_t>(buffer.get() + at, kLogPageSize));
+      const std::span<const uint8_t> bytes(buffer.get() + at, kLogPageSize);
+      auto page = ParseLogPage(bytes);
+      // A crash log's open page that a kill stopped inside an append (a mapped page,
+      // PublishLogPageAppend): the version before that append, and the end of the log.
+      bool torn = false;
+      if (!page.ok() && !torn_tail &&
+          IsLogPageOf(bytes, id, scan.cursor.next_seq, scan.cursor.epoch, header_epoch) &&
+          !next_commit_at(at + kLogPageSize, scan.cursor.next_seq)) {
+        auto before = ParseTornLogPage(bytes);
+        torn = before.ok();
+        if (torn) page = std::move(before);
+      }
       if (!page.ok() || page->snapshot_id != id || page->seq != scan.cursor.next_seq ||
           page->epoch < scan.cursor.epoch || page->epoch > header_epoch) {
         // The end of the log — unless the next commit follows: a commit is written only once
         // the one before it returned (for power: synced), so this page was committed and is
         // now damaged. Then records are missing: the snapshot must not be served.
-        scan.damaged =
-            scan.cursor.next_seq <= sealed ||
-            next_commit_at(at + kLogPageSize, scan.cursor.next_seq) ||
-            (!torn_tail && IsLogPageOf(std::span<const uint8_t>(buffer.get() + at, kLogPageSize),
-                                       id, scan.cursor.next_seq, scan.cursor.epoch, header_epoch));
+        scan.damaged = scan.cursor.next_seq <= sealed ||
+                       next_commit_at(at + kLogPageSize, scan.cursor.next_seq) ||
+                       (!torn_tail && IsLogPageOf(bytes, id, scan.cursor.next_seq,
+                                                  scan.cursor.epoch, header_epoch));
         return scan;
       }
       const uint64_t here = offset + at;
@@ -361,6 +387,12 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
       if (last_in_segment) {
         scan.cursor.segment_end = page->next + kLogSegmentSize;
         scan.end = std::max(scan.end, scan.cursor.segment_end);
+      }
+      if (torn) {
+        scan.damaged = page->seq <= sealed;  // sealed pages are whole
+        return scan;
+      }
+      if (last_in_segment) {
         offset = page->next;
         jumped = true;
         break;

@@ -9,16 +9,24 @@
 // a torn last commit, fails its data CRC and is dropped), and a record lost to a crash belongs to a
 // chunk whose original was never overwritten.
 //
-// In-place commits (crash): a commit adds its record to the log's open page and writes that
-// page again, whole (4 KiB, aligned, from a locked buffer), under write_mu_; when the page is
-// full the next commit starts a new one. The buffer is updated in constant time (the record,
-// the count, a CRC combined from carried parts: LogPageBuilder), not serialized again. No
-// writer waits for another's round (a round costs every waiter a futex sleep and wake-up;
-// measured: +30% copy-on-write IOPS, docs/performance.md), and 125 records share a page. Safe for a
-// process crash only: the kernel completes a one-page write into its cache or does not start it, so
-// the page on record is always a whole version holding every record whose commit returned. A crash
-// snapshot found after a power loss is corrupted anyway (docs/durable-snapshots.md). A recovered
-// log starts a new page (the next epoch) and never writes into the page it ended on.
+// In-place commits (crash): a commit adds its record to the log's open page under write_mu_;
+// when the page is full the next commit starts a new one. The page is built in a locked buffer,
+// updated in constant time (the record, the count, a CRC combined from carried parts:
+// LogPageBuilder), not serialized again. No writer waits for another's round (a round costs
+// every waiter a futex sleep and wake-up; measured: +30% copy-on-write IOPS, docs/performance.md),
+// and 125 records share a page. Where the storage can map it (BlockDevice::MapShared: a file on
+// ext4, XFS or tmpfs, or a block device) the open page is mapped shared and the commit stores
+// its record into that mapping — in the kernel's page cache at once, so it outlives a kill -9 as
+// a write would, without a system call or an I/O (a 4 KiB direct write a commit before: ~7% of a
+// copy-on-write's CPU in the VM, docs/performance-vm.md). A kill may stop the stores anywhere, so
+// they go in an order that leaves a page the recovery reads right (PublishLogPageAppend /
+// ParseTornLogPage: the record, then the count, then the checksum; a page is begun with its
+// magic cleared first and stored last). Elsewhere the page is written again, whole (4 KiB,
+// aligned): the kernel completes a one-page write into its cache or does not start it. Either
+// way the page on record holds every record whose commit returned, and both are safe for a
+// process crash only: a crash snapshot found after a power loss is corrupted anyway
+// (docs/durable-snapshots.md). A recovered log starts a new page (the next epoch) and never
+// writes into the page it ended on.
 //
 // Group commit (power): callers queue their record and wait; whoever finds no round being written
 // becomes the writer of everything queued so far, so N storers in flight cost one commit, not N
@@ -54,7 +62,9 @@
 // corrupted by its caller). Locking: mu_ guards the queue and the counters; the writer holds
 // write_mu_ (the cursor) while it writes without mu_. In-place (crash) commits take write_mu_
 // only. Read() of a crash log (torn_tail false) also takes a page of this log that fails its
-// CRC for damage, not for the end (only a power loss tears a crash page).
+// CRC for damage, not for the end (only a power loss tears a crash page), unless it is an append
+// that a kill stopped between its stores (ParseTornLogPage) and no later commit follows it: then
+// the version before that append ends the log.
 #pragma once
 
 #include <atomic>
@@ -71,6 +81,7 @@
 namespace blksnap {
 
 class BlockDevice;
+class MappedRange;
 class DiffStorage;
 
 class ChunkLog {
@@ -185,6 +196,10 @@ class ChunkLog {
   bool open_page_valid_ GUARDED_BY(write_mu_) = false;
   uint8_t* in_place_buffer_ GUARDED_BY(write_mu_) = nullptr;
   Status in_place_failed_ GUARDED_BY(write_mu_);
+  // The open page mapped from the storage (null: written with Write); false once the storage
+  // refused a mapping (ENOTSUP).
+  std::unique_ptr<MappedRange> open_map_ GUARDED_BY(write_mu_);
+  bool map_pages_ GUARDED_BY(write_mu_) = true;
 };
 
 }  // namespace blksnap

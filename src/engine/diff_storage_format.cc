@@ -3,6 +3,8 @@
 #include "engine/diff_storage_format.h"
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cassert>
 #include <cstring>
 #include <string>
@@ -229,6 +231,51 @@ void LogPageBuilder::Seal(uint8_t* page) const {
       Crc32cCombineBy(Crc32c(page, kPageRecordsOffset), records_crc_, ops.records[count_]),
       ops.zeros[count_]);
   PutLe<uint32_t>(page + kPageChecksumOffset, crc);
+}
+
+namespace {
+
+template <typename T>
+void StoreInOrder(uint8_t* mapped, const uint8_t* page, size_t offset) {
+  T value;
+  std::memcpy(&value, page + offset, sizeof(T));  // the bytes as they are, little-endian or not
+  std::atomic_ref<T>(*reinterpret_cast<T*>(mapped + offset))
+      .store(value, std::memory_order_release);
+}
+
+}  // namespace
+
+void PublishLogPageBegin(uint8_t* mapped, const uint8_t* page) {
+  static_assert(kPageMagicOffset == 0 && sizeof(kLogPageMagic) == sizeof(uint64_t));
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mapped + kPageMagicOffset))
+      .store(0, std::memory_order_release);
+  std::memcpy(mapped + sizeof(uint64_t), page + sizeof(uint64_t), kLogPageSize - sizeof(uint64_t));
+  StoreInOrder<uint64_t>(mapped, page, kPageMagicOffset);
+}
+
+void PublishLogPageAppend(uint8_t* mapped, const uint8_t* page, uint32_t count) {
+  assert(count >= 1 && count <= kLogRecordsPerPage);
+  const size_t slot = kPageRecordsOffset + size_t{count - 1} * kLogRecordSize;
+  std::memcpy(mapped + slot, page + slot, kLogRecordSize);
+  StoreInOrder<uint32_t>(mapped, page, kPageCountOffset);
+  StoreInOrder<uint32_t>(mapped, page, kPageChecksumOffset);
+}
+
+Result<LogPage> ParseTornLogPage(std::span<const uint8_t> bytes) {
+  if (bytes.size() < kLogPageSize) return Status::Error(EINVAL, "chunk log page truncated");
+  std::array<uint8_t, kLogPageSize> page;
+  std::memcpy(page.data(), bytes.data(), kLogPageSize);
+  const uint32_t stored = GetLe<uint32_t>(page.data() + kPageCountOffset);
+  const uint32_t crc = GetLe<uint32_t>(page.data() + kPageChecksumOffset);
+  // Stopped before the count (the count is the old one) or before the checksum (one more).
+  for (uint32_t count : {stored, stored - 1}) {
+    if (count > kLogRecordsPerPage) continue;  // also stored 0 minus 1
+    PutLe<uint32_t>(page.data() + kPageCountOffset, count);
+    const size_t end = kPageRecordsOffset + size_t{count} * kLogRecordSize;
+    std::memset(page.data() + end, 0, kPageChecksumOffset - end);
+    if (Crc32c(page.data(), kPageChecksumOffset) == crc) return ParseLogPage(page);
+  }
+  return Status::Error(EINVAL, "chunk log page fails its checksum and is not a torn append");
 }
 
 bool IsLogPageOf(std::span<const uint8_t> bytes, const Uuid& id, uint64_t seq, uint64_t min_epoch,

@@ -183,8 +183,21 @@ class LogPageBuilder {
   uint32_t count_ = 0;
   uint32_t records_crc_ = 0;  // Crc32c of the records so far
 };
+// A crash log's open page kept in a shared mapping of the storage (ChunkLog): every store is in
+// the kernel at once, and a kill -9 may stop between any two. These copy the builder's `page` to
+// `mapped` in an order that leaves, at every instant, a whole version of the page, a page without
+// the magic (not begun: the end of the log), or a page that ParseTornLogPage turns back into
+// the version before the interrupted append.
+// Begin: the magic cleared, the rest of the page, then the magic.
+void PublishLogPageBegin(uint8_t* mapped, const uint8_t* page);
+// Append (the builder's count() records now): the new record, then the count, then the checksum.
+void PublishLogPageAppend(uint8_t* mapped, const uint8_t* page, uint32_t count);
 // Validates (length, magic, checksum, count, record flags) and decodes a log page.
 Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes);
+// A page that a kill stopped inside PublishLogPageAppend (the new record stored but not yet the
+// count, or the count but not yet the checksum): the version before that append, as
+// ParseLogPage decodes it. EINVAL for any other page that fails its checksum.
+Result<LogPage> ParseTornLogPage(std::span<const uint8_t> bytes);
 // The page of snapshot `id` numbered `seq` with an epoch in [min_epoch, max_epoch], by its
 // magic and header fields, whatever its checksum says (a crash log's page that fails it is
 // damaged, not torn: ChunkLog::Read).

@@ -155,13 +155,19 @@ TEST(DiffStorageFormatTest, TheValidSlotWithTheHigherSeqIsTheHeader) {
   EXPECT_EQ(ParseDiffStorageHeaderSlots(area).status().errnum(), EINVAL);
 }
 
-TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
+// A log page of a new snapshot, without records: `next` is `next_page` pages after the header.
+LogPage PageHeader(uint64_t seq, uint64_t batch_first, uint64_t epoch, uint64_t next_page) {
   LogPage page;
   page.snapshot_id = Uuid::Random();
-  page.seq = 42;
-  page.batch_first = 40;
-  page.epoch = 2;
-  page.next = kDiffStorageHeaderSize + 8 * kLogPageSize;
+  page.seq = seq;
+  page.batch_first = batch_first;
+  page.epoch = epoch;
+  page.next = kDiffStorageHeaderSize + next_page * kLogPageSize;
+  return page;
+}
+
+TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
+  LogPage page = PageHeader(42, 40, 2, 8);
   for (uint32_t i = 0; i < kLogRecordsPerPage; ++i) {
     LogRecord r;
     r.chunk = i * 3;
@@ -196,12 +202,7 @@ TEST(DiffStorageFormatTest, LogPagesRoundTripAndATornPageIsRefused) {
 }
 
 TEST(DiffStorageFormatTest, APageBuiltRecordByRecordIsTheSerializedPage) {
-  LogPage page;
-  page.snapshot_id = Uuid::Random();
-  page.seq = 7;
-  page.batch_first = 7;
-  page.epoch = 3;
-  page.next = kDiffStorageHeaderSize + 3 * kLogPageSize;
+  LogPage page = PageHeader(7, 7, 3, 3);
   std::vector<uint8_t> bytes(kLogPageSize, 0xee);  // Begin overwrites whatever was there
   LogPageBuilder builder;
   builder.Begin(bytes.data(), page);
@@ -234,6 +235,79 @@ TEST(DiffStorageFormatTest, APageBuiltRecordByRecordIsTheSerializedPage) {
   want = SerializeLogPage(page);
   EXPECT_TRUE(std::equal(want.begin(), want.end(), bytes.begin()));
   EXPECT_EQ(builder.count(), 1u);
+}
+
+// A crash log's mapped open page (chunk_log.h): a kill -9 may stop PublishLogPageAppend after
+// any of its stores. Every state it can leave parses, with ParseTornLogPage, as the version
+// before the append (whose commit never returned); the version after parses as it is; a page
+// damaged anywhere else does not parse.
+TEST(DiffStorageFormatTest, AnAppendStoppedAtAnyStoreIsTheVersionBefore) {
+  LogPage page = PageHeader(9, 9, 2, 10);
+  auto record = [](uint32_t i) {
+    LogRecord r;
+    r.chunk = 77 + i;
+    r.offset = kDiffStorageHeaderSize + (i + 20) * 65536;
+    r.length = 65536;
+    r.crc = 0x2545f491u * (i + 1);
+    r.flags = i % 2 ? kRecordFlagVerify : 0;
+    return r;
+  };
+  for (uint32_t n : {0u, 1u, 60u, kLogRecordsPerPage - 1}) {
+    SCOPED_TRACE("append to a page of " + std::to_string(n) + " records");
+    std::vector<uint8_t> built(kLogPageSize), mapped(kLogPageSize, 0xee);
+    LogPageBuilder builder;
+    builder.Begin(built.data(), page);
+    PublishLogPageBegin(mapped.data(), built.data());
+    LogPage before = page;
+    for (uint32_t i = 0; i < n; ++i) {
+      builder.Append(built.data(), record(i));
+      PublishLogPageAppend(mapped.data(), built.data(), builder.count());
+      before.records.push_back(record(i));
+    }
+    ASSERT_EQ(ParseLogPage(mapped).value(), before);
+    builder.Append(built.data(), record(n));
+    LogPage after = before;
+    after.records.push_back(record(n));
+    // The record's bytes, stored in any order (a memcpy's), then the count, then the checksum.
+    const size_t slot = kPageRecordsOffset + size_t{n} * kLogRecordSize;
+    std::vector<uint8_t> state = mapped;
+    for (size_t b = 0; b < kLogRecordSize; ++b) {
+      const size_t at = slot + (b * 13) % kLogRecordSize;
+      state[at] = built[at];
+      if (state == mapped) continue;  // the byte did not change: no new state
+      EXPECT_FALSE(ParseLogPage(state).ok()) << "record byte " << b;
+      ASSERT_EQ(ParseTornLogPage(state).value(), before) << "record byte " << b;
+    }
+    std::copy_n(built.begin() + kPageCountOffset, 4, state.begin() + kPageCountOffset);
+    EXPECT_FALSE(ParseLogPage(state).ok());
+    EXPECT_EQ(ParseTornLogPage(state).value(), before) << "count stored, checksum not";
+    PublishLogPageAppend(mapped.data(), built.data(), builder.count());
+    EXPECT_EQ(mapped, built);
+    EXPECT_EQ(ParseLogPage(mapped).value(), after);
+    EXPECT_EQ(ParseTornLogPage(mapped).value(), after);
+    // Damage is not a torn append: a committed record, the header, a count two ahead.
+    if (n > 0) {
+      auto damaged = state;
+      damaged[kPageRecordsOffset + 5] ^= 1;
+      EXPECT_EQ(ParseTornLogPage(damaged).status().errnum(), EINVAL);
+    }
+    auto header = state;
+    header[kPageSeqOffset] ^= 1;
+    EXPECT_EQ(ParseTornLogPage(header).status().errnum(), EINVAL);
+    if (n + 2 <= kLogRecordsPerPage) {
+      auto ahead = state;
+      ahead[kPageCountOffset] = static_cast<uint8_t>(n + 2);
+      EXPECT_EQ(ParseTornLogPage(ahead).status().errnum(), EINVAL);
+    }
+  }
+  // Begin stopped after clearing the magic: not a page of the log at all (its end).
+  std::vector<uint8_t> built(kLogPageSize), mapped(kLogPageSize);
+  LogPageBuilder builder;
+  builder.Begin(built.data(), page);
+  PublishLogPageBegin(mapped.data(), built.data());
+  mapped[0] = 0;
+  EXPECT_FALSE(IsLogPageOf(mapped, page.snapshot_id, page.seq, 1, 9));
+  EXPECT_EQ(ParseTornLogPage(mapped).status().errnum(), EINVAL);
 }
 
 }  // namespace

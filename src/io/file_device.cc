@@ -32,7 +32,9 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -113,6 +115,17 @@ uint8_t* ThreadBounceBuffer(size_t size, size_t alignment) {
 
 Status Erofs() { return Status::Error(EROFS, "device opened read-only"); }
 
+class Mapped final : public MappedRange {
+ public:
+  Mapped(uint8_t* data, size_t length) : data_(data), length_(length) {}
+  ~Mapped() override { ::munmap(data_, length_); }
+  uint8_t* data() override { return data_; }
+
+ private:
+  uint8_t* const data_;
+  const size_t length_;
+};
+
 class FileDevice final : public BlockDevice {
  public:
   struct Geometry {
@@ -179,6 +192,32 @@ class FileDevice final : public BlockDevice {
   Status Flush() override {
     if (geo_.read_only) return Status::Ok();
     return Annotate(io_->Sync(fd_.get()), "flush");
+  }
+
+  // Block devices, and files on a file system that overwrites in place once fallocate has
+  // reserved the range (ext4, XFS, tmpfs): a store then never needs space, so it cannot fault
+  // with SIGBUS. Elsewhere (btrfs: copy on write at write-back) ENOTSUP, and the caller writes.
+  Result<std::unique_ptr<MappedRange>> MapShared(uint64_t offset, uint64_t length) override {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    if (geo_.read_only || length == 0 || offset % page != 0 || length % page != 0 ||
+        offset % 4096 != 0 || length % 4096 != 0) {
+      return Status::Error(ENOTSUP, "cannot map this range of " + path_);
+    }
+    BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
+    if (!geo_.block_device) {
+      struct statfs fs;
+      if (::fstatfs(fd_.get(), &fs) != 0) return Status::FromErrno("fstatfs " + path_);
+      constexpr uint64_t kExt4 = 0xEF53, kXfs = 0x58465342, kTmpfs = 0x01021994;
+      const auto type = static_cast<uint64_t>(fs.f_type);
+      if (type != kExt4 && type != kXfs && type != kTmpfs)
+        return Status::Error(ENOTSUP, "not mapped on this file system: " + path_);
+      if (Fallocate(0, offset, length) != 0) return Status::FromErrno("fallocate " + path_);
+    }
+    void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(),
+                     static_cast<off_t>(offset));
+    if (p == MAP_FAILED) return Status::FromErrno("mmap " + path_);
+    (void)::madvise(p, length, MADV_RANDOM);  // a fault reads its page only, not its neighbours
+    return std::unique_ptr<MappedRange>(new Mapped(static_cast<uint8_t*>(p), length));
   }
 
   Status Trim(uint64_t offset, uint64_t length) override {
