@@ -219,7 +219,21 @@ TEST(ChunkLogTest, AnAppendStoppedBetweenItsStoresEndsTheLogWithTheVersionBefore
 // returned is read back in order (from the page cache, through O_DIRECT), and the log is never
 // taken for damaged — also when the kill stopped an append between its stores (a torn page).
 TEST(ChunkLogTest, MappedCommitsSurviveAKillAtAnyInstant) {
-  const std::string path = ::testing::TempDir() + "/chunk_log_kill_test.storage";
+  // A directory on a file system whose files the storage maps (ext4, XFS; else tmpfs).
+  std::string path;
+  FileOpenOptions options{.direct = true};
+  for (const std::string& dir : {::testing::TempDir(), std::string("/dev/shm/")}) {
+    path = dir + "/chunk_log_kill_test.storage";
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || ::ftruncate(fd, kMiB) != 0) continue;
+    ::close(fd);
+    options.direct = dir != "/dev/shm/";  // tmpfs has O_DIRECT only since Linux 6.6
+    auto probe = OpenFileDevice(path, options);
+    if (probe.ok() && (*probe)->MapShared(0, kLogPageSize).ok()) break;
+    ::unlink(path.c_str());
+    path.clear();
+  }
+  ASSERT_FALSE(path.empty()) << "no directory whose files can be mapped";
   struct Shared {
     std::atomic<uint64_t> returned{0};
     std::atomic<uint64_t> start{0};
@@ -248,7 +262,7 @@ TEST(ChunkLogTest, MappedCommitsSurviveAKillAtAnyInstant) {
     const pid_t child = ::fork();
     ASSERT_GE(child, 0);
     if (child == 0) {
-      auto device = OpenFileDevice(path, {.direct = true});
+      auto device = OpenFileDevice(path, options);
       if (!device.ok()) ::_exit(1);
       auto storage = DiffStorage::Create(*device, nullptr, 0, kMiB, id, nullptr, "",
                                          SnapshotDurability::kCrash);
@@ -276,7 +290,7 @@ TEST(ChunkLogTest, MappedCommitsSurviveAKillAtAnyInstant) {
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
     ASSERT_EQ(shared->mapped.load(), 1) << "the storage file was not mapped: " << path;
     const uint64_t returned = shared->returned.load();
-    auto device = OpenFileDevice(path, {.direct = true});
+    auto device = OpenFileDevice(path, options);
     ASSERT_TRUE(device.ok());
     auto scan = ChunkLog::Read(**device, id, shared->start, 1, 0, /*torn_tail=*/false);
     ASSERT_TRUE(scan.ok()) << scan.status().ToString();
