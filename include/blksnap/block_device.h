@@ -89,8 +89,10 @@ class BlockDevice {
   // [offset, offset + length) mapped shared and writable (both multiples of 4096): a store into
   // it is in the kernel's page cache at once, so it outlives a kill -9 of the process, and
   // reaches the disk when the kernel writes it back or at the next Flush(); reads of the range
-  // see it. Stores must stay inside the range. Fails (ENOTSUP: the default, and every layer)
-  // where stores could not be served that way or could fault: the caller then uses Write().
+  // see it. Stores must stay inside the range, and may raise SIGBUS where the kernel cannot
+  // back them (a failing disk or file system): guard them (util/sigbus_guard.h). Fails
+  // (ENOTSUP: the default, and every layer) where stores could not be served that way: the
+  // caller then uses Write().
   virtual Result<std::unique_ptr<MappedRange>> MapShared(uint64_t offset, uint64_t length);
 };
 

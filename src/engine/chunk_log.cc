@@ -11,6 +11,7 @@
 
 #include "blksnap/block_device.h"
 #include "engine/diff_storage.h"
+#include "util/sigbus_guard.h"
 
 namespace blksnap {
 namespace {
@@ -223,8 +224,9 @@ Status ChunkLog::WriteInPlace(const LogRecord& record) {
     if (map_pages_) {
       auto mapped = device.MapShared(open_page_offset_, kLogPageSize);
       if (mapped.ok()) {
+        InstallSigbusHandler();
         open_map_ = std::move(mapped).value();
-        PublishLogPageBegin(open_map_->data(), in_place_buffer_);
+        BLKSNAP_RETURN_IF_ERROR(PublishMapped(/*begin=*/true));
       } else if (mapped.status().errnum() == ENOTSUP) {
         map_pages_ = false;  // this device never maps: written from now on
       }
@@ -234,11 +236,26 @@ Status ChunkLog::WriteInPlace(const LogRecord& record) {
   // The page is changed in place: a failed write below leaves the record in the buffer, but
   // then the log has failed for good (in_place_failed_) and the buffer is never written again.
   open_page_.Append(in_place_buffer_, record);
-  if (open_map_) {
-    PublishLogPageAppend(open_map_->data(), in_place_buffer_, open_page_.count());
-    return Status::Ok();
-  }
+  if (open_map_) return PublishMapped(/*begin=*/false);
   return device.Write(open_page_offset_, std::span<const uint8_t>(in_place_buffer_, kLogPageSize));
+}
+
+Status ChunkLog::PublishMapped(bool begin) {
+  // A store the kernel cannot back (the file shrank, its file system failed, the page could
+  // not be read in) raises SIGBUS: an error here, as a failed write would be.
+  sigjmp_buf jump;
+  if (sigsetjmp(jump, 0) != 0) {
+    open_map_.reset();
+    return Status::Error(EIO, "chunk log: a store into the mapped log page failed (SIGBUS)");
+  }
+  t_sigbus_jump = &jump;
+  if (begin) {
+    PublishLogPageBegin(open_map_->data(), in_place_buffer_);
+  } else {
+    PublishLogPageAppend(open_map_->data(), in_place_buffer_, open_page_.count());
+  }
+  SigbusUnguard();
+  return Status::Ok();
 }
 
 uint64_t ChunkLog::last_seq() const {
@@ -389,7 +406,14 @@ Result<ChunkLog::Scan> ChunkLog::Read(BlockDevice& device, const Uuid& id, uint6
         scan.end = std::max(scan.end, scan.cursor.segment_end);
       }
       if (torn) {
-        scan.damaged = page->seq <= sealed;  // sealed pages are whole
+        // Sealed pages are whole; a commit after the page (in the next segment, where the
+        // check above does not look) means it had been committed whole: damaged.
+        scan.torn_page = true;
+        scan.damaged = page->seq <= sealed;
+        if (last_in_segment && page->next + kLogPageSize <= device.size()) {
+          BLKSNAP_RETURN_IF_ERROR(device.Read(page->next, std::span(buffer.get(), kLogPageSize)));
+          scan.damaged = scan.damaged || next_commit_at(0, page->seq);
+        }
         return scan;
       }
       if (last_in_segment) {

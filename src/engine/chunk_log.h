@@ -21,7 +21,10 @@
 // copy-on-write's CPU in the VM, docs/performance-vm.md). A kill may stop the stores anywhere, so
 // they go in an order that leaves a page the recovery reads right (PublishLogPageAppend /
 // ParseTornLogPage: the record, then the count, then the checksum; a page is begun with its
-// magic cleared first and stored last). Elsewhere the page is written again, whole (4 KiB,
+// magic cleared first and stored last); a page read back that way is still on the disk as it
+// is, so the recovery compacts the log past it (Scan::torn_page). A store that faults (SIGBUS:
+// the storage failing) fails the commit as a failed write would (util/sigbus_guard.h).
+// Elsewhere the page is written again, whole (4 KiB,
 // aligned): the kernel completes a one-page write into its cache or does not start it. Either
 // way the page on record holds every record whose commit returned, and both are safe for a
 // process crash only: a crash snapshot found after a power loss is corrupted anyway
@@ -101,6 +104,10 @@ class ChunkLog {
     // A page that was committed is damaged (a commit written after it is intact): records are
     // lost. Detected within a segment only.
     bool damaged = false;
+    // The log ended at a crash page that a kill stopped inside an append, read as the version
+    // before (ParseTornLogPage). It is still on the disk as it is: the recovery compacts the log,
+    // so that no later commit ever follows it (which would make it look damaged).
+    bool torn_page = false;
     // records[last_commit..] are the last commit's: with kRecordFlagVerify, their data may not
     // have reached the disk (CheckLastCommit).
     size_t last_commit = 0;
@@ -159,6 +166,8 @@ class ChunkLog {
   // Crash: the record added to the open page, which is written again whole (see the top).
   Status CommitInPlace(const LogRecord& record) EXCLUDES(write_mu_);
   Status WriteInPlace(const LogRecord& record) REQUIRES(write_mu_);
+  // The open page's new version into its mapping: Begin's (a new page) or the last Append's.
+  Status PublishMapped(bool begin) REQUIRES(write_mu_);
   // A round of commits (power: pages then flush when every record carries its CRC, else flush
   // then pages). *durable: this batch is committed now (else by the next round's flush).
   Status WriteRound(const std::vector<LogRecord>& batch, bool* durable) REQUIRES(write_mu_);

@@ -249,6 +249,9 @@ void PublishLogPageBegin(uint8_t* mapped, const uint8_t* page) {
   static_assert(kPageMagicOffset == 0 && sizeof(kLogPageMagic) == sizeof(uint64_t));
   std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(mapped + kPageMagicOffset))
       .store(0, std::memory_order_release);
+  // A release store keeps the stores before it before it, not those after: this fence keeps the
+  // copy below after the cleared magic (a kill is a signal: a compiler fence is what it needs).
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   std::memcpy(mapped + sizeof(uint64_t), page + sizeof(uint64_t), kLogPageSize - sizeof(uint64_t));
   StoreInOrder<uint64_t>(mapped, page, kPageMagicOffset);
 }
@@ -262,18 +265,33 @@ void PublishLogPageAppend(uint8_t* mapped, const uint8_t* page, uint32_t count) 
 }
 
 Result<LogPage> ParseTornLogPage(std::span<const uint8_t> bytes) {
-  if (bytes.size() < kLogPageSize) return Status::Error(EINVAL, "chunk log page truncated");
-  std::array<uint8_t, kLogPageSize> page;
-  std::memcpy(page.data(), bytes.data(), kLogPageSize);
-  const uint32_t stored = GetLe<uint32_t>(page.data() + kPageCountOffset);
-  const uint32_t crc = GetLe<uint32_t>(page.data() + kPageChecksumOffset);
-  // Stopped before the count (the count is the old one) or before the checksum (one more).
-  for (uint32_t count : {stored, stored - 1}) {
-    if (count > kLogRecordsPerPage) continue;  // also stored 0 minus 1
+  if (auto whole = ParseLogPage(bytes); whole.ok() || bytes.size() < kLogPageSize) return whole;
+  const uint8_t* p = bytes.data();
+  const uint32_t stored = GetLe<uint32_t>(p + kPageCountOffset);
+  auto slot = [](uint32_t n) { return kPageRecordsOffset + size_t{n} * kLogRecordSize; };
+  auto zero = [p](size_t from, size_t to) {
+    return std::all_of(p + from, p + to, [](uint8_t b) { return b == 0; });
+  };
+  // The page with `count` records: the count set, the slots from there on zeroed.
+  auto before = [&](uint32_t count) -> Result<LogPage> {
+    std::array<uint8_t, kLogPageSize> page;
+    std::memcpy(page.data(), p, kLogPageSize);
     PutLe<uint32_t>(page.data() + kPageCountOffset, count);
-    const size_t end = kPageRecordsOffset + size_t{count} * kLogRecordSize;
-    std::memset(page.data() + end, 0, kPageChecksumOffset - end);
-    if (Crc32c(page.data(), kPageChecksumOffset) == crc) return ParseLogPage(page);
+    std::memset(page.data() + slot(count), 0, kPageChecksumOffset - slot(count));
+    if (Crc32c(page.data(), kPageChecksumOffset) != GetLe<uint32_t>(p + kPageChecksumOffset))
+      return Status::Error(EINVAL, "chunk log page fails its checksum and is not a torn append");
+    return ParseLogPage(page);
+  };
+  // Stopped before the count: the old count, some of the new record in the slot after the
+  // records, and zeroes past that slot (as the page's Begin left them).
+  if (stored < kLogRecordsPerPage && zero(slot(stored + 1), kPageChecksumOffset)) {
+    if (auto page = before(stored); page.ok()) return page;
+  }
+  // Stopped before the checksum: the count one more, its last slot not zero (no record is),
+  // zeroes past it.
+  if (stored >= 1 && stored <= kLogRecordsPerPage && !zero(slot(stored - 1), slot(stored)) &&
+      zero(slot(stored), kPageChecksumOffset)) {
+    if (auto page = before(stored - 1); page.ok()) return page;
   }
   return Status::Error(EINVAL, "chunk log page fails its checksum and is not a torn append");
 }

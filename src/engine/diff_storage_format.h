@@ -196,7 +196,7 @@ void PublishLogPageAppend(uint8_t* mapped, const uint8_t* page, uint32_t count);
 Result<LogPage> ParseLogPage(std::span<const uint8_t> bytes);
 // A page that a kill stopped inside PublishLogPageAppend (the new record stored but not yet the
 // count, or the count but not yet the checksum): the version before that append, as
-// ParseLogPage decodes it. EINVAL for any other page that fails its checksum.
+// ParseLogPage decodes it; a whole page as it is. EINVAL for any other page.
 Result<LogPage> ParseTornLogPage(std::span<const uint8_t> bytes);
 // The page of snapshot `id` numbered `seq` with an epoch in [min_epoch, max_epoch], by its
 // magic and header fields, whatever its checksum says (a crash log's page that fails it is

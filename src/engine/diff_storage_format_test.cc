@@ -304,6 +304,16 @@ TEST(DiffStorageFormatTest, AnAppendStoppedAtAnyStoreIsTheVersionBefore) {
   std::vector<uint8_t> built(kLogPageSize), mapped(kLogPageSize);
   LogPageBuilder builder;
   builder.Begin(built.data(), page);
+  // A full page damaged past its records (padding no append writes), or with a record slot
+  // emptied: damage, not an append stopped midway.
+  for (uint32_t i = 0; i < kLogRecordsPerPage; ++i) builder.Append(built.data(), record(i));
+  auto padding = built;
+  padding[kPageChecksumOffset - 1] ^= 1;
+  EXPECT_EQ(ParseTornLogPage(padding).status().errnum(), EINVAL);
+  auto emptied = built;
+  std::fill_n(emptied.begin() + kPageRecordsOffset + 124 * kLogRecordSize, kLogRecordSize, 0);
+  EXPECT_EQ(ParseTornLogPage(emptied).status().errnum(), EINVAL);
+  builder.Begin(built.data(), page);
   PublishLogPageBegin(mapped.data(), built.data());
   mapped[0] = 0;
   EXPECT_FALSE(IsLogPageOf(mapped, page.snapshot_id, page.seq, 1, 9));

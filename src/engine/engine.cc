@@ -84,7 +84,9 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   }
   BLKSNAP_RETURN_IF_ERROR(
       storage->Resume(scan.end, scan.cursor, scan.pages, /*continue_log=*/!corrupt));
-  if (torn && storage->log()) BLKSNAP_RETURN_IF_ERROR(storage->log()->Compact(scan.records));
+  // Without the records of a torn commit, or past a torn crash page (chunk_log.h, Scan).
+  if ((torn || scan.torn_page) && storage->log())
+    BLKSNAP_RETURN_IF_ERROR(storage->log()->Compact(scan.records));
   storage->ArmRemoval();  // recovered: destroy removes a file blksnap made, as before
 
   auto snapshot = std::make_shared<SnapshotImpl>(id, storage, events, durability, from);

@@ -195,8 +195,10 @@ class FileDevice final : public BlockDevice {
   }
 
   // Block devices, and files on a file system that overwrites in place once fallocate has
-  // reserved the range (ext4, XFS, tmpfs): a store then never needs space, so it cannot fault
-  // with SIGBUS. Elsewhere (btrfs: copy on write at write-back) ENOTSUP, and the caller writes.
+  // reserved the range (ext4, XFS, tmpfs): a store then needs no space. Elsewhere (btrfs: copy
+  // on write at write-back) ENOTSUP, and the caller writes. A store can still fault (SIGBUS:
+  // the file truncated, its file system shut down, the page unreadable, an XFS file whose
+  // extents are shared by a reflink): callers guard their stores (util/sigbus_guard.h).
   Result<std::unique_ptr<MappedRange>> MapShared(uint64_t offset, uint64_t length) override {
     const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     if (geo_.read_only || length == 0 || offset % page != 0 || length % page != 0 ||
