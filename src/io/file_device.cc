@@ -201,8 +201,8 @@ class FileDevice final : public BlockDevice {
   // extents are shared by a reflink): callers guard their stores (util/sigbus_guard.h).
   Result<std::unique_ptr<MappedRange>> MapShared(uint64_t offset, uint64_t length) override {
     const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-    if (geo_.read_only || length == 0 || offset % page != 0 || length % page != 0 ||
-        offset % 4096 != 0 || length % 4096 != 0) {
+    // A page is a power of two of at least 4096 bytes: page-aligned is 4096-aligned too.
+    if (geo_.read_only || length == 0 || offset % page != 0 || length % page != 0) {
       return Status::Error(ENOTSUP, "cannot map this range of " + path_);
     }
     BLKSNAP_RETURN_IF_ERROR(CheckRange(*this, offset, length));
