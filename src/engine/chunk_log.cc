@@ -248,7 +248,7 @@ Status ChunkLog::PublishMapped(bool begin) {
     open_map_.reset();
     return Status::Error(EIO, "chunk log: a store into the mapped log page failed (SIGBUS)");
   }
-  t_sigbus_jump = &jump;
+  SigbusGuard(&jump, open_map_->data(), kLogPageSize);
   if (begin) {
     PublishLogPageBegin(open_map_->data(), in_place_buffer_);
   } else {

@@ -47,6 +47,19 @@ Status SealClosedStorage(DiffStorage& storage, const Uuid& id, bool taken,
         h.errnum = static_cast<uint32_t>(drained_errno);
       }
     });
+  } else {
+    // A write-back failed (the kernel reports it at the flush; a crash log's mapped pages are
+    // written back only by the kernel): the log may say less on the disk than it did here, and
+    // a restart would then serve chunks from originals already overwritten. Corrupted, if the
+    // header can still be written; else the next start finds what the disk holds.
+    const int errnum = s.errnum() != 0 ? s.errnum() : EIO;
+    storage
+        .UpdateHeader([errnum](DiffStorageHeader& h) {
+          if (h.state == kStorageStateCorrupted) return;
+          h.state = kStorageStateCorrupted;
+          h.errnum = static_cast<uint32_t>(errnum);
+        })
+        .IgnoreError();
   }
   return s;
 }

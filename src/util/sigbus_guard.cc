@@ -7,27 +7,40 @@
 
 namespace blksnap {
 
-thread_local sigjmp_buf* t_sigbus_jump = nullptr;
+thread_local SigbusGuardRange t_sigbus_guard;
 
 namespace {
 
 struct sigaction g_previous;
 
-void OnSigbus(int sig, siginfo_t* info, void* context) {
-  if (sigjmp_buf* jump = t_sigbus_jump) {
-    t_sigbus_jump = nullptr;
+// A fault the kernel raised for the access that failed (not kill(2), raise(3), sigqueue(3), a
+// kernel-sent SI_KERNEL, or an asynchronous memory-error report about some other page).
+bool RaisedByAccess(const siginfo_t* info) {
+  switch (info->si_code) {
+    case BUS_ADRALN:
+    case BUS_ADRERR:
+    case BUS_OBJERR:
+    case BUS_MCEERR_AR:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void OnSigbus(int sig, siginfo_t* info, void* /*context*/) {
+  SigbusGuardRange& guard = t_sigbus_guard;
+  if (info != nullptr && RaisedByAccess(info) && guard.jump != nullptr &&
+      info->si_addr >= guard.begin && info->si_addr < guard.end) {
+    sigjmp_buf* jump = guard.jump;
+    guard.jump = nullptr;
     siglongjmp(*jump, 1);
   }
-  // Not a guarded store: what was there before.
-  if ((g_previous.sa_flags & SA_SIGINFO) && g_previous.sa_sigaction) {
-    g_previous.sa_sigaction(sig, info, context);
-    return;
-  }
-  if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN) {
-    g_previous.sa_handler(sig);
-    return;
-  }
-  ::signal(SIGBUS, SIG_DFL);  // the store faults again on return, and the process dies of it
+  // Not a guarded store: the action that was there before, with its own flags and mask.
+  struct sigaction ours;
+  ::sigaction(SIGBUS, &g_previous, &ours);
+  if (info != nullptr && RaisedByAccess(info)) return;  // faults again, under that action
+  ::raise(sig);  // sent (SIGBUS is not blocked here: SA_NODEFER): that action takes it
+  ::sigaction(SIGBUS, &ours, nullptr);  // ignored or handled, and the process lives: ours again
 }
 
 }  // namespace
