@@ -27,7 +27,7 @@ bool RaisedByAccess(const siginfo_t* info) {
   }
 }
 
-void OnSigbus(int sig, siginfo_t* info, void* /*context*/) {
+void OnSigbus(int sig, siginfo_t* info, void* context) {
   SigbusGuardRange& guard = t_sigbus_guard;
   if (info != nullptr && RaisedByAccess(info) && guard.jump != nullptr &&
       info->si_addr >= guard.begin && info->si_addr < guard.end) {
@@ -35,12 +35,25 @@ void OnSigbus(int sig, siginfo_t* info, void* /*context*/) {
     guard.jump = nullptr;
     siglongjmp(*jump, 1);
   }
-  // Not a guarded store: the action that was there before, with its own flags and mask.
-  struct sigaction ours;
-  ::sigaction(SIGBUS, &g_previous, &ours);
-  if (info != nullptr && RaisedByAccess(info)) return;  // faults again, under that action
-  ::raise(sig);  // sent (SIGBUS is not blocked here: SA_NODEFER): that action takes it
-  ::sigaction(SIGBUS, &ours, nullptr);  // ignored or handled, and the process lives: ours again
+  // Not a guarded store: the action that was there before, with its own flags.
+  if (info != nullptr && RaisedByAccess(info)) {
+    ::sigaction(SIGBUS, &g_previous, nullptr);  // returns and faults again, under that action
+    return;
+  }
+  // Sent (kill, raise, sigqueue) or an asynchronous report: chained to that action directly, so
+  // our handler stays in place whatever the action does (a re-raise would meet it again where a
+  // runtime defers signals, as TSan does).
+  if (g_previous.sa_handler == SIG_IGN) return;
+  if (g_previous.sa_handler == SIG_DFL) {
+    ::signal(SIGBUS, SIG_DFL);
+    ::raise(sig);  // not blocked here (SA_NODEFER): the default action, death with a core
+    return;
+  }
+  if ((g_previous.sa_flags & SA_SIGINFO) != 0) {
+    g_previous.sa_sigaction(sig, info, context);
+  } else {
+    g_previous.sa_handler(sig);
+  }
 }
 
 }  // namespace

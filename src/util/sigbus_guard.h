@@ -18,8 +18,9 @@
 // gets the action that was there before, as if the handler had never been installed: a fault
 // elsewhere (the handler puts the old action back and returns, so the instruction faults again
 // under it: by default the process dies with a core), a SIGBUS sent by kill(2) or raise(3), or
-// an asynchronous memory-error report (BUS_MCEERR_AO), even inside a guard (the old action takes
-// it again, then the handler is put back if the process lives on).
+// an asynchronous memory-error report (BUS_MCEERR_AO), even inside a guard (the handler chains
+// to the old action: ignored, the default's death, or the old handler called with its
+// arguments, and stays installed).
 //
 // No system call on the way in or out (the jump buffer does not save the signal mask; the
 // handler runs with SIGBUS unblocked, SA_NODEFER, so nothing stays blocked after the jump).

@@ -117,5 +117,34 @@ TEST(SigbusGuardTest, AnIgnoredSentSigbusLeavesTheGuardInPlace) {
   EXPECT_TRUE(Exited(status, kJumped)) << status;
 }
 
+// A handler from before is called for a sent SIGBUS, with its siginfo, as often as one is sent,
+// and the guard still works after it.
+volatile sig_atomic_t g_sent_seen = 0;
+void CountSent(int /*sig*/, siginfo_t* info, void* /*context*/) {
+  if (info != nullptr && info->si_code == SI_TKILL) g_sent_seen = g_sent_seen + 1;
+}
+
+TEST(SigbusGuardTest, AHandlerFromBeforeGetsEachSentSigbus) {
+  const int status = InChild([] {
+    char* page = FaultingPage();
+    if (page == nullptr) ::_exit(2);
+    struct sigaction before {};
+    before.sa_sigaction = CountSent;
+    before.sa_flags = SA_SIGINFO;
+    sigemptyset(&before.sa_mask);
+    ::sigaction(SIGBUS, &before, nullptr);
+    InstallSigbusHandler();
+    ::raise(SIGBUS);
+    ::raise(SIGBUS);
+    if (g_sent_seen != 2) ::_exit(4);
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 0) != 0) ::_exit(kJumped);
+    SigbusGuard(&jump, page, 4096);
+    *static_cast<volatile char*>(page) = 1;
+    SigbusUnguard();
+  });
+  EXPECT_TRUE(Exited(status, kJumped)) << status;
+}
+
 }  // namespace
 }  // namespace blksnap
