@@ -55,11 +55,15 @@ struct Extent {
 };
 
 // A part of a device mapped shared and writable (BlockDevice::MapShared); unmapped when
-// destroyed, which keeps what was stored (it is in the kernel already).
+// destroyed, which keeps what was stored (it is in the kernel already). The kernel writes the
+// stores back when it likes, and a write-back that fails is reported to no store: WriteBack
+// starts the range's write-back (wait false), or waits until the range is on the device and
+// returns the first write-back error of the device's file not reported before (wait true).
 class MappedRange {
  public:
   virtual ~MappedRange() = default;
   virtual uint8_t* data() = 0;
+  virtual Status WriteBack(bool wait) = 0;
 };
 
 class BlockDevice {

@@ -23,7 +23,10 @@
 // ParseTornLogPage: the record, then the count, then the checksum; a page is begun with its
 // magic cleared first and stored last); a page read back that way is still on the disk as it
 // is, so the recovery compacts the log past it (Scan::torn_page). A store that faults (SIGBUS:
-// the storage failing) fails the commit as a failed write would (util/sigbus_guard.h).
+// the storage failing) fails the commit as a failed write would (util/sigbus_guard.h). The
+// kernel writes a mapped page back when it likes and reports a failed write-back to no store:
+// a full page's write-back is started when it is left and waited for when the next one is, so
+// a failing write-back fails a commit at most two pages later (MappedRange::WriteBack).
 // Elsewhere the page is written again, whole (4 KiB,
 // aligned): the kernel completes a one-page write into its cache or does not start it. Either
 // way the page on record holds every record whose commit returned, and both are safe for a
@@ -168,6 +171,7 @@ class ChunkLog {
   Status WriteInPlace(const LogRecord& record) REQUIRES(write_mu_);
   // The open page's new version into its mapping: Begin's (a new page) or the last Append's.
   Status PublishMapped(bool begin) REQUIRES(write_mu_);
+  Status LeaveMappedPage() REQUIRES(write_mu_);
   // A round of commits (power: pages then flush when every record carries its CRC, else flush
   // then pages). *durable: this batch is committed now (else by the next round's flush).
   Status WriteRound(const std::vector<LogRecord>& batch, bool* durable) REQUIRES(write_mu_);
@@ -208,6 +212,7 @@ class ChunkLog {
   // The open page mapped from the storage (null: written with Write); false once the storage
   // refused a mapping (ENOTSUP).
   std::unique_ptr<MappedRange> open_map_ GUARDED_BY(write_mu_);
+  std::unique_ptr<MappedRange> left_map_ GUARDED_BY(write_mu_);  // the page before, written back
   bool map_pages_ GUARDED_BY(write_mu_) = true;
 };
 

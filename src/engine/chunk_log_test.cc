@@ -9,16 +9,22 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/falloc.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <new>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "blksnap/engine.h"
@@ -312,6 +318,103 @@ TEST(ChunkLogTest, AMappedPageThatFaultsFailsTheCommitNotTheProcess) {
   EXPECT_NE(s.ToString().find("SIGBUS"), std::string::npos) << s.ToString();
   EXPECT_EQ((*log)->Commit(record).errnum(), EIO);  // the log has failed for good
   ::unlink(path.c_str());
+}
+
+// A directory on a disk that can be made to fail the writes to a file: ext4 on a loop device
+// over a file on a small tmpfs. Fail(file) takes the file's blocks out of that backing file
+// (punches them) and fills the tmpfs: the loop device then fails each write to them (ENOSPC),
+// so the kernel's write-back of anything stored into the file fails.
+class FailingDisk {
+ public:
+  FailingDisk() {
+    std::string base = ::testing::TempDir() + "/failing_disk.XXXXXX";
+    if (::mkdtemp(base.data()) == nullptr) return;
+    base_ = base;
+    ok_ = Run("mkdir " + base_ + "/back " + base_ + "/mnt && mount -t tmpfs -o size=32M tmpfs " +
+              base_ + "/back && truncate -s 128M " + base_ +
+              "/back/img && mkfs.ext4 -q -F -O ^has_journal -N 64 -b " + "4096 " + base_ +
+              "/back/img && mount -o loop " + base_ + "/back/img " + base_ + "/mnt");
+  }
+  ~FailingDisk() {
+    if (base_.empty()) return;
+    Run("umount -l " + base_ + "/mnt; umount -l " + base_ + "/back; rm -rf " + base_);
+  }
+  bool ok() const { return ok_; }
+  std::string dir() const { return base_ + "/mnt"; }
+
+  bool Fail(const std::string& file) {
+    if (!Run("sync")) return false;
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    const int img = ::open((base_ + "/back/img").c_str(), O_RDWR | O_CLOEXEC);
+    bool ok = fd >= 0 && img >= 0;
+    constexpr int kExtents = 64;
+    std::vector<uint8_t> buf(sizeof(fiemap) + kExtents * sizeof(fiemap_extent));
+    auto* map = reinterpret_cast<fiemap*>(buf.data());
+    map->fm_length = FIEMAP_MAX_OFFSET;
+    map->fm_flags = FIEMAP_FLAG_SYNC;
+    map->fm_extent_count = kExtents;
+    ok = ok && ::ioctl(fd, FS_IOC_FIEMAP, map) == 0 && map->fm_mapped_extents > 0;
+    for (uint32_t i = 0; ok && i < map->fm_mapped_extents; ++i) {
+      const fiemap_extent& e = map->fm_extents[i];
+      ok = ::fallocate(img, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                       static_cast<off_t>(e.fe_physical), static_cast<off_t>(e.fe_length)) == 0;
+    }
+    if (fd >= 0) ::close(fd);
+    if (img >= 0) ::close(img);
+    return ok && Run("head -c 64M /dev/zero > " + base_ + "/back/fill; true");
+  }
+
+ private:
+  static bool Run(const std::string& command) {
+    return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
+  }
+  std::string base_;
+  bool ok_ = false;
+};
+
+// The kernel writes a mapped log page back when it likes, and tells no store when that fails:
+// without a check, commits into the mapped page went on returning while the disk lost them.
+// A full page's write-back is waited for when the page after it is full, so a disk that fails
+// its writes fails a commit within two pages (250 commits), and the log has failed for good.
+TEST(ChunkLogTest, AFailedWriteBackOfAMappedPageFailsACommitWithinTwoPages) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (mount, loop devices)";
+  FailingDisk disk;
+  ASSERT_TRUE(disk.ok()) << "could not mount ext4 on a loop device over a tmpfs";
+  const std::string path = disk.dir() + "/storage";
+  {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, 16 * kMiB), 0);
+    ::close(fd);
+  }
+  FileOpenOptions options;
+  options.direct = true;
+  auto device = OpenFileDevice(path, options);
+  ASSERT_TRUE(device.ok()) << device.status().ToString();
+  const Uuid id = Uuid::Random();
+  auto storage =
+      DiffStorage::Create(*device, nullptr, 0, kMiB, id, nullptr, "", SnapshotDurability::kCrash);
+  ASSERT_TRUE(storage.ok()) << storage.status().ToString();
+  auto log = ChunkLog::Start(storage->get(), id, /*sync=*/false);
+  ASSERT_TRUE(log.ok());
+  ASSERT_TRUE((*device)->MapShared((*log)->start(), kLogPageSize).ok()) << "not mapped: " << path;
+  LogRecord record;
+  record.offset = kDiffStorageHeaderSize + 8 * kMiB;
+  record.length = 4096;
+  ASSERT_OK((*log)->Commit(record));  // the first page, mapped
+  ASSERT_TRUE(disk.Fail(path));
+  uint64_t failed_at = 0;
+  Status s;
+  for (uint64_t i = 1; i <= 3 * kLogRecordsPerPage && s.ok(); ++i) {
+    record.chunk = i;
+    s = (*log)->Commit(record);
+    failed_at = i;
+  }
+  ASSERT_FALSE(s.ok()) << "every commit returned on a disk that failed their pages' write-back";
+  EXPECT_LE(failed_at, 2 * kLogRecordsPerPage) << s.ToString();
+  std::printf("commit %llu failed: %s\n", static_cast<unsigned long long>(failed_at),
+              s.ToString().c_str());
+  EXPECT_FALSE((*log)->Commit(record).ok());  // the log has failed for good
 }
 
 // The mapped open page (chunk_log.h, "In-place commits") with a real process and a real file: a

@@ -311,9 +311,19 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
   std::shared_ptr<StorageFile> file;
   FileStat st;
   StorageFileOptions options;
+  // A write-back that failed after the last daemon stopped looking (a crash log's mapped pages
+  // and buffered chunk writes are written back by the kernel alone) is reported to the first
+  // flush through a newly opened file (Linux's errseq, while the kernel keeps the inode), and
+  // until then fails direct reads: the device is flushed before it is read, and the error kept.
+  int lost_writeback = 0;
+  auto check_writeback = [&lost_writeback](BlockDevice& d) {
+    const Status flushed = d.Flush();
+    if (!flushed.ok()) lost_writeback = flushed.errnum() ? flushed.errnum() : EIO;
+  };
   if (device) {
     if (device->size() < kDiffStorageHeaderSize)
       return Status::Error(EINVAL, "difference storage " + path + " is smaller than its header");
+    check_writeback(*device);
     BLKSNAP_RETURN_IF_ERROR(device->Read(0, slots));
   } else {
     options = StorageOptionsFor(env, path, page_cache);
@@ -341,6 +351,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
   GrowFn grow;
   if (!device) {
     BLKSNAP_ASSIGN_OR_RETURN(device, file->OpenDevice());
+    check_writeback(*device);  // the header was read buffered: a cached page reports nothing
     if (st.kind != FileKind::kBlockDevice) {
       grow = [file](uint64_t offset, uint64_t length) { return file->Reserve(offset, length); };
     }
@@ -358,6 +369,7 @@ Result<std::shared_ptr<DiffStorage>> DiffStorage::OpenExisting(const std::string
     storage->header_ = *parsed;
   }
   storage->file_ = path;
+  storage->lost_writeback_ = lost_writeback;
   if (file) {
     const StorageIdentity identity = IdentityOf(path, st);
     storage->set_identity(identity);

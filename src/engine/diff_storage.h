@@ -92,7 +92,8 @@ class DiffStorage {
   // The storage of a durable snapshot found after a restart (RecoverSnapshot): the file (or
   // `device` when given) is opened without any write; its header (the valid slot with the higher
   // seq) must belong to snapshot `id`. The chunk log is read by the caller (ChunkLog::Read), who
-  // then calls Resume. A file the header marks as ours is removed at release.
+  // then calls Resume. A file the header marks as ours is removed at release. The device is
+  // flushed first: see lost_writeback().
   static Result<std::shared_ptr<DiffStorage>> OpenExisting(const std::string& path,
                                                            std::shared_ptr<BlockDevice> device,
                                                            const Uuid& id, uint64_t step,
@@ -123,6 +124,9 @@ class DiffStorage {
   // Chunk writes go through the page cache (a regular file, Checks::page_cache): a write is a
   // copy into the kernel, not a wait for the disk. False for devices given to Create.
   bool buffered() const { return buffered_; }
+  // OpenExisting: the error of the first flush (a write-back that failed while nobody looked,
+  // so the storage on the disk may say less than the daemon did), or 0.
+  int lost_writeback() const { return lost_writeback_; }
   // The clean stop of a durable snapshot: the file stays when the storage is released.
   void KeepFile() { on_release_ = nullptr; }
   // OpenExisting: from now on a file blksnap created is removed when the storage is released
@@ -160,6 +164,7 @@ class DiffStorage {
   std::function<void()> remover_;     // OpenExisting: on_release_ once ArmRemoval() is called
   const SnapshotDurability durability_;
   bool buffered_ = false;          // set by Open / OpenExisting before the storage is shared
+  int lost_writeback_ = 0;         // set by OpenExisting before the storage is shared
   std::unique_ptr<ChunkLog> log_;  // set once (StartLog, Resume) before the log is shared
 
   mutable Mutex mu_;

@@ -58,6 +58,9 @@ Result<std::shared_ptr<Snapshot>> EngineImpl::RecoverSnapshot(
   int corrupt =
       h.state == kStorageStateCorrupted ? (h.errnum ? static_cast<int>(h.errnum) : EIO) : 0;
   const auto durability = static_cast<SnapshotDurability>(h.durability);
+  // A write-back that failed while nobody looked (DiffStorage::lost_writeback): the log on the
+  // disk may say less than the daemon did.
+  if (!corrupt) corrupt = storage->lost_writeback();
   if (!corrupt && power_lost && durability == SnapshotDurability::kCrash) corrupt = ESTALE;
   if (!corrupt && scan.damaged) corrupt = EUCLEAN;  // a committed page is damaged
   // A memory snapshot taken after it held copies it read, and died with the daemon.

@@ -5,7 +5,8 @@
 // durable_snapshot_test.cc cover the first half at random instants; this one tears a commit on
 // purpose and follows the recovered snapshot through a second crash, and makes the commit's data
 // unreadable (the snapshot then comes back corrupted, as it must when nothing can vouch for it).
-// And a close whose flush fails (a write-back lost) leaves the snapshot corrupted, not served.
+// And a close whose flush fails (a write-back lost) leaves the snapshot corrupted, not served,
+// as does a recovery whose first flush reports a write-back the crashed daemon never saw.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -49,13 +50,14 @@ Result<std::shared_ptr<Snapshot>> Recover(Engine& engine, std::shared_ptr<BlockD
       {.id = id, .storage_device = storage, .power_lost = true, .check_originals = false});
 }
 
-// Generation 1 on the device, then a power-durable snapshot of it taken.
-Uuid Take(Engine& engine, BlockDevice& tracker, std::shared_ptr<BlockDevice> storage) {
+// Generation 1 on the device, then a snapshot of it taken (power-durable unless told).
+Uuid Take(Engine& engine, BlockDevice& tracker, std::shared_ptr<BlockDevice> storage,
+          SnapshotDurability durability = SnapshotDurability::kPower) {
   EXPECT_TRUE(WritePattern(tracker, 0, kDeviceSize, 1).ok());
   Uuid id = engine
                 .CreateSnapshot({.storage_path = "storage",
                                  .storage_device = std::move(storage),
-                                 .durability = SnapshotDurability::kPower})
+                                 .durability = durability})
                 .value();
   EXPECT_TRUE(engine.AddDevice(id, "d").ok());
   EXPECT_TRUE(engine.Take(id).ok());
@@ -210,6 +212,36 @@ TEST(TornCommitTest, AFailedFlushAtCloseLeavesTheSnapshotCorrupted) {
       engine->RecoverSnapshot({.id = id, .storage_device = storage_disk, .check_originals = false});
   ASSERT_TRUE(snap.ok()) << snap.status().ToString();
   EXPECT_EQ((*snap)->state(), SnapshotState::kCorrupted);
+}
+
+// A crash log's mapped pages are written back by the kernel alone: one that failed after the
+// daemon died (kill -9) is reported, if the kernel still has it, to the first flush through a
+// newly opened file (Linux's errseq). A recovery whose first flush fails brings the snapshot
+// back corrupted with that error, not served.
+TEST(TornCommitTest, AFailedFlushAtRecoveryAfterACrashLeavesTheSnapshotCorrupted) {
+  auto original_disk = MakeMemoryDevice(kDeviceSize);
+  auto storage_disk = MakeMemoryDevice(64 * kMiB);
+  Uuid id;
+  {
+    Power power;
+    auto engine = Engine::Create(TestConfig()).value();
+    auto tracker = engine->Attach("d", Powered(original_disk, &power)).value();
+    id = Take(*engine, *tracker, Powered(storage_disk, &power), SnapshotDurability::kCrash);
+    ASSERT_OK(WritePattern(*tracker, 0, 4 * kChunk, 2));
+    power.Cut();  // the daemon dies: what it wrote stays
+  }
+  auto storage = std::make_shared<FaultDevice>(storage_disk);
+  storage->FailNthFlush(1, ENOSPC);
+  auto engine = Engine::Create(TestConfig()).value();
+  ASSERT_OK(engine->Attach("d", original_disk).status());
+  auto snap =
+      engine->RecoverSnapshot({.id = id, .storage_device = storage, .check_originals = false});
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ((*snap)->state(), SnapshotState::kCorrupted);
+  ASSERT_EQ((*snap)->devices().size(), 1u);
+  EXPECT_EQ((*snap)->devices()[0].errnum, ENOSPC);  // the reason: the flush's error
+  std::vector<uint8_t> block(4096);
+  EXPECT_EQ((*snap)->image("d")->Read(0, block).errnum(), EIO);
 }
 
 }  // namespace

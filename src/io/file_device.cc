@@ -117,13 +117,30 @@ Status Erofs() { return Status::Error(EROFS, "device opened read-only"); }
 
 class Mapped final : public MappedRange {
  public:
-  Mapped(uint8_t* data, size_t length) : data_(data), length_(length) {}
+  // fd: a duplicate of the device's descriptor (the same open file, whose write-back errors
+  // it reports), owned.
+  Mapped(uint8_t* data, size_t length, int fd, uint64_t offset, const std::string& path)
+      : data_(data), length_(length), fd_(fd), offset_(offset), path_(path) {}
   ~Mapped() override { ::munmap(data_, length_); }
   uint8_t* data() override { return data_; }
+
+  Status WriteBack(bool wait) override {
+    const unsigned flags =
+        wait ? SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+             : SYNC_FILE_RANGE_WRITE;
+    if (::sync_file_range(fd_.get(), static_cast<off64_t>(offset_), static_cast<off64_t>(length_),
+                          flags) != 0) {
+      return Status::FromErrno("write-back of a mapped range of " + path_);
+    }
+    return Status::Ok();
+  }
 
  private:
   uint8_t* const data_;
   const size_t length_;
+  const Fd fd_;
+  const uint64_t offset_;
+  const std::string path_;
 };
 
 class FileDevice final : public BlockDevice {
@@ -219,7 +236,14 @@ class FileDevice final : public BlockDevice {
                      static_cast<off_t>(offset));
     if (p == MAP_FAILED) return Status::FromErrno("mmap " + path_);
     (void)::madvise(p, length, MADV_RANDOM);  // a fault reads its page only, not its neighbours
-    return std::unique_ptr<MappedRange>(new Mapped(static_cast<uint8_t*>(p), length));
+    const int fd = ::fcntl(fd_.get(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      const Status s = Status::FromErrno("dup " + path_);
+      ::munmap(p, length);
+      return s;
+    }
+    return std::unique_ptr<MappedRange>(
+        new Mapped(static_cast<uint8_t*>(p), length, fd, offset, path_));
   }
 
   Status Trim(uint64_t offset, uint64_t length) override {
