@@ -356,7 +356,7 @@ TEST(RestoreConcurrencyTest, ARemoteStoreHasThreadsReadsInFlight) {
     ASSERT_TRUE(RunRestore(*repo, *m, *target, spec).ok());
     EXPECT_EQ(ReadAll(*target), ReadAll(*image));
     if (remote) {
-      EXPECT_GE(counting->most(), 4);  // 6 workers reading; some slack for a slow start
+      EXPECT_GE(counting->most(), 3);  // 6 workers reading: more than 2 decoders; slack to start
     } else {
       EXPECT_LE(counting->most(), 2);
     }
