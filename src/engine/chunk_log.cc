@@ -248,7 +248,6 @@ Status ChunkLog::LeaveMappedPage() {
     Status s = left_map_->WriteBack(/*wait=*/true);
     left_map_.reset();
     if (!s.ok()) {
-      open_map_.reset();
       return Status::Error(s.errnum(), "chunk log: the write-back of a full log page failed (" +
                                            std::string(s.message()) + ")");
     }

@@ -332,7 +332,7 @@ class FailingDisk {
     base_ = base;
     ok_ = Run("mkdir " + base_ + "/back " + base_ + "/mnt && mount -t tmpfs -o size=32M tmpfs " +
               base_ + "/back && truncate -s 128M " + base_ +
-              "/back/img && mkfs.ext4 -q -F -O ^has_journal -N 64 -b " + "4096 " + base_ +
+              "/back/img && mkfs.ext4 -q -F -O ^has_journal -N 64 -b 4096 " + base_ +
               "/back/img && mount -o loop " + base_ + "/back/img " + base_ + "/mnt");
   }
   ~FailingDisk() {
